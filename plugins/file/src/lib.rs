@@ -1,0 +1,7 @@
+//! `file` source (JSON lines, read once or tailed) and `file` sink (JSON lines).
+
+mod sink;
+mod source;
+
+pub use sink::{FileSink, FileSinkConfig, FileSinkPlugin};
+pub use source::{FileSource, FileSourceConfig, FileSourcePlugin, ReadMode};

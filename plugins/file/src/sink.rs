@@ -1,0 +1,76 @@
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use datafusion::arrow::json::writer::LineDelimitedWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+use tributary_sdk::arrow::datatypes::SchemaRef;
+use tributary_sdk::{ComponentConfig, ConfigError, Durability, HumanDuration, Sink, SinkContext, SinkPlugin};
+
+/// Config of a `file` sink: rows appended as JSON lines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The file to append to (created, with its directory, if missing).
+    pub path: PathBuf,
+    /// How often buffered lines are flushed and fsynced (default 1s).
+    #[serde(default = "default_flush")]
+    pub flush_interval: HumanDuration,
+}
+
+fn default_flush() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+pub struct FileSinkPlugin;
+
+impl SinkPlugin for FileSinkPlugin {
+    fn type_name(&self) -> &'static str {
+        "file"
+    }
+    fn build(&self, config: &ComponentConfig, _inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
+        let cfg: FileSinkConfig = config.decode()?;
+        Ok(Box::new(FileSink { cfg, out: None }))
+    }
+}
+
+pub struct FileSink {
+    cfg: FileSinkConfig,
+    out: Option<BufWriter<File>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for FileSink {
+    async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+        let path = &self.cfg.path;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let f = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        self.out = Some(BufWriter::with_capacity(1 << 16, f));
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> anyhow::Result<Durability> {
+        let out = self.out.as_mut().expect("started");
+        let mut w = LineDelimitedWriter::new(out);
+        w.write(&batch)?;
+        w.finish()?;
+        Ok(Durability::Buffered)
+    }
+
+    async fn flush(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+        if let Some(out) = self.out.as_mut() {
+            out.flush()?;
+            out.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.cfg.flush_interval.0)
+    }
+}

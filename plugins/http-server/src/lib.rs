@@ -1,0 +1,234 @@
+//! `http_server` source: rows POSTed as JSON (an object, an array of objects, or NDJSON).
+//!
+//! Status codes tell the client exactly what happened: 200 once the rows are accepted into the
+//! pipeline (a clean shutdown still writes them), 400 with the reason for malformed or mistyped
+//! input, 401 for a missing or wrong bearer token, 413 over the size limit, 503 (with
+//! `Retry-After`) when the pipeline is backpressured or stopping. Nothing is half-accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+use tributary_sdk::config::ByteSize;
+use tributary_sdk::json::JsonRows;
+use tributary_sdk::{
+    Batch, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, DeclaredSchema, HumanDuration, Output, OutputSpec,
+    Secret, Source, SourceContext, SourcePlugin, TrySendError,
+};
+
+/// Config of an `http_server` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub address: SocketAddr,
+    /// Path that accepts POSTs (default `/`).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Columns and types of each posted object.
+    pub schema: DeclaredSchema,
+    /// Require `Authorization: Bearer <token>` (use `${ENV}`).
+    pub token: Option<Secret>,
+    /// Largest accepted body (default 10MiB); larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: ByteSize,
+    /// How long a request waits for room in the pipeline before 503 (default 1s).
+    #[serde(default = "default_accept_timeout")]
+    pub accept_timeout: HumanDuration,
+    /// Timestamp column whose missing values are filled with the receive time (default `ts`).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_accept_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_time_column() -> String {
+    "ts".into()
+}
+
+pub struct HttpServerPlugin;
+
+impl SourcePlugin for HttpServerPlugin {
+    fn type_name(&self) -> &'static str {
+        "http_server"
+    }
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
+        let cfg: HttpServerConfig = config.decode()?;
+        if !cfg.path.starts_with('/') {
+            return Err(ConfigError::at("path", format!("must start with `/`, got `{}`", cfg.path)));
+        }
+        let rows = JsonRows::new(&cfg.schema, Some(&cfg.time_column));
+        Ok(BuiltSource { outputs: vec![OutputSpec::main(rows.schema().clone())], source: Box::new(HttpServerSource { cfg, rows }) })
+    }
+}
+
+pub struct HttpServerSource {
+    cfg: HttpServerConfig,
+    rows: JsonRows,
+}
+
+struct Shared {
+    id: String,
+    rows: JsonRows,
+    token: Option<Secret>,
+    max_body: usize,
+    accept_timeout: Duration,
+    output: Output,
+    metrics: Arc<ComponentMetrics>,
+}
+
+#[async_trait::async_trait]
+impl Source for HttpServerSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.cfg.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.cfg.address))?;
+        tracing::info!(source = %ctx.id, address = %listener.local_addr()?, path = %self.cfg.path, "http_server listening");
+        let shared = Arc::new(Shared {
+            id: ctx.id.clone(),
+            rows: self.rows,
+            token: self.cfg.token,
+            max_body: self.cfg.max_body_bytes.0 as usize,
+            accept_timeout: self.cfg.accept_timeout.0,
+            output: ctx.output("").clone(),
+            metrics: ctx.metrics.clone(),
+        });
+        let app = Router::new().route(&self.cfg.path, post(ingest)).with_state(shared);
+        let shutdown = ctx.shutdown.clone();
+        // Graceful: stop accepting, finish in-flight requests (their rows are sent), then return.
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+        Ok(())
+    }
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn reject(shared: &Shared, status: StatusCode, message: String) -> Response {
+    shared.metrics.errors.inc();
+    tracing::debug!(source = %shared.id, %status, %message, "request rejected");
+    reply(status, serde_json::json!({ "error": message }))
+}
+
+async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(token) = &shared.token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+            return reject(&shared, StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into());
+        }
+    }
+    let too_large = || format!("body larger than the limit of {} bytes", shared.max_body);
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > shared.max_body) {
+        return reject(&shared, StatusCode::PAYLOAD_TOO_LARGE, too_large());
+    }
+    let bytes = match axum::body::to_bytes(body, shared.max_body).await {
+        Ok(b) => b,
+        Err(_) => return reject(&shared, StatusCode::PAYLOAD_TOO_LARGE, too_large()),
+    };
+    shared.metrics.bytes_in.add(bytes.len() as u64);
+    let batch = match decode_body(&shared.rows, &bytes) {
+        Ok(b) => b,
+        Err(reason) => return reject(&shared, StatusCode::BAD_REQUEST, reason),
+    };
+    let n = batch.num_rows();
+    if n == 0 {
+        return reply(StatusCode::OK, serde_json::json!({ "accepted": 0 }));
+    }
+    match shared.output.send_within(Batch::new(batch), shared.accept_timeout).await {
+        Ok(()) => {
+            shared.metrics.rows_in.add(n as u64);
+            reply(StatusCode::OK, serde_json::json!({ "accepted": n }))
+        }
+        Err(e) => {
+            let mut r = reject(
+                &shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                match e {
+                    TrySendError::Full => "pipeline is busy (backpressure); retry later".into(),
+                    TrySendError::Closed => "pipeline is shutting down".into(),
+                },
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+            r
+        }
+    }
+}
+
+/// An object, an array of objects, or NDJSON. All rows or none.
+pub fn decode_body(rows: &JsonRows, body: &[u8]) -> Result<RecordBatch, String> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start.map(|i| body[i]) {
+        None => Ok(RecordBatch::new_empty(rows.schema().clone())),
+        Some(b'[') => {
+            let values: Vec<serde_json::Value> =
+                serde_json::from_slice(body).map_err(|e| format!("malformed JSON array: {e}"))?;
+            rows.decode_values(&values)
+        }
+        Some(_) => {
+            // A single (possibly pretty-printed) object is one row; otherwise one object per line.
+            if let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_slice::<serde_json::Value>(body) {
+                return rows.decode_values(std::slice::from_ref(&v));
+            }
+            let (batch, errors) = rows.decode_lines(body);
+            match errors.first() {
+                None => Ok(batch),
+                Some(first) if errors.len() == 1 => Err(first.to_string()),
+                Some(first) => Err(format!("{first} (and {} more bad lines)", errors.len() - 1)),
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> JsonRows {
+        JsonRows::new(&serde_yaml::from_str::<DeclaredSchema>("{ts: timestamp, user: string, score: int}").unwrap(), Some("ts"))
+    }
+
+    #[test]
+    fn accepts_object_array_and_ndjson_bodies() {
+        let r = rows();
+        assert_eq!(decode_body(&r, b"{\n  \"user\": \"a\",\n  \"score\": 1\n}").unwrap().num_rows(), 1);
+        assert_eq!(decode_body(&r, br#"[{"user":"a","score":1},{"user":"b","score":2}]"#).unwrap().num_rows(), 2);
+        assert_eq!(decode_body(&r, b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":2}\n{\"user\":\"c\"}\n").unwrap().num_rows(), 3);
+        assert_eq!(decode_body(&r, b"  \n").unwrap().num_rows(), 0);
+    }
+
+    #[test]
+    fn reports_the_first_bad_line_and_how_many_more() {
+        let err = decode_body(&rows(), b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":\"lots\"}\n{oops\n").unwrap_err();
+        assert!(err.starts_with("line 2: ") && err.contains("score") && err.ends_with("(and 1 more bad lines)"), "{err}");
+        let err = decode_body(&rows(), b"[{\"user\":1}").unwrap_err();
+        assert!(err.starts_with("malformed JSON array: EOF while parsing a list"), "{err}");
+    }
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+    }
+}

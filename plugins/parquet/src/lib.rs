@@ -1,0 +1,283 @@
+//! `parquet` sink: a directory of Parquet files, Hive-style `date=YYYY-MM-DD/` partitions, rotated
+//! by rows, bytes and age. Files are written under a hidden temporary name and renamed (after an
+//! fsync) when complete, so a reader never sees a partial file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use datafusion::arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression as PqCompression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use serde::Deserialize;
+use tributary_sdk::config::ByteSize;
+use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Durability, HumanDuration, Sink, SinkContext, SinkPlugin};
+
+/// Column compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Snappy,
+    None,
+}
+
+/// Config of a `parquet` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkConfig {
+    /// Directory of this sink's files (created if missing).
+    pub path: PathBuf,
+    /// Partition files into `date=YYYY-MM-DD/` folders by the time column's UTC date (default true).
+    #[serde(default = "yes")]
+    pub partition_by_date: bool,
+    /// Timestamp column used for date partitions (default `ts`).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Close a file after this many rows (default 1000000).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Close a file once it reaches about this size (default 128MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Close open files at least this often, so data becomes visible and acknowledged (default 60s).
+    #[serde(default = "default_max_age")]
+    pub max_age: HumanDuration,
+    /// File name prefix (default `part`).
+    #[serde(default = "default_prefix")]
+    pub file_prefix: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_time_column() -> String {
+    "ts".into()
+}
+fn default_max_rows() -> usize {
+    1_000_000
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(128 << 20)
+}
+fn default_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_prefix() -> String {
+    "part".into()
+}
+
+pub struct ParquetSinkPlugin;
+
+impl SinkPlugin for ParquetSinkPlugin {
+    fn type_name(&self) -> &'static str {
+        "parquet"
+    }
+    fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
+        let cfg: ParquetSinkConfig = config.decode()?;
+        let schema = single_input_schema(inputs)?;
+        let time_index = if cfg.partition_by_date {
+            let idx = schema.index_of(&cfg.time_column).map_err(|_| {
+                let cols: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                ConfigError::at(
+                    "time_column",
+                    format!(
+                        "column `{}` is not in the input (columns: {}); set `time_column`, or `partition_by_date: false`",
+                        cfg.time_column,
+                        cols.join(", ")
+                    ),
+                )
+            })?;
+            match schema.field(idx).data_type() {
+                DataType::Timestamp(TimeUnit::Microsecond, _) => Some(idx),
+                other => {
+                    return Err(ConfigError::at(
+                        "time_column",
+                        format!("column `{}` is {other}, expected a microsecond timestamp", cfg.time_column),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        if cfg.max_rows == 0 {
+            return Err(ConfigError::at("max_rows", "must be at least 1"));
+        }
+        if cfg.file_prefix.is_empty() || cfg.file_prefix.contains(['/', '\\']) || cfg.file_prefix.starts_with('.') {
+            return Err(ConfigError::at("file_prefix", "must be a plain file name prefix"));
+        }
+        let compression = match cfg.compression {
+            Compression::Zstd => PqCompression::ZSTD(ZstdLevel::default()),
+            Compression::Snappy => PqCompression::SNAPPY,
+            Compression::None => PqCompression::UNCOMPRESSED,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            // Bounded memory: a row group is buffered until written.
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        Ok(Box::new(ParquetSink { cfg, schema, time_index, props, open: HashMap::new() }))
+    }
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    target: PathBuf,
+    rows: usize,
+}
+
+pub struct ParquetSink {
+    cfg: ParquetSinkConfig,
+    schema: SchemaRef,
+    time_index: Option<usize>,
+    props: WriterProperties,
+    /// Open files by partition folder ("" when not partitioned).
+    open: HashMap<String, OpenFile>,
+}
+
+static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl ParquetSink {
+    fn open_file(&self, partition: &str) -> anyhow::Result<OpenFile> {
+        let dir = self.cfg.path.join(partition);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = format!(
+            "{}-{}-{:06}-{:08x}.parquet",
+            self.cfg.file_prefix,
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"),
+            FILE_SEQ.fetch_add(1, Ordering::Relaxed),
+            std::process::id()
+        );
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
+        Ok(OpenFile { writer, tmp, target: dir.join(name), rows: 0 })
+    }
+
+    fn close_file(f: OpenFile) -> anyhow::Result<()> {
+        let file = f.writer.into_inner().with_context(|| format!("finishing {}", f.tmp.display()))?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&f.tmp, &f.target).with_context(|| format!("renaming to {}", f.target.display()))?;
+        if let Some(dir) = f.target.parent() {
+            sync_dir(dir);
+        }
+        tracing::debug!(file = %f.target.display(), rows = f.rows, "parquet file complete");
+        Ok(())
+    }
+
+    fn write_partition(&mut self, partition: String, batch: &RecordBatch) -> anyhow::Result<()> {
+        if !self.open.contains_key(&partition) {
+            let f = self.open_file(&partition)?;
+            self.open.insert(partition.clone(), f);
+        }
+        let f = self.open.get_mut(&partition).expect("just opened");
+        f.writer.write(batch)?;
+        f.rows += batch.num_rows();
+        let size = f.writer.bytes_written() + f.writer.in_progress_size();
+        if f.rows >= self.cfg.max_rows || size as u64 >= self.cfg.max_bytes.0 {
+            let f = self.open.remove(&partition).expect("present");
+            Self::close_file(f)?;
+        }
+        Ok(())
+    }
+
+    fn close_all(&mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        for (_, f) in self.open.drain() {
+            if let Err(e) = Self::close_file(f) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Rows of a batch grouped by UTC date of the time column, in first-seen order.
+fn split_by_date(batch: &RecordBatch, time_index: usize) -> Vec<(String, Option<UInt32Array>)> {
+    let ts = batch.column(time_index).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("µs timestamps");
+    const DAY_US: i64 = 86_400_000_000;
+    let day = |i: usize| ts.is_valid(i).then(|| ts.value(i).div_euclid(DAY_US));
+    let first = if batch.num_rows() > 0 { day(0) } else { None };
+    if (0..batch.num_rows()).all(|i| day(i) == first) {
+        return vec![(partition_name(first), None)];
+    }
+    let mut groups: Vec<(Option<i64>, Vec<u32>)> = Vec::new();
+    for i in 0..batch.num_rows() {
+        let d = day(i);
+        match groups.iter_mut().find(|(g, _)| *g == d) {
+            Some((_, idx)) => idx.push(i as u32),
+            None => groups.push((d, vec![i as u32])),
+        }
+    }
+    groups.into_iter().map(|(d, idx)| (partition_name(d), Some(UInt32Array::from(idx)))).collect()
+}
+
+fn partition_name(day: Option<i64>) -> String {
+    match day.and_then(|d| chrono::DateTime::from_timestamp(d * 86_400, 0)) {
+        Some(t) => format!("date={}", t.format("%Y-%m-%d")),
+        None => "date=unknown".into(),
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ParquetSink {
+    async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.cfg.path).with_context(|| format!("cannot create {}", self.cfg.path.display()))
+    }
+
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> anyhow::Result<Durability> {
+        match self.time_index {
+            None => self.write_partition(String::new(), &batch)?,
+            Some(t) => {
+                for (partition, rows) in split_by_date(&batch, t) {
+                    match rows {
+                        None => self.write_partition(partition, &batch)?,
+                        Some(idx) => {
+                            let part = take_record_batch(&batch, &idx)?;
+                            self.write_partition(partition, &part)?
+                        }
+                    }
+                }
+            }
+        }
+        Ok(if self.open.is_empty() { Durability::Durable } else { Durability::Buffered })
+    }
+
+    async fn flush(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+        self.close_all()
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.cfg.max_age.0)
+    }
+}
+
+impl Drop for ParquetSink {
+    fn drop(&mut self) {
+        // Never leave a temporary file behind: unflushed files are removed (their rows were not
+        // acknowledged, so a replayable source sends them again).
+        for (_, f) in self.open.drain() {
+            let _ = std::fs::remove_file(&f.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

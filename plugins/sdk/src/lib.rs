@@ -1,0 +1,139 @@
+//! The Tributary plugin SDK: everything a source or sink plugin needs, and nothing of the engine.
+//!
+//! - A **source** implements [`Source`] and is built by a [`SourcePlugin`] from its config, declaring
+//!   its output schemas before anything runs.
+//! - A **sink** implements [`Sink`] and is built by a [`SinkPlugin`] knowing its input schemas.
+//! - Data moves as [`Batch`]es (Arrow record batches with [`AckSet`]s); rows that cannot be handled
+//!   go to [`DeadLetters`].
+//!
+//! Arrow, Parquet and DataFusion come from [`datafusion`] (re-exported) so the build has one arrow.
+
+pub mod ack;
+pub mod config;
+pub mod dead_letter;
+pub mod json;
+pub mod metrics;
+pub mod output;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use datafusion;
+pub use datafusion::arrow;
+pub use tokio_util::sync::CancellationToken;
+
+pub use ack::{Ack, AckSet, AckStatus};
+pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Secret};
+pub use dead_letter::{DeadLetter, DeadLetters};
+pub use metrics::ComponentMetrics;
+pub use output::{Batch, Closed, Delivery, Output, OutputSpec, TrySendError, DEAD_LETTER_OUTPUT};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+/// What a running source gets from the engine.
+pub struct SourceContext {
+    pub id: String,
+    outputs: HashMap<String, Output>,
+    pub dead_letters: DeadLetters,
+    /// Cancelled when the pipeline stops: finish the current batch, send it, return.
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+impl SourceContext {
+    pub fn new(
+        id: String,
+        outputs: HashMap<String, Output>,
+        dead_letters: DeadLetters,
+        shutdown: CancellationToken,
+        metrics: Arc<ComponentMetrics>,
+    ) -> Self {
+        SourceContext { id, outputs, dead_letters, shutdown, metrics }
+    }
+
+    /// One of the outputs the source declared (`""` is the main output).
+    pub fn output(&self, name: &str) -> &Output {
+        self.outputs
+            .get(name)
+            .unwrap_or_else(|| panic!("source `{}` sent to output `{name}` it did not declare", self.id))
+    }
+
+    /// Send rows without an acknowledgement to the main output.
+    pub async fn send(&self, data: RecordBatch) -> Result<(), Closed> {
+        self.output("").send(Batch::new(data)).await
+    }
+}
+
+/// What a running sink gets from the engine.
+pub struct SinkContext {
+    pub id: String,
+    pub dead_letters: DeadLetters,
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+/// A source of rows. `run` returns when the source is exhausted or `ctx.shutdown` fires.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()>;
+}
+
+/// Whether everything a sink has accepted so far is durably written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// All accepted rows are durable: the engine releases their acks now.
+    Durable,
+    /// Some rows are buffered; their acks are released after the next successful `flush`.
+    Buffered,
+}
+
+/// A destination for rows.
+#[async_trait::async_trait]
+pub trait Sink: Send {
+    /// Called once before the first batch (create tables, open connections).
+    async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Write or buffer a batch. An `Err` means the batch could not be written at all: the engine
+    /// counts it and sends its rows to the dead-letter output with the error as the reason.
+    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability>;
+    /// Make everything buffered durable. Called every [`flush_interval`](Sink::flush_interval) and at shutdown.
+    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()>;
+    fn flush_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A built source: its declared outputs and the runnable source.
+pub struct BuiltSource {
+    pub outputs: Vec<OutputSpec>,
+    pub source: Box<dyn Source>,
+}
+
+/// Builds sources of one `type:` from config. Building never touches the network.
+pub trait SourcePlugin: Send + Sync {
+    fn type_name(&self) -> &'static str;
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError>;
+}
+
+/// Builds sinks of one `type:` from config and the schemas of its `inputs:` (in order).
+pub trait SinkPlugin: Send + Sync {
+    fn type_name(&self) -> &'static str;
+    fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError>;
+}
+
+/// For sinks that need one schema: all inputs must share it.
+pub fn single_input_schema(inputs: &[(String, SchemaRef)]) -> Result<SchemaRef, ConfigError> {
+    let (first_name, first) = inputs.first().ok_or_else(|| ConfigError::at("inputs", "at least one input is required"))?;
+    for (name, schema) in &inputs[1..] {
+        if schema.fields() != first.fields() {
+            return Err(ConfigError::at(
+                "inputs",
+                format!("inputs `{first_name}` and `{name}` have different schemas; this sink writes one schema (add a SQL transform that aligns them)"),
+            ));
+        }
+    }
+    Ok(first.clone())
+}

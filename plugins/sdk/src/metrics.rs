@@ -1,0 +1,36 @@
+//! Per-component counters, rendered by the engine as Prometheus text on `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What every component counts. Buffer fill is read from the channels by the engine.
+#[derive(Debug, Default)]
+pub struct ComponentMetrics {
+    pub rows_in: Counter,
+    pub rows_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub batches_in: Counter,
+    pub batches_out: Counter,
+    /// Bad input, failed writes, failed polls: anything that went wrong and was reported.
+    pub errors: Counter,
+    /// Rows (or payloads) sent to the component's dead-letter output.
+    pub dead_letters: Counter,
+    /// Retried operations (writes, polls, connections).
+    pub retries: Counter,
+}

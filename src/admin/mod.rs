@@ -1,0 +1,117 @@
+//! `/health` and `/metrics` (Prometheus text) for a running pipeline, on localhost by default.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::mpsc::WeakSender;
+use tokio_util::sync::CancellationToken;
+use tributary_sdk::{ComponentMetrics, Delivery};
+
+use crate::config::Kind;
+
+/// What the admin endpoints know about one component.
+pub struct ComponentInfo {
+    pub id: String,
+    pub kind: Kind,
+    pub type_name: String,
+    pub metrics: Arc<ComponentMetrics>,
+    /// The component's input channel (transforms and sinks), for buffer fill.
+    pub input: Option<WeakSender<Delivery>>,
+}
+
+#[derive(Default)]
+pub struct AdminState {
+    components: RwLock<Vec<ComponentInfo>>,
+    stopping: AtomicBool,
+}
+
+impl AdminState {
+    pub fn set_components(&self, infos: Vec<ComponentInfo>) {
+        *self.components.write().expect("admin lock") = infos;
+    }
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Prometheus text exposition of every component's counters.
+    pub fn render_metrics(&self) -> String {
+        let comps = self.components.read().expect("admin lock");
+        let mut out = String::new();
+        type Get = fn(&ComponentMetrics) -> u64;
+        let counters: [(&str, &str, Get); 9] = [
+            ("rows_in_total", "Rows received by the component.", |m| m.rows_in.get()),
+            ("rows_out_total", "Rows sent by the component to its main or named outputs.", |m| m.rows_out.get()),
+            ("bytes_in_total", "Bytes received (payload bytes for sources, Arrow memory for others).", |m| m.bytes_in.get()),
+            ("bytes_out_total", "Arrow memory of the rows sent.", |m| m.bytes_out.get()),
+            ("batches_in_total", "Batches received.", |m| m.batches_in.get()),
+            ("batches_out_total", "Batches sent.", |m| m.batches_out.get()),
+            ("errors_total", "Errors: bad input, failed writes, failed queries, failed tasks.", |m| m.errors.get()),
+            ("dead_letters_total", "Rows or payloads sent to the component's dead-letter output.", |m| m.dead_letters.get()),
+            ("retries_total", "Retried operations.", |m| m.retries.get()),
+        ];
+        for (name, help, get) in counters {
+            let _ = writeln!(out, "# HELP tributary_component_{name} {help}\n# TYPE tributary_component_{name} counter");
+            for c in comps.iter() {
+                let _ = writeln!(out, "tributary_component_{name}{{{}}} {}", labels(c), get(&c.metrics));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tributary_component_buffer_fill_ratio How full the component's input buffer is (0 to 1).\n# TYPE tributary_component_buffer_fill_ratio gauge"
+        );
+        for c in comps.iter() {
+            let fill = c.input.as_ref().and_then(|w| w.upgrade()).map(|s| 1.0 - s.capacity() as f64 / s.max_capacity() as f64);
+            if let Some(fill) = fill {
+                let _ = writeln!(out, "tributary_component_buffer_fill_ratio{{{}}} {fill}", labels(c));
+            }
+        }
+        let _ = writeln!(out, "# HELP tributary_up 1 while the pipeline runs, 0 while it stops.\n# TYPE tributary_up gauge");
+        let _ = writeln!(out, "tributary_up {}", if self.stopping.load(Ordering::SeqCst) { 0 } else { 1 });
+        out
+    }
+
+    fn health(&self) -> (StatusCode, String) {
+        let comps = self.components.read().expect("admin lock");
+        let components: serde_json::Map<String, serde_json::Value> = comps
+            .iter()
+            .map(|c| (c.id.clone(), serde_json::json!({"kind": c.kind.label(), "type": c.type_name, "errors": c.metrics.errors.get()})))
+            .collect();
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let body = serde_json::json!({"status": if stopping { "stopping" } else { "ok" }, "components": components});
+        (if stopping { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }, body.to_string())
+    }
+}
+
+fn labels(c: &ComponentInfo) -> String {
+    format!("component=\"{}\",kind=\"{}\",type=\"{}\"", c.id, c.kind.label(), c.type_name)
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.render_metrics())
+}
+
+async fn health(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let (status, body) = state.health();
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Bind the admin address (failing fast if it is taken) and serve until `stop` is cancelled.
+pub async fn serve(address: SocketAddr, state: Arc<AdminState>, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve the admin API on {address}: {e} (set `admin.address` in the pipeline, or `--admin`)"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+    });
+    tracing::info!(address = %bound, "admin API: /health, /metrics");
+    Ok(bound)
+}

@@ -1,0 +1,150 @@
+//! The `tributary` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::query::QueryFormat;
+use crate::runtime::RunOptions;
+
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about = "Streaming pipelines for operations telemetry: sources → DataFusion SQL → sinks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline until Ctrl-C / SIGTERM (or --duration), then flush everything and exit.
+    Run {
+        file: PathBuf,
+        /// Stop by itself after this long, e.g. `30s`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Serve /health and /metrics here instead of the file's `admin.address`.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// How long the drain may take after a stop is requested.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        drain_timeout: Duration,
+    },
+    /// Check a pipeline file (config, wiring, SQL, sink schemas) without running it.
+    Validate { file: PathBuf },
+    /// Print a pipeline's DAG as Mermaid text.
+    Graph { file: PathBuf },
+    /// Run SQL over Parquet output: every folder under --data is a table.
+    Query {
+        sql: String,
+        /// Folder whose sub-folders are tables (default `./data`).
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        /// Extra table, `NAME=PATH` (repeatable).
+        #[arg(long = "table", value_name = "NAME=PATH")]
+        tables: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: QueryFormat,
+    },
+}
+
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate { file } => match crate::validate_file(&file).await {
+            Ok(plan) => {
+                println!(
+                    "{}: valid ({} sources, {} transforms, {} sinks)",
+                    file.display(),
+                    plan.sources.len(),
+                    plan.transforms.len(),
+                    plan.sinks.len()
+                );
+                for (name, schema) in plan.outputs.iter().filter(|(n, _)| !n.ends_with(".dead_letter")) {
+                    let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+                    println!("  {name}: {}", cols.join(", "));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Graph { file } => match crate::config::PipelineFile::load(&file) {
+            Ok(f) => {
+                print!("{}", crate::graph::mermaid::render(&f.components));
+                ExitCode::SUCCESS
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Query { sql, data, tables, format } => {
+            let result = async {
+                let tables = crate::query::discover_tables(&data, &tables)?;
+                let batches = crate::query::run_query(&sql, &tables).await?;
+                crate::query::render(&batches, format)
+            }
+            .await;
+            match result {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("query failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { file, duration, admin, drain_timeout } => {
+            let shutdown = CancellationToken::new();
+            spawn_stop_triggers(shutdown.clone(), duration);
+            match crate::run_file(&file, admin, shutdown, RunOptions { drain_timeout }).await {
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+                Ok(report) => {
+                    for line in &report.summary {
+                        tracing::info!("{line}");
+                    }
+                    if report.ok() {
+                        tracing::info!("stopped cleanly");
+                        ExitCode::SUCCESS
+                    } else {
+                        for (id, e) in &report.failures {
+                            eprintln!("component `{id}` failed: {e}");
+                        }
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ctrl-C, SIGTERM, or the --duration timer start the drain.
+fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<Duration>) {
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let timer = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = timer => tracing::info!("--duration reached: stopping"),
+            _ = token.cancelled() => {}
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,105 @@
+//! `${VAR}` and `${VAR:-default}` in YAML string values, resolved from the environment.
+//!
+//! Interpolation happens on parsed values, never on raw text, so a variable cannot inject YAML
+//! structure. A value that is exactly one reference is re-read as a YAML scalar, so
+//! `rate: ${RATE:-10}` is a number. `$${` writes a literal `${`. Every substituted value is
+//! remembered so error messages can redact it.
+
+/// Substitute references in `text`. `lookup` returns a variable's value.
+pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>, used: &mut Vec<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if after.starts_with("$${") {
+            out.push_str("${");
+            rest = &after[3..];
+        } else if let Some(body) = after.strip_prefix("${") {
+            let end = body.find('}').ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.find(":-") {
+                Some(j) => (&expr[..j], Some(&expr[j + 2..])),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name `{name}` in `${{{expr}}}`"));
+            }
+            let value = match (lookup(name), default) {
+                (Some(v), _) if !v.is_empty() || default.is_none() => v,
+                (_, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(format!("environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"))
+                }
+                (Some(v), None) => v,
+            };
+            if !value.is_empty() {
+                used.push(value.clone());
+            }
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// True when `text` is exactly one `${...}` reference (then the result is typed as YAML).
+pub fn is_single_reference(text: &str) -> bool {
+    text.starts_with("${") && text.ends_with('}') && text[2..].find('}') == Some(text.len() - 3)
+}
+
+/// Replace every secret-looking substituted value in `message` with `***`.
+pub fn redact(message: &str, secrets: &[String]) -> String {
+    let mut out = message.to_string();
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| s.len() >= 3).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in sorted {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOST" => Some("db.local".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitutes_defaults_and_escapes() {
+        let mut used = vec![];
+        assert_eq!(interpolate("postgres://${HOST}:${PORT:-5432}/x", &env, &mut used).unwrap(), "postgres://db.local:5432/x");
+        assert_eq!(used, ["db.local", "5432"]);
+        assert_eq!(interpolate("${EMPTY:-fallback}", &env, &mut used).unwrap(), "fallback");
+        assert_eq!(interpolate("cost $5 and $${HOST}", &env, &mut used).unwrap(), "cost $5 and ${HOST}");
+    }
+
+    #[test]
+    fn missing_variables_and_bad_syntax_are_errors() {
+        let mut used = vec![];
+        assert_eq!(
+            interpolate("${TOKEN}", &env, &mut used).unwrap_err(),
+            "environment variable `TOKEN` is not set (write `${TOKEN:-default}` for a default)"
+        );
+        assert_eq!(interpolate("${HOST", &env, &mut used).unwrap_err(), "unterminated `${` in `${HOST`");
+        assert_eq!(interpolate("${A-B}", &env, &mut used).unwrap_err(), "invalid variable name `A-B` in `${A-B}`");
+    }
+
+    #[test]
+    fn single_reference_detection_and_redaction() {
+        assert!(is_single_reference("${RATE:-10}"));
+        assert!(!is_single_reference("${A}${B}"));
+        assert!(!is_single_reference("x${A}"));
+        assert_eq!(redact("token hunter22 rejected", &["hunter22".into()]), "token *** rejected");
+    }
+}

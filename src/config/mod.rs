@@ -1,0 +1,360 @@
+//! Pipeline files: YAML → interpolated, positioned component declarations.
+//!
+//! Loading checks the document's shape (top-level sections, component ids, `type` and `inputs`).
+//! Each component's own options are checked by its plugin when the pipeline is planned; every
+//! error is reported as `file:line:col: path: message`, with secrets redacted.
+
+pub mod interpolate;
+pub mod spans;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+use tributary_sdk::config::{path_to_string, PathSeg};
+
+use spans::SpanIndex;
+
+/// One problem in a pipeline file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    /// Where in the document (`sources.probes.rate`), empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in a file.
+#[derive(Debug, Clone)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Which section a component is declared in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Source,
+    Transform,
+    Sink,
+}
+
+impl Kind {
+    pub fn section(self) -> &'static str {
+        match self {
+            Kind::Source => "sources",
+            Kind::Transform => "transforms",
+            Kind::Sink => "sinks",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Source => "source",
+            Kind::Transform => "transform",
+            Kind::Sink => "sink",
+        }
+    }
+}
+
+/// One component as declared.
+#[derive(Debug, Clone)]
+pub struct ComponentDecl {
+    pub id: String,
+    pub kind: Kind,
+    /// `type:`; transforms default to `sql`.
+    pub type_name: String,
+    pub inputs: Vec<String>,
+    /// Everything else, interpolated.
+    pub options: Value,
+}
+
+/// `admin:` — where `/health` and `/metrics` are served.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9598` (localhost only).
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_admin_address() -> SocketAddr {
+    "127.0.0.1:9598".parse().unwrap()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: default_admin_address(), enabled: true }
+    }
+}
+
+/// A loaded pipeline file.
+#[derive(Debug)]
+pub struct PipelineFile {
+    pub file: String,
+    pub components: Vec<ComponentDecl>,
+    pub admin: AdminConfig,
+    /// Values substituted from the environment, redacted from every message.
+    pub secrets: Vec<String>,
+    spans: SpanIndex,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "admin"];
+
+impl PipelineFile {
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: path.display().to_string(),
+                line: 0,
+                col: 0,
+                path: String::new(),
+                message: format!("cannot read pipeline file: {e}"),
+            }])
+        })?;
+        Self::parse(&path.display().to_string(), &text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parse pipeline text; `env` resolves `${VAR}`.
+    pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Diagnostics> {
+        let spans = SpanIndex::build(text);
+        let mut p = PipelineFile { file: file.to_string(), components: vec![], admin: AdminConfig::default(), secrets: vec![], spans };
+        let mut errors = Vec::new();
+        let root: Value = match serde_yaml::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+                let msg = e.to_string();
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                return Err(Diagnostics(vec![Diagnostic { file: file.into(), line, col, path: String::new(), message: format!("invalid YAML: {msg}") }]));
+            }
+        };
+        let root = match root {
+            Value::Mapping(m) => m,
+            Value::Null => Mapping::new(),
+            _ => {
+                errors.push(p.diag("", "a pipeline file must be a mapping with `sources`, `transforms` and `sinks`".into()));
+                return Err(Diagnostics(errors));
+            }
+        };
+        let mut root = match p.interpolate(Value::Mapping(root), &[], env, &mut errors) {
+            Value::Mapping(m) => m,
+            _ => unreachable!("interpolation keeps mappings"),
+        };
+        for key in root.keys() {
+            let k = key.as_str().unwrap_or("?");
+            if !TOP_LEVEL_KEYS.contains(&k) {
+                errors.push(p.diag(k, format!("unknown key `{k}`, expected one of {}", quoted(TOP_LEVEL_KEYS))));
+            }
+        }
+        if let Some(admin) = root.remove("admin") {
+            match serde_path_to_error::deserialize::<_, AdminConfig>(admin) {
+                Ok(a) => p.admin = a,
+                Err(e) => {
+                    let path = format!("admin{}", suffix(&e.path().to_string()));
+                    let msg = strip_location(&e.into_inner().to_string());
+                    errors.push(p.diag(&path, msg));
+                }
+            }
+        }
+        for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
+            match root.remove(kind.section()) {
+                None | Some(Value::Null) => {}
+                Some(Value::Mapping(m)) => {
+                    for (id, body) in m {
+                        if let Some(c) = p.component(kind, id, body, &mut errors) {
+                            p.components.push(c);
+                        }
+                    }
+                }
+                Some(_) => errors.push(p.diag(kind.section(), format!("`{}` must be a mapping of component ids to components", kind.section()))),
+            }
+        }
+        if errors.is_empty() && !p.components.iter().any(|c| c.kind == Kind::Source) {
+            errors.push(p.diag("sources", "a pipeline needs at least one source".into()));
+        }
+        if errors.is_empty() {
+            Ok(p)
+        } else {
+            Err(Diagnostics(errors))
+        }
+    }
+
+    fn component(&self, kind: Kind, id: Value, body: Value, errors: &mut Vec<Diagnostic>) -> Option<ComponentDecl> {
+        let section = kind.section();
+        let Some(id) = id.as_str().map(str::to_string) else {
+            errors.push(self.diag(section, "component ids must be strings".into()));
+            return None;
+        };
+        let at = format!("{section}.{id}");
+        if !valid_id(&id) {
+            errors.push(self.diag(
+                &at,
+                format!("invalid component id `{id}`: use lowercase letters, digits and `_`, starting with a letter or `_` (ids are SQL table names)"),
+            ));
+            return None;
+        }
+        if let Some(other) = self.components.iter().find(|c| c.id == id) {
+            errors.push(self.diag(&at, format!("component id `{id}` is already used by the {} `{id}`; ids must be unique across sections", other.kind.label())));
+            return None;
+        }
+        let Value::Mapping(mut body) = body else {
+            errors.push(self.diag(&at, format!("the {} `{id}` must be a mapping (with `type:`{})", kind.label(), if kind == Kind::Source { "" } else { " and `inputs:`" })));
+            return None;
+        };
+        let type_name = match body.remove("type") {
+            Some(Value::String(t)) => t,
+            Some(_) => {
+                errors.push(self.diag(&format!("{at}.type"), "invalid type: expected a string".into()));
+                return None;
+            }
+            None if kind == Kind::Transform => "sql".to_string(),
+            None => {
+                errors.push(self.diag(&at, "missing field `type`".into()));
+                return None;
+            }
+        };
+        let inputs = match (kind, body.remove("inputs")) {
+            (Kind::Source, Some(_)) => {
+                errors.push(self.diag(&format!("{at}.inputs"), "sources do not take `inputs`".into()));
+                return None;
+            }
+            (Kind::Source, None) => vec![],
+            (_, None) => {
+                errors.push(self.diag(&at, "missing field `inputs`".into()));
+                return None;
+            }
+            (_, Some(v)) => match serde_yaml::from_value::<Vec<String>>(v) {
+                Ok(list) if !list.is_empty() => list,
+                Ok(_) => {
+                    errors.push(self.diag(&format!("{at}.inputs"), "`inputs` must name at least one component".into()));
+                    return None;
+                }
+                Err(_) => {
+                    errors.push(self.diag(&format!("{at}.inputs"), "invalid type: expected a list of component ids, e.g. `[probes]`".into()));
+                    return None;
+                }
+            },
+        };
+        Some(ComponentDecl { id, kind, type_name, inputs, options: Value::Mapping(body) })
+    }
+
+    /// Interpolate every string in `value`; `path` locates errors.
+    fn interpolate(&mut self, value: Value, path: &[PathSeg], env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<Diagnostic>) -> Value {
+        match value {
+            Value::String(s) if s.contains('$') => match interpolate::interpolate(&s, env, &mut self.secrets) {
+                Ok(out) if interpolate::is_single_reference(&s) => match serde_yaml::from_str::<Value>(&out) {
+                    Ok(v @ (Value::Bool(_) | Value::Number(_))) => v,
+                    _ => Value::String(out),
+                },
+                Ok(out) => Value::String(out),
+                Err(msg) => {
+                    let d = self.diag(&path_to_string(path), msg);
+                    errors.push(d);
+                    Value::String(s)
+                }
+            },
+            Value::Mapping(m) => Value::Mapping(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        let mut p = path.to_vec();
+                        p.push(PathSeg::Key(k.as_str().unwrap_or("?").to_string()));
+                        let v = self.interpolate(v, &p, env, errors);
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            Value::Sequence(s) => Value::Sequence(
+                s.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let mut p = path.to_vec();
+                        p.push(PathSeg::Index(i));
+                        self.interpolate(v, &p, env, errors)
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// A diagnostic at a document path (`sources.probes.rate`).
+    pub fn diag(&self, path: &str, message: String) -> Diagnostic {
+        let pos = self.spans.find(path).unwrap_or(spans::Position { line: 1, col: 1 });
+        Diagnostic {
+            file: self.file.clone(),
+            line: pos.line,
+            col: pos.col,
+            path: path.to_string(),
+            message: interpolate::redact(&message, &self.secrets),
+        }
+    }
+
+    /// A diagnostic for a plugin's config error inside component `c`.
+    pub fn component_diag(&self, c: &ComponentDecl, err: &tributary_sdk::ConfigError) -> Diagnostic {
+        let mut path = format!("{}.{}", c.kind.section(), c.id);
+        let inner = path_to_string(&err.path);
+        if !inner.is_empty() {
+            path = if inner.starts_with('[') { format!("{path}{inner}") } else { format!("{path}.{inner}") };
+        }
+        self.diag(&path, err.message.clone())
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ComponentDecl> {
+        self.components.iter().find(|c| c.id == id)
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+pub fn quoted(keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn suffix(p: &str) -> String {
+    if p == "." || p.is_empty() { String::new() } else { format!(".{p}") }
+}
+
+fn strip_location(m: &str) -> String {
+    m.split(" at line ").next().unwrap_or(m).to_string()
+}
+
+/// Resolve a pipeline path given on the command line.
+pub fn pipeline_path(p: &str) -> PathBuf {
+    PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! From declarations to a checked, runnable plan: plugin configs built, `inputs:` resolved,
+//! cycles rejected, SQL planned against its input schemas, sinks checked against theirs.
+//! Nothing here touches the network, so `validate` runs it anywhere.
+
+pub mod mermaid;
+
+use std::collections::{BTreeMap, HashMap};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use serde::Deserialize;
+use tributary_sdk::dead_letter::dead_letter_schema;
+use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPUT};
+
+use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Kind, PipelineFile};
+use crate::plugins::Registry;
+use crate::sql::SqlTransform;
+
+/// An `inputs:` entry resolved to a component and one of its outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRef {
+    /// As written: `probes`, `webex.utilization`, `db.dead_letter`.
+    pub name: String,
+    pub component: String,
+    /// `""` for the main output.
+    pub output: String,
+}
+
+pub struct PlannedSource {
+    pub id: String,
+    pub type_name: String,
+    pub outputs: Vec<OutputSpec>,
+    pub source: Box<dyn Source>,
+}
+
+pub struct PlannedTransform {
+    pub id: String,
+    pub inputs: Vec<InputRef>,
+    pub sql: SqlTransform,
+}
+
+pub struct PlannedSink {
+    pub id: String,
+    pub type_name: String,
+    pub inputs: Vec<InputRef>,
+    pub sink: Box<dyn Sink>,
+}
+
+/// A validated pipeline, ready to run.
+pub struct Plan {
+    pub sources: Vec<PlannedSource>,
+    /// In dependency order.
+    pub transforms: Vec<PlannedTransform>,
+    pub sinks: Vec<PlannedSink>,
+    /// Every output by its `inputs:` name, with its schema.
+    pub outputs: BTreeMap<String, SchemaRef>,
+    /// Declarations, for the graph and summaries.
+    pub decls: Vec<ComponentDecl>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids = |v: Vec<&String>| v.into_iter().cloned().collect::<Vec<_>>();
+        f.debug_struct("Plan")
+            .field("sources", &ids(self.sources.iter().map(|s| &s.id).collect()))
+            .field("transforms", &ids(self.transforms.iter().map(|t| &t.id).collect()))
+            .field("sinks", &ids(self.sinks.iter().map(|s| &s.id).collect()))
+            .finish()
+    }
+}
+
+/// Config of a SQL transform.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlTransformConfig {
+    /// The query; input ids (and `source.output` names) are its tables.
+    sql: String,
+}
+
+fn output_name(component: &str, output: &str) -> String {
+    if output.is_empty() { component.to_string() } else { format!("{component}.{output}") }
+}
+
+/// Check and build everything in `file`.
+pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diagnostics> {
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    let mut outputs: BTreeMap<String, SchemaRef> = BTreeMap::new();
+    let mut sources = Vec::new();
+    let mut sqls: HashMap<String, String> = HashMap::new();
+
+    // 1. Types, and every source's outputs (its schema is known from its config alone).
+    for c in &file.components {
+        let cfg = ComponentConfig::new(c.id.clone(), c.options.clone());
+        match c.kind {
+            Kind::Source => match registry.source(&c.type_name) {
+                None => errors.push(unknown_type(file, c, &registry.source_types())),
+                Some(plugin) => match plugin.build(&cfg) {
+                    Ok(built) => {
+                        for o in &built.outputs {
+                            outputs.insert(output_name(&c.id, &o.name), o.schema.clone());
+                        }
+                        sources.push(PlannedSource { id: c.id.clone(), type_name: c.type_name.clone(), outputs: built.outputs, source: built.source });
+                    }
+                    Err(e) => errors.push(file.component_diag(c, &e)),
+                },
+            },
+            Kind::Transform => {
+                if c.type_name != "sql" {
+                    errors.push(unknown_type(file, c, &["sql"]));
+                    continue;
+                }
+                match cfg.decode::<SqlTransformConfig>() {
+                    Ok(t) => {
+                        sqls.insert(c.id.clone(), t.sql);
+                    }
+                    Err(e) => errors.push(file.component_diag(c, &e)),
+                }
+            }
+            Kind::Sink => {
+                if registry.sink(&c.type_name).is_none() {
+                    errors.push(unknown_type(file, c, &registry.sink_types()));
+                }
+            }
+        }
+        outputs.insert(output_name(&c.id, DEAD_LETTER_OUTPUT), dead_letter_schema());
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+
+    // 2. Inputs name existing outputs; the graph has no cycle.
+    let resolve = |c: &ComponentDecl| -> Result<Vec<InputRef>, Vec<Diagnostic>> {
+        let mut refs = Vec::new();
+        let mut errs = Vec::new();
+        for (i, name) in c.inputs.iter().enumerate() {
+            let (component, output) = name.split_once('.').unwrap_or((name.as_str(), ""));
+            let exists = outputs.contains_key(name) || file.get(component).is_some_and(|d| d.kind == Kind::Transform && output.is_empty());
+            if !exists {
+                errs.push(file.diag(&format!("{}.{}.inputs[{i}]", c.kind.section(), c.id), unknown_input(file, &outputs, name)));
+            } else {
+                refs.push(InputRef { name: name.clone(), component: component.to_string(), output: output.to_string() });
+            }
+        }
+        if errs.is_empty() { Ok(refs) } else { Err(errs) }
+    };
+    let mut inputs: HashMap<String, Vec<InputRef>> = HashMap::new();
+    for c in file.components.iter().filter(|c| c.kind != Kind::Source) {
+        match resolve(c) {
+            Ok(r) => {
+                inputs.insert(c.id.clone(), r);
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+    let order = match topo_order(file, &inputs) {
+        Ok(o) => o,
+        Err(d) => return Err(Diagnostics(vec![d])),
+    };
+
+    // 3. SQL plans against its inputs' schemas, in dependency order.
+    let mut transforms = Vec::new();
+    for id in order.iter().filter(|id| sqls.contains_key(*id)) {
+        let c = file.get(id).expect("declared");
+        let refs = inputs[id].clone();
+        let tables: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
+        match SqlTransform::plan(&sqls[id], &tables).await {
+            Ok(sql) => {
+                outputs.insert(id.clone(), sql.output_schema());
+                transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql });
+            }
+            Err(e) => {
+                let available: Vec<String> = tables.iter().map(|(n, _)| format!("`{n}`")).collect();
+                errors.push(file.diag(
+                    &format!("transforms.{id}.sql"),
+                    format!("SQL does not plan: {} (tables: {})", clean_df_error(&e.to_string()), available.join(", ")),
+                ));
+                let _ = c;
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+
+    // 4. Sinks know their input schemas.
+    let mut sinks = Vec::new();
+    for c in file.components.iter().filter(|c| c.kind == Kind::Sink) {
+        let refs = inputs[&c.id].clone();
+        let schemas: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
+        let plugin = registry.sink(&c.type_name).expect("checked");
+        match plugin.build(&ComponentConfig::new(c.id.clone(), c.options.clone()), &schemas) {
+            Ok(sink) => sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink }),
+            Err(e) => errors.push(file.component_diag(c, &e)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+    Ok(Plan { sources, transforms, sinks, outputs, decls: file.components.clone() })
+}
+
+fn unknown_type(file: &PipelineFile, c: &ComponentDecl, valid: &[&str]) -> Diagnostic {
+    file.diag(
+        &format!("{}.{}.type", c.kind.section(), c.id),
+        format!("unknown {} type `{}`, expected one of {}", c.kind.label(), c.type_name, quoted(valid)),
+    )
+}
+
+fn unknown_input(file: &PipelineFile, outputs: &BTreeMap<String, SchemaRef>, name: &str) -> String {
+    let mut valid: Vec<String> = outputs.keys().filter(|k| !k.ends_with(".dead_letter")).cloned().collect();
+    valid.extend(file.components.iter().filter(|c| c.kind == Kind::Transform).map(|c| c.id.clone()));
+    valid.sort();
+    valid.dedup();
+    let list: Vec<&str> = valid.iter().map(String::as_str).collect();
+    format!("unknown input `{name}`, expected one of {} (or `<id>.dead_letter`)", quoted(&list))
+}
+
+/// Components in dependency order, or the first cycle found.
+fn topo_order(file: &PipelineFile, inputs: &HashMap<String, Vec<InputRef>>) -> Result<Vec<String>, Diagnostic> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        id: &str,
+        inputs: &HashMap<String, Vec<InputRef>>,
+        marks: &mut HashMap<String, Mark>,
+        stack: &mut Vec<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        match marks.get(id).copied().unwrap_or(Mark::New) {
+            Mark::Done => return Ok(()),
+            Mark::Active => {
+                let start = stack.iter().position(|s| s == id).expect("on stack");
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(id.to_string());
+                return Err(cycle);
+            }
+            Mark::New => {}
+        }
+        marks.insert(id.to_string(), Mark::Active);
+        stack.push(id.to_string());
+        for r in inputs.get(id).into_iter().flatten() {
+            visit(&r.component, inputs, marks, stack, order)?;
+        }
+        stack.pop();
+        marks.insert(id.to_string(), Mark::Done);
+        order.push(id.to_string());
+        Ok(())
+    }
+    let mut marks = HashMap::new();
+    let mut order = Vec::new();
+    for c in &file.components {
+        let mut stack = Vec::new();
+        if let Err(cycle) = visit(&c.id, inputs, &mut marks, &mut stack, &mut order) {
+            // Report at the `inputs:` of the component that closes the cycle.
+            let closer = file.get(&cycle[cycle.len() - 2]).expect("declared");
+            return Err(file.diag(
+                &format!("{}.{}.inputs", closer.kind.section(), closer.id),
+                format!("cycle in the pipeline graph: {} (a component may not consume its own output, directly or indirectly)", cycle.iter().rev().cloned().collect::<Vec<_>>().join(" → ")),
+            ));
+        }
+    }
+    Ok(order)
+}
+
+/// DataFusion prefixes errors with their category; keep the part a user acts on.
+fn clean_df_error(s: &str) -> String {
+    let s = s.trim();
+    let s = s.strip_prefix("Error during planning: ").unwrap_or(s);
+    s.split("\nCaused by").next().unwrap_or(s).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests;

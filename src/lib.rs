@@ -1,0 +1,56 @@
+//! Tributary: YAML-defined streaming pipelines for operations telemetry — sources, DataFusion SQL
+//! transforms, sinks. See the README for a tour; `plugins/` for every source and sink.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod graph;
+pub mod plugins;
+pub mod query;
+pub mod runtime;
+pub mod sql;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use config::{Diagnostics, PipelineFile};
+use runtime::{RunOptions, RunReport};
+
+/// Load and check a pipeline file without running anything (what `tributary validate` does).
+pub async fn validate_file(path: &Path) -> Result<graph::Plan, Diagnostics> {
+    let file = PipelineFile::load(path)?;
+    graph::plan(&file, &plugins::Registry::builtin()).await
+}
+
+/// Why a run did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Invalid(#[from] Diagnostics),
+    #[error("{0:#}")]
+    Admin(anyhow::Error),
+}
+
+/// Validate, start the admin API, and run until `shutdown` is cancelled or every source is done.
+/// `admin` overrides the file's `admin.address`.
+pub async fn run_file(
+    path: &Path,
+    admin: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> Result<RunReport, StartError> {
+    let file = PipelineFile::load(path)?;
+    let plan = graph::plan(&file, &plugins::Registry::builtin()).await?;
+    let admin_state = if file.admin.enabled || admin.is_some() {
+        let state = Arc::new(admin::AdminState::default());
+        let address = admin.unwrap_or(file.admin.address);
+        admin::serve(address, state.clone(), shutdown.clone()).await.map_err(StartError::Admin)?;
+        Some(state)
+    } else {
+        None
+    };
+    Ok(runtime::run(plan, admin_state, shutdown, opts).await)
+}

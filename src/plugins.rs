@@ -1,0 +1,39 @@
+//! The plugins linked into this build, by `type:` name.
+
+use tributary_sdk::{SinkPlugin, SourcePlugin};
+
+pub struct Registry {
+    sources: Vec<Box<dyn SourcePlugin>>,
+    sinks: Vec<Box<dyn SinkPlugin>>,
+}
+
+impl Registry {
+    /// Every plugin in this build.
+    pub fn builtin() -> Self {
+        Registry {
+            sources: vec![
+                Box::new(tributary_demo::DemoSourcePlugin),
+                Box::new(tributary_file::FileSourcePlugin),
+                Box::new(tributary_http_server::HttpServerPlugin),
+            ],
+            sinks: vec![
+                Box::new(tributary_parquet::ParquetSinkPlugin),
+                Box::new(tributary_console::ConsoleSinkPlugin),
+                Box::new(tributary_file::FileSinkPlugin),
+            ],
+        }
+    }
+
+    pub fn source(&self, type_name: &str) -> Option<&dyn SourcePlugin> {
+        self.sources.iter().find(|p| p.type_name() == type_name).map(|p| p.as_ref())
+    }
+    pub fn sink(&self, type_name: &str) -> Option<&dyn SinkPlugin> {
+        self.sinks.iter().find(|p| p.type_name() == type_name).map(|p| p.as_ref())
+    }
+    pub fn source_types(&self) -> Vec<&'static str> {
+        self.sources.iter().map(|p| p.type_name()).collect()
+    }
+    pub fn sink_types(&self) -> Vec<&'static str> {
+        self.sinks.iter().map(|p| p.type_name()).collect()
+    }
+}

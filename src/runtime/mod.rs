@@ -1,0 +1,285 @@
+//! Running a plan: one tokio task per component, bounded channels between them, acks released by
+//! sinks, and an orderly drain on shutdown.
+//!
+//! Shutdown order falls out of channel ownership: cancelling the token stops the sources; when a
+//! source returns, its outputs (the only senders into its consumers' channels) are dropped; a
+//! transform whose inputs are all closed finishes and drops its outputs; a sink whose input is
+//! closed flushes and returns. So everything accepted is written before `run` returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tributary_sdk::output::OutputSpec;
+use tributary_sdk::{
+    AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Durability, Output, Sink, SinkContext, SourceContext,
+    DEAD_LETTER_OUTPUT,
+};
+
+use crate::admin::{AdminState, ComponentInfo};
+use crate::config::Kind;
+use crate::graph::{InputRef, Plan, PlannedTransform};
+
+/// Batches buffered in front of each transform and sink.
+pub const CHANNEL_CAPACITY: usize = 16;
+
+/// Options for a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long the drain may take after shutdown starts before tasks are aborted.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What happened, per component.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// Components that failed, with the error.
+    pub failures: Vec<(String, String)>,
+    /// One line per component: rows in/out, errors, dead letters.
+    pub summary: Vec<String>,
+    /// The drain did not finish in time.
+    pub timed_out: bool,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty() && !self.timed_out
+    }
+}
+
+struct Wiring {
+    /// Channel senders per consumer, taken when outputs are built.
+    senders: HashMap<String, mpsc::Sender<Delivery>>,
+    receivers: HashMap<String, mpsc::Receiver<Delivery>>,
+    /// (consumer id, its inputs)
+    consumers: Vec<(String, Vec<InputRef>)>,
+    metrics: HashMap<String, Arc<ComponentMetrics>>,
+}
+
+impl Wiring {
+    fn output(&self, producer: &str, output: &str) -> Output {
+        let mut targets = Vec::new();
+        for (consumer, inputs) in &self.consumers {
+            for (i, r) in inputs.iter().enumerate() {
+                if r.component == producer && r.output == output {
+                    targets.push((self.senders[consumer].clone(), i));
+                }
+            }
+        }
+        Output::new(targets, self.metrics[producer].clone(), output != DEAD_LETTER_OUTPUT)
+    }
+
+    fn dead_letters(&self, producer: &str) -> DeadLetters {
+        DeadLetters::new(producer, self.output(producer, DEAD_LETTER_OUTPUT), self.metrics[producer].clone())
+    }
+}
+
+/// Run `plan` until `shutdown` is cancelled (or every source finishes), then drain.
+pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: CancellationToken, opts: RunOptions) -> RunReport {
+    let Plan { sources, transforms, sinks, decls, .. } = plan;
+    let mut wiring = Wiring { senders: HashMap::new(), receivers: HashMap::new(), consumers: Vec::new(), metrics: HashMap::new() };
+    for d in &decls {
+        wiring.metrics.insert(d.id.clone(), Arc::new(ComponentMetrics::default()));
+    }
+    for (id, inputs) in transforms.iter().map(|t| (&t.id, &t.inputs)).chain(sinks.iter().map(|s| (&s.id, &s.inputs))) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        wiring.senders.insert(id.clone(), tx);
+        wiring.receivers.insert(id.clone(), rx);
+        wiring.consumers.push((id.clone(), inputs.clone()));
+    }
+    if let Some(admin) = &admin {
+        let infos = decls
+            .iter()
+            .map(|d| ComponentInfo {
+                id: d.id.clone(),
+                kind: d.kind,
+                type_name: d.type_name.clone(),
+                metrics: wiring.metrics[&d.id].clone(),
+                input: wiring.senders.get(&d.id).map(|s| s.downgrade()),
+            })
+            .collect();
+        admin.set_components(infos);
+    }
+
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    for s in sinks {
+        let rx = wiring.receivers.remove(&s.id).expect("channel");
+        let ctx = SinkContext { id: s.id.clone(), dead_letters: wiring.dead_letters(&s.id), metrics: wiring.metrics[&s.id].clone() };
+        let id = s.id.clone();
+        tasks.spawn(async move { (id, run_sink(s.sink, rx, ctx).await) });
+    }
+    for t in transforms {
+        let rx = wiring.receivers.remove(&t.id).expect("channel");
+        let output = wiring.output(&t.id, "");
+        let dead = wiring.dead_letters(&t.id);
+        let metrics = wiring.metrics[&t.id].clone();
+        let id = t.id.clone();
+        tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics).await) });
+    }
+    for s in sources {
+        let outputs: HashMap<String, Output> =
+            s.outputs.iter().map(|o: &OutputSpec| (o.name.clone(), wiring.output(&s.id, &o.name))).collect();
+        let ctx = SourceContext::new(s.id.clone(), outputs, wiring.dead_letters(&s.id), shutdown.child_token(), wiring.metrics[&s.id].clone());
+        let id = s.id.clone();
+        let source = s.source;
+        tasks.spawn(async move { (id, source.run(ctx).await) });
+    }
+    // Only outputs hold senders now, so channels close as their producers finish.
+    let metrics = std::mem::take(&mut wiring.metrics);
+    drop(wiring);
+
+    let mut report = RunReport::default();
+    let deadline = async {
+        shutdown.cancelled().await;
+        if let Some(a) = &admin {
+            a.set_stopping();
+        }
+        tracing::info!("shutting down: sources stopped, draining transforms and sinks");
+        tokio::time::sleep(opts.drain_timeout).await;
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok((id, Ok(())))) => tracing::debug!(component = %id, "finished"),
+                Some(Ok((id, Err(e)))) => {
+                    tracing::error!(component = %id, "failed: {e:#}");
+                    metrics[&id].errors.inc();
+                    report.failures.push((id, format!("{e:#}")));
+                    // A pipeline missing a component cannot deliver what it promises: stop it cleanly.
+                    shutdown.cancel();
+                }
+                Some(Err(join_err)) => {
+                    tracing::error!("a component task panicked: {join_err}");
+                    report.failures.push(("<task>".into(), join_err.to_string()));
+                    shutdown.cancel();
+                }
+            },
+            _ = &mut deadline => {
+                tracing::error!(timeout = ?opts.drain_timeout, remaining = tasks.len(), "drain timed out; aborting the remaining components");
+                report.timed_out = true;
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    if let Some(a) = &admin {
+        a.set_stopping();
+    }
+    for d in &decls {
+        let m = &metrics[&d.id];
+        report.summary.push(format!(
+            "{} ({} {}): {} rows in, {} rows out, {} errors, {} dead letters",
+            d.id,
+            d.type_name,
+            d.kind.label(),
+            if d.kind == Kind::Source { m.rows_out.get() } else { m.rows_in.get() },
+            m.rows_out.get(),
+            m.errors.get(),
+            m.dead_letters.get()
+        ));
+    }
+    report
+}
+
+async fn run_transform(
+    t: PlannedTransform,
+    mut rx: mpsc::Receiver<Delivery>,
+    output: Output,
+    dead: DeadLetters,
+    metrics: Arc<ComponentMetrics>,
+) -> anyhow::Result<()> {
+    while let Some(Delivery { input, batch }) = rx.recv().await {
+        metrics.rows_in.add(batch.data.num_rows() as u64);
+        metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
+        metrics.batches_in.inc();
+        match t.sql.execute(input, batch.data.clone()).await {
+            Ok(out) => {
+                let n = out.len();
+                let mut acks = Some(batch.acks);
+                for (i, b) in out.into_iter().enumerate() {
+                    let a = if i + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
+                    output.send(Batch::with_acks(b, a)).await?;
+                }
+                // Filtered out entirely: nothing left to deliver.
+                if let Some(a) = acks {
+                    a.release();
+                }
+            }
+            Err(e) => {
+                metrics.errors.inc();
+                let reason = format!("SQL failed on input `{}`: {e}", t.inputs[input].name);
+                tracing::warn!(transform = %t.id, "{reason}");
+                dead.send_rows(&batch.data, &reason, batch.acks).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_sink(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Delivery>, ctx: SinkContext) -> anyhow::Result<()> {
+    sink.start(&ctx).await?;
+    let mut pending = AckSet::none();
+    let mut ticker = sink.flush_interval().map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let tick = async {
+            match ticker.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            delivery = rx.recv() => {
+                let Some(Delivery { batch, .. }) = delivery else { break };
+                let m = &ctx.metrics;
+                m.rows_in.add(batch.data.num_rows() as u64);
+                m.bytes_in.add(batch.data.get_array_memory_size() as u64);
+                m.batches_in.inc();
+                match sink.write(batch.data.clone(), &ctx).await {
+                    Ok(Durability::Durable) => {
+                        pending.extend(batch.acks);
+                        std::mem::take(&mut pending).release();
+                    }
+                    Ok(Durability::Buffered) => pending.extend(batch.acks),
+                    Err(e) => {
+                        m.errors.inc();
+                        let reason = format!("write failed: {e:#}");
+                        tracing::error!(sink = %ctx.id, rows = batch.data.num_rows(), "{reason}");
+                        ctx.dead_letters.send_rows(&batch.data, &reason, batch.acks).await?;
+                    }
+                }
+            }
+            _ = tick => flush(sink.as_mut(), &ctx, &mut pending).await,
+        }
+    }
+    flush(sink.as_mut(), &ctx, &mut pending).await;
+    Ok(())
+}
+
+async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, pending: &mut AckSet) {
+    match sink.flush(ctx).await {
+        Ok(()) => std::mem::take(pending).release(),
+        Err(e) => {
+            ctx.metrics.errors.inc();
+            tracing::error!(sink = %ctx.id, "flush failed: {e:#}; unacknowledged rows will be redelivered by replayable sources");
+            std::mem::take(pending).fail();
+        }
+    }
+}

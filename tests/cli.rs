@@ -1,0 +1,218 @@
+//! The `tributary` binary as a user runs it: validate, graph, query, run with the quickstart, and a
+//! SIGTERM in the middle of HTTP ingest.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+fn tributary(args: &[&str], cwd: &Path) -> Output {
+    Command::new(bin()).args(args).current_dir(cwd).env("TRIBUTARY_LOG", "warn").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Validate a pipeline text; returns (exit success, stderr).
+fn validate(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.yaml", text);
+    let o = tributary(&["validate", "p.yaml"], dir.path());
+    (o.status.success(), stderr(&o))
+}
+
+const DEMO: &str = "sources:\n  probes:\n    type: demo\n    kind: probes\n";
+
+#[test]
+fn validate_accepts_every_shipped_pipeline() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        let o = tributary(&["validate", path.to_str().unwrap()], root);
+        assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(": valid ("), "{out}");
+    }
+}
+
+#[test]
+fn validate_reports_an_unknown_key_with_position_and_valid_keys() {
+    let (ok, err) = validate(&format!("{DEMO}    rat: 5\n"));
+    assert!(!ok);
+    assert_eq!(err.trim(), "p.yaml:5:5: sources.probes.rat: unknown field `rat`, expected one of `kind`, `rate`, `batch_size`, `count`, `seed`");
+}
+
+#[test]
+fn validate_reports_a_wrong_type() {
+    let (ok, err) = validate(&format!("{DEMO}    rate: [1, 2]\n"));
+    assert!(!ok);
+    assert_eq!(err.trim(), "p.yaml:5:5: sources.probes.rate: invalid type: sequence, expected f64");
+}
+
+#[test]
+fn validate_reports_a_missing_required_field() {
+    let (ok, err) = validate("sources:\n  probes:\n    type: demo\n    rate: 5\n");
+    assert!(!ok);
+    assert_eq!(err.trim(), "p.yaml:2:3: sources.probes: missing field `kind`");
+}
+
+#[test]
+fn validate_reports_an_input_that_does_not_exist() {
+    let (ok, err) = validate(&format!("{DEMO}sinks:\n  out:\n    type: console\n    inputs: [probes, prbes]\n"));
+    assert!(!ok);
+    assert_eq!(err.trim(), "p.yaml:8:22: sinks.out.inputs[1]: unknown input `prbes`, expected one of `probes` (or `<id>.dead_letter`)");
+}
+
+#[test]
+fn validate_reports_a_cycle() {
+    let (ok, err) = validate(&format!(
+        "{DEMO}transforms:\n  a:\n    inputs: [probes, c]\n    sql: SELECT 1 AS x\n  b:\n    inputs: [a]\n    sql: SELECT 1 AS x\n  c:\n    inputs: [b]\n    sql: SELECT 1 AS x\n"
+    ));
+    assert!(!ok);
+    assert_eq!(err.trim(), "p.yaml:10:5: transforms.b.inputs: cycle in the pipeline graph: a → b → c → a (a component may not consume its own output, directly or indirectly)");
+}
+
+#[test]
+fn validate_reports_sql_that_does_not_plan_with_the_column_name() {
+    let (ok, err) = validate(&format!("{DEMO}transforms:\n  slow:\n    inputs: [probes]\n    sql: SELECT site, latency FROM probes\n"));
+    assert!(!ok);
+    assert!(err.starts_with("p.yaml:8:5: transforms.slow.sql: SQL does not plan: Schema error: No field named latency."), "{err}");
+    assert!(err.contains("probes.response_time_ms"), "lists valid fields: {err}");
+}
+
+#[test]
+fn validate_reports_invalid_yaml_and_never_prints_secrets() {
+    let (ok, err) = validate("sources:\n  probes: {type: demo\n");
+    assert!(!ok);
+    assert!(err.starts_with("p.yaml:3:1: invalid YAML: "), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.yaml", "sources:\n  probes:\n    type: demo\n    kind: probes\n    rate: ${DEMO_SECRET}\n");
+    let o = Command::new(bin()).args(["validate", "p.yaml"]).current_dir(dir.path()).env("DEMO_SECRET", "hunter2-correct-horse").output().unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.trim(), "p.yaml:5:5: sources.probes.rate: invalid type: string \"***\", expected f64");
+}
+
+#[test]
+fn graph_prints_mermaid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = tributary(&["graph", "pipelines/quickstart.yaml"], root);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("flowchart LR\n  probes([\"probes<br/><small>demo</small>\"])\n"), "{out}");
+    for edge in ["  probes --> sla_breaches\n", "  sla_breaches --> breaches_parquet\n", "  badges --> high_scores\n"] {
+        assert!(out.contains(edge), "missing {edge:?} in {out}");
+    }
+}
+
+#[test]
+fn quickstart_runs_flushes_and_is_queryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pipeline = root.join("pipelines/quickstart.yaml");
+    let o = Command::new(bin())
+        .args(["run", pipeline.to_str().unwrap(), "--duration", "3s"])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_ADMIN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("stopped cleanly"), "{err}");
+    assert!(err.contains("probes (demo source): "), "per-component summary: {err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("[breaches_summary] +"), "console summary printed");
+    assert!(files_ending(dir.path(), ".tmp").is_empty());
+
+    let q = tributary(&["query", "SELECT count(*) > 20 AS enough, count(DISTINCT site) AS sites FROM probes", "--format", "csv"], dir.path());
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "enough,sites\ntrue,5\n");
+    let q = tributary(&["query", "SELECT count(*) AS n FROM high_scores WHERE points_per_second IS NULL", "--format", "json"], dir.path());
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "{\"n\":0}\n");
+    let q = tributary(&["query", "SELECT nope FROM probes"], dir.path());
+    assert!(!q.status.success());
+    assert!(stderr(&q).contains("nope"), "{}", stderr(&q));
+}
+
+/// SIGTERM while clients post: every request answered 200 is in the Parquet output, nothing else
+/// is, the process exits 0, and no temporary file is left.
+#[test]
+fn sigterm_during_http_ingest_loses_nothing_that_was_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let admin = free_addr();
+    write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    schema: {{ts: timestamp, req: int, i: int}}\ntransforms:\n  rows:\n    inputs: [ingest]\n    sql: SELECT ts, req, i FROM ingest\nsinks:\n  lake: {{type: parquet, inputs: [rows], path: data/rows, max_rows: 500, max_age: 1h}}\n"
+        ),
+    );
+    let mut child = Command::new(bin()).args(["run", "p.yaml"]).current_dir(dir.path()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+
+    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut req = c * 1_000_000;
+                while !stop.load(Ordering::SeqCst) {
+                    req += 1;
+                    let body: String = (0..10).map(|i| format!("{{\"req\":{req},\"i\":{i}}}\n")).collect();
+                    match post(addr, "/", &[], body.as_bytes()) {
+                        Ok((200, _)) => {
+                            accepted.lock().unwrap().insert(req);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break, // the listener is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = accepted.lock().unwrap().len();
+    assert!(before > 20, "clients got going ({before} requests accepted)");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+
+    let accepted: BTreeSet<i64> = accepted.lock().unwrap().iter().copied().collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tables = tributary::query::discover_tables(&dir.path().join("data"), &[]).unwrap();
+    let batches = rt.block_on(tributary::query::run_query("SELECT req, count(*) AS n FROM rows GROUP BY req", &tables)).unwrap();
+    let mut written = BTreeSet::new();
+    for b in &batches {
+        let req = b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        let n = b.column(1).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            assert_eq!(n.value(i), 10, "request {} written whole, once", req.value(i));
+            written.insert(req.value(i));
+        }
+    }
+    let missing: Vec<_> = accepted.difference(&written).collect();
+    let unexpected: Vec<_> = written.difference(&accepted).collect();
+    assert!(missing.is_empty(), "{} accepted requests missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(unexpected.is_empty(), "rows from requests that were not answered 200: {unexpected:?}");
+    assert!(files_ending(dir.path(), ".tmp").is_empty());
+}

@@ -1,0 +1,141 @@
+//! Bad HTTP input gets the right status and reason, is counted in /metrics, and the pipeline keeps
+//! serving; a stalled sink turns into 503 (backpressure) and nothing answered 200 is lost.
+
+mod common;
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use common::*;
+use tokio_util::sync::CancellationToken;
+use tributary::runtime::RunOptions;
+
+async fn wait_for_port(addr: std::net::SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+async fn post_async(addr: std::net::SocketAddr, headers: &'static [(&'static str, &'static str)], body: Vec<u8>) -> (u16, String) {
+    tokio::task::spawn_blocking(move || post(addr, "/ingest", headers, &body).unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_with_reasons_counted_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = (free_addr(), free_addr());
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    token: ${{INGEST_TOKEN_T1:-tok-123456}}\n    max_body_bytes: 1KiB\n    schema: {{user: string, score: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 50ms}}\n",
+            out.display()
+        ),
+    );
+    let shutdown = CancellationToken::new();
+    let run = {
+        let (p, s) = (pipeline.clone(), shutdown.clone());
+        tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("starts") })
+    };
+    wait_for_port(addr).await;
+    const AUTH: &[(&str, &str)] = &[("Authorization", "Bearer tok-123456")];
+
+    let (status, body) = post_async(addr, &[], br#"{"user":"a","score":1}"#.to_vec()).await;
+    assert_eq!((status, body.as_str()), (401, r#"{"error":"missing or invalid bearer token"}"#));
+    let (status, _) = post_async(addr, &[("Authorization", "Bearer wrong")], br#"{"user":"a","score":1}"#.to_vec()).await;
+    assert_eq!(status, 401);
+
+    let (status, body) = post_async(addr, AUTH, b"{\"user\":\"a\",\"score\":1}\n{\"user\": oops}\n".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with(r#"{"error":"line 2: malformed JSON: expected value"#), "{body}");
+
+    let (status, body) = post_async(addr, AUTH, br#"[{"user":"a","score":1},{"user":"b","score":"many"}]"#.to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("element 1: ") && body.contains("score"), "{body}");
+
+    let (status, body) = post_async(addr, AUTH, br#"["not an object"]"#.to_vec()).await;
+    assert_eq!((status, body.as_str()), (400, r#"{"error":"element 0: expected a JSON object, got a string"}"#));
+
+    let big = format!(r#"{{"user":"{}","score":1}}"#, "x".repeat(2000));
+    let (status, body) = post_async(addr, AUTH, big.into_bytes()).await;
+    assert_eq!((status, body.as_str()), (413, r#"{"error":"body larger than the limit of 1024 bytes"}"#));
+
+    // Still serving, and only the good request's rows arrive.
+    let (status, body) = post_async(addr, AUTH, b"{\"user\":\"ok\",\"score\":5}\n{\"user\":\"ok2\",\"score\":6}".to_vec()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"accepted":2}"#));
+
+    let (status, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics").unwrap()).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(metric(&metrics, "tributary_component_errors_total", "ingest"), Some(6.0), "{metrics}");
+    assert_eq!(metric(&metrics, "tributary_component_rows_out_total", "ingest"), Some(2.0), "{metrics}");
+    assert!(metrics.contains("tributary_up 1"), "{metrics}");
+    let (status, health) = tokio::task::spawn_blocking(move || get(admin, "/health").unwrap()).await.unwrap();
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "ok", "components": {
+            "ingest": {"kind": "source", "type": "http_server", "errors": 6},
+            "out": {"kind": "sink", "type": "file", "errors": 0}
+        }})
+    );
+
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"user\":\"ok\",\"score\":5}\n{\"user\":\"ok2\",\"score\":6}\n");
+}
+
+/// The file sink writes to a FIFO nobody reads yet, so it stalls: buffers fill, clients get 503.
+/// Once a reader appears everything that was answered 200 comes out, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_stalled_sink_backpressures_clients_with_503_and_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let fifo = dir.path().join("out.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{enabled: false}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    accept_timeout: 100ms\n    schema: {{n: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\"}}\n",
+            fifo.display()
+        ),
+    );
+    let shutdown = CancellationToken::new();
+    let run = {
+        let (p, s) = (pipeline.clone(), shutdown.clone());
+        tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("starts") })
+    };
+    wait_for_port(addr).await;
+
+    let mut accepted = Vec::new();
+    let mut saw_503 = None;
+    for n in 0..200 {
+        let (status, body) = post_async(addr, &[], format!("{{\"n\":{n}}}").into_bytes()).await;
+        match status {
+            200 => accepted.push(n),
+            503 => {
+                saw_503 = Some(body);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(saw_503.as_deref(), Some(r#"{"error":"pipeline is busy (backpressure); retry later"}"#));
+    assert!(accepted.len() >= 16, "the buffers took {} requests before pushing back", accepted.len());
+
+    let reader = std::thread::spawn(move || {
+        let f = std::fs::File::open(&fifo).unwrap();
+        std::io::BufReader::new(f).lines().map(|l| l.unwrap()).collect::<Vec<_>>()
+    });
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+    let lines = reader.join().unwrap();
+    let expected: Vec<String> = accepted.iter().map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(lines, expected);
+}
