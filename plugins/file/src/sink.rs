@@ -74,3 +74,31 @@ impl Sink for FileSink {
         Some(self.cfg.flush_interval.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use tributary_sdk::testkit::sink_context;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_json_lines_and_reports_buffered_until_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "{\"existing\":true}\n").unwrap();
+        let cfg = ComponentConfig::from_yaml("out", &format!("{{path: {}}}", path.display()));
+        let mut sink = FileSinkPlugin.build(&cfg, &[]).map_err(|e| e.to_string()).unwrap();
+        let (ctx, _dl) = sink_context("out");
+        sink.start(&ctx).await.unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, true), Field::new("ms", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![Some("a"), None])), Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        assert_eq!(sink.write(batch, &ctx).await.unwrap(), Durability::Buffered);
+        sink.flush(&ctx).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"existing\":true}\n{\"site\":\"a\",\"ms\":1}\n{\"ms\":2}\n");
+    }
+}

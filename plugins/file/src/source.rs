@@ -160,3 +160,86 @@ impl Source for FileSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::datatypes::Int64Type;
+    use tokio::sync::mpsc::Receiver;
+    use tributary_sdk::testkit::source_context;
+    use tributary_sdk::Delivery;
+
+    use super::*;
+
+    fn build(path: &std::path::Path, mode: &str) -> Box<dyn Source> {
+        let cfg = ComponentConfig::from_yaml(
+            "events",
+            &format!("{{path: {}, mode: {mode}, poll_interval: 20ms, schema: {{n: int}}}}", path.display()),
+        );
+        FileSourcePlugin.build(&cfg).map_err(|e| e.to_string()).unwrap().source
+    }
+
+    fn values(b: &RecordBatch) -> Vec<i64> {
+        b.column(0).as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    async fn next_values(rx: &mut Receiver<Delivery>) -> Vec<i64> {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a batch in time").expect("open");
+        values(&d.batch.data)
+    }
+
+    #[tokio::test]
+    async fn read_once_reads_every_line_including_an_unterminated_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n{\"n\":\"two\"}\n\n{\"n\":3}").unwrap();
+        let (ctx, mut h) = source_context("events", &[""], 8);
+        build(&path, "read_once").run(ctx).await.unwrap();
+        let main = h.outputs.get_mut("").unwrap();
+        let mut got = Vec::new();
+        while let Ok(d) = main.try_recv() {
+            got.extend(values(&d.batch.data));
+        }
+        assert_eq!(got, [1, 3]);
+        let dl = h.dead_letters.try_recv().unwrap().batch.data;
+        assert_eq!(dl.column(3).as_string::<i32>().value(0), "{\"n\":\"two\"}");
+        let reason = dl.column(2).as_string::<i32>().value(0).to_string();
+        assert!(reason.starts_with(&format!("{}:2: ", path.display())), "{reason}");
+        assert_eq!((h.metrics.errors.get(), h.metrics.rows_out.get()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn tail_follows_appends_waits_for_whole_lines_and_restarts_after_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n").unwrap();
+        let (ctx, mut h) = source_context("events", &[""], 8);
+        let task = tokio::spawn(build(&path, "tail").run(ctx));
+        let main = h.outputs.get_mut("").unwrap();
+        assert_eq!(next_values(main).await, [1]);
+
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"n\":2}\n{\"n\":").unwrap();
+        f.flush().unwrap();
+        assert_eq!(next_values(main).await, [2], "the partial line waits");
+        f.write_all(b"3}\n").unwrap();
+        f.flush().unwrap();
+        assert_eq!(next_values(main).await, [3]);
+
+        std::fs::write(&path, "{\"n\":9}\n").unwrap(); // truncated and rewritten (e.g. rotated)
+        assert_eq!(next_values(main).await, [9]);
+
+        h.shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_an_error_naming_it() {
+        let (ctx, _h) = source_context("events", &[""], 8);
+        let err = build(std::path::Path::new("/nonexistent/in.jsonl"), "read_once").run(ctx).await.unwrap_err();
+        assert_eq!(format!("{err:#}"), "cannot open /nonexistent/in.jsonl: No such file or directory (os error 2)");
+    }
+}

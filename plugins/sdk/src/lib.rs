@@ -15,6 +15,7 @@ pub mod json;
 pub mod metrics;
 pub mod output;
 pub mod retry;
+pub mod testkit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
