@@ -102,6 +102,16 @@ fn validate_reports_invalid_yaml_and_never_prints_secrets() {
 }
 
 #[test]
+fn run_checks_the_pipeline_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.yaml", &format!("{DEMO}sinks:\n  lake: {{type: parquet, inputs: [probes], path: data/x, max_rows: lots}}\n"));
+    let o = tributary(&["run", "p.yaml", "--duration", "1s"], dir.path());
+    assert!(!o.status.success());
+    assert_eq!(stderr(&o).trim(), "p.yaml:6:57: sinks.lake.max_rows: invalid type: string \"lots\", expected usize");
+    assert!(!dir.path().join("data").exists(), "nothing ran");
+}
+
+#[test]
 fn graph_prints_mermaid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let o = tributary(&["graph", "pipelines/quickstart.yaml"], root);

@@ -74,6 +74,7 @@ async fn bad_input_is_rejected_with_reasons_counted_and_the_server_keeps_serving
     assert_eq!(metric(&metrics, "tributary_component_errors_total", "ingest"), Some(6.0), "{metrics}");
     assert_eq!(metric(&metrics, "tributary_component_rows_out_total", "ingest"), Some(2.0), "{metrics}");
     assert!(metrics.contains("tributary_up 1"), "{metrics}");
+    assert_eq!(metric(&metrics, "tributary_component_buffer_fill_ratio", "out"), Some(0.0), "{metrics}");
     let (status, health) = tokio::task::spawn_blocking(move || get(admin, "/health").unwrap()).await.unwrap();
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
