@@ -4,21 +4,9 @@
 mod common;
 
 use std::io::BufRead;
-use std::time::Duration;
 
 use common::*;
-use tokio_util::sync::CancellationToken;
-use tributary::runtime::RunOptions;
 
-async fn wait_for_port(addr: std::net::SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on {addr}");
-}
 
 async fn post_async(addr: std::net::SocketAddr, headers: &'static [(&'static str, &'static str)], body: Vec<u8>) -> (u16, String) {
     tokio::task::spawn_blocking(move || post(addr, "/ingest", headers, &body).unwrap()).await.unwrap()
@@ -37,11 +25,7 @@ async fn bad_input_is_rejected_with_reasons_counted_and_the_server_keeps_serving
             out.display()
         ),
     );
-    let shutdown = CancellationToken::new();
-    let run = {
-        let (p, s) = (pipeline.clone(), shutdown.clone());
-        tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("starts") })
-    };
+    let (run, shutdown) = spawn_pipeline(&pipeline);
     wait_for_port(addr).await;
     const AUTH: &[(&str, &str)] = &[("Authorization", "Bearer tok-123456")];
 
@@ -107,11 +91,7 @@ async fn a_stalled_sink_backpressures_clients_with_503_and_loses_nothing_accepte
             fifo.display()
         ),
     );
-    let shutdown = CancellationToken::new();
-    let run = {
-        let (p, s) = (pipeline.clone(), shutdown.clone());
-        tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("starts") })
-    };
+    let (run, shutdown) = spawn_pipeline(&pipeline);
     wait_for_port(addr).await;
 
     let mut accepted = Vec::new();

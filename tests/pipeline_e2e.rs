@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -110,11 +109,7 @@ sinks:
             data = data.display()
         ),
     );
-    let shutdown = CancellationToken::new();
-    let run = {
-        let (p, s) = (pipeline.clone(), shutdown.clone());
-        tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("pipeline starts") })
-    };
+    let (run, shutdown) = spawn_pipeline(&pipeline);
     wait_for_port(addr).await;
 
     let bodies: [&[u8]; 3] = [
@@ -143,12 +138,3 @@ sinks:
     assert!(files_ending(&data, ".tmp").is_empty());
 }
 
-async fn wait_for_port(addr: std::net::SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nothing listens on {addr}");
-}

@@ -4,7 +4,11 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use tokio_util::sync::CancellationToken;
+use tributary::runtime::{RunOptions, RunReport};
 
 /// A localhost address with a port nobody listens on right now.
 pub fn free_addr() -> SocketAddr {
@@ -85,4 +89,23 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 pub fn metric(text: &str, name: &str, component: &str) -> Option<f64> {
     let prefix = format!("{name}{{component=\"{component}\",");
     text.lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// Wait until something accepts connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// Start the pipeline file in the background; cancel the token to stop it.
+pub fn spawn_pipeline(path: &Path) -> (tokio::task::JoinHandle<RunReport>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let (p, s) = (path.to_path_buf(), shutdown.clone());
+    let handle = tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("pipeline starts") });
+    (handle, shutdown)
 }
