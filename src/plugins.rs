@@ -15,11 +15,15 @@ impl Registry {
                 Box::new(tributary_demo::DemoSourcePlugin),
                 Box::new(tributary_file::FileSourcePlugin),
                 Box::new(tributary_http_server::HttpServerPlugin),
+                Box::new(tributary_site_probe::SiteProbePlugin),
+                Box::new(tributary_kafka::KafkaSourcePlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),
                 Box::new(tributary_console::ConsoleSinkPlugin),
                 Box::new(tributary_file::FileSinkPlugin),
+                Box::new(tributary_timescale::TimescaleSinkPlugin),
+                Box::new(tributary_kafka::KafkaSinkPlugin),
             ],
         }
     }

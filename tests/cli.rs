@@ -197,7 +197,7 @@ fn sigterm_during_http_ingest_loses_nothing_that_was_accepted() {
     std::thread::sleep(Duration::from_millis(1500));
     let before = accepted.lock().unwrap().len();
     assert!(before > 20, "clients got going ({before} requests accepted)");
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    common::sigterm(&child);
     let status = child.wait().unwrap();
     stop.store(true, Ordering::SeqCst);
     for c in clients {

@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, ScalarValue};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
+use tributary_sdk::json::json_text;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct JsonPathUdf {
@@ -32,10 +33,7 @@ impl Default for JsonPathUdf {
 pub fn first_match(json: &str, path: &str) -> std::result::Result<Option<String>, String> {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else { return Ok(None) };
     let found = jsonpath_lib::select(&value, path).map_err(|e| format!("invalid JSONPath `{path}`: {e:?}"))?;
-    Ok(found.first().map(|v| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }))
+    Ok(found.first().map(|v| json_text(v)))
 }
 
 fn as_utf8(v: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
@@ -70,10 +68,7 @@ impl ScalarUDFImpl for JsonPathUdf {
             let mut out = StringBuilder::with_capacity(n, n * 8);
             for t in texts.iter() {
                 let hit = t.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()).and_then(|v| {
-                    selector.select(&v).ok().and_then(|found| found.first().map(|m| match m {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    }))
+                    selector.select(&v).ok().and_then(|found| found.first().map(|m| json_text(m)))
                 });
                 out.append_option(hit);
             }

@@ -109,3 +109,9 @@ pub fn spawn_pipeline(path: &Path) -> (tokio::task::JoinHandle<RunReport>, Cance
     let handle = tokio::spawn(async move { tributary::run_file(&p, None, s, RunOptions::default()).await.expect("pipeline starts") });
     (handle, shutdown)
 }
+
+/// Ask a child process to stop the way an init system would.
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM {}", child.id());
+}

@@ -53,6 +53,11 @@ impl DeadLetters {
 
     /// Send payloads with their reasons. `acks` are the obligations of the data they came from:
     /// released once the dead letters are stored (or logged, when nothing is wired).
+    /// The same component's dead letters with the output detached (letters are logged instead).
+    pub fn unconnected(&self) -> Self {
+        DeadLetters { component: self.component.clone(), output: Output::new(Vec::new(), self.metrics.clone(), false), metrics: self.metrics.clone() }
+    }
+
     pub async fn send(&self, letters: Vec<DeadLetter>, acks: AckSet) -> Result<(), Closed> {
         if letters.is_empty() {
             acks.release();

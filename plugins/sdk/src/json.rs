@@ -230,3 +230,12 @@ mod tests {
         assert!(err.starts_with("element 1: ") && err.contains("score"), "{err}");
     }
 }
+
+/// A JSON value as text the way Tributary shows extracted values: strings unquoted, everything
+/// else as its JSON (`42`, `true`, `{"a":1}`). Used by `json_path()` and the probe extractors.
+pub fn json_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

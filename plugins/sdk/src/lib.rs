@@ -62,6 +62,14 @@ impl SourceContext {
             .unwrap_or_else(|| panic!("source `{}` sent to output `{name}` it did not declare", self.id))
     }
 
+    /// Close every output (and the dead-letter output) while the source keeps running: downstream
+    /// components then drain and flush, so a source can wait for the acks of what it already sent
+    /// (the Kafka source does, to commit its offsets before it returns).
+    pub fn close_outputs(&mut self) {
+        self.outputs.clear();
+        self.dead_letters = self.dead_letters.unconnected();
+    }
+
     /// Send rows without an acknowledgement to the main output.
     pub async fn send(&self, data: RecordBatch) -> Result<(), Closed> {
         self.output("").send(Batch::new(data)).await

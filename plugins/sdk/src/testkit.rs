@@ -41,3 +41,9 @@ pub fn sink_context(id: &str) -> (SinkContext, mpsc::Receiver<Delivery>) {
     let dead = DeadLetters::new(id, Output::new(vec![(tx, 0)], metrics.clone(), false), metrics.clone());
     (SinkContext { id: id.to_string(), dead_letters: dead, metrics }, rx)
 }
+
+/// The PostgreSQL the tests and benchmarks use: `TRIBUTARY_TEST_POSTGRES`, default the machine's
+/// pre-started server (`host=127.0.0.1 user=postgres dbname=test`).
+pub fn test_postgres_url() -> String {
+    std::env::var("TRIBUTARY_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}

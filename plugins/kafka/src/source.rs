@@ -1,0 +1,405 @@
+//! `kafka` source: a consumer group member whose offsets are committed only after every sink
+//! downstream has durably written the batch (and its dead letters). Undecodable messages go to the
+//! dead-letter output and are committed with their batch, never retried forever.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tributary_sdk::config::event_time_type;
+use tributary_sdk::json::JsonRows;
+use tributary_sdk::{
+    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec,
+    Secret, Source, SourceContext, SourcePlugin,
+};
+
+use crate::client::{client_config, SslConfig};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    /// JSON objects decoded into the declared `schema`.
+    #[default]
+    Json,
+    /// The API status monitor's messages, with `timestamp` (epoch seconds) turned into `ts` and
+    /// `success` computed as its consumer did.
+    ApiStatusMonitor,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// A new consumer group starts at the oldest retained message.
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// Config of a `kafka` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    pub bootstrap_servers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Columns and types of the JSON values (format `json`).
+    #[serde(default)]
+    pub schema: Option<DeclaredSchema>,
+    /// Timestamp column filled with the ingestion time when a message lacks it (default `ts`).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Messages per batch at most (default 1000).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a partial batch waits for more messages (default 200ms).
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait: HumanDuration,
+    /// Batches sent but not yet acknowledged before consumption pauses (default 64).
+    #[serde(default = "default_max_pending")]
+    pub max_pending_batches: usize,
+    /// `api_status_monitor`: seconds added to `timestamp`, for producers whose clock was shifted by
+    /// their UTC offset (the original used a naive `utcnow()`); default 0.
+    #[serde(default)]
+    pub timestamp_offset_secs: i64,
+    #[serde(default)]
+    pub ssl: Option<SslConfig>,
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, Secret>,
+}
+
+fn default_time_column() -> String {
+    "ts".into()
+}
+fn default_batch_size() -> usize {
+    1000
+}
+fn default_batch_wait() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+fn default_max_pending() -> usize {
+    64
+}
+
+/// The original monitor's message as declared columns.
+fn api_status_declared() -> DeclaredSchema {
+    serde_yaml::from_str(
+        "{site: string, endpoint: string, status_code: int, log: string, error: string, response_time_ms: int, sla_ms: int, in_sla: bool, timestamp: int}",
+    )
+    .expect("valid declaration")
+}
+
+/// Output schema of `format: api_status_monitor`.
+pub fn api_status_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", event_time_type(), false),
+        Field::new("site", DataType::Utf8, true),
+        Field::new("endpoint", DataType::Utf8, true),
+        Field::new("status_code", DataType::Int64, true),
+        Field::new("log", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("response_time_ms", DataType::Int64, true),
+        Field::new("sla_ms", DataType::Int64, true),
+        Field::new("in_sla", DataType::Boolean, true),
+        Field::new("success", DataType::Boolean, false),
+    ]))
+}
+
+pub struct KafkaSourcePlugin;
+
+impl SourcePlugin for KafkaSourcePlugin {
+    fn type_name(&self) -> &'static str {
+        "kafka"
+    }
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
+        let cfg: KafkaSourceConfig = config.decode()?;
+        if cfg.topics.is_empty() {
+            return Err(ConfigError::at("topics", "at least one topic is required"));
+        }
+        if cfg.batch_size == 0 || cfg.max_pending_batches == 0 {
+            return Err(ConfigError::at("batch_size", "batch_size and max_pending_batches must be at least 1"));
+        }
+        let (rows, schema) = match (cfg.format, &cfg.schema) {
+            (SourceFormat::Json, Some(s)) => {
+                let rows = JsonRows::new(s, Some(&cfg.time_column));
+                let schema = rows.schema().clone();
+                (rows, schema)
+            }
+            (SourceFormat::Json, None) => return Err(ConfigError::at("schema", "format `json` needs the columns and types of the messages")),
+            (SourceFormat::ApiStatusMonitor, None) => (JsonRows::new(&api_status_declared(), None), api_status_schema()),
+            (SourceFormat::ApiStatusMonitor, Some(_)) => {
+                return Err(ConfigError::at("schema", "format `api_status_monitor` has a fixed schema; remove `schema`"))
+            }
+        };
+        Ok(BuiltSource { outputs: vec![OutputSpec::main(schema.clone())], source: Box::new(KafkaSource { id: config.id.clone(), cfg, rows }) })
+    }
+}
+
+pub struct KafkaSource {
+    id: String,
+    cfg: KafkaSourceConfig,
+    rows: JsonRows,
+}
+
+struct Received {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+}
+
+/// A batch sent downstream, waiting for its acknowledgement.
+struct Pending {
+    seq: u64,
+    /// Highest offset per (topic, partition) in the batch.
+    offsets: HashMap<(String, i32), i64>,
+    status: Option<AckStatus>,
+}
+
+/// Offsets become committable in send order: a batch's offsets are committed only when it and
+/// every batch before it were delivered.
+struct CommitTracker {
+    pending: VecDeque<Pending>,
+    next_seq: u64,
+}
+
+impl CommitTracker {
+    fn resolve(&mut self, seq: u64, status: AckStatus) -> anyhow::Result<HashMap<(String, i32), i64>> {
+        let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) else { return Ok(HashMap::new()) };
+        if status == AckStatus::Failed {
+            let mut where_: Vec<String> = p.offsets.iter().map(|((t, part), o)| format!("{t}/{part}@{o}")).collect();
+            where_.sort();
+            bail!(
+                "a batch (up to {}) was not written by every sink; stopping without committing it, so it is consumed again on restart",
+                where_.join(", ")
+            );
+        }
+        p.status = Some(status);
+        let mut ready = HashMap::new();
+        while self.pending.front().is_some_and(|p| p.status == Some(AckStatus::Delivered)) {
+            let p = self.pending.pop_front().expect("front exists");
+            for (k, o) in p.offsets {
+                let e = ready.entry(k).or_insert(o);
+                *e = (*e).max(o);
+            }
+        }
+        Ok(ready)
+    }
+}
+
+impl KafkaSource {
+    fn consumer(&self) -> anyhow::Result<StreamConsumer> {
+        let mut cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &BTreeMap::new());
+        cfg.set("group.id", &self.cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", match self.cfg.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            });
+        for (k, v) in &self.cfg.librdkafka {
+            cfg.set(k, v.expose());
+        }
+        let consumer: StreamConsumer = cfg.create().context("creating the Kafka consumer")?;
+        let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", self.cfg.topics.join(", ")))?;
+        Ok(consumer)
+    }
+
+    fn commit(&self, consumer: &StreamConsumer, ready: &HashMap<(String, i32), i64>, mode: CommitMode) {
+        if ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in ready {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(source = %self.id, error = %e, "cannot record an offset to commit");
+            }
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // A rebalance moved the partition away: its new owner re-reads from the last commit.
+            tracing::warn!(source = %self.id, error = %e, "offset commit failed; those messages may be consumed again");
+        }
+    }
+
+    /// Decode a batch of messages, send the rows and dead letters under one acknowledgement.
+    async fn emit(
+        &self,
+        ctx: &SourceContext,
+        received: Vec<Received>,
+        tracker: &mut CommitTracker,
+        acks: &mpsc::UnboundedSender<(u64, AckStatus)>,
+    ) -> anyhow::Result<()> {
+        let seq = tracker.next_seq;
+        tracker.next_seq += 1;
+        let mut offsets = HashMap::new();
+        for m in &received {
+            let e = offsets.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
+            *e = (*e).max(m.offset);
+        }
+        tracker.pending.push_back(Pending { seq, offsets, status: None });
+        let tx = acks.clone();
+        let ack = Ack::new(move |status| {
+            let _ = tx.send((seq, status));
+        });
+
+        // One message per line: raw newlines in JSON can only be whitespace, so they become spaces.
+        let mut text = Vec::with_capacity(received.iter().map(|m| m.payload.as_ref().map_or(1, |p| p.len() + 1)).sum());
+        let mut letters = Vec::new();
+        for m in &received {
+            match &m.payload {
+                Some(p) if !p.trim_ascii().is_empty() => {
+                    text.extend(p.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }));
+                }
+                _ => letters.push(DeadLetter {
+                    payload: String::new(),
+                    reason: format!("{}/{}@{}: empty message", m.topic, m.partition, m.offset),
+                }),
+            }
+            text.push(b'\n');
+        }
+        let (batch, errors) = self.rows.decode_lines(&text);
+        for e in errors {
+            let m = &received[e.line - 1];
+            letters.push(DeadLetter { payload: e.raw, reason: format!("{}/{}@{}: {}", m.topic, m.partition, m.offset, e.reason) });
+        }
+        if !letters.is_empty() {
+            ctx.metrics.errors.add(letters.len() as u64);
+            ctx.dead_letters.send(letters, AckSet::single(ack.clone())).await?;
+        }
+        let batch = match self.cfg.format {
+            SourceFormat::Json => batch,
+            SourceFormat::ApiStatusMonitor => api_status_rows(&batch, self.cfg.timestamp_offset_secs),
+        };
+        if batch.num_rows() == 0 {
+            ack.release();
+        } else {
+            ctx.output("").send(Batch::with_acks(batch, AckSet::single(ack))).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The original consumer's view: `ts` from epoch seconds (plus the correction), `success` as
+/// `error == "" && 200 <= status_code < 300`.
+fn api_status_rows(raw: &RecordBatch, offset_secs: i64) -> RecordBatch {
+    let col = |n: &str| raw.column_by_name(n).expect("declared").clone();
+    let stamp = raw.column_by_name("timestamp").expect("declared").as_primitive::<Int64Type>();
+    let ts: TimestampMicrosecondArray = stamp
+        .iter()
+        .map(|s| Some(s.map(|s| (s + offset_secs) * 1_000_000).unwrap_or_else(now_micros)))
+        .collect::<TimestampMicrosecondArray>()
+        .with_timezone("UTC");
+    let status = raw.column_by_name("status_code").expect("declared").as_primitive::<Int64Type>();
+    let error = raw.column_by_name("error").expect("declared").as_string::<i32>();
+    let success: BooleanArray = (0..raw.num_rows())
+        .map(|i| {
+            let code = if status.is_valid(i) { status.value(i) } else { 0 };
+            let no_error = !error.is_valid(i) || error.value(i).is_empty();
+            Some(no_error && (200..300).contains(&code))
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ts),
+        col("site"),
+        col("endpoint"),
+        col("status_code"),
+        col("log"),
+        col("error"),
+        col("response_time_ms"),
+        col("sla_ms"),
+        col("in_sla"),
+        Arc::new(success),
+    ];
+    RecordBatch::try_new(api_status_schema(), columns).expect("api_status columns")
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
+        let consumer = self.consumer()?;
+        tracing::info!(source = %self.id, topics = %self.cfg.topics.join(","), group = %self.cfg.group_id, "consuming");
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, AckStatus)>();
+        let mut tracker = CommitTracker { pending: VecDeque::new(), next_seq: 0 };
+        let shutdown = ctx.shutdown.clone();
+        let mut received: Vec<Received> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let can_poll = tracker.pending.len() < self.cfg.max_pending_batches;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some((seq, status)) = ack_rx.recv() => {
+                    let ready = tracker.resolve(seq, status)?;
+                    self.commit(&consumer, &ready, CommitMode::Async);
+                }
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    self.emit(&ctx, std::mem::take(&mut received), &mut tracker, &ack_tx).await?;
+                    deadline = None;
+                }
+                m = consumer.recv(), if can_poll => match m {
+                    Ok(m) => {
+                        received.push(Received {
+                            topic: m.topic().to_string(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            payload: m.payload().map(<[u8]>::to_vec),
+                        });
+                        if received.len() >= self.cfg.batch_size {
+                            self.emit(&ctx, std::mem::take(&mut received), &mut tracker, &ack_tx).await?;
+                            deadline = None;
+                        } else if deadline.is_none() {
+                            deadline = Some(Instant::now() + self.cfg.batch_wait.0);
+                        }
+                    }
+                    Err(e) => {
+                        ctx.metrics.errors.inc();
+                        tracing::warn!(source = %self.id, error = %e, "Kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        if !received.is_empty() {
+            self.emit(&ctx, received, &mut tracker, &ack_tx).await?;
+        }
+        // Let downstream drain and flush, then commit what it acknowledged before leaving.
+        ctx.close_outputs();
+        drop(ack_tx);
+        let drain_until = Instant::now() + Duration::from_secs(25);
+        let mut ready_all: HashMap<(String, i32), i64> = HashMap::new();
+        while !tracker.pending.is_empty() {
+            match tokio::time::timeout_at(drain_until, ack_rx.recv()).await {
+                Ok(Some((seq, status))) => {
+                    for (k, o) in tracker.resolve(seq, status)? {
+                        let e = ready_all.entry(k).or_insert(o);
+                        *e = (*e).max(o);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(source = %self.id, pending = tracker.pending.len(), "batches still unacknowledged at shutdown; they will be consumed again");
+                    break;
+                }
+            }
+        }
+        self.commit(&consumer, &ready_all, CommitMode::Sync);
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! Against librdkafka's own Kafka-protocol broker (`rdkafka::mocking::MockCluster`).
+
+use std::time::Duration;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tributary_sdk::testkit::{sink_context, source_context};
+use tributary_sdk::{AckStatus, ComponentConfig, SinkPlugin, SourcePlugin};
+use tributary_site_probe::{probe_schema, rows_to_batch, ProbeRow};
+
+use super::*;
+
+fn cluster(topic: &str) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(topic, 1, 1).expect("topic");
+    mock
+}
+
+async fn produce(bootstrap: &str, topic: &str, payloads: &[&str]) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    for p in payloads {
+        producer.send(FutureRecord::<(), str>::to(topic).payload(p), Duration::from_secs(5)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+fn consume_all(bootstrap: &str, topic: &str, n: usize) -> Vec<(Option<String>, String)> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").set("auto.offset.reset", "earliest").create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < n && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), String::from_utf8_lossy(m.payload().unwrap()).into_owned()));
+        }
+    }
+    out
+}
+
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    match got.find_partition(topic, 0).unwrap().offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+fn probe_row(name: &str, status: i64, kind: Option<&'static str>, error: Option<&str>, value: Option<&str>) -> ProbeRow {
+    ProbeRow {
+        ts_us: 1_622_106_394_000_000,
+        name: name.into(),
+        site: "https://aiven.io".into(),
+        endpoint: "/".into(),
+        url: "https://aiven.io/".into(),
+        status_code: status,
+        response_time_ms: 345,
+        total_time_ms: 400,
+        dns_ms: Some(1.0),
+        connect_ms: Some(2.0),
+        tls_ms: None,
+        ttfb_ms: Some(300.0),
+        sla_ms: 1000,
+        in_sla: true,
+        success: kind.is_none(),
+        value: value.map(String::from),
+        error_kind: kind,
+        error: error.map(String::from),
+        tls_cert_expiry_days: None,
+        body_bytes: Some(10),
+        redirects: 0,
+    }
+}
+
+#[tokio::test]
+async fn sink_writes_the_api_status_monitor_message_byte_for_byte() {
+    let mock = cluster("statuses");
+    let bootstrap = mock.bootstrap_servers();
+    let cfg = ComponentConfig::from_yaml("out", &format!("{{bootstrap_servers: '{bootstrap}', topic: statuses, format: api_status_monitor}}"));
+    let mut sink = KafkaSinkPlugin.build(&cfg, &[("p".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+    let (ctx, _dl) = sink_context("out");
+    sink.start(&ctx).await.unwrap();
+    let rows = vec![
+        probe_row("a", 200, None, None, Some("Freedom to build <awesome> applications")),
+        probe_row("b", 0, Some("timeout"), Some("timeout after 1000 ms waiting for response headers"), None),
+    ];
+    assert_eq!(sink.write(rows_to_batch(&rows), &ctx).await.unwrap(), tributary_sdk::Durability::Durable);
+    let got = consume_all(&bootstrap, "statuses", 2);
+    assert_eq!(
+        got,
+        vec![
+            (None, r#"{"site": "https://aiven.io", "endpoint": "/", "status_code": 200, "log": "Freedom to build &lt;awesome&gt; applications", "error": "", "response_time_ms": 345, "sla_ms": 1000, "in_sla": true, "timestamp": 1622106394}"#.to_string()),
+            (None, r#"{"site": "https://aiven.io", "endpoint": "/", "status_code": 0, "log": "", "error": "TIMEOUT", "response_time_ms": 345, "sla_ms": 1000, "in_sla": true, "timestamp": 1622106394}"#.to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sink_json_format_uses_the_key_column() {
+    let mock = cluster("probes");
+    let bootstrap = mock.bootstrap_servers();
+    let cfg = ComponentConfig::from_yaml("out", &format!("{{bootstrap_servers: '{bootstrap}', topic: probes, key_column: name}}"));
+    let mut sink = KafkaSinkPlugin.build(&cfg, &[("p".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+    let (ctx, _dl) = sink_context("out");
+    sink.start(&ctx).await.unwrap();
+    sink.write(rows_to_batch(&[probe_row("api", 200, None, None, Some("ok"))]), &ctx).await.unwrap();
+    let got = consume_all(&bootstrap, "probes", 1);
+    assert_eq!(got[0].0.as_deref(), Some("api"));
+    let v: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!((v["name"].as_str(), v["status_code"].as_i64(), v["value"].as_str(), v["ts"].as_str()), (Some("api"), Some(200), Some("ok"), Some("2021-05-27T09:06:34Z")));
+}
+
+#[test]
+fn sink_config_errors() {
+    let build = |yaml: &str| KafkaSinkPlugin.build(&ComponentConfig::from_yaml("out", yaml), &[("p".into(), probe_schema())]).err().map(|e| e.to_string());
+    assert_eq!(build("{bootstrap_servers: x, topic: t, key_column: host}").unwrap(), "key_column: the input has no column `host`");
+    assert_eq!(build("{bootstrap_servers: x, topic: t, format: avro}").unwrap(), "format: unknown variant `avro`, expected `json` or `api_status_monitor`");
+    let narrow = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![datafusion::arrow::datatypes::Field::new("site", datafusion::arrow::datatypes::DataType::Utf8, true)]));
+    let err = KafkaSinkPlugin.build(&ComponentConfig::from_yaml("out", "{bootstrap_servers: x, topic: t, format: api_status_monitor}"), &[("p".into(), narrow)]).err().unwrap().to_string();
+    assert_eq!(err, "format: `api_status_monitor` needs a string column `endpoint` in the input (the site_probe source's columns fit)");
+}
+
+fn source_yaml(bootstrap: &str, topic: &str, group: &str) -> String {
+    format!("{{bootstrap_servers: '{bootstrap}', topics: [{topic}], group_id: {group}, batch_wait: 100ms, schema: {{ts: timestamp, user: string, score: int}}}}")
+}
+
+#[tokio::test]
+async fn source_dead_letters_bad_messages_and_commits_only_after_the_ack() {
+    let mock = cluster("events");
+    let bootstrap = mock.bootstrap_servers();
+    produce(&bootstrap, "events", &[
+        r#"{"ts":"2026-11-22T10:00:00Z","user":"a","score":1}"#,
+        "{not json",
+        "{\n  \"user\": \"b\",\n  \"score\": 2\n}",
+        r#"{"user":"c","score":"high"}"#,
+        r#"{"ts":"2026-11-22T10:00:03Z","user":"d","score":4}"#,
+    ])
+    .await;
+    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "events", "g1"))).map_err(|e| e.to_string()).unwrap();
+    let (ctx, mut h) = source_context("k", &[""], 16);
+    let run = tokio::spawn(built.source.run(ctx));
+
+    let mut rows: Vec<RecordBatch> = Vec::new();
+    let mut held = Vec::new();
+    let out = h.outputs.get_mut("").unwrap();
+    while rows.iter().map(|b| b.num_rows()).sum::<usize>() < 3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), out.recv()).await.expect("rows within 10s").unwrap();
+        rows.push(d.batch.data.clone());
+        held.push(d.batch.acks);
+    }
+    let users: Vec<String> = rows.iter().flat_map(|b| b.column(1).as_string::<i32>().iter().map(|u| u.unwrap().to_string()).collect::<Vec<_>>()).collect();
+    let scores: Vec<i64> = rows.iter().flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec()).collect();
+    assert_eq!(users, ["a", "b", "d"], "a multi-line JSON message decodes too");
+    assert_eq!(scores, [1, 2, 4]);
+
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(5), h.dead_letters.recv()).await.unwrap().unwrap();
+        reasons.extend(d.batch.data.column_by_name("reason").unwrap().as_string::<i32>().iter().map(|r| r.unwrap().to_string()));
+        held.push(d.batch.acks);
+    }
+    assert!(reasons[0].starts_with("events/0@1: malformed JSON"), "{reasons:?}");
+    assert!(reasons[1].starts_with("events/0@3: ") && reasons[1].contains("score"), "{reasons:?}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(committed(&bootstrap, "g1", "events"), None, "nothing is committed before the sinks acknowledge");
+    for acks in held {
+        acks.release();
+    }
+    let mut offset = None;
+    for _ in 0..50 {
+        offset = committed(&bootstrap, "g1", "events");
+        if offset == Some(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(offset, Some(5), "good and dead-lettered messages are committed once acknowledged");
+    h.shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_ack_stops_the_source_without_committing() {
+    let mock = cluster("events");
+    let bootstrap = mock.bootstrap_servers();
+    produce(&bootstrap, "events", &[r#"{"user":"a","score":1}"#]).await;
+    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "events", "g2"))).map_err(|e| e.to_string()).unwrap();
+    let (ctx, mut h) = source_context("k", &[""], 16);
+    let run = tokio::spawn(built.source.run(ctx));
+    let d = tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.unwrap().unwrap();
+    d.batch.acks.fail();
+    let err = tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap().unwrap_err().to_string();
+    assert_eq!(err, "a batch (up to events/0@0) was not written by every sink; stopping without committing it, so it is consumed again on restart");
+    assert_eq!(committed(&bootstrap, "g2", "events"), None);
+    let _ = AckStatus::Failed;
+}
+
+#[tokio::test]
+async fn api_status_monitor_messages_become_rows_like_the_original_consumer() {
+    let mock = cluster("statuses");
+    let bootstrap = mock.bootstrap_servers();
+    produce(&bootstrap, "statuses", &[
+        r#"{"site": "https://aiven.io", "endpoint": "/", "status_code": 200, "log": "Freedom", "error": "", "response_time_ms": 345, "sla_ms": 1000, "in_sla": true, "timestamp": 1622106394}"#,
+        r#"{"site": "https://www.jpx.co.jp", "endpoint": "/", "status_code": 0, "log": "", "error": "TIMEOUT", "response_time_ms": 2500, "sla_ms": 2500, "in_sla": true, "timestamp": 1622106395}"#,
+    ])
+    .await;
+    let yaml = format!("{{bootstrap_servers: '{bootstrap}', topics: [statuses], group_id: g3, batch_wait: 100ms, format: api_status_monitor, timestamp_offset_secs: -7200}}");
+    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &yaml)).map_err(|e| e.to_string()).unwrap();
+    assert_eq!(built.outputs[0].schema, api_status_schema());
+    let (ctx, mut h) = source_context("k", &[""], 16);
+    let run = tokio::spawn(built.source.run(ctx));
+    let d = tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.unwrap().unwrap();
+    let b = &d.batch.data;
+    assert_eq!(b.num_rows(), 2);
+    let ts = b.column(0).as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>().values().to_vec();
+    assert_eq!(ts, [(1_622_106_394 - 7200) * 1_000_000, (1_622_106_395 - 7200) * 1_000_000]);
+    let success: Vec<bool> = b.column_by_name("success").unwrap().as_boolean().iter().map(|v| v.unwrap()).collect();
+    assert_eq!(success, [true, false]);
+    d.batch.acks.release();
+    h.shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

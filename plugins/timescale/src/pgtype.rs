@@ -1,0 +1,194 @@
+//! Arrow → PostgreSQL column types, and binary COPY encoders that write an Arrow column into a
+//! PostgreSQL column of a given type (which may be an existing, narrower column such as the
+//! original monitor's `smallint` times).
+
+use bytes::{BufMut, BytesMut};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt8Type,
+};
+
+/// PostgreSQL's epoch (2000-01-01) in Unix microseconds and days.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// The column type the sink creates for an Arrow type, as `udt_name` (what `information_schema`
+/// reports) and as SQL. `None`: the sink cannot store it.
+pub fn pg_type_for(dt: &DataType) -> Option<(&'static str, &'static str)> {
+    Some(match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ("text", "text"),
+        DataType::Int64 | DataType::UInt32 => ("int8", "bigint"),
+        DataType::Int32 | DataType::UInt16 => ("int4", "integer"),
+        DataType::Int16 | DataType::Int8 | DataType::UInt8 => ("int2", "smallint"),
+        DataType::Float64 => ("float8", "double precision"),
+        DataType::Float32 => ("float4", "real"),
+        DataType::Boolean => ("bool", "boolean"),
+        DataType::Timestamp(_, Some(_)) => ("timestamptz", "timestamptz"),
+        DataType::Timestamp(_, None) => ("timestamp", "timestamp"),
+        DataType::Date32 => ("date", "date"),
+        DataType::Binary | DataType::LargeBinary => ("bytea", "bytea"),
+        _ => return None,
+    })
+}
+
+/// Whether an Arrow column can be written into an existing column of `udt` (PostgreSQL's
+/// `information_schema.columns.udt_name`).
+pub fn compatible(dt: &DataType, udt: &str) -> bool {
+    let int = matches!(
+        dt,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32
+    );
+    match udt {
+        "int2" | "int4" | "int8" => int,
+        "float4" | "float8" => int || matches!(dt, DataType::Float32 | DataType::Float64),
+        "text" | "varchar" | "bpchar" | "json" | "jsonb" => matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        "bool" => *dt == DataType::Boolean,
+        "timestamptz" | "timestamp" => matches!(dt, DataType::Timestamp(..)),
+        "date" => *dt == DataType::Date32,
+        "bytea" => matches!(dt, DataType::Binary | DataType::LargeBinary),
+        _ => false,
+    }
+}
+
+/// Writes one column's values in PostgreSQL's binary COPY format.
+pub struct ColumnEncoder {
+    array: ArrayRef,
+    udt: String,
+    name: String,
+}
+
+impl ColumnEncoder {
+    pub fn new(name: &str, array: ArrayRef, udt: &str) -> Self {
+        ColumnEncoder { array, udt: udt.to_string(), name: name.to_string() }
+    }
+
+    /// Append row `i` (length prefix and value). `Err` names the value that does not fit, e.g. an
+    /// integer beyond a `smallint` column.
+    pub fn encode(&self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        let a = &self.array;
+        if a.is_null(i) {
+            out.put_i32(-1);
+            return Ok(());
+        }
+        match self.udt.as_str() {
+            "int2" | "int4" | "int8" | "float4" | "float8" => self.number(i, out),
+            "text" | "varchar" | "bpchar" | "json" => {
+                let s = string_at(a, i);
+                out.put_i32(s.len() as i32);
+                out.put_slice(s.as_bytes());
+                Ok(())
+            }
+            "jsonb" => {
+                let s = string_at(a, i);
+                out.put_i32(s.len() as i32 + 1);
+                out.put_u8(1); // jsonb binary format version
+                out.put_slice(s.as_bytes());
+                Ok(())
+            }
+            "bool" => {
+                out.put_i32(1);
+                out.put_u8(a.as_boolean().value(i) as u8);
+                Ok(())
+            }
+            "timestamptz" | "timestamp" => {
+                let DataType::Timestamp(unit, _) = a.data_type() else { unreachable!("checked by compatible()") };
+                let us = match unit {
+                    TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i).saturating_mul(1_000_000),
+                    TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().value(i).saturating_mul(1_000),
+                    TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
+                    TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i) / 1_000,
+                };
+                out.put_i32(8);
+                out.put_i64(us - PG_EPOCH_US);
+                Ok(())
+            }
+            "date" => {
+                out.put_i32(4);
+                out.put_i32(a.as_primitive::<Date32Type>().value(i) - PG_EPOCH_DAYS);
+                Ok(())
+            }
+            "bytea" => {
+                let b: &[u8] = match a.data_type() {
+                    DataType::LargeBinary => a.as_binary::<i64>().value(i),
+                    _ => a.as_binary::<i32>().value(i),
+                };
+                out.put_i32(b.len() as i32);
+                out.put_slice(b);
+                Ok(())
+            }
+            other => Err(format!("column `{}`: cannot encode into PostgreSQL type {other}", self.name)),
+        }
+    }
+
+    fn number(&self, i: usize, out: &mut BytesMut) -> Result<(), String> {
+        let a = &self.array;
+        let v = match a.data_type() {
+            DataType::Int8 => Num::I(a.as_primitive::<Int8Type>().value(i) as i64),
+            DataType::Int16 => Num::I(a.as_primitive::<Int16Type>().value(i) as i64),
+            DataType::Int32 => Num::I(a.as_primitive::<Int32Type>().value(i) as i64),
+            DataType::Int64 => Num::I(a.as_primitive::<Int64Type>().value(i)),
+            DataType::UInt8 => Num::I(a.as_primitive::<UInt8Type>().value(i) as i64),
+            DataType::UInt16 => Num::I(a.as_primitive::<UInt16Type>().value(i) as i64),
+            DataType::UInt32 => Num::I(a.as_primitive::<UInt32Type>().value(i) as i64),
+            DataType::Float32 => Num::F(a.as_primitive::<Float32Type>().value(i) as f64),
+            DataType::Float64 => Num::F(a.as_primitive::<Float64Type>().value(i)),
+            other => return Err(format!("column `{}`: {other} is not a number", self.name)),
+        };
+        let out_of_range = |v: i64, ty: &str| format!("column `{}`: value {v} is out of range for PostgreSQL type {ty}", self.name);
+        match (self.udt.as_str(), v) {
+            ("int2", Num::I(v)) => {
+                let v = i16::try_from(v).map_err(|_| out_of_range(v, "smallint"))?;
+                out.put_i32(2);
+                out.put_i16(v);
+            }
+            ("int4", Num::I(v)) => {
+                let v = i32::try_from(v).map_err(|_| out_of_range(v, "integer"))?;
+                out.put_i32(4);
+                out.put_i32(v);
+            }
+            ("int8", Num::I(v)) => {
+                out.put_i32(8);
+                out.put_i64(v);
+            }
+            ("float4", v) => {
+                out.put_i32(4);
+                out.put_f32(v.as_f64() as f32);
+            }
+            ("float8", v) => {
+                out.put_i32(8);
+                out.put_f64(v.as_f64());
+            }
+            (ty, Num::F(_)) => return Err(format!("column `{}`: a float cannot be stored in PostgreSQL type {ty}", self.name)),
+            (ty, _) => return Err(format!("column `{}`: cannot encode into PostgreSQL type {ty}", self.name)),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Num {
+    I(i64),
+    F(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::I(v) => v as f64,
+            Num::F(v) => v,
+        }
+    }
+}
+
+fn string_at(a: &ArrayRef, i: usize) -> &str {
+    match a.data_type() {
+        DataType::LargeUtf8 => a.as_string::<i64>().value(i),
+        DataType::Utf8View => a.as_string_view().value(i),
+        _ => a.as_string::<i32>().value(i),
+    }
+}
+
+/// The fixed header and trailer of PostgreSQL's binary COPY stream.
+pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub const COPY_TRAILER: &[u8] = &[0xff, 0xff];

@@ -1,0 +1,320 @@
+//! The running sink: buffers rows, writes them by binary COPY (append) or staged merge (upsert),
+//! retries transient failures on a fresh connection, and isolates rows the database rejects.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use futures::SinkExt;
+use tokio_postgres::{Client, NoTls};
+use tributary_sdk::retry::Backoff;
+use tributary_sdk::{AckSet, Durability, Sink, SinkContext};
+
+use crate::pgtype::{ColumnEncoder, COPY_HEADER, COPY_TRAILER};
+use crate::table::{prepare, quote_ident, PreparedTable};
+use crate::{TimescaleSinkConfig, WriteMode};
+
+/// Why a write did not happen.
+enum Failure {
+    /// The server could not be reached or is restarting: retry on a new connection.
+    Unavailable(anyhow::Error),
+    /// The server refused the rows (bad value, constraint): retrying the same rows cannot help.
+    Rejected(String),
+}
+
+fn classify(e: tokio_postgres::Error) -> Failure {
+    match (classify_ref(&e), e.as_db_error()) {
+        (Transient::No, Some(db)) => {
+            let column = db.column().map(|c| format!(" (column `{c}`)")).unwrap_or_default();
+            Failure::Rejected(format!("{}{column} [SQLSTATE {}]", db.message(), db.code().code()))
+        }
+        _ => Failure::Unavailable(e.into()),
+    }
+}
+
+/// Whether an error chain ends in a PostgreSQL error worth retrying on a new connection.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<tokio_postgres::Error>().is_some_and(|pg| matches!(classify_ref(pg), Transient::Yes))
+    })
+}
+
+/// 08: connection exception, 53: insufficient resources, 57P: shutdown/restart, 40001/40P01:
+/// serialization failure/deadlock; errors without a SQLSTATE are I/O (connection lost).
+enum Transient {
+    Yes,
+    No,
+}
+
+fn classify_ref(e: &tokio_postgres::Error) -> Transient {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01" {
+                Transient::Yes
+            } else {
+                Transient::No
+            }
+        }
+        None => Transient::Yes,
+    }
+}
+
+pub struct TimescaleSink {
+    id: String,
+    cfg: TimescaleSinkConfig,
+    schema: SchemaRef,
+    pg: tokio_postgres::Config,
+    client: Option<Client>,
+    table: Option<PreparedTable>,
+    buffer: Vec<RecordBatch>,
+    buffered_rows: usize,
+    backoff: Backoff,
+}
+
+impl TimescaleSink {
+    pub fn new(id: String, cfg: TimescaleSinkConfig, schema: SchemaRef) -> Self {
+        let mut pg: tokio_postgres::Config = cfg.connection.expose().parse().expect("validated");
+        if pg.get_application_name().is_none() {
+            pg.application_name(format!("tributary/{id}"));
+        }
+        if pg.get_options().is_none() {
+            // The staged upsert's `CREATE TEMP TABLE IF NOT EXISTS` would log a NOTICE per batch.
+            pg.options("-c client_min_messages=warning");
+        }
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer: Vec::new(), buffered_rows: 0, backoff }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let (client, conn) = self.pg.connect(NoTls).await.context("connecting to PostgreSQL")?;
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(sink = %id, error = %e, "PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Runs `write_once` until it succeeds, is rejected, or the retries are used up.
+    async fn write_with_retry(&mut self, part: &RecordBatch, ctx: &SinkContext) -> Result<(), Failure> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.client.take() {
+                Some(c) if !c.is_closed() => Ok(c),
+                _ => self.connect().await,
+            };
+            let outcome = match result {
+                Ok(mut client) => {
+                    let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part).await;
+                    if !matches!(r, Err(Failure::Unavailable(_))) {
+                        self.client = Some(client);
+                    }
+                    r
+                }
+                Err(e) => Err(Failure::Unavailable(e)),
+            };
+            match outcome {
+                Err(Failure::Unavailable(e)) if attempt < self.backoff.max_attempts.unwrap_or(u32::MAX) => {
+                    let delay = self.backoff.delay(attempt);
+                    ctx.metrics.retries.inc();
+                    tracing::warn!(sink = %self.id, attempt, error = %format!("{e:#}"), retry_in = ?delay, "write failed; retrying on a new connection");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes everything buffered. Rows the database rejects are isolated by halving the batch and
+    /// go to the dead-letter output with the database's error; the rest is written.
+    async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut rows = concat_batches(&self.schema, &self.buffer).context("joining buffered batches")?;
+        self.buffer.clear();
+        self.buffered_rows = 0;
+        if self.cfg.mode == WriteMode::Upsert {
+            rows = last_row_per_key(&rows, &self.cfg.key)?;
+        }
+        let mut pending = vec![rows];
+        while let Some(part) = pending.pop() {
+            match self.write_with_retry(&part, ctx).await {
+                Ok(()) => {}
+                Err(Failure::Rejected(reason)) if part.num_rows() > 1 => {
+                    let mid = part.num_rows() / 2;
+                    pending.push(part.slice(mid, part.num_rows() - mid));
+                    pending.push(part.slice(0, mid));
+                    tracing::debug!(sink = %self.id, %reason, rows = part.num_rows(), "rejected; splitting to find the bad rows");
+                }
+                Err(Failure::Rejected(reason)) => {
+                    ctx.metrics.errors.inc();
+                    ctx.dead_letters.send_rows(&part, &format!("rejected by PostgreSQL: {reason}"), AckSet::none()).await?;
+                }
+                Err(Failure::Unavailable(e)) => {
+                    ctx.metrics.errors.inc();
+                    let reason = format!("PostgreSQL unavailable after {} attempts: {e:#}", self.cfg.retry_attempts);
+                    tracing::error!(sink = %self.id, rows = part.num_rows(), %reason, "sending rows to the dead-letter output");
+                    ctx.dead_letters.send_rows(&part, &reason, AckSet::none()).await?;
+                    for rest in pending.drain(..) {
+                        ctx.dead_letters.send_rows(&rest, &reason, AckSet::none()).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for TimescaleSink {
+    async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        // Connecting and preparing the table are retried like writes while the server is
+        // unreachable or restarting; a table that does not fit fails at once.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let client = self.connect().await?;
+                let table = prepare(&client, &self.cfg, &self.schema, &self.id).await?;
+                Ok::<_, anyhow::Error>((client, table))
+            }
+            .await;
+            match result {
+                Ok((client, table)) => {
+                    self.client = Some(client);
+                    self.table = Some(table);
+                    return Ok(());
+                }
+                Err(e) if attempt < 5 && is_transient(&e) => {
+                    ctx.metrics.retries.inc();
+                    tracing::warn!(sink = %self.id, error = %format!("{e:#}"), "PostgreSQL not ready; retrying");
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
+        self.buffered_rows += batch.num_rows();
+        self.buffer.push(batch);
+        if self.buffered_rows >= self.cfg.batch_rows {
+            self.write_buffer(ctx).await?;
+            return Ok(Durability::Durable);
+        }
+        Ok(Durability::Buffered)
+    }
+
+    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        self.write_buffer(ctx).await
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.cfg.batch_age.0)
+    }
+}
+
+/// One attempt: binary COPY into the table (append), or into a session-temporary stage that is
+/// merged with `INSERT … ON CONFLICT` in the same transaction (upsert).
+async fn write_once(client: &mut Client, table: &PreparedTable, cfg: &TimescaleSinkConfig, part: &RecordBatch) -> Result<(), Failure> {
+    let (payload, unencodable) = encode(part, table);
+    if let Some(reason) = unencodable {
+        return Err(Failure::Rejected(reason));
+    }
+    let cols: Vec<String> = table.columns.iter().map(|(n, _)| quote_ident(n)).collect();
+    let cols = cols.join(", ");
+    match cfg.mode {
+        WriteMode::Append => {
+            // An explicit transaction: tokio-postgres reports a COPY complete on its
+            // CommandComplete, which the server sends *before* the implicit commit at Sync — a
+            // backend terminated in between loses rows that were reported written (seen in the
+            // termination test). COMMIT's own reply comes only after the commit.
+            let tx = client.transaction().await.map_err(classify)?;
+            let sink = tx.copy_in(&format!("COPY {} ({cols}) FROM STDIN (FORMAT binary)", table.qualified)).await.map_err(classify)?;
+            send_copy(sink, payload).await?;
+            tx.commit().await.map_err(classify)
+        }
+        WriteMode::Upsert => {
+            let tx = client.transaction().await.map_err(classify)?;
+            tx.batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS tributary_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+                table.qualified
+            ))
+            .await
+            .map_err(classify)?;
+            let sink = tx.copy_in(&format!("COPY tributary_stage ({cols}) FROM STDIN (FORMAT binary)")).await.map_err(classify)?;
+            send_copy(sink, payload).await?;
+            let keys: Vec<String> = cfg.key.iter().map(|k| quote_ident(k)).collect();
+            let updates: Vec<String> = table
+                .columns
+                .iter()
+                .filter(|(n, _)| !cfg.key.contains(n))
+                .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+                .collect();
+            let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
+            tx.batch_execute(&format!(
+                "INSERT INTO {} ({cols}) SELECT {cols} FROM tributary_stage ON CONFLICT ({}) DO {action}",
+                table.qualified,
+                keys.join(", ")
+            ))
+            .await
+            .map_err(classify)?;
+            tx.commit().await.map_err(classify)
+        }
+    }
+}
+
+async fn send_copy(sink: tokio_postgres::CopyInSink<Bytes>, payload: Bytes) -> Result<(), Failure> {
+    futures::pin_mut!(sink);
+    sink.send(payload).await.map_err(classify)?;
+    sink.finish().await.map_err(classify)?;
+    Ok(())
+}
+
+/// The binary COPY payload of `part`; the reason of the first row that cannot be encoded (such a
+/// row is rejected like a database refusal, so halving isolates it).
+fn encode(part: &RecordBatch, table: &PreparedTable) -> (Bytes, Option<String>) {
+    let encoders: Vec<ColumnEncoder> = table
+        .columns
+        .iter()
+        .map(|(name, udt)| ColumnEncoder::new(name, part.column_by_name(name).expect("validated").clone(), udt))
+        .collect();
+    let mut out = BytesMut::with_capacity(COPY_HEADER.len() + part.num_rows() * (2 + encoders.len() * 16));
+    out.extend_from_slice(COPY_HEADER);
+    for row in 0..part.num_rows() {
+        out.extend_from_slice(&(encoders.len() as i16).to_be_bytes());
+        for enc in &encoders {
+            if let Err(reason) = enc.encode(row, &mut out) {
+                return (Bytes::new(), Some(reason));
+            }
+        }
+    }
+    out.extend_from_slice(COPY_TRAILER);
+    (out.freeze(), None)
+}
+
+/// Upserts cannot touch one key twice in a statement: keep the last row per key.
+fn last_row_per_key(rows: &RecordBatch, key: &[String]) -> anyhow::Result<RecordBatch> {
+    let columns: Vec<_> = key.iter().map(|k| rows.column_by_name(k).expect("validated").clone()).collect();
+    let converter = RowConverter::new(columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+    let encoded = converter.convert_columns(&columns)?;
+    let mut last = HashMap::with_capacity(rows.num_rows());
+    for i in 0..rows.num_rows() {
+        last.insert(encoded.row(i), i as u32);
+    }
+    if last.len() == rows.num_rows() {
+        return Ok(rows.clone());
+    }
+    let mut keep: Vec<u32> = last.into_values().collect();
+    keep.sort_unstable();
+    Ok(take_record_batch(rows, &UInt32Array::from(keep))?)
+}

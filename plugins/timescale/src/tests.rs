@@ -1,0 +1,302 @@
+//! Against the machine's real PostgreSQL (`TRIBUTARY_TEST_POSTGRES`, default
+//! `host=127.0.0.1 user=postgres dbname=test`). Each test uses its own table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tokio_postgres::{Client, NoTls};
+use tributary_sdk::testkit::sink_context;
+use tributary_sdk::{ComponentConfig, Durability, Sink, SinkPlugin};
+
+use super::*;
+
+fn pg_url() -> String {
+    tributary_sdk::testkit::test_postgres_url()
+}
+
+async fn admin() -> Client {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), NoTls)
+        .await
+        .expect("PostgreSQL must be running for these tests (see ../shared/SERVICES.md)");
+    tokio::spawn(conn);
+    client
+}
+
+fn unique_table(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+fn probe_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new("site", DataType::Utf8, true),
+        Field::new("status_code", DataType::Int64, true),
+        Field::new("response_time_ms", DataType::Float64, true),
+        Field::new("success", DataType::Boolean, true),
+    ]))
+}
+
+/// `ts` = 2026-11-21T10:00:00Z + `i` seconds.
+fn probe_rows(ids: std::ops::Range<i64>, site: &str) -> RecordBatch {
+    let base = 1_795_255_200_000_000i64;
+    let n = (ids.end - ids.start) as usize;
+    RecordBatch::try_new(
+        probe_schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from(ids.clone().map(|i| base + i * 1_000_000).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec![site; n])),
+            Arc::new(Int64Array::from(ids.clone().map(|i| if i % 10 == 0 { 500 } else { 200 }).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(ids.clone().map(|i| i as f64 + 0.5).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(ids.map(|i| i % 10 != 0).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
+}
+
+fn build(table: &str, extra: &str, schema: SchemaRef) -> Box<dyn Sink> {
+    build_as("pg", table, extra, schema)
+}
+
+/// The sink's id names its connections (`application_name = tributary/<id>`).
+fn build_as(id: &str, table: &str, extra: &str, schema: SchemaRef) -> Box<dyn Sink> {
+    let cfg = ComponentConfig::from_yaml(id, &format!("{{connection: '{}', table: {table}, batch_rows: 100000 {extra}}}", pg_url()));
+    TimescaleSinkPlugin.build(&cfg, &[("in".into(), schema)]).map_err(|e| e.to_string()).unwrap()
+}
+
+fn build_err(yaml: &str) -> String {
+    let cfg = ComponentConfig::from_yaml("pg", yaml);
+    match TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]) {
+        Ok(_) => panic!("config should be refused: {yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn creates_the_table_with_mapped_types_and_copies_rows_exactly() {
+    let table = unique_table("ts_create");
+    let db = admin().await;
+    let mut sink = build(&table, "", probe_schema());
+    let (ctx, _dl) = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+
+    let types: Vec<(String, String, String)> = db
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expect = [
+        ("ts", "timestamp with time zone", "NO"),
+        ("site", "text", "YES"),
+        ("status_code", "bigint", "YES"),
+        ("response_time_ms", "double precision", "YES"),
+        ("success", "boolean", "YES"),
+    ];
+    assert_eq!(types, expect.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())));
+    let index: i64 = db.query_one("SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND indexname = $2", &[&table, &format!("{table}_ts_idx")]).await.unwrap().get(0);
+    assert_eq!(index, 1, "plain PostgreSQL gets a time index");
+
+    assert_eq!(sink.write(probe_rows(0..3, "https://a.example"), &ctx).await.unwrap(), Durability::Buffered);
+    let before: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
+    assert_eq!(before, 0, "buffered rows are not written before a flush");
+    sink.flush(&ctx).await.unwrap();
+
+    let rows = db
+        .query(&format!("SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), site, status_code, response_time_ms, success FROM \"{table}\" ORDER BY ts"), &[])
+        .await
+        .unwrap();
+    let got: Vec<(String, String, i64, f64, bool)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2026-11-21 10:00:00".into(), "https://a.example".into(), 500, 0.5, false),
+            ("2026-11-21 10:00:01".into(), "https://a.example".into(), 200, 1.5, true),
+            ("2026-11-21 10:00:02".into(), "https://a.example".into(), 200, 2.5, true),
+        ]
+    );
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+#[tokio::test]
+async fn writes_at_batch_rows_and_reports_durable() {
+    let table = unique_table("ts_batch");
+    let db = admin().await;
+    let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{}', table: {table}, batch_rows: 5}}", pg_url()));
+    let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+    let (ctx, _dl) = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+    assert_eq!(sink.write(probe_rows(0..3, "s"), &ctx).await.unwrap(), Durability::Buffered);
+    assert_eq!(sink.write(probe_rows(3..6, "s"), &ctx).await.unwrap(), Durability::Durable);
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
+    assert_eq!(n, 6);
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+#[tokio::test]
+async fn existing_table_gains_missing_columns_and_narrow_types_are_honoured() {
+    // The original monitor's shape: smallint times, varchar(255) text, no `success` column yet.
+    let table = unique_table("ts_existing");
+    let db = admin().await;
+    db.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (ts timestamp without time zone NOT NULL, site varchar(12), status_code smallint, response_time_ms real)"
+    ))
+    .await
+    .unwrap();
+    let mut sink = build(&table, "", probe_schema());
+    let (ctx, mut dl) = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+    let added: String = db
+        .query_one("SELECT data_type::text FROM information_schema.columns WHERE table_name = $1 AND column_name = 'success'", &[&table])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(added, "boolean");
+
+    // Row 1 has a site too long for varchar(12): the database rejects it alone.
+    let mut rows = probe_rows(0..3, "short.io");
+    let sites = StringArray::from(vec!["short.io", "much-too-long.example", "short.io"]);
+    let mut cols = rows.columns().to_vec();
+    cols[1] = Arc::new(sites);
+    rows = RecordBatch::try_new(probe_schema(), cols).unwrap();
+    sink.write(rows, &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+
+    let got: Vec<(i16, f32, bool)> = db
+        .query(&format!("SELECT status_code, response_time_ms, success FROM \"{table}\" ORDER BY ts"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got, vec![(500, 0.5, false), (200, 2.5, true)]);
+    let letter = dl.try_recv().expect("the rejected row is a dead letter");
+    let reasons = letter.batch.data.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+    let payload = letter.batch.data.column_by_name("payload").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+    assert_eq!(reasons, "rejected by PostgreSQL: value too long for type character varying(12) [SQLSTATE 22001]");
+    assert!(payload.contains("\"site\":\"much-too-long.example\""), "{payload}");
+    assert_eq!(ctx.metrics.dead_letters.get(), 1);
+
+    // A value beyond smallint never reaches the server: same dead-letter path, named column.
+    let mut cols = probe_rows(10..11, "short.io").columns().to_vec();
+    cols[2] = Arc::new(Int64Array::from(vec![70_000]));
+    sink.write(RecordBatch::try_new(probe_schema(), cols).unwrap(), &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+    let letter = dl.try_recv().expect("out-of-range row is a dead letter");
+    let reason = letter.batch.data.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+    assert_eq!(reason, "rejected by PostgreSQL: column `status_code`: value 70000 is out of range for PostgreSQL type smallint");
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_incompatible_existing_column_is_refused_at_start() {
+    let table = unique_table("ts_incompatible");
+    let db = admin().await;
+    db.batch_execute(&format!("CREATE TABLE \"{table}\" (ts timestamptz NOT NULL, site text, status_code text)")).await.unwrap();
+    let mut sink = build(&table, "", probe_schema());
+    let (ctx, _dl) = sink_context("pg");
+    let err = format!("{:#}", sink.start(&ctx).await.unwrap_err());
+    assert_eq!(
+        err,
+        format!("table public.{table} does not fit the input: column `status_code` is text in public.{table} but the input has Int64 (alter the table or cast in a SQL transform)")
+    );
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+#[tokio::test]
+async fn upsert_keeps_the_last_row_per_key_within_and_across_batches() {
+    let table = unique_table("ts_upsert");
+    let db = admin().await;
+    let mut sink = build(&table, ", mode: upsert, key: [site, ts]", probe_schema());
+    let (ctx, _dl) = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+    sink.write(probe_rows(0..3, "a"), &ctx).await.unwrap();
+    // Same keys again in the same flush, with different values: the later one wins.
+    let mut cols = probe_rows(1..3, "a").columns().to_vec();
+    cols[2] = Arc::new(Int64Array::from(vec![301, 302]));
+    sink.write(RecordBatch::try_new(probe_schema(), cols).unwrap(), &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+    // And in a later flush.
+    let mut cols = probe_rows(2..4, "a").columns().to_vec();
+    cols[2] = Arc::new(Int64Array::from(vec![402, 403]));
+    sink.write(RecordBatch::try_new(probe_schema(), cols).unwrap(), &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+
+    let got: Vec<(f64, i64)> = db
+        .query(&format!("SELECT response_time_ms, status_code FROM \"{table}\" ORDER BY ts"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(got, vec![(0.5, 500), (1.5, 301), (2.5, 402), (3.5, 403)]);
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+/// Terminates the sink's backend over and over while it writes: every row arrives, and in upsert
+/// mode none twice.
+async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i64, u64) {
+    let db = admin().await;
+    let id = table.to_string();
+    let mut sink = build_as(&id, table, mode_yaml, probe_schema());
+    let (ctx, _dl) = sink_context(&id);
+    sink.start(&ctx).await.unwrap();
+    let app = format!("tributary/{id}");
+    let killer = tokio::spawn(async move {
+        let db = admin().await;
+        let mut kills = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            kills += db
+                .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+                .await
+                .unwrap()
+                .len();
+        }
+        kills
+    });
+    for i in 0..60 {
+        sink.write(probe_rows(i * 50..(i + 1) * 50, "kill"), &ctx).await.unwrap();
+        sink.flush(&ctx).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kills = killer.await.unwrap();
+    assert!(kills > 0, "the test must actually terminate the sink's connection");
+    let row = db.query_one(&format!("SELECT count(*), count(DISTINCT ts) FROM \"{table}\""), &[]).await.unwrap();
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+    assert_eq!(ctx.metrics.dead_letters.get(), 0);
+    (row.get(0), row.get(1), ctx.metrics.retries.get())
+}
+
+#[tokio::test]
+async fn upsert_loses_and_duplicates_nothing_when_the_backend_is_terminated() {
+    let (rows, distinct, retries) = survives_backend_terminations(", mode: upsert, key: [ts]", &unique_table("ts_kill_upsert")).await;
+    assert_eq!((rows, distinct), (3000, 3000));
+    assert!(retries > 0, "terminations should have forced reconnects");
+}
+
+#[tokio::test]
+async fn append_loses_nothing_when_the_backend_is_terminated() {
+    let (_rows, distinct, retries) = survives_backend_terminations("", &unique_table("ts_kill_append")).await;
+    assert_eq!(distinct, 3000);
+    assert!(retries > 0, "terminations should have forced reconnects");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let base = "connection: 'host=127.0.0.1'";
+    assert_eq!(build_err(&format!("{{{base}, table: t, mode: upsert}}")), "key: upsert mode needs the key columns that identify a row");
+    assert_eq!(
+        build_err(&format!("{{{base}, table: t, mode: upsert, key: [host]}}")),
+        "key: the input has no column `host`; columns are `ts`, `site`, `status_code`, `response_time_ms`, `success`"
+    );
+    assert_eq!(build_err(&format!("{{{base}, table: t, time_column: site}}")), "time_column: column `site` is Utf8, not a timestamp");
+    assert_eq!(build_err(&format!("{{{base}, table: t, mode: merge}}")), "mode: unknown variant `merge`, expected `append` or `upsert`");
+    assert!(build_err("{connection: 'host=x port=notaport', table: t}").starts_with("connection: not a valid PostgreSQL connection string"));
+}
