@@ -54,13 +54,65 @@ pub fn compatible(dt: &DataType, udt: &str) -> bool {
 /// Writes one column's values in PostgreSQL's binary COPY format.
 pub struct ColumnEncoder {
     array: ArrayRef,
-    udt: String,
+    kind: PgKind,
     name: String,
+}
+
+/// The target column's type, resolved once per batch rather than compared as text per value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgKind {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Text,
+    Jsonb,
+    Bool,
+    Timestamp,
+    Date,
+    Bytea,
+    Unsupported,
+}
+
+impl PgKind {
+    fn of(udt: &str) -> PgKind {
+        match udt {
+            "int2" => PgKind::Int2,
+            "int4" => PgKind::Int4,
+            "int8" => PgKind::Int8,
+            "float4" => PgKind::Float4,
+            "float8" => PgKind::Float8,
+            "text" | "varchar" | "bpchar" | "json" => PgKind::Text,
+            "jsonb" => PgKind::Jsonb,
+            "bool" => PgKind::Bool,
+            "timestamptz" | "timestamp" => PgKind::Timestamp,
+            "date" => PgKind::Date,
+            "bytea" => PgKind::Bytea,
+            _ => PgKind::Unsupported,
+        }
+    }
+    fn sql_name(self) -> &'static str {
+        match self {
+            PgKind::Int2 => "smallint",
+            PgKind::Int4 => "integer",
+            PgKind::Int8 => "bigint",
+            PgKind::Float4 => "real",
+            PgKind::Float8 => "double precision",
+            PgKind::Text => "text",
+            PgKind::Jsonb => "jsonb",
+            PgKind::Bool => "boolean",
+            PgKind::Timestamp => "timestamp",
+            PgKind::Date => "date",
+            PgKind::Bytea => "bytea",
+            PgKind::Unsupported => "(unsupported)",
+        }
+    }
 }
 
 impl ColumnEncoder {
     pub fn new(name: &str, array: ArrayRef, udt: &str) -> Self {
-        ColumnEncoder { array, udt: udt.to_string(), name: name.to_string() }
+        ColumnEncoder { array, kind: PgKind::of(udt), name: name.to_string() }
     }
 
     /// Append row `i` (length prefix and value). `Err` names the value that does not fit, e.g. an
@@ -71,27 +123,27 @@ impl ColumnEncoder {
             out.put_i32(-1);
             return Ok(());
         }
-        match self.udt.as_str() {
-            "int2" | "int4" | "int8" | "float4" | "float8" => self.number(i, out),
-            "text" | "varchar" | "bpchar" | "json" => {
+        match self.kind {
+            PgKind::Int2 | PgKind::Int4 | PgKind::Int8 | PgKind::Float4 | PgKind::Float8 => self.number(i, out),
+            PgKind::Text => {
                 let s = string_at(a, i);
                 out.put_i32(s.len() as i32);
                 out.put_slice(s.as_bytes());
                 Ok(())
             }
-            "jsonb" => {
+            PgKind::Jsonb => {
                 let s = string_at(a, i);
                 out.put_i32(s.len() as i32 + 1);
                 out.put_u8(1); // jsonb binary format version
                 out.put_slice(s.as_bytes());
                 Ok(())
             }
-            "bool" => {
+            PgKind::Bool => {
                 out.put_i32(1);
                 out.put_u8(a.as_boolean().value(i) as u8);
                 Ok(())
             }
-            "timestamptz" | "timestamp" => {
+            PgKind::Timestamp => {
                 let DataType::Timestamp(unit, _) = a.data_type() else { unreachable!("checked by compatible()") };
                 let us = match unit {
                     TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(i).saturating_mul(1_000_000),
@@ -103,12 +155,12 @@ impl ColumnEncoder {
                 out.put_i64(us - PG_EPOCH_US);
                 Ok(())
             }
-            "date" => {
+            PgKind::Date => {
                 out.put_i32(4);
                 out.put_i32(a.as_primitive::<Date32Type>().value(i) - PG_EPOCH_DAYS);
                 Ok(())
             }
-            "bytea" => {
+            PgKind::Bytea => {
                 let b: &[u8] = match a.data_type() {
                     DataType::LargeBinary => a.as_binary::<i64>().value(i),
                     _ => a.as_binary::<i32>().value(i),
@@ -117,7 +169,7 @@ impl ColumnEncoder {
                 out.put_slice(b);
                 Ok(())
             }
-            other => Err(format!("column `{}`: cannot encode into PostgreSQL type {other}", self.name)),
+            PgKind::Unsupported => Err(format!("column `{}`: cannot encode into this PostgreSQL type", self.name)),
         }
     }
 
@@ -136,31 +188,31 @@ impl ColumnEncoder {
             other => return Err(format!("column `{}`: {other} is not a number", self.name)),
         };
         let out_of_range = |v: i64, ty: &str| format!("column `{}`: value {v} is out of range for PostgreSQL type {ty}", self.name);
-        match (self.udt.as_str(), v) {
-            ("int2", Num::I(v)) => {
+        match (self.kind, v) {
+            (PgKind::Int2, Num::I(v)) => {
                 let v = i16::try_from(v).map_err(|_| out_of_range(v, "smallint"))?;
                 out.put_i32(2);
                 out.put_i16(v);
             }
-            ("int4", Num::I(v)) => {
+            (PgKind::Int4, Num::I(v)) => {
                 let v = i32::try_from(v).map_err(|_| out_of_range(v, "integer"))?;
                 out.put_i32(4);
                 out.put_i32(v);
             }
-            ("int8", Num::I(v)) => {
+            (PgKind::Int8, Num::I(v)) => {
                 out.put_i32(8);
                 out.put_i64(v);
             }
-            ("float4", v) => {
+            (PgKind::Float4, v) => {
                 out.put_i32(4);
                 out.put_f32(v.as_f64() as f32);
             }
-            ("float8", v) => {
+            (PgKind::Float8, v) => {
                 out.put_i32(8);
                 out.put_f64(v.as_f64());
             }
-            (ty, Num::F(_)) => return Err(format!("column `{}`: a float cannot be stored in PostgreSQL type {ty}", self.name)),
-            (ty, _) => return Err(format!("column `{}`: cannot encode into PostgreSQL type {ty}", self.name)),
+            (ty, Num::F(_)) => return Err(format!("column `{}`: a float cannot be stored in PostgreSQL type {}", self.name, ty.sql_name())),
+            (ty, _) => return Err(format!("column `{}`: cannot encode into PostgreSQL type {}", self.name, ty.sql_name())),
         }
         Ok(())
     }

@@ -139,7 +139,11 @@ impl TimescaleSink {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let mut rows = concat_batches(&self.schema, &self.buffer).context("joining buffered batches")?;
+        let mut rows = if self.buffer.len() == 1 {
+            self.buffer.pop().expect("one batch")
+        } else {
+            concat_batches(&self.schema, &self.buffer).context("joining buffered batches")?
+        };
         self.buffer.clear();
         self.buffered_rows = 0;
         if self.cfg.mode == WriteMode::Upsert {
