@@ -18,29 +18,39 @@ pub struct SslConfig {
     pub key_password: Option<Secret>,
 }
 
-/// The librdkafka config for brokers `bootstrap_servers`, optional SSL files, and passthrough
-/// properties (`librdkafka:` in YAML: SASL settings and the like; they override Tributary's).
-pub fn client_config(client_id: &str, bootstrap_servers: &str, ssl: Option<&SslConfig>, librdkafka: &BTreeMap<String, Secret>) -> ClientConfig {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", bootstrap_servers).set("client.id", client_id);
-        if let Some(ssl) = ssl {
-            cfg.set("security.protocol", "ssl");
-            let path = |p: &PathBuf| p.to_string_lossy().into_owned();
-            if let Some(p) = &ssl.ca_file {
-                cfg.set("ssl.ca.location", path(p));
-            }
-            if let Some(p) = &ssl.cert_file {
-                cfg.set("ssl.certificate.location", path(p));
-            }
-            if let Some(p) = &ssl.key_file {
-                cfg.set("ssl.key.location", path(p));
-            }
-            if let Some(pw) = &ssl.key_password {
-                cfg.set("ssl.key.password", pw.expose());
-            }
+/// The librdkafka config for brokers `bootstrap_servers`, optional SSL files, the component's own
+/// `defaults`, then the passthrough properties (`librdkafka:` in YAML: SASL settings and the like),
+/// which override everything Tributary sets.
+pub fn client_config(
+    client_id: &str,
+    bootstrap_servers: &str,
+    ssl: Option<&SslConfig>,
+    defaults: &[(&str, String)],
+    librdkafka: &BTreeMap<String, Secret>,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap_servers).set("client.id", client_id);
+    if let Some(ssl) = ssl {
+        cfg.set("security.protocol", "ssl");
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        if let Some(p) = &ssl.ca_file {
+            cfg.set("ssl.ca.location", path(p));
         }
-        for (k, v) in librdkafka {
-            cfg.set(k, v.expose());
+        if let Some(p) = &ssl.cert_file {
+            cfg.set("ssl.certificate.location", path(p));
         }
-        cfg
+        if let Some(p) = &ssl.key_file {
+            cfg.set("ssl.key.location", path(p));
+        }
+        if let Some(pw) = &ssl.key_password {
+            cfg.set("ssl.key.password", pw.expose());
+        }
+    }
+    for (k, v) in defaults {
+        cfg.set(*k, v);
+    }
+    for (k, v) in librdkafka {
+        cfg.set(k, v.expose());
+    }
+    cfg
 }

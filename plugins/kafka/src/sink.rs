@@ -82,12 +82,9 @@ pub struct KafkaSink {
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
     async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
-        let mut cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &BTreeMap::new());
-        // Like the original producer: wait for all in-sync replicas. Overridable below.
-        cfg.set("acks", "all").set("message.timeout.ms", self.cfg.delivery_timeout.0.as_millis().to_string());
-        for (k, v) in &self.cfg.librdkafka {
-            cfg.set(k, v.expose());
-        }
+        // Like the original producer: wait for all in-sync replicas (overridable via `librdkafka:`).
+        let defaults = [("acks", "all".to_string()), ("message.timeout.ms", self.cfg.delivery_timeout.0.as_millis().to_string())];
+        let cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &defaults, &self.cfg.librdkafka);
         self.producer = Some(cfg.create().context("creating the Kafka producer")?);
         Ok(())
     }
@@ -121,7 +118,6 @@ impl Sink for KafkaSink {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     Err((e, _)) => {
-                        in_flight.clear();
                         return Err(anyhow::anyhow!("cannot queue a message for topic `{}`: {e}", self.cfg.topic));
                     }
                 }

@@ -200,17 +200,17 @@ impl CommitTracker {
 
 impl KafkaSource {
     fn consumer(&self) -> anyhow::Result<StreamConsumer> {
-        let mut cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &BTreeMap::new());
-        cfg.set("group.id", &self.cfg.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", match self.cfg.start_from {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            });
-        for (k, v) in &self.cfg.librdkafka {
-            cfg.set(k, v.expose());
-        }
+        let offset_reset = match self.cfg.start_from {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let defaults = [
+            ("group.id", self.cfg.group_id.clone()),
+            ("enable.auto.commit", "false".to_string()),
+            ("enable.auto.offset.store", "false".to_string()),
+            ("auto.offset.reset", offset_reset.to_string()),
+        ];
+        let cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &defaults, &self.cfg.librdkafka);
         let consumer: StreamConsumer = cfg.create().context("creating the Kafka consumer")?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", self.cfg.topics.join(", ")))?;
