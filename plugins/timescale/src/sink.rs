@@ -28,8 +28,8 @@ enum Failure {
 }
 
 fn classify(e: tokio_postgres::Error) -> Failure {
-    match (classify_ref(&e), e.as_db_error()) {
-        (Transient::No, Some(db)) => {
+    match e.as_db_error() {
+        Some(db) if !is_transient_pg(&e) => {
             let column = db.column().map(|c| format!(" (column `{c}`)")).unwrap_or_default();
             Failure::Rejected(format!("{}{column} [SQLSTATE {}]", db.message(), db.code().code()))
         }
@@ -37,32 +37,19 @@ fn classify(e: tokio_postgres::Error) -> Failure {
     }
 }
 
-/// Whether an error chain ends in a PostgreSQL error worth retrying on a new connection.
-fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause.downcast_ref::<tokio_postgres::Error>().is_some_and(|pg| matches!(classify_ref(pg), Transient::Yes))
+/// Worth retrying on a new connection: SQLSTATE 08 (connection exception), 53 (insufficient
+/// resources), 57P (shutdown/restart), 40001/40P01 (serialization failure/deadlock), and errors
+/// without a SQLSTATE (I/O: the connection was lost).
+fn is_transient_pg(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none_or(|db| {
+        let code = db.code().code();
+        code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01"
     })
 }
 
-/// 08: connection exception, 53: insufficient resources, 57P: shutdown/restart, 40001/40P01:
-/// serialization failure/deadlock; errors without a SQLSTATE are I/O (connection lost).
-enum Transient {
-    Yes,
-    No,
-}
-
-fn classify_ref(e: &tokio_postgres::Error) -> Transient {
-    match e.as_db_error() {
-        Some(db) => {
-            let code = db.code().code();
-            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01" {
-                Transient::Yes
-            } else {
-                Transient::No
-            }
-        }
-        None => Transient::Yes,
-    }
+/// Whether an error chain ends in a transient PostgreSQL error.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.downcast_ref::<tokio_postgres::Error>().is_some_and(is_transient_pg))
 }
 
 pub struct TimescaleSink {
@@ -183,29 +170,25 @@ impl Sink for TimescaleSink {
     async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
         // Connecting and preparing the table are retried like writes while the server is
         // unreachable or restarting; a table that does not fit fails at once.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = async {
-                let client = self.connect().await?;
-                let table = prepare(&client, &self.cfg, &self.schema, &self.id).await?;
-                Ok::<_, anyhow::Error>((client, table))
-            }
-            .await;
-            match result {
-                Ok((client, table)) => {
-                    self.client = Some(client);
-                    self.table = Some(table);
-                    return Ok(());
-                }
-                Err(e) if attempt < 5 && is_transient(&e) => {
+        let backoff = Backoff { max_attempts: Some(5), ..self.backoff };
+        let this = &*self;
+        let (client, table) = backoff
+            .retry(
+                || async {
+                    let client = this.connect().await?;
+                    let table = prepare(&client, &this.cfg, &this.schema, &this.id).await?;
+                    Ok::<_, anyhow::Error>((client, table))
+                },
+                is_transient,
+                |_, e, _| {
                     ctx.metrics.retries.inc();
-                    tracing::warn!(sink = %self.id, error = %format!("{e:#}"), "PostgreSQL not ready; retrying");
-                    tokio::time::sleep(self.backoff.delay(attempt)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+                    tracing::warn!(sink = %this.id, error = %format!("{e:#}"), "PostgreSQL not ready; retrying");
+                },
+            )
+            .await?;
+        self.client = Some(client);
+        self.table = Some(table);
+        Ok(())
     }
 
     async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
