@@ -45,8 +45,8 @@ fn main() {
     let list: Vec<String> = (0..targets).map(|i| format!("{{name: t{i}, url: '{url}/json?t={i}', json_path: $.status, sla_ms: 1000}}")).collect();
     let yaml = format!("{{interval: 10s, max_concurrency: 256, targets: [{}]}}", list.join(", "));
     let cfg: SiteProbeConfig = ComponentConfig::from_yaml("probes", &yaml).decode().unwrap();
-    let source = SiteProbeSource::new(&cfg).unwrap();
-    let lateness = source.lateness();
+    let mut source = SiteProbeSource::new(&cfg).unwrap();
+    let lateness = source.record_lateness();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (probes, failed, cpu, wall) = rt.block_on(async move {

@@ -41,7 +41,8 @@ pub struct SiteProbeSource {
     max_concurrency: usize,
     start_jitter: bool,
     flush_interval: Duration,
-    lateness: Arc<Lateness>,
+    /// Set by [`SiteProbeSource::record_lateness`] (benchmarks); production probes record nothing.
+    lateness: Option<Arc<Lateness>>,
 }
 
 impl SiteProbeSource {
@@ -52,12 +53,13 @@ impl SiteProbeSource {
             max_concurrency: cfg.max_concurrency,
             start_jitter: cfg.start_jitter,
             flush_interval: cfg.flush_interval.0,
-            lateness: Arc::default(),
+            lateness: None,
         })
     }
 
-    pub fn lateness(&self) -> Arc<Lateness> {
-        self.lateness.clone()
+    /// Start recording how late each probe starts against its schedule; returns the record.
+    pub fn record_lateness(&mut self) -> Arc<Lateness> {
+        self.lateness.get_or_insert_with(Arc::default).clone()
     }
 }
 
@@ -119,7 +121,7 @@ async fn probe_loop(
     permits: Arc<Semaphore>,
     rows: mpsc::Sender<ProbeRow>,
     stop: tributary_sdk::CancellationToken,
-    lateness: Arc<Lateness>,
+    lateness: Option<Arc<Lateness>>,
 ) {
     loop {
         tokio::select! {
@@ -130,7 +132,9 @@ async fn probe_loop(
             _ = stop.cancelled() => return,
             p = permits.acquire() => p.expect("never closed"),
         };
-        lateness.record(Instant::now().saturating_duration_since(due));
+        if let Some(l) = &lateness {
+            l.record(Instant::now().saturating_duration_since(due));
+        }
         let row = probe(&target, limits).await;
         drop(permit);
         if rows.send(row).await.is_err() {
