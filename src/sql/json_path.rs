@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, ScalarValue};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
-use tributary_sdk::json::json_text;
+use tributary_sdk::json::{first_match_in, json_text};
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct JsonPathUdf {
@@ -32,8 +32,7 @@ impl Default for JsonPathUdf {
 /// The first match of `path` in `json`, rendered as text.
 pub fn first_match(json: &str, path: &str) -> std::result::Result<Option<String>, String> {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else { return Ok(None) };
-    let found = jsonpath_lib::select(&value, path).map_err(|e| format!("invalid JSONPath `{path}`: {e:?}"))?;
-    Ok(found.first().map(|v| json_text(v)))
+    first_match_in(&value, path)
 }
 
 fn as_utf8(v: &ColumnarValue, rows: usize) -> Result<ArrayRef> {

@@ -231,6 +231,13 @@ mod tests {
     }
 }
 
+/// The first match of JSONPath `path` in `doc` as [`json_text`]; `Err` names an invalid path.
+/// Used by `json_path()` and the probe extractors and assertions.
+pub fn first_match_in(doc: &serde_json::Value, path: &str) -> Result<Option<String>, String> {
+    let found = jsonpath_lib::select(doc, path).map_err(|e| format!("invalid JSONPath `{path}`: {e:?}"))?;
+    Ok(found.first().map(|v| json_text(v)))
+}
+
 /// A JSON value as text the way Tributary shows extracted values: strings unquoted, everything
 /// else as its JSON (`42`, `true`, `{"a":1}`). Used by `json_path()` and the probe extractors.
 pub fn json_text(value: &serde_json::Value) -> String {

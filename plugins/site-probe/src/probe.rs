@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tributary_sdk::json::json_text;
+use tributary_sdk::json::first_match_in;
 
 use crate::config::{Extractor, Target};
 use crate::tls::{client_config, days_until_expiry};
@@ -295,11 +295,11 @@ async fn request(
 fn evaluate(target: &Target, p: &Progress, value: &mut Option<String>) -> Option<ProbeError> {
     let status = p.status.unwrap_or(0);
     let body = String::from_utf8_lossy(&p.body);
-    let json = || serde_json::from_str::<serde_json::Value>(&body).map_err(|e| format!("the body is not JSON: {e}"));
+    // Parsed at most once, even when both the extractor and an assertion use JSONPath.
+    let doc = std::cell::OnceCell::new();
     let first_match = |path: &str| -> Result<Option<String>, String> {
-        let doc = json()?;
-        let found = jsonpath_lib::select(&doc, path).map_err(|e| format!("invalid JSONPath `{path}`: {e:?}"))?;
-        Ok(found.first().map(|v| json_text(v)))
+        let parsed = doc.get_or_init(|| serde_json::from_str::<serde_json::Value>(&body).map_err(|e| format!("the body is not JSON: {e}")));
+        first_match_in(parsed.as_ref().map_err(Clone::clone)?, path)
     };
     let mut problem = None;
     if !target.expect_status.iter().any(|s| (s.low..=s.high).contains(&status)) {
