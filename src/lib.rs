@@ -5,10 +5,12 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod graph;
+pub mod pipeline_tests;
 pub mod plugins;
 pub mod query;
 pub mod runtime;
 pub mod sql;
+pub mod tap;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -65,7 +65,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
     let sink = tributary_parquet::ParquetSinkPlugin.build(&sink_cfg, &[("big".into(), sql.output_schema())]).map_err(|e| e.to_string()).unwrap();
     let plan = Plan {
         sources: vec![PlannedSource { id: "src".into(), type_name: "test".into(), outputs: vec![OutputSpec::main(schema())], source: Box::new(source) }],
-        transforms: vec![PlannedTransform { id: "big".into(), inputs: vec![input("src")], sql }],
+        transforms: vec![PlannedTransform { id: "big".into(), inputs: vec![input("src")], sql, window: None }],
         sinks: vec![PlannedSink { id: "lake".into(), type_name: "parquet".into(), inputs: vec![input("big")], sink }],
         outputs: Default::default(),
         decls: vec![decl("src", Kind::Source, "test", &[]), decl("big", Kind::Transform, "sql", &["src"]), decl("lake", Kind::Sink, "parquet", &["big"])],

@@ -1,20 +1,27 @@
-//! `/health` and `/metrics` (Prometheus text) for a running pipeline, on localhost by default.
+//! `/health`, `/metrics` (Prometheus text) and `/tap/{output}` (live rows) for a running pipeline,
+//! on localhost by default.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::mpsc::WeakSender;
 use tokio_util::sync::CancellationToken;
-use tributary_sdk::{ComponentMetrics, Delivery};
+use datafusion::arrow::datatypes::SchemaRef;
+use tributary_sdk::dead_letter::rows_as_json;
+use tributary_sdk::{ComponentMetrics, Delivery, Tap};
 
 use crate::config::Kind;
+use crate::sql::SqlTransform;
 
 /// What the admin endpoints know about one component.
 pub struct ComponentInfo {
@@ -29,10 +36,16 @@ pub struct ComponentInfo {
 #[derive(Default)]
 pub struct AdminState {
     components: RwLock<Vec<ComponentInfo>>,
+    /// Every output by its `inputs:` name, with its schema, for `tributary tap`.
+    taps: RwLock<HashMap<String, (SchemaRef, Arc<Tap>)>>,
     stopping: AtomicBool,
 }
 
 impl AdminState {
+    pub fn set_taps(&self, taps: HashMap<String, (SchemaRef, Arc<Tap>)>) {
+        *self.taps.write().expect("admin lock") = taps;
+    }
+
     pub fn set_components(&self, infos: Vec<ComponentInfo>) {
         *self.components.write().expect("admin lock") = infos;
     }
@@ -102,16 +115,97 @@ async fn health(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct TapParams {
+    /// A SQL predicate over the output's columns, e.g. `latency_ms > 500`.
+    #[serde(rename = "where")]
+    filter: Option<String>,
+    limit: Option<u64>,
+}
+
+/// Batches an observer may lag behind before it is dropped.
+const TAP_CAPACITY: usize = 64;
+
+/// `GET /tap/{output}?where=SQL&limit=N`: live rows of one output as JSON lines, filtered with
+/// DataFusion on this task (not the pipeline's). The last line, `{"tap_closed": "…"}`, says why
+/// the stream ended.
+async fn tap(State(state): State<Arc<AdminState>>, Path(name): Path<String>, Query(params): Query<TapParams>) -> Response {
+    let found = state.taps.read().expect("admin lock").get(&name).cloned();
+    let Some((schema, tap)) = found else {
+        let mut names: Vec<String> = state.taps.read().expect("admin lock").keys().cloned().collect();
+        names.sort();
+        let msg = format!("no output `{name}`; outputs: {}\n", names.join(", "));
+        return (StatusCode::NOT_FOUND, msg).into_response();
+    };
+    let filter = match &params.filter {
+        None => None,
+        Some(pred) => match SqlTransform::plan(&format!("SELECT * FROM tapped WHERE {pred}"), &[("tapped".into(), schema.clone())]).await {
+            Ok(plan) => Some(plan),
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid --where `{pred}`: {e}\n")).into_response(),
+        },
+    };
+    let (rx, fell_behind) = tap.subscribe(TAP_CAPACITY);
+    let limit = params.limit.unwrap_or(u64::MAX);
+    let stream = futures::stream::unfold((rx, filter, 0u64, false), move |(mut rx, filter, sent, done)| {
+        let fell_behind = fell_behind.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                if sent >= limit {
+                    return Some((closing("limit reached"), (rx, filter, sent, true)));
+                }
+                let Some(batch) = rx.recv().await else {
+                    let why = if fell_behind.load(Ordering::Acquire) { "dropped: this tap fell behind the pipeline" } else { "the pipeline stopped" };
+                    return Some((closing(why), (rx, filter, sent, true)));
+                };
+                let rows = match &filter {
+                    None => vec![batch],
+                    Some(f) => match f.execute(0, batch).await {
+                        Ok(rows) => rows,
+                        Err(e) => return Some((closing(&format!("filter failed: {e}")), (rx, filter, sent, true))),
+                    },
+                };
+                let mut text = String::new();
+                let mut n = sent;
+                'rows: for b in &rows {
+                    for line in rows_as_json(b) {
+                        if n >= limit {
+                            break 'rows;
+                        }
+                        text.push_str(&line);
+                        text.push('\n');
+                        n += 1;
+                    }
+                }
+                if !text.is_empty() {
+                    return Some((Ok::<_, std::convert::Infallible>(text), (rx, filter, n, false)));
+                }
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+}
+
+fn closing(reason: &str) -> Result<String, std::convert::Infallible> {
+    Ok(format!("{}\n", serde_json::json!({ "tap_closed": reason })))
+}
+
 /// Bind the admin address (failing fast if it is taken) and serve until `stop` is cancelled.
 pub async fn serve(address: SocketAddr, state: Arc<AdminState>, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve the admin API on {address}: {e} (set `admin.address` in the pipeline, or `--admin`)"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(state);
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/tap/{output}", get(tap))
+        .with_state(state);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
     });
-    tracing::info!(address = %bound, "admin API: /health, /metrics");
+    tracing::info!(address = %bound, "admin API: /health, /metrics, /tap/{{output}}");
     Ok(bound)
 }

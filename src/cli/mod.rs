@@ -35,6 +35,24 @@ pub enum Command {
     },
     /// Check a pipeline file (config, wiring, SQL, sink schemas) without running it.
     Validate { file: PathBuf },
+    /// Run the `tests:` in pipeline files (fixture rows in, expected rows out; no network).
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print live rows of a running pipeline's output (`probes`, `slow`, `per_minute.late`).
+    Tap {
+        output: String,
+        /// Only rows matching this SQL predicate, e.g. `response_time_ms > 500`.
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Stop after this many rows.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// The pipeline's admin address.
+        #[arg(long, default_value = "127.0.0.1:9598")]
+        admin: SocketAddr,
+    },
     /// Print a pipeline's DAG as Mermaid text.
     Graph { file: PathBuf },
     /// Run SQL over Parquet output: every folder under --data is a table.
@@ -70,6 +88,29 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             }
             Err(d) => {
                 eprintln!("{d}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Test { files } => {
+            let mut ok = true;
+            for file in files {
+                match crate::pipeline_tests::test_file(&file).await {
+                    Ok(report) => {
+                        print!("{}", report.render());
+                        ok &= report.passed();
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ok = false;
+                    }
+                }
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Command::Tap { output, filter, limit, admin } => match crate::tap::print_tap(admin, &output, filter.as_deref(), limit).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tap failed: {e:#}");
                 ExitCode::FAILURE
             }
         },

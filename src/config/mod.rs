@@ -124,10 +124,12 @@ pub struct PipelineFile {
     pub admin: AdminConfig,
     /// Values substituted from the environment, redacted from every message.
     pub secrets: Vec<String>,
+    /// `tests:` as written (not interpolated): fixtures for `tributary test`.
+    pub tests: Option<Value>,
     spans: SpanIndex,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "admin"];
+const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "admin", "tests"];
 
 impl PipelineFile {
     pub fn load(path: &Path) -> Result<Self, Diagnostics> {
@@ -146,7 +148,7 @@ impl PipelineFile {
     /// Parse pipeline text; `env` resolves `${VAR}`.
     pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Diagnostics> {
         let spans = SpanIndex::build(text);
-        let mut p = PipelineFile { file: file.to_string(), components: vec![], admin: AdminConfig::default(), secrets: vec![], spans };
+        let mut p = PipelineFile { file: file.to_string(), components: vec![], admin: AdminConfig::default(), secrets: vec![], tests: None, spans };
         let mut errors = Vec::new();
         let root: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
@@ -157,7 +159,7 @@ impl PipelineFile {
                 return Err(Diagnostics(vec![Diagnostic { file: file.into(), line, col, path: String::new(), message: format!("invalid YAML: {msg}") }]));
             }
         };
-        let root = match root {
+        let mut root = match root {
             Value::Mapping(m) => m,
             Value::Null => Mapping::new(),
             _ => {
@@ -165,6 +167,8 @@ impl PipelineFile {
                 return Err(Diagnostics(errors));
             }
         };
+        // Test fixtures are data, not configuration: `${…}` in them stays as written.
+        p.tests = root.remove("tests");
         let mut root = match p.interpolate(Value::Mapping(root), &[], env, &mut errors) {
             Value::Mapping(m) => m,
             _ => unreachable!("interpolation keeps mappings"),

@@ -13,6 +13,7 @@ use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPU
 
 use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Kind, PipelineFile};
 use crate::plugins::Registry;
+use crate::sql::window::{self, WindowConfig, WindowSpec};
 use crate::sql::SqlTransform;
 
 /// An `inputs:` entry resolved to a component and one of its outputs.
@@ -35,8 +36,22 @@ pub struct PlannedSource {
 pub struct PlannedTransform {
     pub id: String,
     pub inputs: Vec<InputRef>,
+    /// Planned over the inputs' schemas (with `window_start`/`window_end` when windowed).
     pub sql: SqlTransform,
+    pub window: Option<WindowPlan>,
 }
+
+/// What a windowed transform needs besides its SQL.
+pub struct WindowPlan {
+    pub spec: WindowSpec,
+    /// The inputs' own names and schemas (without the window columns).
+    pub inputs: Vec<(String, SchemaRef)>,
+    /// Schema of `<id>.late`.
+    pub late_schema: SchemaRef,
+}
+
+/// Name of a windowed transform's output for rows that arrived after their window closed.
+pub const LATE_OUTPUT: &str = "late";
 
 pub struct PlannedSink {
     pub id: String,
@@ -74,6 +89,9 @@ impl std::fmt::Debug for Plan {
 struct SqlTransformConfig {
     /// The query; input ids (and `source.output` names) are its tables.
     sql: String,
+    /// Event-time window; the SQL then sees `window_start` and `window_end` on every input.
+    #[serde(default)]
+    window: Option<WindowConfig>,
 }
 
 fn output_name(component: &str, output: &str) -> String {
@@ -85,7 +103,7 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
     let mut errors: Vec<Diagnostic> = Vec::new();
     let mut outputs: BTreeMap<String, SchemaRef> = BTreeMap::new();
     let mut sources = Vec::new();
-    let mut sqls: HashMap<String, String> = HashMap::new();
+    let mut sqls: HashMap<String, SqlTransformConfig> = HashMap::new();
 
     // 1. Types, and every source's outputs (its schema is known from its config alone).
     for c in &file.components {
@@ -110,7 +128,7 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
                 }
                 match cfg.decode::<SqlTransformConfig>() {
                     Ok(t) => {
-                        sqls.insert(c.id.clone(), t.sql);
+                        sqls.insert(c.id.clone(), t);
                     }
                     Err(e) => errors.push(file.component_diag(c, &e)),
                 }
@@ -133,7 +151,10 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
         let mut errs = Vec::new();
         for (i, name) in c.inputs.iter().enumerate() {
             let (component, output) = name.split_once('.').unwrap_or((name.as_str(), ""));
-            let exists = outputs.contains_key(name) || file.get(component).is_some_and(|d| d.kind == Kind::Transform && output.is_empty());
+            let windowed = sqls.get(component).is_some_and(|t| t.window.is_some());
+            let exists = outputs.contains_key(name)
+                || file.get(component).is_some_and(|d| d.kind == Kind::Transform && output.is_empty())
+                || (windowed && output == LATE_OUTPUT);
             if !exists {
                 errs.push(file.diag(&format!("{}.{}.inputs[{i}]", c.kind.section(), c.id), unknown_input(file, &outputs, name)));
             } else {
@@ -165,13 +186,48 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
         let c = file.get(id).expect("declared");
         let refs = inputs[id].clone();
         let tables: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
-        match SqlTransform::plan(&sqls[id], &tables).await {
+        let cfg = &sqls[id];
+        let window = match &cfg.window {
+            None => None,
+            Some(w) => match WindowSpec::from_config(w).and_then(|spec| {
+                window::check_inputs(&spec, &tables)?;
+                let late_schema = window::late_schema(&tables)?;
+                Ok(WindowPlan { spec, inputs: tables.clone(), late_schema })
+            }) {
+                Ok(p) => Some(p),
+                Err(msg) => {
+                    errors.push(file.diag(&format!("transforms.{id}.window"), msg));
+                    continue;
+                }
+            },
+        };
+        let sql_tables: Vec<(String, SchemaRef)> = match &window {
+            None => tables.clone(),
+            Some(_) => tables.iter().map(|(n, s)| (n.clone(), window::windowed_input_schema(s))).collect(),
+        };
+        match SqlTransform::plan(&cfg.sql, &sql_tables).await {
             Ok(sql) => {
-                outputs.insert(id.clone(), sql.output_schema());
-                transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql });
+                let schema = sql.output_schema();
+                match &window {
+                    Some(w) => {
+                        if schema.field_with_name(window::PARTIAL).is_ok() {
+                            errors.push(file.diag(
+                                &format!("transforms.{id}.sql"),
+                                format!("a windowed transform adds the `{}` column itself; rename the SQL's `{}`", window::PARTIAL, window::PARTIAL),
+                            ));
+                            continue;
+                        }
+                        outputs.insert(id.clone(), window::windowed_output_schema(&schema));
+                        outputs.insert(output_name(id, LATE_OUTPUT), w.late_schema.clone());
+                    }
+                    None => {
+                        outputs.insert(id.clone(), schema);
+                    }
+                }
+                transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql, window });
             }
             Err(e) => {
-                let available: Vec<String> = tables.iter().map(|(n, _)| format!("`{n}`")).collect();
+                let available: Vec<String> = sql_tables.iter().map(|(n, _)| format!("`{n}`")).collect();
                 errors.push(file.diag(
                     &format!("transforms.{id}.sql"),
                     format!("SQL does not plan: {} (tables: {})", clean_df_error(&e.to_string()), available.join(", ")),

@@ -10,18 +10,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::output::OutputSpec;
 use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Durability, Output, Sink, SinkContext, SourceContext,
+    AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Durability, Output, Sink, SinkContext, SourceContext, Tap,
     DEAD_LETTER_OUTPUT,
 };
 
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::Kind;
-use crate::graph::{InputRef, Plan, PlannedTransform};
+use crate::graph::{InputRef, Plan, PlannedTransform, LATE_OUTPUT};
+use crate::sql::window::{Emission, WindowOperator};
 
 /// Batches buffered in front of each transform and sink.
 pub const CHANNEL_CAPACITY: usize = 16;
@@ -63,6 +65,8 @@ struct Wiring {
     /// (consumer id, its inputs)
     consumers: Vec<(String, Vec<InputRef>)>,
     metrics: HashMap<String, Arc<ComponentMetrics>>,
+    /// Per output (`probes`, `webex.utilization`, `t.late`): observers for `tributary tap`.
+    taps: HashMap<String, Arc<Tap>>,
 }
 
 impl Wiring {
@@ -75,7 +79,12 @@ impl Wiring {
                 }
             }
         }
-        Output::new(targets, self.metrics[producer].clone(), output != DEAD_LETTER_OUTPUT)
+        let out = Output::new(targets, self.metrics[producer].clone(), output != DEAD_LETTER_OUTPUT);
+        let name = if output.is_empty() { producer.to_string() } else { format!("{producer}.{output}") };
+        match self.taps.get(&name) {
+            Some(tap) => out.with_tap(tap.clone()),
+            None => out,
+        }
     }
 
     fn dead_letters(&self, producer: &str) -> DeadLetters {
@@ -85,8 +94,9 @@ impl Wiring {
 
 /// Run `plan` until `shutdown` is cancelled (or every source finishes), then drain.
 pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: CancellationToken, opts: RunOptions) -> RunReport {
-    let Plan { sources, transforms, sinks, decls, .. } = plan;
-    let mut wiring = Wiring { senders: HashMap::new(), receivers: HashMap::new(), consumers: Vec::new(), metrics: HashMap::new() };
+    let Plan { sources, transforms, sinks, decls, outputs } = plan;
+    let taps: HashMap<String, Arc<Tap>> = outputs.keys().map(|name| (name.clone(), Arc::new(Tap::default()))).collect();
+    let mut wiring = Wiring { senders: HashMap::new(), receivers: HashMap::new(), consumers: Vec::new(), metrics: HashMap::new(), taps };
     for d in &decls {
         wiring.metrics.insert(d.id.clone(), Arc::new(ComponentMetrics::default()));
     }
@@ -108,6 +118,7 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
             })
             .collect();
         admin.set_components(infos);
+        admin.set_taps(outputs.iter().map(|(name, schema)| (name.clone(), (schema.clone(), wiring.taps[name].clone()))).collect());
     }
 
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
@@ -123,7 +134,12 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
         let dead = wiring.dead_letters(&t.id);
         let metrics = wiring.metrics[&t.id].clone();
         let id = t.id.clone();
-        tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics).await) });
+        if t.window.is_some() {
+            let late = wiring.output(&t.id, LATE_OUTPUT);
+            tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics).await) });
+        } else {
+            tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics).await) });
+        }
     }
     for s in sources {
         let outputs: HashMap<String, Output> =
@@ -205,18 +221,8 @@ async fn run_transform(
         metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
         metrics.batches_in.inc();
         match t.sql.execute(input, batch.data.clone()).await {
-            Ok(out) => {
-                let n = out.len();
-                let mut acks = Some(batch.acks);
-                for (i, b) in out.into_iter().enumerate() {
-                    let a = if i + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
-                    output.send(Batch::with_acks(b, a)).await?;
-                }
-                // Filtered out entirely: nothing left to deliver.
-                if let Some(a) = acks {
-                    a.release();
-                }
-            }
+            // Filtered out entirely: nothing left to deliver, the acks are released.
+            Ok(out) => send_sharing_acks(&output, out, batch.acks).await?,
             Err(e) => {
                 metrics.errors.inc();
                 let reason = format!("SQL failed on input `{}`: {e}", t.inputs[input].name);
@@ -224,6 +230,92 @@ async fn run_transform(
                 dead.send_rows(&batch.data, &reason, batch.acks).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A windowed transform: rows wait in their windows; a timer lets idle inputs close windows;
+/// closing the input flushes open windows as partial.
+async fn run_windowed_transform(
+    t: PlannedTransform,
+    mut rx: mpsc::Receiver<Delivery>,
+    output: Output,
+    late: Output,
+    dead: DeadLetters,
+    metrics: Arc<ComponentMetrics>,
+) -> anyhow::Result<()> {
+    let plan = t.window.expect("windowed");
+    let started = tokio::time::Instant::now();
+    let now = || started.elapsed().as_micros() as i64;
+    let tick_every = Duration::from_micros((plan.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64);
+    let input_names: Vec<String> = plan.inputs.iter().map(|(n, _)| n.clone()).collect();
+    let mut op = WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, now())?;
+    let mut ticker = tokio::time::interval(tick_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let emission = tokio::select! {
+            delivery = rx.recv() => {
+                let Some(Delivery { input, batch }) = delivery else { break };
+                metrics.rows_in.add(batch.data.num_rows() as u64);
+                metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
+                metrics.batches_in.inc();
+                let accepted = op.accept(input, batch.data, batch.acks, now())?;
+                if let Some((rows, acks)) = accepted.late {
+                    late.send(Batch::with_acks(rows, acks)).await?;
+                }
+                if let Some((rows, acks)) = accepted.no_time {
+                    metrics.errors.inc();
+                    let reason = format!("input `{}`: the event-time column is null", input_names[input]);
+                    dead.send_rows(&rows, &reason, acks).await?;
+                }
+                op.advance(now()).await?
+            }
+            _ = ticker.tick() => op.advance(now()).await?,
+        };
+        send_emission(&t.id, emission, &output, &dead, &metrics, &input_names).await?;
+    }
+    let emission = op.finish().await?;
+    send_emission(&t.id, emission, &output, &dead, &metrics, &input_names).await
+}
+
+/// Send closed windows downstream; a failed query dead-letters the windows' rows.
+async fn send_emission(
+    id: &str,
+    emission: Option<Emission>,
+    output: &Output,
+    dead: &DeadLetters,
+    metrics: &ComponentMetrics,
+    input_names: &[String],
+) -> anyhow::Result<()> {
+    let Some(Emission { result, inputs, acks }) = emission else { return Ok(()) };
+    match result {
+        Ok(batches) => send_sharing_acks(output, batches, acks).await?,
+        Err(e) => {
+            metrics.errors.inc();
+            let n = inputs.len();
+            let mut acks = Some(acks);
+            for (k, (i, rows)) in inputs.into_iter().enumerate() {
+                let reason = format!("windowed SQL failed on input `{}`: {e}", input_names[i]);
+                tracing::warn!(transform = %id, "{reason}");
+                let a = if k + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
+                dead.send_rows(&rows, &reason, a).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Send `batches`, the last one carrying `acks` and the others a share; nothing to send → done.
+async fn send_sharing_acks(output: &Output, batches: Vec<RecordBatch>, acks: AckSet) -> Result<(), tributary_sdk::Closed> {
+    let n = batches.len();
+    if n == 0 {
+        acks.release();
+        return Ok(());
+    }
+    let mut acks = Some(acks);
+    for (i, b) in batches.into_iter().enumerate() {
+        let a = if i + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
+        output.send(Batch::with_acks(b, a)).await?;
     }
     Ok(())
 }

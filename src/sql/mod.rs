@@ -7,6 +7,7 @@
 //! between executions).
 
 mod json_path;
+pub mod window;
 
 use std::sync::{Arc, Mutex};
 

@@ -29,7 +29,7 @@ pub use ack::{Ack, AckSet, AckStatus};
 pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Secret};
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use metrics::ComponentMetrics;
-pub use output::{Batch, Closed, Delivery, Output, OutputSpec, TrySendError, DEAD_LETTER_OUTPUT};
+pub use output::{Batch, Closed, Delivery, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;

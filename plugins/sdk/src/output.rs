@@ -1,6 +1,7 @@
 //! Batches and the outputs components send them through.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -66,6 +67,54 @@ pub enum TrySendError {
 #[error("the pipeline is shutting down: output closed")]
 pub struct Closed;
 
+/// Live copies of an output's batches for observers (`tributary tap`). An observer that falls
+/// behind is dropped, never waited for: taps must not slow the pipeline.
+#[derive(Default)]
+pub struct Tap {
+    observers: Mutex<Vec<TapObserver>>,
+    count: AtomicUsize,
+}
+
+struct TapObserver {
+    tx: mpsc::Sender<RecordBatch>,
+    fell_behind: Arc<AtomicBool>,
+}
+
+impl Tap {
+    /// A new observer with room for `capacity` batches; the flag is set if it gets dropped for
+    /// falling behind.
+    pub fn subscribe(&self, capacity: usize) -> (mpsc::Receiver<RecordBatch>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let fell_behind = Arc::new(AtomicBool::new(false));
+        let mut obs = self.observers.lock().expect("tap lock");
+        obs.push(TapObserver { tx, fell_behind: fell_behind.clone() });
+        self.count.store(obs.len(), Ordering::Release);
+        (rx, fell_behind)
+    }
+
+    /// Observers currently attached.
+    pub fn observers(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Offer a batch to every observer without waiting (one atomic load when nobody watches).
+    pub fn offer(&self, batch: &RecordBatch) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut obs = self.observers.lock().expect("tap lock");
+        obs.retain(|o| match o.tx.try_send(batch.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                o.fell_behind.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        self.count.store(obs.len(), Ordering::Release);
+    }
+}
+
 /// One output of a component, fanned out to every consumer wired to it.
 #[derive(Clone)]
 pub struct Output {
@@ -73,6 +122,7 @@ pub struct Output {
     metrics: Arc<ComponentMetrics>,
     /// Dead-letter outputs don't count as rows_out; they count as dead_letters.
     counts_as_rows_out: bool,
+    tap: Option<Arc<Tap>>,
 }
 
 impl Output {
@@ -82,7 +132,13 @@ impl Output {
         metrics: Arc<ComponentMetrics>,
         counts_as_rows_out: bool,
     ) -> Self {
-        Output { targets, metrics, counts_as_rows_out }
+        Output { targets, metrics, counts_as_rows_out, tap: None }
+    }
+
+    /// Let observers see what this output sends.
+    pub fn with_tap(mut self, tap: Arc<Tap>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// No consumer is wired to this output.
@@ -91,6 +147,9 @@ impl Output {
     }
 
     fn count(&self, batch: &Batch) {
+        if let Some(tap) = &self.tap {
+            tap.offer(&batch.data);
+        }
         if self.counts_as_rows_out {
             self.metrics.rows_out.add(batch.data.num_rows() as u64);
             self.metrics.bytes_out.add(batch.data.get_array_memory_size() as u64);
@@ -146,5 +205,39 @@ impl Output {
             .iter()
             .map(|(tx, _)| 1.0 - tx.capacity() as f64 / tx.max_capacity() as f64)
             .fold(0.0, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tap_tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(v: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_tap_that_falls_behind_is_dropped_and_the_output_never_waits_for_it() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let tap = Arc::new(Tap::default());
+        let out = Output::new(vec![(tx, 0)], Arc::new(ComponentMetrics::default()), true).with_tap(tap.clone());
+        let (mut slow, slow_dropped) = tap.subscribe(1);
+        let (mut keen, keen_dropped) = tap.subscribe(8);
+        for v in 0..3 {
+            // Completes although the slow observer never reads.
+            out.send(Batch::new(batch(v))).await.unwrap();
+        }
+        assert!(slow_dropped.load(Ordering::Acquire) && !keen_dropped.load(Ordering::Acquire));
+        assert_eq!(tap.observers(), 1);
+        // The slow one got what fitted, then its stream ends; the keen one saw everything.
+        assert_eq!(slow.recv().await.unwrap().column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 0);
+        assert!(slow.recv().await.is_none());
+        for v in 0..3 {
+            assert_eq!(keen.recv().await.unwrap().column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), v);
+            assert_eq!(rx.recv().await.unwrap().batch.data.num_rows(), 1);
+        }
     }
 }

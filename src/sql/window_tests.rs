@@ -1,0 +1,218 @@
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use tributary_sdk::{Ack, AckStatus};
+
+use super::*;
+
+/// 2026-11-22T10:00:00Z in microseconds.
+const T0: i64 = 1_795_341_600_000_000;
+const S: i64 = 1_000_000;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", event_time_type(), true),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("ms", DataType::Int64, false),
+    ]))
+}
+
+/// Rows `(seconds after 10:00, site, ms)`.
+fn rows(r: &[(i64, &str, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from_iter_values(r.iter().map(|x| T0 + x.0 * S)).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.1))),
+            Arc::new(Int64Array::from_iter_values(r.iter().map(|x| x.2))),
+        ],
+    )
+    .unwrap()
+}
+
+async fn operator(window: &str, sql: &str) -> WindowOperator {
+    let cfg: WindowConfig = serde_yaml::from_str(window).unwrap();
+    let spec = WindowSpec::from_config(&cfg).unwrap();
+    let inputs = vec![("probes".to_string(), schema())];
+    check_inputs(&spec, &inputs).unwrap();
+    let planned = SqlTransform::plan(sql, &[("probes".into(), windowed_input_schema(&schema()))]).await.unwrap();
+    WindowOperator::new(spec, planned, &inputs, late_schema(&inputs).unwrap(), 0).unwrap()
+}
+
+const PER_SITE: &str = "SELECT window_start, window_end, site, count(*) AS n, sum(ms) AS total FROM probes \
+                        GROUP BY window_start, window_end, site ORDER BY window_start, site";
+
+fn table(batches: &[RecordBatch]) -> String {
+    pretty_format_batches(batches).unwrap().to_string()
+}
+
+async fn push(op: &mut WindowOperator, r: &[(i64, &str, i64)]) -> (Option<Emission>, Option<RecordBatch>) {
+    let acc = op.accept(0, rows(r), AckSet::none(), 0).unwrap();
+    (op.advance(0).await.unwrap(), acc.late.map(|(b, _)| b))
+}
+
+fn emitted(e: Option<Emission>) -> String {
+    table(&e.expect("an emission").result.unwrap())
+}
+
+#[tokio::test]
+async fn tumbling_windows_emit_once_when_the_watermark_passes_their_end_and_route_late_rows() {
+    let mut op = operator("{tumbling: 1m, allowed_lateness: 10s}", PER_SITE).await;
+    // Out of order within the first minute; the watermark (max − 10s) stays inside it.
+    let (e, late) = push(&mut op, &[(30, "a", 10), (5, "b", 20), (50, "a", 30), (12, "a", 5)]).await;
+    assert!(e.is_none() && late.is_none());
+    assert_eq!(op.watermark(), Some(T0 + 40 * S));
+    // 10:01:05 → watermark 10:00:55: still open.
+    let (e, _) = push(&mut op, &[(65, "a", 1)]).await;
+    assert!(e.is_none());
+    // 10:01:15 → watermark 10:01:05 passes 10:01:00: the first minute closes, once.
+    let (e, _) = push(&mut op, &[(75, "b", 2), (58, "b", 7)]).await;
+    assert_eq!(
+        emitted(e),
+        "+----------------------+----------------------+------+---+-------+---------+\n\
+         | window_start         | window_end           | site | n | total | partial |\n\
+         +----------------------+----------------------+------+---+-------+---------+\n\
+         | 2026-11-22T10:00:00Z | 2026-11-22T10:01:00Z | a    | 3 | 45    | false   |\n\
+         | 2026-11-22T10:00:00Z | 2026-11-22T10:01:00Z | b    | 2 | 27    | false   |\n\
+         +----------------------+----------------------+------+---+-------+---------+"
+    );
+    // A row for the closed minute is late: it goes out whole and is not counted again.
+    let (e, late) = push(&mut op, &[(59, "a", 99), (80, "a", 3)]).await;
+    assert!(e.is_none());
+    assert_eq!(
+        table(&[late.unwrap()]),
+        "+----------------------+------+----+\n\
+         | ts                   | site | ms |\n\
+         +----------------------+------+----+\n\
+         | 2026-11-22T10:00:59Z | a    | 99 |\n\
+         +----------------------+------+----+"
+    );
+    assert_eq!(op.buffered_rows(), 3, "only the open minute's rows stay buffered");
+    // Shutdown flushes the open minute, marked partial.
+    assert_eq!(
+        emitted(op.finish().await.unwrap()),
+        "+----------------------+----------------------+------+---+-------+---------+\n\
+         | window_start         | window_end           | site | n | total | partial |\n\
+         +----------------------+----------------------+------+---+-------+---------+\n\
+         | 2026-11-22T10:01:00Z | 2026-11-22T10:02:00Z | a    | 2 | 4     | true    |\n\
+         | 2026-11-22T10:01:00Z | 2026-11-22T10:02:00Z | b    | 1 | 2     | true    |\n\
+         +----------------------+----------------------+------+---+-------+---------+"
+    );
+    assert_eq!(op.buffered_rows(), 0);
+}
+
+#[tokio::test]
+async fn hopping_windows_count_each_row_in_every_window_it_falls_in() {
+    let mut op = operator("{hopping: 2m, slide: 1m}", "SELECT window_start, count(*) AS n, sum(ms) AS total FROM probes GROUP BY window_start ORDER BY window_start").await;
+    // 10:00:30 is in [09:59, 10:01) and [10:00, 10:02); 10:01:10 in [10:00, 10:02) and [10:01, 10:03).
+    // Watermark 10:01:10 passes the end of [09:59, 10:01).
+    let (e, _) = push(&mut op, &[(70, "a", 2), (30, "a", 1)]).await;
+    assert_eq!(
+        emitted(e),
+        "+----------------------+---+-------+---------+\n\
+         | window_start         | n | total | partial |\n\
+         +----------------------+---+-------+---------+\n\
+         | 2026-11-22T09:59:00Z | 1 | 1     | false   |\n\
+         +----------------------+---+-------+---------+"
+    );
+    // Watermark 10:02:05: [10:00, 10:02) closes; 09:59 is not emitted again.
+    let (e, _) = push(&mut op, &[(125, "a", 4)]).await;
+    assert_eq!(
+        emitted(e),
+        "+----------------------+---+-------+---------+\n\
+         | window_start         | n | total | partial |\n\
+         +----------------------+---+-------+---------+\n\
+         | 2026-11-22T10:00:00Z | 2 | 3     | false   |\n\
+         +----------------------+---+-------+---------+"
+    );
+    assert_eq!(
+        emitted(op.finish().await.unwrap()),
+        "+----------------------+---+-------+---------+\n\
+         | window_start         | n | total | partial |\n\
+         +----------------------+---+-------+---------+\n\
+         | 2026-11-22T10:01:00Z | 2 | 6     | true    |\n\
+         | 2026-11-22T10:02:00Z | 1 | 4     | true    |\n\
+         +----------------------+---+-------+---------+"
+    );
+}
+
+#[tokio::test]
+async fn sessions_emit_when_the_watermark_passes_last_row_plus_gap() {
+    let mut op = operator(
+        "{session: 30s, key: [site]}",
+        "SELECT site, window_start, window_end, count(*) AS n FROM probes GROUP BY site, window_start, window_end ORDER BY site, window_start",
+    )
+    .await;
+    let (e, _) = push(&mut op, &[(40, "a", 1), (0, "a", 1), (20, "a", 1), (15, "b", 1)]).await;
+    assert!(e.is_none(), "watermark 10:00:40: b's session runs to 10:00:45, a's to 10:01:10");
+    // 10:01:15: b's session [10:00:15, 10:00:45) and a's [10:00:00, 10:01:10) have ended.
+    let (e, _) = push(&mut op, &[(75, "b", 1)]).await;
+    assert_eq!(
+        emitted(e),
+        "+------+----------------------+----------------------+---+---------+\n\
+         | site | window_start         | window_end           | n | partial |\n\
+         +------+----------------------+----------------------+---+---------+\n\
+         | a    | 2026-11-22T10:00:00Z | 2026-11-22T10:01:10Z | 3 | false   |\n\
+         | b    | 2026-11-22T10:00:15Z | 2026-11-22T10:00:45Z | 1 | false   |\n\
+         +------+----------------------+----------------------+---+---------+"
+    );
+    // Older than the watermark: late.
+    let (_, late) = push(&mut op, &[(70, "a", 1)]).await;
+    assert_eq!(late.unwrap().num_rows(), 1);
+    assert_eq!(
+        emitted(op.finish().await.unwrap()),
+        "+------+----------------------+----------------------+---+---------+\n\
+         | site | window_start         | window_end           | n | partial |\n\
+         +------+----------------------+----------------------+---+---------+\n\
+         | b    | 2026-11-22T10:01:15Z | 2026-11-22T10:01:45Z | 1 | true    |\n\
+         +------+----------------------+----------------------+---+---------+"
+    );
+}
+
+#[tokio::test]
+async fn acks_of_buffered_rows_resolve_only_when_every_window_they_feed_is_emitted() {
+    let mut op = operator("{tumbling: 1m}", PER_SITE).await;
+    let (ack, mut rx) = Ack::channel();
+    // One batch spanning two minutes; its newest row (10:01:10) closes the first minute at once.
+    op.accept(0, rows(&[(10, "a", 1), (70, "a", 2)]), AckSet::single(ack), 0).unwrap();
+    let first = op.advance(0).await.unwrap().expect("minute one closes");
+    assert_eq!(first.result.unwrap()[0].num_rows(), 1);
+    first.acks.release();
+    // The batch's second row still waits in 10:01.
+    assert!(rx.try_recv().is_err(), "resolved while a row of the batch is still buffered");
+    let rest = op.finish().await.unwrap().expect("the open minute flushes");
+    rest.acks.release();
+    assert_eq!(rx.await.unwrap(), AckStatus::Delivered);
+}
+
+#[tokio::test]
+async fn an_idle_input_follows_the_wall_clock_so_its_last_window_closes() {
+    let mut op = operator("{tumbling: 1m, idle_timeout: 30s}", PER_SITE).await;
+    op.accept(0, rows(&[(10, "a", 1), (50, "a", 2)]), AckSet::none(), 0).unwrap();
+    assert!(op.advance(0).await.unwrap().is_none());
+    // 29 s of quiet: not idle yet.
+    assert!(op.advance(29 * S).await.unwrap().is_none());
+    // Idle: event time is assumed to have advanced with the clock since 10:00:50 → 10:01:20.
+    let e = op.advance(30 * S).await.unwrap();
+    assert_eq!(
+        emitted(e),
+        "+----------------------+----------------------+------+---+-------+---------+\n\
+         | window_start         | window_end           | site | n | total | partial |\n\
+         +----------------------+----------------------+------+---+-------+---------+\n\
+         | 2026-11-22T10:00:00Z | 2026-11-22T10:01:00Z | a    | 2 | 3     | false   |\n\
+         +----------------------+----------------------+------+---+-------+---------+"
+    );
+}
+
+#[test]
+fn declarations_are_checked_with_a_message_a_user_can_act_on() {
+    let check = |y: &str| WindowSpec::from_config(&serde_yaml::from_str(y).unwrap()).unwrap_err();
+    assert_eq!(check("{hopping: 5m}"), "a hopping window needs `slide` (how often a window starts), e.g. `{hopping: 5m, slide: 1m}`");
+    assert_eq!(check("{tumbling: 1m, session: 5m}"), "declare exactly one of `tumbling: SIZE`, `hopping: SIZE` (with `slide`) or `session: GAP`");
+    assert_eq!(check("{tumbling: 1m, key: [site]}"), "`key` only applies to `session` windows (group tumbling and hopping windows in the SQL)");
+    assert_eq!(check("{hopping: 1m, slide: 2m}"), "`slide` must not be longer than the `hopping` size (rows between windows would belong to none)");
+    let spec = WindowSpec::from_config(&serde_yaml::from_str("{tumbling: 1m, time_column: at}").unwrap()).unwrap();
+    assert_eq!(check_inputs(&spec, &[("probes".into(), schema())]).unwrap_err(), "input `probes` has no time column `at` (set `window.time_column`)");
+}

@@ -1,0 +1,211 @@
+//! Event-time windows in a running pipeline (late output, shutdown flush, idempotent replay into
+//! an upsert sink), `tributary tap` against a live pipeline, and `tributary test` on every
+//! pipeline in `pipelines/` plus a failing test's diff.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+async fn post_async(addr: std::net::SocketAddr, body: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || post(addr, "/ingest", &[], body.as_bytes()).unwrap()).await.unwrap()
+}
+
+fn windowed_pipeline(dir: &Path, admin: std::net::SocketAddr, addr: std::net::SocketAddr, table: &str) -> std::path::PathBuf {
+    let pg = tributary_sdk::testkit::test_postgres_url();
+    write(
+        dir,
+        &format!("{table}.yaml"),
+        &format!(
+            r#"
+admin: {{address: "{admin}"}}
+sources:
+  ingest:
+    type: http_server
+    address: "{addr}"
+    path: /ingest
+    schema: {{ts: timestamp, site: string, ms: int}}
+transforms:
+  per_minute:
+    inputs: [ingest]
+    window: {{tumbling: 1m, allowed_lateness: 10s}}
+    sql: |
+      SELECT window_start, window_end, site, count(*) AS n, sum(ms) AS total_ms
+      FROM ingest GROUP BY window_start, window_end, site
+sinks:
+  db:
+    type: timescale
+    inputs: [per_minute]
+    connection: "{pg}"
+    table: {table}
+    time_column: window_start
+    mode: upsert
+    key: [window_start, site]
+    batch_age: 50ms
+  late:
+    type: file
+    inputs: [per_minute.late]
+    path: "{late}"
+    flush_interval: 50ms
+"#,
+            late = dir.join(format!("{table}_late.jsonl")).display()
+        ),
+    )
+}
+
+const BATCH_1: &str = "{\"ts\":\"2026-11-22T10:00:05Z\",\"site\":\"a\",\"ms\":10}\n{\"ts\":\"2026-11-22T10:00:40Z\",\"site\":\"a\",\"ms\":20}\n{\"ts\":\"2026-11-22T10:00:30Z\",\"site\":\"b\",\"ms\":5}";
+/// Closes 10:00 (watermark 10:01:15 − 10 s), then a row for the closed minute: late.
+const BATCH_2: &str = "{\"ts\":\"2026-11-22T10:01:15Z\",\"site\":\"a\",\"ms\":7}";
+const BATCH_3: &str = "{\"ts\":\"2026-11-22T10:00:55Z\",\"site\":\"b\",\"ms\":99}\n{\"ts\":\"2026-11-22T10:01:30Z\",\"site\":\"b\",\"ms\":3}";
+
+async fn run_once(dir: &Path, table: &str) {
+    let (admin, addr) = (free_addr(), free_addr());
+    let pipeline = windowed_pipeline(dir, admin, addr, table);
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+    for body in [BATCH_1, BATCH_2, BATCH_3] {
+        assert_eq!(post_async(addr, body.to_string()).await.0, 200);
+    }
+    shutdown.cancel();
+    let report = run.await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+}
+
+async fn table_rows(table: &str) -> String {
+    let (db, conn) = tokio_postgres::connect(&tributary_sdk::testkit::test_postgres_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = db
+        .query(&format!("SELECT to_char(window_start AT TIME ZONE 'UTC', 'HH24:MI'), site, n, total_ms, partial FROM {table} ORDER BY 1, 2"), &[])
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| format!("{} {} n={} total={} partial={}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2), r.get::<_, i64>(3), r.get::<_, bool>(4)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_emit_once_route_late_rows_flush_partial_on_shutdown_and_replays_converge_in_an_upsert_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("win_e2e_{}", std::process::id());
+    run_once(dir.path(), &table).await;
+    let expected = "10:00 a n=2 total=30 partial=false\n\
+                    10:00 b n=1 total=5 partial=false\n\
+                    10:01 a n=1 total=7 partial=true\n\
+                    10:01 b n=1 total=3 partial=true";
+    assert_eq!(table_rows(&table).await, expected);
+    let late = std::fs::read_to_string(dir.path().join(format!("{table}_late.jsonl"))).unwrap();
+    assert_eq!(late, "{\"ts\":\"2026-11-22T10:00:55Z\",\"site\":\"b\",\"ms\":99}\n");
+
+    // The same input again (a replay): the upsert keys are the window bounds, so nothing doubles.
+    run_once(dir.path(), &table).await;
+    assert_eq!(table_rows(&table).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, addr) = (free_addr(), free_addr());
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    schema: {{site: string, latency_ms: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\"}}\n",
+            dir.path().join("out.jsonl").display()
+        ),
+    );
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+    wait_for_port(admin).await;
+
+    let tap = tokio::process::Command::new(bin())
+        .args(["tap", "ingest", "--where", "latency_ms > 500", "--limit", "2", "--admin", &admin.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Rows posted before the tap attaches are not shown; keep posting until it has its two rows.
+    let poster = tokio::spawn(async move {
+        for i in 0.. {
+            let body = format!("{{\"site\":\"s{i}\",\"latency_ms\":{}}}\n{{\"site\":\"fast\",\"latency_ms\":3}}", 600 + i);
+            post_async(addr, body).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(30), tap.wait_with_output()).await.expect("tap ends at its limit").unwrap();
+    poster.abort();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert!(l["latency_ms"].as_i64().unwrap() > 500 && l["site"].as_str().unwrap().starts_with('s'), "{l}");
+    }
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "tap closed: limit reached\n");
+
+    // An unknown output and a bad predicate are refused with the reason.
+    let bad = std::process::Command::new(bin()).args(["tap", "nope", "--admin", &admin.to_string()]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no output `nope`; outputs: ingest, ingest.dead_letter, out.dead_letter"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = std::process::Command::new(bin()).args(["tap", "ingest", "--where", "no_such_column > 1", "--admin", &admin.to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --where `no_such_column > 1`"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn every_shipped_pipeline_has_tests_and_they_pass() {
+    let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4);
+    for f in files {
+        let report = tributary::pipeline_tests::test_file(&f).await.unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(!report.results.is_empty(), "{} ships without tests", f.display());
+        assert!(report.passed(), "{}", report.render());
+    }
+}
+
+#[test]
+fn a_failing_pipeline_test_prints_a_diff_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        r#"
+sources:
+  ingest: {type: http_server, address: "127.0.0.1:1", path: /i, schema: {ts: timestamp, site: string, ms: int}}
+transforms:
+  slow:
+    inputs: [ingest]
+    sql: SELECT site, ms FROM ingest WHERE ms > 100
+sinks:
+  out: {type: file, inputs: [slow], path: /dev/null}
+tests:
+  - name: passes
+    inputs:
+      ingest: [{site: a, ms: 150}, {site: b, ms: 50}]
+    expect:
+      slow: [{site: a, ms: 150}]
+  - name: fails
+    inputs:
+      ingest: [{site: a, ms: 150}, {site: c, ms: 300}]
+    expect:
+      out: [{site: a, ms: 151}]
+"#,
+    );
+    let out = std::process::Command::new(bin()).args(["test", pipeline.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "{}\n  ok    passes (1 outputs checked)\n  FAIL  fails\n        out: expected 1 rows, got 2\n          missing:    {{\"site\":\"a\",\"ms\":151}}\n          unexpected: {{\"site\":\"a\",\"ms\":150}}\n          unexpected: {{\"site\":\"c\",\"ms\":300}}\n1 passed, 1 failed\n",
+            pipeline.display()
+        )
+    );
+}
