@@ -24,6 +24,7 @@ impl Registry {
                 Box::new(tributary_file::FileSinkPlugin),
                 Box::new(tributary_timescale::TimescaleSinkPlugin),
                 Box::new(tributary_kafka::KafkaSinkPlugin),
+                Box::new(tributary_influx::InfluxSinkPlugin),
             ],
         }
     }

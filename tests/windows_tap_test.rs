@@ -189,7 +189,7 @@ sinks:
 tests:
   - name: passes
     inputs:
-      ingest: [{site: a, ms: 150}, {site: b, ms: 50}]
+      ingest: [{site: a, ms: 150}, {file: rows.jsonl}]
     expect:
       slow: [{site: a, ms: 150}]
   - name: fails
@@ -199,6 +199,7 @@ tests:
       out: [{site: a, ms: 151}]
 "#,
     );
+    write(dir.path(), "rows.jsonl", "{\"site\":\"b\",\"ms\":50}\n\n{\"site\":\"d\",\"ms\":20}\n");
     let out = std::process::Command::new(bin()).args(["test", pipeline.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(

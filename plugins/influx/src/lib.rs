@@ -1,0 +1,364 @@
+//! `influx` sink: rows as InfluxDB line protocol, written to the v2 write API (`/api/v2/write`)
+//! with the `influxdb2` client. InfluxDB 2 and VictoriaMetrics both accept it.
+//!
+//! Each row becomes one point: measurement (fixed or from a column), tag columns (null or empty
+//! values are left out — line protocol has no empty tags), field columns (nulls left out), and the
+//! time column in nanoseconds. Escaping of spaces, commas, equals signs and quotes is the client's
+//! (`DataPoint`). Rows that cannot be a point (no time, no field) go to the dead-letter output;
+//! transport errors and 5xx answers are retried with backoff; a 4xx answer dead-letters the batch
+//! with the server's message.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
+use influxdb2::models::{DataPoint, FieldValue};
+use serde::Deserialize;
+use tributary_sdk::dead_letter::rows_as_json;
+use tributary_sdk::retry::Backoff;
+use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
+
+/// Config of an `influx` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSinkConfig {
+    /// Base URL of the server, e.g. `http://127.0.0.1:8086` (InfluxDB) or `http://127.0.0.1:8428`
+    /// (VictoriaMetrics); `/api/v2/write` is appended.
+    pub url: String,
+    /// Organization (InfluxDB 2; ignored by VictoriaMetrics).
+    #[serde(default)]
+    pub org: String,
+    /// Bucket (InfluxDB 2; VictoriaMetrics ignores it unless told otherwise).
+    pub bucket: String,
+    /// API token, from `${ENV}`; sent as `Authorization: Token …`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A fixed measurement name…
+    #[serde(default)]
+    pub measurement: Option<String>,
+    /// …or the string column that holds it per row.
+    #[serde(default)]
+    pub measurement_column: Option<String>,
+    /// Columns written as tags (any type; values are written as text).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Columns written as fields (numbers, booleans, strings). Default: every other column.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Timestamp column (default `ts`).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    /// Write when this many rows are buffered (default 5000).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Write buffered rows at least this often (default 1s).
+    #[serde(default = "default_batch_age")]
+    pub batch_age: HumanDuration,
+    /// Attempts per write on transport errors and 5xx (backoff 100ms → 10s; default 8).
+    #[serde(default = "default_attempts")]
+    pub retry_attempts: u32,
+}
+
+fn default_time_column() -> String {
+    "ts".into()
+}
+fn default_batch_rows() -> usize {
+    5000
+}
+fn default_batch_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_attempts() -> u32 {
+    8
+}
+
+/// How each column of the input is used.
+#[derive(Debug, Clone)]
+struct Layout {
+    measurement: Measurement,
+    tags: Vec<usize>,
+    fields: Vec<usize>,
+    time: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Measurement {
+    Fixed(String),
+    Column(usize),
+}
+
+fn is_field_type(dt: &DataType) -> bool {
+    dt.is_numeric() || matches!(dt, DataType::Boolean | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+impl Layout {
+    fn new(cfg: &InfluxSinkConfig, schema: &SchemaRef) -> Result<Layout, ConfigError> {
+        let index = |path: &str, name: &str| {
+            schema.index_of(name).map_err(|_| {
+                let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                ConfigError::at(path, format!("column `{name}` is not in the input (columns: {})", cols.join(", ")))
+            })
+        };
+        let measurement = match (&cfg.measurement, &cfg.measurement_column) {
+            (Some(m), None) if !m.is_empty() => Measurement::Fixed(m.clone()),
+            (None, Some(c)) => {
+                let i = index("measurement_column", c)?;
+                if !matches!(schema.field(i).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+                    return Err(ConfigError::at("measurement_column", format!("column `{c}` must be a string")));
+                }
+                Measurement::Column(i)
+            }
+            _ => return Err(ConfigError::at("measurement", "set exactly one of `measurement` (a name) or `measurement_column`")),
+        };
+        let time = index("time_column", &cfg.time_column)?;
+        if !matches!(schema.field(time).data_type(), DataType::Timestamp(..)) {
+            return Err(ConfigError::at("time_column", format!("column `{}` is {}, expected a timestamp", cfg.time_column, schema.field(time).data_type())));
+        }
+        let tags = cfg.tags.iter().map(|t| index("tags", t)).collect::<Result<Vec<_>, _>>()?;
+        let used = |i: usize| i == time || tags.contains(&i) || matches!(measurement, Measurement::Column(m) if m == i);
+        let fields = match &cfg.fields {
+            Some(list) => {
+                let idx = list.iter().map(|f| index("fields", f)).collect::<Result<Vec<_>, _>>()?;
+                for &i in &idx {
+                    if !is_field_type(schema.field(i).data_type()) {
+                        return Err(ConfigError::at("fields", format!("column `{}` is {}; fields are numbers, booleans or strings", schema.field(i).name(), schema.field(i).data_type())));
+                    }
+                }
+                idx
+            }
+            None => (0..schema.fields().len()).filter(|&i| !used(i) && is_field_type(schema.field(i).data_type())).collect(),
+        };
+        if fields.is_empty() {
+            return Err(ConfigError::at("fields", "no field columns: a point needs at least one field"));
+        }
+        Ok(Layout { measurement, tags, fields, time })
+    }
+}
+
+pub struct InfluxSinkPlugin;
+
+impl SinkPlugin for InfluxSinkPlugin {
+    fn type_name(&self) -> &'static str {
+        "influx"
+    }
+    fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
+        let cfg: InfluxSinkConfig = config.decode()?;
+        if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
+            return Err(ConfigError::at("url", format!("`{}` is not an http(s) URL", cfg.url)));
+        }
+        let schema = single_input_schema(inputs)?;
+        let layout = Layout::new(&cfg, &schema)?;
+        let token = cfg.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
+        let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        Ok(Box::new(InfluxSink { id: config.id.clone(), cfg, schema, layout, client, backoff, buffer: Vec::new(), buffered_rows: 0 }))
+    }
+}
+
+pub struct InfluxSink {
+    id: String,
+    cfg: InfluxSinkConfig,
+    schema: SchemaRef,
+    layout: Layout,
+    client: influxdb2::Client,
+    backoff: Backoff,
+    buffer: Vec<RecordBatch>,
+    buffered_rows: usize,
+}
+
+fn text_at(col: &ArrayRef, i: usize) -> Option<String> {
+    if col.is_null(i) {
+        return None;
+    }
+    Some(match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
+        DataType::LargeUtf8 => col.as_string::<i64>().value(i).to_string(),
+        DataType::Utf8View => col.as_string_view().value(i).to_string(),
+        _ => datafusion::arrow::util::display::array_value_to_string(col, i).ok()?,
+    })
+}
+
+fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint>, Vec<DeadLetter>)> {
+    let schema = batch.schema();
+    let times = cast(batch.column(layout.time), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
+    let times = times.as_primitive::<TimestampNanosecondType>();
+    // Numbers are read as i64 (integers) or f64 (floats) once per column.
+    enum Col {
+        Int(ArrayRef),
+        Float(ArrayRef),
+        Bool(ArrayRef),
+        Text(ArrayRef),
+    }
+    let fields: Vec<(String, Col)> = layout
+        .fields
+        .iter()
+        .map(|&i| {
+            let c = batch.column(i);
+            let dt = c.data_type();
+            let col = if dt.is_integer() {
+                Col::Int(cast(c, &DataType::Int64)?)
+            } else if dt.is_floating() || dt.is_numeric() {
+                Col::Float(cast(c, &DataType::Float64)?)
+            } else if *dt == DataType::Boolean {
+                Col::Bool(c.clone())
+            } else {
+                Col::Text(c.clone())
+            };
+            Ok((schema.field(i).name().clone(), col))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tag_names: Vec<&String> = layout.tags.iter().map(|&i| schema.field(i).name()).collect();
+    let rows_json = std::cell::OnceCell::new();
+    let mut out = Vec::with_capacity(batch.num_rows());
+    let mut rejected = Vec::new();
+    for row in 0..batch.num_rows() {
+        let reject = |reason: String, rejected: &mut Vec<DeadLetter>| {
+            let json: &Vec<String> = rows_json.get_or_init(|| rows_as_json(batch));
+            rejected.push(DeadLetter { payload: json[row].clone(), reason });
+        };
+        if times.is_null(row) {
+            reject(format!("time column `{}` is null", schema.field(layout.time).name()), &mut rejected);
+            continue;
+        }
+        let measurement = match &layout.measurement {
+            Measurement::Fixed(m) => m.clone(),
+            Measurement::Column(i) => match text_at(batch.column(*i), row) {
+                Some(m) if !m.is_empty() => m,
+                _ => {
+                    reject(format!("measurement column `{}` is null or empty", schema.field(*i).name()), &mut rejected);
+                    continue;
+                }
+            },
+        };
+        let mut point = DataPoint::builder(measurement);
+        for (&i, name) in layout.tags.iter().zip(&tag_names) {
+            if let Some(v) = text_at(batch.column(i), row).filter(|v| !v.is_empty()) {
+                point = point.tag(name.as_str(), v);
+            }
+        }
+        let mut n = 0;
+        for (name, col) in &fields {
+            let value = match col {
+                Col::Int(a) if !a.is_null(row) => FieldValue::I64(a.as_primitive::<Int64Type>().value(row)),
+                Col::Float(a) if !a.is_null(row) => {
+                    let v = a.as_primitive::<Float64Type>().value(row);
+                    if !v.is_finite() {
+                        continue; // line protocol has no NaN or infinity
+                    }
+                    FieldValue::F64(v)
+                }
+                Col::Bool(a) if !a.is_null(row) => FieldValue::Bool(a.as_boolean().value(row)),
+                Col::Text(a) => match text_at(a, row) {
+                    Some(s) => FieldValue::String(s),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            point = point.field(name.as_str(), value);
+            n += 1;
+        }
+        if n == 0 {
+            reject("every field of the row is null (a point needs at least one field)".into(), &mut rejected);
+            continue;
+        }
+        match point.timestamp(times.value(row)).build() {
+            Ok(p) => out.push(p),
+            Err(e) => reject(format!("not a valid point: {e}"), &mut rejected),
+        }
+    }
+    Ok((out, rejected))
+}
+
+/// Why a write did not happen.
+enum WriteError {
+    /// Worth retrying: transport error, 5xx, 429.
+    Transient(String),
+    /// The server refused the data (4xx): retrying would not help.
+    Refused(String),
+}
+
+impl InfluxSink {
+    async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let rows = concat_batches(&self.schema, &self.buffer).context("joining buffered batches")?;
+        self.buffer.clear();
+        self.buffered_rows = 0;
+        let (points, rejected) = points(&rows, &self.layout)?;
+        if !rejected.is_empty() {
+            ctx.metrics.errors.add(rejected.len() as u64);
+            ctx.dead_letters.send(rejected, Default::default()).await?;
+        }
+        if points.is_empty() {
+            return Ok(());
+        }
+        let (client, bucket, id) = (&self.client, self.cfg.bucket.as_str(), self.id.as_str());
+        let result = self
+            .backoff
+            .retry(
+                || {
+                    let points = points.clone();
+                    async move {
+                        client.write(bucket, futures::stream::iter(points)).await.map_err(|e| match e {
+                            influxdb2::RequestError::Http { status, text } if status.is_client_error() && status.as_u16() != 429 => {
+                                WriteError::Refused(format!("HTTP {status}: {}", text.trim()))
+                            }
+                            other => WriteError::Transient(other.to_string()),
+                        })
+                    }
+                },
+                |e| matches!(e, WriteError::Transient(_)),
+                |attempt, e, delay| {
+                    ctx.metrics.retries.inc();
+                    if let WriteError::Transient(msg) = e {
+                        tracing::warn!(sink = %id, attempt, error = %msg, retry_in = ?delay, "write failed; retrying");
+                    }
+                },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(WriteError::Refused(msg)) => {
+                ctx.metrics.errors.inc();
+                tracing::error!(sink = %self.id, rows = rows.num_rows(), "server refused the write: {msg}");
+                ctx.dead_letters.send_rows(&rows, &format!("server refused the write: {msg}"), Default::default()).await?;
+                Ok(())
+            }
+            // Kept, not lost: the rows go to the dead-letter output, from where they can be replayed.
+            Err(WriteError::Transient(msg)) => {
+                ctx.metrics.errors.inc();
+                let reason = format!("writing to {} failed after {} attempts: {msg}", self.cfg.url, self.backoff.max_attempts.unwrap_or(1));
+                tracing::error!(sink = %self.id, rows = rows.num_rows(), "{reason}");
+                ctx.dead_letters.send_rows(&rows, &reason, Default::default()).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for InfluxSink {
+    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
+        self.buffered_rows += batch.num_rows();
+        self.buffer.push(batch);
+        if self.buffered_rows >= self.cfg.batch_rows {
+            self.write_buffer(ctx).await?;
+            return Ok(Durability::Durable);
+        }
+        Ok(Durability::Buffered)
+    }
+
+    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        self.write_buffer(ctx).await
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.cfg.batch_age.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;
