@@ -17,6 +17,7 @@ impl Registry {
                 Box::new(tributary_http_server::HttpServerPlugin),
                 Box::new(tributary_site_probe::SiteProbePlugin),
                 Box::new(tributary_kafka::KafkaSourcePlugin),
+                Box::new(tributary_badge_events::BadgeEventsPlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),

@@ -1,0 +1,445 @@
+//! `badge_events` source: the badge API's events from Redis, normalised to one schema.
+//!
+//! - `mode: pubsub` subscribes to the API's channels: compatible with the unmodified API, but
+//!   Redis Pub/Sub keeps nothing — whatever is published while we are disconnected is gone. The
+//!   source reconnects with backoff and counts reconnects (`retries_total`).
+//! - `mode: stream` reads a Redis Stream through a consumer group (`XREADGROUP`), and `XACK`s an
+//!   entry only after every sink wrote its rows (ack handles). At start it first re-reads its own
+//!   pending entries, and periodically claims entries another consumer left pending longer than
+//!   `claim_idle` (`XAUTOCLAIM`): at-least-once end to end.
+//!
+//! Stream entries carry `channel` and `payload` fields (the channel says how to decode the
+//! payload; default `high-score-processor`). Undecodable messages go to the dead-letter output
+//! with the reason (and, in stream mode, are acknowledged once the dead letter is stored).
+
+pub mod decode;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use futures::StreamExt;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tributary_sdk::config::event_time_type;
+use tributary_sdk::retry::Backoff;
+use tributary_sdk::{
+    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, OutputSpec, Secret, Source,
+    SourceContext, SourcePlugin,
+};
+
+use decode::{decode, BadgeRow};
+
+/// How events are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Pubsub,
+    Stream,
+}
+
+/// Config of a `badge_events` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadgeEventsConfig {
+    pub mode: Mode,
+    /// `redis://[:password@]host:port/db` (a secret: it may hold a password).
+    #[serde(default = "default_url")]
+    pub url: Secret,
+    /// Pub/Sub channels (pubsub mode).
+    #[serde(default = "default_channels")]
+    pub channels: Vec<String>,
+    /// Stream key (stream mode).
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Consumer group (created at the start of the stream if missing).
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// This consumer's name in the group; keep it stable across restarts so its own pending
+    /// entries are re-read.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// Entries pending on another consumer for this long are claimed (default 60s).
+    #[serde(default = "default_claim_idle")]
+    pub claim_idle: HumanDuration,
+    /// Entries per read (default 500).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Pub/Sub messages are batched for at most this long (default 200ms).
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait: HumanDuration,
+}
+
+fn default_url() -> Secret {
+    Secret::new("redis://127.0.0.1:6379")
+}
+fn default_channels() -> Vec<String> {
+    ["high-score-processor", "achievement", "community-message", "fact"].map(String::from).to_vec()
+}
+fn default_stream() -> String {
+    "badge-events".into()
+}
+fn default_group() -> String {
+    "tributary".into()
+}
+fn default_consumer() -> String {
+    "tributary-1".into()
+}
+fn default_claim_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_batch() -> usize {
+    500
+}
+fn default_batch_wait() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+
+/// The output schema: one row per event (per score for high-score lists).
+pub fn badge_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    let i = |n: &str| Field::new(n, DataType::Int64, true);
+    Arc::new(Schema::new(vec![
+        Field::new("ts", event_time_type(), false),
+        Field::new("channel", DataType::Utf8, false),
+        s("event"),
+        s("user_uuid"),
+        s("mac_address"),
+        s("game"),
+        i("score"),
+        i("duration"),
+        s("handle"),
+        i("points"),
+        s("message"),
+        Field::new("raw", DataType::Utf8, false),
+    ]))
+}
+
+/// A received message: when, where from, what.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub ts_us: i64,
+    pub channel: String,
+    pub payload: String,
+}
+
+/// Decode messages into a batch, plus dead letters for the ones that do not decode.
+pub fn to_batch(messages: &[Message]) -> (RecordBatch, Vec<DeadLetter>) {
+    let mut rows: Vec<(&Message, BadgeRow)> = Vec::new();
+    let mut dead = Vec::new();
+    for m in messages {
+        match decode(&m.channel, &m.payload) {
+            Ok(decoded) => rows.extend(decoded.into_iter().map(|r| (m, r))),
+            Err(reason) => dead.push(DeadLetter { payload: m.payload.clone(), reason }),
+        }
+    }
+    let s = |f: fn(&BadgeRow) -> &Option<String>| Arc::new(StringArray::from_iter(rows.iter().map(|(_, r)| f(r).as_deref())));
+    let i = |f: fn(&BadgeRow) -> Option<i64>| Arc::new(Int64Array::from_iter(rows.iter().map(|(_, r)| f(r))));
+    let batch = RecordBatch::try_new(
+        badge_schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|(m, _)| m.ts_us)).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(m, _)| m.channel.as_str()))),
+            s(|r| &r.event),
+            s(|r| &r.user_uuid),
+            s(|r| &r.mac_address),
+            s(|r| &r.game),
+            i(|r| r.score),
+            i(|r| r.duration),
+            s(|r| &r.handle),
+            i(|r| r.points),
+            s(|r| &r.message),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(m, _)| m.payload.as_str()))),
+        ],
+    )
+    .expect("columns match the badge schema");
+    (batch, dead)
+}
+
+pub struct BadgeEventsPlugin;
+
+impl SourcePlugin for BadgeEventsPlugin {
+    fn type_name(&self) -> &'static str {
+        "badge_events"
+    }
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
+        let cfg: BadgeEventsConfig = config.decode()?;
+        redis::Client::open(cfg.url.expose()).map_err(|e| ConfigError::at("url", format!("not a Redis URL: {e}")))?;
+        if cfg.mode == Mode::Pubsub && cfg.channels.is_empty() {
+            return Err(ConfigError::at("channels", "name at least one channel"));
+        }
+        if cfg.batch_size == 0 {
+            return Err(ConfigError::at("batch_size", "must be at least 1"));
+        }
+        Ok(BuiltSource {
+            outputs: vec![OutputSpec::main(badge_schema())],
+            source: Box::new(BadgeEventsSource { id: config.id.clone(), cfg }),
+        })
+    }
+}
+
+pub struct BadgeEventsSource {
+    id: String,
+    cfg: BadgeEventsConfig,
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Reconnects wait 100 ms doubling to 5 s, forever (until shutdown).
+const RECONNECT: Backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), max_attempts: None };
+
+impl BadgeEventsSource {
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        Ok(redis::Client::open(self.cfg.url.expose())?)
+    }
+
+    /// Send decoded rows and dead letters; `acks` resolve when both are stored.
+    async fn emit(&self, ctx: &SourceContext, messages: &[Message], acks: AckSet) -> anyhow::Result<()> {
+        let (batch, dead) = to_batch(messages);
+        ctx.metrics.bytes_in.add(messages.iter().map(|m| m.payload.len() as u64).sum());
+        if !dead.is_empty() {
+            ctx.metrics.errors.add(dead.len() as u64);
+            for d in &dead {
+                tracing::warn!(source = %self.id, reason = %d.reason, "undecodable badge event");
+            }
+            ctx.dead_letters.send(dead, acks.clone()).await?;
+        }
+        if batch.num_rows() == 0 {
+            acks.release();
+        } else {
+            ctx.output("").send(Batch::with_acks(batch, acks)).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_pubsub(&self, ctx: &SourceContext) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let mut attempt = 0u32;
+        while !ctx.shutdown.is_cancelled() {
+            let mut pubsub = match client.get_async_pubsub().await {
+                Ok(p) => p,
+                Err(e) => {
+                    attempt += 1;
+                    ctx.metrics.retries.inc();
+                    let d = RECONNECT.delay(attempt);
+                    tracing::warn!(source = %self.id, error = %e, retry_in = ?d, "cannot reach Redis; messages published meanwhile are lost (Pub/Sub keeps nothing)");
+                    tokio::select! { _ = ctx.shutdown.cancelled() => break, _ = tokio::time::sleep(d) => continue }
+                }
+            };
+            for ch in &self.cfg.channels {
+                pubsub.subscribe(ch).await?;
+            }
+            attempt = 0;
+            tracing::info!(source = %self.id, channels = %self.cfg.channels.join(","), "subscribed");
+            let mut messages = pubsub.on_message();
+            let mut pending: Vec<Message> = Vec::new();
+            let mut deadline: Option<tokio::time::Instant> = None;
+            let disconnected = loop {
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break false,
+                    _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                        self.emit(ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
+                        deadline = None;
+                    }
+                    m = messages.next() => match m {
+                        None => break true,
+                        Some(msg) => {
+                            let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
+                            pending.push(Message { ts_us: now_us(), channel: msg.get_channel_name().to_string(), payload });
+                            if pending.len() >= self.cfg.batch_size {
+                                self.emit(ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
+                                deadline = None;
+                            } else if deadline.is_none() {
+                                deadline = Some(tokio::time::Instant::now() + self.cfg.batch_wait.0);
+                            }
+                        }
+                    },
+                }
+            };
+            if !pending.is_empty() {
+                self.emit(ctx, &pending, AckSet::none()).await?;
+            }
+            if !disconnected {
+                break;
+            }
+            ctx.metrics.errors.inc();
+            tracing::warn!(source = %self.id, "Redis connection lost; resubscribing (messages published meanwhile are lost)");
+        }
+        Ok(())
+    }
+
+    async fn run_stream(&self, mut ctx: SourceContext) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let cfg = &self.cfg;
+        let mut conn = RECONNECT
+            .retry(
+                || client.get_multiplexed_async_connection(),
+                |_| !ctx.shutdown.is_cancelled(),
+                |_, e, d| {
+                    ctx.metrics.retries.inc();
+                    tracing::warn!(source = %self.id, error = %e, retry_in = ?d, "cannot reach Redis; retrying");
+                },
+            )
+            .await?;
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&cfg.stream, &cfg.group, "0").await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(anyhow::anyhow!("creating consumer group `{}` on stream `{}`: {e}", cfg.group, cfg.stream));
+            }
+        }
+        tracing::info!(source = %self.id, stream = %cfg.stream, group = %cfg.group, consumer = %cfg.consumer, "reading stream");
+        // Acked entry ids come back here to be XACKed; failed ones are read again from our PEL.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<String>, AckStatus)>();
+        let mut in_flight = 0usize;
+        // Start with our own pending entries (a previous run's unacknowledged ones).
+        let mut read_own_pending = true;
+        let mut last_claim = tokio::time::Instant::now() - cfg.claim_idle.0;
+        let shutdown = ctx.shutdown.clone();
+        loop {
+            // Settle finished batches first.
+            while let Ok((ids, status)) = done_rx.try_recv() {
+                in_flight -= 1;
+                self.settle(&mut conn, &ids, status, &mut read_own_pending, &ctx).await;
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let entries: Vec<StreamId> = if read_own_pending && in_flight == 0 {
+                let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size);
+                let reply: StreamReadReply = match conn.xread_options(&[&cfg.stream], &["0"], &opts).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.read_failed(&ctx, &e).await;
+                        continue;
+                    }
+                };
+                let ids: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                read_own_pending = !ids.is_empty();
+                ids
+            } else if last_claim.elapsed() >= cfg.claim_idle.0 {
+                last_claim = tokio::time::Instant::now();
+                let idle_ms = cfg.claim_idle.0.as_millis() as u64;
+                let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                    .arg(&cfg.stream)
+                    .arg(&cfg.group)
+                    .arg(&cfg.consumer)
+                    .arg(idle_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(cfg.batch_size)
+                    .query_async(&mut conn)
+                    .await;
+                match reply {
+                    Ok(r) => {
+                        if !r.claimed.is_empty() {
+                            tracing::info!(source = %self.id, entries = r.claimed.len(), "claimed entries another consumer left pending");
+                        }
+                        r.claimed
+                    }
+                    Err(e) => {
+                        self.read_failed(&ctx, &e).await;
+                        continue;
+                    }
+                }
+            } else {
+                let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size).block(500);
+                let (keys, ids) = ([&cfg.stream], [">"]);
+                let read = conn.xread_options::<_, _, Option<StreamReadReply>>(&keys, &ids, &opts);
+                let reply = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = read => r,
+                };
+                match reply {
+                    Ok(r) => r.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default(),
+                    Err(e) => {
+                        self.read_failed(&ctx, &e).await;
+                        continue;
+                    }
+                }
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+            let messages: Vec<Message> = entries.iter().map(entry_message).collect();
+            let tx = done_tx.clone();
+            let ack = Ack::new(move |status| {
+                let _ = tx.send((ids, status));
+            });
+            in_flight += 1;
+            self.emit(&ctx, &messages, AckSet::single(ack)).await?;
+        }
+        // Let downstream flush, then acknowledge what it wrote before leaving.
+        ctx.close_outputs();
+        drop(done_tx);
+        let until = tokio::time::Instant::now() + Duration::from_secs(25);
+        while in_flight > 0 {
+            match tokio::time::timeout_at(until, done_rx.recv()).await {
+                Ok(Some((ids, status))) => {
+                    in_flight -= 1;
+                    let mut ignore = false;
+                    self.settle(&mut conn, &ids, status, &mut ignore, &ctx).await;
+                }
+                _ => {
+                    tracing::warn!(source = %self.id, in_flight, "entries still unacknowledged at shutdown stay pending and are read again next start");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// XACK delivered entries; failed ones stay pending and are re-read.
+    async fn settle(&self, conn: &mut redis::aio::MultiplexedConnection, ids: &[String], status: AckStatus, reread: &mut bool, ctx: &SourceContext) {
+        match status {
+            AckStatus::Delivered => {
+                let r: redis::RedisResult<i64> = conn.xack(&self.cfg.stream, &self.cfg.group, ids).await;
+                if let Err(e) = r {
+                    ctx.metrics.errors.inc();
+                    tracing::warn!(source = %self.id, error = %e, "XACK failed; the entries will be delivered again");
+                }
+            }
+            AckStatus::Failed => {
+                ctx.metrics.errors.inc();
+                tracing::warn!(source = %self.id, entries = ids.len(), "downstream failed to write; re-reading pending entries");
+                *reread = true;
+            }
+        }
+    }
+
+    async fn read_failed(&self, ctx: &SourceContext, e: &redis::RedisError) {
+        ctx.metrics.errors.inc();
+        ctx.metrics.retries.inc();
+        tracing::warn!(source = %self.id, error = %e, "reading the stream failed; retrying");
+        tokio::select! { _ = ctx.shutdown.cancelled() => {}, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
+    }
+}
+
+/// An entry's message: its time is the entry id's milliseconds (when it was added).
+fn entry_message(e: &StreamId) -> Message {
+    let ms: i64 = e.id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or_else(|| now_us() / 1000);
+    let field = |k: &str| e.map.get(k).and_then(|v| redis::from_redis_value::<String>(v).ok());
+    Message {
+        ts_us: ms * 1000,
+        channel: field("channel").unwrap_or_else(|| "high-score-processor".into()),
+        payload: field("payload").unwrap_or_default(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for BadgeEventsSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        match self.cfg.mode {
+            Mode::Pubsub => self.run_pubsub(&ctx).await,
+            Mode::Stream => self.run_stream(ctx).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

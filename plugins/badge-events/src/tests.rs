@@ -1,0 +1,141 @@
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use tributary_sdk::testkit::source_context;
+
+use super::*;
+
+fn redis_url() -> String {
+    std::env::var("TRIBUTARY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis must run at {} for this test ({e})", redis_url()))
+}
+
+fn build(yaml: &str) -> Box<dyn Source> {
+    BadgeEventsPlugin.build(&ComponentConfig::from_yaml("badges", yaml)).map_err(|e| e.to_string()).unwrap().source
+}
+
+const LISTS: &str = r#"{"user_uuid":"u-1","mac_address":"aa:bb","event":"high-score","high_scores":[["BO",1200,95],["TT",37,30]]}"#;
+const DICTS: &str = r#"{"user_uuid":"u-2","mac_address":"cc:dd","event":"high-score","high_scores":[{"g":"LA","s":5,"d":9}]}"#;
+
+fn shown(batch: &RecordBatch) -> String {
+    let cols = ["channel", "event", "user_uuid", "game", "score", "duration", "handle", "points", "message"];
+    let idx: Vec<usize> = cols.iter().map(|c| batch.schema().index_of(c).unwrap()).collect();
+    pretty_format_batches(&[batch.project(&idx).unwrap()]).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn pubsub_events_of_every_channel_arrive_normalised_and_bad_ones_are_dead_lettered() {
+    let source = build(&format!("{{mode: pubsub, url: '{}', batch_wait: 50ms}}", redis_url()));
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(source.run(ctx));
+    let mut conn = redis_conn().await;
+    // Wait for the subscription (PUBSUB NUMSUB), so nothing is published into the void.
+    for _ in 0..100 {
+        let n: Vec<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg("achievement").query_async(&mut conn).await.unwrap();
+        if n[0].1 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (ch, msg) in [
+        ("high-score-processor", LISTS),
+        ("high-score-processor", DICTS),
+        ("achievement", r#"{"handle":"someone","name":"Rick Rolled","description":"d","points":1}"#),
+        ("community-message", "someone has already unlocked: Hello World"),
+        ("high-score-processor", "{not json"),
+    ] {
+        let _: i64 = conn.publish(ch, msg).await.unwrap();
+    }
+    let mut rows = Vec::new();
+    while rows.iter().map(|b: &RecordBatch| b.num_rows()).sum::<usize>() < 5 {
+        let d = tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.expect("rows arrive").unwrap();
+        rows.push(d.batch.data);
+    }
+    let all = datafusion::arrow::compute::concat_batches(&badge_schema(), &rows).unwrap();
+    assert_eq!(
+        shown(&all),
+        "+----------------------+-------------------+-----------+-----------+-------+----------+---------+--------+-------------------------------------------+\n\
+         | channel              | event             | user_uuid | game      | score | duration | handle  | points | message                                   |\n\
+         +----------------------+-------------------+-----------+-----------+-------+----------+---------+--------+-------------------------------------------+\n\
+         | high-score-processor | high-score        | u-1       | Breakout  | 1200  | 95       |         |        |                                           |\n\
+         | high-score-processor | high-score        | u-1       | Tappytime | 37    | 30       |         |        |                                           |\n\
+         | high-score-processor | high-score        | u-2       | Labyrinth | 5     | 9        |         |        |                                           |\n\
+         | achievement          | achievement       |           |           |       |          | someone | 1      | Rick Rolled                               |\n\
+         | community-message    | community-message |           |           |       |          |         |        | someone has already unlocked: Hello World |\n\
+         +----------------------+-------------------+-----------+-----------+-------+----------+---------+--------+-------------------------------------------+"
+    );
+    let dl = tokio::time::timeout(Duration::from_secs(10), h.dead_letters.recv()).await.unwrap().unwrap().batch.data;
+    assert_eq!(dl.column_by_name("payload").unwrap().as_string::<i32>().value(0), "{not json");
+    assert!(dl.column_by_name("reason").unwrap().as_string::<i32>().value(0).starts_with("channel `high-score-processor`: malformed JSON"));
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await.unwrap();
+    match summary {
+        redis::Value::Array(v) => redis::from_redis_value(&v[0]).unwrap(),
+        other => panic!("XPENDING: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_restart_rereads_the_rest() {
+    let stream = format!("badge-test-{}", std::process::id());
+    let mut conn = redis_conn().await;
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+    for payload in [LISTS, DICTS] {
+        let _: String = conn.xadd(&stream, "*", &[("channel", "high-score-processor"), ("payload", payload)]).await.unwrap();
+    }
+    let yaml = format!("{{mode: stream, url: '{}', stream: {stream}, group: g, consumer: c1, batch_size: 2}}", redis_url());
+
+    // First run: take the first batch (2 entries, 3 rows) but never write it — a crash.
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(build(&yaml).run(ctx));
+    let first = tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.unwrap().unwrap();
+    assert_eq!(first.batch.data.num_rows(), 3);
+    task.abort();
+    let _ = task.await;
+    std::mem::forget(first); // the ack is neither released nor failed: the process is gone
+    assert_eq!(pending(&mut conn, &stream, "g").await, 2, "read but unacknowledged entries stay pending");
+    let _: String = conn.xadd(&stream, "*", &[("channel", "high-score-processor"), ("payload", "[1,2]")]).await.unwrap();
+
+    // Restart: the pending entries come again, then the rest; acking everything empties the PEL.
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(build(&yaml).run(ctx));
+    let mut games = Vec::new();
+    while games.len() < 3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.expect("rows").unwrap();
+        let g = d.batch.data.column_by_name("game").unwrap().as_string::<i32>().clone();
+        games.extend((0..g.len()).map(|i| g.value(i).to_string()));
+        d.batch.acks.release();
+    }
+    assert_eq!(games, ["Breakout", "Tappytime", "Labyrinth"]);
+    let dl = tokio::time::timeout(Duration::from_secs(10), h.dead_letters.recv()).await.unwrap().unwrap();
+    assert_eq!(dl.batch.data.column_by_name("reason").unwrap().as_string::<i32>().value(0), "channel `high-score-processor`: expected a JSON object, got an array");
+    dl.batch.acks.release();
+    for _ in 0..100 {
+        if pending(&mut conn, &stream, "g").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(&mut conn, &stream, "g").await, 0, "every entry acknowledged once written");
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let err = |y: &str| BadgeEventsPlugin.build(&ComponentConfig::from_yaml("b", y)).err().unwrap().to_string();
+    assert_eq!(err("{mode: pubsub, channels: []}"), "channels: name at least one channel");
+    assert!(err("{mode: carrier-pigeon}").starts_with("mode: unknown variant `carrier-pigeon`, expected `pubsub` or `stream`"), "{}", err("{mode: carrier-pigeon}"));
+    assert!(err("{mode: stream, url: 'http://x'}").starts_with("url: not a Redis URL"), "{}", err("{mode: stream, url: 'http://x'}"));
+}
