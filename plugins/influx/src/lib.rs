@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
 use influxdb2::models::{DataPoint, FieldValue};
 use serde::Deserialize;
 use tributary_sdk::dead_letter::rows_as_json;
+use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
 
@@ -153,19 +154,18 @@ impl SinkPlugin for InfluxSinkPlugin {
         let token = cfg.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
         let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
         let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
-        Ok(Box::new(InfluxSink { id: config.id.clone(), cfg, schema, layout, client, backoff, buffer: Vec::new(), buffered_rows: 0 }))
+        let buffer = RowBuffer::new(schema, cfg.batch_rows);
+        Ok(Box::new(InfluxSink { id: config.id.clone(), cfg, layout, client, backoff, buffer }))
     }
 }
 
 pub struct InfluxSink {
     id: String,
     cfg: InfluxSinkConfig,
-    schema: SchemaRef,
     layout: Layout,
     client: influxdb2::Client,
     backoff: Backoff,
-    buffer: Vec<RecordBatch>,
-    buffered_rows: usize,
+    buffer: RowBuffer,
 }
 
 fn text_at(col: &ArrayRef, i: usize) -> Option<String> {
@@ -281,12 +281,9 @@ enum WriteError {
 
 impl InfluxSink {
     async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        if self.buffer.is_empty() {
+        let Some(rows) = self.buffer.take().context("joining buffered batches")? else {
             return Ok(());
-        }
-        let rows = concat_batches(&self.schema, &self.buffer).context("joining buffered batches")?;
-        self.buffer.clear();
-        self.buffered_rows = 0;
+        };
         let (points, rejected) = points(&rows, &self.layout)?;
         if !rejected.is_empty() {
             ctx.metrics.errors.add(rejected.len() as u64);
@@ -342,9 +339,7 @@ impl InfluxSink {
 #[async_trait::async_trait]
 impl Sink for InfluxSink {
     async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
-        self.buffered_rows += batch.num_rows();
-        self.buffer.push(batch);
-        if self.buffered_rows >= self.cfg.batch_rows {
+        if self.buffer.push(batch) {
             self.write_buffer(ctx).await?;
             return Ok(Durability::Durable);
         }

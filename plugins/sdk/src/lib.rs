@@ -9,6 +9,7 @@
 //! Arrow, Parquet and DataFusion come from [`datafusion`] (re-exported) so the build has one arrow.
 
 pub mod ack;
+pub mod buffer;
 pub mod config;
 pub mod dead_letter;
 pub mod json;

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use futures::SinkExt;
 use tokio_postgres::{Client, NoTls};
+use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{AckSet, Durability, Sink, SinkContext};
 
@@ -59,8 +60,7 @@ pub struct TimescaleSink {
     pg: tokio_postgres::Config,
     client: Option<Client>,
     table: Option<PreparedTable>,
-    buffer: Vec<RecordBatch>,
-    buffered_rows: usize,
+    buffer: RowBuffer,
     backoff: Backoff,
 }
 
@@ -75,7 +75,8 @@ impl TimescaleSink {
             pg.options("-c client_min_messages=warning");
         }
         let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
-        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer: Vec::new(), buffered_rows: 0, backoff }
+        let buffer = RowBuffer::new(schema.clone(), cfg.batch_rows);
+        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -123,16 +124,9 @@ impl TimescaleSink {
     /// Writes everything buffered. Rows the database rejects are isolated by halving the batch and
     /// go to the dead-letter output with the database's error; the rest is written.
     async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        if self.buffer.is_empty() {
+        let Some(mut rows) = self.buffer.take().context("joining buffered batches")? else {
             return Ok(());
-        }
-        let mut rows = if self.buffer.len() == 1 {
-            self.buffer.pop().expect("one batch")
-        } else {
-            concat_batches(&self.schema, &self.buffer).context("joining buffered batches")?
         };
-        self.buffer.clear();
-        self.buffered_rows = 0;
         if self.cfg.mode == WriteMode::Upsert {
             rows = last_row_per_key(&rows, &self.cfg.key)?;
         }
@@ -192,9 +186,7 @@ impl Sink for TimescaleSink {
     }
 
     async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
-        self.buffered_rows += batch.num_rows();
-        self.buffer.push(batch);
-        if self.buffered_rows >= self.cfg.batch_rows {
+        if self.buffer.push(batch) {
             self.write_buffer(ctx).await?;
             return Ok(Durability::Durable);
         }
