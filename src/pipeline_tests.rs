@@ -23,18 +23,17 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::util::display::array_value_to_string;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
-use tributary_sdk::dead_letter::{dead_letter_schema, rows_as_json};
+use tributary_sdk::dead_letter::{dead_letter_batch, letters_for_rows};
 use tributary_sdk::{AckSet, HumanDuration, DEAD_LETTER_OUTPUT};
 
 use crate::config::{Diagnostics, PipelineFile};
@@ -321,7 +320,7 @@ impl Harness {
                     Operator::Stateless(sql) => match sql.execute(input, batch.clone()).await {
                         Ok(out) => out.into_iter().for_each(|b| self.queue.push_back((consumer.clone(), b))),
                         Err(e) => {
-                            let reason = format!("SQL failed on input `{}`: {e}", self.input_names[&consumer][input]);
+                            let reason = crate::sql::failure_reason(&self.input_names[&consumer][input], &e);
                             let dl = dead_letters(&consumer, &batch, &reason);
                             self.queue.push_back((format!("{consumer}.{DEAD_LETTER_OUTPUT}"), dl));
                         }
@@ -331,8 +330,7 @@ impl Harness {
                         if let Some((rows, _)) = accepted.late {
                             self.queue.push_back((format!("{consumer}.{LATE_OUTPUT}"), rows));
                         }
-                        if let Some((rows, _)) = accepted.no_time {
-                            let reason = format!("input `{}`: the event-time column is null", self.input_names[&consumer][input]);
+                        if let Some((rows, _, reason)) = accepted.no_time {
                             self.queue.push_back((format!("{consumer}.{DEAD_LETTER_OUTPUT}"), dead_letters(&consumer, &rows, &reason)));
                         }
                         let emission = op.advance(clock).await?;
@@ -348,9 +346,8 @@ impl Harness {
         let Some(e) = emission else { return };
         match e.result {
             Ok(batches) => batches.into_iter().for_each(|b| self.queue.push_back((id.to_string(), b))),
-            Err(err) => {
-                for (i, rows) in e.inputs {
-                    let reason = format!("windowed SQL failed on input `{}`: {err}", self.input_names[id][i]);
+            Err(failed) => {
+                for (rows, reason) in failed {
                     self.queue.push_back((format!("{id}.{DEAD_LETTER_OUTPUT}"), dead_letters(id, &rows, &reason)));
                 }
             }
@@ -383,18 +380,7 @@ impl Harness {
 }
 
 fn dead_letters(component: &str, rows: &RecordBatch, reason: &str) -> RecordBatch {
-    let payloads = rows_as_json(rows);
-    let n = payloads.len();
-    RecordBatch::try_new(
-        dead_letter_schema(),
-        vec![
-            Arc::new(TimestampMicrosecondArray::from(vec![0; n]).with_timezone("UTC")),
-            Arc::new(StringArray::from(vec![component; n])),
-            Arc::new(StringArray::from(vec![reason; n])),
-            Arc::new(StringArray::from(payloads)),
-        ],
-    )
-    .expect("dead-letter columns match their schema")
+    dead_letter_batch(component, &letters_for_rows(rows, reason), 0)
 }
 
 fn zero_value(dt: &DataType) -> Json {

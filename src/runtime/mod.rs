@@ -225,7 +225,7 @@ async fn run_transform(
             Ok(out) => send_sharing_acks(&output, out, batch.acks).await?,
             Err(e) => {
                 metrics.errors.inc();
-                let reason = format!("SQL failed on input `{}`: {e}", t.inputs[input].name);
+                let reason = crate::sql::failure_reason(&t.inputs[input].name, &e);
                 tracing::warn!(transform = %t.id, "{reason}");
                 dead.send_rows(&batch.data, &reason, batch.acks).await?;
             }
@@ -248,7 +248,6 @@ async fn run_windowed_transform(
     let started = tokio::time::Instant::now();
     let now = || started.elapsed().as_micros() as i64;
     let tick_every = Duration::from_micros((plan.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64);
-    let input_names: Vec<String> = plan.inputs.iter().map(|(n, _)| n.clone()).collect();
     let mut op = WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, now())?;
     let mut ticker = tokio::time::interval(tick_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -263,19 +262,18 @@ async fn run_windowed_transform(
                 if let Some((rows, acks)) = accepted.late {
                     late.send(Batch::with_acks(rows, acks)).await?;
                 }
-                if let Some((rows, acks)) = accepted.no_time {
+                if let Some((rows, acks, reason)) = accepted.no_time {
                     metrics.errors.inc();
-                    let reason = format!("input `{}`: the event-time column is null", input_names[input]);
                     dead.send_rows(&rows, &reason, acks).await?;
                 }
                 op.advance(now()).await?
             }
             _ = ticker.tick() => op.advance(now()).await?,
         };
-        send_emission(&t.id, emission, &output, &dead, &metrics, &input_names).await?;
+        send_emission(&t.id, emission, &output, &dead, &metrics).await?;
     }
     let emission = op.finish().await?;
-    send_emission(&t.id, emission, &output, &dead, &metrics, &input_names).await
+    send_emission(&t.id, emission, &output, &dead, &metrics).await
 }
 
 /// Send closed windows downstream; a failed query dead-letters the windows' rows.
@@ -285,17 +283,15 @@ async fn send_emission(
     output: &Output,
     dead: &DeadLetters,
     metrics: &ComponentMetrics,
-    input_names: &[String],
 ) -> anyhow::Result<()> {
-    let Some(Emission { result, inputs, acks }) = emission else { return Ok(()) };
+    let Some(Emission { result, acks }) = emission else { return Ok(()) };
     match result {
         Ok(batches) => send_sharing_acks(output, batches, acks).await?,
-        Err(e) => {
+        Err(failed) => {
             metrics.errors.inc();
-            let n = inputs.len();
+            let n = failed.len();
             let mut acks = Some(acks);
-            for (k, (i, rows)) in inputs.into_iter().enumerate() {
-                let reason = format!("windowed SQL failed on input `{}`: {e}", input_names[i]);
+            for (k, (rows, reason)) in failed.into_iter().enumerate() {
                 tracing::warn!(transform = %id, "{reason}");
                 let a = if k + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
                 dead.send_rows(&rows, &reason, a).await?;

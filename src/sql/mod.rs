@@ -56,6 +56,11 @@ pub fn session() -> SessionContext {
     ctx
 }
 
+/// The dead-letter reason for rows of input `input` the SQL failed on.
+pub fn failure_reason(input: &str, err: &datafusion::error::DataFusionError) -> String {
+    format!("SQL failed on input `{input}`: {err}")
+}
+
 /// A planned SQL transform.
 pub struct SqlTransform {
     plan: Arc<dyn ExecutionPlan>,

@@ -236,14 +236,14 @@ struct InputClock {
 pub struct Accepted {
     /// Rows for `.late` (in the late schema), with a share of the batch's acks.
     pub late: Option<(RecordBatch, AckSet)>,
-    /// Rows without an event time, for the dead-letter output.
-    pub no_time: Option<(RecordBatch, AckSet)>,
+    /// Rows without an event time, for the dead-letter output, with the reason.
+    pub no_time: Option<(RecordBatch, AckSet, String)>,
 }
 
-/// Closed windows: the rows handed to the SQL (per input) and what it made of them.
+/// Closed windows: what the SQL made of their rows, or — when it failed — the rows handed to it
+/// (per input) with the reason, for the dead-letter output.
 pub struct Emission {
-    pub result: DfResult<Vec<RecordBatch>>,
-    pub inputs: Vec<(usize, RecordBatch)>,
+    pub result: Result<Vec<RecordBatch>, Vec<(RecordBatch, String)>>,
     pub acks: AckSet,
 }
 
@@ -336,7 +336,8 @@ impl WindowOperator {
             out.late = Some((self.to_late_schema(input, r)?, shares.next().expect("one share per piece")));
         }
         if let Some(r) = no_time_rows {
-            out.no_time = Some((r, shares.next().expect("one share per piece")));
+            let reason = format!("input `{}`: the event-time column is null", self.input_names[input]);
+            out.no_time = Some((r, shares.next().expect("one share per piece"), reason));
         }
         if let Some(rows) = keep_rows {
             let min_ts = ts.iter().copied().min().expect("non-empty");
@@ -459,11 +460,11 @@ impl WindowOperator {
             }
         }
         let sql_input: Vec<(usize, Vec<RecordBatch>)> = contents.iter().map(|(i, b)| (*i, vec![b.clone()])).collect();
-        let result = match self.sql.execute_with(&sql_input).await {
-            Ok(batches) => batches.into_iter().map(|b| with_partial(b, partial)).collect(),
-            Err(e) => Err(e),
-        };
-        Ok(Some(Emission { result, inputs: contents, acks }))
+        let result = self.sql.execute_with(&sql_input).await;
+        let result = result.and_then(|batches| batches.into_iter().map(|b| with_partial(b, partial)).collect()).map_err(|e| {
+            contents.into_iter().map(|(i, rows)| (rows, format!("windowed SQL failed on input `{}`: {e}", self.input_names[i]))).collect()
+        });
+        Ok(Some(Emission { result, acks }))
     }
 
     fn assign_fixed(&self, c: &Chunk, limit: i64) -> Vec<(u32, i64, i64)> {

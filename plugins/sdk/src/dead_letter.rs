@@ -77,18 +77,7 @@ impl DeadLetters {
             acks.release();
             return Ok(());
         }
-        let now = chrono::Utc::now().timestamp_micros();
-        let n = letters.len();
-        let batch = RecordBatch::try_new(
-            dead_letter_schema(),
-            vec![
-                Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
-                Arc::new(StringArray::from(vec![self.component.as_str(); n])),
-                Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.reason.as_str()))),
-                Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.payload.as_str()))),
-            ],
-        )
-        .expect("dead-letter columns match their schema");
+        let batch = dead_letter_batch(&self.component, &letters, chrono::Utc::now().timestamp_micros());
         self.output.send(Batch::with_acks(batch, acks)).await
     }
 
@@ -100,12 +89,28 @@ impl DeadLetters {
 
     /// Dead-letter every row of `rows` (each row rendered as a JSON object) with one reason.
     pub async fn send_rows(&self, rows: &RecordBatch, reason: &str, acks: AckSet) -> Result<(), Closed> {
-        let letters = rows_as_json(rows)
-            .into_iter()
-            .map(|payload| DeadLetter { payload, reason: reason.to_string() })
-            .collect();
-        self.send(letters, acks).await
+        self.send(letters_for_rows(rows, reason), acks).await
     }
+}
+
+/// One letter per row (the row as a JSON object), all with `reason`.
+pub fn letters_for_rows(rows: &RecordBatch, reason: &str) -> Vec<DeadLetter> {
+    rows_as_json(rows).into_iter().map(|payload| DeadLetter { payload, reason: reason.to_string() }).collect()
+}
+
+/// Letters of `component` as rows of [`dead_letter_schema`], stamped `ts_us`.
+pub fn dead_letter_batch(component: &str, letters: &[DeadLetter], ts_us: i64) -> RecordBatch {
+    let n = letters.len();
+    RecordBatch::try_new(
+        dead_letter_schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from(vec![ts_us; n]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec![component; n])),
+            Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.reason.as_str()))),
+            Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.payload.as_str()))),
+        ],
+    )
+    .expect("dead-letter columns match their schema")
 }
 
 /// Each row of a batch as a JSON object (nulls omitted).
