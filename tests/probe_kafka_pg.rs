@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
-use tokio_postgres::NoTls;
 use tributary_site_probe::test_site::TestSite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,8 +16,7 @@ async fn producer_and_consumer_pipelines_deliver_statuses_to_postgres() {
     let mock = MockCluster::new(1).unwrap();
     let topic = format!("statuses_{}", std::process::id());
     mock.create_topic(&topic, 1, 1).unwrap();
-    let (db, conn) = tokio_postgres::connect(&tributary_sdk::testkit::test_postgres_url(), NoTls).await.expect("PostgreSQL must be running");
-    tokio::spawn(conn);
+    let db = common::pg().await;
 
     // The pipeline files read these (each has a default for real deployments).
     std::env::set_var("KAFKA_BROKERS", mock.bootstrap_servers());

@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
 use tributary_site_probe::test_site::TestSite;
 
 fn pg_url() -> String {
@@ -15,8 +14,7 @@ fn pg_url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_of_real_endpoints_land_in_postgres_column_by_column() {
     let site = TestSite::start(Duration::from_millis(600), 30).await.unwrap();
-    let (db, conn) = tokio_postgres::connect(&pg_url(), NoTls).await.expect("PostgreSQL must be running (see ../shared/SERVICES.md)");
-    tokio::spawn(conn);
+    let db = common::pg().await;
     let table = format!("probes_e2e_{}", std::process::id());
     let breaches = format!("breaches_e2e_{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();

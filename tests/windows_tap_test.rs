@@ -74,8 +74,7 @@ async fn run_once(dir: &Path, table: &str) {
 }
 
 async fn table_rows(table: &str) -> String {
-    let (db, conn) = tokio_postgres::connect(&tributary_sdk::testkit::test_postgres_url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let db = pg().await;
     let rows = db
         .query(&format!("SELECT to_char(window_start AT TIME ZONE 'UTC', 'HH24:MI'), site, n, total_ms, partial FROM {table} ORDER BY 1, 2"), &[])
         .await

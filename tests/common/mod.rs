@@ -115,3 +115,12 @@ pub fn sigterm(child: &std::process::Child) {
     let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success(), "kill -TERM {}", child.id());
 }
+
+/// A client of the test PostgreSQL (`TRIBUTARY_TEST_POSTGRES`, default local `test` database).
+pub async fn pg() -> tokio_postgres::Client {
+    let (db, conn) = tokio_postgres::connect(&tributary_sdk::testkit::test_postgres_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must be running (see ../shared/SERVICES.md)");
+    tokio::spawn(conn);
+    db
+}
