@@ -18,7 +18,7 @@ use influxdb2::models::{DataPoint, FieldValue};
 use serde::Deserialize;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::buffer::RowBuffer;
-use tributary_sdk::retry::Backoff;
+use tributary_sdk::retry::{Backoff, WriteError};
 use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
 
 /// Config of an `influx` sink.
@@ -155,12 +155,11 @@ impl SinkPlugin for InfluxSinkPlugin {
         let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
         let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
         let buffer = RowBuffer::new(schema, cfg.batch_rows);
-        Ok(Box::new(InfluxSink { id: config.id.clone(), cfg, layout, client, backoff, buffer }))
+        Ok(Box::new(InfluxSink { cfg, layout, client, backoff, buffer }))
     }
 }
 
 pub struct InfluxSink {
-    id: String,
     cfg: InfluxSinkConfig,
     layout: Layout,
     client: influxdb2::Client,
@@ -271,14 +270,6 @@ fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint
     Ok((out, rejected))
 }
 
-/// Why a write did not happen.
-enum WriteError {
-    /// Worth retrying: transport error, 5xx, 429.
-    Transient(String),
-    /// The server refused the data (4xx): retrying would not help.
-    Refused(String),
-}
-
 impl InfluxSink {
     async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
         let Some(rows) = self.buffer.take().context("joining buffered batches")? else {
@@ -292,47 +283,21 @@ impl InfluxSink {
         if points.is_empty() {
             return Ok(());
         }
-        let (client, bucket, id) = (&self.client, self.cfg.bucket.as_str(), self.id.as_str());
-        let result = self
-            .backoff
-            .retry(
-                || {
-                    let points = points.clone();
-                    async move {
-                        client.write(bucket, futures::stream::iter(points)).await.map_err(|e| match e {
-                            influxdb2::RequestError::Http { status, text } if status.is_client_error() && status.as_u16() != 429 => {
-                                WriteError::Refused(format!("HTTP {status}: {}", text.trim()))
-                            }
-                            other => WriteError::Transient(other.to_string()),
-                        })
-                    }
-                },
-                |e| matches!(e, WriteError::Transient(_)),
-                |attempt, e, delay| {
-                    ctx.metrics.retries.inc();
-                    if let WriteError::Transient(msg) = e {
-                        tracing::warn!(sink = %id, attempt, error = %msg, retry_in = ?delay, "write failed; retrying");
-                    }
-                },
-            )
-            .await;
-        match result {
-            Ok(()) => Ok(()),
-            Err(WriteError::Refused(msg)) => {
-                ctx.metrics.errors.inc();
-                tracing::error!(sink = %self.id, rows = rows.num_rows(), "server refused the write: {msg}");
-                ctx.dead_letters.send_rows(&rows, &format!("server refused the write: {msg}"), Default::default()).await?;
-                Ok(())
-            }
-            // Kept, not lost: the rows go to the dead-letter output, from where they can be replayed.
-            Err(WriteError::Transient(msg)) => {
-                ctx.metrics.errors.inc();
-                let reason = format!("writing to {} failed after {} attempts: {msg}", self.cfg.url, self.backoff.max_attempts.unwrap_or(1));
-                tracing::error!(sink = %self.id, rows = rows.num_rows(), "{reason}");
-                ctx.dead_letters.send_rows(&rows, &reason, Default::default()).await?;
-                Ok(())
-            }
-        }
+        let (client, bucket) = (&self.client, self.cfg.bucket.as_str());
+        self.backoff
+            .write_or_dead_letter(ctx, &self.cfg.url, &rows, || {
+                let points = points.clone();
+                async move {
+                    client.write(bucket, futures::stream::iter(points)).await.map_err(|e| match e {
+                        influxdb2::RequestError::Http { status, text } if status.is_client_error() && status.as_u16() != 429 => {
+                            WriteError::Refused(format!("HTTP {status}: {}", text.trim()))
+                        }
+                        other => WriteError::Transient(other.to_string()),
+                    })
+                }
+            })
+            .await?;
+        Ok(())
     }
 }
 
