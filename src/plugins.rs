@@ -26,6 +26,7 @@ impl Registry {
                 Box::new(tributary_timescale::TimescaleSinkPlugin),
                 Box::new(tributary_kafka::KafkaSinkPlugin),
                 Box::new(tributary_influx::InfluxSinkPlugin),
+                Box::new(tributary_otlp::OtlpSinkPlugin),
             ],
         }
     }

@@ -1,0 +1,271 @@
+//! `otlp` sink: rows as OpenTelemetry metrics, pushed over OTLP (HTTP/protobuf or gRPC) to any
+//! collector or straight to VictoriaMetrics (`/opentelemetry/api/v1/push`).
+//!
+//! Each configured metric reads one value column; every row gives one data point stamped with the
+//! row's own event time (gauge and counter), or feeds a histogram point per attribute set and
+//! export (histogram). Rows are buffered and exported together; transport errors, timeouts and the
+//! retryable answers of the OTLP spec (HTTP 429/502/503/504, gRPC UNAVAILABLE & co.) are retried
+//! with backoff, anything else dead-letters the rows with the receiver's message.
+//!
+//! Why not `opentelemetry-otlp`'s exporter: it exports what the SDK aggregated, stamped with the
+//! SDK's clock, and its data points cannot be built by hand. A pipeline's rows carry their own
+//! event times (a window's end, a probe's start), so we build the OTLP request ourselves from the
+//! same project's wire types (`opentelemetry-proto`) and send it with its gRPC client or reqwest.
+
+mod export;
+mod points;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+use tributary_sdk::buffer::RowBuffer;
+use tributary_sdk::retry::Backoff;
+use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
+
+pub use export::Protocol;
+use export::Exporter;
+use points::{Layout, SeriesClock};
+
+/// Config of an `otlp` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpSinkConfig {
+    /// The full URL requests go to: `http://collector:4318/v1/metrics` (HTTP),
+    /// `http://127.0.0.1:8428/opentelemetry/api/v1/push` (VictoriaMetrics), `http://collector:4317`
+    /// (gRPC). `https://` uses TLS with the web PKI roots.
+    pub endpoint: String,
+    /// `http` (protobuf over HTTP POST, default) or `grpc`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Extra request headers (gRPC metadata), e.g. `Authorization: "Bearer ${OTLP_TOKEN}"`.
+    /// Values are secrets: never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Event-time column of the rows (default `ts`).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    /// Resource attributes (`service.name`, `deployment.environment`, …). `service.name`
+    /// defaults to `tributary`.
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// Instrumentation scope name (default `tributary`).
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// The metrics made from each row.
+    pub metrics: Vec<MetricConfig>,
+    /// Export when this many rows are buffered (default 2000).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Export buffered rows at least this often (default 1s).
+    #[serde(default = "default_batch_age")]
+    pub batch_age: HumanDuration,
+    /// Per-request timeout (default 10s).
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Attempts per export on retryable failures (backoff 100ms → 10s; default 8).
+    #[serde(default = "default_attempts")]
+    pub retry_attempts: u32,
+}
+
+/// One metric made from each row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// Metric name, e.g. `badge.events` (VictoriaMetrics turns dots into underscores).
+    pub name: String,
+    /// `gauge`, `counter` (a monotonic sum) or `histogram`.
+    pub kind: MetricKind,
+    /// The numeric column holding the value. Rows where it is null give no point.
+    pub value: String,
+    /// Columns that become data-point attributes: a column name, or `{column, name}` to rename.
+    /// Null values are left out.
+    #[serde(default)]
+    pub attributes: Vec<AttributeConfig>,
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub description: String,
+    /// Counters: `cumulative` (default: the column holds a running total) or `delta` (the column
+    /// holds the increase since the series' previous row).
+    #[serde(default)]
+    pub temporality: Temporality,
+    /// Histograms: upper bucket bounds, ascending (default: OpenTelemetry's default bounds).
+    #[serde(default)]
+    pub buckets: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    Gauge,
+    Counter,
+    Histogram,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Temporality {
+    #[default]
+    Cumulative,
+    Delta,
+}
+
+/// A data-point attribute taken from a column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AttributeConfig {
+    Column(String),
+    Renamed {
+        column: String,
+        name: String,
+    },
+}
+
+impl AttributeConfig {
+    fn column(&self) -> &str {
+        match self {
+            AttributeConfig::Column(c) | AttributeConfig::Renamed { column: c, .. } => c,
+        }
+    }
+    fn name(&self) -> &str {
+        match self {
+            AttributeConfig::Column(c) => c,
+            AttributeConfig::Renamed { name, .. } => name,
+        }
+    }
+}
+
+/// OpenTelemetry's default explicit histogram bounds.
+const DEFAULT_BUCKETS: [f64; 15] = [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0, 10000.0];
+
+fn default_time_column() -> String {
+    "ts".into()
+}
+fn default_scope() -> String {
+    "tributary".into()
+}
+fn default_batch_rows() -> usize {
+    2000
+}
+fn default_batch_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_attempts() -> u32 {
+    8
+}
+
+impl OtlpSinkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return Err(ConfigError::at("endpoint", format!("`{}` is not an http(s) URL", self.endpoint)));
+        }
+        if self.metrics.is_empty() {
+            return Err(ConfigError::at("metrics", "at least one metric is required"));
+        }
+        for (i, m) in self.metrics.iter().enumerate() {
+            let at = |field: &str| format!("metrics[{i}].{field}");
+            if m.name.is_empty() {
+                return Err(ConfigError::at(&at("name"), "a metric needs a name"));
+            }
+            if let Some(b) = &m.buckets {
+                if m.kind != MetricKind::Histogram {
+                    return Err(ConfigError::at(&at("buckets"), "only histograms have buckets"));
+                }
+                if b.iter().any(|v| !v.is_finite()) || b.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(ConfigError::at(&at("buckets"), "bucket bounds must be finite and strictly ascending"));
+                }
+            }
+        }
+        for (name, _) in &self.headers {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(ConfigError::at("headers", format!("`{name}` is not a valid header name")));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct OtlpSinkPlugin;
+
+impl SinkPlugin for OtlpSinkPlugin {
+    fn type_name(&self) -> &'static str {
+        "otlp"
+    }
+    fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
+        let cfg: OtlpSinkConfig = config.decode()?;
+        cfg.validate()?;
+        let schema = single_input_schema(inputs)?;
+        let layout = Layout::new(&cfg, &schema)?;
+        let exporter = Exporter::new(&cfg).map_err(|e| ConfigError::at("endpoint", e))?;
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        let buffer = RowBuffer::new(schema, cfg.batch_rows.max(1));
+        Ok(Box::new(OtlpSink { cfg, layout, clock: SeriesClock::default(), exporter, backoff, buffer }))
+    }
+}
+
+pub struct OtlpSink {
+    cfg: OtlpSinkConfig,
+    layout: Layout,
+    clock: SeriesClock,
+    exporter: Exporter,
+    backoff: Backoff,
+    buffer: RowBuffer,
+}
+
+impl OtlpSink {
+    async fn export_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        let Some(rows) = self.buffer.take().context("joining buffered batches")? else {
+            return Ok(());
+        };
+        let (request, rejected) = self.layout.request(&rows, &mut self.clock)?;
+        if !rejected.is_empty() {
+            ctx.metrics.errors.add(rejected.len() as u64);
+            ctx.dead_letters.send(rejected, Default::default()).await?;
+        }
+        let Some(request) = request else {
+            return Ok(());
+        };
+        let exporter = &self.exporter;
+        let written = self.backoff.write_or_dead_letter(ctx, &self.cfg.endpoint, &rows, || exporter.export(&request)).await?;
+        if written {
+            ctx.metrics.bytes_out.add(prost::Message::encoded_len(&request) as u64);
+        }
+        // Points the receiver took the request for but rejected cannot be told apart from the
+        // rest: they are counted and logged (by the exporter), not dead-lettered.
+        ctx.metrics.errors.add(self.exporter.rejected_points.swap(0, std::sync::atomic::Ordering::Relaxed));
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for OtlpSink {
+    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
+        if self.buffer.push(batch) {
+            self.export_buffer(ctx).await?;
+            return Ok(Durability::Durable);
+        }
+        Ok(Durability::Buffered)
+    }
+
+    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        self.export_buffer(ctx).await
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        Some(self.cfg.batch_age.0)
+    }
+}
+
+fn is_number(dt: &DataType) -> bool {
+    dt.is_numeric()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,408 @@
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{Field, Schema};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality, HistogramDataPoint, NumberDataPoint};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tributary_sdk::config::event_time_type;
+use tributary_sdk::testkit::sink_context;
+
+use super::*;
+
+const T0: i64 = 1_795_000_000_000_000; // µs
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", event_time_type(), true),
+        Field::new("channel", DataType::Utf8, true),
+        Field::new("status", DataType::Int64, true),
+        Field::new("events", DataType::Int64, true),
+        Field::new("score", DataType::Float64, true),
+    ]))
+}
+
+type Row<'a> = (Option<i64>, Option<&'a str>, Option<i64>, Option<i64>, Option<f64>);
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
+}
+
+fn layout(yaml: &str) -> Layout {
+    let cfg: OtlpSinkConfig = serde_yaml::from_str(yaml).unwrap();
+    cfg.validate().unwrap();
+    Layout::new(&cfg, &schema()).unwrap()
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+fn s(key: &str, v: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.into()))
+}
+fn ns(us: i64) -> u64 {
+    us as u64 * 1000
+}
+
+const METRICS: &str = "
+endpoint: http://x
+resource: {deployment.environment: lab}
+metrics:
+  - {name: badge.events, kind: gauge, value: events, attributes: [channel, {column: status, name: http.status}], unit: '1', description: events per minute}
+  - {name: badge.events.total, kind: counter, value: events, attributes: [channel]}
+  - {name: badge.delta, kind: counter, value: events, temporality: delta}
+  - {name: badge.score, kind: histogram, value: score, attributes: [channel], buckets: [5, 10, 100]}
+";
+
+#[test]
+fn rows_become_typed_points_with_their_own_times_and_rows_without_time_are_rejected() {
+    let layout = layout(METRICS);
+    let mut clock = SeriesClock::default();
+    let rows = batch(&[
+        (Some(T0), Some("fact"), Some(200), Some(3), Some(1.0)),
+        (Some(T0 + 60_000_000), Some("fact"), None, Some(5), Some(5.0)),
+        (Some(T0 + 30_000_000), Some("a b,c=d"), Some(500), None, Some(7.0)),
+        (None, Some("fact"), Some(200), Some(9), Some(1.0)),
+        (Some(T0 + 90_000_000), Some("fact"), Some(200), Some(8), Some(20000.0)),
+        (Some(T0 + 10_000_000), Some("fact"), Some(200), Some(1), Some(100.0)),
+    ]);
+    let (request, rejected) = layout.request(&rows, &mut clock).unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].reason, "time column `ts` is null");
+    assert_eq!(rejected[0].payload, r#"{"channel":"fact","status":200,"events":9,"score":1.0}"#);
+
+    let request = request.unwrap();
+    let rm = &request.resource_metrics[0];
+    assert_eq!(rm.resource.as_ref().unwrap().attributes, [s("service.name", "tributary"), s("deployment.environment", "lab")]);
+    let scope = &rm.scope_metrics[0];
+    assert_eq!(scope.scope.as_ref().unwrap().name, "tributary");
+    let names: Vec<&str> = scope.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["badge.events", "badge.events.total", "badge.delta", "badge.score"]);
+
+    let gauge = &scope.metrics[0];
+    assert_eq!((gauge.unit.as_str(), gauge.description.as_str()), ("1", "events per minute"));
+    let Some(metric::Data::Gauge(g)) = &gauge.data else { panic!("{gauge:?}") };
+    let point = |t: i64, attrs: Vec<KeyValue>, v: i64| NumberDataPoint {
+        attributes: attrs,
+        time_unix_nano: ns(t),
+        value: Some(number_data_point::Value::AsInt(v)),
+        ..Default::default()
+    };
+    // The row with a null value gives no point; a null attribute is left out; renamed and typed.
+    assert_eq!(
+        g.data_points,
+        [
+            point(T0, vec![s("channel", "fact"), kv("http.status", any_value::Value::IntValue(200))], 3),
+            point(T0 + 60_000_000, vec![s("channel", "fact")], 5),
+            point(T0 + 90_000_000, vec![s("channel", "fact"), kv("http.status", any_value::Value::IntValue(200))], 8),
+            point(T0 + 10_000_000, vec![s("channel", "fact"), kv("http.status", any_value::Value::IntValue(200))], 1),
+        ]
+    );
+
+    // Cumulative: every point of a series starts at the earliest time the sink saw it.
+    let Some(metric::Data::Sum(total)) = &scope.metrics[1].data else { panic!() };
+    assert!(total.is_monotonic);
+    assert_eq!(total.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+    let starts: Vec<(u64, u64)> = total.data_points.iter().map(|p| (p.start_time_unix_nano, p.time_unix_nano)).collect();
+    assert_eq!(starts, [(ns(T0), ns(T0)), (ns(T0), ns(T0 + 60_000_000)), (ns(T0), ns(T0 + 90_000_000)), (ns(T0), ns(T0 + 10_000_000))]);
+
+    // Delta: a point starts where the series' previous one ended; an out-of-order row starts at itself.
+    let Some(metric::Data::Sum(delta)) = &scope.metrics[2].data else { panic!() };
+    assert_eq!(delta.aggregation_temporality, AggregationTemporality::Delta as i32);
+    let starts: Vec<(u64, u64)> = delta.data_points.iter().map(|p| (p.start_time_unix_nano, p.time_unix_nano)).collect();
+    assert_eq!(
+        starts,
+        [(ns(T0), ns(T0)), (ns(T0), ns(T0 + 60_000_000)), (ns(T0 + 60_000_000), ns(T0 + 90_000_000)), (ns(T0 + 10_000_000), ns(T0 + 10_000_000))]
+    );
+
+    // Histogram: one point per attribute set; bucket i holds (bounds[i-1], bounds[i]].
+    let Some(metric::Data::Histogram(h)) = &scope.metrics[3].data else { panic!() };
+    assert_eq!(
+        h.data_points,
+        [
+            HistogramDataPoint {
+                attributes: vec![s("channel", "fact")],
+                start_time_unix_nano: ns(T0),
+                time_unix_nano: ns(T0 + 90_000_000),
+                count: 4,
+                sum: Some(20106.0),
+                bucket_counts: vec![2, 0, 1, 1],
+                explicit_bounds: vec![5.0, 10.0, 100.0],
+                min: Some(1.0),
+                max: Some(20000.0),
+                ..Default::default()
+            },
+            HistogramDataPoint {
+                attributes: vec![s("channel", "a b,c=d")],
+                start_time_unix_nano: ns(T0 + 30_000_000),
+                time_unix_nano: ns(T0 + 30_000_000),
+                count: 1,
+                sum: Some(7.0),
+                bucket_counts: vec![0, 1, 0, 0],
+                explicit_bounds: vec![5.0, 10.0, 100.0],
+                min: Some(7.0),
+                max: Some(7.0),
+                ..Default::default()
+            },
+        ]
+    );
+
+    // The next export continues the series: cumulative start stays, delta starts at the last end.
+    let (next, _) = layout.request(&batch(&[(Some(T0 + 120_000_000), None, None, Some(20), None)]), &mut clock).unwrap();
+    let next = next.unwrap();
+    let metrics = &next.resource_metrics[0].scope_metrics[0].metrics;
+    let Some(metric::Data::Sum(delta)) = &metrics[2].data else { panic!() };
+    assert_eq!(delta.data_points[0].start_time_unix_nano, ns(T0 + 90_000_000));
+    let Some(metric::Data::Sum(total)) = &metrics[1].data else { panic!() };
+    assert_eq!((total.data_points[0].start_time_unix_nano, total.data_points[0].attributes.len()), (ns(T0 + 120_000_000), 0), "a new series (no channel) starts at its own first point");
+    assert_eq!(metrics.len(), 3, "no score values: no histogram");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let err = |yaml: &str| {
+        let cfg = ComponentConfig::from_yaml("otlp", yaml);
+        OtlpSinkPlugin.build(&cfg, &[("in".into(), schema())]).err().map(|e| e.to_string()).unwrap()
+    };
+    assert_eq!(err("{endpoint: 'x:4317', metrics: [{name: a, kind: gauge, value: events}]}"), "endpoint: `x:4317` is not an http(s) URL");
+    assert_eq!(err("{endpoint: 'http://x', metrics: []}"), "metrics: at least one metric is required");
+    assert_eq!(
+        err("{endpoint: 'http://x', metrics: [{name: a, kind: gauge, value: channel}]}"),
+        "metrics[0].value: column `channel` is Utf8, expected a number"
+    );
+    assert_eq!(
+        err("{endpoint: 'http://x', metrics: [{name: a, kind: gauge, value: nope}]}"),
+        "metrics[0].value: column `nope` is not in the input (columns: ts, channel, status, events, score)"
+    );
+    assert_eq!(
+        err("{endpoint: 'http://x', metrics: [{name: a, kind: histogram, value: score, buckets: [10, 5]}]}"),
+        "metrics[0].buckets: bucket bounds must be finite and strictly ascending"
+    );
+    assert_eq!(err("{endpoint: 'http://x', metrics: [{name: a, kind: gauge, value: score, buckets: [1]}]}"), "metrics[0].buckets: only histograms have buckets");
+    assert_eq!(
+        err("{endpoint: 'http://x', metrics: [{name: a, kind: summary, value: score}]}"),
+        "metrics[0].kind: unknown variant `summary`, expected one of `gauge`, `counter`, `histogram`"
+    );
+    assert_eq!(
+        err("{endpoint: 'http://x', headers: {'bad header': x}, metrics: [{name: a, kind: gauge, value: score}]}"),
+        "headers: `bad header` is not a valid header name"
+    );
+    assert_eq!(err("{endpoint: 'http://x', time_column: channel, metrics: [{name: a, kind: gauge, value: score}]}"), "time_column: column `channel` is Utf8, expected a timestamp");
+}
+
+// ---- against a real OTLP receiver -------------------------------------------------------------
+
+/// `rotel-agent`, the OpenTelemetry collector shipped in PyPI's `rotel` wheel: `ROTEL_AGENT`, or
+/// found through python3. Missing is a failure, not a skip (.ci/run installs it).
+fn rotel_agent() -> String {
+    if let Ok(path) = std::env::var("ROTEL_AGENT") {
+        return path;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && std::path::Path::new(&path).exists(), "rotel-agent not found: `pip install rotel` (or set ROTEL_AGENT)");
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running rotel-agent printing every metric it receives; its stdout lines are collected.
+struct Receiver {
+    _child: tokio::process::Child,
+    grpc: u16,
+    http: u16,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let (grpc, http) = (free_port(), free_port());
+        let mut child = tokio::process::Command::new(rotel_agent())
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}"), "--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--exporter", "blackhole", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("rotel-agent starts");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", http)).await.is_ok() && tokio::net::TcpStream::connect(("127.0.0.1", grpc)).await.is_ok() {
+                return Receiver { _child: child, grpc, http, lines };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("rotel-agent did not listen on {http}/{grpc}");
+    }
+
+    /// How many lines were printed so far.
+    fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// The debug output after line `from`, once it mentions `marker` (it logs asynchronously).
+    async fn output_with(&self, marker: &str, from: usize) -> String {
+        let text = || strip_ansi(&self.lines.lock().unwrap()[from..].join("\n"));
+        for _ in 0..200 {
+            if text().contains(marker) {
+                // Let the rest of the same request's dump arrive.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return text();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("rotel never printed {marker}; output:\n{}", self.lines.lock().unwrap().join("\n"));
+    }
+}
+
+/// Without colour codes and trailing spaces.
+fn strip_ansi(s: &str) -> String {
+    let plain = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap().replace_all(s, "").into_owned();
+    plain.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+async fn export_through(protocol: &str, endpoint: &str) -> (Arc<tributary_sdk::ComponentMetrics>, usize) {
+    let yaml = METRICS
+        .replace("endpoint: http://x", &format!("endpoint: '{endpoint}'\nprotocol: {protocol}\nheaders: {{x-tenant: lab}}"))
+        .replace("{deployment.environment: lab}", "{service.name: badges}");
+    let cfg = ComponentConfig::from_yaml("otlp", &yaml);
+    let mut sink = OtlpSinkPlugin.build(&cfg, &[("in".into(), schema())]).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let (ctx, mut dead) = sink_context("otlp");
+    sink.start(&ctx).await.unwrap();
+    let rows = batch(&[
+        (Some(T0), Some("fact"), Some(200), Some(3), Some(1.0)),
+        (Some(T0 + 60_000_000), Some("a b,c=d"), Some(500), Some(5), Some(7.5)),
+    ]);
+    assert_eq!(sink.write(rows, &ctx).await.unwrap(), Durability::Buffered);
+    sink.flush(&ctx).await.unwrap();
+    let mut letters = 0;
+    while let Ok(d) = dead.try_recv() {
+        letters += d.batch.data.num_rows();
+    }
+    (ctx.metrics.clone(), letters)
+}
+
+fn assert_received(out: &str) {
+    for expected in [
+        "-> service.name: Str(badges)",
+        "InstrumentationScope tributary",
+        "-> Name: badge.events\n     -> Description: events per minute\n     -> Unit: 1\n     -> DataType: Gauge",
+        "-> Name: badge.events.total",
+        "-> Name: badge.events.total\n     -> Description:\n     -> Unit:\n     -> DataType: Sum\n     -> IsMonotonic: true\n     -> AggregationTemporality: AGGREGATION_TEMPORALITY_CUMULATIVE",
+        "-> Name: badge.delta\n     -> Description:\n     -> Unit:\n     -> DataType: Sum\n     -> IsMonotonic: true\n     -> AggregationTemporality: AGGREGATION_TEMPORALITY_DELTA",
+        // The delta series' second point starts where the first ended.
+        &format!("StartTimestamp: {}\nTimestamp: {}\nValue: 5", ns(T0), ns(T0 + 60_000_000)),
+        "-> Name: badge.score",
+        "-> DataType: Histogram",
+        "-> channel: Str(fact)\n     -> http.status: Int(200)",
+        "-> channel: Str(a b,c=d)\n     -> http.status: Int(500)",
+        "Value: 3",
+        "Value: 5",
+        &format!("Timestamp: {}", ns(T0 + 60_000_000)),
+        "Count: 1\nSum: 7.5\nMin: 7.5\nMax: 7.5\nExplicitBounds #0: 5\nExplicitBounds #1: 10\nExplicitBounds #2: 100\nBuckets #0, Count: 0\nBuckets #1, Count: 1\nBuckets #2, Count: 0\nBuckets #3, Count: 0",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn exports_over_http_and_grpc_to_a_real_receiver() {
+    let receiver = Receiver::start().await;
+    let (metrics, letters) = export_through("http", &format!("http://127.0.0.1:{}/v1/metrics", receiver.http)).await;
+    assert_eq!((letters, metrics.errors.get(), metrics.retries.get()), (0, 0, 0));
+    assert_received(&receiver.output_with("-> Name: badge.score", 0).await);
+
+    let from = receiver.mark();
+    let (metrics, letters) = export_through("grpc", &format!("http://127.0.0.1:{}", receiver.grpc)).await;
+    assert_eq!((letters, metrics.errors.get(), metrics.retries.get()), (0, 0, 0));
+    assert_received(&receiver.output_with("-> Name: badge.score", from).await);
+}
+
+#[tokio::test]
+async fn refused_and_unreachable_exports_dead_letter_the_rows_with_the_reason() {
+    let receiver = Receiver::start().await;
+    // A path the receiver does not serve: 404 is not retryable.
+    let endpoint = format!("http://127.0.0.1:{}/v1/nothing", receiver.http);
+    let (metrics, letters) = export_through("http", &endpoint).await;
+    assert_eq!((letters, metrics.errors.get(), metrics.retries.get(), metrics.dead_letters.get()), (2, 1, 0, 2));
+
+    // Nothing listens: retried with backoff, then dead-lettered.
+    let port = free_port();
+    let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', retry_attempts: 3, metrics: [{{name: a, kind: gauge, value: score}}]}}");
+    let mut sink = OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", &yaml), &[("in".into(), schema())]).unwrap();
+    let (ctx, mut dead) = sink_context("otlp");
+    sink.write(batch(&[(Some(T0), None, None, None, Some(2.0))]), &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+    let letter = dead.try_recv().unwrap().batch.data;
+    let reason = letter.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+    assert!(reason.starts_with(&format!("writing to http://127.0.0.1:{port}/v1/metrics failed after 3 attempts: error sending request")), "{reason}");
+    assert_eq!((ctx.metrics.retries.get(), ctx.metrics.errors.get()), (2, 1));
+}
+
+/// A receiver that answers 503 to the first request and 200 to the next: the export is retried
+/// and lands once.
+#[tokio::test]
+async fn retryable_answers_are_retried_until_accepted() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for status in ["503 Service Unavailable", "200 OK"] {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            // Read headers and the Content-Length body.
+            loop {
+                let n = conn.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
+                    if got.len() >= end + 4 + len {
+                        bodies.push(got[end + 4..end + 4 + len].to_vec());
+                        break;
+                    }
+                }
+            }
+            conn.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        }
+        bodies
+    });
+    let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', metrics: [{{name: a, kind: gauge, value: score}}]}}");
+    let mut sink = OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", &yaml), &[("in".into(), schema())]).unwrap();
+    let (ctx, mut dead) = sink_context("otlp");
+    sink.write(batch(&[(Some(T0), None, None, None, Some(2.5))]), &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+    assert!(dead.try_recv().is_err(), "nothing dead-lettered");
+    assert_eq!((ctx.metrics.retries.get(), ctx.metrics.errors.get()), (1, 0));
+    let bodies = server.await.unwrap();
+    assert_eq!(bodies[0], bodies[1], "the same request is sent again");
+    let request = <opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest as prost::Message>::decode(bodies[1].as_slice()).unwrap();
+    let Some(metric::Data::Gauge(g)) = &request.resource_metrics[0].scope_metrics[0].metrics[0].data else { panic!() };
+    assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(2.5)));
+}
