@@ -7,12 +7,17 @@
 //!   entry only after every sink wrote its rows (ack handles). At start it first re-reads its own
 //!   pending entries, and periodically claims entries another consumer left pending longer than
 //!   `claim_idle` (`XAUTOCLAIM`): at-least-once end to end.
+//! - `mode: http` receives the events over HTTP instead: `POST /<channel>` with the message as the
+//!   body (what the API would have PUBLISHed), or `POST /` with NDJSON envelopes
+//!   `{"channel": …, "payload": …}`. Same auth, size limit and backpressure answers as
+//!   `http_server`; 200 once the rows are in the pipeline.
 //!
 //! Stream entries carry `channel` and `payload` fields (the channel says how to decode the
 //! payload; default `high-score-processor`). Undecodable messages go to the dead-letter output
 //! with the reason (and, in stream mode, are acknowledged once the dead letter is stored).
 
 pub mod decode;
+mod http;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +44,7 @@ use decode::{decode, BadgeRow};
 pub enum Mode {
     Pubsub,
     Stream,
+    Http,
 }
 
 /// Config of a `badge_events` source.
@@ -71,6 +77,18 @@ pub struct BadgeEventsConfig {
     /// Pub/Sub messages are batched for at most this long (default 200ms).
     #[serde(default = "default_batch_wait")]
     pub batch_wait: HumanDuration,
+    /// HTTP mode: address to listen on, e.g. `0.0.0.0:8090`.
+    #[serde(default)]
+    pub address: Option<std::net::SocketAddr>,
+    /// HTTP mode: path prefix (default `/`): `POST <path><channel>`, or NDJSON envelopes to `<path>`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// HTTP mode: require `Authorization: Bearer <token>` (use `${ENV}`).
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// HTTP mode: largest accepted body (default 1MiB); larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: tributary_sdk::config::ByteSize,
 }
 
 fn default_url() -> Secret {
@@ -93,6 +111,12 @@ fn default_claim_idle() -> HumanDuration {
 }
 fn default_batch() -> usize {
     500
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_max_body() -> tributary_sdk::config::ByteSize {
+    tributary_sdk::config::ByteSize(1 << 20)
 }
 fn default_batch_wait() -> HumanDuration {
     HumanDuration(Duration::from_millis(200))
@@ -171,6 +195,14 @@ impl SourcePlugin for BadgeEventsPlugin {
         if cfg.mode == Mode::Pubsub && cfg.channels.is_empty() {
             return Err(ConfigError::at("channels", "name at least one channel"));
         }
+        if cfg.mode == Mode::Http {
+            if cfg.address.is_none() {
+                return Err(ConfigError::at("address", "`mode: http` needs an address to listen on, e.g. `0.0.0.0:8090`"));
+            }
+            if !cfg.path.starts_with('/') {
+                return Err(ConfigError::at("path", format!("must start with `/`, got `{}`", cfg.path)));
+            }
+        }
         if cfg.batch_size == 0 {
             return Err(ConfigError::at("batch_size", "must be at least 1"));
         }
@@ -186,7 +218,7 @@ pub struct BadgeEventsSource {
     cfg: BadgeEventsConfig,
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
@@ -349,11 +381,10 @@ impl BadgeEventsSource {
             } else {
                 let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size).block(500);
                 let (keys, ids) = ([&cfg.stream], [">"]);
-                let read = conn.xread_options::<_, _, Option<StreamReadReply>>(&keys, &ids, &opts);
-                let reply = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = read => r,
-                };
+                // Not cancelled on shutdown: Redis moves entries into our pending list when it
+                // answers, so a dropped reply would leave them pending until the next start. The
+                // block is short; shutdown waits for it.
+                let reply = conn.xread_options::<_, _, Option<StreamReadReply>>(&keys, &ids, &opts).await;
                 match reply {
                     Ok(r) => r.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default(),
                     Err(e) => {
@@ -437,6 +468,7 @@ impl Source for BadgeEventsSource {
         match self.cfg.mode {
             Mode::Pubsub => self.run_pubsub(&ctx).await,
             Mode::Stream => self.run_stream(ctx).await,
+            Mode::Http => http::run(self.id.clone(), self.cfg.clone(), ctx).await,
         }
     }
 }

@@ -136,6 +136,140 @@ async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_
 fn config_errors_name_the_field() {
     let err = |y: &str| BadgeEventsPlugin.build(&ComponentConfig::from_yaml("b", y)).err().unwrap().to_string();
     assert_eq!(err("{mode: pubsub, channels: []}"), "channels: name at least one channel");
-    assert!(err("{mode: carrier-pigeon}").starts_with("mode: unknown variant `carrier-pigeon`, expected `pubsub` or `stream`"), "{}", err("{mode: carrier-pigeon}"));
+    assert!(err("{mode: carrier-pigeon}").starts_with("mode: unknown variant `carrier-pigeon`, expected one of `pubsub`, `stream`, `http`"), "{}", err("{mode: carrier-pigeon}"));
+    assert_eq!(err("{mode: http}"), "address: `mode: http` needs an address to listen on, e.g. `0.0.0.0:8090`");
+    assert_eq!(err("{mode: http, address: '127.0.0.1:1', path: events}"), "path: must start with `/`, got `events`");
     assert!(err("{mode: stream, url: 'http://x'}").starts_with("url: not a Redis URL"), "{}", err("{mode: stream, url: 'http://x'}"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn next_rows(h: &mut tributary_sdk::testkit::SourceHarness) -> RecordBatch {
+    tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.expect("rows arrive").unwrap().batch.data
+}
+
+#[tokio::test]
+async fn http_mode_takes_posted_messages_per_channel_and_as_envelopes() {
+    let port = free_port();
+    let source = build(&format!("{{mode: http, address: '127.0.0.1:{port}', path: /badge/, token: s3cret-token}}"));
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(source.run(ctx));
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: &'static str, token: &str| {
+        client.post(format!("http://127.0.0.1:{port}{path}")).bearer_auth(token).body(body).send()
+    };
+    let answer = |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
+    let mut first = None;
+    for _ in 0..100 {
+        match post("/badge/high-score-processor", LISTS, "s3cret-token").await {
+            Ok(r) => {
+                first = Some(answer(r).await);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(first.unwrap(), (200, r#"{"accepted":2}"#.to_string()));
+    assert_eq!(answer(post("/badge/community-message", "someone has already unlocked: Hello World", "s3cret-token").await.unwrap()).await, (200, r#"{"accepted":1}"#.into()));
+    let envelopes = "{\"channel\":\"high-score-processor\",\"payload\":{\"user_uuid\":\"u-2\",\"mac_address\":\"cc:dd\",\"event\":\"high-score\",\"high_scores\":[{\"g\":\"LA\",\"s\":5,\"d\":9}]}}\n\
+                     {\"channel\":\"achievement\",\"payload\":\"{\\\"handle\\\":\\\"someone\\\",\\\"name\\\":\\\"Rick Rolled\\\",\\\"points\\\":1}\"}\n\
+                     {\"channel\":\"high-score-processor\",\"payload\":\"{not json\"}\n";
+    assert_eq!(answer(post("/badge", envelopes, "s3cret-token").await.unwrap()).await, (200, r#"{"accepted":2}"#.into()), "good messages taken, the bad one dead-lettered");
+    // Refusals: a bad token, an undecodable single message, a broken envelope.
+    assert_eq!(answer(post("/badge/fact", "{}", "wrong").await.unwrap()).await, (401, r#"{"error":"missing or invalid bearer token"}"#.into()));
+    let (status, body) = answer(post("/badge/high-score-processor", "[1,2]", "s3cret-token").await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (400, r#"{"error":"channel `high-score-processor`: expected a JSON object, got an array"}"#));
+    let (status, body) = answer(post("/badge", "{\"channel\":\"fact\"}", "s3cret-token").await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(body.starts_with(r#"{"error":"line 1: not a {\"channel\", \"payload\"} envelope: missing field `payload`"#), "{body}");
+
+    let mut batches = Vec::new();
+    while batches.iter().map(|b: &RecordBatch| b.num_rows()).sum::<usize>() < 5 {
+        batches.push(next_rows(&mut h).await);
+    }
+    let all = datafusion::arrow::compute::concat_batches(&badge_schema(), &batches).unwrap();
+    assert_eq!(
+        shown(&all),
+        "+----------------------+-------------------+-----------+-----------+-------+----------+---------+--------+-------------------------------------------+\n\
+         | channel              | event             | user_uuid | game      | score | duration | handle  | points | message                                   |\n\
+         +----------------------+-------------------+-----------+-----------+-------+----------+---------+--------+-------------------------------------------+\n\
+         | high-score-processor | high-score        | u-1       | Breakout  | 1200  | 95       |         |        |                                           |\n\
+         | high-score-processor | high-score        | u-1       | Tappytime | 37    | 30       |         |        |                                           |\n\
+         | community-message    | community-message |           |           |       |          |         |        | someone has already unlocked: Hello World |\n\
+         | high-score-processor | high-score        | u-2       | Labyrinth | 5     | 9        |         |        |                                           |\n\
+         | achievement          | achievement       |           |           |       |          | someone | 1      | Rick Rolled                               |\n\
+         +----------------------+-------------------+-----------+-----------+-------+----------+---------+--------+-------------------------------------------+"
+    );
+    let mut reasons = Vec::new();
+    while let Ok(d) = h.dead_letters.try_recv() {
+        let r = d.batch.data.column_by_name("reason").unwrap().as_string::<i32>().clone();
+        reasons.extend((0..r.len()).map(|i| r.value(i).to_string()));
+    }
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].starts_with("channel `high-score-processor`: malformed JSON"), "{reasons:?}");
+    assert_eq!(reasons[1], "channel `high-score-processor`: expected a JSON object, got an array");
+    // 401, 400 (single), 400 (envelope), and the dead-lettered message of the envelope request.
+    assert_eq!(h.metrics.errors.get(), 4);
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A Redis of our own on a free port, so the test can kill and restart it.
+fn start_redis(port: u16) -> std::process::Child {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not listen on {port}");
+}
+
+async fn wait_subscribed(conn: &mut redis::aio::MultiplexedConnection, channel: &str) {
+    for _ in 0..250 {
+        let n: Vec<(String, i64)> = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(conn).await.unwrap();
+        if n[0].1 > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nobody subscribed to {channel}");
+}
+
+#[tokio::test]
+async fn pubsub_reconnects_and_resubscribes_after_redis_restarts() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis_server = start_redis(port);
+    let source = build(&format!("{{mode: pubsub, url: '{url}', channels: [community-message], batch_wait: 20ms}}"));
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(source.run(ctx));
+    let connect = || async { redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap() };
+    let mut conn = connect().await;
+    wait_subscribed(&mut conn, "community-message").await;
+    let _: i64 = conn.publish("community-message", "before the restart").await.unwrap();
+    let message = |b: RecordBatch| b.column_by_name("message").unwrap().as_string::<i32>().value(0).to_string();
+    assert_eq!(message(next_rows(&mut h).await), "before the restart");
+
+    redis_server.kill().unwrap();
+    redis_server.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut redis_server = start_redis(port);
+    let mut conn = connect().await;
+    wait_subscribed(&mut conn, "community-message").await;
+    let _: i64 = conn.publish("community-message", "after the restart").await.unwrap();
+    assert_eq!(message(next_rows(&mut h).await), "after the restart");
+    assert_eq!(h.metrics.errors.get(), 1, "the lost connection is counted once");
+    assert!(h.metrics.retries.get() >= 1, "reconnect attempts while Redis was down are counted");
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+    redis_server.kill().unwrap();
+    let _ = redis_server.wait();
 }

@@ -82,37 +82,97 @@ pub struct HttpServerSource {
     rows: JsonRows,
 }
 
+/// The HTTP side of an ingest endpoint, shared by every source that receives POSTs (this one,
+/// `badge_events` in `mode: http`): bearer-token check, body limit, and handing rows to the
+/// pipeline with backpressure turned into 503 + `Retry-After`. Errors are counted.
+pub struct Ingest {
+    pub id: String,
+    pub token: Option<Secret>,
+    pub max_body: usize,
+    pub accept_timeout: Duration,
+    pub output: Output,
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+impl Ingest {
+    /// The request body, or the response refusing it (401, 413).
+    pub async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
+        if let Some(token) = &self.token {
+            let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+                return Err(self.reject(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()));
+            }
+        }
+        let too_large = || format!("body larger than the limit of {} bytes", self.max_body);
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(self.reject(StatusCode::PAYLOAD_TOO_LARGE, too_large()));
+        }
+        let bytes = axum::body::to_bytes(body, self.max_body).await.map_err(|_| self.reject(StatusCode::PAYLOAD_TOO_LARGE, too_large()))?;
+        self.metrics.bytes_in.add(bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    /// Hand rows to the pipeline: 200 with the count once accepted, 503 when it is full or stopping.
+    pub async fn accept(&self, batch: RecordBatch) -> Response {
+        let n = batch.num_rows();
+        if n == 0 {
+            return reply(StatusCode::OK, serde_json::json!({ "accepted": 0 }));
+        }
+        match self.output.send_within(Batch::new(batch), self.accept_timeout).await {
+            Ok(()) => {
+                self.metrics.rows_in.add(n as u64);
+                reply(StatusCode::OK, serde_json::json!({ "accepted": n }))
+            }
+            Err(e) => {
+                let mut r = self.reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    match e {
+                        TrySendError::Full => "pipeline is busy (backpressure); retry later".into(),
+                        TrySendError::Closed => "pipeline is shutting down".into(),
+                    },
+                );
+                r.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+                r
+            }
+        }
+    }
+
+    /// Refuse a request with a JSON `{"error": message}` body.
+    pub fn reject(&self, status: StatusCode, message: String) -> Response {
+        self.metrics.errors.inc();
+        tracing::debug!(source = %self.id, %status, %message, "request rejected");
+        reply(status, serde_json::json!({ "error": message }))
+    }
+}
+
+/// Serve `app` on `address` until shutdown; in-flight requests finish (their rows are sent).
+pub async fn serve(address: SocketAddr, app: Router, ctx: &SourceContext, what: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    tracing::info!(source = %ctx.id, address = %listener.local_addr()?, "{what} listening");
+    let shutdown = ctx.shutdown.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
 struct Shared {
-    id: String,
+    ingest: Ingest,
     rows: JsonRows,
-    token: Option<Secret>,
-    max_body: usize,
-    accept_timeout: Duration,
-    output: Output,
-    metrics: Arc<ComponentMetrics>,
 }
 
 #[async_trait::async_trait]
 impl Source for HttpServerSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.cfg.address)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", self.cfg.address))?;
-        tracing::info!(source = %ctx.id, address = %listener.local_addr()?, path = %self.cfg.path, "http_server listening");
-        let shared = Arc::new(Shared {
+        let ingest = Ingest {
             id: ctx.id.clone(),
-            rows: self.rows,
             token: self.cfg.token,
             max_body: self.cfg.max_body_bytes.0 as usize,
             accept_timeout: self.cfg.accept_timeout.0,
             output: ctx.output("").clone(),
             metrics: ctx.metrics.clone(),
-        });
-        let app = Router::new().route(&self.cfg.path, post(ingest)).with_state(shared);
-        let shutdown = ctx.shutdown.clone();
-        // Graceful: stop accepting, finish in-flight requests (their rows are sent), then return.
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-        Ok(())
+        };
+        let app = Router::new().route(&self.cfg.path, post(ingest_rows)).with_state(Arc::new(Shared { ingest, rows: self.rows }));
+        serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path)).await
     }
 }
 
@@ -120,54 +180,14 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn reject(shared: &Shared, status: StatusCode, message: String) -> Response {
-    shared.metrics.errors.inc();
-    tracing::debug!(source = %shared.id, %status, %message, "request rejected");
-    reply(status, serde_json::json!({ "error": message }))
-}
-
-async fn ingest(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    if let Some(token) = &shared.token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
-            return reject(&shared, StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into());
-        }
-    }
-    let too_large = || format!("body larger than the limit of {} bytes", shared.max_body);
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > shared.max_body) {
-        return reject(&shared, StatusCode::PAYLOAD_TOO_LARGE, too_large());
-    }
-    let bytes = match axum::body::to_bytes(body, shared.max_body).await {
+async fn ingest_rows(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match shared.ingest.read_body(&headers, body).await {
         Ok(b) => b,
-        Err(_) => return reject(&shared, StatusCode::PAYLOAD_TOO_LARGE, too_large()),
+        Err(refused) => return refused,
     };
-    shared.metrics.bytes_in.add(bytes.len() as u64);
-    let batch = match decode_body(&shared.rows, &bytes) {
-        Ok(b) => b,
-        Err(reason) => return reject(&shared, StatusCode::BAD_REQUEST, reason),
-    };
-    let n = batch.num_rows();
-    if n == 0 {
-        return reply(StatusCode::OK, serde_json::json!({ "accepted": 0 }));
-    }
-    match shared.output.send_within(Batch::new(batch), shared.accept_timeout).await {
-        Ok(()) => {
-            shared.metrics.rows_in.add(n as u64);
-            reply(StatusCode::OK, serde_json::json!({ "accepted": n }))
-        }
-        Err(e) => {
-            let mut r = reject(
-                &shared,
-                StatusCode::SERVICE_UNAVAILABLE,
-                match e {
-                    TrySendError::Full => "pipeline is busy (backpressure); retry later".into(),
-                    TrySendError::Closed => "pipeline is shutting down".into(),
-                },
-            );
-            r.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
-            r
-        }
+    match decode_body(&shared.rows, &bytes) {
+        Ok(batch) => shared.ingest.accept(batch).await,
+        Err(reason) => shared.ingest.reject(StatusCode::BAD_REQUEST, reason),
     }
 }
 

@@ -1,0 +1,103 @@
+//! `mode: http`: badge events POSTed instead of PUBLISHed, through `http_server`'s ingest.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use tributary_http_server::{serve, Ingest};
+use tributary_sdk::SourceContext;
+
+use crate::{now_us, to_batch, BadgeEventsConfig, Message};
+
+struct Shared {
+    ingest: Ingest,
+    dead_letters: tributary_sdk::DeadLetters,
+}
+
+pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) -> anyhow::Result<()> {
+    let ingest = Ingest {
+        id,
+        token: cfg.token.clone(),
+        max_body: cfg.max_body_bytes.0 as usize,
+        accept_timeout: std::time::Duration::from_secs(1),
+        output: ctx.output("").clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    let shared = Arc::new(Shared { ingest, dead_letters: ctx.dead_letters.clone() });
+    let prefix = cfg.path.trim_end_matches('/');
+    let app = Router::new()
+        .route(&format!("{prefix}/{{channel}}"), post(one_message))
+        .route(if prefix.is_empty() { "/" } else { prefix }, post(envelopes))
+        .with_state(shared);
+    let address = cfg.address.expect("validated at build");
+    serve(address, app, &ctx, "badge_events (http)").await
+}
+
+/// `POST <path><channel>`: the body is one message, exactly what the API would PUBLISH.
+async fn one_message(State(shared): State<Arc<Shared>>, Path(channel): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match shared.ingest.read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let payload = String::from_utf8_lossy(&bytes).into_owned();
+    deliver(&shared, vec![Message { ts_us: now_us(), channel, payload }]).await
+}
+
+/// `POST <path>`: NDJSON, one `{"channel": …, "payload": …}` per line (`payload` a string, or
+/// JSON that is passed on as its text).
+async fn envelopes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match shared.ingest.read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let ts_us = now_us();
+    let mut messages = Vec::new();
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            channel: String,
+            payload: serde_json::Value,
+        }
+        match serde_json::from_slice::<Envelope>(line) {
+            Ok(e) => {
+                let payload = match e.payload {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                messages.push(Message { ts_us, channel: e.channel, payload });
+            }
+            // The envelope itself is the client's mistake: nothing of the request is taken.
+            Err(e) => return shared.ingest.reject(StatusCode::BAD_REQUEST, format!("line {}: not a {{\"channel\", \"payload\"}} envelope: {e}", n + 1)),
+        }
+    }
+    deliver(&shared, messages).await
+}
+
+/// Decodable messages go to the pipeline; undecodable ones to the dead-letter output (after the
+/// good ones are accepted, so a 503 retry does not dead-letter twice). A request whose messages
+/// all fail to decode gets 400 with the first reason.
+async fn deliver(shared: &Shared, messages: Vec<Message>) -> Response {
+    let (batch, dead) = to_batch(&messages);
+    if batch.num_rows() == 0 && !dead.is_empty() {
+        let reason = dead[0].reason.clone();
+        shared.ingest.metrics.errors.add(dead.len() as u64 - 1);
+        let _ = shared.dead_letters.send(dead, Default::default()).await;
+        return shared.ingest.reject(StatusCode::BAD_REQUEST, reason);
+    }
+    let response = shared.ingest.accept(batch).await;
+    if response.status() == StatusCode::OK && !dead.is_empty() {
+        shared.ingest.metrics.errors.add(dead.len() as u64);
+        for d in &dead {
+            tracing::warn!(source = %shared.ingest.id, reason = %d.reason, "undecodable badge event");
+        }
+        let _ = shared.dead_letters.send(dead, Default::default()).await;
+    }
+    response
+}
