@@ -91,7 +91,13 @@ pub async fn prepare(client: &Client, cfg: &TimescaleSinkConfig, schema: &Schema
         .context("checking for the timescaledb extension")?
         .is_some();
     let time_col = quote_ident(&cfg.time_column);
-    if timescale {
+    // A hypertable's unique indexes must contain its time column: a table upserted on other
+    // columns (a dimension such as "badges by id") stays a plain table.
+    let keyed_off_time = cfg.mode == WriteMode::Upsert && !cfg.key.contains(&cfg.time_column);
+    if timescale && keyed_off_time {
+        tracing::info!(sink = sink_id, table = %shown, "upsert key does not contain the time column `{}`: plain table, not a hypertable", cfg.time_column);
+    }
+    if timescale && !keyed_off_time {
         make_hypertable(client, cfg, &qualified, &shown).await?;
         tracing::info!(sink = sink_id, table = %shown, chunk_interval = ?cfg.chunk_interval.0, retention = ?cfg.retention.map(|r| r.0), "TimescaleDB hypertable");
     } else {
@@ -100,11 +106,13 @@ pub async fn prepare(client: &Client, cfg: &TimescaleSinkConfig, schema: &Schema
             .batch_execute(&format!("CREATE INDEX IF NOT EXISTS {index} ON {qualified} ({time_col} DESC)"))
             .await
             .with_context(|| format!("creating the time index on {shown}"))?;
-        tracing::info!(
-            sink = sink_id,
-            table = %shown,
-            "timescaledb extension not available: plain table with a time index (no chunks, retention not enforced)"
-        );
+        if !timescale {
+            tracing::info!(
+                sink = sink_id,
+                table = %shown,
+                "timescaledb extension not available: plain table with a time index (no chunks, retention not enforced)"
+            );
+        }
     }
     if cfg.mode == WriteMode::Upsert {
         let index = quote_ident(&format!("{}_upsert_key", cfg.table));
