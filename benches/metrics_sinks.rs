@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
 use prost::Message;
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::sink_context;
+use tributary_sdk::testkit::{free_port, rotel_agent, sink_context};
 use tributary_sdk::{ComponentConfig, SinkPlugin};
 
 const BATCH: usize = 2000;
@@ -135,17 +135,6 @@ fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn rotel_agent() -> String {
-    if let Ok(p) = std::env::var("ROTEL_AGENT") {
-        return p;
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rows: usize = std::env::var("METRICS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 200_000 } else { 4_000 });
@@ -160,8 +149,7 @@ fn main() {
         let influx = through_sink(&tributary_influx::InfluxSinkPlugin, &yaml, base, rows).await;
 
         // otlp → rotel-agent (blackhole exporter).
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (port, grpc) = (free_port(), free_port());
         let mut rotel = std::process::Command::new(rotel_agent())
             .args(["start", "--otlp-http-endpoint", &format!("127.0.0.1:{port}"), "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}"), "--exporter", "blackhole"])
             .stdout(Stdio::null())

@@ -1,6 +1,6 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use tributary_sdk::testkit::source_context;
+use tributary_sdk::testkit::{free_port, source_context};
 
 use super::*;
 
@@ -140,10 +140,6 @@ fn config_errors_name_the_field() {
     assert_eq!(err("{mode: http}"), "address: `mode: http` needs an address to listen on, e.g. `0.0.0.0:8090`");
     assert_eq!(err("{mode: http, address: '127.0.0.1:1', path: events}"), "path: must start with `/`, got `events`");
     assert!(err("{mode: stream, url: 'http://x'}").starts_with("url: not a Redis URL"), "{}", err("{mode: stream, url: 'http://x'}"));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn next_rows(h: &mut tributary_sdk::testkit::SourceHarness) -> RecordBatch {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tributary_sdk::buffer::RowBuffer;
@@ -183,7 +183,7 @@ impl OtlpSinkConfig {
                 }
             }
         }
-        for (name, _) in &self.headers {
+        for name in self.headers.keys() {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err(ConfigError::at("headers", format!("`{name}` is not a valid header name")));
             }
@@ -261,10 +261,6 @@ impl Sink for OtlpSink {
     fn flush_interval(&self) -> Option<Duration> {
         Some(self.cfg.batch_age.0)
     }
-}
-
-fn is_number(dt: &DataType) -> bool {
-    dt.is_numeric()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use prost::Message;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::{ConfigError, DeadLetter};
 
-use crate::{is_number, MetricKind, OtlpSinkConfig, Temporality, DEFAULT_BUCKETS};
+use crate::{MetricKind, OtlpSinkConfig, Temporality, DEFAULT_BUCKETS};
 
 /// Where each metric's value and attributes come from, checked against the input schema.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Layout {
         for (i, m) in cfg.metrics.iter().enumerate() {
             let value = index(&format!("metrics[{i}].value"), &m.value)?;
             let dt = schema.field(value).data_type();
-            if !is_number(dt) {
+            if !dt.is_numeric() {
                 return Err(ConfigError::at(&format!("metrics[{i}].value"), format!("column `{}` is {dt}, expected a number", m.value)));
             }
             let attributes = m

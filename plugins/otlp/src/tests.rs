@@ -3,12 +3,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality, HistogramDataPoint, NumberDataPoint};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::sink_context;
+use tributary_sdk::testkit::{free_port, rotel_agent, sink_context};
 
 use super::*;
 
@@ -203,25 +203,6 @@ fn config_errors_name_the_field() {
 }
 
 // ---- against a real OTLP receiver -------------------------------------------------------------
-
-/// `rotel-agent`, the OpenTelemetry collector shipped in PyPI's `rotel` wheel: `ROTEL_AGENT`, or
-/// found through python3. Missing is a failure, not a skip (.ci/run installs it).
-fn rotel_agent() -> String {
-    if let Ok(path) = std::env::var("ROTEL_AGENT") {
-        return path;
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
-        .output()
-        .expect("python3 runs");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(out.status.success() && std::path::Path::new(&path).exists(), "rotel-agent not found: `pip install rotel` (or set ROTEL_AGENT)");
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A running rotel-agent printing every metric it receives; its stdout lines are collected.
 struct Receiver {

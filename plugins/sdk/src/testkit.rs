@@ -47,3 +47,24 @@ pub fn sink_context(id: &str) -> (SinkContext, mpsc::Receiver<Delivery>) {
 pub fn test_postgres_url() -> String {
     std::env::var("TRIBUTARY_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
 }
+
+/// A localhost port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `rotel-agent`, the OpenTelemetry collector in PyPI's `rotel` wheel, used as a real OTLP
+/// receiver: `ROTEL_AGENT`, or found through python3. Missing is a failure, not a skip (.ci/run
+/// installs it).
+pub fn rotel_agent() -> String {
+    if let Ok(path) = std::env::var("ROTEL_AGENT") {
+        return path;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && std::path::Path::new(&path).exists(), "rotel-agent not found: `pip install rotel` (or set ROTEL_AGENT)");
+    path
+}
