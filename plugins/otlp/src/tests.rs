@@ -348,7 +348,7 @@ async fn refused_and_unreachable_exports_dead_letter_the_rows_with_the_reason() 
 /// A receiver that answers 503 to the first request and 200 to the next: the export is retried
 /// and lands once.
 #[tokio::test]
-async fn retryable_answers_are_retried_until_accepted() {
+async fn retryable_answers_are_retried_until_accepted_with_the_configured_headers() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
@@ -365,7 +365,7 @@ async fn retryable_answers_are_retried_until_accepted() {
                     let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
                     let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
                     if got.len() >= end + 4 + len {
-                        bodies.push(got[end + 4..end + 4 + len].to_vec());
+                        bodies.push((head, got[end + 4..end + 4 + len].to_vec()));
                         break;
                     }
                 }
@@ -374,7 +374,7 @@ async fn retryable_answers_are_retried_until_accepted() {
         }
         bodies
     });
-    let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', metrics: [{{name: a, kind: gauge, value: score}}]}}");
+    let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', headers: {{X-Api-Key: k-123}}, metrics: [{{name: a, kind: gauge, value: score}}]}}");
     let mut sink = OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", &yaml), &[("in".into(), schema())]).unwrap();
     let (ctx, mut dead) = sink_context("otlp");
     sink.write(batch(&[(Some(T0), None, None, None, Some(2.5))]), &ctx).await.unwrap();
@@ -382,7 +382,11 @@ async fn retryable_answers_are_retried_until_accepted() {
     assert!(dead.try_recv().is_err(), "nothing dead-lettered");
     assert_eq!((ctx.metrics.retries.get(), ctx.metrics.errors.get()), (1, 0));
     let bodies = server.await.unwrap();
-    assert_eq!(bodies[0], bodies[1], "the same request is sent again");
+    assert_eq!(bodies[0].1, bodies[1].1, "the same request is sent again");
+    for (head, _) in &bodies {
+        assert!(head.contains("\r\nx-api-key: k-123") && head.contains("\r\ncontent-type: application/x-protobuf"), "{head}");
+    }
+    let bodies: Vec<Vec<u8>> = bodies.into_iter().map(|(_, b)| b).collect();
     let request = <opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest as prost::Message>::decode(bodies[1].as_slice()).unwrap();
     let Some(metric::Data::Gauge(g)) = &request.resource_metrics[0].scope_metrics[0].metrics[0].data else { panic!() };
     assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(2.5)));
