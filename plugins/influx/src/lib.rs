@@ -18,6 +18,7 @@ use influxdb2::models::{DataPoint, FieldValue};
 use serde::Deserialize;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::buffer::RowBuffer;
+use tributary_sdk::columns::{column_index, text_at, time_column_index};
 use tributary_sdk::retry::{Backoff, WriteError};
 use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
 
@@ -96,12 +97,7 @@ fn is_field_type(dt: &DataType) -> bool {
 
 impl Layout {
     fn new(cfg: &InfluxSinkConfig, schema: &SchemaRef) -> Result<Layout, ConfigError> {
-        let index = |path: &str, name: &str| {
-            schema.index_of(name).map_err(|_| {
-                let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                ConfigError::at(path, format!("column `{name}` is not in the input (columns: {})", cols.join(", ")))
-            })
-        };
+        let index = |path: &str, name: &str| column_index(schema, path, name);
         let measurement = match (&cfg.measurement, &cfg.measurement_column) {
             (Some(m), None) if !m.is_empty() => Measurement::Fixed(m.clone()),
             (None, Some(c)) => {
@@ -113,10 +109,7 @@ impl Layout {
             }
             _ => return Err(ConfigError::at("measurement", "set exactly one of `measurement` (a name) or `measurement_column`")),
         };
-        let time = index("time_column", &cfg.time_column)?;
-        if !matches!(schema.field(time).data_type(), DataType::Timestamp(..)) {
-            return Err(ConfigError::at("time_column", format!("column `{}` is {}, expected a timestamp", cfg.time_column, schema.field(time).data_type())));
-        }
+        let time = time_column_index(schema, &cfg.time_column)?;
         let tags = cfg.tags.iter().map(|t| index("tags", t)).collect::<Result<Vec<_>, _>>()?;
         let used = |i: usize| i == time || tags.contains(&i) || matches!(measurement, Measurement::Column(m) if m == i);
         let fields = match &cfg.fields {
@@ -165,18 +158,6 @@ pub struct InfluxSink {
     client: influxdb2::Client,
     backoff: Backoff,
     buffer: RowBuffer,
-}
-
-fn text_at(col: &ArrayRef, i: usize) -> Option<String> {
-    if col.is_null(i) {
-        return None;
-    }
-    Some(match col.data_type() {
-        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
-        DataType::LargeUtf8 => col.as_string::<i64>().value(i).to_string(),
-        DataType::Utf8View => col.as_string_view().value(i).to_string(),
-        _ => datafusion::arrow::util::display::array_value_to_string(col, i).ok()?,
-    })
 }
 
 fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint>, Vec<DeadLetter>)> {

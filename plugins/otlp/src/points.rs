@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
+use tributary_sdk::columns::{column_index, text_at, time_column_index};
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::{ConfigError, DeadLetter};
 
@@ -48,16 +49,8 @@ fn string_value(s: &str) -> AnyValue {
 
 impl Layout {
     pub(crate) fn new(cfg: &OtlpSinkConfig, schema: &SchemaRef) -> Result<Layout, ConfigError> {
-        let index = |path: &str, name: &str| {
-            schema.index_of(name).map_err(|_| {
-                let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                ConfigError::at(path, format!("column `{name}` is not in the input (columns: {})", cols.join(", ")))
-            })
-        };
-        let time = index("time_column", &cfg.time_column)?;
-        if !matches!(schema.field(time).data_type(), DataType::Timestamp(..)) {
-            return Err(ConfigError::at("time_column", format!("column `{}` is {}, expected a timestamp", cfg.time_column, schema.field(time).data_type())));
-        }
+        let index = |path: &str, name: &str| column_index(schema, path, name);
+        let time = time_column_index(schema, &cfg.time_column)?;
         let mut metrics = Vec::new();
         for (i, m) in cfg.metrics.iter().enumerate() {
             let value = index(&format!("metrics[{i}].value"), &m.value)?;
@@ -297,12 +290,7 @@ impl AttributeColumn {
             AttributeColumn::Int(a) if a.is_valid(row) => any_value::Value::IntValue(a.as_primitive::<Int64Type>().value(row)),
             AttributeColumn::Double(a) if a.is_valid(row) => any_value::Value::DoubleValue(a.as_primitive::<Float64Type>().value(row)),
             AttributeColumn::Bool(a) if a.is_valid(row) => any_value::Value::BoolValue(a.as_boolean().value(row)),
-            AttributeColumn::Text(a) if a.is_valid(row) => any_value::Value::StringValue(match a.data_type() {
-                DataType::Utf8 => a.as_string::<i32>().value(row).to_string(),
-                DataType::LargeUtf8 => a.as_string::<i64>().value(row).to_string(),
-                DataType::Utf8View => a.as_string_view().value(row).to_string(),
-                _ => datafusion::arrow::util::display::array_value_to_string(a, row).ok()?,
-            }),
+            AttributeColumn::Text(a) => any_value::Value::StringValue(text_at(a, row)?),
             _ => return None,
         };
         Some(AnyValue { value: Some(value) })

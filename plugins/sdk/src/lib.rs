@@ -10,6 +10,7 @@
 
 pub mod ack;
 pub mod buffer;
+pub mod columns;
 pub mod config;
 pub mod dead_letter;
 pub mod json;
