@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -16,9 +15,6 @@ fn redis_url() -> String {
     std::env::var("TRIBUTARY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-fn start(path: &std::path::Path) -> Child {
-    Command::new(common::bin()).args(["run", path.to_str().unwrap()]).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap()
-}
 
 /// user_uuid → how many times it was written.
 fn written(path: &std::path::Path) -> BTreeMap<String, usize> {
@@ -87,7 +83,7 @@ sinks:
         }
     });
 
-    let mut first = start(&path);
+    let mut first = common::run_bin(&path);
     let t0 = Instant::now();
     while written(&out).len() < 200 && t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -97,7 +93,7 @@ sinks:
     let before_kill = written(&out).len();
     assert!(before_kill >= 200 && before_kill < TOTAL, "killed mid-stream after {before_kill} rows");
 
-    let mut second = start(&path);
+    let mut second = common::run_bin(&path);
     produce.await.unwrap();
     let t0 = Instant::now();
     // Rows the killed run wrote but never acknowledged are in the file already; the restarted

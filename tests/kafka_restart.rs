@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
@@ -14,15 +13,6 @@ use rdkafka::ClientConfig;
 
 const TOTAL: i64 = 3000;
 
-fn start(path: &std::path::Path) -> Child {
-    Command::new(common::bin())
-        .args(["run", path.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
 
 /// id → how many times it was written.
 fn written(path: &std::path::Path) -> BTreeMap<i64, usize> {
@@ -81,7 +71,7 @@ sinks:
         }
     });
 
-    let mut first = start(&path);
+    let mut first = common::run_bin(&path);
     // Kill it once it has written some rows but while messages are still being produced.
     let t0 = Instant::now();
     while written(&out).len() < 300 && t0.elapsed() < Duration::from_secs(60) {
@@ -92,7 +82,7 @@ sinks:
     let before_kill = written(&out).len();
     assert!(before_kill >= 300 && (before_kill as i64) < TOTAL, "killed mid-stream after {before_kill} rows");
 
-    let mut second = start(&path);
+    let mut second = common::run_bin(&path);
     produce.await.unwrap();
     let t0 = Instant::now();
     while (written(&out).len() as i64) < TOTAL && t0.elapsed() < Duration::from_secs(60) {

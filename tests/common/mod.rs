@@ -52,6 +52,17 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tributary")
 }
 
+/// `tributary run <path>` as a child process (warnings to the test's stderr), to kill or SIGTERM.
+pub fn run_bin(path: &Path) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(["run", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
 /// A minimal blocking HTTP/1.1 POST, so tests need no HTTP client crate: returns (status, body).
 pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
