@@ -10,6 +10,7 @@ use prost::Message;
 use serde::Deserialize;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tributary_sdk::error_chain;
 use tributary_sdk::retry::WriteError;
 
 use crate::OtlpSinkConfig;
@@ -113,18 +114,6 @@ impl Exporter {
         }
         Ok(())
     }
-}
-
-/// An error and its causes on one line ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The message of an OTLP/HTTP error body: a protobuf `google.rpc.Status` (its `message`, field

@@ -1,14 +1,12 @@
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality, HistogramDataPoint, NumberDataPoint};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::{free_port, rotel_agent, sink_context};
+use tributary_sdk::testkit::{free_port, sink_context, RotelReceiver};
 
 use super::*;
 
@@ -204,69 +202,6 @@ fn config_errors_name_the_field() {
 
 // ---- against a real OTLP receiver -------------------------------------------------------------
 
-/// A running rotel-agent printing every metric it receives; its stdout lines are collected.
-struct Receiver {
-    _child: tokio::process::Child,
-    grpc: u16,
-    http: u16,
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let (grpc, http) = (free_port(), free_port());
-        let mut child = tokio::process::Command::new(rotel_agent())
-            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}"), "--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args(["--exporter", "blackhole", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("rotel-agent starts");
-        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", http)).await.is_ok() && tokio::net::TcpStream::connect(("127.0.0.1", grpc)).await.is_ok() {
-                return Receiver { _child: child, grpc, http, lines };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("rotel-agent did not listen on {http}/{grpc}");
-    }
-
-    /// How many lines were printed so far.
-    fn mark(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    /// The debug output after line `from`, once it mentions `marker` (it logs asynchronously).
-    async fn output_with(&self, marker: &str, from: usize) -> String {
-        let text = || strip_ansi(&self.lines.lock().unwrap()[from..].join("\n"));
-        for _ in 0..200 {
-            if text().contains(marker) {
-                // Let the rest of the same request's dump arrive.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return text();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("rotel never printed {marker}; output:\n{}", self.lines.lock().unwrap().join("\n"));
-    }
-}
-
-/// Without colour codes and trailing spaces.
-fn strip_ansi(s: &str) -> String {
-    let plain = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap().replace_all(s, "").into_owned();
-    plain.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
-}
-
 async fn export_through(protocol: &str, endpoint: &str) -> (Arc<tributary_sdk::ComponentMetrics>, usize) {
     let yaml = METRICS
         .replace("endpoint: http://x", &format!("endpoint: '{endpoint}'\nprotocol: {protocol}\nheaders: {{x-tenant: lab}}"))
@@ -313,7 +248,7 @@ fn assert_received(out: &str) {
 
 #[tokio::test]
 async fn exports_over_http_and_grpc_to_a_real_receiver() {
-    let receiver = Receiver::start().await;
+    let receiver = RotelReceiver::start().await;
     let (metrics, letters) = export_through("http", &format!("http://127.0.0.1:{}/v1/metrics", receiver.http)).await;
     assert_eq!((letters, metrics.errors.get(), metrics.retries.get()), (0, 0, 0));
     assert_received(&receiver.output_with("-> Name: badge.score", 0).await);
@@ -326,7 +261,7 @@ async fn exports_over_http_and_grpc_to_a_real_receiver() {
 
 #[tokio::test]
 async fn refused_and_unreachable_exports_dead_letter_the_rows_with_the_reason() {
-    let receiver = Receiver::start().await;
+    let receiver = RotelReceiver::start().await;
     // A path the receiver does not serve: 404 is not retryable.
     let endpoint = format!("http://127.0.0.1:{}/v1/nothing", receiver.http);
     let (metrics, letters) = export_through("http", &endpoint).await;

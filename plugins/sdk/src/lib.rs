@@ -148,3 +148,15 @@ pub fn single_input_schema(inputs: &[(String, SchemaRef)]) -> Result<SchemaRef, 
     }
     Ok(first.clone())
 }
+
+/// An error and its causes on one line ("error sending request: connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -53,6 +53,38 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A localhost UDP port nobody uses right now, below Linux's ephemeral range (32768+): a port
+/// taken from that range could be handed to another socket's `bind(0)` before srt-live-transmit
+/// binds it.
+pub fn free_udp_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64)
+        % 12_000;
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + seed as u16,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = if port >= 32_000 {
+            NEXT.store(20_001, Ordering::Relaxed);
+            20_000
+        } else {
+            port
+        };
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// `rotel-agent`, the OpenTelemetry collector in PyPI's `rotel` wheel, used as a real OTLP
 /// receiver: `ROTEL_AGENT`, or found through python3. Missing is a failure, not a skip (.ci/run
 /// installs it).
@@ -67,4 +99,113 @@ pub fn rotel_agent() -> String {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(out.status.success() && std::path::Path::new(&path).exists(), "rotel-agent not found: `pip install rotel` (or set ROTEL_AGENT)");
     path
+}
+
+/// A running rotel-agent (started on free ports) printing every metric it receives; its stdout
+/// lines are collected for assertions.
+pub struct RotelReceiver {
+    _child: tokio::process::Child,
+    pub grpc: u16,
+    pub http: u16,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RotelReceiver {
+    pub async fn start() -> RotelReceiver {
+        use tokio::io::AsyncBufReadExt;
+        let (grpc, http) = (free_port(), free_port());
+        let mut child = tokio::process::Command::new(rotel_agent())
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{grpc}"),
+                "--otlp-http-endpoint",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("rotel-agent starts");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", http))
+                .await
+                .is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+                    .await
+                    .is_ok()
+            {
+                return RotelReceiver {
+                    _child: child,
+                    grpc,
+                    http,
+                    lines,
+                };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("rotel-agent did not listen on {http}/{grpc}");
+    }
+
+    /// How many lines were printed so far.
+    pub fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// The debug output after line `from`, once it mentions `marker` (it logs asynchronously);
+    /// colour codes and trailing spaces removed.
+    pub async fn output_with(&self, marker: &str, from: usize) -> String {
+        let text = || strip_ansi(&self.lines.lock().unwrap()[from..].join("\n"));
+        for _ in 0..200 {
+            if text().contains(marker) {
+                // Let the rest of the same request's dump arrive.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                return text();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "rotel never printed {marker}; output:\n{}",
+            self.lines.lock().unwrap().join("\n")
+        );
+    }
+}
+
+/// Text without ANSI colour sequences (`ESC [ … m`) and trailing spaces.
+fn strip_ansi(s: &str) -> String {
+    let mut plain = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
