@@ -18,6 +18,7 @@ impl Registry {
                 Box::new(tributary_site_probe::SiteProbePlugin),
                 Box::new(tributary_kafka::KafkaSourcePlugin),
                 Box::new(tributary_badge_events::BadgeEventsPlugin),
+                Box::new(tributary_srt_stats::SrtStatsPlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),

@@ -1,0 +1,183 @@
+//! `srt_stats` source: SRT link statistics and connection events, three ways:
+//!
+//! - `mode: sessions` — Tributary runs and supervises srt-live-transmit transmitters and
+//!   receivers declared in YAML (the SRT management API's parameters), restarting any that exits;
+//! - `mode: docker` — follows the logs of containers selected by labels (Docker Engine API);
+//! - `mode: srt_api` — polls an SRT management REST API.
+//!
+//! Lines from processes and containers go through one parser ([`parse`]) and a per-session
+//! state machine ([`session`]) that applies the management API's rules for `connected`,
+//! `reconnections` and `line_loss_pct`. Outputs: `<id>` (stats rows) and `<id>.events`.
+
+pub mod api;
+pub mod config;
+pub mod docker;
+pub mod lines;
+pub mod parse;
+pub mod rows;
+pub mod session;
+pub mod supervise;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tributary_sdk::{
+    Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext,
+    SourcePlugin,
+};
+
+use config::{Mode, SrtStatsConfig};
+use session::Emitted;
+
+/// Longest output line accepted (a JSON stats line is about 900 bytes).
+pub const MAX_LINE: usize = 64 * 1024;
+
+pub(crate) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Reports unparseable lines: the first few per session, then every 1000th (they are all
+/// counted in `errors_total`).
+pub(crate) struct LineErrors {
+    source_id: String,
+    session: String,
+    seen: u64,
+}
+
+impl LineErrors {
+    pub fn new(source_id: &str, session: &str) -> Self {
+        LineErrors {
+            source_id: source_id.into(),
+            session: session.into(),
+            seen: 0,
+        }
+    }
+    pub fn report(&mut self, e: &parse::ParseError) {
+        self.seen += 1;
+        if self.seen <= 5 || self.seen % 1000 == 0 {
+            tracing::warn!(source = %self.source_id, session = %self.session, skipped = self.seen, "skipped an output line: {e}");
+        }
+    }
+}
+
+pub struct SrtStatsPlugin;
+
+impl SourcePlugin for SrtStatsPlugin {
+    fn type_name(&self) -> &'static str {
+        "srt_stats"
+    }
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
+        let cfg: SrtStatsConfig = config.decode()?;
+        cfg.validate()?;
+        Ok(BuiltSource {
+            outputs: vec![
+                OutputSpec::main(rows::stats_schema()),
+                OutputSpec::named("events", rows::events_schema()),
+            ],
+            source: Box::new(SrtStatsSource {
+                id: config.id.clone(),
+                cfg,
+            }),
+        })
+    }
+}
+
+pub struct SrtStatsSource {
+    id: String,
+    cfg: SrtStatsConfig,
+}
+
+/// Rows waiting to be sent at most this long, or until this many.
+const MAX_PENDING_ROWS: usize = 5000;
+
+#[async_trait::async_trait]
+impl Source for SrtStatsSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Emitted>(1024);
+        // Producers stop on their own token, after which the collector drains what they sent.
+        let stop = ctx.shutdown.child_token();
+        let mut producers = tokio::task::JoinSet::new();
+        match self.cfg.mode {
+            Mode::Sessions => {
+                for s in &self.cfg.sessions {
+                    let sup = supervise::Supervisor::from_config(
+                        &self.id,
+                        &self.cfg,
+                        s,
+                        tx.clone(),
+                        stop.clone(),
+                        ctx.metrics.clone(),
+                    );
+                    producers.spawn(async move {
+                        sup.run().await;
+                        Ok(())
+                    });
+                }
+            }
+            Mode::Docker => {
+                producers.spawn(docker::run(
+                    self.id.clone(),
+                    self.cfg.clone(),
+                    tx.clone(),
+                    stop.clone(),
+                    ctx.metrics.clone(),
+                ));
+            }
+            Mode::SrtApi => {
+                let poller =
+                    api::ApiPoller::new(&self.id, self.cfg.srt_api.clone().expect("validated"))?;
+                let (tx, stop, metrics) = (tx.clone(), stop.clone(), ctx.metrics.clone());
+                producers.spawn(async move {
+                    poller.run(tx, stop, metrics).await;
+                    Ok(())
+                });
+            }
+        }
+        drop(tx);
+        let mut pending = Emitted::default();
+        let mut tick = tokio::time::interval(self.cfg.batch_wait.0.max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(mut e) => {
+                        pending.append(&mut e);
+                        if pending.len() >= MAX_PENDING_ROWS {
+                            send(&ctx, &mut pending).await?;
+                        }
+                    }
+                    // Every producer finished (shutdown, or nothing left to run).
+                    None => break,
+                },
+                _ = tick.tick() => send(&ctx, &mut pending).await?,
+                Some(done) = producers.join_next() => {
+                    if let Ok(Err(e)) = done {
+                        // A mode that cannot run at all (no Docker API): report and stop the source.
+                        stop.cancel();
+                        send(&ctx, &mut pending).await?;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        send(&ctx, &mut pending).await?;
+        Ok(())
+    }
+}
+
+async fn send(ctx: &SourceContext, pending: &mut Emitted) -> anyhow::Result<()> {
+    let Emitted { stats, events } = std::mem::take(pending);
+    if !stats.is_empty() {
+        ctx.output("")
+            .send(Batch::new(rows::stats_batch(&stats)))
+            .await?;
+    }
+    if !events.is_empty() {
+        ctx.output("events")
+            .send(Batch::new(rows::events_batch(&events)))
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
