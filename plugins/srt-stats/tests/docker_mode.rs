@@ -88,6 +88,9 @@ async fn run_container(
     for l in stderr {
         script.push_str(&format!("echo '{l}' >&2; "));
     }
+    // Two pipes into the container runtime keep no order between them: let the messages land
+    // before the stats, as they do from srt-live-transmit (its first report follows 100 packets).
+    script.push_str("sleep 0.5; ");
     for l in stdout {
         script.push_str(&format!("echo '{l}'; sleep 0.1; "));
     }
