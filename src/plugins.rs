@@ -19,6 +19,7 @@ impl Registry {
                 Box::new(tributary_kafka::KafkaSourcePlugin),
                 Box::new(tributary_badge_events::BadgeEventsPlugin),
                 Box::new(tributary_srt_stats::SrtStatsPlugin),
+                Box::new(tributary_webex_mesh::WebexMeshPlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),

@@ -67,6 +67,43 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: QueryFormat,
     },
+    /// Run a local stand-in for an external API, for demos and tests.
+    #[command(subcommand)]
+    Simulate(Simulate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Simulate {
+    /// The Webex Video Mesh API: OAuth, every read endpoint under /v1, TrackingIDs, Webex errors,
+    /// 429 + Retry-After above the rate limit. Point a `webex_mesh` source's `base_url` at it.
+    WebexMesh {
+        #[arg(long, default_value = "127.0.0.1:7980")]
+        listen: SocketAddr,
+        /// Fixes the organisation's IDs and numbers.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "Acme Media")]
+        org_name: String,
+        #[arg(long, env = "WEBEX_CLIENT_ID", default_value = "C-simulated-integration")]
+        client_id: String,
+        #[arg(long, env = "WEBEX_CLIENT_SECRET", default_value = "simulated-client-secret", hide_env_values = true)]
+        client_secret: String,
+        /// A token accepted without OAuth, like a Webex personal access token.
+        #[arg(long, env = "WEBEX_ACCESS_TOKEN", hide_env_values = true)]
+        personal_token: Option<String>,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1209599s")]
+        access_token_ttl: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7775999s")]
+        refresh_token_ttl: Duration,
+        /// Requests per endpoint per --rate-window before 429.
+        #[arg(long, default_value_t = 50)]
+        rate_limit: u32,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        rate_window: Duration,
+        /// Serve the shapes the public sample client parses instead of the spec's.
+        #[arg(long)]
+        legacy_shapes: bool,
+    },
 }
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
@@ -138,6 +175,43 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("query failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Simulate(Simulate::WebexMesh {
+            listen,
+            seed,
+            org_name,
+            client_id,
+            client_secret,
+            personal_token,
+            access_token_ttl,
+            refresh_token_ttl,
+            rate_limit,
+            rate_window,
+            legacy_shapes,
+        }) => {
+            use tributary_webex_mesh::simulator::{self, SimConfig, Shapes};
+            let cfg = SimConfig {
+                seed,
+                org_name,
+                client_id,
+                client_secret,
+                access_token_ttl,
+                refresh_token_ttl,
+                rate_limit,
+                rate_window,
+                shapes: if legacy_shapes { Shapes::Legacy } else { Shapes::Spec },
+                personal_token,
+                ..SimConfig::default()
+            };
+            let shutdown = CancellationToken::new();
+            spawn_stop_triggers(shutdown.clone(), None);
+            match simulator::run(listen, cfg, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,0 +1,191 @@
+//! `webex_mesh` source configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tributary_sdk::{ConfigError, HumanDuration, Secret};
+
+use crate::datasets::Dataset;
+
+pub const DEFAULT_SCOPES: [&str; 2] = ["spark-admin:video_mesh_api_read", "spark:organizations_read"];
+
+/// The five `deviceType` values: client types are read for all of them.
+pub const DEVICE_TYPES: [&str; 5] = ["webexDevices", "webexAppVdi", "webexForMobile", "sipEndpoint", "webexForDesktop"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebexMeshConfig {
+    /// API root; the OAuth endpoints are `<base_url>/authorize` and `<base_url>/access_token`.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    pub auth: AuthConfig,
+    /// How often to poll.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Each poll reads `[now − lookback, now]`; more than `interval`, so windows overlap and the
+    /// sinks' upserts absorb the re-reads.
+    #[serde(default = "default_lookback")]
+    pub lookback: HumanDuration,
+    /// On the first start, read this far back (resumable, see `state_file`); `0s` turns it off.
+    #[serde(default = "default_backfill")]
+    pub backfill: HumanDuration,
+    /// Backfill request size (the API takes at most 7 days per request).
+    #[serde(default = "default_backfill_window")]
+    pub backfill_window: HumanDuration,
+    /// Where backfill progress is kept, so a restart resumes instead of starting over.
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+    /// Which datasets to read (default: all).
+    #[serde(default = "Dataset::all")]
+    pub datasets: Vec<Dataset>,
+    /// Only these organisations (IDs); default every organisation the token sees.
+    #[serde(default)]
+    pub org_ids: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Attempts per request on 429, 5xx and transport errors.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A personal or otherwise obtained token used as is (no refresh): for testing.
+    #[serde(default)]
+    pub access_token: Option<Secret>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Registered with the Webex Integration; its host and port are where the callback is served.
+    #[serde(default = "default_redirect_uri")]
+    pub redirect_uri: String,
+    /// Bind the callback server here instead of the redirect URI's host and port (behind a proxy).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Tokens are kept here (mode 0600), so a restart needs no new login.
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    /// Refresh the access token this long before it expires.
+    #[serde(default = "default_refresh_margin")]
+    pub refresh_margin: HumanDuration,
+}
+
+/// The client's own request budget per endpoint (Webex documents 50 GETs per 5 minutes).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: HumanDuration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit { requests: 50, per: HumanDuration(Duration::from_secs(300)) }
+    }
+}
+
+fn default_base_url() -> String {
+    "https://webexapis.com/v1".into()
+}
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_lookback() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1800))
+}
+fn default_backfill() -> HumanDuration {
+    HumanDuration(Duration::from_secs(31 * 86_400))
+}
+fn default_backfill_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(6 * 86_400))
+}
+fn default_state_file() -> PathBuf {
+    "webex-mesh-state.json".into()
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_redirect_uri() -> String {
+    "http://localhost:2808/oauth".into()
+}
+fn default_scopes() -> Vec<String> {
+    DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect()
+}
+fn default_token_file() -> PathBuf {
+    "webex-tokens.json".into()
+}
+fn default_refresh_margin() -> HumanDuration {
+    HumanDuration(Duration::from_secs(86_400))
+}
+
+impl WebexMeshConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        url::Url::parse(&self.base_url).map_err(|e| ConfigError::at("base_url", format!("`{}` is not a URL: {e}", self.base_url)))?;
+        let a = &self.auth;
+        match (&a.access_token, &a.client_id, &a.client_secret) {
+            (Some(_), _, _) => {}
+            (_, Some(id), Some(secret)) if !id.is_empty() && !secret.expose().is_empty() => {
+                let uri = url::Url::parse(&a.redirect_uri)
+                    .map_err(|e| ConfigError::at("auth.redirect_uri", format!("`{}` is not a URL: {e}", a.redirect_uri)))?;
+                if a.listen.is_none() && uri.port_or_known_default().is_none() {
+                    return Err(ConfigError::at("auth.redirect_uri", "has no port to serve the callback on; set auth.listen"));
+                }
+                if a.scopes.is_empty() {
+                    return Err(ConfigError::at("auth.scopes", "needs at least one scope"));
+                }
+            }
+            _ => {
+                return Err(ConfigError::at(
+                    "auth",
+                    "needs client_id and client_secret (an OAuth Webex Integration) or access_token",
+                ))
+            }
+        }
+        if self.interval.0.is_zero() {
+            return Err(ConfigError::at("interval", "must be more than 0s"));
+        }
+        if self.lookback.0 < self.interval.0 {
+            return Err(ConfigError::at(
+                "lookback",
+                format!("({:?}) must be at least the interval ({:?}), or data between polls is never read", self.lookback.0, self.interval.0),
+            ));
+        }
+        if self.backfill_window.0.is_zero() || self.backfill_window.0 > Duration::from_secs(7 * 86_400) {
+            return Err(ConfigError::at("backfill_window", "must be between 1s and 7 days (the API's longest range)"));
+        }
+        if self.lookback.0 > Duration::from_secs(7 * 86_400) {
+            return Err(ConfigError::at("lookback", "must be at most 7 days (the API's longest range)"));
+        }
+        if self.rate_limit.requests == 0 || self.rate_limit.per.0.is_zero() {
+            return Err(ConfigError::at("rate_limit", "needs requests > 0 and per > 0s"));
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::at("concurrency", "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::at("max_attempts", "must be at least 1"));
+        }
+        if self.datasets.is_empty() {
+            return Err(ConfigError::at("datasets", "needs at least one dataset"));
+        }
+        Ok(())
+    }
+}

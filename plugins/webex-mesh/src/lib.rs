@@ -1,0 +1,149 @@
+//! `webex_mesh` source: Webex Video Mesh monitoring data (clusters and nodes, availability,
+//! utilization, cloud overflow, call redirects, client types, reachability / media health /
+//! network test results) polled over a Webex Integration's OAuth tokens, one named output per
+//! dataset; and [`simulator`], the API stand-in behind `tributary simulate webex-mesh`.
+
+pub mod client;
+pub mod config;
+pub mod datasets;
+pub mod oauth;
+pub mod poll;
+pub mod simulator;
+pub mod time;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tributary_sdk::{Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
+
+use client::{ApiClient, RateLimiter};
+use config::WebexMeshConfig;
+use oauth::{Auth, AuthError, OAuth};
+use poll::{BackfillState, Harvest, Poller};
+
+pub struct WebexMeshPlugin;
+
+impl SourcePlugin for WebexMeshPlugin {
+    fn type_name(&self) -> &'static str {
+        "webex_mesh"
+    }
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
+        let mut cfg: WebexMeshConfig = config.decode()?;
+        // `access_token: ${WEBEX_ACCESS_TOKEN:-}` left empty means "use the OAuth integration".
+        cfg.auth.access_token = cfg.auth.access_token.filter(|t| !t.expose().is_empty());
+        cfg.validate()?;
+        let outputs = datasets::output_schemas()
+            .into_iter()
+            .map(|(name, schema)| if name.is_empty() { OutputSpec::main(schema) } else { OutputSpec::named(name, schema) })
+            .collect();
+        Ok(BuiltSource { outputs, source: Box::new(WebexMeshSource { id: config.id.clone(), cfg }) })
+    }
+}
+
+pub struct WebexMeshSource {
+    id: String,
+    cfg: WebexMeshConfig,
+}
+
+#[async_trait::async_trait]
+impl Source for WebexMeshSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        let cfg = self.cfg;
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout.0)
+            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let oauth = match &cfg.auth.access_token {
+            Some(_) => None,
+            None => Some(Arc::new(OAuth::new(&self.id, &cfg.base_url, &cfg.auth, http.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)),
+        };
+        let auth = Arc::new(match (&oauth, &cfg.auth.access_token) {
+            (Some(o), _) => Auth::OAuth(o.clone()),
+            (None, Some(t)) => Auth::Static(t.clone()),
+            (None, None) => unreachable!("validated: access_token or client credentials"),
+        });
+        let client = ApiClient::new(
+            &self.id,
+            http,
+            &cfg.base_url,
+            auth.clone(),
+            RateLimiter::new(cfg.rate_limit.requests, cfg.rate_limit.per.0),
+            cfg.max_attempts,
+            ctx.shutdown.clone(),
+            ctx.metrics.clone(),
+        );
+        let poller = Poller { source_id: self.id.clone(), client, cfg: cfg.clone(), metrics: ctx.metrics.clone() };
+        let mut backfill = BackfillState::load(&cfg.state_file).map_err(|e| anyhow::anyhow!(e))?;
+        let mut tick = tokio::time::interval(cfg.interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ctx.shutdown.cancelled() => break,
+            }
+            if let Some(o) = &oauth {
+                if !o.has_usable_tokens().await && o.login(&AuthError::NeedsLogin, &ctx.shutdown).await.is_err() {
+                    break;
+                }
+            }
+            let now = Utc::now();
+            let lookback = chrono::Duration::from_std(cfg.lookback.0).unwrap_or_default();
+            let mut harvest = Harvest::default();
+            let orgs = poller.discover(now, &mut harvest).await;
+            for org in &orgs {
+                poller.read_window(org, now - lookback, now, now, &mut harvest).await;
+            }
+            let auth_failure = harvest.auth_failure.take();
+            send(&ctx, harvest).await?;
+            if let (Some(e), Some(o)) = (auth_failure, &oauth) {
+                if e.needs_login() {
+                    if o.login(&e, &ctx.shutdown).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            // Backfill, oldest last, one window per request; progress survives restarts.
+            if !cfg.backfill.0.is_zero() {
+                for org in &orgs {
+                    while let Some((from, to)) = backfill.next_window(&org.id, now, &cfg) {
+                        if ctx.shutdown.is_cancelled() {
+                            break;
+                        }
+                        let mut harvest = Harvest::default();
+                        poller.read_window(org, from, to, Utc::now(), &mut harvest).await;
+                        let failed = harvest.rows.get("").is_some_and(|calls| calls.iter().any(|c| !c["error"].is_null()));
+                        send(&ctx, harvest).await?;
+                        if failed {
+                            // Retried from the same window next cycle.
+                            break;
+                        }
+                        backfill.done_until(&org.id, from);
+                        backfill.save(&cfg.state_file).map_err(|e| anyhow::anyhow!(e))?;
+                        tracing::info!(source = %self.id, org = %org.id, "backfilled {} .. {}", time::query_time(from), time::query_time(to));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn send(ctx: &SourceContext, harvest: Harvest) -> anyhow::Result<()> {
+    for (output, rows) in harvest.rows {
+        if rows.is_empty() {
+            continue;
+        }
+        match datasets::to_batch(output, &rows) {
+            Ok(batch) => ctx.output(output).send(Batch::new(batch)).await?,
+            Err(e) => {
+                ctx.metrics.errors.inc();
+                tracing::error!(source = %ctx.id, "rows for output `{output}` could not be encoded: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
