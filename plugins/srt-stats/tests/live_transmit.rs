@@ -198,7 +198,12 @@ async fn lossy_relay(listen: u16, server: u16, nth: u64) {
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         let mut n = 0u64;
-        while let Ok((len, from)) = f.recv_from(&mut buf).await {
+        loop {
+            // An ICMP "port unreachable" for an earlier send surfaces as a receive error on a
+            // UDP socket; the relay must outlive it (the RX may call before the TX listens).
+            let Ok((len, from)) = f.recv_from(&mut buf).await else {
+                continue;
+            };
             *c.lock().await = Some(from);
             n += 1;
             if n % nth != 0 {
@@ -209,7 +214,10 @@ async fn lossy_relay(listen: u16, server: u16, nth: u64) {
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         let mut n = 0u64;
-        while let Ok(len) = back.recv(&mut buf).await {
+        loop {
+            let Ok(len) = back.recv(&mut buf).await else {
+                continue;
+            };
             n += 1;
             let to = *client.lock().await;
             if let (Some(to), true) = (to, n % nth != 0) {
