@@ -9,6 +9,7 @@
 //! - any other channel: JSON objects keep the known keys; other text lands in `message`.
 
 use serde_json::{Map, Value};
+use tributary_sdk::json::json_kind;
 
 /// One normalised event row (`ts` and `channel` are added by the source).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -66,7 +67,7 @@ pub fn decode(channel: &str, payload: &str) -> Result<Vec<BadgeRow>, String> {
         Err(_) => return Ok(vec![BadgeRow { event: Some(channel.into()), message: Some(payload.to_string()), ..Default::default() }]),
     };
     let Value::Object(m) = value else {
-        return Err(format!("channel `{channel}`: expected a JSON object, got {}", kind(&value)));
+        return Err(format!("channel `{channel}`: expected a JSON object, got {}", json_kind(&value)));
     };
     match channel {
         "achievement" => Ok(vec![BadgeRow {
@@ -83,17 +84,6 @@ pub fn decode(channel: &str, payload: &str) -> Result<Vec<BadgeRow>, String> {
             ..Default::default()
         }]),
         _ => high_score_processor(channel, &m),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -117,14 +107,14 @@ fn high_score_processor(channel: &str, m: &Map<String, Value>) -> Result<Vec<Bad
         return Err("`high-score` event without `high_scores`".into());
     };
     let Value::Array(scores) = scores else {
-        return Err(format!("`high_scores` must be a list, got {}", kind(scores)));
+        return Err(format!("`high_scores` must be a list, got {}", json_kind(scores)));
     };
     let mut rows = Vec::with_capacity(scores.len());
     for (i, s) in scores.iter().enumerate() {
         let (g, score, duration) = match s {
             Value::Array(a) if a.len() == 3 => (a[0].clone(), &a[1], &a[2]),
             Value::Object(o) => (o.get("g").cloned().unwrap_or(Value::Null), o.get("s").unwrap_or(&Value::Null), o.get("d").unwrap_or(&Value::Null)),
-            other => return Err(format!("high_scores[{i}]: expected [game, score, duration] or {{\"g\",\"s\",\"d\"}}, got {}", kind(other))),
+            other => return Err(format!("high_scores[{i}]: expected [game, score, duration] or {{\"g\",\"s\",\"d\"}}, got {}", json_kind(other))),
         };
         let Value::String(g) = g else { return Err(format!("high_scores[{i}]: the game must be a string")) };
         let (Some(score), Some(duration)) = (int(score), int(duration)) else {

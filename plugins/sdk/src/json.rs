@@ -153,7 +153,8 @@ impl JsonRows {
     }
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+/// "a string", "an object", …: what a JSON value is, for error messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

@@ -8,7 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tributary_sdk::config::{DeclaredSchema, FieldType};
-use tributary_sdk::json::JsonRows;
+use tributary_sdk::json::{json_kind, JsonRows};
 
 use crate::time::{id_key, json_time};
 
@@ -156,7 +156,7 @@ fn collections(body: &Value) -> Result<Vec<Collection>, String> {
     let body = match body {
         Value::Array(a) => serde_json::json!({ "items": a }),
         Value::Object(_) => body.clone(),
-        other => return Err(format!("expected a JSON object or array, got {}", kind(other))),
+        other => return Err(format!("expected a JSON object or array, got {}", json_kind(other))),
     };
     if body.get("items").is_none() {
         return Err("the response has no `items`".into());
@@ -184,17 +184,6 @@ fn collections(body: &Value) -> Result<Vec<Collection>, String> {
             interval: body["aggregationInterval"].clone(),
             items,
         }])
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

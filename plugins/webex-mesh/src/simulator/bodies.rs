@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use super::model::{Model, DESTINATIONS, DEVICE_TYPES, REMEDIATION_CAPACITY, REMEDIATION_CONNECTIVITY, REMEDIATION_UPGRADE};
+use super::model::{Cluster, Model, Usage, DESTINATIONS, DEVICE_TYPES, REMEDIATION_CAPACITY, REMEDIATION_CONNECTIVITY, REMEDIATION_UPGRADE};
 use super::Shapes;
 use crate::time::query_time;
 
@@ -154,23 +154,23 @@ pub fn node_availability(m: &Model, shapes: Shapes, cluster_id: &str, from: Date
     Some(org_segments(m, shapes, from, to, items))
 }
 
-pub fn utilization(m: &Model, shapes: Shapes, from: DateTime<Utc>, to: DateTime<Utc>) -> Value {
-    let items = buckets(from, to)
+/// One `{timestamp, clusters}` item per bucket; each cluster's entry is made from its usage in
+/// that bucket (`None` leaves the cluster out).
+fn cluster_buckets(m: &Model, from: DateTime<Utc>, to: DateTime<Utc>, entry: impl Fn(&Cluster, &Usage) -> Option<Value>) -> Vec<Value> {
+    buckets(from, to)
         .into_iter()
         .map(|b| {
-            let clusters: Vec<Value> = m
-                .org
-                .clusters
-                .iter()
-                .map(|c| {
-                    let u = m.usage(c, b);
-                    json!({"clusterId": c.id, "clusterName": c.name, "utilizationMetrics": {
-                        "peakCpu": u.peak_cpu, "avgCpu": u.avg_cpu, "activeCalls": u.active_calls, "activePrivateCalls": u.active_private_calls}})
-                })
-                .collect();
+            let clusters: Vec<Value> = m.org.clusters.iter().filter_map(|c| entry(c, &m.usage(c, b))).collect();
             json!({"timestamp": z(b), "clusters": clusters})
         })
-        .collect();
+        .collect()
+}
+
+pub fn utilization(m: &Model, shapes: Shapes, from: DateTime<Utc>, to: DateTime<Utc>) -> Value {
+    let items = cluster_buckets(m, from, to, |c, u| {
+        Some(json!({"clusterId": c.id, "clusterName": c.name, "utilizationMetrics": {
+            "peakCpu": u.peak_cpu, "avgCpu": u.avg_cpu, "activeCalls": u.active_calls, "activePrivateCalls": u.active_private_calls}}))
+    });
     bucketed(m, shapes, from, to, items)
 }
 
@@ -199,55 +199,31 @@ pub fn cloud_overflow(m: &Model, shapes: Shapes, from: DateTime<Utc>, to: DateTi
 }
 
 pub fn call_redirects(m: &Model, shapes: Shapes, from: DateTime<Utc>, to: DateTime<Utc>) -> Value {
-    let items = buckets(from, to)
+    let items = cluster_buckets(m, from, to, |c, u| {
+        let details: Vec<Value> = [
+            ("Capacity exceeded", u.over_capacity, REMEDIATION_CAPACITY),
+            ("Connectivity issues", u.connectivity_redirects, REMEDIATION_CONNECTIVITY),
+            ("Node upgrading", u.upgrade_redirects, REMEDIATION_UPGRADE),
+        ]
         .into_iter()
-        .map(|b| {
-            let clusters: Vec<Value> = m
-                .org
-                .clusters
-                .iter()
-                .filter_map(|c| {
-                    let u = m.usage(c, b);
-                    let details: Vec<Value> = [
-                        ("Capacity exceeded", u.over_capacity, REMEDIATION_CAPACITY),
-                        ("Connectivity issues", u.connectivity_redirects, REMEDIATION_CONNECTIVITY),
-                        ("Node upgrading", u.upgrade_redirects, REMEDIATION_UPGRADE),
-                    ]
-                    .into_iter()
-                    .filter(|(_, n, _)| *n > 0)
-                    .map(|(reason, n, fix)| json!({"redirectReason": reason, "redirectCount": n, "possibleRemediation": fix}))
-                    .collect();
-                    (!details.is_empty()).then(|| json!({"clusterId": c.id, "clusterName": c.name, "redirectDetails": details}))
-                })
-                .collect();
-            json!({"timestamp": z(b), "clusters": clusters})
-        })
+        .filter(|(_, n, _)| *n > 0)
+        .map(|(reason, n, fix)| json!({"redirectReason": reason, "redirectCount": n, "possibleRemediation": fix}))
         .collect();
+        (!details.is_empty()).then(|| json!({"clusterId": c.id, "clusterName": c.name, "redirectDetails": details}))
+    });
     bucketed(m, shapes, from, to, items)
 }
 
 pub fn client_types(m: &Model, shapes: Shapes, from: DateTime<Utc>, to: DateTime<Utc>, device_types: &[String]) -> Value {
-    let items = buckets(from, to)
-        .into_iter()
-        .map(|b| {
-            let clusters: Vec<Value> = m
-                .org
-                .clusters
-                .iter()
-                .map(|c| {
-                    let u = m.usage(c, b);
-                    let details: Vec<Value> = DEVICE_TYPES
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (kind, _, _))| device_types.iter().any(|d| d == kind))
-                        .map(|(i, (kind, description, _))| json!({"deviceType": kind, "description": description, "count": u.joins[i]}))
-                        .collect();
-                    json!({"clusterId": c.id, "clusterName": c.name, "clientTypeDistributionDetails": details})
-                })
-                .collect();
-            json!({"timestamp": z(b), "clusters": clusters})
-        })
-        .collect();
+    let items = cluster_buckets(m, from, to, |c, u| {
+        let details: Vec<Value> = DEVICE_TYPES
+            .iter()
+            .enumerate()
+            .filter(|(_, (kind, _, _))| device_types.iter().any(|d| d == kind))
+            .map(|(i, (kind, description, _))| json!({"deviceType": kind, "description": description, "count": u.joins[i]}))
+            .collect();
+        Some(json!({"clusterId": c.id, "clusterName": c.name, "clientTypeDistributionDetails": details}))
+    });
     bucketed(m, shapes, from, to, items)
 }
 
