@@ -69,7 +69,7 @@ impl DeadLetters {
                 tracing::warn!(
                     component = %self.component,
                     reason = %l.reason,
-                    payload = %truncate(&l.payload, 512),
+                    payload = %crate::truncate(&l.payload, 512),
                     "dead letter (wire `{}.dead_letter` to a sink to keep these)",
                     self.component
                 );
@@ -125,16 +125,6 @@ pub fn rows_as_json(rows: &RecordBatch) -> Vec<String> {
     String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 #[cfg(test)]
 mod tests {

@@ -103,14 +103,10 @@ pub fn webex_message(body: &[u8]) -> String {
         }
     }
     let text = String::from_utf8_lossy(body);
-    let mut end = text.len().min(200);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
     if text.is_empty() {
         "(empty body)".into()
     } else {
-        text[..end].to_string()
+        tributary_sdk::truncate(&text, 200).to_string()
     }
 }
 
