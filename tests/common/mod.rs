@@ -30,6 +30,16 @@ pub async fn query(data: &Path, sql: &str) -> String {
     pretty_format_batches(&batches).unwrap().to_string()
 }
 
+/// The one integer a `SELECT count(*) …` over the Parquet tables under `data` answers.
+pub async fn query_count(data: &Path, sql: &str) -> i64 {
+    use datafusion::arrow::array::AsArray;
+    let tables = tributary::query::discover_tables(data, &[]).unwrap();
+    let batches = tributary::query::run_query(sql, &tables).await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "{sql}");
+    let batch = batches.iter().find(|b| b.num_rows() == 1).unwrap();
+    batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0)
+}
+
 /// Every file under `dir` whose name ends with `suffix`.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
