@@ -7,11 +7,28 @@
 
 use std::fmt;
 
-/// The statistics a line carries, indexed by [`Stat`]. Values are f64 because srt-live-transmit
-/// prints integers and 6-significant-digit doubles alike (`1000`, `4.11671`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Stat {
+/// Declares `Stat` and `Stat::ALL` from one list, so the enum and the CSV column order cannot
+/// drift apart.
+macro_rules! stats {
+    ($($name:ident),* $(,)?) => {
+        /// The statistics a line carries, indexing [`StatsLine::values`]. Values are f64 because
+        /// srt-live-transmit prints integers and 6-significant-digit doubles alike (`1000`,
+        /// `4.11671`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Stat {
+            $($name),*
+        }
+
+        impl Stat {
+            /// Every stat, in enum order, which is also the CSV column order (the CSV writer
+            /// prints `Timepoint,Time,SocketID`, then these).
+            pub const ALL: [Stat; STAT_COUNT] = [$(Stat::$name),*];
+        }
+    };
+}
+
+stats! {
     Time,
     WindowFlow,
     WindowCongestion,
@@ -54,51 +71,6 @@ pub enum Stat {
 pub const STAT_COUNT: usize = Stat::RecvTsbPdDelay as usize + 1;
 
 impl Stat {
-    /// Every stat, in enum order, which is also the CSV column order (the CSV writer prints
-    /// `Timepoint,Time,SocketID`, then these).
-    pub const ALL: [Stat; STAT_COUNT] = {
-        use Stat::*;
-        [
-            Time,
-            WindowFlow,
-            WindowCongestion,
-            WindowFlight,
-            LinkRtt,
-            LinkBandwidth,
-            LinkMaxBandwidth,
-            SendPackets,
-            SendPacketsUnique,
-            SendPacketsLost,
-            SendPacketsDropped,
-            SendPacketsRetransmitted,
-            SendPacketsFilterExtra,
-            SendBytes,
-            SendBytesUnique,
-            SendBytesDropped,
-            SendByteAvailBuf,
-            SendMsBuf,
-            SendMbitRate,
-            SendPeriod,
-            RecvPackets,
-            RecvPacketsUnique,
-            RecvPacketsLost,
-            RecvPacketsDropped,
-            RecvPacketsRetransmitted,
-            RecvPacketsBelated,
-            RecvPacketsFilterExtra,
-            RecvPacketsFilterSupply,
-            RecvPacketsFilterLoss,
-            RecvBytes,
-            RecvBytesUnique,
-            RecvBytesLost,
-            RecvBytesDropped,
-            RecvByteAvailBuf,
-            RecvMsBuf,
-            RecvMbitRate,
-            RecvTsbPdDelay,
-        ]
-    };
-
     /// Interval counters: cleared after each report unless `-f`, so summed per connection when
     /// the lines are deltas. (Rates, buffers and link estimates are instantaneous.)
     pub fn is_interval_counter(self) -> bool {

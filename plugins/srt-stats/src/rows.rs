@@ -1,6 +1,6 @@
 //! The two output schemas (`<id>` stats, `<id>.events`) and building record batches from rows.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -101,6 +101,12 @@ const STAT_COLUMNS: &[(&str, Pick, Kind)] = &[
 
 /// The stats output: one row per statistics line, plus a status row at every disconnect and exit.
 pub fn stats_schema() -> SchemaRef {
+    // Built once: every batch the source sends carries it.
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_stats_schema);
+    SCHEMA.clone()
+}
+
+fn build_stats_schema() -> SchemaRef {
     let mut fields = vec![
         Field::new("ts", event_time_type(), false),
         Field::new("session", DataType::Utf8, false),
@@ -128,15 +134,18 @@ pub fn stats_schema() -> SchemaRef {
 
 /// The events output: one row per connect, disconnect, process start and exit.
 pub fn events_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("ts", event_time_type(), false),
-        Field::new("session", DataType::Utf8, false),
-        Field::new("role", DataType::Utf8, true),
-        Field::new("event", DataType::Utf8, false),
-        Field::new("sid", DataType::Int64, true),
-        Field::new("reconnections", DataType::Int64, false),
-        Field::new("message", DataType::Utf8, false),
-    ]))
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("ts", event_time_type(), false),
+            Field::new("session", DataType::Utf8, false),
+            Field::new("role", DataType::Utf8, true),
+            Field::new("event", DataType::Utf8, false),
+            Field::new("sid", DataType::Int64, true),
+            Field::new("reconnections", DataType::Int64, false),
+            Field::new("message", DataType::Utf8, false),
+        ]))
+    });
+    SCHEMA.clone()
 }
 
 fn value(row: &StatsRow, pick: Pick) -> Option<f64> {
