@@ -105,8 +105,18 @@ pub fn schema(output: &str) -> SchemaRef {
 pub type Row = Map<String, Value>;
 
 pub fn to_batch(output: &str, rows: &[Row]) -> Result<RecordBatch, String> {
-    let values: Vec<Value> = rows.iter().cloned().map(Value::Object).collect();
-    encoder(output).decode_values(&values)
+    // One NDJSON buffer through arrow-json's whole-buffer path: a backfill window is tens of
+    // thousands of rows, which `decode_values` would turn into one batch per row.
+    let mut ndjson = Vec::with_capacity(rows.len() * 256);
+    for r in rows {
+        serde_json::to_writer(&mut ndjson, r).expect("a JSON map serializes");
+        ndjson.push(b'\n');
+    }
+    let (batch, errors) = encoder(output).decode_lines(&ndjson);
+    match errors.first() {
+        Some(e) => Err(e.to_string()),
+        None => Ok(batch),
+    }
 }
 
 /// What one poll knows besides the body.
