@@ -69,8 +69,10 @@ pub struct AuthConfig {
     /// Registered with the Webex Integration; its host and port are where the callback is served.
     #[serde(default = "default_redirect_uri")]
     pub redirect_uri: String,
-    /// Bind the callback server here instead of the redirect URI's host and port (behind a proxy).
-    #[serde(default)]
+    /// Bind the callback server here instead of the redirect URI's host and port (behind a proxy,
+    /// or `0.0.0.0:2808` in a container whose port is published). Empty means unset, so a pipeline
+    /// can say `listen: ${WEBEX_CALLBACK_LISTEN:-}`.
+    #[serde(default, deserialize_with = "optional_address")]
     pub listen: Option<SocketAddr>,
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
@@ -123,6 +125,14 @@ fn default_timeout() -> HumanDuration {
 fn default_attempts() -> u32 {
     5
 }
+fn optional_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => s.trim().parse().map(Some).map_err(|e| serde::de::Error::custom(format!("`{s}` is not an IP:port address: {e}"))),
+    }
+}
+
 fn default_redirect_uri() -> String {
     "http://localhost:2808/oauth".into()
 }

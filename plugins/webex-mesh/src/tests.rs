@@ -33,6 +33,15 @@ fn config_errors_name_the_option() {
     );
 }
 
+/// `listen: ${WEBEX_CALLBACK_LISTEN:-}` left empty serves the callback on the redirect URI's address.
+#[test]
+fn an_empty_callback_listen_is_unset() {
+    let listen = |v: &str| serde_yaml::from_str::<config::WebexMeshConfig>(&format!("auth: {{client_id: a, client_secret: b, listen: '{v}'}}")).unwrap().auth.listen;
+    assert_eq!(listen(""), None);
+    assert_eq!(listen("0.0.0.0:2808"), Some("0.0.0.0:2808".parse().unwrap()));
+    assert!(err("{auth: {client_id: a, client_secret: b, listen: 'port 2808'}}").contains("`port 2808` is not an IP:port address"), "{}", err("{auth: {client_id: a, client_secret: b, listen: 'port 2808'}}"));
+}
+
 /// The domain doc's utilization example (4.4), spec shape.
 #[test]
 fn utilization_example_from_the_spec() {
