@@ -28,7 +28,10 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl libcurl4 libsasl2-2 srt-tools \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --create-home --home-dir /var/lib/tributary tributary
+ && useradd --system --uid 10001 --create-home --home-dir /var/lib/tributary tributary \
+ && install -d -o tributary -g tributary /var/lib/tributary/state /var/lib/tributary/data
+# ^ The compose file mounts named volumes on state/ and data/: a volume takes the owner of the
+#   image's directory, so without these the non-root user could not write tokens or Parquet files.
 COPY --from=build /usr/local/bin/tributary /usr/local/bin/tributary
 COPY pipelines /etc/tributary/pipelines
 USER tributary

@@ -45,6 +45,20 @@ fn variables(text: &str) -> BTreeSet<(String, bool)> {
     out
 }
 
+/// `text` with every `${NAME:-default}` replaced by its default (what compose does when NAME is unset).
+fn with_defaults(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let end = rest[i..].find('}').expect("closed reference") + i;
+        let default = rest[i + 2..end].split_once(":-").unwrap_or_else(|| panic!("`{text}`: a reference without a default")).1;
+        out.push_str(&rest[..i]);
+        out.push_str(default);
+        rest = &rest[end + 1..];
+    }
+    out + rest
+}
+
 #[test]
 fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() {
     let doc = compose();
@@ -54,6 +68,13 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
         assert!(names.contains(wanted), "service `{wanted}` missing: {names:?}");
     }
     let declared: BTreeSet<&str> = doc["volumes"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
+    // Directories the image creates for its non-root user (`install -d -o tributary … DIR …`).
+    let dockerfile = read("Dockerfile");
+    let owned: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.split_once("install -d -o tributary -g tributary "))
+        .flat_map(|(_, dirs)| dirs.split_whitespace().take_while(|d| d.starts_with('/')))
+        .collect();
     let mut used = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
     for (name, s) in services {
@@ -69,9 +90,14 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
             } else {
                 assert!(declared.contains(source), "{name}: volume `{source}` is not declared under volumes:");
                 used.insert(source.to_string());
+                let target = mount.split(':').nth(1).unwrap();
+                if s["build"] == "." {
+                    assert!(owned.contains(&target), "{name}: volume `{source}` on {target}, which the image does not create for the tributary user ({owned:?})");
+                }
             }
         }
         for port in strings(&s["ports"]) {
+            let port = with_defaults(&port);
             let (mapping, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
             let (host, container) = mapping.split_once(':').unwrap_or_else(|| panic!("{name}: port `{port}` is not HOST:CONTAINER"));
             let (host, container): (u16, u16) = (host.parse().unwrap(), container.parse().unwrap());
@@ -102,10 +128,14 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
     let dashboards_path = provider["providers"][0]["options"]["path"].as_str().unwrap();
     assert!(grafana.iter().any(|m| m.starts_with(&format!("./dashboards:{dashboards_path}"))), "{grafana:?}");
     assert!(grafana.iter().any(|m| m.starts_with("./dashboards/provisioning/datasources:/etc/grafana/provisioning/datasources")));
-    // The datasource file's variables are set on the Grafana service.
+    // The datasource file's variables are set on the Grafana service, without defaults: Grafana's
+    // provisioning expands `${NAME}` only (Go's os.ExpandEnv), so `${NAME:-x}` would become "".
     let env = &services[&Value::from("grafana")]["environment"];
-    for (var, has_default) in variables(&read("dashboards/provisioning/datasources/datasources.yaml")) {
-        assert!(has_default || !env[var.as_str()].is_null(), "grafana: datasources.yaml needs {var}");
+    let datasources = read("dashboards/provisioning/datasources/datasources.yaml");
+    let values: String = datasources.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    for (var, has_default) in variables(&values) {
+        assert!(!has_default, "datasources.yaml: Grafana does not expand `${{{var}:-…}}`");
+        assert!(!env[var.as_str()].is_null(), "grafana: datasources.yaml needs {var}");
     }
 
     // Secrets come from .env: every required variable is in .env.example, nothing is inlined.
