@@ -2,7 +2,7 @@
 # Builds the Dockerfile's two base images from Debian's package mirror and this host's Rust
 # toolchain, for build hosts that reach no container registry (air-gapped sites, CI sandboxes):
 #
-#   scripts/offline-base-images.sh            # then: podman build --network host -t tributary:local .
+#   scripts/offline-base-images.sh            # then: podman build --format docker --network host -t tributary:local .
 #
 # The images are tagged with exactly the names the Dockerfile's FROM lines use, so the Dockerfile
 # itself is built unchanged. The Rust image mirrors the official one where the build needs it:
