@@ -162,11 +162,13 @@ impl TimescaleSink {
 #[async_trait::async_trait]
 impl Sink for TimescaleSink {
     async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        // Connecting and preparing the table are retried like writes while the server is
-        // unreachable or restarting; a table that does not fit fails at once.
-        let backoff = Backoff { max_attempts: Some(5), ..self.backoff };
+        // Connecting and preparing the table are retried like writes (`retry_attempts`, up to
+        // about a minute by default) while the server is unreachable or still starting: a stack
+        // started all at once (compose) brings the database up after its pipelines. A table
+        // that does not fit fails at once.
         let this = &*self;
-        let (client, table) = backoff
+        let (client, table) = self
+            .backoff
             .retry(
                 || async {
                     let client = this.connect().await?;

@@ -274,6 +274,45 @@ async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i6
     (row.get(0), row.get(1), ctx.metrics.retries.get())
 }
 
+/// A database that comes up seconds after the sink starts (compose starting a stack at once) is
+/// waited for, not a start failure. Nothing listens on the sink's port until a proxy to the real
+/// server opens there 2.5 s later.
+#[tokio::test]
+async fn start_waits_for_a_database_that_comes_up_later() {
+    let real: tokio_postgres::Config = pg_url().parse().unwrap();
+    let target = match &real.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => format!("{h}:{}", real.get_ports().first().copied().unwrap_or(5432)),
+        other => panic!("this test needs PostgreSQL over TCP, not {other:?}"),
+    };
+    let port = tributary_sdk::testkit::free_port();
+    let password = real.get_password().map(|p| format!(" password={}", String::from_utf8_lossy(p))).unwrap_or_default();
+    let conn = format!("host=127.0.0.1 port={port} user={} dbname={}{password}", real.get_user().unwrap(), real.get_dbname().unwrap());
+    let table = unique_table("ts_late_db");
+    let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}}}"));
+    let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+
+    let proxy = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut server = tokio::net::TcpStream::connect(&target).await.unwrap();
+            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut server).await });
+        }
+    });
+    let (ctx, _dl) = sink_context("pg");
+    sink.start(&ctx).await.expect("the sink waits for the database");
+    assert!(ctx.metrics.retries.get() >= 3, "connections were refused before the database came up: {} retries", ctx.metrics.retries.get());
+    sink.write(probe_rows(0..3, "late"), &ctx).await.unwrap();
+    sink.flush(&ctx).await.unwrap();
+    proxy.abort();
+
+    let db = admin().await;
+    let sites: Vec<String> = db.query(&format!("SELECT site FROM \"{table}\" ORDER BY ts"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+    assert_eq!(sites, ["late", "late", "late"]);
+}
+
 #[tokio::test]
 async fn upsert_loses_and_duplicates_nothing_when_the_backend_is_terminated() {
     let (rows, distinct, retries) = survives_backend_terminations(", mode: upsert, key: [ts]", &unique_table("ts_kill_upsert")).await;
