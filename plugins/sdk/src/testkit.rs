@@ -111,7 +111,19 @@ pub struct RotelReceiver {
 }
 
 impl RotelReceiver {
+    /// Starts a receiver on two free ports. Under a loaded test run the agent may take seconds
+    /// to listen, or lose a port to another test between `free_port` and its bind (it exits):
+    /// then it is started again on new ports.
     pub async fn start() -> RotelReceiver {
+        for _ in 0..3 {
+            if let Some(receiver) = Self::try_start().await {
+                return receiver;
+            }
+        }
+        panic!("rotel-agent did not start listening after 3 tries (30 s each)");
+    }
+
+    async fn try_start() -> Option<RotelReceiver> {
         use tokio::io::AsyncBufReadExt;
         let (grpc, http) = (free_port(), free_port());
         let mut child = tokio::process::Command::new(rotel_agent())
@@ -144,24 +156,20 @@ impl RotelReceiver {
                 sink.lock().unwrap().push(line);
             }
         });
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", http))
-                .await
-                .is_ok()
-                && tokio::net::TcpStream::connect(("127.0.0.1", grpc))
-                    .await
-                    .is_ok()
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", http)).await.is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", grpc)).await.is_ok()
             {
-                return RotelReceiver {
-                    _child: child,
-                    grpc,
-                    http,
-                    lines,
-                };
+                return Some(RotelReceiver { _child: child, grpc, http, lines });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("rotel-agent on {http}/{grpc} exited ({status}) before listening; retrying on new ports");
+                return None;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("rotel-agent did not listen on {http}/{grpc}");
+        eprintln!("rotel-agent did not listen on {http}/{grpc} within 30 s");
+        None
     }
 
     /// How many lines were printed so far.
