@@ -8,7 +8,7 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tributary_sdk::{CancellationToken, ComponentMetrics};
+use tributary_sdk::{error_chain, CancellationToken, ComponentMetrics};
 
 use crate::config::ApiConfig;
 use crate::now_us;
@@ -107,7 +107,7 @@ impl ApiPoller {
             .json(&body)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("POST {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("POST {url}: {}", error_chain(&e)))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -128,7 +128,7 @@ impl ApiPoller {
     }
 
     /// GET the role's list; a 401/422 (expired or invalid token) logs in again once.
-    async fn poll(&mut self, role: Role) -> anyhow::Result<Vec<Value>> {
+    pub(crate) async fn poll(&mut self, role: Role) -> anyhow::Result<Vec<Value>> {
         let url = format!("{}{}", self.cfg.url.trim_end_matches('/'), endpoint(role));
         let mut relogged = false;
         loop {
@@ -145,7 +145,7 @@ impl ApiPoller {
                 .bearer_auth(&token)
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("GET {url}: {}", error_chain(&e)))?;
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::UNPROCESSABLE_ENTITY {

@@ -522,6 +522,26 @@ fn invalid_configs_name_the_option() {
     );
 }
 
+/// reqwest's own message ("error sending request for url …") hides why: the cause is appended.
+#[tokio::test]
+async fn an_unreachable_api_names_the_url_and_the_cause() {
+    let port = tributary_sdk::testkit::free_port();
+    let mut poller = api::ApiPoller::new(
+        "srt",
+        config::ApiConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            username: "u".into(),
+            password: tributary_sdk::Secret::new("p"),
+            interval: tributary_sdk::HumanDuration(Duration::from_secs(1)),
+            timeout: tributary_sdk::HumanDuration(Duration::from_secs(1)),
+        },
+    )
+    .unwrap();
+    let e = poller.poll(Role::Tx).await.unwrap_err().to_string();
+    assert!(e.starts_with(&format!("POST http://127.0.0.1:{port}/v1/login: error sending request")), "{e}");
+    assert!(e.contains("Connection refused"), "{e}");
+}
+
 #[test]
 fn api_lists_become_rows_and_state_changes_events() {
     let mut poller = api::ApiPoller::new(
