@@ -45,18 +45,10 @@ fn variables(text: &str) -> BTreeSet<(String, bool)> {
     out
 }
 
-/// `text` with every `${NAME:-default}` replaced by its default (what compose does when NAME is unset).
+/// `text` with every `${NAME:-default}` replaced by its default (what compose does when NAME is
+/// unset): the engine's own interpolation, with no variable set.
 fn with_defaults(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        let end = rest[i..].find('}').expect("closed reference") + i;
-        let default = rest[i + 2..end].split_once(":-").unwrap_or_else(|| panic!("`{text}`: a reference without a default")).1;
-        out.push_str(&rest[..i]);
-        out.push_str(default);
-        rest = &rest[end + 1..];
-    }
-    out + rest
+    tributary::config::interpolate::interpolate(text, &|_| None, &mut Vec::new()).unwrap_or_else(|e| panic!("`{text}`: {e}"))
 }
 
 #[test]
