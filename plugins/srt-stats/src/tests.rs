@@ -522,21 +522,23 @@ fn invalid_configs_name_the_option() {
     );
 }
 
+/// An `srt_api` poller for `url` with user `u`, password `p` and 1 s interval and timeout.
+fn api_poller(url: &str) -> api::ApiPoller {
+    let cfg = config::ApiConfig {
+        url: url.into(),
+        username: "u".into(),
+        password: tributary_sdk::Secret::new("p"),
+        interval: tributary_sdk::HumanDuration(Duration::from_secs(1)),
+        timeout: tributary_sdk::HumanDuration(Duration::from_secs(1)),
+    };
+    api::ApiPoller::new("srt", cfg).unwrap()
+}
+
 /// reqwest's own message ("error sending request for url …") hides why: the cause is appended.
 #[tokio::test]
 async fn an_unreachable_api_names_the_url_and_the_cause() {
     let port = tributary_sdk::testkit::free_port();
-    let mut poller = api::ApiPoller::new(
-        "srt",
-        config::ApiConfig {
-            url: format!("http://127.0.0.1:{port}"),
-            username: "u".into(),
-            password: tributary_sdk::Secret::new("p"),
-            interval: tributary_sdk::HumanDuration(Duration::from_secs(1)),
-            timeout: tributary_sdk::HumanDuration(Duration::from_secs(1)),
-        },
-    )
-    .unwrap();
+    let mut poller = api_poller(&format!("http://127.0.0.1:{port}"));
     let e = poller.poll(Role::Tx).await.unwrap_err().to_string();
     assert!(e.starts_with(&format!("POST http://127.0.0.1:{port}/v1/login: error sending request")), "{e}");
     assert!(e.contains("Connection refused"), "{e}");
@@ -544,17 +546,7 @@ async fn an_unreachable_api_names_the_url_and_the_cause() {
 
 #[test]
 fn api_lists_become_rows_and_state_changes_events() {
-    let mut poller = api::ApiPoller::new(
-        "srt",
-        config::ApiConfig {
-            url: "http://x".into(),
-            username: "u".into(),
-            password: tributary_sdk::Secret::new("p"),
-            interval: tributary_sdk::HumanDuration(Duration::from_secs(1)),
-            timeout: tributary_sdk::HumanDuration(Duration::from_secs(1)),
-        },
-    )
-    .unwrap();
+    let mut poller = api_poller("http://x");
     let tx = |connected: i64, reconnections: i64| {
         serde_json::json!([{"Id": 1, "ServiceName": "feed", "LinkRtt": 0.4, "LinkBandwidth": 90.5, "LinkMaxBandwidth": 12.0,
             "SendPackets": 4095, "SendPacketsUnique": 3990, "SendPacketsLost": 105, "SendPacketsRetransmitted": 105, "SendBytes": "5569200",
