@@ -9,9 +9,9 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use tributary_http_server::{serve, Ingest};
-use tributary_sdk::SourceContext;
+use tributary_sdk::{now_us, SourceContext};
 
-use crate::{now_us, to_batch, BadgeEventsConfig, Message};
+use crate::{to_batch, BadgeEventsConfig, Message};
 
 struct Shared {
     ingest: Ingest,

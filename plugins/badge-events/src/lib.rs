@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{
-    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, OutputSpec, Secret, Source,
+    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, now_us, OutputSpec, Secret, Source,
     SourceContext, SourcePlugin,
 };
 
@@ -216,10 +216,6 @@ impl SourcePlugin for BadgeEventsPlugin {
 pub struct BadgeEventsSource {
     id: String,
     cfg: BadgeEventsConfig,
-}
-
-pub(crate) fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 /// Reconnects wait 100 ms doubling to 5 s, forever (until shutdown).

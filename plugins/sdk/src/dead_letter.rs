@@ -77,7 +77,7 @@ impl DeadLetters {
             acks.release();
             return Ok(());
         }
-        let batch = dead_letter_batch(&self.component, &letters, chrono::Utc::now().timestamp_micros());
+        let batch = dead_letter_batch(&self.component, &letters, crate::now_us());
         self.output.send(Batch::with_acks(batch, acks)).await
     }
 

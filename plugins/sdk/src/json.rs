@@ -144,7 +144,7 @@ impl JsonRows {
             return batch;
         }
         let ts = ts.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("µs timestamps");
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = crate::now_us();
         let filled: TimestampMicrosecondArray =
             ts.iter().map(|v| Some(v.unwrap_or(now))).collect::<TimestampMicrosecondArray>().with_timezone("UTC");
         let mut cols: Vec<ArrayRef> = batch.columns().to_vec();

@@ -149,6 +149,11 @@ pub fn single_input_schema(inputs: &[(String, SchemaRef)]) -> Result<SchemaRef, 
     Ok(first.clone())
 }
 
+/// Now, in microseconds since the Unix epoch (the unit of every event-time column).
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
 /// An error and its causes on one line ("error sending request: connection refused").
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

@@ -113,7 +113,7 @@ impl Drop for AbortOnDrop {
 }
 
 pub async fn probe(target: &Target, limits: ProbeLimits) -> ProbeRow {
-    let ts_us = chrono::Utc::now().timestamp_micros();
+    let ts_us = tributary_sdk::now_us();
     let start = Instant::now();
     let mut p = Progress::default();
     let outcome = tokio::time::timeout(target.timeout, exchange(target, limits, &mut p, start)).await;

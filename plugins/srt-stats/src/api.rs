@@ -8,10 +8,9 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tributary_sdk::{error_chain, CancellationToken, ComponentMetrics};
+use tributary_sdk::{error_chain, now_us, CancellationToken, ComponentMetrics};
 
 use crate::config::ApiConfig;
-use crate::now_us;
 use crate::parse::{Stat, STAT_COUNT};
 use crate::session::{connected, Emitted, EventRow, Role, StatsRow};
 

@@ -11,13 +11,13 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tributary_sdk::{CancellationToken, ComponentMetrics};
+use tributary_sdk::{now_us, CancellationToken, ComponentMetrics};
 
 use crate::config::{DockerConfig, SrtStatsConfig};
 use crate::lines::LineSplitter;
 use crate::session::{Emitted, Role, SessionTracker};
 use crate::supervise::feed;
-use crate::{now_us, LineErrors, MAX_LINE};
+use crate::{LineErrors, MAX_LINE};
 
 pub fn connect(cfg: &DockerConfig) -> anyhow::Result<Docker> {
     let docker = match &cfg.host {

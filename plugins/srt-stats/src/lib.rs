@@ -32,10 +32,6 @@ use session::Emitted;
 /// Longest output line accepted (a JSON stats line is about 900 bytes).
 pub const MAX_LINE: usize = 64 * 1024;
 
-pub(crate) fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
-
 /// Reports unparseable lines: the first few per session, then every 1000th (they are all
 /// counted in `errors_total`).
 pub(crate) struct LineErrors {

@@ -9,13 +9,13 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{CancellationToken, ComponentMetrics};
+use tributary_sdk::{now_us, CancellationToken, ComponentMetrics};
 
 use crate::config::{SessionConfig, SrtStatsConfig};
 use crate::lines::{LineSplitter, Piece};
 use crate::parse::redact_passphrase;
 use crate::session::{Emitted, SessionTracker};
-use crate::{now_us, LineErrors, MAX_LINE};
+use crate::{LineErrors, MAX_LINE};
 
 /// A run at least this long counts as healthy: the next restart starts from the initial delay.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
