@@ -4,13 +4,10 @@
 #   docker build -t tributary .
 #   docker run --rm -p 9600:9600 -e TRIBUTARY_ADMIN=0.0.0.0:9600 tributary /etc/tributary/pipelines/quickstart.yaml
 #
-# The build stage compiles the same workspace, lock file and system libraries as CI (.ci/run).
+# The build stage compiles the same workspace and lock file as CI. It needs no system packages:
+# librdkafka, OpenSSL and zlib are built from source with the toolchain's cc, make and perl.
 
 FROM rust:1.95-bookworm AS build
-# librdkafka is built from source (rdkafka's cmake-build feature) and links curl and SASL.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libsasl2-dev \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
@@ -26,7 +23,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 # srt-tools: srt-live-transmit for `srt_stats` sessions; curl: the health check.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl libcurl4 libsasl2-2 srt-tools \
+ && apt-get install -y --no-install-recommends ca-certificates curl srt-tools \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home --home-dir /var/lib/tributary tributary \
  && install -d -o tributary -g tributary /var/lib/tributary/state /var/lib/tributary/data

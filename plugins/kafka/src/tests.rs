@@ -226,3 +226,47 @@ async fn api_status_monitor_messages_become_rows_like_the_original_consumer() {
     h.shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_source_reads_every_compression_codec_of_the_default_build() {
+    let mock = cluster("codecs");
+    let bootstrap = mock.bootstrap_servers();
+    for (i, codec) in ["gzip", "snappy", "lz4", "zstd"].into_iter().enumerate() {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("compression.type", codec)
+            .create()
+            .unwrap_or_else(|e| panic!("{codec} is compiled into librdkafka: {e}"));
+        let payload = format!(r#"{{"ts":"2026-11-22T10:00:0{i}Z","user":"{codec}","score":{i}}}"#);
+        producer.send(FutureRecord::<(), str>::to("codecs").payload(&payload), Duration::from_secs(5)).await.map_err(|(e, _)| e).unwrap();
+    }
+    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "codecs", "g-codecs"))).map_err(|e| e.to_string()).unwrap();
+    let (ctx, mut h) = source_context("k", &[""], 16);
+    let run = tokio::spawn(built.source.run(ctx));
+    let mut users = Vec::new();
+    let out = h.outputs.get_mut("").unwrap();
+    while users.len() < 4 {
+        let d = tokio::time::timeout(Duration::from_secs(10), out.recv()).await.expect("rows within 10s").unwrap();
+        users.extend(d.batch.data.column(1).as_string::<i32>().iter().map(|u| u.unwrap().to_string()));
+        d.batch.acks.release();
+    }
+    assert_eq!(users, ["gzip", "snappy", "lz4", "zstd"]);
+    h.shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// GSSAPI (Kerberos) needs the system's libsasl2 and is opt-in (`--features kafka-gssapi`); the
+/// default build says so when a config asks for it, instead of failing later at the broker.
+#[cfg(not(feature = "gssapi"))]
+#[test]
+fn gssapi_without_the_feature_is_a_clear_client_error() {
+    let err = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9")
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanisms", "GSSAPI")
+        .create::<BaseConsumer>()
+        .err()
+        .expect("no GSSAPI in the default build")
+        .to_string();
+    assert!(err.contains("No provider for SASL mechanism GSSAPI"), "{err}");
+}
