@@ -138,7 +138,7 @@ fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rows: usize = std::env::var("METRICS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 200_000 } else { 4_000 });
-    let vm = std::env::var("TRIBUTARY_TEST_VICTORIAMETRICS").unwrap_or_else(|_| "http://127.0.0.1:8428".into());
+    let vm = tributary_sdk::testkit::test_victoriametrics_url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let run = std::process::id();

@@ -18,15 +18,15 @@ use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
 fn redis_url() -> String {
-    std::env::var("TRIBUTARY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    tributary_sdk::testkit::test_redis_url()
 }
 fn vm_addr() -> std::net::SocketAddr {
-    let url = std::env::var("TRIBUTARY_TEST_VICTORIAMETRICS").unwrap_or_else(|_| "http://127.0.0.1:8428".into());
+    let url = tributary_sdk::testkit::test_victoriametrics_url();
     url.trim_start_matches("http://").trim_end_matches('/').parse().expect("TRIBUTARY_TEST_VICTORIAMETRICS is http://<ip>:<port>")
 }
 
 fn vm_get(path: &str) -> Value {
-    let (status, body) = common::get(vm_addr(), path).unwrap_or_else(|e| panic!("VictoriaMetrics must run at {} ({e}); .ci/run starts it", vm_addr()));
+    let (status, body) = common::get(vm_addr(), path).unwrap_or_else(|e| panic!("VictoriaMetrics at {}: {e}", vm_addr()));
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }

@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 const TOTAL: usize = 2000;
 
 fn redis_url() -> String {
-    std::env::var("TRIBUTARY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    tributary_sdk::testkit::test_redis_url()
 }
 
 

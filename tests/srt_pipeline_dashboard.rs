@@ -45,6 +45,7 @@ fn pipeline(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_pipeline_fills_postgres_parquet_and_otlp_and_every_dashboard_query_answers() {
+    tributary_sdk::testkit::srt_live_transmit();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -5,7 +5,7 @@ use tributary_sdk::testkit::{free_port, source_context};
 use super::*;
 
 fn redis_url() -> String {
-    std::env::var("TRIBUTARY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    tributary_sdk::testkit::test_redis_url()
 }
 
 async fn redis_conn() -> redis::aio::MultiplexedConnection {

@@ -84,7 +84,7 @@ fn config_errors_name_the_field() {
 }
 
 fn vm_url() -> String {
-    std::env::var("TRIBUTARY_TEST_VICTORIAMETRICS").unwrap_or_else(|_| "http://127.0.0.1:8428".into())
+    tributary_sdk::testkit::test_victoriametrics_url()
 }
 
 /// GET on VictoriaMetrics with a tiny HTTP/1.0 client (the test needs no HTTP crate).
@@ -94,7 +94,7 @@ async fn vm(path_and_query: &str) -> String {
     let host = url.trim_start_matches("http://").trim_end_matches('/');
     let mut s = tokio::net::TcpStream::connect(host)
         .await
-        .unwrap_or_else(|e| panic!("VictoriaMetrics must run at {url} for this test ({e}); .ci/run starts it"));
+        .unwrap_or_else(|e| panic!("VictoriaMetrics must run at {url} for this test ({e})"));
     s.write_all(format!("GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();

@@ -42,10 +42,164 @@ pub fn sink_context(id: &str) -> (SinkContext, mpsc::Receiver<Delivery>) {
     (SinkContext { id: id.to_string(), dead_letters: dead, metrics }, rx)
 }
 
+// The servers the tests use. Each accessor checks that its server answers before a test relies on
+// it, so a missing one fails the test at once with the server's name and the command that starts
+// it: never a hang, never a bare "connection refused" deep inside a plugin. `./scripts/test`
+// starts all of them.
+
+/// A server a test needs: its name, the variable that points elsewhere, its default address, and
+/// how to start it by hand.
+struct NeededServer {
+    name: &'static str,
+    variable: &'static str,
+    default: &'static str,
+    start: &'static str,
+}
+
+const POSTGRES: NeededServer = NeededServer {
+    name: "PostgreSQL",
+    variable: "TRIBUTARY_TEST_POSTGRES",
+    default: "host=127.0.0.1 user=postgres dbname=test",
+    start: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+};
+const REDIS: NeededServer = NeededServer {
+    name: "Redis",
+    variable: "TRIBUTARY_TEST_REDIS",
+    default: "redis://127.0.0.1:6379",
+    start: "redis-server --port 6379 --bind 127.0.0.1 --save '' --daemonize yes",
+};
+const VICTORIA_METRICS: NeededServer = NeededServer {
+    name: "VictoriaMetrics",
+    variable: "TRIBUTARY_TEST_VICTORIAMETRICS",
+    default: "http://127.0.0.1:8428",
+    start: "victoria-metrics -storageDataPath=/tmp/tributary-vm -httpListenAddr=127.0.0.1:8428 &",
+};
+const DOCKER_API: NeededServer = NeededServer {
+    name: "a Docker Engine API",
+    variable: "DOCKER_HOST",
+    default: "unix:///tmp/podman.sock",
+    start: "podman system service --time=0 unix:///tmp/podman.sock &",
+};
+
+impl NeededServer {
+    /// The configured address, checked: panics with [`NeededServer::unreachable`]'s text.
+    fn checked(&self) -> String {
+        let value = std::env::var(self.variable).unwrap_or_else(|_| self.default.to_string());
+        if let Err(problem) = self.check(&value) {
+            panic!("{problem}");
+        }
+        value
+    }
+
+    fn check(&self, value: &str) -> Result<(), String> {
+        let timeout = std::time::Duration::from_secs(2);
+        let (shown, result) = match server_endpoint(value) {
+            Endpoint::Unix(path) => (path.clone(), std::os::unix::net::UnixStream::connect(&path).map(drop)),
+            Endpoint::Tcp(host, port) => {
+                let shown = format!("{host}:{port}");
+                let result = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).and_then(|mut addrs| {
+                    let addr = addrs.next().ok_or_else(|| std::io::Error::other("no address"))?;
+                    std::net::TcpStream::connect_timeout(&addr, timeout).map(drop)
+                });
+                (shown, result)
+            }
+        };
+        result.map_err(|e| self.unreachable(&shown, &e))
+    }
+
+    /// The failure text: which server, where it was looked for (never the whole value: it may
+    /// hold a password), why, and how to start it.
+    fn unreachable(&self, shown: &str, error: &std::io::Error) -> String {
+        format!(
+            "{} is not reachable at {shown} ({error}); this test needs it. `./scripts/test` starts it, \
+             or by hand: {} (point {} elsewhere to use another)",
+            self.name, self.start, self.variable
+        )
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Endpoint {
+    Tcp(String, u16),
+    Unix(String),
+}
+
+/// Where a connection string points: libpq key-values (`host=… port=…`), `unix:///path`, or a URL
+/// (`scheme://[user[:password]@]host[:port][/…]`, default ports by scheme).
+fn server_endpoint(value: &str) -> Endpoint {
+    if let Some(path) = value.strip_prefix("unix://") {
+        return Endpoint::Unix(path.to_string());
+    }
+    if let Some((scheme, rest)) = value.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let default_port = match scheme {
+            "postgres" | "postgresql" => 5432,
+            "redis" => 6379,
+            "https" => 443,
+            _ => 80,
+        };
+        return match host_port.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') => {
+                Endpoint::Tcp(host.trim_matches(['[', ']']).to_string(), port.parse().unwrap_or(default_port))
+            }
+            _ => Endpoint::Tcp(host_port.to_string(), default_port),
+        };
+    }
+    let field = |key: &str| {
+        value
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+    };
+    let host = field("host").unwrap_or_else(|| "localhost".into());
+    let port = field("port").and_then(|p| p.parse().ok()).unwrap_or(5432);
+    if host.starts_with('/') {
+        Endpoint::Unix(format!("{host}/.s.PGSQL.{port}"))
+    } else {
+        Endpoint::Tcp(host, port)
+    }
+}
+
 /// The PostgreSQL the tests and benchmarks use: `TRIBUTARY_TEST_POSTGRES`, default the machine's
-/// pre-started server (`host=127.0.0.1 user=postgres dbname=test`).
+/// pre-started server (`host=127.0.0.1 user=postgres dbname=test`). Panics naming the server and
+/// how to start it when nothing answers there.
 pub fn test_postgres_url() -> String {
-    std::env::var("TRIBUTARY_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+    POSTGRES.checked()
+}
+
+/// The Redis the tests use: `TRIBUTARY_TEST_REDIS`, default `redis://127.0.0.1:6379`; checked.
+pub fn test_redis_url() -> String {
+    REDIS.checked()
+}
+
+/// The VictoriaMetrics the tests and benchmarks use: `TRIBUTARY_TEST_VICTORIAMETRICS`, default
+/// `http://127.0.0.1:8428`; checked.
+pub fn test_victoriametrics_url() -> String {
+    VICTORIA_METRICS.checked()
+}
+
+/// The Docker Engine API the tests use: `DOCKER_HOST`, default Podman's `unix:///tmp/podman.sock`;
+/// checked.
+pub fn test_docker_host() -> String {
+    DOCKER_API.checked()
+}
+
+/// The srt-live-transmit the tests run: `SRT_LIVE_TRANSMIT`, default the one on `PATH`. Panics
+/// naming the package when it is missing.
+pub fn srt_live_transmit() -> String {
+    let program = std::env::var("SRT_LIVE_TRANSMIT").unwrap_or_else(|_| "srt-live-transmit".into());
+    let found = if program.contains('/') {
+        std::path::Path::new(&program).exists()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(&program).exists()))
+    };
+    assert!(
+        found,
+        "srt-live-transmit ({program}) is not installed; this test needs it. `./scripts/test` installs it, \
+         or by hand: apt-get install srt-tools (point SRT_LIVE_TRANSMIT elsewhere to use another)"
+    );
+    program
 }
 
 /// A localhost port nobody listens on right now.
@@ -86,8 +240,8 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// `rotel-agent`, the OpenTelemetry collector in PyPI's `rotel` wheel, used as a real OTLP
-/// receiver: `ROTEL_AGENT`, or found through python3. Missing is a failure, not a skip (.ci/run
-/// installs it).
+/// receiver: `ROTEL_AGENT`, or found through python3. Missing is a failure, not a skip
+/// (`./scripts/test` installs it).
 pub fn rotel_agent() -> String {
     if let Ok(path) = std::env::var("ROTEL_AGENT") {
         return path;
@@ -97,7 +251,11 @@ pub fn rotel_agent() -> String {
         .output()
         .expect("python3 runs");
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(out.status.success() && std::path::Path::new(&path).exists(), "rotel-agent not found: `pip install rotel` (or set ROTEL_AGENT)");
+    assert!(
+        out.status.success() && std::path::Path::new(&path).exists(),
+        "rotel-agent (an OTLP receiver) is not installed; this test needs it. `./scripts/test` installs it, \
+         or by hand: python3 -m pip install rotel (point ROTEL_AGENT elsewhere to use another)"
+    );
     path
 }
 
@@ -216,4 +374,47 @@ fn strip_ansi(s: &str) -> String {
         .map(str::trim_end)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_of_the_connection_strings_tests_use() {
+        let tcp = |h: &str, p| Endpoint::Tcp(h.into(), p);
+        assert_eq!(server_endpoint("host=127.0.0.1 user=postgres dbname=test"), tcp("127.0.0.1", 5432));
+        assert_eq!(server_endpoint("host=db port=6543 password=secret"), tcp("db", 6543));
+        assert_eq!(server_endpoint("host=/run/postgresql"), Endpoint::Unix("/run/postgresql/.s.PGSQL.5432".into()));
+        assert_eq!(server_endpoint("postgres://u:p@db:7000/test"), tcp("db", 7000));
+        assert_eq!(server_endpoint("postgresql://u@db/test"), tcp("db", 5432));
+        assert_eq!(server_endpoint("redis://127.0.0.1:6379"), tcp("127.0.0.1", 6379));
+        assert_eq!(server_endpoint("redis://:pw@cache/2"), tcp("cache", 6379));
+        assert_eq!(server_endpoint("http://127.0.0.1:8428/"), tcp("127.0.0.1", 8428));
+        assert_eq!(server_endpoint("tcp://[::1]:2375"), tcp("::1", 2375));
+        assert_eq!(server_endpoint("unix:///tmp/podman.sock"), Endpoint::Unix("/tmp/podman.sock".into()));
+    }
+
+    #[test]
+    fn a_missing_server_is_named_with_how_to_start_it_and_no_password() {
+        let port = free_port();
+        let error = POSTGRES.check(&format!("host=127.0.0.1 port={port} password=hunter2")).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "PostgreSQL is not reachable at 127.0.0.1:{port} (Connection refused (os error 111)); this test \
+                 needs it. `./scripts/test` starts it, or by hand: pg_ctlcluster --skip-systemctl-redirect \
+                 $(ls /etc/postgresql) main start (point TRIBUTARY_TEST_POSTGRES elsewhere to use another)"
+            )
+        );
+        let error = DOCKER_API.check("unix:///tmp/no-such-tributary.sock").unwrap_err();
+        assert!(
+            error.starts_with("a Docker Engine API is not reachable at /tmp/no-such-tributary.sock (No such file or directory"),
+            "{error}"
+        );
+        // The listening side answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(REDIS.check(&format!("redis://127.0.0.1:{port}")), Ok(()));
+    }
 }

@@ -1,4 +1,4 @@
-//! `mode: docker` against a real Docker Engine API (Podman's, as `.ci/run` starts it; set
+//! `mode: docker` against a real Docker Engine API (Podman's, as `./scripts/test` starts it; set
 //! `DOCKER_HOST`). The containers replay srt-live-transmit output: connect messages on stderr,
 //! JSON statistics on stdout.
 
@@ -18,17 +18,13 @@ use futures::StreamExt;
 const IMAGE: &str = "localhost/tributary-srt-replay:latest";
 
 fn docker_host() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///tmp/podman.sock".into())
+    tributary_sdk::testkit::test_docker_host()
 }
 
 async fn docker() -> Docker {
     let host = docker_host();
     let d = Docker::connect_with_host(&host).unwrap();
-    d.ping().await.unwrap_or_else(|e| {
-        panic!(
-            "a Docker Engine API is required at {host} (DOCKER_HOST; .ci/run starts Podman's): {e}"
-        )
-    });
+    d.ping().await.unwrap_or_else(|e| panic!("the Docker Engine API at {host} does not answer a ping: {e}"));
     d
 }
 

@@ -14,18 +14,11 @@ use tokio::net::UdpSocket;
 const PAYLOAD: [u8; 1316] = [0x47; 1316];
 
 fn program() -> String {
-    std::env::var("SRT_LIVE_TRANSMIT").unwrap_or_else(|_| "srt-live-transmit".into())
+    tributary_sdk::testkit::srt_live_transmit()
 }
 
 fn require_program() {
-    let ok = std::process::Command::new(program())
-        .arg("-version")
-        .output()
-        .is_ok();
-    assert!(
-        ok,
-        "srt-live-transmit is required (apt-get install srt-tools, or set SRT_LIVE_TRANSMIT)"
-    );
+    program();
 }
 
 /// Counts datagrams arriving on a UDP port.
