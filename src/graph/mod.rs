@@ -206,6 +206,17 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
             Some(_) => tables.iter().map(|(n, s)| (n.clone(), window::windowed_input_schema(s))).collect(),
         };
         match SqlTransform::plan(&cfg.sql, &sql_tables).await {
+            Ok(sql) if window.is_none() && sql.joined_inputs().is_some() => {
+                let (a, b) = sql.joined_inputs().expect("checked");
+                errors.push(file.diag(
+                    &format!("transforms.{id}.sql"),
+                    format!(
+                        "joins `{a}` with `{b}`, which only works in a windowed transform: without `window:` the SQL runs once \
+                         per arriving batch, which holds rows of one input only, so the join would never match. Add \
+                         `window: {{tumbling: 1m}}` (any window) to join the rows of each window; to merge inputs, use UNION ALL"
+                    ),
+                ));
+            }
             Ok(sql) => {
                 let schema = sql.output_schema();
                 match &window {

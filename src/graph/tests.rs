@@ -70,3 +70,27 @@ fn mermaid_shows_components_and_named_edges() {
         "flowchart LR\n  a([\"a<br/><small>demo</small>\"])\n  t[\"t<br/><small>sql</small>\"]\n  s[[\"s<br/><small>console</small>\"]]\n  a --> t\n  t --> s\n  t -- dead_letter --> s\n"
     );
 }
+
+#[tokio::test]
+async fn a_join_of_two_inputs_needs_a_window() {
+    const TWO: &str = "sources:\n  a: {type: demo, kind: probes}\n  b: {type: demo, kind: probes}\ntransforms:\n  t:\n    inputs: [a, b]\n";
+    let refused = "joins `a` with `b`, which only works in a windowed transform: without `window:` the SQL runs once per \
+                   arriving batch, which holds rows of one input only, so the join would never match. Add `window: \
+                   {tumbling: 1m}` (any window) to join the rows of each window; to merge inputs, use UNION ALL";
+    for sql in [
+        "SELECT a.site, b.response_time_ms FROM a JOIN b ON a.site = b.site",
+        "SELECT a.site FROM a, b",
+        "SELECT site FROM a WHERE site IN (SELECT site FROM b WHERE NOT in_sla)",
+    ] {
+        let errs = check(&format!("{TWO}    sql: {sql}\n")).await.unwrap_err();
+        assert_eq!(errs, [format!("p.yaml:7:5: transforms.t.sql: {refused}")], "{sql}");
+    }
+    // Per-batch SQL that reads one input at a time, a self-join, and a windowed join all plan.
+    for ok in [
+        "    sql: SELECT site FROM a UNION ALL SELECT site FROM b\n".to_string(),
+        "    sql: SELECT x.site FROM a x JOIN a y ON x.site = y.site\n".to_string(),
+        "    window: {tumbling: 1m}\n    sql: SELECT a.window_start, count(*) AS n FROM a JOIN b ON a.site = b.site AND a.window_start = b.window_start GROUP BY a.window_start\n".to_string(),
+    ] {
+        check(&format!("{TWO}{ok}")).await.unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+}

@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -66,6 +67,32 @@ pub struct SqlTransform {
     plan: Arc<dyn ExecutionPlan>,
     slots: Vec<Arc<InputSlot>>,
     task_ctx: Arc<TaskContext>,
+    joined_inputs: Option<(String, String)>,
+}
+
+/// The first two different tables that one join of `plan` combines (its two sides, or one side
+/// reading two tables). Read from the optimized plan, where `IN (SELECT …)` and scalar subqueries
+/// have become joins too.
+fn joined_tables(plan: &LogicalPlan) -> Option<(String, String)> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::Join(_)) {
+            let mut tables = std::collections::BTreeSet::new();
+            let _ = node.apply_with_subqueries(|n| {
+                if let LogicalPlan::TableScan(scan) = n {
+                    tables.insert(scan.table_name.to_string());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            let mut names = tables.into_iter();
+            if let (Some(a), Some(b)) = (names.next(), names.next()) {
+                found = Some((a, b));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 impl SqlTransform {
@@ -97,12 +124,19 @@ impl SqlTransform {
             slots.push(slot);
         }
         let df = ctx.sql(sql).await?;
+        let joined_inputs = joined_tables(&df.clone().into_optimized_plan()?);
         let plan = df.create_physical_plan().await?;
-        Ok(SqlTransform { plan, slots, task_ctx: ctx.task_ctx() })
+        Ok(SqlTransform { plan, slots, task_ctx: ctx.task_ctx(), joined_inputs })
     }
 
     pub fn output_schema(&self) -> SchemaRef {
         self.plan.schema()
+    }
+
+    /// Two different inputs the SQL joins, if it does. Per-batch execution shows one input's
+    /// batch at a time, so such a join only matches inside a window (all inputs' rows at once).
+    pub fn joined_inputs(&self) -> Option<&(String, String)> {
+        self.joined_inputs.as_ref()
     }
 
     /// Run the query with `batch` as the contents of input `input` (other inputs empty).
