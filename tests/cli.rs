@@ -138,12 +138,19 @@ fn quickstart_runs_flushes_and_is_queryable() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("stopped cleanly"), "{err}");
     assert!(err.contains("probes (demo source): "), "per-component summary: {err}");
+    // A sink's line reports the rows it wrote: every probe row the Parquet sink received is in
+    // its files.
+    let line = err.lines().find(|l| l.contains("probes_parquet (parquet sink): ")).unwrap_or_else(|| panic!("{err}"));
+    let written = line.split("probes_parquet (parquet sink): ").nth(1).unwrap();
+    let rows_in: u64 = written.split(" rows in, ").next().unwrap().parse().unwrap();
+    assert!(rows_in > 20, "{line}");
+    assert!(written.starts_with(&format!("{rows_in} rows in, {rows_in} written, 0 errors, 0 dead letters")), "{line}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("[breaches_summary] +"), "console summary printed");
     assert!(files_ending(dir.path(), ".tmp").is_empty());
 
-    let q = tributary(&["query", "SELECT count(*) > 20 AS enough, count(DISTINCT site) AS sites FROM probes", "--format", "csv"], dir.path());
+    let q = tributary(&["query", "SELECT count(*) AS rows, count(DISTINCT site) AS sites FROM probes", "--format", "csv"], dir.path());
     assert!(q.status.success(), "{}", stderr(&q));
-    assert_eq!(String::from_utf8_lossy(&q.stdout), "enough,sites\ntrue,5\n");
+    assert_eq!(String::from_utf8_lossy(&q.stdout), format!("rows,sites\n{rows_in},5\n"));
     let q = tributary(&["query", "SELECT count(*) AS n FROM high_scores WHERE points_per_second IS NULL", "--format", "json"], dir.path());
     assert_eq!(String::from_utf8_lossy(&q.stdout), "{\"n\":0}\n");
     let q = tributary(&["query", "SELECT nope FROM probes"], dir.path());

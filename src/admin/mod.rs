@@ -58,9 +58,10 @@ impl AdminState {
         let comps = self.components.read().expect("admin lock");
         let mut out = String::new();
         type Get = fn(&ComponentMetrics) -> u64;
-        let counters: [(&str, &str, Get); 9] = [
+        let counters: [(&str, &str, Get); 10] = [
             ("rows_in_total", "Rows received by the component.", |m| m.rows_in.get()),
             ("rows_out_total", "Rows sent by the component to its main or named outputs.", |m| m.rows_out.get()),
+            ("rows_written_total", "Rows a sink durably wrote (dead-lettered rows not included).", |m| m.rows_written.get()),
             ("bytes_in_total", "Bytes received (payload bytes for sources, Arrow memory for others).", |m| m.bytes_in.get()),
             ("bytes_out_total", "Arrow memory of the rows sent.", |m| m.bytes_out.get()),
             ("batches_in_total", "Batches received.", |m| m.batches_in.get()),

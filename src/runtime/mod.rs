@@ -195,13 +195,16 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
     }
     for d in &decls {
         let m = &metrics[&d.id];
+        let flow = match d.kind {
+            Kind::Source => format!("{} rows out", m.rows_out.get()),
+            Kind::Transform => format!("{} rows in, {} rows out", m.rows_in.get(), m.rows_out.get()),
+            Kind::Sink => format!("{} rows in, {} written", m.rows_in.get(), m.rows_written.get()),
+        };
         report.summary.push(format!(
-            "{} ({} {}): {} rows in, {} rows out, {} errors, {} dead letters",
+            "{} ({} {}): {flow}, {} errors, {} dead letters",
             d.id,
             d.type_name,
             d.kind.label(),
-            if d.kind == Kind::Source { m.rows_out.get() } else { m.rows_in.get() },
-            m.rows_out.get(),
             m.errors.get(),
             m.dead_letters.get()
         ));
@@ -316,9 +319,22 @@ async fn send_sharing_acks(output: &Output, batches: Vec<RecordBatch>, acks: Ack
     Ok(())
 }
 
+/// Rows a sink holds until its next flush, and how to count them as written when it succeeds.
+#[derive(Default)]
+struct Pending {
+    acks: AckSet,
+    rows: u64,
+}
+
+/// The rows of a write or flush the sink did not send to its own dead letters: it runs alone on
+/// its metrics, so the dead-letter count's growth during the call is exactly the rows it rejected.
+fn kept_rows(ctx: &SinkContext, rows: u64, dead_letters_before: u64) -> u64 {
+    rows.saturating_sub(ctx.metrics.dead_letters.get() - dead_letters_before)
+}
+
 async fn run_sink(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Delivery>, ctx: SinkContext) -> anyhow::Result<()> {
     sink.start(&ctx).await?;
-    let mut pending = AckSet::none();
+    let mut pending = Pending::default();
     let mut ticker = sink.flush_interval().map(|d| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -340,12 +356,17 @@ async fn run_sink(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Delivery>, ctx
                 m.rows_in.add(batch.data.num_rows() as u64);
                 m.bytes_in.add(batch.data.get_array_memory_size() as u64);
                 m.batches_in.inc();
+                let (rows, dead_before) = (batch.data.num_rows() as u64, m.dead_letters.get());
                 match sink.write(batch.data.clone(), &ctx).await {
                     Ok(Durability::Durable) => {
-                        pending.extend(batch.acks);
-                        std::mem::take(&mut pending).release();
+                        m.rows_written.add(kept_rows(&ctx, rows, dead_before));
+                        pending.acks.extend(batch.acks);
+                        std::mem::take(&mut pending.acks).release();
                     }
-                    Ok(Durability::Buffered) => pending.extend(batch.acks),
+                    Ok(Durability::Buffered) => {
+                        pending.rows += kept_rows(&ctx, rows, dead_before);
+                        pending.acks.extend(batch.acks);
+                    }
                     Err(e) => {
                         m.errors.inc();
                         let reason = format!("write failed: {e:#}");
@@ -361,13 +382,18 @@ async fn run_sink(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Delivery>, ctx
     Ok(())
 }
 
-async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, pending: &mut AckSet) {
+async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, pending: &mut Pending) {
+    let dead_before = ctx.metrics.dead_letters.get();
+    let Pending { acks, rows } = std::mem::take(pending);
     match sink.flush(ctx).await {
-        Ok(()) => std::mem::take(pending).release(),
+        Ok(()) => {
+            ctx.metrics.rows_written.add(kept_rows(ctx, rows, dead_before));
+            acks.release()
+        }
         Err(e) => {
             ctx.metrics.errors.inc();
             tracing::error!(sink = %ctx.id, "flush failed: {e:#}; unacknowledged rows will be redelivered by replayable sources");
-            std::mem::take(pending).fail();
+            acks.fail();
         }
     }
 }

@@ -23,6 +23,9 @@ impl Counter {
 pub struct ComponentMetrics {
     pub rows_in: Counter,
     pub rows_out: Counter,
+    /// Rows a sink durably wrote (their acks released as delivered), not counting rows it sent to
+    /// its dead letters. Counted by the engine; zero for sources and transforms.
+    pub rows_written: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub batches_in: Counter,
