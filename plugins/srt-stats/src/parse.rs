@@ -256,10 +256,16 @@ pub fn parse_line(line: &str) -> Result<Line, ParseError> {
     })
 }
 
-/// `HH:MM:SS.ffffff/SRT:…!W:SRT.xx: …` (a log line of the SRT library).
+/// `HH:MM:SS.ffffff/<thread>!<level>:SRT.<area>: …`, a log line of the SRT library. The thread is
+/// an SRT worker (`SRT:RcvQ:w1`) or the program's own main thread, named after the program and cut
+/// to 15 characters (`srt-live-transm`); the level is one letter (D, N, W, E, F).
 fn is_srt_library_log(t: &str) -> bool {
     let b = t.as_bytes();
-    b.len() > 9 && b[2] == b':' && b[5] == b':' && t.contains("/SRT")
+    let timestamped = b.len() > 9 && b[2] == b':' && b[5] == b':' && b[8] == b'.';
+    timestamped
+        && t.split_once('/')
+            .and_then(|(_, thread_on)| thread_on.split_once('!'))
+            .is_some_and(|(_, level_on)| level_on.get(1..6) == Some(":SRT."))
 }
 
 /// At most 80 characters of a line, for error messages.

@@ -140,6 +140,9 @@ fn all_connect_and_disconnect_forms_and_the_noise() {
     for noise in [
         "1316 bytes lost, 263200 bytes sent, 264516 bytes received",
         "10:51:57.123456/SRT:RcvQ:w1!W:SRT.qr: @1: RCV-DROPPED",
+        // srt-live-transmit 1.5.1's main thread logs under its own (cut) name.
+        "10:51:45.410554/srt-live-transm!W:SRT.ac: @720476295: processConnectRequest: rsp(REJECT): 1002 - peer rejected",
+        "10:51:46.001122/srt-live-transm!E:SRT.cn: @720476295: connection timed out",
         "{\"bandwidth\":12.3}",
         "",
         "  ",
@@ -153,6 +156,11 @@ fn garbage_and_broken_stats_lines_are_errors_that_say_what() {
     assert_eq!(
         parse_line("hello world").unwrap_err().0,
         "not a statistics line or a known message: `hello world`"
+    );
+    // A timestamped line that is not the SRT library's log format stays an error.
+    assert_eq!(
+        parse_line("10:51:45.410554/srt-live-transm: something else").unwrap_err().0,
+        "not a statistics line or a known message: `10:51:45.410554/srt-live-transm: something else`"
     );
     assert_eq!(
         parse_line("{\"time\":5}").unwrap_err().0,
