@@ -74,7 +74,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum Simulate {
-    /// The Webex Video Mesh API: OAuth, every read endpoint under /v1, TrackingIDs, Webex errors,
+    /// The Webex Video Mesh API: OAuth, the 12 read endpoints the webex_mesh source uses (org-wide
+    /// lists; the per-cluster/per-node variants are not served), TrackingIDs, Webex errors,
     /// 429 + Retry-After above the rate limit. Point a `webex_mesh` source's `base_url` at it.
     WebexMesh {
         #[arg(long, default_value = "127.0.0.1:7980")]

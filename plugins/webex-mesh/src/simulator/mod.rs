@@ -1,6 +1,7 @@
 //! `tributary simulate webex-mesh`: a local server that behaves like the Webex Video Mesh API for
 //! demos and tests — OAuth (authorize redirect, code exchange, refresh with rotation and
-//! configurable lifetimes), every read endpoint the `webex_mesh` source uses under `/v1`, an
+//! configurable lifetimes), the 12 read endpoints the `webex_mesh` source uses under `/v1` (not the
+//! per-cluster/per-node variants, on-demand tests or thresholds: see the README), an
 //! organisation with clusters in four time zones, `TrackingID` headers, Webex error bodies, 400 on
 //! bad parameters, 401 on bad tokens, 429 + `Retry-After` above a per-endpoint rate limit, and the
 //! legacy response shapes behind a switch.

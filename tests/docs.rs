@@ -1,0 +1,89 @@
+//! The documentation a newcomer follows: every relative link resolves to a file inside this
+//! repository, and every `cargo bench --bench NAME` names a bench that exists.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md, docs/*.md and every plugin's README.md.
+fn markdown_files() -> Vec<PathBuf> {
+    let root = root();
+    let mut files = vec![root.join("README.md")];
+    for dir in [root.join("docs"), root.join("plugins")] {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "md") {
+                files.push(p);
+            } else if p.join("README.md").exists() {
+                files.push(p.join("README.md"));
+            }
+        }
+    }
+    files
+}
+
+/// The targets of `[text](target)` links.
+fn link_targets(text: &str) -> Vec<String> {
+    text.split("](").skip(1).filter_map(|rest| rest.split_once(')').map(|(t, _)| t.to_string())).collect()
+}
+
+#[test]
+fn relative_links_stay_inside_the_repository_and_resolve() {
+    let root = root().canonicalize().unwrap();
+    let mut broken = Vec::new();
+    let files = markdown_files();
+    assert!(files.len() >= 15, "README, docs and plugin READMEs: {files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for target in link_targets(&text) {
+            if target.starts_with("http://") || target.starts_with("https://") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            let resolved = file.parent().unwrap().join(path);
+            match resolved.canonicalize() {
+                Ok(p) if p.starts_with(&root) => {}
+                Ok(p) => broken.push(format!("{}: {target} leaves the repository ({})", file.display(), p.display())),
+                Err(e) => broken.push(format!("{}: {target}: {e}", file.display())),
+            }
+        }
+        // Paths written as code that point outside the repository (a sibling checkout's docs).
+        for outside in ["../shared/", "../../shared/", "../../../shared/"] {
+            if text.contains(outside) {
+                broken.push(format!("{}: mentions {outside}, which is not part of this repository", file.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn documented_benches_exist() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let benches: Vec<&str> = manifest
+        .split("[[bench]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find_map(|l| l.trim().strip_prefix("name = \"")).map(|n| n.trim_end_matches('"')))
+        .collect();
+    assert!(benches.contains(&"metrics_sinks"), "{benches:?}");
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for named in text.split("--bench ").skip(1) {
+            let name: String = named.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            assert!(benches.contains(&name.as_str()), "{} documents `cargo bench --bench {name}`; benches: {benches:?}", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_readme_test_command_is_what_ci_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let two = readme.split("## The two commands").nth(1).unwrap();
+    let block = two.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    assert_eq!(block, "cargo run -- run pipelines/quickstart.yaml --duration 3m\n./scripts/test\n");
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(ci.lines().any(|l| l.trim() == "./scripts/test"), "{ci}");
+    assert!(Path::new(&root().join("scripts/test")).exists());
+}
