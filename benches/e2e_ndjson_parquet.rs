@@ -77,8 +77,14 @@ fn baseline(input: &Path, out: &Path) {
     ]));
     std::fs::create_dir_all(out).unwrap();
     let start = Instant::now();
-    let reader = ReaderBuilder::new(schema.clone()).with_batch_size(8192).build(std::io::BufReader::new(std::fs::File::open(input).unwrap())).unwrap();
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).set_max_row_group_row_count(Some(128 * 1024)).build();
+    let reader = ReaderBuilder::new(schema.clone())
+        .with_batch_size(8192)
+        .build(std::io::BufReader::new(std::fs::File::open(input).unwrap()))
+        .unwrap();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
     let mut w = ArrowWriter::try_new(std::fs::File::create(out.join("part-0.parquet")).unwrap(), schema, Some(props)).unwrap();
     for b in reader {
         w.write(&b.unwrap()).unwrap();

@@ -45,7 +45,13 @@ fn schema() -> SchemaRef {
 
 /// Row i: its time, site, channel and two values.
 fn row(base: i64, i: usize) -> (i64, String, String, f64, i64) {
-    (base + i as i64 * 1000, format!("site-{}", i % 20), format!("ch-{}", i % 5), (i % 900) as f64 * 0.5, if i % 50 == 0 { 500 } else { 200 })
+    (
+        base + i as i64 * 1000,
+        format!("site-{}", i % 20),
+        format!("ch-{}", i % 5),
+        (i % 900) as f64 * 0.5,
+        if i % 50 == 0 { 500 } else { 200 },
+    )
 }
 
 fn batch(base: i64, start: usize, n: usize) -> RecordBatch {
@@ -106,7 +112,11 @@ fn line_protocol(measurement: &str, base: i64, rows: usize) -> Vec<Vec<u8>> {
 }
 
 fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
-    let s = |k: &str, v: String| KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v)) }), ..Default::default() };
+    let s = |k: &str, v: String| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v)) }),
+        ..Default::default()
+    };
     (0..rows)
         .step_by(BATCH)
         .map(|start| {
@@ -116,7 +126,12 @@ fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
                 data: Some(metric::Data::Gauge(Gauge {
                     data_points: rows
                         .iter()
-                        .map(|r| NumberDataPoint { attributes: vec![s("site", r.1.clone()), s("channel", r.2.clone())], time_unix_nano: r.0 as u64 * 1000, value: Some(value(r)), ..Default::default() })
+                        .map(|r| NumberDataPoint {
+                            attributes: vec![s("site", r.1.clone()), s("channel", r.2.clone())],
+                            time_unix_nano: r.0 as u64 * 1000,
+                            value: Some(value(r)),
+                            ..Default::default()
+                        })
                         .collect(),
                 })),
                 ..Default::default()
@@ -124,7 +139,10 @@ fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
             ExportMetricsServiceRequest {
                 resource_metrics: vec![ResourceMetrics {
                     scope_metrics: vec![ScopeMetrics {
-                        metrics: vec![gauge("latency_ms", &|r| number_data_point::Value::AsDouble(r.3)), gauge("status", &|r| number_data_point::Value::AsInt(r.4))],
+                        metrics: vec![
+                            gauge("latency_ms", &|r| number_data_point::Value::AsDouble(r.3)),
+                            gauge("status", &|r| number_data_point::Value::AsInt(r.4)),
+                        ],
                         ..Default::default()
                     }],
                     ..Default::default()

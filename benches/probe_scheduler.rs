@@ -42,7 +42,8 @@ fn main() {
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut url).unwrap();
     let url = url.trim().to_string();
 
-    let list: Vec<String> = (0..targets).map(|i| format!("{{name: t{i}, url: '{url}/json?t={i}', json_path: $.status, sla_ms: 1000}}")).collect();
+    let list: Vec<String> =
+        (0..targets).map(|i| format!("{{name: t{i}, url: '{url}/json?t={i}', json_path: $.status, sla_ms: 1000}}")).collect();
     let yaml = format!("{{interval: 10s, max_concurrency: 256, targets: [{}]}}", list.join(", "));
     let cfg: SiteProbeConfig = ComponentConfig::from_yaml("probes", &yaml).decode().unwrap();
     let mut source = SiteProbeSource::new(&cfg).unwrap();

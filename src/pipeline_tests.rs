@@ -128,7 +128,8 @@ pub async fn test_file(path: &Path) -> Result<TestReport, TestFileError> {
     graph::plan(&file, &registry).await?;
     let cases: Vec<TestCase> = match &file.tests {
         None | Some(serde_yaml::Value::Null) => Vec::new(),
-        Some(v) => serde_path_to_error::deserialize(v.clone()).map_err(|e| TestFileError::Tests(anyhow!("{}: tests{}: {}", file.file, path_suffix(&e.path().to_string()), e.inner())))?,
+        Some(v) => serde_path_to_error::deserialize(v.clone())
+            .map_err(|e| TestFileError::Tests(anyhow!("{}: tests{}: {}", file.file, path_suffix(&e.path().to_string()), e.inner())))?,
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut results = Vec::new();
@@ -259,9 +260,10 @@ impl Harness {
     /// Fixture rows (inline mappings or `{file: …}` JSON lines) as a batch of `output`'s schema.
     /// Columns left out are null, or zero / empty / false / the epoch where the schema forbids null.
     fn fixture_rows(&self, output: &str, entries: &[Json], base: &Path) -> anyhow::Result<RecordBatch> {
-        let schema = self.plan_outputs.get(output).ok_or_else(|| {
-            anyhow!("`{output}` is not an output of this pipeline (sources' outputs are `<id>` or `<id>.<output>`)")
-        })?;
+        let schema = self
+            .plan_outputs
+            .get(output)
+            .ok_or_else(|| anyhow!("`{output}` is not an output of this pipeline (sources' outputs are `<id>` or `<id>.<output>`)"))?;
         let mut rows: Vec<Map<String, Json>> = Vec::new();
         for e in entries {
             match e {
@@ -402,13 +404,17 @@ fn cell(col: &dyn Array, i: usize) -> anyhow::Result<Json> {
         DataType::Timestamp(..) => {
             let us = cast(&col.slice(i, 1), &DataType::Timestamp(TimeUnit::Microsecond, None))?;
             let us = us.as_primitive::<TimestampMicrosecondType>().value(0);
-            Json::String(DateTime::<Utc>::from_timestamp_micros(us).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)).unwrap_or_default())
+            Json::String(
+                DateTime::<Utc>::from_timestamp_micros(us).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)).unwrap_or_default(),
+            )
         }
         DataType::Boolean => Json::Bool(col.as_boolean().value(i)),
         dt if dt.is_integer() => serde_json::from_str(&array_value_to_string(col, i)?)?,
         dt if dt.is_floating() => {
             let f = cast(&col.slice(i, 1), &DataType::Float64)?;
-            serde_json::Number::from_f64(f.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(0)).map(Json::Number).unwrap_or(Json::Null)
+            serde_json::Number::from_f64(f.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(0))
+                .map(Json::Number)
+                .unwrap_or(Json::Null)
         }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Json::String(array_value_to_string(col, i)?),
         _ => Json::String(array_value_to_string(col, i)?),

@@ -27,14 +27,23 @@ pub fn discover_tables(data_dir: &Path, explicit: &[String]) -> anyhow::Result<V
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
         dirs.sort();
         for d in dirs {
-            let name: String = d.file_name().unwrap_or_default().to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+            let name: String = d
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                .collect();
             if !tables.iter().any(|(n, _)| *n == name) && contains_parquet(&d) {
                 tables.push((name, d));
             }
         }
     }
     if tables.is_empty() {
-        bail!("no tables: `{}` has no folders with Parquet files (run a pipeline with a parquet sink first, or pass --table NAME=PATH)", data_dir.display());
+        bail!(
+            "no tables: `{}` has no folders with Parquet files (run a pipeline with a parquet sink first, or pass --table NAME=PATH)",
+            data_dir.display()
+        );
     }
     Ok(tables)
 }
@@ -42,12 +51,17 @@ pub fn discover_tables(data_dir: &Path, explicit: &[String]) -> anyhow::Result<V
 fn contains_parquet(dir: &Path) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
         let p = e.path();
-        (p.is_dir() && contains_parquet(&p)) || p.extension().is_some_and(|x| x == "parquet") && !e.file_name().to_string_lossy().starts_with('.')
+        (p.is_dir() && contains_parquet(&p))
+            || p.extension().is_some_and(|x| x == "parquet") && !e.file_name().to_string_lossy().starts_with('.')
     })
 }
 
 fn has_date_partitions(dir: &Path) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("date="))
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("date="))
 }
 
 /// Run `sql` over the tables and return the result batches.

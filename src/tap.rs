@@ -57,7 +57,10 @@ pub async fn print_tap(admin: SocketAddr, output: &str, filter: Option<&str>, li
         bail!("{}", if body.is_empty() { status } else { body });
     }
     while let Some(line) = lines.next_line().await? {
-        match serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("tap_closed").and_then(|r| r.as_str()).map(str::to_string)) {
+        match serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("tap_closed").and_then(|r| r.as_str()).map(str::to_string))
+        {
             Some(reason) => eprintln!("tap closed: {reason}"),
             None => println!("{line}"),
         }

@@ -46,7 +46,13 @@ impl Source for AckingSource {
 }
 
 fn decl(id: &str, kind: Kind, type_name: &str, inputs: &[&str]) -> ComponentDecl {
-    ComponentDecl { id: id.into(), kind, type_name: type_name.into(), inputs: inputs.iter().map(|s| s.to_string()).collect(), options: serde_yaml::Value::Null }
+    ComponentDecl {
+        id: id.into(),
+        kind,
+        type_name: type_name.into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        options: serde_yaml::Value::Null,
+    }
 }
 
 fn input(name: &str) -> InputRef {
@@ -62,13 +68,23 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
     let source = AckingSource { batches: vec![rows(&[5, 50]), rows(&[1, 2])], outcomes: vec![tx_kept, tx_dropped], sent: sent.clone() };
     let sql = SqlTransform::plan("SELECT ts, n FROM src WHERE n > 3", &[("src".into(), schema())]).await.unwrap();
     let sink_cfg = ComponentConfig::from_yaml("lake", &format!("{{path: {}, max_age: 1h}}", dir.path().display()));
-    let sink = tributary_parquet::ParquetSinkPlugin.build(&sink_cfg, &[("big".into(), sql.output_schema())]).map_err(|e| e.to_string()).unwrap();
+    let sink =
+        tributary_parquet::ParquetSinkPlugin.build(&sink_cfg, &[("big".into(), sql.output_schema())]).map_err(|e| e.to_string()).unwrap();
     let plan = Plan {
-        sources: vec![PlannedSource { id: "src".into(), type_name: "test".into(), outputs: vec![OutputSpec::main(schema())], source: Box::new(source) }],
+        sources: vec![PlannedSource {
+            id: "src".into(),
+            type_name: "test".into(),
+            outputs: vec![OutputSpec::main(schema())],
+            source: Box::new(source),
+        }],
         transforms: vec![PlannedTransform { id: "big".into(), inputs: vec![input("src")], sql, window: None }],
         sinks: vec![PlannedSink { id: "lake".into(), type_name: "parquet".into(), inputs: vec![input("big")], sink }],
         outputs: Default::default(),
-        decls: vec![decl("src", Kind::Source, "test", &[]), decl("big", Kind::Transform, "sql", &["src"]), decl("lake", Kind::Sink, "parquet", &["big"])],
+        decls: vec![
+            decl("src", Kind::Source, "test", &[]),
+            decl("big", Kind::Transform, "sql", &["src"]),
+            decl("lake", Kind::Sink, "parquet", &["big"]),
+        ],
     };
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(run(plan, None, shutdown.clone(), RunOptions::default()));

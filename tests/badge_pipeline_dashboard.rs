@@ -121,16 +121,26 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
         .await
         .unwrap_or_else(|e| panic!("Redis must run at {} ({e})", redis_url()));
     let score = |user: &str, game: &str, s: i64, d: i64| {
-        format!(r#"{{"user_uuid":"{user}","mac_address":"mac-{user}","event":"high-score","high_scores":[{{"g":"{game}","s":{s},"d":{d}}}]}}"#)
+        format!(
+            r#"{{"user_uuid":"{user}","mac_address":"mac-{user}","event":"high-score","high_scores":[{{"g":"{game}","s":{s},"d":{d}}}]}}"#
+        )
     };
     let entries = [
-        (base_s * 1000 + 5_000, hs.clone(), format!(r#"{{"user_uuid":"{u}","mac_address":"mac-{u}","event":"high-score","high_scores":[{{"g":"{pong}","s":100,"d":50}},{{"g":"{snake}","s":40,"d":20}}]}}"#, u = badge(1))),
+        (
+            base_s * 1000 + 5_000,
+            hs.clone(),
+            format!(
+                r#"{{"user_uuid":"{u}","mac_address":"mac-{u}","event":"high-score","high_scores":[{{"g":"{pong}","s":100,"d":50}},{{"g":"{snake}","s":40,"d":20}}]}}"#,
+                u = badge(1)
+            ),
+        ),
         (base_s * 1000 + 20_000, hs.clone(), score(&badge(2), &pong, 250, 60)),
         (base_s * 1000 + 30_000, chat.clone(), format!(r#"{{"event":"hello","user_uuid":"{u}","mac_address":"mac-{u}"}}"#, u = badge(3))),
         (base_s * 1000 + 70_000, hs.clone(), score(&badge(1), &pong, 300, 55)),
     ];
     for (ms, channel, payload) in &entries {
-        let _: String = conn.xadd(&stream, format!("{ms}-0"), &[("channel", channel.as_str()), ("payload", payload.as_str())]).await.unwrap();
+        let _: String =
+            conn.xadd(&stream, format!("{ms}-0"), &[("channel", channel.as_str()), ("payload", payload.as_str())]).await.unwrap();
     }
     let last_id = format!("{}-0", entries[3].0);
 
@@ -139,7 +149,8 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
     let (run_task, shutdown) = common::spawn_pipeline(&path);
     // Every entry delivered to the pipeline; the open windows then flush at the clean stop.
     for attempt in 0.. {
-        let groups: Vec<BTreeMap<String, redis::Value>> = redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap_or_default();
+        let groups: Vec<BTreeMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap_or_default();
         let delivered = groups.first().and_then(|g| g.get("last-delivered-id")).and_then(|v| redis::from_redis_value::<String>(v).ok());
         if delivered.as_deref() == Some(last_id.as_str()) {
             break;
@@ -168,7 +179,10 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
         .await
         .unwrap();
     let got: Vec<(String, i64, i64, String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
-    assert_eq!(got, [(pong.clone(), base_s, 250, badge(2), 2), (snake.clone(), base_s, 40, badge(1), 1), (pong.clone(), base_s + 60, 300, badge(1), 1)]);
+    assert_eq!(
+        got,
+        [(pong.clone(), base_s, 250, badge(2), 2), (snake.clone(), base_s, 40, badge(1), 1), (pong.clone(), base_s + 60, 300, badge(1), 1)]
+    );
     let rows = db
         .query("SELECT user_uuid, mac_address, extract(epoch FROM last_seen)::bigint, last_event FROM badge_registrations WHERE user_uuid LIKE $1 ORDER BY 1", &[&format!("u-{run}-%")])
         .await
@@ -184,14 +198,20 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
         "one row per badge, the latest event wins"
     );
     // The Parquet copy of the raw events: 5 rows (the first entry holds two scores), 4 of them scores.
-    let table = common::query(&dir.path().join("data"), "SELECT count(*) AS n, count(game) AS scores, sum(score) AS points FROM badge_events").await;
-    assert_eq!(table, "+---+--------+--------+\n| n | scores | points |\n+---+--------+--------+\n| 5 | 4      | 690    |\n+---+--------+--------+");
+    let table =
+        common::query(&dir.path().join("data"), "SELECT count(*) AS n, count(game) AS scores, sum(score) AS points FROM badge_events")
+            .await;
+    assert_eq!(
+        table,
+        "+---+--------+--------+\n| n | scores | points |\n+---+--------+--------+\n| 5 | 4      | 690    |\n+---+--------+--------+"
+    );
 
     // VictoriaMetrics: series become searchable shortly after ingestion.
     let (start, end) = (base_s - 60, base_s + 240);
     let range_s = end - start;
     let vars: BTreeMap<&str, String> = [("channel", format!("{hs}|{chat}")), ("game", format!("{pong}|{snake}"))].into();
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/badges.json")).unwrap()).unwrap();
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/badges.json")).unwrap()).unwrap();
     let mut answers: BTreeMap<String, Value> = BTreeMap::new();
     for attempt in 0.. {
         common::get(vm_addr(), "/internal/force_flush").unwrap();

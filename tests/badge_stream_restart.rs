@@ -15,7 +15,6 @@ fn redis_url() -> String {
     tributary_sdk::testkit::test_redis_url()
 }
 
-
 /// user_uuid → how many times it was written.
 fn written(path: &std::path::Path) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();

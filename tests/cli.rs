@@ -46,7 +46,10 @@ fn validate_accepts_every_shipped_pipeline() {
 fn validate_reports_an_unknown_key_with_position_and_valid_keys() {
     let (ok, err) = validate(&format!("{DEMO}    rat: 5\n"));
     assert!(!ok);
-    assert_eq!(err.trim(), "p.yaml:5:5: sources.probes.rat: unknown field `rat`, expected one of `kind`, `rate`, `batch_size`, `count`, `seed`");
+    assert_eq!(
+        err.trim(),
+        "p.yaml:5:5: sources.probes.rat: unknown field `rat`, expected one of `kind`, `rate`, `batch_size`, `count`, `seed`"
+    );
 }
 
 #[test]
@@ -95,7 +98,12 @@ fn validate_reports_invalid_yaml_and_never_prints_secrets() {
 
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "p.yaml", "sources:\n  probes:\n    type: demo\n    kind: probes\n    rate: ${DEMO_SECRET}\n");
-    let o = Command::new(bin()).args(["validate", "p.yaml"]).current_dir(dir.path()).env("DEMO_SECRET", "hunter2-correct-horse").output().unwrap();
+    let o = Command::new(bin())
+        .args(["validate", "p.yaml"])
+        .current_dir(dir.path())
+        .env("DEMO_SECRET", "hunter2-correct-horse")
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let err = stderr(&o);
     assert_eq!(err.trim(), "p.yaml:5:5: sources.probes.rate: invalid type: string \"***\", expected f64");
@@ -172,7 +180,8 @@ fn sigterm_during_http_ingest_loses_nothing_that_was_accepted() {
             "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    schema: {{ts: timestamp, req: int, i: int}}\ntransforms:\n  rows:\n    inputs: [ingest]\n    sql: SELECT ts, req, i FROM ingest\nsinks:\n  lake: {{type: parquet, inputs: [rows], path: data/rows, max_rows: 500, max_age: 1h}}\n"
         ),
     );
-    let mut child = Command::new(bin()).args(["run", "p.yaml"]).current_dir(dir.path()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        Command::new(bin()).args(["run", "p.yaml"]).current_dir(dir.path()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     for _ in 0..400 {
         if std::net::TcpStream::connect(addr).is_ok() {
             break;

@@ -56,7 +56,20 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
     let doc = compose();
     let services = doc["services"].as_mapping().unwrap();
     let names: BTreeSet<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
-    for wanted in ["timescaledb", "victoriametrics", "grafana", "redis", "kafka", "webex-simulator", "tributary-webex", "tributary-badges", "tributary-srt", "tributary-probes", "tributary-probe-producer", "tributary-probe-consumer"] {
+    for wanted in [
+        "timescaledb",
+        "victoriametrics",
+        "grafana",
+        "redis",
+        "kafka",
+        "webex-simulator",
+        "tributary-webex",
+        "tributary-badges",
+        "tributary-srt",
+        "tributary-probes",
+        "tributary-probe-producer",
+        "tributary-probe-consumer",
+    ] {
         assert!(names.contains(wanted), "service `{wanted}` missing: {names:?}");
     }
     let declared: BTreeSet<&str> = doc["volumes"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
@@ -84,7 +97,10 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
                 used.insert(source.to_string());
                 let target = mount.split(':').nth(1).unwrap();
                 if s["build"] == "." {
-                    assert!(owned.contains(&target), "{name}: volume `{source}` on {target}, which the image does not create for the tributary user ({owned:?})");
+                    assert!(
+                        owned.contains(&target),
+                        "{name}: volume `{source}` on {target}, which the image does not create for the tributary user ({owned:?})"
+                    );
                 }
             }
         }
@@ -145,13 +161,19 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
 #[test]
 fn every_provisioned_dashboard_parses_and_uses_a_provisioned_datasource() {
     let sources: Value = serde_yaml::from_str(&read("dashboards/provisioning/datasources/datasources.yaml")).unwrap();
-    let uids: BTreeSet<String> = sources["datasources"].as_sequence().unwrap().iter().map(|d| d["uid"].as_str().unwrap().to_string()).collect();
-    let mut files: Vec<_> = std::fs::read_dir(Path::new(ROOT).join("dashboards")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+    let uids: BTreeSet<String> =
+        sources["datasources"].as_sequence().unwrap().iter().map(|d| d["uid"].as_str().unwrap().to_string()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(Path::new(ROOT).join("dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
     files.sort();
     assert!(files.len() >= 6, "{files:?}");
     let mut seen_uids = BTreeSet::new();
     for f in files {
-        let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert!(seen_uids.insert(d["uid"].as_str().unwrap().to_string()), "{}: duplicate dashboard uid", f.display());
         let mut refs = Vec::new();
         for p in d["panels"].as_array().unwrap() {

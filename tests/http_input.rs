@@ -7,7 +7,6 @@ use std::io::BufRead;
 
 use common::*;
 
-
 async fn post_async(addr: std::net::SocketAddr, headers: &'static [(&'static str, &'static str)], body: Vec<u8>) -> (u16, String) {
     tokio::task::spawn_blocking(move || post(addr, "/ingest", headers, &body).unwrap()).await.unwrap()
 }

@@ -13,7 +13,6 @@ use rdkafka::ClientConfig;
 
 const TOTAL: i64 = 3000;
 
-
 /// id → how many times it was written.
 fn written(path: &std::path::Path) -> BTreeMap<i64, usize> {
     let mut seen = BTreeMap::new();
@@ -64,7 +63,11 @@ sinks:
         for id in 0..TOTAL {
             let payload = format!(r#"{{"id":{id},"site":"https://s{}.example","ts":"2026-11-22T10:00:00Z"}}"#, id % 7);
             let key = (id % 13).to_string();
-            producer.send(FutureRecord::to("statuses").key(&key).payload(&payload), Duration::from_secs(5)).await.map_err(|(e, _)| e).unwrap();
+            producer
+                .send(FutureRecord::to("statuses").key(&key).payload(&payload), Duration::from_secs(5))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
             if id % 30 == 0 {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }

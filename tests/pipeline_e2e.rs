@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use common::*;
 use tokio_util::sync::CancellationToken;
 use tributary::runtime::RunOptions;
@@ -14,11 +13,15 @@ async fn file_through_sql_to_parquet_keeps_good_rows_and_dead_letters_bad_ones()
         dir.path(),
         "events.jsonl",
         concat!(
-            r#"{"ts":"2026-11-21T23:59:58Z","site":"ams","latency_ms":120,"tags":{"tier":"gold"}}"#, "\n",
-            r#"{"ts":"2026-11-21T23:59:59Z","site":"sjc","latency_ms":900}"#, "\n",
+            r#"{"ts":"2026-11-21T23:59:58Z","site":"ams","latency_ms":120,"tags":{"tier":"gold"}}"#,
+            "\n",
+            r#"{"ts":"2026-11-21T23:59:59Z","site":"sjc","latency_ms":900}"#,
+            "\n",
             "this line is not json\n",
-            r#"{"ts":"2026-11-22T00:00:01Z","site":"blr","latency_ms":"slow"}"#, "\n",
-            r#"{"ts":"2026-11-22T00:00:02Z","site":"ams","latency_ms":640,"tags":["a"]}"#, "\n",
+            r#"{"ts":"2026-11-22T00:00:01Z","site":"blr","latency_ms":"slow"}"#,
+            "\n",
+            r#"{"ts":"2026-11-22T00:00:02Z","site":"ams","latency_ms":640,"tags":["a"]}"#,
+            "\n",
             r#"{"ts":"2026-11-22T00:00:03Z","site":"sjc","latency_ms":15}"#,
         ),
     );
@@ -67,11 +70,8 @@ sinks:
          | 2026-11-22 | 2026-11-22T00:00:02Z | AMS  | 640        |      |\n\
          +------------+----------------------+------+------------+------+"
     );
-    let rejects: Vec<serde_json::Value> = std::fs::read_to_string(data.join("rejects.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rejects: Vec<serde_json::Value> =
+        std::fs::read_to_string(data.join("rejects.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rejects.len(), 2);
     assert_eq!(rejects[0]["component"], "events");
     assert_eq!(rejects[0]["payload"], "this line is not json");
@@ -137,4 +137,3 @@ sinks:
     );
     assert!(files_ending(&data, ".tmp").is_empty());
 }
-

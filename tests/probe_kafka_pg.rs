@@ -32,7 +32,10 @@ async fn producer_and_consumer_pipelines_deliver_statuses_to_postgres() {
     let (consumer, stop_consumer) = common::spawn_pipeline(Path::new("pipelines/probe-consumer.yaml"));
 
     let count = || async {
-        db.query_one("SELECT count(DISTINCT endpoint) FROM api_status WHERE site = $1", &[&site.http]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(0)
+        db.query_one("SELECT count(DISTINCT endpoint) FROM api_status WHERE site = $1", &[&site.http])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
     };
     for _ in 0..150 {
         if count().await == 2 {

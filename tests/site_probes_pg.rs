@@ -84,7 +84,9 @@ sinks:
     type Row = (String, i64, bool, bool, Option<String>, Option<String>, Option<String>, i64, Option<i64>);
     let rows: Vec<Row> = db
         .query(
-            &format!("SELECT name, status_code, success, in_sla, value, error_kind, error, redirects, body_bytes FROM \"{table}\" ORDER BY name"),
+            &format!(
+                "SELECT name, status_code, success, in_sla, value, error_kind, error, redirects, body_bytes FROM \"{table}\" ORDER BY name"
+            ),
             &[],
         )
         .await

@@ -76,7 +76,10 @@ async fn webex_pipeline_backfills_polls_upserts_and_every_dashboard_query_answer
     let seed = nanos ^ std::process::id() as u64;
     let org_name = format!("Acme Media {:x}", seed & 0xffffff);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = simulator::spawn(listener, SimConfig { seed, org_name: org_name.clone(), personal_token: Some(TOKEN.into()), ..SimConfig::default() });
+    let sim = simulator::spawn(
+        listener,
+        SimConfig { seed, org_name: org_name.clone(), personal_token: Some(TOKEN.into()), ..SimConfig::default() },
+    );
     let model = sim.model();
     let org = id_key(&model.org.id);
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +98,8 @@ async fn webex_pipeline_backfills_polls_upserts_and_every_dashboard_query_answer
     for t in TABLES {
         first.insert(t, count(&db, t, &org).await);
     }
-    let name: String = db.query_one("SELECT organization_name FROM organizations WHERE organization_id = $1", &[&org]).await.unwrap().get(0);
+    let name: String =
+        db.query_one("SELECT organization_name FROM organizations WHERE organization_id = $1", &[&org]).await.unwrap().get(0);
     assert_eq!(name, org_name);
     assert_eq!(first["organizations"], 1);
     assert_eq!(first["cluster_details"], 9, "one row per cluster × node");
@@ -123,7 +127,13 @@ async fn webex_pipeline_backfills_polls_upserts_and_every_dashboard_query_answer
         let at: SystemTime = row.get(1);
         let u = model.usage(cluster, DateTime::<Utc>::from(at));
         let got: (f64, f64, i64, i64) = (row.get(2), row.get(3), row.get(4), row.get(5));
-        assert_eq!(got, (u.peak_cpu, u.avg_cpu, u.active_calls as i64, u.active_private_calls as i64), "{} at {:?}", cluster.name, DateTime::<Utc>::from(at));
+        assert_eq!(
+            got,
+            (u.peak_cpu, u.avg_cpu, u.active_calls as i64, u.active_private_calls as i64),
+            "{} at {:?}",
+            cluster.name,
+            DateTime::<Utc>::from(at)
+        );
     }
 
     // Availability: hourly segments with the modelled node counts; the flaky Bangalore node's
@@ -160,7 +170,11 @@ async fn webex_pipeline_backfills_polls_upserts_and_every_dashboard_query_answer
     for t in ["reachability_test_results", "media_health_monitoring_test_results", "network_test_results"] {
         assert!(first[t] > 0, "{t}");
     }
-    let failed_calls: i64 = db.query_one("SELECT count(*) FILTER (WHERE error IS NOT NULL) FROM webex_mesh_calls WHERE organization_id = $1", &[&org]).await.unwrap().get(0);
+    let failed_calls: i64 = db
+        .query_one("SELECT count(*) FILTER (WHERE error IS NOT NULL) FROM webex_mesh_calls WHERE organization_id = $1", &[&org])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(failed_calls, 0);
 
     // Parquet: the same utilization rows (distinct: the files are appended, not upserted).
@@ -206,7 +220,8 @@ async fn webex_pipeline_backfills_polls_upserts_and_every_dashboard_query_answer
         let dashboard: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
         for variable in dashboard["templating"]["list"].as_array().unwrap() {
             let sql = common::expand_grafana_sql(variable["query"].as_str().unwrap(), now - 3 * 86_400, now + 3600, 600, &vars);
-            let values: Vec<String> = db.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{file} variable: {e}\n{sql}")).iter().map(|r| r.get(0)).collect();
+            let values: Vec<String> =
+                db.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{file} variable: {e}\n{sql}")).iter().map(|r| r.get(0)).collect();
             let wanted = if variable["name"] == "org" { vec![org_name.clone()] } else { clusters.clone() };
             assert!(wanted.iter().all(|w| values.contains(w)), "{file} variable {}: {values:?}", variable["name"]);
         }

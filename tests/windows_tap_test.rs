@@ -58,7 +58,8 @@ sinks:
 const BATCH_1: &str = "{\"ts\":\"2026-11-22T10:00:05Z\",\"site\":\"a\",\"ms\":10}\n{\"ts\":\"2026-11-22T10:00:40Z\",\"site\":\"a\",\"ms\":20}\n{\"ts\":\"2026-11-22T10:00:30Z\",\"site\":\"b\",\"ms\":5}";
 /// Closes 10:00 (watermark 10:01:15 − 10 s), then a row for the closed minute: late.
 const BATCH_2: &str = "{\"ts\":\"2026-11-22T10:01:15Z\",\"site\":\"a\",\"ms\":7}";
-const BATCH_3: &str = "{\"ts\":\"2026-11-22T10:00:55Z\",\"site\":\"b\",\"ms\":99}\n{\"ts\":\"2026-11-22T10:01:30Z\",\"site\":\"b\",\"ms\":3}";
+const BATCH_3: &str =
+    "{\"ts\":\"2026-11-22T10:00:55Z\",\"site\":\"b\",\"ms\":99}\n{\"ts\":\"2026-11-22T10:01:30Z\",\"site\":\"b\",\"ms\":3}";
 
 async fn run_once(dir: &Path, table: &str) {
     let (admin, addr) = (free_addr(), free_addr());
@@ -76,11 +77,23 @@ async fn run_once(dir: &Path, table: &str) {
 async fn table_rows(table: &str) -> String {
     let db = pg().await;
     let rows = db
-        .query(&format!("SELECT to_char(window_start AT TIME ZONE 'UTC', 'HH24:MI'), site, n, total_ms, partial FROM {table} ORDER BY 1, 2"), &[])
+        .query(
+            &format!("SELECT to_char(window_start AT TIME ZONE 'UTC', 'HH24:MI'), site, n, total_ms, partial FROM {table} ORDER BY 1, 2"),
+            &[],
+        )
         .await
         .unwrap();
     rows.iter()
-        .map(|r| format!("{} {} n={} total={} partial={}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2), r.get::<_, i64>(3), r.get::<_, bool>(4)))
+        .map(|r| {
+            format!(
+                "{} {} n={} total={} partial={}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, i64>(3),
+                r.get::<_, bool>(4)
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -146,9 +159,20 @@ async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
     // An unknown output and a bad predicate are refused with the reason.
     let bad = std::process::Command::new(bin()).args(["tap", "nope", "--admin", &admin.to_string()]).output().unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("no output `nope`; outputs: ingest, ingest.dead_letter, out.dead_letter"), "{}", String::from_utf8_lossy(&bad.stderr));
-    let bad = std::process::Command::new(bin()).args(["tap", "ingest", "--where", "no_such_column > 1", "--admin", &admin.to_string()]).output().unwrap();
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --where `no_such_column > 1`"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no output `nope`; outputs: ingest, ingest.dead_letter, out.dead_letter"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let bad = std::process::Command::new(bin())
+        .args(["tap", "ingest", "--where", "no_such_column > 1", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid --where `no_such_column > 1`"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 
     shutdown.cancel();
     assert!(run.await.unwrap().ok());

@@ -14,9 +14,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::mpsc::WeakSender;
 use tokio_util::sync::CancellationToken;
-use datafusion::arrow::datatypes::SchemaRef;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::{ComponentMetrics, Delivery, Tap};
 
@@ -158,7 +158,11 @@ async fn tap(State(state): State<Arc<AdminState>>, Path(name): Path<String>, Que
                     return Some((closing("limit reached"), (rx, filter, sent, true)));
                 }
                 let Some(batch) = rx.recv().await else {
-                    let why = if fell_behind.load(Ordering::Acquire) { "dropped: this tap fell behind the pipeline" } else { "the pipeline stopped" };
+                    let why = if fell_behind.load(Ordering::Acquire) {
+                        "dropped: this tap fell behind the pipeline"
+                    } else {
+                        "the pipeline stopped"
+                    };
                     return Some((closing(why), (rx, filter, sent, true)));
                 };
                 let rows = match &filter {
@@ -199,11 +203,8 @@ pub async fn serve(address: SocketAddr, state: Arc<AdminState>, stop: Cancellati
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve the admin API on {address}: {e} (set `admin.address` in the pipeline, or `--admin`)"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/tap/{output}", get(tap))
-        .with_state(state);
+    let app =
+        Router::new().route("/health", get(health)).route("/metrics", get(metrics)).route("/tap/{output}", get(tap)).with_state(state);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
     });

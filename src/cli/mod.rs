@@ -143,7 +143,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                     }
                 }
             }
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Tap { output, filter, limit, admin } => match crate::tap::print_tap(admin, &output, filter.as_deref(), limit).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -193,7 +197,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             rate_window,
             legacy_shapes,
         }) => {
-            use tributary_webex_mesh::simulator::{self, SimConfig, Shapes};
+            use tributary_webex_mesh::simulator::{self, Shapes, SimConfig};
             let cfg = SimConfig {
                 seed,
                 org_name,

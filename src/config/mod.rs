@@ -148,7 +148,8 @@ impl PipelineFile {
     /// Parse pipeline text; `env` resolves `${VAR}`.
     pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Diagnostics> {
         let spans = SpanIndex::build(text);
-        let mut p = PipelineFile { file: file.to_string(), components: vec![], admin: AdminConfig::default(), secrets: vec![], tests: None, spans };
+        let mut p =
+            PipelineFile { file: file.to_string(), components: vec![], admin: AdminConfig::default(), secrets: vec![], tests: None, spans };
         let mut errors = Vec::new();
         let root: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
@@ -156,7 +157,13 @@ impl PipelineFile {
                 let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
                 let msg = e.to_string();
                 let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                return Err(Diagnostics(vec![Diagnostic { file: file.into(), line, col, path: String::new(), message: format!("invalid YAML: {msg}") }]));
+                return Err(Diagnostics(vec![Diagnostic {
+                    file: file.into(),
+                    line,
+                    col,
+                    path: String::new(),
+                    message: format!("invalid YAML: {msg}"),
+                }]));
             }
         };
         let mut root = match root {
@@ -199,7 +206,9 @@ impl PipelineFile {
                         }
                     }
                 }
-                Some(_) => errors.push(p.diag(kind.section(), format!("`{}` must be a mapping of component ids to components", kind.section()))),
+                Some(_) => {
+                    errors.push(p.diag(kind.section(), format!("`{}` must be a mapping of component ids to components", kind.section())))
+                }
             }
         }
         if errors.is_empty() && !p.components.iter().any(|c| c.kind == Kind::Source) {
@@ -227,11 +236,21 @@ impl PipelineFile {
             return None;
         }
         if let Some(other) = self.components.iter().find(|c| c.id == id) {
-            errors.push(self.diag(&at, format!("component id `{id}` is already used by the {} `{id}`; ids must be unique across sections", other.kind.label())));
+            errors.push(self.diag(
+                &at,
+                format!("component id `{id}` is already used by the {} `{id}`; ids must be unique across sections", other.kind.label()),
+            ));
             return None;
         }
         let Value::Mapping(mut body) = body else {
-            errors.push(self.diag(&at, format!("the {} `{id}` must be a mapping (with `type:`{})", kind.label(), if kind == Kind::Source { "" } else { " and `inputs:`" })));
+            errors.push(self.diag(
+                &at,
+                format!(
+                    "the {} `{id}` must be a mapping (with `type:`{})",
+                    kind.label(),
+                    if kind == Kind::Source { "" } else { " and `inputs:`" }
+                ),
+            ));
             return None;
         };
         let type_name = match body.remove("type") {
@@ -263,7 +282,8 @@ impl PipelineFile {
                     return None;
                 }
                 Err(_) => {
-                    errors.push(self.diag(&format!("{at}.inputs"), "invalid type: expected a list of component ids, e.g. `[probes]`".into()));
+                    errors
+                        .push(self.diag(&format!("{at}.inputs"), "invalid type: expected a list of component ids, e.g. `[probes]`".into()));
                     return None;
                 }
             },
@@ -348,7 +368,11 @@ pub fn quoted(keys: &[&str]) -> String {
 }
 
 fn suffix(p: &str) -> String {
-    if p == "." || p.is_empty() { String::new() } else { format!(".{p}") }
+    if p == "." || p.is_empty() {
+        String::new()
+    } else {
+        format!(".{p}")
+    }
 }
 
 fn strip_location(m: &str) -> String {

@@ -31,7 +31,11 @@ struct Builder {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl Builder {
@@ -115,7 +119,8 @@ impl SpanIndex {
 mod tests {
     use super::*;
 
-    const DOC: &str = "sources:\n  probes:\n    type: demo\n    targets:\n      - {url: x, sla_ms: 5}\n      - url: y\n        sla_ms: 7\nsinks: {}\n";
+    const DOC: &str =
+        "sources:\n  probes:\n    type: demo\n    targets:\n      - {url: x, sla_ms: 5}\n      - url: y\n        sla_ms: 7\nsinks: {}\n";
 
     #[test]
     fn finds_keys_and_sequence_items_with_one_based_positions() {

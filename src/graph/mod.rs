@@ -95,7 +95,11 @@ struct SqlTransformConfig {
 }
 
 fn output_name(component: &str, output: &str) -> String {
-    if output.is_empty() { component.to_string() } else { format!("{component}.{output}") }
+    if output.is_empty() {
+        component.to_string()
+    } else {
+        format!("{component}.{output}")
+    }
 }
 
 /// Check and build everything in `file`.
@@ -116,7 +120,12 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
                         for o in &built.outputs {
                             outputs.insert(output_name(&c.id, &o.name), o.schema.clone());
                         }
-                        sources.push(PlannedSource { id: c.id.clone(), type_name: c.type_name.clone(), outputs: built.outputs, source: built.source });
+                        sources.push(PlannedSource {
+                            id: c.id.clone(),
+                            type_name: c.type_name.clone(),
+                            outputs: built.outputs,
+                            source: built.source,
+                        });
                     }
                     Err(e) => errors.push(file.component_diag(c, &e)),
                 },
@@ -161,7 +170,11 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
                 refs.push(InputRef { name: name.clone(), component: component.to_string(), output: output.to_string() });
             }
         }
-        if errs.is_empty() { Ok(refs) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(refs)
+        } else {
+            Err(errs)
+        }
     };
     let mut inputs: HashMap<String, Vec<InputRef>> = HashMap::new();
     for c in file.components.iter().filter(|c| c.kind != Kind::Source) {
@@ -224,7 +237,11 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
                         if schema.field_with_name(window::PARTIAL).is_ok() {
                             errors.push(file.diag(
                                 &format!("transforms.{id}.sql"),
-                                format!("a windowed transform adds the `{}` column itself; rename the SQL's `{}`", window::PARTIAL, window::PARTIAL),
+                                format!(
+                                    "a windowed transform adds the `{}` column itself; rename the SQL's `{}`",
+                                    window::PARTIAL,
+                                    window::PARTIAL
+                                ),
                             ));
                             continue;
                         }
@@ -328,7 +345,10 @@ fn topo_order(file: &PipelineFile, inputs: &HashMap<String, Vec<InputRef>>) -> R
             let closer = file.get(&cycle[cycle.len() - 2]).expect("declared");
             return Err(file.diag(
                 &format!("{}.{}.inputs", closer.kind.section(), closer.id),
-                format!("cycle in the pipeline graph: {} (a component may not consume its own output, directly or indirectly)", cycle.iter().rev().cloned().collect::<Vec<_>>().join(" → ")),
+                format!(
+                    "cycle in the pipeline graph: {} (a component may not consume its own output, directly or indirectly)",
+                    cycle.iter().rev().cloned().collect::<Vec<_>>().join(" → ")
+                ),
             ));
         }
     }

@@ -64,7 +64,12 @@ async fn sinks_are_checked_against_their_input_schema() {
 
 #[test]
 fn mermaid_shows_components_and_named_edges() {
-    let file = PipelineFile::parse("p.yaml", "sources:\n  a: {type: demo}\ntransforms:\n  t: {inputs: [a], sql: x}\nsinks:\n  s: {type: console, inputs: [t, t.dead_letter]}\n", &|_| None).unwrap();
+    let file = PipelineFile::parse(
+        "p.yaml",
+        "sources:\n  a: {type: demo}\ntransforms:\n  t: {inputs: [a], sql: x}\nsinks:\n  s: {type: console, inputs: [t, t.dead_letter]}\n",
+        &|_| None,
+    )
+    .unwrap();
     assert_eq!(
         mermaid::render(&file.components),
         "flowchart LR\n  a([\"a<br/><small>demo</small>\"])\n  t[\"t<br/><small>sql</small>\"]\n  s[[\"s<br/><small>console</small>\"]]\n  a --> t\n  t --> s\n  t -- dead_letter --> s\n"

@@ -16,8 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::output::OutputSpec;
 use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Durability, Output, Sink, SinkContext, SourceContext, Tap,
-    DEAD_LETTER_OUTPUT,
+    AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Durability, Output, Sink, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT,
 };
 
 use crate::admin::{AdminState, ComponentInfo};
@@ -144,7 +143,8 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
     for s in sources {
         let outputs: HashMap<String, Output> =
             s.outputs.iter().map(|o: &OutputSpec| (o.name.clone(), wiring.output(&s.id, &o.name))).collect();
-        let ctx = SourceContext::new(s.id.clone(), outputs, wiring.dead_letters(&s.id), shutdown.child_token(), wiring.metrics[&s.id].clone());
+        let ctx =
+            SourceContext::new(s.id.clone(), outputs, wiring.dead_letters(&s.id), shutdown.child_token(), wiring.metrics[&s.id].clone());
         let id = s.id.clone();
         let source = s.source;
         tasks.spawn(async move { (id, source.run(ctx).await) });

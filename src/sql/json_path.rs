@@ -66,9 +66,9 @@ impl ScalarUDFImpl for JsonPathUdf {
             };
             let mut out = StringBuilder::with_capacity(n, n * 8);
             for t in texts.iter() {
-                let hit = t.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()).and_then(|v| {
-                    selector.select(&v).ok().and_then(|found| found.first().map(|m| json_text(m)))
-                });
+                let hit = t
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                    .and_then(|v| selector.select(&v).ok().and_then(|found| found.first().map(|m| json_text(m))));
                 out.append_option(hit);
             }
             return Ok(ColumnarValue::Array(Arc::new(out.finish())));

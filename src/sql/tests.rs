@@ -50,13 +50,19 @@ async fn plans_once_and_executes_each_batch_independently() {
 
 #[tokio::test]
 async fn aggregates_reexecute_from_scratch() {
-    let t = SqlTransform::plan("SELECT site, count(*) AS n, max(ms) AS worst FROM probes GROUP BY site ORDER BY site", &[("probes".into(), probes_schema())])
-        .await
-        .unwrap();
+    let t = SqlTransform::plan(
+        "SELECT site, count(*) AS n, max(ms) AS worst FROM probes GROUP BY site ORDER BY site",
+        &[("probes".into(), probes_schema())],
+    )
+    .await
+    .unwrap();
     let once = t.execute(0, probes(&["a", "a", "b"], &[1, 9, 4], &[None, None, None])).await.unwrap();
     let twice = t.execute(0, probes(&["a"], &[3], &[None])).await.unwrap();
     assert_eq!(table(&once), "+------+---+-------+\n| site | n | worst |\n+------+---+-------+\n| a    | 2 | 9     |\n| b    | 1 | 4     |\n+------+---+-------+");
-    assert_eq!(table(&twice), "+------+---+-------+\n| site | n | worst |\n+------+---+-------+\n| a    | 1 | 3     |\n+------+---+-------+");
+    assert_eq!(
+        table(&twice),
+        "+------+---+-------+\n| site | n | worst |\n+------+---+-------+\n| a    | 1 | 3     |\n+------+---+-------+"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +71,10 @@ async fn named_outputs_are_schema_qualified_tables_and_joins_see_both_inputs() {
         "SELECT p.site, p.ms, d.reason FROM probes p JOIN probes.dead_letter d ON p.site = d.site ORDER BY p.site",
         &[
             ("probes".into(), probes_schema()),
-            ("probes.dead_letter".into(), Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, false), Field::new("reason", DataType::Utf8, false)]))),
+            (
+                "probes.dead_letter".into(),
+                Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, false), Field::new("reason", DataType::Utf8, false)])),
+            ),
         ],
     )
     .await
@@ -77,7 +86,10 @@ async fn named_outputs_are_schema_qualified_tables_and_joins_see_both_inputs() {
     .unwrap();
     for _ in 0..2 {
         let out = t.execute_with(&[(0, vec![probes(&["a", "b"], &[1, 2], &[None, None])]), (1, vec![dl.clone()])]).await.unwrap();
-        assert_eq!(table(&out), "+------+----+---------+\n| site | ms | reason  |\n+------+----+---------+\n| b    | 2  | timeout |\n+------+----+---------+");
+        assert_eq!(
+            table(&out),
+            "+------+----+---------+\n| site | ms | reason  |\n+------+----+---------+\n| b    | 2  | timeout |\n+------+----+---------+"
+        );
     }
 }
 
@@ -96,7 +108,14 @@ async fn json_path_returns_the_first_match_as_text() {
     .await
     .unwrap();
     let out = t
-        .execute(0, probes(&["a", "b", "c", "d"], &[1, 2, 3, 4], &[Some(r#"{"status":"ok","items":[{"id":7},{"id":8}]}"#), Some("not json"), None, Some(r#"{"status":{"code":1}}"#)]))
+        .execute(
+            0,
+            probes(
+                &["a", "b", "c", "d"],
+                &[1, 2, 3, 4],
+                &[Some(r#"{"status":"ok","items":[{"id":7},{"id":8}]}"#), Some("not json"), None, Some(r#"{"status":{"code":1}}"#)],
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(

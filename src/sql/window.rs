@@ -88,12 +88,16 @@ fn micros(d: HumanDuration) -> i64 {
 impl WindowSpec {
     /// Check the declaration; the error is the message for `transforms.<id>.window`.
     pub fn from_config(c: &WindowConfig) -> Result<WindowSpec, String> {
-        let positive = |name: &str, d: HumanDuration| if d.0.is_zero() { Err(format!("`{name}` must be longer than 0s")) } else { Ok(micros(d)) };
+        let positive =
+            |name: &str, d: HumanDuration| if d.0.is_zero() { Err(format!("`{name}` must be longer than 0s")) } else { Ok(micros(d)) };
         let kind = match (c.tumbling, c.hopping, c.session) {
             (Some(size), None, None) => WindowKind::Tumbling { size: positive("tumbling", size)? },
             (None, Some(size), None) => {
                 let size = positive("hopping", size)?;
-                let slide = positive("slide", c.slide.ok_or("a hopping window needs `slide` (how often a window starts), e.g. `{hopping: 5m, slide: 1m}`")?)?;
+                let slide = positive(
+                    "slide",
+                    c.slide.ok_or("a hopping window needs `slide` (how often a window starts), e.g. `{hopping: 5m, slide: 1m}`")?,
+                )?;
                 if slide > size {
                     return Err("`slide` must not be longer than the `hopping` size (rows between windows would belong to none)".into());
                 }
@@ -194,7 +198,9 @@ pub fn check_inputs(spec: &WindowSpec, inputs: &[(String, SchemaRef)]) -> Result
     for (name, s) in inputs {
         match s.field_with_name(&spec.time_column) {
             Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => {}
-            Ok(f) => return Err(format!("time column `{}` of input `{name}` is {}, expected a timestamp", spec.time_column, f.data_type())),
+            Ok(f) => {
+                return Err(format!("time column `{}` of input `{name}` is {}, expected a timestamp", spec.time_column, f.data_type()))
+            }
             Err(_) => {
                 return Err(format!("input `{name}` has no time column `{}` (set `window.time_column`)", spec.time_column));
             }
@@ -272,7 +278,8 @@ impl WindowOperator {
             None
         } else {
             let s = &inputs[0].1;
-            let fields = spec.key.iter().map(|k| Ok(SortField::new(s.field_with_name(k)?.data_type().clone()))).collect::<DfResult<Vec<_>>>()?;
+            let fields =
+                spec.key.iter().map(|k| Ok(SortField::new(s.field_with_name(k)?.data_type().clone()))).collect::<DfResult<Vec<_>>>()?;
             Some(RowConverter::new(fields)?)
         };
         Ok(WindowOperator {
@@ -329,7 +336,8 @@ impl WindowOperator {
         let mut out = Accepted::default();
         let late_rows = (!late.is_empty()).then(|| take(&rows, late)).transpose()?;
         let no_time_rows = (!no_time.is_empty()).then(|| take(&rows, no_time)).transpose()?;
-        let keep_rows = if keep.len() == rows.num_rows() { Some(rows.clone()) } else { (!keep.is_empty()).then(|| take(&rows, keep)).transpose()? };
+        let keep_rows =
+            if keep.len() == rows.num_rows() { Some(rows.clone()) } else { (!keep.is_empty()).then(|| take(&rows, keep)).transpose()? };
         pieces += late_rows.is_some() as usize + no_time_rows.is_some() as usize + keep_rows.is_some() as usize;
         let mut shares = share(acks, pieces).into_iter();
         if let Some(r) = late_rows {

@@ -105,7 +105,11 @@ async fn tumbling_windows_emit_once_when_the_watermark_passes_their_end_and_rout
 
 #[tokio::test]
 async fn hopping_windows_count_each_row_in_every_window_it_falls_in() {
-    let mut op = operator("{hopping: 2m, slide: 1m}", "SELECT window_start, count(*) AS n, sum(ms) AS total FROM probes GROUP BY window_start ORDER BY window_start").await;
+    let mut op = operator(
+        "{hopping: 2m, slide: 1m}",
+        "SELECT window_start, count(*) AS n, sum(ms) AS total FROM probes GROUP BY window_start ORDER BY window_start",
+    )
+    .await;
     // 10:00:30 is in [09:59, 10:01) and [10:00, 10:02); 10:01:10 in [10:00, 10:02) and [10:01, 10:03).
     // Watermark 10:01:10 passes the end of [09:59, 10:01).
     let (e, _) = push(&mut op, &[(70, "a", 2), (30, "a", 1)]).await;
@@ -210,9 +214,21 @@ async fn an_idle_input_follows_the_wall_clock_so_its_last_window_closes() {
 fn declarations_are_checked_with_a_message_a_user_can_act_on() {
     let check = |y: &str| WindowSpec::from_config(&serde_yaml::from_str(y).unwrap()).unwrap_err();
     assert_eq!(check("{hopping: 5m}"), "a hopping window needs `slide` (how often a window starts), e.g. `{hopping: 5m, slide: 1m}`");
-    assert_eq!(check("{tumbling: 1m, session: 5m}"), "declare exactly one of `tumbling: SIZE`, `hopping: SIZE` (with `slide`) or `session: GAP`");
-    assert_eq!(check("{tumbling: 1m, key: [site]}"), "`key` only applies to `session` windows (group tumbling and hopping windows in the SQL)");
-    assert_eq!(check("{hopping: 1m, slide: 2m}"), "`slide` must not be longer than the `hopping` size (rows between windows would belong to none)");
+    assert_eq!(
+        check("{tumbling: 1m, session: 5m}"),
+        "declare exactly one of `tumbling: SIZE`, `hopping: SIZE` (with `slide`) or `session: GAP`"
+    );
+    assert_eq!(
+        check("{tumbling: 1m, key: [site]}"),
+        "`key` only applies to `session` windows (group tumbling and hopping windows in the SQL)"
+    );
+    assert_eq!(
+        check("{hopping: 1m, slide: 2m}"),
+        "`slide` must not be longer than the `hopping` size (rows between windows would belong to none)"
+    );
     let spec = WindowSpec::from_config(&serde_yaml::from_str("{tumbling: 1m, time_column: at}").unwrap()).unwrap();
-    assert_eq!(check_inputs(&spec, &[("probes".into(), schema())]).unwrap_err(), "input `probes` has no time column `at` (set `window.time_column`)");
+    assert_eq!(
+        check_inputs(&spec, &[("probes".into(), schema())]).unwrap_err(),
+        "input `probes` has no time column `at` (set `window.time_column`)"
+    );
 }

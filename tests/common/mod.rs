@@ -89,7 +89,8 @@ pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8])
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
+    let status =
+        text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
@@ -150,63 +151,30 @@ pub async fn pg() -> tokio_postgres::Client {
 /// A Grafana PostgreSQL panel query with its macros and variables filled in, as Grafana would
 /// send it for the range `from_s..to_s` (unix seconds) and a `$__interval` of `interval_s`.
 /// Variables are multi-value lists (`${v:sqlstring}` / `$v` → `'a','b'`).
-pub fn expand_grafana_sql(
-    sql: &str,
-    from_s: i64,
-    to_s: i64,
-    interval_s: i64,
-    vars: &[(&str, Vec<String>)],
-) -> String {
-    let ts = |s: i64| {
-        chrono::DateTime::from_timestamp(s, 0)
-            .unwrap()
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
-    };
+pub fn expand_grafana_sql(sql: &str, from_s: i64, to_s: i64, interval_s: i64, vars: &[(&str, Vec<String>)]) -> String {
+    let ts = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let mut q = sql.replace("$__interval", &format!("{interval_s}s"));
     // Macros with arguments: $__name(arg, …).
     while let Some(start) = q.find("$__") {
-        let open = start
-            + q[start..]
-                .find('(')
-                .unwrap_or_else(|| panic!("macro without arguments in {q}"));
+        let open = start + q[start..].find('(').unwrap_or_else(|| panic!("macro without arguments in {q}"));
         let close = open + q[open..].find(')').unwrap();
         let name = &q[start + 3..open];
         let args: Vec<&str> = q[open + 1..close].split(',').map(str::trim).collect();
-        let seconds = |a: &str| {
-            humantime::parse_duration(a)
-                .unwrap_or_else(|e| panic!("interval {a}: {e}"))
-                .as_secs()
-        };
+        let seconds = |a: &str| humantime::parse_duration(a).unwrap_or_else(|e| panic!("interval {a}: {e}")).as_secs();
         let expanded = match name {
             "timeFilter" => format!("{} BETWEEN '{}' AND '{}'", args[0], ts(from_s), ts(to_s)),
             "timeFrom" => format!("'{}'", ts(from_s)),
             "timeTo" => format!("'{}'", ts(to_s)),
-            "timeGroup" => format!(
-                "to_timestamp(floor(extract(epoch from {})/{n})*{n})",
-                args[0],
-                n = seconds(args[1])
-            ),
-            "timeGroupAlias" => format!(
-                "to_timestamp(floor(extract(epoch from {})/{n})*{n}) AS \"time\"",
-                args[0],
-                n = seconds(args[1])
-            ),
+            "timeGroup" => format!("to_timestamp(floor(extract(epoch from {})/{n})*{n})", args[0], n = seconds(args[1])),
+            "timeGroupAlias" => format!("to_timestamp(floor(extract(epoch from {})/{n})*{n}) AS \"time\"", args[0], n = seconds(args[1])),
             "unixEpochFilter" => format!("{c} >= {from_s} AND {c} <= {to_s}", c = args[0]),
             other => panic!("macro $__{other} is not expanded by this test helper"),
         };
         q.replace_range(start..close + 1, &expanded);
     }
     for (name, values) in vars {
-        let list = values
-            .iter()
-            .map(|v| format!("'{}'", v.replace('\'', "''")))
-            .collect::<Vec<_>>()
-            .join(",");
-        q = q
-            .replace(&format!("${{{name}:sqlstring}}"), &list)
-            .replace(&format!("${{{name}}}"), &list)
-            .replace(&format!("${name}"), &list);
+        let list = values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(",");
+        q = q.replace(&format!("${{{name}:sqlstring}}"), &list).replace(&format!("${{{name}}}"), &list).replace(&format!("${name}"), &list);
     }
     assert!(!q.contains('$'), "unexpanded macro or variable in {q}");
     q

@@ -113,8 +113,15 @@ fn high_score_processor(channel: &str, m: &Map<String, Value>) -> Result<Vec<Bad
     for (i, s) in scores.iter().enumerate() {
         let (g, score, duration) = match s {
             Value::Array(a) if a.len() == 3 => (a[0].clone(), &a[1], &a[2]),
-            Value::Object(o) => (o.get("g").cloned().unwrap_or(Value::Null), o.get("s").unwrap_or(&Value::Null), o.get("d").unwrap_or(&Value::Null)),
-            other => return Err(format!("high_scores[{i}]: expected [game, score, duration] or {{\"g\",\"s\",\"d\"}}, got {}", json_kind(other))),
+            Value::Object(o) => {
+                (o.get("g").cloned().unwrap_or(Value::Null), o.get("s").unwrap_or(&Value::Null), o.get("d").unwrap_or(&Value::Null))
+            }
+            other => {
+                return Err(format!(
+                    "high_scores[{i}]: expected [game, score, duration] or {{\"g\",\"s\",\"d\"}}, got {}",
+                    json_kind(other)
+                ))
+            }
         };
         let Value::String(g) = g else { return Err(format!("high_scores[{i}]: the game must be a string")) };
         let (Some(score), Some(duration)) = (int(score), int(duration)) else {
@@ -154,15 +161,31 @@ mod tests {
     fn each_channel_keeps_its_meaning() {
         assert_eq!(
             decode("high-score-processor", r#"{"event":"challenge-check","user_uuid":"u","mac_address":"m","score_id":4711}"#).unwrap(),
-            vec![BadgeRow { event: Some("challenge-check".into()), user_uuid: Some("u".into()), mac_address: Some("m".into()), ..Default::default() }]
+            vec![BadgeRow {
+                event: Some("challenge-check".into()),
+                user_uuid: Some("u".into()),
+                mac_address: Some("m".into()),
+                ..Default::default()
+            }]
         );
         assert_eq!(
             decode("achievement", r#"{"handle":"someone","name":"Rick Rolled","description":"…","points":1}"#).unwrap(),
-            vec![BadgeRow { event: Some("achievement".into()), handle: Some("someone".into()), points: Some(1), message: Some("Rick Rolled".into()), ..Default::default() }]
+            vec![BadgeRow {
+                event: Some("achievement".into()),
+                handle: Some("someone".into()),
+                points: Some(1),
+                message: Some("Rick Rolled".into()),
+                ..Default::default()
+            }]
         );
         assert_eq!(
             decode("fact", r#"{"fact":"Cats sleep 70% of their lives","discord_handle":"staff1","discord_user_id":"42"}"#).unwrap(),
-            vec![BadgeRow { event: Some("fact".into()), handle: Some("staff1".into()), message: Some("Cats sleep 70% of their lives".into()), ..Default::default() }]
+            vec![BadgeRow {
+                event: Some("fact".into()),
+                handle: Some("staff1".into()),
+                message: Some("Cats sleep 70% of their lives".into()),
+                ..Default::default()
+            }]
         );
         let text = "<@1> won the challenge against <@2> to a game of: Breakout with 120pts to 80pts";
         assert_eq!(decode("community-message", text).unwrap()[0].message.as_deref(), Some(text));
@@ -172,11 +195,17 @@ mod tests {
     fn undecodable_messages_say_why() {
         assert!(decode("high-score-processor", "{oops").unwrap_err().starts_with("channel `high-score-processor`: malformed JSON: "));
         assert_eq!(decode("achievement", "[1]").unwrap_err(), "channel `achievement`: expected a JSON object, got an array");
-        assert_eq!(decode("high-score-processor", r#"{"user_uuid":"u"}"#).unwrap_err(), "channel `high-score-processor`: message has no `event`");
+        assert_eq!(
+            decode("high-score-processor", r#"{"user_uuid":"u"}"#).unwrap_err(),
+            "channel `high-score-processor`: message has no `event`"
+        );
         assert_eq!(
             decode("high-score-processor", r#"{"event":"high-score","high_scores":[["BO","lots",3]]}"#).unwrap_err(),
             "high_scores[0]: score and duration must be integers"
         );
-        assert_eq!(decode("high-score-processor", r#"{"event":"high-score","high_scores":7}"#).unwrap_err(), "`high_scores` must be a list, got a number");
+        assert_eq!(
+            decode("high-score-processor", r#"{"event":"high-score","high_scores":7}"#).unwrap_err(),
+            "`high_scores` must be a list, got a number"
+        );
     }
 }

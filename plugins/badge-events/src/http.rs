@@ -74,7 +74,11 @@ async fn envelopes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
                 messages.push(Message { ts_us, channel: e.channel, payload });
             }
             // The envelope itself is the client's mistake: nothing of the request is taken.
-            Err(e) => return shared.ingest.reject(StatusCode::BAD_REQUEST, format!("line {}: not a {{\"channel\", \"payload\"}} envelope: {e}", n + 1)),
+            Err(e) => {
+                return shared
+                    .ingest
+                    .reject(StatusCode::BAD_REQUEST, format!("line {}: not a {{\"channel\", \"payload\"}} envelope: {e}", n + 1))
+            }
         }
     }
     deliver(&shared, messages).await

@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{
-    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, now_us, OutputSpec, Secret, Source,
-    SourceContext, SourcePlugin,
+    now_us, Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, OutputSpec, Secret,
+    Source, SourceContext, SourcePlugin,
 };
 
 use decode::{decode, BadgeRow};
@@ -422,7 +422,14 @@ impl BadgeEventsSource {
     }
 
     /// XACK delivered entries; failed ones stay pending and are re-read.
-    async fn settle(&self, conn: &mut redis::aio::MultiplexedConnection, ids: &[String], status: AckStatus, reread: &mut bool, ctx: &SourceContext) {
+    async fn settle(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        ids: &[String],
+        status: AckStatus,
+        reread: &mut bool,
+        ctx: &SourceContext,
+    ) {
         match status {
             AckStatus::Delivered => {
                 let r: redis::RedisResult<i64> = conn.xack(&self.cfg.stream, &self.cfg.group, ids).await;

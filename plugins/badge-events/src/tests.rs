@@ -118,7 +118,10 @@ async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_
     }
     assert_eq!(games, ["Breakout", "Tappytime", "Labyrinth"]);
     let dl = tokio::time::timeout(Duration::from_secs(10), h.dead_letters.recv()).await.unwrap().unwrap();
-    assert_eq!(dl.batch.data.column_by_name("reason").unwrap().as_string::<i32>().value(0), "channel `high-score-processor`: expected a JSON object, got an array");
+    assert_eq!(
+        dl.batch.data.column_by_name("reason").unwrap().as_string::<i32>().value(0),
+        "channel `high-score-processor`: expected a JSON object, got an array"
+    );
     dl.batch.acks.release();
     for _ in 0..100 {
         if pending(&mut conn, &stream, "g").await == 0 {
@@ -136,7 +139,11 @@ async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_
 fn config_errors_name_the_field() {
     let err = |y: &str| BadgeEventsPlugin.build(&ComponentConfig::from_yaml("b", y)).err().unwrap().to_string();
     assert_eq!(err("{mode: pubsub, channels: []}"), "channels: name at least one channel");
-    assert!(err("{mode: carrier-pigeon}").starts_with("mode: unknown variant `carrier-pigeon`, expected one of `pubsub`, `stream`, `http`"), "{}", err("{mode: carrier-pigeon}"));
+    assert!(
+        err("{mode: carrier-pigeon}").starts_with("mode: unknown variant `carrier-pigeon`, expected one of `pubsub`, `stream`, `http`"),
+        "{}",
+        err("{mode: carrier-pigeon}")
+    );
     assert_eq!(err("{mode: http}"), "address: `mode: http` needs an address to listen on, e.g. `0.0.0.0:8090`");
     assert_eq!(err("{mode: http, address: '127.0.0.1:1', path: events}"), "path: must start with `/`, got `events`");
     assert!(err("{mode: stream, url: 'http://x'}").starts_with("url: not a Redis URL"), "{}", err("{mode: stream, url: 'http://x'}"));
@@ -168,13 +175,23 @@ async fn http_mode_takes_posted_messages_per_channel_and_as_envelopes() {
         }
     }
     assert_eq!(first.unwrap(), (200, r#"{"accepted":2}"#.to_string()));
-    assert_eq!(answer(post("/badge/community-message", "someone has already unlocked: Hello World", "s3cret-token").await.unwrap()).await, (200, r#"{"accepted":1}"#.into()));
+    assert_eq!(
+        answer(post("/badge/community-message", "someone has already unlocked: Hello World", "s3cret-token").await.unwrap()).await,
+        (200, r#"{"accepted":1}"#.into())
+    );
     let envelopes = "{\"channel\":\"high-score-processor\",\"payload\":{\"user_uuid\":\"u-2\",\"mac_address\":\"cc:dd\",\"event\":\"high-score\",\"high_scores\":[{\"g\":\"LA\",\"s\":5,\"d\":9}]}}\n\
                      {\"channel\":\"achievement\",\"payload\":\"{\\\"handle\\\":\\\"someone\\\",\\\"name\\\":\\\"Rick Rolled\\\",\\\"points\\\":1}\"}\n\
                      {\"channel\":\"high-score-processor\",\"payload\":\"{not json\"}\n";
-    assert_eq!(answer(post("/badge", envelopes, "s3cret-token").await.unwrap()).await, (200, r#"{"accepted":2}"#.into()), "good messages taken, the bad one dead-lettered");
+    assert_eq!(
+        answer(post("/badge", envelopes, "s3cret-token").await.unwrap()).await,
+        (200, r#"{"accepted":2}"#.into()),
+        "good messages taken, the bad one dead-lettered"
+    );
     // Refusals: a bad token, an undecodable single message, a broken envelope.
-    assert_eq!(answer(post("/badge/fact", "{}", "wrong").await.unwrap()).await, (401, r#"{"error":"missing or invalid bearer token"}"#.into()));
+    assert_eq!(
+        answer(post("/badge/fact", "{}", "wrong").await.unwrap()).await,
+        (401, r#"{"error":"missing or invalid bearer token"}"#.into())
+    );
     let (status, body) = answer(post("/badge/high-score-processor", "[1,2]", "s3cret-token").await.unwrap()).await;
     assert_eq!((status, body.as_str()), (400, r#"{"error":"channel `high-score-processor`: expected a JSON object, got an array"}"#));
     let (status, body) = answer(post("/badge", "{\"channel\":\"fact\"}", "s3cret-token").await.unwrap()).await;

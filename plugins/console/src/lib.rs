@@ -115,7 +115,11 @@ mod tests {
 
     fn batch() -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, false), Field::new("ms", DataType::Int64, true)]));
-        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a", "b", "c"])), Arc::new(Int64Array::from(vec![Some(5), None, Some(7)]))]).unwrap()
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec!["a", "b", "c"])), Arc::new(Int64Array::from(vec![Some(5), None, Some(7)]))],
+        )
+        .unwrap()
     }
 
     #[test]

@@ -218,7 +218,8 @@ impl Generator {
     }
 
     fn mesh(&mut self, n: usize, now: DateTime<Utc>) -> Vec<ArrayRef> {
-        let (mut org, mut id, mut cname, mut peak, mut avg, mut calls, mut private) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut org, mut id, mut cname, mut peak, mut avg, mut calls, mut private) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..n {
             let (c_id, c_name, offset) = CLUSTERS[self.round_robin(CLUSTERS.len())];
             let local_hour = (now.hour() as f64 + now.minute() as f64 / 60.0 + offset).rem_euclid(24.0);
@@ -313,7 +314,9 @@ impl Generator {
                 BadgeRow {
                     channel: "high-score-processor",
                     event: Some("high-score"),
-                    raw: format!(r#"{{"user_uuid":"{uuid}","mac_address":"{mac}","event":"high-score","high_scores":[["{abbr}",{score},{duration}]]}}"#),
+                    raw: format!(
+                        r#"{{"user_uuid":"{uuid}","mac_address":"{mac}","event":"high-score","high_scores":[["{abbr}",{score},{duration}]]}}"#
+                    ),
                     user_uuid: Some(uuid),
                     mac_address: Some(mac),
                     game: Some(game),
@@ -331,10 +334,14 @@ impl Generator {
                     ..Default::default()
                 }
             } else if roll < 0.93 {
-                let (name, points) = [("Hello World", 5), ("Serial Port Interaction", 5), ("Secret Flag", 10), ("Rick Rolled", 1)][self.rng.random_range(0..4)];
+                let (name, points) = [("Hello World", 5), ("Serial Port Interaction", 5), ("Secret Flag", 10), ("Rick Rolled", 1)]
+                    [self.rng.random_range(0..4)];
                 BadgeRow {
                     channel: "achievement",
-                    raw: format!(r#"{{"handle":"{}","name":"{name}","description":"unlocked on the badge","points":{points}}}"#, HANDLES[user]),
+                    raw: format!(
+                        r#"{{"handle":"{}","name":"{name}","description":"unlocked on the badge","points":{points}}}"#,
+                        HANDLES[user]
+                    ),
                     handle: Some(HANDLES[user].to_string()),
                     points: Some(points),
                     message: Some(name.to_string()),

@@ -60,10 +60,7 @@ impl SourcePlugin for DemoSourcePlugin {
         if cfg.batch_size == Some(0) {
             return Err(ConfigError::at("batch_size", "must be at least 1"));
         }
-        Ok(BuiltSource {
-            outputs: vec![OutputSpec::main(schema_for(cfg.kind))],
-            source: Box::new(DemoSource { cfg }),
-        })
+        Ok(BuiltSource { outputs: vec![OutputSpec::main(schema_for(cfg.kind))], source: Box::new(DemoSource { cfg }) })
     }
 }
 
@@ -106,15 +103,12 @@ mod tests {
 
     #[test]
     fn rejects_non_positive_rates_with_the_option_named() {
-        let err = DemoSourcePlugin
-            .build(&ComponentConfig::from_yaml("d", "{kind: probes, rate: 0}"))
-            .err()
-            .unwrap();
+        let err = DemoSourcePlugin.build(&ComponentConfig::from_yaml("d", "{kind: probes, rate: 0}")).err().unwrap();
         assert_eq!(err.to_string(), "rate: must be a positive number of rows per second, got 0");
-        let err = DemoSourcePlugin
-            .build(&ComponentConfig::from_yaml("d", "{kind: weather}"))
-            .err()
-            .unwrap();
-        assert!(err.to_string().starts_with("kind: unknown variant `weather`, expected one of `probes`, `mesh_utilization`, `srt`, `badges`"), "{err}");
+        let err = DemoSourcePlugin.build(&ComponentConfig::from_yaml("d", "{kind: weather}")).err().unwrap();
+        assert!(
+            err.to_string().starts_with("kind: unknown variant `weather`, expected one of `probes`, `mesh_utilization`, `srt`, `badges`"),
+            "{err}"
+        );
     }
 }

@@ -96,7 +96,9 @@ mod tests {
         let (ctx, _dl) = sink_context("out");
         sink.start(&ctx).await.unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, true), Field::new("ms", DataType::Int64, true)]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![Some("a"), None])), Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![Some("a"), None])), Arc::new(Int64Array::from(vec![1, 2]))])
+                .unwrap();
         assert_eq!(sink.write(batch, &ctx).await.unwrap(), Durability::Buffered);
         sink.flush(&ctx).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"existing\":true}\n{\"site\":\"a\",\"ms\":1}\n{\"ms\":2}\n");

@@ -7,8 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
-    BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Source,
-    SourceContext, SourcePlugin,
+    BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Source, SourceContext, SourcePlugin,
 };
 
 /// How the file is read.
@@ -65,10 +64,7 @@ impl SourcePlugin for FileSourcePlugin {
             return Err(ConfigError::at("chunk_size", "must be at least 1KiB"));
         }
         let rows = JsonRows::new(&cfg.schema, Some(&cfg.time_column));
-        Ok(BuiltSource {
-            outputs: vec![OutputSpec::main(rows.schema().clone())],
-            source: Box::new(FileSource { cfg, rows }),
-        })
+        Ok(BuiltSource { outputs: vec![OutputSpec::main(rows.schema().clone())], source: Box::new(FileSource { cfg, rows }) })
     }
 }
 

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
-    Batch, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, DeclaredSchema, HumanDuration, Output, OutputSpec,
-    Secret, Source, SourceContext, SourcePlugin, TrySendError,
+    Batch, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, DeclaredSchema, HumanDuration, Output, OutputSpec, Secret, Source,
+    SourceContext, SourcePlugin, TrySendError,
 };
 
 /// Config of an `http_server` source.
@@ -197,8 +197,7 @@ pub fn decode_body(rows: &JsonRows, body: &[u8]) -> Result<RecordBatch, String> 
     match start.map(|i| body[i]) {
         None => Ok(RecordBatch::new_empty(rows.schema().clone())),
         Some(b'[') => {
-            let values: Vec<serde_json::Value> =
-                serde_json::from_slice(body).map_err(|e| format!("malformed JSON array: {e}"))?;
+            let values: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("malformed JSON array: {e}"))?;
             rows.decode_values(&values)
         }
         Some(_) => {
@@ -233,7 +232,10 @@ mod tests {
         let r = rows();
         assert_eq!(decode_body(&r, b"{\n  \"user\": \"a\",\n  \"score\": 1\n}").unwrap().num_rows(), 1);
         assert_eq!(decode_body(&r, br#"[{"user":"a","score":1},{"user":"b","score":2}]"#).unwrap().num_rows(), 2);
-        assert_eq!(decode_body(&r, b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":2}\n{\"user\":\"c\"}\n").unwrap().num_rows(), 3);
+        assert_eq!(
+            decode_body(&r, b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":2}\n{\"user\":\"c\"}\n").unwrap().num_rows(),
+            3
+        );
         assert_eq!(decode_body(&r, b"  \n").unwrap().num_rows(), 0);
     }
 

@@ -16,11 +16,13 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
 use influxdb2::models::{DataPoint, FieldValue};
 use serde::Deserialize;
-use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::columns::{column_index, text_at, time_column_index};
+use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::retry::{Backoff, WriteError};
-use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
+use tributary_sdk::{
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
+};
 
 /// Config of an `influx` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -117,7 +119,14 @@ impl Layout {
                 let idx = list.iter().map(|f| index("fields", f)).collect::<Result<Vec<_>, _>>()?;
                 for &i in &idx {
                     if !is_field_type(schema.field(i).data_type()) {
-                        return Err(ConfigError::at("fields", format!("column `{}` is {}; fields are numbers, booleans or strings", schema.field(i).name(), schema.field(i).data_type())));
+                        return Err(ConfigError::at(
+                            "fields",
+                            format!(
+                                "column `{}` is {}; fields are numbers, booleans or strings",
+                                schema.field(i).name(),
+                                schema.field(i).data_type()
+                            ),
+                        ));
                     }
                 }
                 idx
@@ -146,7 +155,8 @@ impl SinkPlugin for InfluxSinkPlugin {
         let layout = Layout::new(&cfg, &schema)?;
         let token = cfg.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
         let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        let backoff =
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
         let buffer = RowBuffer::new(schema, cfg.batch_rows);
         Ok(Box::new(InfluxSink { cfg, layout, client, backoff, buffer }))
     }

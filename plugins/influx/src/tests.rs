@@ -77,8 +77,14 @@ fn config_errors_name_the_field() {
         let cfg = ComponentConfig::from_yaml("m", yaml);
         InfluxSinkPlugin.build(&cfg, &[("in".into(), schema())]).err().map(|e| e.to_string()).unwrap()
     };
-    assert_eq!(err("{url: 'http://x', bucket: b, tags: [site]}"), "measurement: set exactly one of `measurement` (a name) or `measurement_column`");
-    assert_eq!(err("{url: 'http://x', bucket: b, measurement: m, tags: [nope]}"), "tags: column `nope` is not in the input (columns: ts, site, channel, latency_ms, status, ok, note)");
+    assert_eq!(
+        err("{url: 'http://x', bucket: b, tags: [site]}"),
+        "measurement: set exactly one of `measurement` (a name) or `measurement_column`"
+    );
+    assert_eq!(
+        err("{url: 'http://x', bucket: b, measurement: m, tags: [nope]}"),
+        "tags: column `nope` is not in the input (columns: ts, site, channel, latency_ms, status, ok, note)"
+    );
     assert_eq!(err("{url: 'x:8428', bucket: b, measurement: m}"), "url: `x:8428` is not an http(s) URL");
     assert_eq!(err("{url: 'http://x', bucket: b, measurement_column: status}"), "measurement_column: column `status` must be a string");
 }
@@ -92,9 +98,8 @@ async fn vm(path_and_query: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let url = vm_url();
     let host = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = tokio::net::TcpStream::connect(host)
-        .await
-        .unwrap_or_else(|e| panic!("VictoriaMetrics must run at {url} for this test ({e})"));
+    let mut s =
+        tokio::net::TcpStream::connect(host).await.unwrap_or_else(|e| panic!("VictoriaMetrics must run at {url} for this test ({e})"));
     s.write_all(format!("GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
@@ -114,15 +119,9 @@ async fn writes_to_victoriametrics_and_reads_back_values_and_awkward_labels() {
     sink.start(&ctx).await.unwrap();
     // Whole seconds near now: VictoriaMetrics drops samples outside its retention.
     let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 * 1_000_000;
-    let first = sink
-        .write(batch(&[(Some(now_us), Some("a b,c=d"), Some("x=y"), Some(12.5), Some(200), None, None)]), &ctx)
-        .await
-        .unwrap();
+    let first = sink.write(batch(&[(Some(now_us), Some("a b,c=d"), Some("x=y"), Some(12.5), Some(200), None, None)]), &ctx).await.unwrap();
     assert_eq!(first, Durability::Buffered);
-    let second = sink
-        .write(batch(&[(Some(now_us + 1_000_000), Some("plain"), None, Some(7.0), None, None, None)]), &ctx)
-        .await
-        .unwrap();
+    let second = sink.write(batch(&[(Some(now_us + 1_000_000), Some("plain"), None, Some(7.0), None, None, None)]), &ctx).await.unwrap();
     assert_eq!(second, Durability::Durable, "batch_rows reached: written before returning");
     sink.flush(&ctx).await.unwrap();
     assert!(dead.try_recv().is_err(), "nothing dead-lettered");
@@ -161,5 +160,8 @@ async fn an_unreachable_server_is_retried_then_the_rows_go_to_dead_letters() {
     let letters = dead.recv().await.unwrap().batch.data;
     let reason = letters.column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
     assert!(reason.starts_with("writing to http://127.0.0.1:1 failed after 2 attempts: "), "{reason}");
-    assert_eq!(letters.column_by_name("payload").unwrap().as_string::<i32>().value(0), r#"{"ts":"1970-01-01T00:00:01Z","site":"a","latency_ms":1.0}"#);
+    assert_eq!(
+        letters.column_by_name("payload").unwrap().as_string::<i32>().value(0),
+        r#"{"ts":"1970-01-01T00:00:01Z","site":"a","latency_ms":1.0}"#
+    );
 }

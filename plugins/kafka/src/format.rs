@@ -88,7 +88,8 @@ pub fn api_status_messages(batch: &RecordBatch) -> Vec<String> {
     let error = text("error");
     let kind = text("error_kind");
     let in_sla = batch.column_by_name("in_sla").filter(|c| c.data_type() == &DataType::Boolean).map(|c| c.as_boolean().clone());
-    let get = |a: &Option<datafusion::arrow::array::StringArray>, i: usize| a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string());
+    let get =
+        |a: &Option<datafusion::arrow::array::StringArray>, i: usize| a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string());
     (0..batch.num_rows())
         .map(|i| {
             let error_text = match (get(&kind, i).as_deref(), get(&error, i)) {

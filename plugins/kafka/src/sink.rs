@@ -10,7 +10,9 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
-use tributary_sdk::{single_input_schema, AckSet, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
+use tributary_sdk::{
+    single_input_schema, AckSet, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
+};
 
 use crate::client::{client_config, SslConfig};
 use crate::format::{api_status_messages, check_api_status_columns, json_messages};
@@ -84,7 +86,13 @@ impl Sink for KafkaSink {
     async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
         // Like the original producer: wait for all in-sync replicas (overridable via `librdkafka:`).
         let defaults = [("acks", "all".to_string()), ("message.timeout.ms", self.cfg.delivery_timeout.0.as_millis().to_string())];
-        let cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &defaults, &self.cfg.librdkafka);
+        let cfg = client_config(
+            &format!("tributary/{}", self.id),
+            &self.cfg.bootstrap_servers,
+            self.cfg.ssl.as_ref(),
+            &defaults,
+            &self.cfg.librdkafka,
+        );
         self.producer = Some(cfg.create().context("creating the Kafka producer")?);
         Ok(())
     }

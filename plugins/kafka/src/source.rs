@@ -136,13 +136,18 @@ impl SourcePlugin for KafkaSourcePlugin {
                 let schema = rows.schema().clone();
                 (rows, schema)
             }
-            (SourceFormat::Json, None) => return Err(ConfigError::at("schema", "format `json` needs the columns and types of the messages")),
+            (SourceFormat::Json, None) => {
+                return Err(ConfigError::at("schema", "format `json` needs the columns and types of the messages"))
+            }
             (SourceFormat::ApiStatusMonitor, None) => (JsonRows::new(&api_status_declared(), None), api_status_schema()),
             (SourceFormat::ApiStatusMonitor, Some(_)) => {
                 return Err(ConfigError::at("schema", "format `api_status_monitor` has a fixed schema; remove `schema`"))
             }
         };
-        Ok(BuiltSource { outputs: vec![OutputSpec::main(schema.clone())], source: Box::new(KafkaSource { id: config.id.clone(), cfg, rows }) })
+        Ok(BuiltSource {
+            outputs: vec![OutputSpec::main(schema.clone())],
+            source: Box::new(KafkaSource { id: config.id.clone(), cfg, rows }),
+        })
     }
 }
 
@@ -210,7 +215,13 @@ impl KafkaSource {
             ("enable.auto.offset.store", "false".to_string()),
             ("auto.offset.reset", offset_reset.to_string()),
         ];
-        let cfg = client_config(&format!("tributary/{}", self.id), &self.cfg.bootstrap_servers, self.cfg.ssl.as_ref(), &defaults, &self.cfg.librdkafka);
+        let cfg = client_config(
+            &format!("tributary/{}", self.id),
+            &self.cfg.bootstrap_servers,
+            self.cfg.ssl.as_ref(),
+            &defaults,
+            &self.cfg.librdkafka,
+        );
         let consumer: StreamConsumer = cfg.create().context("creating the Kafka consumer")?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", self.cfg.topics.join(", ")))?;
@@ -328,7 +339,6 @@ fn api_status_rows(raw: &RecordBatch, offset_secs: i64) -> RecordBatch {
 fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
-
 
 #[async_trait::async_trait]
 impl Source for KafkaSource {

@@ -28,14 +28,21 @@ async fn produce(bootstrap: &str, topic: &str, payloads: &[&str]) {
 }
 
 fn consume_all(bootstrap: &str, topic: &str, n: usize) -> Vec<(Option<String>, String)> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "reader").set("auto.offset.reset", "earliest").create().unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while out.len() < n && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), String::from_utf8_lossy(m.payload().unwrap()).into_owned()));
+            out.push((
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(m.payload().unwrap()).into_owned(),
+            ));
         }
     }
     out
@@ -82,7 +89,8 @@ fn probe_row(name: &str, status: i64, kind: Option<&'static str>, error: Option<
 async fn sink_writes_the_api_status_monitor_message_byte_for_byte() {
     let mock = cluster("statuses");
     let bootstrap = mock.bootstrap_servers();
-    let cfg = ComponentConfig::from_yaml("out", &format!("{{bootstrap_servers: '{bootstrap}', topic: statuses, format: api_status_monitor}}"));
+    let cfg =
+        ComponentConfig::from_yaml("out", &format!("{{bootstrap_servers: '{bootstrap}', topic: statuses, format: api_status_monitor}}"));
     let mut sink = KafkaSinkPlugin.build(&cfg, &[("p".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
     let (ctx, _dl) = sink_context("out");
     sink.start(&ctx).await.unwrap();
@@ -113,16 +121,32 @@ async fn sink_json_format_uses_the_key_column() {
     let got = consume_all(&bootstrap, "probes", 1);
     assert_eq!(got[0].0.as_deref(), Some("api"));
     let v: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
-    assert_eq!((v["name"].as_str(), v["status_code"].as_i64(), v["value"].as_str(), v["ts"].as_str()), (Some("api"), Some(200), Some("ok"), Some("2021-05-27T09:06:34Z")));
+    assert_eq!(
+        (v["name"].as_str(), v["status_code"].as_i64(), v["value"].as_str(), v["ts"].as_str()),
+        (Some("api"), Some(200), Some("ok"), Some("2021-05-27T09:06:34Z"))
+    );
 }
 
 #[test]
 fn sink_config_errors() {
-    let build = |yaml: &str| KafkaSinkPlugin.build(&ComponentConfig::from_yaml("out", yaml), &[("p".into(), probe_schema())]).err().map(|e| e.to_string());
+    let build = |yaml: &str| {
+        KafkaSinkPlugin.build(&ComponentConfig::from_yaml("out", yaml), &[("p".into(), probe_schema())]).err().map(|e| e.to_string())
+    };
     assert_eq!(build("{bootstrap_servers: x, topic: t, key_column: host}").unwrap(), "key_column: the input has no column `host`");
-    assert_eq!(build("{bootstrap_servers: x, topic: t, format: avro}").unwrap(), "format: unknown variant `avro`, expected `json` or `api_status_monitor`");
-    let narrow = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![datafusion::arrow::datatypes::Field::new("site", datafusion::arrow::datatypes::DataType::Utf8, true)]));
-    let err = KafkaSinkPlugin.build(&ComponentConfig::from_yaml("out", "{bootstrap_servers: x, topic: t, format: api_status_monitor}"), &[("p".into(), narrow)]).err().unwrap().to_string();
+    assert_eq!(
+        build("{bootstrap_servers: x, topic: t, format: avro}").unwrap(),
+        "format: unknown variant `avro`, expected `json` or `api_status_monitor`"
+    );
+    let narrow = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+        "site",
+        datafusion::arrow::datatypes::DataType::Utf8,
+        true,
+    )]));
+    let err = KafkaSinkPlugin
+        .build(&ComponentConfig::from_yaml("out", "{bootstrap_servers: x, topic: t, format: api_status_monitor}"), &[("p".into(), narrow)])
+        .err()
+        .unwrap()
+        .to_string();
     assert_eq!(err, "format: `api_status_monitor` needs a string column `endpoint` in the input (the site_probe source's columns fit)");
 }
 
@@ -134,15 +158,22 @@ fn source_yaml(bootstrap: &str, topic: &str, group: &str) -> String {
 async fn source_dead_letters_bad_messages_and_commits_only_after_the_ack() {
     let mock = cluster("events");
     let bootstrap = mock.bootstrap_servers();
-    produce(&bootstrap, "events", &[
-        r#"{"ts":"2026-11-22T10:00:00Z","user":"a","score":1}"#,
-        "{not json",
-        "{\n  \"user\": \"b\",\n  \"score\": 2\n}",
-        r#"{"user":"c","score":"high"}"#,
-        r#"{"ts":"2026-11-22T10:00:03Z","user":"d","score":4}"#,
-    ])
+    produce(
+        &bootstrap,
+        "events",
+        &[
+            r#"{"ts":"2026-11-22T10:00:00Z","user":"a","score":1}"#,
+            "{not json",
+            "{\n  \"user\": \"b\",\n  \"score\": 2\n}",
+            r#"{"user":"c","score":"high"}"#,
+            r#"{"ts":"2026-11-22T10:00:03Z","user":"d","score":4}"#,
+        ],
+    )
     .await;
-    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "events", "g1"))).map_err(|e| e.to_string()).unwrap();
+    let built = KafkaSourcePlugin
+        .build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "events", "g1")))
+        .map_err(|e| e.to_string())
+        .unwrap();
     let (ctx, mut h) = source_context("k", &[""], 16);
     let run = tokio::spawn(built.source.run(ctx));
 
@@ -154,7 +185,8 @@ async fn source_dead_letters_bad_messages_and_commits_only_after_the_ack() {
         rows.push(d.batch.data.clone());
         held.push(d.batch.acks);
     }
-    let users: Vec<String> = rows.iter().flat_map(|b| b.column(1).as_string::<i32>().iter().map(|u| u.unwrap().to_string()).collect::<Vec<_>>()).collect();
+    let users: Vec<String> =
+        rows.iter().flat_map(|b| b.column(1).as_string::<i32>().iter().map(|u| u.unwrap().to_string()).collect::<Vec<_>>()).collect();
     let scores: Vec<i64> = rows.iter().flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec()).collect();
     assert_eq!(users, ["a", "b", "d"], "a multi-line JSON message decodes too");
     assert_eq!(scores, [1, 2, 4]);
@@ -191,13 +223,19 @@ async fn a_failed_ack_stops_the_source_without_committing() {
     let mock = cluster("events");
     let bootstrap = mock.bootstrap_servers();
     produce(&bootstrap, "events", &[r#"{"user":"a","score":1}"#]).await;
-    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "events", "g2"))).map_err(|e| e.to_string()).unwrap();
+    let built = KafkaSourcePlugin
+        .build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "events", "g2")))
+        .map_err(|e| e.to_string())
+        .unwrap();
     let (ctx, mut h) = source_context("k", &[""], 16);
     let run = tokio::spawn(built.source.run(ctx));
     let d = tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.unwrap().unwrap();
     d.batch.acks.fail();
     let err = tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap().unwrap_err().to_string();
-    assert_eq!(err, "a batch (up to events/0@0) was not written by every sink; stopping without committing it, so it is consumed again on restart");
+    assert_eq!(
+        err,
+        "a batch (up to events/0@0) was not written by every sink; stopping without committing it, so it is consumed again on restart"
+    );
     assert_eq!(committed(&bootstrap, "g2", "events"), None);
 }
 
@@ -240,7 +278,10 @@ async fn the_source_reads_every_compression_codec_of_the_default_build() {
         let payload = format!(r#"{{"ts":"2026-11-22T10:00:0{i}Z","user":"{codec}","score":{i}}}"#);
         producer.send(FutureRecord::<(), str>::to("codecs").payload(&payload), Duration::from_secs(5)).await.map_err(|(e, _)| e).unwrap();
     }
-    let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "codecs", "g-codecs"))).map_err(|e| e.to_string()).unwrap();
+    let built = KafkaSourcePlugin
+        .build(&ComponentConfig::from_yaml("k", &source_yaml(&bootstrap, "codecs", "g-codecs")))
+        .map_err(|e| e.to_string())
+        .unwrap();
     let (ctx, mut h) = source_context("k", &[""], 16);
     let run = tokio::spawn(built.source.run(ctx));
     let mut users = Vec::new();

@@ -46,8 +46,10 @@ impl Exporter {
                 let mut headers = reqwest::header::HeaderMap::new();
                 headers.insert(reqwest::header::CONTENT_TYPE, "application/x-protobuf".parse().unwrap());
                 for (name, value) in &cfg.headers {
-                    let name = reqwest::header::HeaderName::from_str(name).map_err(|_| format!("header `{name}` is not a valid header name"))?;
-                    let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
+                    let name =
+                        reqwest::header::HeaderName::from_str(name).map_err(|_| format!("header `{name}` is not a valid header name"))?;
+                    let mut value = reqwest::header::HeaderValue::from_str(value.expose())
+                        .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
                     value.set_sensitive(true);
                     headers.insert(name, value);
                 }
@@ -55,14 +57,18 @@ impl Exporter {
                 Transport::Http { client, headers }
             }
             Protocol::Grpc => {
-                let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone()).map_err(|e| format!("`{}` is not a valid gRPC endpoint: {e}", cfg.endpoint))?.timeout(cfg.timeout.0);
+                let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+                    .map_err(|e| format!("`{}` is not a valid gRPC endpoint: {e}", cfg.endpoint))?
+                    .timeout(cfg.timeout.0);
                 if cfg.endpoint.starts_with("https://") {
                     endpoint = endpoint.tls_config(ClientTlsConfig::new().with_webpki_roots()).map_err(|e| format!("TLS: {e}"))?;
                 }
                 let mut metadata = MetadataMap::new();
                 for (name, value) in &cfg.headers {
-                    let key = AsciiMetadataKey::from_str(&name.to_ascii_lowercase()).map_err(|_| format!("header `{name}` is not a valid gRPC metadata key"))?;
-                    let value = AsciiMetadataValue::try_from(value.expose()).map_err(|_| format!("header `{name}` has a value that is not valid gRPC metadata"))?;
+                    let key = AsciiMetadataKey::from_str(&name.to_ascii_lowercase())
+                        .map_err(|_| format!("header `{name}` is not a valid gRPC metadata key"))?;
+                    let value = AsciiMetadataValue::try_from(value.expose())
+                        .map_err(|_| format!("header `{name}` has a value that is not valid gRPC metadata"))?;
                     metadata.insert(key, value);
                 }
                 Transport::Grpc { client: MetricsServiceClient::new(endpoint.connect_lazy()), metadata }
@@ -82,12 +88,19 @@ impl Exporter {
                     .await
                     .map_err(|e| WriteError::Transient(error_chain(&e)))?;
                 let status = answer.status();
-                let protobuf = answer.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/x-protobuf"));
+                let protobuf = answer
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/x-protobuf"));
                 let body = answer.bytes().await.map_err(|e| WriteError::Transient(error_chain(&e)))?;
                 if !status.is_success() {
                     let message = format!("HTTP {status}: {}", http_error_message(protobuf, &body));
                     // OTLP/HTTP: only 429, 502, 503 and 504 are worth retrying.
-                    return Err(if matches!(status.as_u16(), 429 | 502 | 503 | 504) { WriteError::Transient(message) } else { WriteError::Refused(message) });
+                    return Err(if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+                        WriteError::Transient(message)
+                    } else {
+                        WriteError::Refused(message)
+                    });
                 }
                 // An empty or non-protobuf 2xx body (VictoriaMetrics answers with nothing) is a success.
                 ExportMetricsServiceResponse::decode(body.as_ref()).unwrap_or_default()
@@ -101,7 +114,9 @@ impl Exporter {
                         use tonic::Code::*;
                         let message = format!("gRPC {:?}: {}", status.code(), status.message());
                         return Err(match status.code() {
-                            Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange | Unavailable | DataLoss => WriteError::Transient(message),
+                            Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange | Unavailable | DataLoss => {
+                                WriteError::Transient(message)
+                            }
                             _ => WriteError::Refused(message),
                         });
                     }

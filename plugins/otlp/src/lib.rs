@@ -26,8 +26,8 @@ use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
 
-pub use export::Protocol;
 use export::Exporter;
+pub use export::Protocol;
 use points::{Layout, SeriesClock};
 
 /// Config of an `otlp` sink.
@@ -119,10 +119,7 @@ pub enum Temporality {
 #[serde(untagged)]
 pub enum AttributeConfig {
     Column(String),
-    Renamed {
-        column: String,
-        name: String,
-    },
+    Renamed { column: String, name: String },
 }
 
 impl AttributeConfig {
@@ -204,7 +201,8 @@ impl SinkPlugin for OtlpSinkPlugin {
         let schema = single_input_schema(inputs)?;
         let layout = Layout::new(&cfg, &schema)?;
         let exporter = Exporter::new(&cfg).map_err(|e| ConfigError::at("endpoint", e))?;
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        let backoff =
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
         let buffer = RowBuffer::new(schema, cfg.batch_rows.max(1));
         Ok(Box::new(OtlpSink { cfg, layout, clock: SeriesClock::default(), exporter, backoff, buffer }))
     }

@@ -9,7 +9,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+    ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -75,7 +76,8 @@ impl Layout {
                 attributes,
             });
         }
-        let mut resource: Vec<KeyValue> = cfg.resource.iter().map(|(k, v)| KeyValue { key: k.clone(), value: Some(string_value(v)), ..Default::default() }).collect();
+        let mut resource: Vec<KeyValue> =
+            cfg.resource.iter().map(|(k, v)| KeyValue { key: k.clone(), value: Some(string_value(v)), ..Default::default() }).collect();
         if !cfg.resource.contains_key("service.name") {
             resource.insert(0, KeyValue { key: "service.name".into(), value: Some(string_value("tributary")), ..Default::default() });
         }
@@ -90,7 +92,11 @@ impl Layout {
 
     /// The request for `rows` (`None` when no row gave a point) and the rows that cannot be
     /// points at all (no event time).
-    pub(crate) fn request(&self, rows: &RecordBatch, clock: &mut SeriesClock) -> anyhow::Result<(Option<ExportMetricsServiceRequest>, Vec<DeadLetter>)> {
+    pub(crate) fn request(
+        &self,
+        rows: &RecordBatch,
+        clock: &mut SeriesClock,
+    ) -> anyhow::Result<(Option<ExportMetricsServiceRequest>, Vec<DeadLetter>)> {
         let times = cast(rows.column(self.time), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
         let times = times.as_primitive::<TimestampNanosecondType>();
         let mut rejected = Vec::new();
@@ -103,15 +109,30 @@ impl Layout {
         let mut metrics = Vec::with_capacity(self.metrics.len());
         for (index, m) in self.metrics.iter().enumerate() {
             let values = Values::new(rows.column(m.value), m.integer)?;
-            let attributes: Vec<(&str, AttributeColumn)> = m.attributes.iter().map(|(name, col)| Ok((name.as_str(), AttributeColumn::new(rows.column(*col))?))).collect::<anyhow::Result<_>>()?;
+            let attributes: Vec<(&str, AttributeColumn)> = m
+                .attributes
+                .iter()
+                .map(|(name, col)| Ok((name.as_str(), AttributeColumn::new(rows.column(*col))?)))
+                .collect::<anyhow::Result<_>>()?;
             let point_rows = (0..rows.num_rows()).filter(|&r| !times.is_null(r) && !values.is_null(r));
             let attrs_of = |row: usize| -> Vec<KeyValue> {
-                attributes.iter().filter_map(|(name, col)| col.value(row).map(|v| KeyValue { key: name.to_string(), value: Some(v), ..Default::default() })).collect()
+                attributes
+                    .iter()
+                    .filter_map(|(name, col)| {
+                        col.value(row).map(|v| KeyValue { key: name.to_string(), value: Some(v), ..Default::default() })
+                    })
+                    .collect()
             };
             let data = match m.kind {
                 MetricKind::Gauge => {
-                    let data_points: Vec<NumberDataPoint> =
-                        point_rows.map(|r| NumberDataPoint { attributes: attrs_of(r), time_unix_nano: nanos(times.value(r)), value: Some(values.point(r)), ..Default::default() }).collect();
+                    let data_points: Vec<NumberDataPoint> = point_rows
+                        .map(|r| NumberDataPoint {
+                            attributes: attrs_of(r),
+                            time_unix_nano: nanos(times.value(r)),
+                            value: Some(values.point(r)),
+                            ..Default::default()
+                        })
+                        .collect();
                     (!data_points.is_empty()).then_some(metric::Data::Gauge(Gauge { data_points }))
                 }
                 MetricKind::Counter => {
@@ -120,22 +141,46 @@ impl Layout {
                             let attributes = attrs_of(r);
                             let time = nanos(times.value(r));
                             let start = clock.start(index, &attributes, time, m.temporality);
-                            NumberDataPoint { attributes, start_time_unix_nano: start, time_unix_nano: time, value: Some(values.point(r)), ..Default::default() }
+                            NumberDataPoint {
+                                attributes,
+                                start_time_unix_nano: start,
+                                time_unix_nano: time,
+                                value: Some(values.point(r)),
+                                ..Default::default()
+                            }
                         })
                         .collect();
                     let temporality = match m.temporality {
                         Temporality::Cumulative => AggregationTemporality::Cumulative,
                         Temporality::Delta => AggregationTemporality::Delta,
                     };
-                    (!data_points.is_empty()).then_some(metric::Data::Sum(Sum { data_points, aggregation_temporality: temporality as i32, is_monotonic: true }))
+                    (!data_points.is_empty()).then_some(metric::Data::Sum(Sum {
+                        data_points,
+                        aggregation_temporality: temporality as i32,
+                        is_monotonic: true,
+                    }))
                 }
                 MetricKind::Histogram => {
-                    let data_points = histogram_points(point_rows.filter(|&r| values.float(r).is_finite()), &attrs_of, |r| (nanos(times.value(r)), values.float(r)), &m.bounds);
-                    (!data_points.is_empty()).then_some(metric::Data::Histogram(Histogram { data_points, aggregation_temporality: AggregationTemporality::Delta as i32 }))
+                    let data_points = histogram_points(
+                        point_rows.filter(|&r| values.float(r).is_finite()),
+                        &attrs_of,
+                        |r| (nanos(times.value(r)), values.float(r)),
+                        &m.bounds,
+                    );
+                    (!data_points.is_empty()).then_some(metric::Data::Histogram(Histogram {
+                        data_points,
+                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                    }))
                 }
             };
             if let Some(data) = data {
-                metrics.push(Metric { name: m.name.clone(), description: m.description.clone(), unit: m.unit.clone(), data: Some(data), ..Default::default() });
+                metrics.push(Metric {
+                    name: m.name.clone(),
+                    description: m.description.clone(),
+                    unit: m.unit.clone(),
+                    data: Some(data),
+                    ..Default::default()
+                });
             }
         }
         if metrics.is_empty() {

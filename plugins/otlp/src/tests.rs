@@ -122,7 +122,12 @@ fn rows_become_typed_points_with_their_own_times_and_rows_without_time_are_rejec
     let starts: Vec<(u64, u64)> = delta.data_points.iter().map(|p| (p.start_time_unix_nano, p.time_unix_nano)).collect();
     assert_eq!(
         starts,
-        [(ns(T0), ns(T0)), (ns(T0), ns(T0 + 60_000_000)), (ns(T0 + 60_000_000), ns(T0 + 90_000_000)), (ns(T0 + 10_000_000), ns(T0 + 10_000_000))]
+        [
+            (ns(T0), ns(T0)),
+            (ns(T0), ns(T0 + 60_000_000)),
+            (ns(T0 + 60_000_000), ns(T0 + 90_000_000)),
+            (ns(T0 + 10_000_000), ns(T0 + 10_000_000))
+        ]
     );
 
     // Histogram: one point per attribute set; bucket i holds (bounds[i-1], bounds[i]].
@@ -164,7 +169,11 @@ fn rows_become_typed_points_with_their_own_times_and_rows_without_time_are_rejec
     let Some(metric::Data::Sum(delta)) = &metrics[2].data else { panic!() };
     assert_eq!(delta.data_points[0].start_time_unix_nano, ns(T0 + 90_000_000));
     let Some(metric::Data::Sum(total)) = &metrics[1].data else { panic!() };
-    assert_eq!((total.data_points[0].start_time_unix_nano, total.data_points[0].attributes.len()), (ns(T0 + 120_000_000), 0), "a new series (no channel) starts at its own first point");
+    assert_eq!(
+        (total.data_points[0].start_time_unix_nano, total.data_points[0].attributes.len()),
+        (ns(T0 + 120_000_000), 0),
+        "a new series (no channel) starts at its own first point"
+    );
     assert_eq!(metrics.len(), 3, "no score values: no histogram");
 }
 
@@ -188,7 +197,10 @@ fn config_errors_name_the_field() {
         err("{endpoint: 'http://x', metrics: [{name: a, kind: histogram, value: score, buckets: [10, 5]}]}"),
         "metrics[0].buckets: bucket bounds must be finite and strictly ascending"
     );
-    assert_eq!(err("{endpoint: 'http://x', metrics: [{name: a, kind: gauge, value: score, buckets: [1]}]}"), "metrics[0].buckets: only histograms have buckets");
+    assert_eq!(
+        err("{endpoint: 'http://x', metrics: [{name: a, kind: gauge, value: score, buckets: [1]}]}"),
+        "metrics[0].buckets: only histograms have buckets"
+    );
     assert_eq!(
         err("{endpoint: 'http://x', metrics: [{name: a, kind: summary, value: score}]}"),
         "metrics[0].kind: unknown variant `summary`, expected one of `gauge`, `counter`, `histogram`"
@@ -197,7 +209,10 @@ fn config_errors_name_the_field() {
         err("{endpoint: 'http://x', headers: {'bad header': x}, metrics: [{name: a, kind: gauge, value: score}]}"),
         "headers: `bad header` is not a valid header name"
     );
-    assert_eq!(err("{endpoint: 'http://x', time_column: channel, metrics: [{name: a, kind: gauge, value: score}]}"), "time_column: column `channel` is Utf8, expected a timestamp");
+    assert_eq!(
+        err("{endpoint: 'http://x', time_column: channel, metrics: [{name: a, kind: gauge, value: score}]}"),
+        "time_column: column `channel` is Utf8, expected a timestamp"
+    );
 }
 
 // ---- against a real OTLP receiver -------------------------------------------------------------
@@ -269,14 +284,18 @@ async fn refused_and_unreachable_exports_dead_letter_the_rows_with_the_reason() 
 
     // Nothing listens: retried with backoff, then dead-lettered.
     let port = free_port();
-    let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', retry_attempts: 3, metrics: [{{name: a, kind: gauge, value: score}}]}}");
+    let yaml =
+        format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', retry_attempts: 3, metrics: [{{name: a, kind: gauge, value: score}}]}}");
     let mut sink = OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", &yaml), &[("in".into(), schema())]).unwrap();
     let (ctx, mut dead) = sink_context("otlp");
     sink.write(batch(&[(Some(T0), None, None, None, Some(2.0))]), &ctx).await.unwrap();
     sink.flush(&ctx).await.unwrap();
     let letter = dead.try_recv().unwrap().batch.data;
     let reason = letter.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
-    assert!(reason.starts_with(&format!("writing to http://127.0.0.1:{port}/v1/metrics failed after 3 attempts: error sending request")), "{reason}");
+    assert!(
+        reason.starts_with(&format!("writing to http://127.0.0.1:{port}/v1/metrics failed after 3 attempts: error sending request")),
+        "{reason}"
+    );
     assert_eq!((ctx.metrics.retries.get(), ctx.metrics.errors.get()), (2, 1));
 }
 
@@ -322,7 +341,9 @@ async fn retryable_answers_are_retried_until_accepted_with_the_configured_header
         assert!(head.contains("\r\nx-api-key: k-123") && head.contains("\r\ncontent-type: application/x-protobuf"), "{head}");
     }
     let bodies: Vec<Vec<u8>> = bodies.into_iter().map(|(_, b)| b).collect();
-    let request = <opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest as prost::Message>::decode(bodies[1].as_slice()).unwrap();
+    let request =
+        <opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest as prost::Message>::decode(bodies[1].as_slice())
+            .unwrap();
     let Some(metric::Data::Gauge(g)) = &request.resource_metrics[0].scope_metrics[0].metrics[0].data else { panic!() };
     assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(2.5)));
 }

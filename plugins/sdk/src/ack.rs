@@ -30,11 +30,7 @@ struct Obligation {
 
 impl Drop for Obligation {
     fn drop(&mut self) {
-        let status = if self.failed.load(Ordering::SeqCst) {
-            AckStatus::Failed
-        } else {
-            AckStatus::Delivered
-        };
+        let status = if self.failed.load(Ordering::SeqCst) { AckStatus::Failed } else { AckStatus::Delivered };
         if let Some(cb) = self.callback.get_mut().ok().and_then(|c| c.take()) {
             cb(status);
         }
@@ -51,10 +47,7 @@ impl Ack {
     /// A new obligation whose outcome is passed to `callback` when it resolves.
     pub fn new(callback: impl FnOnce(AckStatus) + Send + 'static) -> Self {
         Ack {
-            inner: Arc::new(Obligation {
-                callback: Mutex::new(Some(Box::new(callback))),
-                failed: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Obligation { callback: Mutex::new(Some(Box::new(callback))), failed: AtomicBool::new(false) }),
             released: false,
         }
     }
@@ -83,10 +76,7 @@ impl Ack {
 
 impl Clone for Ack {
     fn clone(&self) -> Self {
-        Ack {
-            inner: Arc::clone(&self.inner),
-            released: false,
-        }
+        Ack { inner: Arc::clone(&self.inner), released: false }
     }
 }
 

@@ -47,11 +47,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// A problem with the option at `path` (dot-separated, relative to the component).
     pub fn at(path: &str, message: impl Into<String>) -> Self {
-        let path = path
-            .split('.')
-            .filter(|s| !s.is_empty())
-            .map(|s| PathSeg::Key(s.to_string()))
-            .collect();
+        let path = path.split('.').filter(|s| !s.is_empty()).map(|s| PathSeg::Key(s.to_string())).collect();
         ConfigError { path, message: message.into() }
     }
 }
@@ -155,15 +151,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Secs(u64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a duration such as `500ms`, `30s` or `5m`")
-        })? {
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a duration such as `500ms`, `30s` or `5m`"))? {
             Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => humantime::parse_duration(&t).map(HumanDuration).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{t}` ({e}); expected e.g. `500ms`, `30s`, `5m`"
-                ))
-            }),
+            Raw::Text(t) => humantime::parse_duration(&t)
+                .map(HumanDuration)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration `{t}` ({e}); expected e.g. `500ms`, `30s`, `5m`"))),
         }
     }
 }
@@ -200,9 +192,7 @@ impl<'de> Deserialize<'de> for ByteSize {
             Bytes(u64),
             Text(String),
         }
-        match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a size such as `1048576` or `1MiB`"))?
-        {
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a size such as `1048576` or `1MiB`"))? {
             Raw::Bytes(b) => Ok(ByteSize(b)),
             Raw::Text(t) => ByteSize::parse(&t).map(ByteSize).map_err(serde::de::Error::custom),
         }
@@ -249,10 +239,7 @@ impl<'de> Deserialize<'de> for DeclaredSchema {
         let map = serde_yaml::Mapping::deserialize(d)?;
         let mut cols = Vec::new();
         for (k, v) in map {
-            let name = k
-                .as_str()
-                .ok_or_else(|| serde::de::Error::custom("schema column names must be strings"))?
-                .to_string();
+            let name = k.as_str().ok_or_else(|| serde::de::Error::custom("schema column names must be strings"))?.to_string();
             let ty: FieldType = serde_yaml::from_value(v.clone()).map_err(|_| {
                 serde::de::Error::custom(format!(
                     "column `{name}`: unknown type {}; expected one of string, int, float, bool, timestamp, json",
@@ -270,19 +257,10 @@ impl<'de> Deserialize<'de> for DeclaredSchema {
 
 impl DeclaredSchema {
     pub fn arrow_schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.0
-                .iter()
-                .map(|(n, t)| Field::new(n, t.data_type(), true))
-                .collect::<Vec<_>>(),
-        ))
+        Arc::new(Schema::new(self.0.iter().map(|(n, t)| Field::new(n, t.data_type(), true)).collect::<Vec<_>>()))
     }
     pub fn json_columns(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(_, t)| *t == FieldType::Json)
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.0.iter().filter(|(_, t)| *t == FieldType::Json).map(|(n, _)| n.clone()).collect()
     }
 }
 

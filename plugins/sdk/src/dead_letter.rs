@@ -55,7 +55,11 @@ impl DeadLetters {
     /// released once the dead letters are stored (or logged, when nothing is wired).
     /// The same component's dead letters with the output detached (letters are logged instead).
     pub fn unconnected(&self) -> Self {
-        DeadLetters { component: self.component.clone(), output: Output::new(Vec::new(), self.metrics.clone(), false), metrics: self.metrics.clone() }
+        DeadLetters {
+            component: self.component.clone(),
+            output: Output::new(Vec::new(), self.metrics.clone(), false),
+            metrics: self.metrics.clone(),
+        }
     }
 
     pub async fn send(&self, letters: Vec<DeadLetter>, acks: AckSet) -> Result<(), Closed> {
@@ -83,8 +87,7 @@ impl DeadLetters {
 
     /// Dead-letter one payload.
     pub async fn send_one(&self, payload: impl Into<String>, reason: impl Into<String>) -> Result<(), Closed> {
-        self.send(vec![DeadLetter { payload: payload.into(), reason: reason.into() }], AckSet::none())
-            .await
+        self.send(vec![DeadLetter { payload: payload.into(), reason: reason.into() }], AckSet::none()).await
     }
 
     /// Dead-letter every row of `rows` (each row rendered as a JSON object) with one reason.
@@ -124,7 +127,6 @@ pub fn rows_as_json(rows: &RecordBatch) -> Vec<String> {
     }
     String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
 }
-
 
 #[cfg(test)]
 mod tests {

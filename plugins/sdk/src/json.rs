@@ -74,11 +74,7 @@ impl JsonRows {
             }
             match self.decode_line(trimmed) {
                 Ok(batch) => good.push(batch),
-                Err(reason) => errors.push(LineError {
-                    line: i + 1,
-                    reason,
-                    raw: String::from_utf8_lossy(trimmed).into_owned(),
-                }),
+                Err(reason) => errors.push(LineError { line: i + 1, reason, raw: String::from_utf8_lossy(trimmed).into_owned() }),
             }
         }
         let batch = concat_batches(&self.schema, &good).expect("same schema");
@@ -118,8 +114,7 @@ impl JsonRows {
     }
 
     fn decode_line(&self, line: &[u8]) -> Result<RecordBatch, String> {
-        let value: serde_json::Value =
-            serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}"))?;
+        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}"))?;
         let serde_json::Value::Object(mut obj) = value else {
             return Err(format!("expected a JSON object, got {}", json_kind(&value)));
         };
@@ -178,8 +173,7 @@ mod tests {
     use datafusion::arrow::datatypes::Int64Type;
 
     fn rows() -> JsonRows {
-        let declared: DeclaredSchema =
-            serde_yaml::from_str("{ts: timestamp, user: string, score: int, extra: json}").unwrap();
+        let declared: DeclaredSchema = serde_yaml::from_str("{ts: timestamp, user: string, score: int, extra: json}").unwrap();
         JsonRows::new(&declared, Some("ts"))
     }
 

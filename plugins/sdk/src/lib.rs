@@ -59,9 +59,7 @@ impl SourceContext {
 
     /// One of the outputs the source declared (`""` is the main output).
     pub fn output(&self, name: &str) -> &Output {
-        self.outputs
-            .get(name)
-            .unwrap_or_else(|| panic!("source `{}` sent to output `{name}` it did not declare", self.id))
+        self.outputs.get(name).unwrap_or_else(|| panic!("source `{}` sent to output `{name}` it did not declare", self.id))
     }
 
     /// Close every output (and the dead-letter output) while the source keeps running: downstream

@@ -127,11 +127,7 @@ pub struct Output {
 
 impl Output {
     /// Wiring is the engine's job; plugins receive ready outputs in their context.
-    pub fn new(
-        targets: Vec<(mpsc::Sender<Delivery>, usize)>,
-        metrics: Arc<ComponentMetrics>,
-        counts_as_rows_out: bool,
-    ) -> Self {
+    pub fn new(targets: Vec<(mpsc::Sender<Delivery>, usize)>, metrics: Arc<ComponentMetrics>, counts_as_rows_out: bool) -> Self {
         Output { targets, metrics, counts_as_rows_out, tap: None }
     }
 
@@ -201,10 +197,7 @@ impl Output {
 
     /// How full the fullest consumer buffer is, from 0.0 to 1.0.
     pub fn buffer_fill(&self) -> f64 {
-        self.targets
-            .iter()
-            .map(|(tx, _)| 1.0 - tx.capacity() as f64 / tx.max_capacity() as f64)
-            .fold(0.0, f64::max)
+        self.targets.iter().map(|(tx, _)| 1.0 - tx.capacity() as f64 / tx.max_capacity() as f64).fold(0.0, f64::max)
     }
 }
 

@@ -84,17 +84,23 @@ impl Backoff {
         Fut: Future<Output = Result<(), WriteError>>,
     {
         let result = self
-            .retry(op, |e| matches!(e, WriteError::Transient(_)), |attempt, e, delay| {
-                ctx.metrics.retries.inc();
-                if let WriteError::Transient(msg) = e {
-                    tracing::warn!(sink = %ctx.id, attempt, error = %msg, retry_in = ?delay, "write to {target} failed; retrying");
-                }
-            })
+            .retry(
+                op,
+                |e| matches!(e, WriteError::Transient(_)),
+                |attempt, e, delay| {
+                    ctx.metrics.retries.inc();
+                    if let WriteError::Transient(msg) = e {
+                        tracing::warn!(sink = %ctx.id, attempt, error = %msg, retry_in = ?delay, "write to {target} failed; retrying");
+                    }
+                },
+            )
             .await;
         let reason = match result {
             Ok(()) => return Ok(true),
             Err(WriteError::Refused(msg)) => format!("{target} refused the write: {msg}"),
-            Err(WriteError::Transient(msg)) => format!("writing to {target} failed after {} attempts: {msg}", self.max_attempts.unwrap_or(1)),
+            Err(WriteError::Transient(msg)) => {
+                format!("writing to {target} failed after {} attempts: {msg}", self.max_attempts.unwrap_or(1))
+            }
         };
         ctx.metrics.errors.inc();
         tracing::error!(sink = %ctx.id, rows = rows.num_rows(), "{reason}");
@@ -123,19 +129,49 @@ mod tests {
         let calls = Cell::new(0);
         let mut retries = Vec::new();
         let r: Result<(), &str> = b
-            .retry(|| { calls.set(calls.get() + 1); async { Err("connection reset") } }, |_| true, |n, _, _| retries.push(n))
+            .retry(
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("connection reset") }
+                },
+                |_| true,
+                |n, _, _| retries.push(n),
+            )
             .await;
         assert_eq!(r, Err("connection reset"));
         assert_eq!(calls.get(), 3);
         assert_eq!(retries, [1, 2]);
 
         calls.set(0);
-        let r: Result<(), &str> = b.retry(|| { calls.set(calls.get() + 1); async { Err("constraint") } }, |_| false, |_, _, _| {}).await;
+        let r: Result<(), &str> = b
+            .retry(
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("constraint") }
+                },
+                |_| false,
+                |_, _, _| {},
+            )
+            .await;
         assert_eq!((r, calls.get()), (Err("constraint"), 1), "permanent errors are not retried");
 
         calls.set(0);
         let r: Result<u32, &str> = b
-            .retry(|| { calls.set(calls.get() + 1); let n = calls.get(); async move { if n < 2 { Err("x") } else { Ok(n) } } }, |_| true, |_, _, _| {})
+            .retry(
+                || {
+                    calls.set(calls.get() + 1);
+                    let n = calls.get();
+                    async move {
+                        if n < 2 {
+                            Err("x")
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+                |_| true,
+                |_, _, _| {},
+            )
             .await;
         assert_eq!(r, Ok(2));
     }

@@ -146,11 +146,8 @@ fn server_endpoint(value: &str) -> Endpoint {
             _ => Endpoint::Tcp(host_port.to_string(), default_port),
         };
     }
-    let field = |key: &str| {
-        value
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
-    };
+    let field =
+        |key: &str| value.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string));
     let host = field("host").unwrap_or_else(|| "localhost".into());
     let port = field("port").and_then(|p| p.parse().ok()).unwrap_or(5432);
     if host.starts_with('/') {
@@ -191,8 +188,7 @@ pub fn srt_live_transmit() -> String {
     let found = if program.contains('/') {
         std::path::Path::new(&program).exists()
     } else {
-        std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(&program).exists()))
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(&program).exists()))
     };
     assert!(
         found,
@@ -214,17 +210,9 @@ pub fn free_udp_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let seed = (std::process::id() as u64 * 7919
-        + std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64)
+        + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64)
         % 12_000;
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + seed as u16,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
+    let _ = NEXT.compare_exchange(0, 20_000 + seed as u16, Ordering::Relaxed, Ordering::Relaxed);
     loop {
         let port = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = if port >= 32_000 {
@@ -285,21 +273,8 @@ impl RotelReceiver {
         use tokio::io::AsyncBufReadExt;
         let (grpc, http) = (free_port(), free_port());
         let mut child = tokio::process::Command::new(rotel_agent())
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &format!("127.0.0.1:{grpc}"),
-                "--otlp-http-endpoint",
-                &format!("127.0.0.1:{http}"),
-            ])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}"), "--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--exporter", "blackhole", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -347,10 +322,7 @@ impl RotelReceiver {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!(
-            "rotel never printed {marker}; output:\n{}",
-            self.lines.lock().unwrap().join("\n")
-        );
+        panic!("rotel never printed {marker}; output:\n{}", self.lines.lock().unwrap().join("\n"));
     }
 }
 
@@ -369,11 +341,7 @@ fn strip_ansi(s: &str) -> String {
             plain.push(c);
         }
     }
-    plain
-        .lines()
-        .map(str::trim_end)
-        .collect::<Vec<_>>()
-        .join("\n")
+    plain.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]

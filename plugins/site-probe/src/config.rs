@@ -233,7 +233,7 @@ impl SiteProbeConfig {
         let mut names = std::collections::HashSet::new();
         let mut out = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
-                        if !names.insert(t.name.as_str()) {
+            if !names.insert(t.name.as_str()) {
                 return Err(target_err(i, "name", format!("duplicate target name `{}`", t.name)));
             }
             let (url_text, site, endpoint) = match (&t.url, &t.site) {
@@ -282,7 +282,9 @@ impl SiteProbeConfig {
                 (None, None) => None,
             };
             match (t.reader_type, &extract) {
-                (Some(ReaderType::Json), Some(Extractor::JsonPath(_))) | (Some(ReaderType::Regex), Some(Extractor::Regex(_))) | (None, _) => {}
+                (Some(ReaderType::Json), Some(Extractor::JsonPath(_)))
+                | (Some(ReaderType::Regex), Some(Extractor::Regex(_)))
+                | (None, _) => {}
                 (Some(ReaderType::Json), _) => return Err(target_err(i, "json_path", "`type: json` needs `json_path`")),
                 (Some(ReaderType::Regex), _) => return Err(target_err(i, "regex", "`type: regex` needs `regex`")),
             }

@@ -219,10 +219,8 @@ async fn request(
 
     p.phase = Phase::Dns;
     let t = Instant::now();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare_host, port))
-        .await
-        .map_err(|e| fail("dns", format!("cannot resolve `{bare_host}`: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host((bare_host, port)).await.map_err(|e| fail("dns", format!("cannot resolve `{bare_host}`: {e}")))?.collect();
     if addrs.is_empty() {
         return Err(fail("dns", format!("`{bare_host}` has no addresses")));
     }
@@ -248,7 +246,8 @@ async fn request(
     let io: Box<dyn Io> = if https {
         p.phase = Phase::Tls;
         let t = Instant::now();
-        let name = ServerName::try_from(bare_host.to_string()).map_err(|e| fail("tls", format!("`{bare_host}` is not a TLS server name: {e}")))?;
+        let name =
+            ServerName::try_from(bare_host.to_string()).map_err(|e| fail("tls", format!("`{bare_host}` is not a TLS server name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(client_config(target.tls_verify))
             .connect(name, tcp)
             .await

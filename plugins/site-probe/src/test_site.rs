@@ -27,12 +27,26 @@ impl TestSite {
     /// `/error` (500), `/redirect` (302 to `/json`), `/big` (100 kB).
     pub async fn start(slow: Duration, cert_days: u32) -> std::io::Result<TestSite> {
         let app = Router::new()
-            .route("/json", get(|| async { ([("content-type", "application/json")], r#"{"status":"up","version":{"major":3},"currentDateTime":"2026-11-22T10:00Z"}"#) }))
-            .route("/title", get(|| async { Html("<html><head><title>Video Mesh Status</title></head><body>All systems operational</body></html>") }))
-            .route("/slow", get(move || async move {
-                tokio::time::sleep(slow).await;
-                "finally"
-            }))
+            .route(
+                "/json",
+                get(|| async {
+                    (
+                        [("content-type", "application/json")],
+                        r#"{"status":"up","version":{"major":3},"currentDateTime":"2026-11-22T10:00Z"}"#,
+                    )
+                }),
+            )
+            .route(
+                "/title",
+                get(|| async { Html("<html><head><title>Video Mesh Status</title></head><body>All systems operational</body></html>") }),
+            )
+            .route(
+                "/slow",
+                get(move || async move {
+                    tokio::time::sleep(slow).await;
+                    "finally"
+                }),
+            )
             .route("/error", get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "database is down").into_response() }))
             .route("/redirect", get(|| async { Redirect::to("/json") }))
             .route("/big", get(|| async { "x".repeat(100_000) }));
@@ -89,7 +103,8 @@ async fn serve_tls(listener: TcpListener, cert_days: u32) {
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure").await;
+            let _ =
+                tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecure").await;
             let _ = tls.shutdown().await;
         });
     }

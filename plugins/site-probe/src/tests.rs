@@ -32,7 +32,11 @@ fn config_error(yaml: &str) -> String {
 #[tokio::test]
 async fn fast_json_endpoint_extracts_and_passes() {
     let site = TestSite::start(Duration::from_millis(400), 30).await.unwrap();
-    let r = probe_one(&format!("{{name: api, site: '{}', endpoint: /json, type: json, json_path: '$.currentDateTime', sla_ms: 500}}", site.http)).await;
+    let r = probe_one(&format!(
+        "{{name: api, site: '{}', endpoint: /json, type: json, json_path: '$.currentDateTime', sla_ms: 500}}",
+        site.http
+    ))
+    .await;
     assert_eq!((r.name.as_str(), r.site.as_str(), r.endpoint.as_str()), ("api", site.http.as_str(), "/json"));
     assert_eq!(r.url, format!("{}/json", site.http));
     assert_eq!(r.status_code, 200);
@@ -161,8 +165,16 @@ async fn a_slow_target_never_delays_a_fast_one_and_no_target_overlaps_itself() {
     let mut rows: Vec<(String, i64, i64)> = Vec::new();
     let out = h.outputs.get_mut("").unwrap();
     while let Ok(d) = out.try_recv() {
-        let names = d.batch.data.column_by_name("name").unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>();
-        let ts = d.batch.data.column_by_name("ts").unwrap().as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>().values().to_vec();
+        let names =
+            d.batch.data.column_by_name("name").unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>();
+        let ts = d
+            .batch
+            .data
+            .column_by_name("ts")
+            .unwrap()
+            .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
+            .values()
+            .to_vec();
         for ((n, t), total) in names.into_iter().zip(ts).zip(column_i64(&d.batch.data, "total_time_ms")) {
             rows.push((n, t, total));
         }
@@ -192,7 +204,16 @@ async fn concurrency_limit_serialises_probes() {
     let out = h.outputs.get_mut("").unwrap();
     while starts.len() < 3 {
         let d = tokio::time::timeout(Duration::from_secs(5), out.recv()).await.expect("3 probes within 5s").unwrap();
-        starts.extend(d.batch.data.column_by_name("ts").unwrap().as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>().values().iter().copied());
+        starts.extend(
+            d.batch
+                .data
+                .column_by_name("ts")
+                .unwrap()
+                .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
+                .values()
+                .iter()
+                .copied(),
+        );
     }
     h.shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -210,8 +231,12 @@ fn config_errors_name_the_target_and_field() {
         "targets[1].name: duplicate target name `a`"
     );
     assert!(config_error("{targets: [{name: a, url: 'http://x/', regex: '(unclosed'}]}").starts_with("targets[0].regex: invalid regex:"));
-    assert!(config_error("{targets: [{name: a, url: 'http://x/', json_path: '$..[?('}]}").starts_with("targets[0].json_path: invalid JSONPath `$..[?(`"));
-    assert_eq!(config_error("{targets: [{name: a, url: 'http://x/', type: json}]}"), "targets[0].json_path: `type: json` needs `json_path`");
+    assert!(config_error("{targets: [{name: a, url: 'http://x/', json_path: '$..[?('}]}")
+        .starts_with("targets[0].json_path: invalid JSONPath `$..[?(`"));
+    assert_eq!(
+        config_error("{targets: [{name: a, url: 'http://x/', type: json}]}"),
+        "targets[0].json_path: `type: json` needs `json_path`"
+    );
     assert_eq!(
         config_error("{targets: [{name: a, url: 'http://x/', expect_status: [2xx, 'fine']}]}"),
         "targets[0].expect_status[1]: `fine` is not a status: use 204, 200-299 or 2xx"

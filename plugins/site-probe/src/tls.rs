@@ -17,7 +17,8 @@ pub fn client_config(verify: bool) -> Arc<ClientConfig> {
     static VERIFYING: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     static ANY_CERT: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     let build = |verify: bool| {
-        let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().expect("ring supports TLS 1.2 and 1.3");
+        let builder =
+            ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().expect("ring supports TLS 1.2 and 1.3");
         let mut cfg = if verify {
             let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -49,10 +50,20 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

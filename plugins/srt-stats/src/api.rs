@@ -62,21 +62,10 @@ pub struct ApiPoller {
 impl ApiPoller {
     pub fn new(source_id: &str, cfg: ApiConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().timeout(cfg.timeout.0).build()?;
-        Ok(ApiPoller {
-            source_id: source_id.to_string(),
-            cfg,
-            http,
-            token: None,
-            last: HashMap::new(),
-        })
+        Ok(ApiPoller { source_id: source_id.to_string(), cfg, http, token: None, last: HashMap::new() })
     }
 
-    pub async fn run(
-        mut self,
-        rows: mpsc::Sender<Emitted>,
-        shutdown: CancellationToken,
-        metrics: Arc<ComponentMetrics>,
-    ) {
+    pub async fn run(mut self, rows: mpsc::Sender<Emitted>, shutdown: CancellationToken, metrics: Arc<ComponentMetrics>) {
         let mut tick = tokio::time::interval(self.cfg.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -100,27 +89,14 @@ impl ApiPoller {
     async fn login(&mut self) -> anyhow::Result<String> {
         let url = format!("{}/v1/login", self.cfg.url.trim_end_matches('/'));
         let body = serde_json::json!({"username": self.cfg.username, "password": self.cfg.password.expose()});
-        let resp = self
-            .http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("POST {url}: {}", error_chain(&e)))?;
+        let resp = self.http.post(&url).json(&body).send().await.map_err(|e| anyhow::anyhow!("POST {url}: {}", error_chain(&e)))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(anyhow::anyhow!(
-                "login to {url} refused ({status}): {}",
-                api_message(&text)
-            ));
+            return Err(anyhow::anyhow!("login to {url} refused ({status}): {}", api_message(&text)));
         }
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("login answer from {url} is not JSON: {e}"))?;
-        let jwt = v
-            .get("jwt")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow::anyhow!("login answer from {url} has no `jwt`"))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("login answer from {url} is not JSON: {e}"))?;
+        let jwt = v.get("jwt").and_then(Value::as_str).ok_or_else(|| anyhow::anyhow!("login answer from {url} has no `jwt`"))?;
         tracing::info!(source = %self.source_id, "logged in to the SRT API");
         self.token = Some(jwt.to_string());
         Ok(jwt.to_string())
@@ -138,31 +114,20 @@ impl ApiPoller {
                     self.login().await?
                 }
             };
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("GET {url}: {}", error_chain(&e)))?;
+            let resp =
+                self.http.get(&url).bearer_auth(&token).send().await.map_err(|e| anyhow::anyhow!("GET {url}: {}", error_chain(&e)))?;
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::UNPROCESSABLE_ENTITY {
                 self.token = None;
                 if relogged {
-                    return Err(anyhow::anyhow!(
-                        "GET {url} refused a fresh token ({status}): {}",
-                        api_message(&text)
-                    ));
+                    return Err(anyhow::anyhow!("GET {url} refused a fresh token ({status}): {}", api_message(&text)));
                 }
                 tracing::info!(source = %self.source_id, status = %status, reason = %api_message(&text), "SRT API token rejected; logging in again");
                 continue;
             }
             if !status.is_success() {
-                return Err(anyhow::anyhow!(
-                    "GET {url} answered {status}: {}",
-                    api_message(&text)
-                ));
+                return Err(anyhow::anyhow!("GET {url} answered {status}: {}", api_message(&text)));
             }
             return match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Array(list)) => Ok(list),
@@ -174,11 +139,7 @@ impl ApiPoller {
 
     /// Rows for one role's list; connection changes since the last poll become events.
     pub fn rows(&mut self, role: Role, list: &[Value], now_us: i64, out: &mut Emitted) {
-        let fields = if role == Role::Tx {
-            TX_FIELDS
-        } else {
-            RX_FIELDS
-        };
+        let fields = if role == Role::Tx { TX_FIELDS } else { RX_FIELDS };
         for entry in list {
             let Some(session) = entry.get("ServiceName").and_then(Value::as_str) else {
                 continue;
@@ -203,24 +164,14 @@ impl ApiPoller {
                 values,
                 line_loss_pct: num("LineLoss").unwrap_or(0.0),
             });
-            let before = self
-                .last
-                .insert((role, session.to_string()), (state, reconnections));
+            let before = self.last.insert((role, session.to_string()), (state, reconnections));
             let event = match before {
                 None => None,
-                Some((was, _)) if was != connected::CONNECTED && state == connected::CONNECTED => {
-                    Some("connected")
-                }
-                Some((was, _)) if was == connected::CONNECTED && state == connected::WAITING => {
-                    Some("disconnected")
-                }
-                Some((was, _)) if was != connected::STOPPED && state == connected::STOPPED => {
-                    Some("exited")
-                }
+                Some((was, _)) if was != connected::CONNECTED && state == connected::CONNECTED => Some("connected"),
+                Some((was, _)) if was == connected::CONNECTED && state == connected::WAITING => Some("disconnected"),
+                Some((was, _)) if was != connected::STOPPED && state == connected::STOPPED => Some("exited"),
                 // Reconnected between two polls.
-                Some((_, r)) if reconnections > r && state == connected::CONNECTED => {
-                    Some("connected")
-                }
+                Some((_, r)) if reconnections > r && state == connected::CONNECTED => Some("connected"),
                 _ => None,
             };
             if let Some(event) = event {
@@ -231,10 +182,7 @@ impl ApiPoller {
                     event,
                     sid: None,
                     reconnections,
-                    message: format!(
-                        "{} reports Connected={state} Reconnections={reconnections}",
-                        endpoint(role)
-                    ),
+                    message: format!("{} reports Connected={state} Reconnections={reconnections}", endpoint(role)),
                 });
             }
         }

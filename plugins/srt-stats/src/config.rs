@@ -238,36 +238,24 @@ fn default_api_timeout() -> HumanDuration {
 impl SrtStatsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.report_every_packets == 0 {
-            return Err(ConfigError::at(
-                "report_every_packets",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::at("report_every_packets", "must be at least 1"));
         }
         match self.mode {
             Mode::Sessions => {
                 if self.sessions.is_empty() {
-                    return Err(ConfigError::at(
-                        "sessions",
-                        "`mode: sessions` needs at least one session",
-                    ));
+                    return Err(ConfigError::at("sessions", "`mode: sessions` needs at least one session"));
                 }
                 let mut names = HashSet::new();
                 for (i, s) in self.sessions.iter().enumerate() {
                     s.validate().map_err(|mut e| {
                         e.path.splice(
                             0..0,
-                            [
-                                tributary_sdk::config::PathSeg::Key("sessions".into()),
-                                tributary_sdk::config::PathSeg::Index(i),
-                            ],
+                            [tributary_sdk::config::PathSeg::Key("sessions".into()), tributary_sdk::config::PathSeg::Index(i)],
                         );
                         e
                     })?;
                     if !names.insert(s.name.as_str()) {
-                        return Err(ConfigError::at(
-                            "sessions",
-                            format!("session name `{}` is used twice", s.name),
-                        ));
+                        return Err(ConfigError::at("sessions", format!("session name `{}` is used twice", s.name)));
                     }
                 }
             }
@@ -280,17 +268,12 @@ impl SrtStatsConfig {
                 }
             }
             Mode::SrtApi => {
-                let api = self.srt_api.as_ref().ok_or_else(|| {
-                    ConfigError::at(
-                        "srt_api",
-                        "`mode: srt_api` needs `srt_api: {url, username, password}`",
-                    )
-                })?;
+                let api = self
+                    .srt_api
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::at("srt_api", "`mode: srt_api` needs `srt_api: {url, username, password}`"))?;
                 if !(api.url.starts_with("http://") || api.url.starts_with("https://")) {
-                    return Err(ConfigError::at(
-                        "srt_api.url",
-                        format!("expected an http:// or https:// URL, got `{}`", api.url),
-                    ));
+                    return Err(ConfigError::at("srt_api.url", format!("expected an http:// or https:// URL, got `{}`", api.url)));
                 }
             }
         }
@@ -304,47 +287,29 @@ impl SessionConfig {
             return Err(ConfigError::at("name", "must not be empty"));
         }
         if self.listen_port == 0 {
-            return Err(ConfigError::at(
-                "listen_port",
-                "must be a port number 1–65535",
-            ));
+            return Err(ConfigError::at("listen_port", "must be a port number 1–65535"));
         }
         if self.mode != SrtMode::Listener && self.host.is_none() {
-            return Err(ConfigError::at(
-                "host",
-                format!("`mode: {}` needs the peer's host", self.mode.as_str()),
-            ));
+            return Err(ConfigError::at("host", format!("`mode: {}` needs the peer's host", self.mode.as_str())));
         }
         match self.role {
             Role::Tx if self.udp_in.is_none() => {
-                return Err(ConfigError::at(
-                    "udp_in",
-                    "a transmitter (`role: tx`) needs `udp_in`, e.g. `127.0.0.1:5000`",
-                ))
+                return Err(ConfigError::at("udp_in", "a transmitter (`role: tx`) needs `udp_in`, e.g. `127.0.0.1:5000`"))
             }
             Role::Rx if self.udp_out.is_none() => {
-                return Err(ConfigError::at(
-                    "udp_out",
-                    "a receiver (`role: rx`) needs `udp_out`, e.g. `127.0.0.1:5001`",
-                ))
+                return Err(ConfigError::at("udp_out", "a receiver (`role: rx`) needs `udp_out`, e.g. `127.0.0.1:5001`"))
             }
             _ => {}
         }
         if let Some(p) = &self.passphrase {
             let n = p.expose().chars().count();
             if !(10..=79).contains(&n) {
-                return Err(ConfigError::at(
-                    "passphrase",
-                    format!("must be 10 to 79 characters long (it has {n})"),
-                ));
+                return Err(ConfigError::at("passphrase", format!("must be 10 to 79 characters long (it has {n})")));
             }
         }
         if let Some(k) = self.pbkeylen {
             if ![16, 24, 32].contains(&k) {
-                return Err(ConfigError::at(
-                    "pbkeylen",
-                    format!("must be 16, 24 or 32, got {k}"),
-                ));
+                return Err(ConfigError::at("pbkeylen", format!("must be 16, 24 or 32, got {k}")));
             }
             if self.passphrase.is_none() {
                 return Err(ConfigError::at("pbkeylen", "needs a `passphrase`"));
@@ -352,10 +317,7 @@ impl SessionConfig {
         }
         if let Some(o) = self.overhead_pct {
             if !(5..=100).contains(&o) {
-                return Err(ConfigError::at(
-                    "overhead_pct",
-                    format!("must be 5 to 100, got {o}"),
-                ));
+                return Err(ConfigError::at("overhead_pct", format!("must be 5 to 100, got {o}")));
             }
         }
         if let Some(fec) = &self.packetfilter {
@@ -363,25 +325,16 @@ impl SessionConfig {
                 return Err(ConfigError::at("packetfilter.cols", "must be at least 1"));
             }
             if !["even", "staircase"].contains(&fec.layout.as_str()) {
-                return Err(ConfigError::at(
-                    "packetfilter.layout",
-                    format!("must be `even` or `staircase`, got `{}`", fec.layout),
-                ));
+                return Err(ConfigError::at("packetfilter.layout", format!("must be `even` or `staircase`, got `{}`", fec.layout)));
             }
             if let Some(arq) = &fec.arq {
                 if !["always", "onreq", "never"].contains(&arq.as_str()) {
-                    return Err(ConfigError::at(
-                        "packetfilter.arq",
-                        format!("must be `always`, `onreq` or `never`, got `{arq}`"),
-                    ));
+                    return Err(ConfigError::at("packetfilter.arq", format!("must be `always`, `onreq` or `never`, got `{arq}`")));
                 }
             }
         }
         if self.report_every_packets == Some(0) {
-            return Err(ConfigError::at(
-                "report_every_packets",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::at("report_every_packets", "must be at least 1"));
         }
         Ok(())
     }
@@ -412,10 +365,7 @@ impl SessionConfig {
             opts.push(format!("tlpktdrop={t}"));
         }
         if let Some(fec) = &self.packetfilter {
-            let mut f = format!(
-                "packetfilter=fec,cols:{},rows:{},layout:{}",
-                fec.cols, fec.rows, fec.layout
-            );
+            let mut f = format!("packetfilter=fec,cols:{},rows:{},layout:{}", fec.cols, fec.rows, fec.layout);
             if let Some(arq) = &fec.arq {
                 f.push_str(&format!(",arq:{arq}"));
             }
@@ -426,13 +376,7 @@ impl SessionConfig {
 
     /// srt-live-transmit's arguments: `-s:N -pf:json [-f] <input-uri> <output-uri>`.
     pub fn args(&self, report_every_packets: u32, cumulative: bool) -> Vec<String> {
-        let mut args = vec![
-            format!(
-                "-s:{}",
-                self.report_every_packets.unwrap_or(report_every_packets)
-            ),
-            "-pf:json".into(),
-        ];
+        let mut args = vec![format!("-s:{}", self.report_every_packets.unwrap_or(report_every_packets)), "-pf:json".into()];
         if cumulative {
             args.push("-f".into());
         }
@@ -459,19 +403,8 @@ impl SessionConfig {
     }
 
     /// The command line as it may be logged (passphrase redacted).
-    pub fn display_command(
-        &self,
-        program: &str,
-        report_every_packets: u32,
-        cumulative: bool,
-    ) -> String {
+    pub fn display_command(&self, program: &str, report_every_packets: u32, cumulative: bool) -> String {
         let args = self.args(report_every_packets, cumulative);
-        redact_passphrase(&format!(
-            "{program} {}",
-            args.iter()
-                .map(|a| format!("'{a}'"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ))
+        redact_passphrase(&format!("{program} {}", args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ")))
     }
 }

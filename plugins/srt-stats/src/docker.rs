@@ -27,10 +27,7 @@ pub fn connect(cfg: &DockerConfig) -> anyhow::Result<Docker> {
     docker.map_err(|e| {
         anyhow::anyhow!(
             "cannot use the Docker Engine API at {}: {e}",
-            cfg.host
-                .clone()
-                .or_else(|| std::env::var("DOCKER_HOST").ok())
-                .unwrap_or_else(|| "the default socket".into())
+            cfg.host.clone().or_else(|| std::env::var("DOCKER_HOST").ok()).unwrap_or_else(|| "the default socket".into())
         )
     })
 }
@@ -58,20 +55,10 @@ pub async fn run(
     // When we stopped following a container: if it starts again, read only what is new.
     let mut left_at: HashMap<String, i64> = HashMap::new();
     let mut tasks: JoinSet<(String, i64)> = JoinSet::new();
-    let filters: HashMap<&str, Vec<&str>> = HashMap::from([(
-        "label",
-        cfg.docker.labels.iter().map(String::as_str).collect(),
-    )]);
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", cfg.docker.labels.iter().map(String::as_str).collect())]);
     let mut reachable = true;
     loop {
-        match docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-        {
+        match docker.list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build())).await {
             Ok(containers) => {
                 if !reachable {
                     tracing::info!(source = %source_id, "Docker Engine API reachable again");
@@ -89,10 +76,7 @@ pub async fn run(
                         .and_then(|n| n.first())
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_else(|| id.chars().take(12).collect());
-                    let session = labels
-                        .get(&cfg.docker.session_label)
-                        .cloned()
-                        .unwrap_or(name);
+                    let session = labels.get(&cfg.docker.session_label).cloned().unwrap_or(name);
                     let role = match labels.get(&cfg.docker.role_label).map(String::as_str) {
                         Some("tx") => Some(Role::Tx),
                         Some("rx") => Some(Role::Rx),
@@ -100,27 +84,11 @@ pub async fn run(
                     };
                     // Containers already running when the pipeline started: only new lines (a
                     // restarted pipeline must not replay hours of logs). Later ones: from the start.
-                    let since = left_at.get(&id).copied().unwrap_or(if first_pass {
-                        started_at
-                    } else {
-                        0
-                    });
+                    let since = left_at.get(&id).copied().unwrap_or(if first_pass { started_at } else { 0 });
                     tracing::info!(source = %source_id, container = %id.chars().take(12).collect::<String>(), session = %session, "following container");
                     following.insert(id.clone());
-                    let f = Followed {
-                        id,
-                        session,
-                        role,
-                        since,
-                    };
-                    tasks.spawn(follow(
-                        source_id.clone(),
-                        docker.clone(),
-                        f,
-                        cfg.cumulative,
-                        rows.clone(),
-                        metrics.clone(),
-                    ));
+                    let f = Followed { id, session, role, since };
+                    tasks.spawn(follow(source_id.clone(), docker.clone(), f, cfg.cumulative, rows.clone(), metrics.clone()));
                 }
             }
             Err(e) => {
@@ -167,12 +135,7 @@ async fn follow(
     let mut out = Emitted::default();
     tracker.started(now_us(), format!("container {short} running"), &mut out);
     let _ = rows.send(out).await;
-    let options = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .since(f.since as i32)
-        .build();
+    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(f.since as i32).build();
     let mut logs = docker.logs(&f.id, Some(options));
     let (mut out_lines, mut err_lines) = (LineSplitter::new(MAX_LINE), LineSplitter::new(MAX_LINE));
     let ended = loop {
@@ -182,13 +145,10 @@ async fn follow(
         let mut emitted = Emitted::default();
         match item {
             // A TTY container merges both streams (Console); the line forms tell them apart.
-            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => out_lines
-                .push(&message, |p| {
-                    feed(&mut tracker, &mut errors, &metrics, p, &mut emitted)
-                }),
-            Ok(LogOutput::StdErr { message }) => err_lines.push(&message, |p| {
-                feed(&mut tracker, &mut errors, &metrics, p, &mut emitted)
-            }),
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                out_lines.push(&message, |p| feed(&mut tracker, &mut errors, &metrics, p, &mut emitted))
+            }
+            Ok(LogOutput::StdErr { message }) => err_lines.push(&message, |p| feed(&mut tracker, &mut errors, &metrics, p, &mut emitted)),
             Ok(LogOutput::StdIn { .. }) => {}
             Err(e) => {
                 metrics.errors.inc();

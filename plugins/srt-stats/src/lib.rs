@@ -21,10 +21,7 @@ pub mod supervise;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tributary_sdk::{
-    Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext,
-    SourcePlugin,
-};
+use tributary_sdk::{Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
 
 use config::{Mode, SrtStatsConfig};
 use session::Emitted;
@@ -42,11 +39,7 @@ pub(crate) struct LineErrors {
 
 impl LineErrors {
     pub fn new(source_id: &str, session: &str) -> Self {
-        LineErrors {
-            source_id: source_id.into(),
-            session: session.into(),
-            seen: 0,
-        }
+        LineErrors { source_id: source_id.into(), session: session.into(), seen: 0 }
     }
     pub fn report(&mut self, e: &parse::ParseError) {
         self.seen += 1;
@@ -66,14 +59,8 @@ impl SourcePlugin for SrtStatsPlugin {
         let cfg: SrtStatsConfig = config.decode()?;
         cfg.validate()?;
         Ok(BuiltSource {
-            outputs: vec![
-                OutputSpec::main(rows::stats_schema()),
-                OutputSpec::named("events", rows::events_schema()),
-            ],
-            source: Box::new(SrtStatsSource {
-                id: config.id.clone(),
-                cfg,
-            }),
+            outputs: vec![OutputSpec::main(rows::stats_schema()), OutputSpec::named("events", rows::events_schema())],
+            source: Box::new(SrtStatsSource { id: config.id.clone(), cfg }),
         })
     }
 }
@@ -96,14 +83,7 @@ impl Source for SrtStatsSource {
         match self.cfg.mode {
             Mode::Sessions => {
                 for s in &self.cfg.sessions {
-                    let sup = supervise::Supervisor::from_config(
-                        &self.id,
-                        &self.cfg,
-                        s,
-                        tx.clone(),
-                        stop.clone(),
-                        ctx.metrics.clone(),
-                    );
+                    let sup = supervise::Supervisor::from_config(&self.id, &self.cfg, s, tx.clone(), stop.clone(), ctx.metrics.clone());
                     producers.spawn(async move {
                         sup.run().await;
                         Ok(())
@@ -111,17 +91,10 @@ impl Source for SrtStatsSource {
                 }
             }
             Mode::Docker => {
-                producers.spawn(docker::run(
-                    self.id.clone(),
-                    self.cfg.clone(),
-                    tx.clone(),
-                    stop.clone(),
-                    ctx.metrics.clone(),
-                ));
+                producers.spawn(docker::run(self.id.clone(), self.cfg.clone(), tx.clone(), stop.clone(), ctx.metrics.clone()));
             }
             Mode::SrtApi => {
-                let poller =
-                    api::ApiPoller::new(&self.id, self.cfg.srt_api.clone().expect("validated"))?;
+                let poller = api::ApiPoller::new(&self.id, self.cfg.srt_api.clone().expect("validated"))?;
                 let (tx, stop, metrics) = (tx.clone(), stop.clone(), ctx.metrics.clone());
                 producers.spawn(async move {
                     poller.run(tx, stop, metrics).await;
@@ -163,14 +136,10 @@ impl Source for SrtStatsSource {
 async fn send(ctx: &SourceContext, pending: &mut Emitted) -> anyhow::Result<()> {
     let Emitted { stats, events } = std::mem::take(pending);
     if !stats.is_empty() {
-        ctx.output("")
-            .send(Batch::new(rows::stats_batch(&stats)))
-            .await?;
+        ctx.output("").send(Batch::new(rows::stats_batch(&stats))).await?;
     }
     if !events.is_empty() {
-        ctx.output("events")
-            .send(Batch::new(rows::events_batch(&events)))
-            .await?;
+        ctx.output("events").send(Batch::new(rows::events_batch(&events))).await?;
     }
     Ok(())
 }

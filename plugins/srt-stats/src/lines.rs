@@ -19,11 +19,7 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max: usize) -> Self {
-        LineSplitter {
-            buf: Vec::new(),
-            max,
-            skipping: false,
-        }
+        LineSplitter { buf: Vec::new(), max, skipping: false }
     }
 
     /// Feed a chunk; `f` gets every complete line.
@@ -94,17 +90,11 @@ mod tests {
 
     #[test]
     fn lines_across_chunks_crlf_invalid_utf8_and_a_tail() {
-        assert_eq!(
-            split(&[b"ab", b"c\r\nde\n", b"f\xffg\n", b"tail"], 100),
-            ["abc", "de", "f\u{fffd}g", "tail"]
-        );
+        assert_eq!(split(&[b"ab", b"c\r\nde\n", b"f\xffg\n", b"tail"], 100), ["abc", "de", "f\u{fffd}g", "tail"]);
     }
 
     #[test]
     fn a_line_over_the_limit_is_reported_once_and_skipped_to_its_end() {
-        assert_eq!(
-            split(&[b"ok\n0123456789", b"0123456789", b"xyz\nnext\n"], 12),
-            ["ok", "<too long: 20>", "next"]
-        );
+        assert_eq!(split(&[b"ok\n0123456789", b"0123456789", b"xyz\nnext\n"], 12), ["ok", "<too long: 20>", "next"]);
     }
 }

@@ -238,21 +238,14 @@ pub fn parse_line(line: &str) -> Result<Line, ParseError> {
         "SRT source disconnected" => Line::Disconnected(Side::Source),
         _ if t.starts_with("Timepoint,") => Line::CsvHeader,
         _ if t.starts_with("Media path:") => {
-            let (input, output) = t["Media path:".len()..]
-                .split_once("-->")
-                .unwrap_or(("", ""));
+            let (input, output) = t["Media path:".len()..].split_once("-->").unwrap_or(("", ""));
             Line::MediaPath {
                 srt_input: input.trim().trim_matches('\'').starts_with("srt://"),
                 srt_output: output.trim().trim_matches('\'').starts_with("srt://"),
             }
         }
         _ if t.starts_with("+++/+++SRT BANDWIDTH") => Line::Ignored,
-        _ => {
-            return Err(ParseError(format!(
-                "not a statistics line or a known message: `{}`",
-                excerpt(t)
-            )))
-        }
+        _ => return Err(ParseError(format!("not a statistics line or a known message: `{}`", excerpt(t)))),
     })
 }
 
@@ -284,10 +277,7 @@ pub fn redact_passphrase(text: &str) -> String {
         let start = i + "passphrase=".len();
         out.push_str(&rest[..start]);
         out.push_str("***");
-        let end = rest[start..]
-            .find(['&', '\'', ' ', '"'])
-            .map(|e| start + e)
-            .unwrap_or(rest.len());
+        let end = rest[start..].find(['&', '\'', ' ', '"']).map(|e| start + e).unwrap_or(rest.len());
         rest = &rest[end..];
     }
     out.push_str(rest);
@@ -297,15 +287,8 @@ pub fn redact_passphrase(text: &str) -> String {
 /// Parse a JSON statistics line. Unknown keys are skipped; missing stats read 0 (older builds
 /// print fewer fields); a line without `sid` is an error.
 pub fn parse_json(line: &str) -> Result<StatsLine, ParseError> {
-    let mut s = Scanner {
-        b: line.as_bytes(),
-        i: 0,
-    };
-    let mut out = StatsLine {
-        sid: 0,
-        timepoint_us: None,
-        values: [0.0; STAT_COUNT],
-    };
+    let mut s = Scanner { b: line.as_bytes(), i: 0 };
+    let mut out = StatsLine { sid: 0, timepoint_us: None, values: [0.0; STAT_COUNT] };
     let mut saw_sid = false;
     s.object(|s, key| {
         match key {
@@ -315,10 +298,7 @@ pub fn parse_json(line: &str) -> Result<StatsLine, ParseError> {
             }
             b"timepoint" => {
                 let text = s.string()?;
-                out.timepoint_us = Some(
-                    parse_timepoint(text)
-                        .ok_or_else(|| s.error(&format!("`timepoint` `{text}` is not a time")))?,
-                );
+                out.timepoint_us = Some(parse_timepoint(text).ok_or_else(|| s.error(&format!("`timepoint` `{text}` is not a time")))?);
             }
             _ if s.peek() == Some(b'{') => {
                 let section = key;
@@ -354,10 +334,7 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn error(&self, what: &str) -> ParseError {
-        ParseError(format!(
-            "malformed JSON statistics line at byte {}: {what}",
-            self.i
-        ))
+        ParseError(format!("malformed JSON statistics line at byte {}: {what}", self.i))
     }
     fn ws(&mut self) {
         while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\r' | b'\n') {
@@ -377,10 +354,7 @@ impl<'a> Scanner<'a> {
         }
     }
     /// `{ "key": value, … }`, calling `field` with the scanner positioned at each value.
-    fn object(
-        &mut self,
-        mut field: impl FnMut(&mut Self, &'a [u8]) -> Result<(), ParseError>,
-    ) -> Result<(), ParseError> {
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Result<(), ParseError>) -> Result<(), ParseError> {
         self.expect(b'{')?;
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -446,9 +420,7 @@ impl<'a> Scanner<'a> {
             }
             let text = std::str::from_utf8(&b[start..i]).expect("ASCII");
             self.i = i;
-            return text
-                .parse::<f64>()
-                .map_err(|_| self.error(&format!("`{text}` is not a number")));
+            return text.parse::<f64>().map_err(|_| self.error(&format!("`{text}` is not a number")));
         }
         self.i = i;
         Ok(if negative { -(int as f64) } else { int as f64 })
@@ -477,9 +449,7 @@ impl<'a> Scanner<'a> {
                 }
             }
             Some(b't') | Some(b'f') | Some(b'n') => {
-                let word = [&b"true"[..], b"false", b"null"]
-                    .into_iter()
-                    .find(|w| self.b[self.i..].starts_with(w));
+                let word = [&b"true"[..], b"false", b"null"].into_iter().find(|w| self.b[self.i..].starts_with(w));
                 match word {
                     Some(w) => {
                         self.i += w.len();
@@ -498,43 +468,25 @@ impl<'a> Scanner<'a> {
 pub fn parse_csv_row(line: &str) -> Result<StatsLine, ParseError> {
     let mut cols = line.split(',');
     let timepoint = cols.next().unwrap_or_default();
-    let timepoint_us = Some(parse_timepoint(timepoint).ok_or_else(|| {
-        ParseError(format!(
-            "CSV statistics row: `{}` is not a time",
-            excerpt(timepoint)
-        ))
-    })?);
+    let timepoint_us =
+        Some(parse_timepoint(timepoint).ok_or_else(|| ParseError(format!("CSV statistics row: `{}` is not a time", excerpt(timepoint))))?);
     cols.next(); // Time, repeated below
     let sid_text = cols.next().unwrap_or_default();
-    let sid = sid_text.trim().parse::<i64>().map_err(|_| {
-        ParseError(format!(
-            "CSV statistics row: SocketID `{sid_text}` is not a number"
-        ))
-    })?;
+    let sid =
+        sid_text.trim().parse::<i64>().map_err(|_| ParseError(format!("CSV statistics row: SocketID `{sid_text}` is not a number")))?;
     let mut values = [0.0; STAT_COUNT];
     let mut n = 0;
     for (stat, text) in Stat::ALL.iter().zip(&mut cols) {
-        values[*stat as usize] = text.trim().parse::<f64>().map_err(|_| {
-            ParseError(format!(
-                "CSV statistics row: column {} `{}` is not a number",
-                n + 4,
-                excerpt(text)
-            ))
-        })?;
+        values[*stat as usize] = text
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| ParseError(format!("CSV statistics row: column {} `{}` is not a number", n + 4, excerpt(text))))?;
         n += 1;
     }
     if n != STAT_COUNT || cols.next().is_some() {
-        return Err(ParseError(format!(
-            "CSV statistics row has {} columns, expected {}",
-            n + 3 + cols.count(),
-            STAT_COUNT + 3
-        )));
+        return Err(ParseError(format!("CSV statistics row has {} columns, expected {}", n + 3 + cols.count(), STAT_COUNT + 3)));
     }
-    Ok(StatsLine {
-        sid,
-        timepoint_us,
-        values,
-    })
+    Ok(StatsLine { sid, timepoint_us, values })
 }
 
 /// `2026-11-22T10:51:57.202401+0000` (local time with a `%z` offset) → µs since the epoch.
@@ -550,16 +502,8 @@ pub fn parse_timepoint(text: &str) -> Option<i64> {
         }
         Some(v)
     };
-    if b.len() < 24
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
-            .ok()
-            .map(|t| t.timestamp_micros());
+    if b.len() < 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z").ok().map(|t| t.timestamp_micros());
     }
     let (year, month, day) = (fixed(0..4)?, fixed(5..7)?, fixed(8..10)?);
     let (hour, minute, second) = (fixed(11..13)?, fixed(14..16)?, fixed(17..19)?);
@@ -591,12 +535,7 @@ pub fn parse_timepoint(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let days = days_from_civil(year, month, day);

@@ -163,11 +163,7 @@ impl SessionTracker {
             Line::Stats(stats) => self.stats(stats, now_us, out),
             Line::Connected(side) => {
                 self.learn_role(side);
-                if self
-                    .absorb_connect_until
-                    .take()
-                    .is_some_and(|until| now_us <= until)
-                {
+                if self.absorb_connect_until.take().is_some_and(|until| now_us <= until) {
                     return Ok(());
                 }
                 self.sid = None;
@@ -183,10 +179,7 @@ impl SessionTracker {
                     self.event(now_us, "disconnected", text.trim().to_string(), out);
                 }
             }
-            Line::MediaPath {
-                srt_input,
-                srt_output,
-            } => {
+            Line::MediaPath { srt_input, srt_output } => {
                 if self.role.is_none() && srt_input != srt_output {
                     self.role = Some(if srt_output { Role::Tx } else { Role::Rx });
                 }
@@ -251,18 +244,8 @@ impl SessionTracker {
     /// A row at a state change: counters as last reported, link and rate fields zeroed
     /// (what the management API shows for a disconnected session).
     fn status_row(&mut self, now_us: i64, out: &mut Emitted) {
-        let mut values = if self.has_current {
-            self.current
-        } else {
-            [0.0; STAT_COUNT]
-        };
-        for stat in [
-            Stat::LinkRtt,
-            Stat::LinkBandwidth,
-            Stat::LinkMaxBandwidth,
-            Stat::SendMbitRate,
-            Stat::RecvMbitRate,
-        ] {
+        let mut values = if self.has_current { self.current } else { [0.0; STAT_COUNT] };
+        for stat in [Stat::LinkRtt, Stat::LinkBandwidth, Stat::LinkMaxBandwidth, Stat::SendMbitRate, Stat::RecvMbitRate] {
             values[stat as usize] = 0.0;
         }
         out.stats.push(self.row(now_us, values));

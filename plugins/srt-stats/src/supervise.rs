@@ -49,11 +49,7 @@ impl Supervisor {
             program: cfg.program.clone(),
             report_every_packets: cfg.report_every_packets,
             cumulative: cfg.cumulative,
-            backoff: Backoff {
-                initial: cfg.restart_initial.0,
-                max: cfg.restart_max.0,
-                max_attempts: None,
-            },
+            backoff: Backoff { initial: cfg.restart_initial.0, max: cfg.restart_max.0, max_attempts: None },
             rows,
             shutdown,
             metrics,
@@ -62,20 +58,14 @@ impl Supervisor {
 
     pub async fn run(self) {
         let name = self.session.name.clone();
-        let mut tracker =
-            SessionTracker::new(name.as_str(), Some(self.session.role), self.cumulative);
+        let mut tracker = SessionTracker::new(name.as_str(), Some(self.session.role), self.cumulative);
         let mut errors = LineErrors::new(&self.source_id, &name);
-        let command =
-            self.session
-                .display_command(&self.program, self.report_every_packets, self.cumulative);
+        let command = self.session.display_command(&self.program, self.report_every_packets, self.cumulative);
         let mut failures = 0u32;
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let mut child = match Command::new(&self.program)
-                .args(
-                    self.session
-                        .args(self.report_every_packets, self.cumulative),
-                )
+                .args(self.session.args(self.report_every_packets, self.cumulative))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -95,11 +85,7 @@ impl Supervisor {
             tracing::info!(source = %self.source_id, session = %name, pid = child.id(), command = %command, "session started");
             let mut out = Emitted::default();
             let pid = child.id().unwrap_or_default();
-            tracker.started(
-                now_us(),
-                format!("started (pid {pid}): {command}"),
-                &mut out,
-            );
+            tracker.started(now_us(), format!("started (pid {pid}): {command}"), &mut out);
             if self.rows.send(out).await.is_err() {
                 break;
             }
@@ -110,11 +96,7 @@ impl Supervisor {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            failures = if started.elapsed() >= HEALTHY_RUN {
-                1
-            } else {
-                failures + 1
-            };
+            failures = if started.elapsed() >= HEALTHY_RUN { 1 } else { failures + 1 };
             let delay = self.backoff.delay(failures);
             self.metrics.retries.inc();
             tracing::warn!(source = %self.source_id, session = %name, status = %status, restart_in = ?delay, "session exited; restarting");
@@ -123,16 +105,10 @@ impl Supervisor {
     }
 
     /// Read both pipes until the child exits (or shutdown stops it); the exit status as text.
-    async fn follow(
-        &self,
-        child: &mut Child,
-        tracker: &mut SessionTracker,
-        errors: &mut LineErrors,
-    ) -> String {
+    async fn follow(&self, child: &mut Child, tracker: &mut SessionTracker, errors: &mut LineErrors) -> String {
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
-        let (mut out_lines, mut err_lines) =
-            (LineSplitter::new(MAX_LINE), LineSplitter::new(MAX_LINE));
+        let (mut out_lines, mut err_lines) = (LineSplitter::new(MAX_LINE), LineSplitter::new(MAX_LINE));
         let (mut out_buf, mut err_buf) = (vec![0u8; 16 * 1024], vec![0u8; 4 * 1024]);
         let (mut out_open, mut err_open) = (true, true);
         let mut stopping = false;
@@ -172,21 +148,13 @@ impl Supervisor {
 }
 
 /// One line of output into the tracker; garbage is counted and skipped.
-pub(crate) fn feed(
-    tracker: &mut SessionTracker,
-    errors: &mut LineErrors,
-    metrics: &ComponentMetrics,
-    piece: Piece<'_>,
-    out: &mut Emitted,
-) {
+pub(crate) fn feed(tracker: &mut SessionTracker, errors: &mut LineErrors, metrics: &ComponentMetrics, piece: Piece<'_>, out: &mut Emitted) {
     let result = match piece {
         Piece::Line(line) => {
             metrics.bytes_in.add(line.len() as u64 + 1);
             tracker.line(line, now_us(), out)
         }
-        Piece::TooLong(n) => Err(crate::parse::ParseError(format!(
-            "a line longer than {MAX_LINE} bytes ({n} so far) was skipped"
-        ))),
+        Piece::TooLong(n) => Err(crate::parse::ParseError(format!("a line longer than {MAX_LINE} bytes ({n} so far) was skipped"))),
     };
     if let Err(e) = result {
         metrics.errors.inc();

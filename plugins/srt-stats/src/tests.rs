@@ -9,42 +9,21 @@ const RX_JSON: &str = include_str!("../tests/fixtures/rx-caller.jsonl");
 const TX_CSV: &str = include_str!("../tests/fixtures/tx-listener.csv");
 
 fn int(b: &RecordBatch, col: &str, row: usize) -> Option<i64> {
-    let a = b
-        .column_by_name(col)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
+    let a = b.column_by_name(col).unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
     (!a.is_null(row)).then(|| a.value(row))
 }
 fn float(b: &RecordBatch, col: &str, row: usize) -> f64 {
-    b.column_by_name(col)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .unwrap()
-        .value(row)
+    b.column_by_name(col).unwrap().as_any().downcast_ref::<Float64Array>().unwrap().value(row)
 }
 fn text(b: &RecordBatch, col: &str, row: usize) -> String {
-    b.column_by_name(col)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap()
-        .value(row)
-        .to_string()
+    b.column_by_name(col).unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(row).to_string()
 }
 
 #[test]
 fn a_real_json_line_parses_to_every_field() {
-    let Line::Stats(s) = parse_line(RX_JSON.lines().next().unwrap()).unwrap() else {
-        panic!("not stats")
-    };
+    let Line::Stats(s) = parse_line(RX_JSON.lines().next().unwrap()).unwrap() else { panic!("not stats") };
     assert_eq!(s.sid, 150975032);
-    assert_eq!(
-        s.timepoint_us,
-        Some(parse_timepoint("2026-11-23T05:35:57.795063+0000").unwrap())
-    );
+    assert_eq!(s.timepoint_us, Some(parse_timepoint("2026-11-23T05:35:57.795063+0000").unwrap()));
     assert_eq!(s.timepoint_us, Some(1_795_412_157_795_063));
     assert_eq!(s.get(Stat::Time), 1238.0);
     assert_eq!(s.get(Stat::WindowFlow), 8192.0);
@@ -63,14 +42,9 @@ fn a_real_json_line_parses_to_every_field() {
 fn csv_rows_read_by_position_match_the_same_fields() {
     let mut lines = TX_CSV.lines();
     assert_eq!(parse_line(lines.next().unwrap()).unwrap(), Line::CsvHeader);
-    let Line::Stats(s) = parse_line(lines.next().unwrap()).unwrap() else {
-        panic!("not stats")
-    };
+    let Line::Stats(s) = parse_line(lines.next().unwrap()).unwrap() else { panic!("not stats") };
     assert_eq!(s.sid, 17576414);
-    assert_eq!(
-        s.timepoint_us,
-        parse_timepoint("2026-11-23T05:35:57.674465+0000")
-    );
+    assert_eq!(s.timepoint_us, parse_timepoint("2026-11-23T05:35:57.674465+0000"));
     assert_eq!(s.get(Stat::Time), 1117.0);
     assert_eq!(s.get(Stat::WindowFlight), 3.0);
     assert_eq!(s.get(Stat::LinkRtt), 0.035);
@@ -85,57 +59,25 @@ fn csv_rows_read_by_position_match_the_same_fields() {
 #[test]
 fn timepoints_are_local_time_with_an_offset() {
     let utc = parse_timepoint("2026-11-22T10:51:57.202401+0000").unwrap();
-    assert_eq!(
-        parse_timepoint("2026-11-22T11:51:57.202401+0100"),
-        Some(utc)
-    );
-    assert_eq!(
-        parse_timepoint("2026-11-22T05:21:57.202401-0530"),
-        Some(utc)
-    );
+    assert_eq!(parse_timepoint("2026-11-22T11:51:57.202401+0100"), Some(utc));
+    assert_eq!(parse_timepoint("2026-11-22T05:21:57.202401-0530"), Some(utc));
     assert_eq!(parse_timepoint("2026-11-22T10:51:57.202401Z"), Some(utc));
-    assert_eq!(
-        chrono::DateTime::from_timestamp_micros(utc)
-            .unwrap()
-            .to_rfc3339(),
-        "2026-11-22T10:51:57.202401+00:00"
-    );
+    assert_eq!(chrono::DateTime::from_timestamp_micros(utc).unwrap().to_rfc3339(), "2026-11-22T10:51:57.202401+00:00");
     assert_eq!(parse_timepoint("2026-13-22T10:51:57.202401+0000"), None);
     assert_eq!(parse_timepoint("yesterday"), None);
 }
 
 #[test]
 fn all_connect_and_disconnect_forms_and_the_noise() {
-    assert_eq!(
-        parse_line("Accepted SRT target connection").unwrap(),
-        Line::Connected(Side::Target)
-    );
-    assert_eq!(
-        parse_line("SRT target connected").unwrap(),
-        Line::Connected(Side::Target)
-    );
-    assert_eq!(
-        parse_line("SRT source connected\r\n").unwrap(),
-        Line::Connected(Side::Source)
-    );
-    assert_eq!(
-        parse_line("Accepted SRT source connection").unwrap(),
-        Line::Connected(Side::Source)
-    );
-    assert_eq!(
-        parse_line("SRT target disconnected").unwrap(),
-        Line::Disconnected(Side::Target)
-    );
-    assert_eq!(
-        parse_line("SRT source disconnected").unwrap(),
-        Line::Disconnected(Side::Source)
-    );
+    assert_eq!(parse_line("Accepted SRT target connection").unwrap(), Line::Connected(Side::Target));
+    assert_eq!(parse_line("SRT target connected").unwrap(), Line::Connected(Side::Target));
+    assert_eq!(parse_line("SRT source connected\r\n").unwrap(), Line::Connected(Side::Source));
+    assert_eq!(parse_line("Accepted SRT source connection").unwrap(), Line::Connected(Side::Source));
+    assert_eq!(parse_line("SRT target disconnected").unwrap(), Line::Disconnected(Side::Target));
+    assert_eq!(parse_line("SRT source disconnected").unwrap(), Line::Disconnected(Side::Source));
     assert_eq!(
         parse_line("Media path: 'udp://127.0.0.1:15000' --> 'srt://:19000?mode=listener'").unwrap(),
-        Line::MediaPath {
-            srt_input: false,
-            srt_output: true
-        }
+        Line::MediaPath { srt_input: false, srt_output: true }
     );
     for noise in [
         "1316 bytes lost, 263200 bytes sent, 264516 bytes received",
@@ -153,19 +95,13 @@ fn all_connect_and_disconnect_forms_and_the_noise() {
 
 #[test]
 fn garbage_and_broken_stats_lines_are_errors_that_say_what() {
-    assert_eq!(
-        parse_line("hello world").unwrap_err().0,
-        "not a statistics line or a known message: `hello world`"
-    );
+    assert_eq!(parse_line("hello world").unwrap_err().0, "not a statistics line or a known message: `hello world`");
     // A timestamped line that is not the SRT library's log format stays an error.
     assert_eq!(
         parse_line("10:51:45.410554/srt-live-transm: something else").unwrap_err().0,
         "not a statistics line or a known message: `10:51:45.410554/srt-live-transm: something else`"
     );
-    assert_eq!(
-        parse_line("{\"time\":5}").unwrap_err().0,
-        "JSON statistics line without `sid`"
-    );
+    assert_eq!(parse_line("{\"time\":5}").unwrap_err().0, "JSON statistics line without `sid`");
     assert_eq!(
         parse_line("{\"sid\":1,\"link\":{\"rtt\":}}").unwrap_err().0,
         "malformed JSON statistics line at byte 23: expected a number"
@@ -174,20 +110,13 @@ fn garbage_and_broken_stats_lines_are_errors_that_say_what() {
         parse_line("{\"sid\":1,\"link\":{\"rtt\":1}").unwrap_err().0,
         "malformed JSON statistics line at byte 25: expected `,` or `}`"
     );
+    assert_eq!(parse_line("{\"sid\":1} trailing").unwrap_err().0, "malformed JSON statistics line at byte 10: text after the JSON object");
     assert_eq!(
-        parse_line("{\"sid\":1} trailing").unwrap_err().0,
-        "malformed JSON statistics line at byte 10: text after the JSON object"
-    );
-    assert_eq!(
-        parse_line("2026-11-23T05:35:57.674465+0000,1117,17576414,1117,8149")
-            .unwrap_err()
-            .0,
+        parse_line("2026-11-23T05:35:57.674465+0000,1117,17576414,1117,8149").unwrap_err().0,
         "CSV statistics row has 5 columns, expected 40"
     );
     assert_eq!(
-        parse_line("2026-11-23T05:35:57.674465+0000,1117,abc,1117")
-            .unwrap_err()
-            .0,
+        parse_line("2026-11-23T05:35:57.674465+0000,1117,abc,1117").unwrap_err().0,
         "CSV statistics row: SocketID `abc` is not a number"
     );
 }
@@ -195,17 +124,9 @@ fn garbage_and_broken_stats_lines_are_errors_that_say_what() {
 #[test]
 fn json_in_any_key_order_with_unknown_keys_and_escapes() {
     let line = r#"{ "recv": {"packets": 10, "packetsLost": 1, "extra": [1, {"a": "b\"}"}], "ok": true}, "sid": -3, "note": null, "link": {"rtt": 1.5e1} }"#;
-    let Line::Stats(s) = parse_line(line).unwrap() else {
-        panic!()
-    };
+    let Line::Stats(s) = parse_line(line).unwrap() else { panic!() };
     assert_eq!(
-        (
-            s.sid,
-            s.get(Stat::RecvPackets),
-            s.get(Stat::RecvPacketsLost),
-            s.get(Stat::LinkRtt),
-            s.timepoint_us
-        ),
+        (s.sid, s.get(Stat::RecvPackets), s.get(Stat::RecvPacketsLost), s.get(Stat::LinkRtt), s.timepoint_us),
         (-3, 10.0, 1.0, 15.0, None)
     );
 }
@@ -218,13 +139,7 @@ fn passphrases_are_redacted() {
     );
 }
 
-fn stats_json(
-    sid: i64,
-    send_packets: u64,
-    send_lost: u64,
-    recv_packets: u64,
-    recv_lost: u64,
-) -> String {
+fn stats_json(sid: i64, send_packets: u64, send_lost: u64, recv_packets: u64, recv_lost: u64) -> String {
     format!(
         r#"{{"sid":{sid},"timepoint":"2026-11-22T10:00:00.000000+0000","time":1,"window":{{"flow":8192,"congestion":8192,"flight":4}},"link":{{"rtt":0.5,"bandwidth":100,"maxBandwidth":1000}},"send":{{"packets":{send_packets},"packetsUnique":{send_packets},"packetsLost":{send_lost},"packetsDropped":0,"packetsRetransmitted":{send_lost},"packetsFilterExtra":0,"bytes":{},"bytesUnique":0,"bytesDropped":0,"byteAvailBuf":0,"msBuf":7,"mbitRate":3.5,"sendPeriod":10}},"recv":{{"packets":{recv_packets},"packetsUnique":{recv_packets},"packetsLost":{recv_lost},"packetsDropped":0,"packetsRetransmitted":0,"packetsBelated":0,"packetsFilterExtra":0,"packetsFilterSupply":0,"packetsFilterLoss":0,"bytes":0,"bytesUnique":0,"bytesLost":0,"bytesDropped":0,"byteAvailBuf":0,"msBuf":9,"mbitRate":2.5,"msTsbPdDelay":120}}}}"#,
         send_packets * 1360
@@ -237,31 +152,18 @@ fn connected_and_reconnections_follow_the_management_api_rules() {
     let mut out = Emitted::default();
     t.started(1, "started".into(), &mut out);
     assert_eq!(t.connected(), connected::WAITING);
-    t.line("Accepted SRT target connection", 2, &mut out)
-        .unwrap();
-    t.line(&stats_json(100, 1000, 25, 0, 0), 3, &mut out)
-        .unwrap();
-    assert_eq!(
-        (t.connected(), t.reconnections()),
-        (connected::CONNECTED, 0)
-    );
+    t.line("Accepted SRT target connection", 2, &mut out).unwrap();
+    t.line(&stats_json(100, 1000, 25, 0, 0), 3, &mut out).unwrap();
+    assert_eq!((t.connected(), t.reconnections()), (connected::CONNECTED, 0));
     t.line("SRT target disconnected", 4, &mut out).unwrap();
     assert_eq!(t.connected(), connected::WAITING);
-    t.line("Accepted SRT target connection", 5, &mut out)
-        .unwrap();
+    t.line("Accepted SRT target connection", 5, &mut out).unwrap();
     t.line(&stats_json(99, 10, 0, 0, 0), 6, &mut out).unwrap();
-    assert_eq!(
-        (t.connected(), t.reconnections()),
-        (connected::CONNECTED, 1)
-    );
+    assert_eq!((t.connected(), t.reconnections()), (connected::CONNECTED, 1));
     t.exited(7, "exited (signal: 9)".into(), &mut out);
     assert_eq!(t.connected(), connected::STOPPED);
 
-    let events: Vec<_> = out
-        .events
-        .iter()
-        .map(|e| (e.ts_us, e.event, e.sid, e.reconnections, e.message.as_str()))
-        .collect();
+    let events: Vec<_> = out.events.iter().map(|e| (e.ts_us, e.event, e.sid, e.reconnections, e.message.as_str())).collect();
     assert_eq!(
         events,
         [
@@ -275,47 +177,17 @@ fn connected_and_reconnections_follow_the_management_api_rules() {
     let batch = rows::stats_batch(&out.stats);
     // stats, disconnect status row, stats, exit status row
     assert_eq!(batch.num_rows(), 4);
-    assert_eq!(
-        (0..4)
-            .map(|r| int(&batch, "connected", r).unwrap())
-            .collect::<Vec<_>>(),
-        [1, 2, 1, 0]
-    );
-    assert_eq!(
-        (0..4)
-            .map(|r| int(&batch, "sid", r).unwrap())
-            .collect::<Vec<_>>(),
-        [100, 100, 99, 99]
-    );
-    assert_eq!(
-        (0..4)
-            .map(|r| int(&batch, "reconnections", r).unwrap())
-            .collect::<Vec<_>>(),
-        [0, 0, 1, 1]
-    );
+    assert_eq!((0..4).map(|r| int(&batch, "connected", r).unwrap()).collect::<Vec<_>>(), [1, 2, 1, 0]);
+    assert_eq!((0..4).map(|r| int(&batch, "sid", r).unwrap()).collect::<Vec<_>>(), [100, 100, 99, 99]);
+    assert_eq!((0..4).map(|r| int(&batch, "reconnections", r).unwrap()).collect::<Vec<_>>(), [0, 0, 1, 1]);
     assert_eq!(text(&batch, "role", 0), "tx");
     assert_eq!(int(&batch, "send_packets", 0), Some(1000));
     assert_eq!(int(&batch, "send_packets_lost", 0), Some(25));
-    assert_eq!(
-        int(&batch, "recv_packets", 0),
-        None,
-        "a sender's rows leave the receiver columns null"
-    );
+    assert_eq!(int(&batch, "recv_packets", 0), None, "a sender's rows leave the receiver columns null");
     assert_eq!(float(&batch, "line_loss_pct", 0), 2.5);
+    assert_eq!((float(&batch, "mbit_rate", 0), int(&batch, "ms_buf", 0), int(&batch, "flight_pkts", 0)), (3.5, Some(7), Some(4)));
     assert_eq!(
-        (
-            float(&batch, "mbit_rate", 0),
-            int(&batch, "ms_buf", 0),
-            int(&batch, "flight_pkts", 0)
-        ),
-        (3.5, Some(7), Some(4))
-    );
-    assert_eq!(
-        (
-            float(&batch, "link_rtt_ms", 0),
-            float(&batch, "link_bandwidth_mbps", 0),
-            float(&batch, "link_max_bandwidth_mbps", 0)
-        ),
+        (float(&batch, "link_rtt_ms", 0), float(&batch, "link_bandwidth_mbps", 0), float(&batch, "link_max_bandwidth_mbps", 0)),
         (0.5, 100.0, 1000.0)
     );
     // The disconnect row keeps the counters, zeroes link and rate fields.
@@ -342,36 +214,17 @@ fn a_new_sid_without_a_connect_message_is_a_reconnect_and_absorbs_the_late_messa
     t.line("SRT source connected", 1, &mut out).unwrap();
     t.line(&stats_json(7, 0, 0, 200, 4), 2, &mut out).unwrap();
     // The sender went away and came back; the stats line with the new sid wins the race.
-    t.line(&stats_json(6, 0, 0, 50, 0), 3_000_000, &mut out)
-        .unwrap();
+    t.line(&stats_json(6, 0, 0, 50, 0), 3_000_000, &mut out).unwrap();
     assert_eq!(t.reconnections(), 1);
     t.line("SRT source connected", 3_100_000, &mut out).unwrap();
-    assert_eq!(
-        t.reconnections(),
-        1,
-        "the late message is the same reconnect"
-    );
+    assert_eq!(t.reconnections(), 1, "the late message is the same reconnect");
     // Much later, a real reconnect.
-    t.line("SRT source connected", 60_000_000, &mut out)
-        .unwrap();
-    t.line(&stats_json(5, 0, 0, 10, 0), 60_000_001, &mut out)
-        .unwrap();
+    t.line("SRT source connected", 60_000_000, &mut out).unwrap();
+    t.line(&stats_json(5, 0, 0, 10, 0), 60_000_001, &mut out).unwrap();
     assert_eq!(t.reconnections(), 2);
     assert_eq!(t.role(), Some(Role::Rx), "learnt from the connect message");
-    let connects: Vec<_> = out
-        .events
-        .iter()
-        .filter(|e| e.event == "connected")
-        .map(|e| (e.message.as_str(), e.reconnections))
-        .collect();
-    assert_eq!(
-        connects,
-        [
-            ("SRT source connected", 0),
-            ("new SRT socket id 6", 1),
-            ("SRT source connected", 2)
-        ]
-    );
+    let connects: Vec<_> = out.events.iter().filter(|e| e.event == "connected").map(|e| (e.message.as_str(), e.reconnections)).collect();
+    assert_eq!(connects, [("SRT source connected", 0), ("new SRT socket id 6", 1), ("SRT source connected", 2)]);
     let batch = rows::stats_batch(&out.stats);
     assert_eq!(float(&batch, "line_loss_pct", 0), 2.0);
     assert_eq!(int(&batch, "send_packets", 0), None);
@@ -389,18 +242,8 @@ fn interval_lines_are_summed_per_connection_and_reset_on_a_new_sid() {
     t.line(&stats_json(1, 50, 1, 0, 0), 3, &mut out).unwrap();
     t.line(&stats_json(2, 10, 0, 0, 0), 4, &mut out).unwrap();
     let batch = rows::stats_batch(&out.stats);
-    assert_eq!(
-        (0..4)
-            .map(|r| int(&batch, "send_packets", r).unwrap())
-            .collect::<Vec<_>>(),
-        [100, 200, 250, 10]
-    );
-    assert_eq!(
-        (0..4)
-            .map(|r| int(&batch, "send_packets_lost", r).unwrap())
-            .collect::<Vec<_>>(),
-        [0, 4, 5, 0]
-    );
+    assert_eq!((0..4).map(|r| int(&batch, "send_packets", r).unwrap()).collect::<Vec<_>>(), [100, 200, 250, 10]);
+    assert_eq!((0..4).map(|r| int(&batch, "send_packets_lost", r).unwrap()).collect::<Vec<_>>(), [0, 4, 5, 0]);
     assert_eq!(float(&batch, "line_loss_pct", 2), 2.0);
     // Instantaneous fields are not summed.
     assert_eq!(int(&batch, "ms_buf", 2), Some(7));
@@ -412,12 +255,7 @@ fn garbage_between_good_lines_is_an_error_and_loses_nothing() {
     let mut t = SessionTracker::new("rx", Some(Role::Rx), true);
     let mut out = Emitted::default();
     let mut errors = 0;
-    for line in RX_JSON
-        .lines()
-        .take(3)
-        .chain(["{\"sid\": broken", "random words"])
-        .chain(RX_JSON.lines().skip(3))
-    {
+    for line in RX_JSON.lines().take(3).chain(["{\"sid\": broken", "random words"]).chain(RX_JSON.lines().skip(3)) {
         if t.line(line, 0, &mut out).is_err() {
             errors += 1;
         }
@@ -454,18 +292,10 @@ sessions:
     );
     assert_eq!(
         cfg.sessions[1].args(50, false),
-        [
-            "-s:50",
-            "-pf:json",
-            "srt://:9001?mode=listener&tlpktdrop=true",
-            "udp://127.0.0.1:5001?ttl=4"
-        ]
+        ["-s:50", "-pf:json", "srt://:9001?mode=listener&tlpktdrop=true", "udp://127.0.0.1:5001?ttl=4"]
     );
     let shown = cfg.sessions[0].display_command("srt-live-transmit", 100, true);
-    assert!(
-        !shown.contains("0123456789abcdef") && shown.contains("passphrase=***"),
-        "{shown}"
-    );
+    assert!(!shown.contains("0123456789abcdef") && shown.contains("passphrase=***"), "{shown}");
     assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
 }
 
@@ -479,55 +309,37 @@ fn build_error(yaml: &str) -> String {
 #[test]
 fn invalid_configs_name_the_option() {
     let base = "mode: sessions\nsessions:\n  - {name: a, role: tx, mode: caller, host: h, listen_port: 9000, udp_in: ':5000'";
-    assert_eq!(
-        build_error(&format!("{base}, passphrase: short}}")),
-        "sessions[0].passphrase: must be 10 to 79 characters long (it has 5)"
-    );
+    assert_eq!(build_error(&format!("{base}, passphrase: short}}")), "sessions[0].passphrase: must be 10 to 79 characters long (it has 5)");
     assert_eq!(
         build_error(&format!("{base}, pbkeylen: 20, passphrase: 0123456789}}")),
         "sessions[0].pbkeylen: must be 16, 24 or 32, got 20"
     );
+    assert_eq!(build_error(&format!("{base}, overhead_pct: 2}}")), "sessions[0].overhead_pct: must be 5 to 100, got 2");
     assert_eq!(
-        build_error(&format!("{base}, overhead_pct: 2}}")),
-        "sessions[0].overhead_pct: must be 5 to 100, got 2"
-    );
-    assert_eq!(
-        build_error(&format!(
-            "{base}, packetfilter: {{cols: 4, layout: diagonal}}}}"
-        )),
+        build_error(&format!("{base}, packetfilter: {{cols: 4, layout: diagonal}}}}")),
         "sessions[0].packetfilter.layout: must be `even` or `staircase`, got `diagonal`"
     );
     assert_eq!(
         build_error("mode: sessions\nsessions: [{name: a, role: rx, mode: caller, host: h, listen_port: 9000}]"),
         "sessions[0].udp_out: a receiver (`role: rx`) needs `udp_out`, e.g. `127.0.0.1:5001`"
     );
-    assert_eq!(build_error("mode: sessions\nsessions: [{name: a, role: tx, mode: caller, listen_port: 9000, udp_in: ':1'}]"), "sessions[0].host: `mode: caller` needs the peer's host");
     assert_eq!(
-        build_error(&format!(
-            "{base}}}\n  - {{name: a, role: tx, mode: listener, listen_port: 9001, udp_in: ':1'}}"
-        )),
+        build_error("mode: sessions\nsessions: [{name: a, role: tx, mode: caller, listen_port: 9000, udp_in: ':1'}]"),
+        "sessions[0].host: `mode: caller` needs the peer's host"
+    );
+    assert_eq!(
+        build_error(&format!("{base}}}\n  - {{name: a, role: tx, mode: listener, listen_port: 9001, udp_in: ':1'}}")),
         "sessions: session name `a` is used twice"
     );
-    assert_eq!(
-        build_error("mode: sessions"),
-        "sessions: `mode: sessions` needs at least one session"
-    );
-    assert_eq!(
-        build_error("mode: srt_api"),
-        "srt_api: `mode: srt_api` needs `srt_api: {url, username, password}`"
-    );
+    assert_eq!(build_error("mode: sessions"), "sessions: `mode: sessions` needs at least one session");
+    assert_eq!(build_error("mode: srt_api"), "srt_api: `mode: srt_api` needs `srt_api: {url, username, password}`");
     assert_eq!(
         build_error("mode: srt_api\nsrt_api: {url: srt-api:5000, username: u, password: p}"),
         "srt_api.url: expected an http:// or https:// URL, got `srt-api:5000`"
     );
-    assert!(build_error("mode: udp").starts_with(
-        "mode: unknown variant `udp`, expected one of `sessions`, `docker`, `srt_api`"
-    ));
+    assert!(build_error("mode: udp").starts_with("mode: unknown variant `udp`, expected one of `sessions`, `docker`, `srt_api`"));
     let both = build_error("mode: sessions\nsessions: [{name: a, role: both, mode: caller, host: h, listen_port: 9000}]");
-    assert!(
-        both.starts_with("sessions[0].role: unknown variant `both`, expected `tx` or `rx`"),
-        "{both}"
-    );
+    assert!(both.starts_with("sessions[0].role: unknown variant `both`, expected `tx` or `rx`"), "{both}");
 }
 
 /// An `srt_api` poller for `url` with user `u`, password `p` and 1 s interval and timeout.
@@ -567,49 +379,13 @@ fn api_lists_become_rows_and_state_changes_events() {
     poller.rows(Role::Tx, tx(1, 2).as_array().unwrap(), 40, &mut out);
     let b = rows::stats_batch(&out.stats);
     assert_eq!(b.num_rows(), 4);
+    assert_eq!((text(&b, "session", 0), text(&b, "role", 0), int(&b, "sid", 0)), ("feed".into(), "tx".into(), None));
     assert_eq!(
-        (
-            text(&b, "session", 0),
-            text(&b, "role", 0),
-            int(&b, "sid", 0)
-        ),
-        ("feed".into(), "tx".into(), None)
-    );
-    assert_eq!(
-        (
-            int(&b, "send_packets", 0),
-            int(&b, "send_packets_lost", 0),
-            int(&b, "send_bytes", 0)
-        ),
+        (int(&b, "send_packets", 0), int(&b, "send_packets_lost", 0), int(&b, "send_bytes", 0)),
         (Some(4095), Some(105), Some(5569200))
     );
-    assert_eq!(
-        (
-            float(&b, "line_loss_pct", 0),
-            float(&b, "mbit_rate", 0),
-            float(&b, "link_max_bandwidth_mbps", 0)
-        ),
-        (2.5641, 3.9, 12.0)
-    );
-    assert_eq!(
-        (
-            int(&b, "send_packets_dropped", 0),
-            int(&b, "ms_buf", 0),
-            int(&b, "recv_packets", 0)
-        ),
-        (None, None, None)
-    );
-    let events: Vec<_> = out
-        .events
-        .iter()
-        .map(|e| (e.ts_us, e.event, e.reconnections))
-        .collect();
-    assert_eq!(
-        events,
-        [
-            (20, "disconnected", 0),
-            (30, "connected", 1),
-            (40, "connected", 2)
-        ]
-    );
+    assert_eq!((float(&b, "line_loss_pct", 0), float(&b, "mbit_rate", 0), float(&b, "link_max_bandwidth_mbps", 0)), (2.5641, 3.9, 12.0));
+    assert_eq!((int(&b, "send_packets_dropped", 0), int(&b, "ms_buf", 0), int(&b, "recv_packets", 0)), (None, None, None));
+    let events: Vec<_> = out.events.iter().map(|e| (e.ts_us, e.event, e.reconnections)).collect();
+    assert_eq!(events, [(20, "disconnected", 0), (30, "connected", 1), (40, "connected", 2)]);
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -35,31 +34,16 @@ async fn ensure_image(d: &Docker) {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("bin")).unwrap();
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox-static is required");
+    let busybox =
+        ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("busybox-static is required");
     std::fs::copy(busybox, dir.path().join("bin/busybox")).unwrap();
     for applet in ["sh", "echo", "sleep"] {
         std::os::unix::fs::symlink("busybox", dir.path().join("bin").join(applet)).unwrap();
     }
-    let tar = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(dir.path())
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
+    let tar = std::process::Command::new("tar").arg("-C").arg(dir.path()).args(["-cf", "-", "."]).output().unwrap();
     assert!(tar.status.success());
-    let options = CreateImageOptionsBuilder::default()
-        .from_src("-")
-        .repo("localhost/tributary-srt-replay")
-        .tag("latest")
-        .build();
-    let mut progress = d.create_image(
-        Some(options),
-        Some(bollard::body_full(tar.stdout.into())),
-        None,
-    );
+    let options = CreateImageOptionsBuilder::default().from_src("-").repo("localhost/tributary-srt-replay").tag("latest").build();
+    let mut progress = d.create_image(Some(options), Some(bollard::body_full(tar.stdout.into())), None);
     while let Some(p) = progress.next().await {
         p.unwrap();
     }
@@ -73,13 +57,7 @@ fn stats_line(sid: i64, recv: u64, send: u64) -> String {
 }
 
 /// Create and start a container printing `stderr` lines, then `stdout` lines, then sleeping.
-async fn run_container(
-    d: &Docker,
-    name: &str,
-    labels: HashMap<String, String>,
-    stderr: &[&str],
-    stdout: &[String],
-) -> String {
+async fn run_container(d: &Docker, name: &str, labels: HashMap<String, String>, stderr: &[&str], stdout: &[String]) -> String {
     let mut script = String::new();
     for l in stderr {
         script.push_str(&format!("echo '{l}' >&2; "));
@@ -95,37 +73,17 @@ async fn run_container(
         image: Some(IMAGE.into()),
         cmd: Some(vec!["sh".into(), "-c".into(), script]),
         labels: Some(labels),
-        host_config: Some(HostConfig {
-            network_mode: Some("none".into()),
-            ..Default::default()
-        }),
+        host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
         ..Default::default()
     };
-    let _ = d
-        .remove_container(
-            name,
-            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-        )
-        .await;
-    let id = d
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(name).build()),
-            body,
-        )
-        .await
-        .unwrap()
-        .id;
+    let _ = d.remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+    let id = d.create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body).await.unwrap().id;
     d.start_container(&id, None).await.unwrap();
     id
 }
 
 async fn remove(d: &Docker, id: &str) {
-    let _ = d
-        .remove_container(
-            id,
-            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-        )
-        .await;
+    let _ = d.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
 }
 
 #[tokio::test]
@@ -134,8 +92,7 @@ async fn containers_are_discovered_followed_and_noticed_when_they_stop() {
     ensure_image(&d).await;
     let run = format!("{}", std::process::id());
     let selected = |extra: &[(&str, &str)]| {
-        let mut l: HashMap<String, String> =
-            HashMap::from([("tributary.srt.test".into(), run.clone())]);
+        let mut l: HashMap<String, String> = HashMap::from([("tributary.srt.test".into(), run.clone())]);
         l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         l
     };
@@ -162,61 +119,25 @@ async fn containers_are_discovered_followed_and_noticed_when_they_stop() {
         &[stats_line(5, 1, 0)],
     )
     .await;
-    r.until("camera-1's rows", Duration::from_secs(30), |r| {
-        r.stats_of("camera-1").len() == 3
-    })
-    .await;
+    r.until("camera-1's rows", Duration::from_secs(30), |r| r.stats_of("camera-1").len() == 3).await;
 
     // A sender started after the pipeline, without labels naming it: container name, role from its output.
     let b_name = format!("srt-b-{run}");
-    let b = run_container(
-        &d,
-        &b_name,
-        selected(&[]),
-        &["Accepted SRT target connection"],
-        &[stats_line(21, 0, 500)],
-    )
-    .await;
-    r.until("the late container's rows", Duration::from_secs(30), |r| {
-        !r.stats_of(&b_name).is_empty()
-    })
-    .await;
+    let b = run_container(&d, &b_name, selected(&[]), &["Accepted SRT target connection"], &[stats_line(21, 0, 500)]).await;
+    r.until("the late container's rows", Duration::from_secs(30), |r| !r.stats_of(&b_name).is_empty()).await;
 
-    d.stop_container(
-        &a,
-        Some(StopContainerOptionsBuilder::default().t(1).build()),
-    )
-    .await
-    .unwrap();
-    r.until("camera-1 to stop", Duration::from_secs(30), |r| {
-        !r.events_of("camera-1", "exited").is_empty()
-    })
-    .await;
+    d.stop_container(&a, Some(StopContainerOptionsBuilder::default().t(1).build())).await.unwrap();
+    r.until("camera-1 to stop", Duration::from_secs(30), |r| !r.events_of("camera-1", "exited").is_empty()).await;
     let r = r.stop().await;
     for id in [&a, &b, &other] {
         remove(&d, id).await;
     }
 
     let cam = r.stats_of("camera-1");
-    assert_eq!(
-        cam.iter()
-            .map(|s| s.get("recv_packets"))
-            .collect::<Vec<_>>(),
-        [100.0, 200.0, 300.0, 300.0]
-    );
-    assert_eq!(
-        cam.iter().map(|s| s.connected).collect::<Vec<_>>(),
-        [1, 1, 1, 0]
-    );
-    assert!(cam
-        .iter()
-        .all(|s| s.role.as_deref() == Some("rx") && s.sid == Some(11) && s.reconnections == 0));
-    let cam_events: Vec<_> = r
-        .events
-        .iter()
-        .filter(|e| e.session == "camera-1")
-        .map(|e| (e.event.as_str(), e.message.clone()))
-        .collect();
+    assert_eq!(cam.iter().map(|s| s.get("recv_packets")).collect::<Vec<_>>(), [100.0, 200.0, 300.0, 300.0]);
+    assert_eq!(cam.iter().map(|s| s.connected).collect::<Vec<_>>(), [1, 1, 1, 0]);
+    assert!(cam.iter().all(|s| s.role.as_deref() == Some("rx") && s.sid == Some(11) && s.reconnections == 0));
+    let cam_events: Vec<_> = r.events.iter().filter(|e| e.session == "camera-1").map(|e| (e.event.as_str(), e.message.clone())).collect();
     let short: String = a.chars().take(12).collect();
     assert_eq!(
         cam_events,
@@ -226,45 +147,20 @@ async fn containers_are_discovered_followed_and_noticed_when_they_stop() {
             ("exited", format!("container {short}: container stopped")),
         ]
     );
-    assert_eq!(
-        r.harness.metrics.errors.get(),
-        1,
-        "the garbage line is counted"
-    );
+    assert_eq!(r.harness.metrics.errors.get(), 1, "the garbage line is counted");
 
     let late = r.stats_of(&b_name);
-    assert_eq!(
-        (
-            late[0].role.as_deref(),
-            late[0].get("send_packets"),
-            late[0].sid
-        ),
-        (Some("tx"), 500.0, Some(21))
-    );
+    assert_eq!((late[0].role.as_deref(), late[0].get("send_packets"), late[0].sid), (Some("tx"), 500.0, Some(21)));
     assert_eq!(late[0].columns["recv_packets"], None);
-    assert!(
-        r.stats
-            .iter()
-            .all(|s| s.session != format!("srt-other-{run}")),
-        "an unselected container was followed"
-    );
+    assert!(r.stats.iter().all(|s| s.session != format!("srt-other-{run}")), "an unselected container was followed");
 }
 
 #[tokio::test]
 async fn an_unreachable_engine_is_counted_and_retried() {
     let port = tributary_sdk::testkit::free_port();
-    let r = common::start(&format!(
-        "{{mode: docker, docker: {{host: 'tcp://127.0.0.1:{port}', discover_interval: 50ms}}}}"
-    ));
+    let r = common::start(&format!("{{mode: docker, docker: {{host: 'tcp://127.0.0.1:{port}', discover_interval: 50ms}}}}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !r.task.is_finished(),
-        "the source keeps looking for containers"
-    );
+    assert!(!r.task.is_finished(), "the source keeps looking for containers");
     let r = r.stop().await;
-    assert!(
-        r.harness.metrics.errors.get() >= 2,
-        "errors: {}",
-        r.harness.metrics.errors.get()
-    );
+    assert!(r.harness.metrics.errors.get() >= 2, "errors: {}", r.harness.metrics.errors.get());
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{start, Running};
-use tributary_sdk::testkit::free_udp_port;
 use tokio::net::UdpSocket;
+use tributary_sdk::testkit::free_udp_port;
 
 const PAYLOAD: [u8; 1316] = [0x47; 1316];
 
@@ -78,12 +78,8 @@ sessions:
 /// The TX has accepted the RX's connection. (The RX prints its own connect message only once
 /// data arrives: srt-live-transmit reports the source connected on its first read.)
 async fn linked(r: &mut Running) {
-    r.until(
-        "the receiver to connect to the transmitter",
-        Duration::from_secs(20),
-        |r| !r.events_of("feed-tx", "connected").is_empty(),
-    )
-    .await;
+    r.until("the receiver to connect to the transmitter", Duration::from_secs(20), |r| !r.events_of("feed-tx", "connected").is_empty())
+        .await;
 }
 
 #[tokio::test]
@@ -97,10 +93,8 @@ async fn a_tx_listener_and_an_rx_caller_report_what_was_sent() {
     send_packets(udp_in, SENT).await;
     // Reports are packet-driven (one per 100): the last one covers all but the last interval.
     r.until("the last reports", Duration::from_secs(20), |r| {
-        r.last_stats("feed-tx")
-            .is_some_and(|s| s.get("send_packets_unique") > (SENT - 100) as f64)
-            && r.last_stats("feed-rx")
-                .is_some_and(|s| s.get("recv_packets_unique") > (SENT - 100) as f64)
+        r.last_stats("feed-tx").is_some_and(|s| s.get("send_packets_unique") > (SENT - 100) as f64)
+            && r.last_stats("feed-rx").is_some_and(|s| s.get("recv_packets_unique") > (SENT - 100) as f64)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -108,58 +102,22 @@ async fn a_tx_listener_and_an_rx_caller_report_what_was_sent() {
 
     let tx = r.last_stats("feed-tx").unwrap();
     let rx = r.last_stats("feed-rx").unwrap();
-    assert_eq!(
-        (tx.role.as_deref(), rx.role.as_deref()),
-        (Some("tx"), Some("rx"))
-    );
+    assert_eq!((tx.role.as_deref(), rx.role.as_deref()), (Some("tx"), Some("rx")));
     assert_eq!((tx.reconnections, rx.reconnections), (0, 0));
-    assert!(
-        tx.get("send_packets_unique") <= SENT as f64
-            && tx.get("send_packets") >= tx.get("send_packets_unique"),
-        "{tx:?}"
-    );
+    assert!(tx.get("send_packets_unique") <= SENT as f64 && tx.get("send_packets") >= tx.get("send_packets_unique"), "{tx:?}");
     assert!(rx.get("recv_packets_unique") <= SENT as f64, "{rx:?}");
-    assert_eq!(
-        tx.get("send_bytes_unique"),
-        tx.get("send_packets_unique") * 1360.0,
-        "1316-byte payloads count 1360 bytes with headers"
-    );
-    assert_eq!(
-        (tx.columns["recv_packets"], rx.columns["send_packets"]),
-        (None, None)
-    );
-    assert_eq!(
-        (tx.get("line_loss_pct"), rx.get("line_loss_pct")),
-        (0.0, 0.0)
-    );
+    assert_eq!(tx.get("send_bytes_unique"), tx.get("send_packets_unique") * 1360.0, "1316-byte payloads count 1360 bytes with headers");
+    assert_eq!((tx.columns["recv_packets"], rx.columns["send_packets"]), (None, None));
+    assert_eq!((tx.get("line_loss_pct"), rx.get("line_loss_pct")), (0.0, 0.0));
     assert_eq!(rx.get("tsbpd_delay_ms"), 120.0);
-    assert!(
-        tx.get("link_rtt_ms") > 0.0 && tx.get("link_max_bandwidth_mbps") == 1000.0,
-        "{tx:?}"
-    );
+    assert!(tx.get("link_rtt_ms") > 0.0 && tx.get("link_max_bandwidth_mbps") == 1000.0, "{tx:?}");
     assert!(tx.sid.is_some() && rx.sid.is_some() && tx.sid != rx.sid);
     // Every stats row of a connection carries the same sid.
-    assert!(r
-        .stats_of("feed-rx")
-        .iter()
-        .filter(|s| s.connected == 1)
-        .all(|s| s.sid == rx.sid));
-    assert_eq!(
-        received.load(Ordering::Relaxed),
-        SENT,
-        "every datagram reached the receiver's UDP output"
-    );
+    assert!(r.stats_of("feed-rx").iter().filter(|s| s.connected == 1).all(|s| s.sid == rx.sid));
+    assert_eq!(received.load(Ordering::Relaxed), SENT, "every datagram reached the receiver's UDP output");
 
-    let messages = |s: &str, e: &str| {
-        r.events_of(s, e)
-            .iter()
-            .map(|e| e.message.clone())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        messages("feed-tx", "connected"),
-        ["Accepted SRT target connection"]
-    );
+    let messages = |s: &str, e: &str| r.events_of(s, e).iter().map(|e| e.message.clone()).collect::<Vec<_>>();
+    assert_eq!(messages("feed-tx", "connected"), ["Accepted SRT target connection"]);
     assert_eq!(messages("feed-rx", "connected"), ["SRT source connected"]);
     let commands = [
         ("feed-tx", format!("'-s:100' '-pf:json' '-f' 'udp://127.0.0.1:{udp_in}' 'srt://:{srt_port}?mode=listener'")),
@@ -168,11 +126,7 @@ async fn a_tx_listener_and_an_rx_caller_report_what_was_sent() {
     for (s, command) in commands {
         let started = messages(s, "started");
         assert_eq!(started.len(), 1, "{started:?}");
-        assert!(
-            started[0].starts_with("started (pid ")
-                && started[0].ends_with(&format!("): {} {command}", program())),
-            "{started:?}"
-        );
+        assert!(started[0].starts_with("started (pid ") && started[0].ends_with(&format!("): {} {command}", program())), "{started:?}");
         let exited = messages(s, "exited");
         assert_eq!(exited.len(), 1);
         assert!(exited[0].starts_with("stopped ("), "{exited:?}");
@@ -223,12 +177,7 @@ async fn lossy_relay(listen: u16, server: u16, nth: u64) {
 #[tokio::test]
 async fn loss_on_the_path_shows_as_lost_and_retransmitted_packets() {
     require_program();
-    let (udp_in, srt_port, relay, udp_out) = (
-        free_udp_port(),
-        free_udp_port(),
-        free_udp_port(),
-        free_udp_port(),
-    );
+    let (udp_in, srt_port, relay, udp_out) = (free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port());
     let _received = udp_sink(udp_out).await;
     lossy_relay(relay, srt_port, 20).await;
     let mut r = start(&pair_yaml(udp_in, srt_port, relay, udp_out));
@@ -236,12 +185,8 @@ async fn loss_on_the_path_shows_as_lost_and_retransmitted_packets() {
     send_packets(udp_in, 2000).await;
     r.until("loss to be reported", Duration::from_secs(20), |r| {
         r.last_stats("feed-rx").is_some_and(|s| {
-            s.get("recv_packets_lost") > 0.0
-                && s.get("recv_packets_retransmitted") > 0.0
-                && s.get("recv_packets") > 1500.0
-        }) && r
-            .last_stats("feed-tx")
-            .is_some_and(|s| s.get("send_packets_retransmitted") > 0.0)
+            s.get("recv_packets_lost") > 0.0 && s.get("recv_packets_retransmitted") > 0.0 && s.get("recv_packets") > 1500.0
+        }) && r.last_stats("feed-tx").is_some_and(|s| s.get("send_packets_retransmitted") > 0.0)
     })
     .await;
     let r = r.stop().await;
@@ -250,15 +195,8 @@ async fn loss_on_the_path_shows_as_lost_and_retransmitted_packets() {
     assert!(rx.get("line_loss_pct") > 0.0);
     assert!((rx.get("line_loss_pct") - expected).abs() < 1e-9, "{rx:?}");
     let tx = r.last_stats("feed-tx").unwrap();
-    assert!(
-        tx.get("send_packets") > tx.get("send_packets_unique"),
-        "retransmissions are counted in send_packets: {tx:?}"
-    );
-    assert!(
-        (tx.get("line_loss_pct") - tx.get("send_packets_lost") / tx.get("send_packets") * 100.0)
-            .abs()
-            < 1e-9
-    );
+    assert!(tx.get("send_packets") > tx.get("send_packets_unique"), "retransmissions are counted in send_packets: {tx:?}");
+    assert!((tx.get("line_loss_pct") - tx.get("send_packets_lost") / tx.get("send_packets") * 100.0).abs() < 1e-9);
 }
 
 #[tokio::test]
@@ -270,10 +208,7 @@ async fn a_killed_receiver_is_restarted_and_both_ends_count_the_reconnection() {
     linked(&mut r).await;
     let stop = Arc::new(AtomicBool::new(false));
     let sender = send_until(udp_in, stop.clone());
-    r.until("stats from the receiver", Duration::from_secs(20), |r| {
-        r.last_stats("feed-rx").is_some()
-    })
-    .await;
+    r.until("stats from the receiver", Duration::from_secs(20), |r| r.last_stats("feed-rx").is_some()).await;
     let started = r.events_of("feed-rx", "started")[0].message.clone();
     let pid: i32 = started
         .split("pid ")
@@ -286,75 +221,27 @@ async fn a_killed_receiver_is_restarted_and_both_ends_count_the_reconnection() {
 
     // The TX notices after SRT's peer idle timeout (~5 s); the supervisor restarts the RX, which
     // connects again.
-    r.until(
-        "the reconnection on both ends",
-        Duration::from_secs(40),
-        |r| {
-            r.events_of("feed-tx", "connected")
-                .iter()
-                .any(|e| e.reconnections == 1)
-                && r.events_of("feed-rx", "connected")
-                    .iter()
-                    .any(|e| e.reconnections == 1)
-                && r.stats_of("feed-tx")
-                    .iter()
-                    .any(|s| s.connected == 1 && s.reconnections == 1)
-                && r.stats_of("feed-rx")
-                    .iter()
-                    .any(|s| s.connected == 1 && s.reconnections == 1)
-        },
-    )
+    r.until("the reconnection on both ends", Duration::from_secs(40), |r| {
+        r.events_of("feed-tx", "connected").iter().any(|e| e.reconnections == 1)
+            && r.events_of("feed-rx", "connected").iter().any(|e| e.reconnections == 1)
+            && r.stats_of("feed-tx").iter().any(|s| s.connected == 1 && s.reconnections == 1)
+            && r.stats_of("feed-rx").iter().any(|s| s.connected == 1 && s.reconnections == 1)
+    })
     .await;
     stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
     let r = r.stop().await;
 
-    let rx_events: Vec<_> = r
-        .events
-        .iter()
-        .filter(|e| e.session == "feed-rx")
-        .map(|e| e.event.as_str())
-        .collect();
-    assert_eq!(
-        rx_events,
-        [
-            "started",
-            "connected",
-            "exited",
-            "started",
-            "connected",
-            "exited"
-        ]
-    );
+    let rx_events: Vec<_> = r.events.iter().filter(|e| e.session == "feed-rx").map(|e| e.event.as_str()).collect();
+    assert_eq!(rx_events, ["started", "connected", "exited", "started", "connected", "exited"]);
     let killed = &r.events_of("feed-rx", "exited")[0].message;
     assert!(killed.starts_with("exited (signal: 9"), "{killed}");
-    let tx_events: Vec<_> = r
-        .events
-        .iter()
-        .filter(|e| e.session == "feed-tx")
-        .map(|e| (e.event.as_str(), e.reconnections))
-        .collect();
+    let tx_events: Vec<_> = r.events.iter().filter(|e| e.session == "feed-tx").map(|e| (e.event.as_str(), e.reconnections)).collect();
     // (At the stop the RX may go first, so the TX can log one more disconnect before it exits.)
-    assert_eq!(
-        tx_events[..4],
-        [
-            ("started", 0),
-            ("connected", 0),
-            ("disconnected", 0),
-            ("connected", 1)
-        ]
-    );
+    assert_eq!(tx_events[..4], [("started", 0), ("connected", 0), ("disconnected", 0), ("connected", 1)]);
     assert_eq!(tx_events.last(), Some(&("exited", 1)));
-    assert_eq!(
-        r.events_of("feed-tx", "disconnected")[0].message,
-        "SRT target disconnected"
-    );
+    assert_eq!(r.events_of("feed-tx", "disconnected")[0].message, "SRT target disconnected");
     // The new connection is a new socket.
-    let sids: std::collections::BTreeSet<_> = r
-        .stats_of("feed-tx")
-        .iter()
-        .filter(|s| s.connected == 1)
-        .map(|s| s.sid)
-        .collect();
+    let sids: std::collections::BTreeSet<_> = r.stats_of("feed-tx").iter().filter(|s| s.connected == 1).map(|s| s.sid).collect();
     assert_eq!(sids.len(), 2, "{sids:?}");
 }

@@ -101,10 +101,7 @@ impl TimescaleSinkConfig {
         match schema.field_with_name(&self.time_column) {
             Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => {}
             Ok(f) => {
-                return Err(ConfigError::at(
-                    "time_column",
-                    format!("column `{}` is {}, not a timestamp", self.time_column, f.data_type()),
-                ))
+                return Err(ConfigError::at("time_column", format!("column `{}` is {}, not a timestamp", self.time_column, f.data_type())))
             }
             Err(_) => {
                 return Err(ConfigError::at(

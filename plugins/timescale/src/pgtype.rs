@@ -5,8 +5,8 @@
 use bytes::{BufMut, BytesMut};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt8Type,
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt8Type,
 };
 
 /// PostgreSQL's epoch (2000-01-01) in Unix microseconds and days.
@@ -211,7 +211,9 @@ impl ColumnEncoder {
                 out.put_i32(8);
                 out.put_f64(v.as_f64());
             }
-            (ty, Num::F(_)) => return Err(format!("column `{}`: a float cannot be stored in PostgreSQL type {}", self.name, ty.sql_name())),
+            (ty, Num::F(_)) => {
+                return Err(format!("column `{}`: a float cannot be stored in PostgreSQL type {}", self.name, ty.sql_name()))
+            }
             (ty, _) => return Err(format!("column `{}`: cannot encode into PostgreSQL type {}", self.name, ty.sql_name())),
         }
         Ok(())

@@ -74,7 +74,8 @@ impl TimescaleSink {
             // The staged upsert's `CREATE TEMP TABLE IF NOT EXISTS` would log a NOTICE per batch.
             pg.options("-c client_min_messages=warning");
         }
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        let backoff =
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
         let buffer = RowBuffer::new(schema.clone(), cfg.batch_rows);
         TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff }
     }

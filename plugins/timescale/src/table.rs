@@ -53,7 +53,10 @@ pub async fn prepare(client: &Client, cfg: &TimescaleSinkConfig, schema: &Schema
         // Checked first: concurrent `CREATE SCHEMA IF NOT EXISTS` can still collide in the catalog.
         let schema_exists = client.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&cfg.schema]).await?.is_some();
         if !schema_exists {
-            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&cfg.schema))).await.with_context(|| format!("creating schema {}", cfg.schema))?;
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&cfg.schema)))
+                .await
+                .with_context(|| format!("creating schema {}", cfg.schema))?;
         }
         client
             .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {qualified} ({})", defs.join(", ")))

@@ -17,9 +17,8 @@ fn pg_url() -> String {
 }
 
 async fn admin() -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg_url(), NoTls)
-        .await
-        .expect("PostgreSQL must be running for these tests (see ../shared/SERVICES.md)");
+    let (client, conn) =
+        tokio_postgres::connect(&pg_url(), NoTls).await.expect("PostgreSQL must be running for these tests (see ../shared/SERVICES.md)");
     tokio::spawn(conn);
     client
 }
@@ -100,7 +99,11 @@ async fn creates_the_table_with_mapped_types_and_copies_rows_exactly() {
         ("success", "boolean", "YES"),
     ];
     assert_eq!(types, expect.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())));
-    let index: i64 = db.query_one("SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND indexname = $2", &[&table, &format!("{table}_ts_idx")]).await.unwrap().get(0);
+    let index: i64 = db
+        .query_one("SELECT count(*) FROM pg_indexes WHERE tablename = $1 AND indexname = $2", &[&table, &format!("{table}_ts_idx")])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(index, 1, "plain PostgreSQL gets a time index");
 
     assert_eq!(sink.write(probe_rows(0..3, "https://a.example"), &ctx).await.unwrap(), Durability::Buffered);
@@ -308,7 +311,8 @@ async fn start_waits_for_a_database_that_comes_up_later() {
     proxy.abort();
 
     let db = admin().await;
-    let sites: Vec<String> = db.query(&format!("SELECT site FROM \"{table}\" ORDER BY ts"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let sites: Vec<String> =
+        db.query(&format!("SELECT site FROM \"{table}\" ORDER BY ts"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
     assert_eq!(sites, ["late", "late", "late"]);
 }

@@ -133,7 +133,16 @@ impl ApiClient {
         shutdown: CancellationToken,
         metrics: Arc<ComponentMetrics>,
     ) -> ApiClient {
-        ApiClient { http, base: base_url.trim_end_matches('/').into(), auth, limiter, max_attempts, shutdown, metrics, source_id: source_id.into() }
+        ApiClient {
+            http,
+            base: base_url.trim_end_matches('/').into(),
+            auth,
+            limiter,
+            max_attempts,
+            shutdown,
+            metrics,
+            source_id: source_id.into(),
+        }
     }
 
     /// Sleeps unless the pipeline stops first (then the request gives up).
@@ -192,12 +201,14 @@ impl ApiClient {
             };
             match status {
                 200..=299 => {
-                    return serde_json::from_slice(&body).map(|body| Reply { body, status, tracking_id: tracking_id.clone() }).map_err(|e| CallError {
-                        status: Some(status),
-                        tracking_id,
-                        message: format!("malformed JSON in the response: {e}"),
-                        auth: None,
-                    })
+                    return serde_json::from_slice(&body).map(|body| Reply { body, status, tracking_id: tracking_id.clone() }).map_err(
+                        |e| CallError {
+                            status: Some(status),
+                            tracking_id,
+                            message: format!("malformed JSON in the response: {e}"),
+                            auth: None,
+                        },
+                    )
                 }
                 401 if !refreshed => {
                     // An expired or revoked token: refresh once and try again (not an attempt).

@@ -162,12 +162,7 @@ impl WebexMeshConfig {
                     return Err(ConfigError::at("auth.scopes", "needs at least one scope"));
                 }
             }
-            _ => {
-                return Err(ConfigError::at(
-                    "auth",
-                    "needs client_id and client_secret (an OAuth Webex Integration) or access_token",
-                ))
-            }
+            _ => return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token")),
         }
         if self.interval.0.is_zero() {
             return Err(ConfigError::at("interval", "must be more than 0s"));
@@ -175,7 +170,10 @@ impl WebexMeshConfig {
         if self.lookback.0 < self.interval.0 {
             return Err(ConfigError::at(
                 "lookback",
-                format!("({:?}) must be at least the interval ({:?}), or data between polls is never read", self.lookback.0, self.interval.0),
+                format!(
+                    "({:?}) must be at least the interval ({:?}), or data between polls is never read",
+                    self.lookback.0, self.interval.0
+                ),
             ));
         }
         if self.backfill_window.0.is_zero() || self.backfill_window.0 > Duration::from_secs(7 * 86_400) {

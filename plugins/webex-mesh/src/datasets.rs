@@ -32,7 +32,18 @@ pub enum Dataset {
 impl Dataset {
     pub fn all() -> Vec<Dataset> {
         use Dataset::*;
-        vec![Clusters, ClusterAvailability, NodeAvailability, Utilization, CloudOverflow, CallRedirects, ClientTypes, Reachability, MediaHealth, NetworkTests]
+        vec![
+            Clusters,
+            ClusterAvailability,
+            NodeAvailability,
+            Utilization,
+            CloudOverflow,
+            CallRedirects,
+            ClientTypes,
+            Reachability,
+            MediaHealth,
+            NetworkTests,
+        ]
     }
 
     /// The org-level endpoint (node availability is per cluster).
@@ -76,19 +87,209 @@ use FieldType::{Bool, Float, Int, String as Str, Timestamp as Ts};
 
 /// Every output and its columns. `""` (the main output) logs each API call.
 pub const OUTPUTS: [(&str, &[(&str, FieldType)]); 13] = [
-    ("", &[("ts", Ts), ("organization_id", Str), ("endpoint", Str), ("from_timestamp", Ts), ("to_timestamp", Ts), ("status", Int), ("rows", Int), ("duration_ms", Float), ("tracking_id", Str), ("error", Str)]),
+    (
+        "",
+        &[
+            ("ts", Ts),
+            ("organization_id", Str),
+            ("endpoint", Str),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("status", Int),
+            ("rows", Int),
+            ("duration_ms", Float),
+            ("tracking_id", Str),
+            ("error", Str),
+        ],
+    ),
     ("organizations", &[("poll_timestamp", Ts), ("organization_id", Str), ("organization_name", Str), ("create_timestamp", Ts)]),
-    ("cluster_details", &[("poll_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("cluster_name", Str), ("node_id", Str), ("release_channel", Str), ("upgrade_schedule_days", Str), ("upgrade_schedule_time", Str), ("upgrade_schedule_timezone", Str), ("upgrade_pending", Bool), ("next_upgrade_timestamp", Ts)]),
-    ("node_details", &[("poll_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("node_id", Str), ("host_name", Str), ("deployment_type", Str), ("country_code", Str), ("city", Str), ("timezone", Str)]),
-    ("cluster_availability", &[("poll_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("cluster_name", Str), ("online_nodes", Int), ("offline_nodes", Int), ("total_nodes", Int), ("availability", Str), ("start_timestamp", Ts), ("end_timestamp", Ts)]),
-    ("node_availability", &[("poll_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("cluster_name", Str), ("node_id", Str), ("host_name", Str), ("availability", Str), ("unavailability_reason", Str), ("start_timestamp", Ts), ("end_timestamp", Ts)]),
-    ("utilization", &[("poll_timestamp", Ts), ("organization_id", Str), ("from_timestamp", Ts), ("to_timestamp", Ts), ("aggregation_interval", Str), ("measure_timestamp", Ts), ("cluster_id", Str), ("cluster_name", Str), ("peak_cpu", Float), ("avg_cpu", Float), ("active_calls", Int), ("active_private_calls", Int)]),
-    ("cloud_overflow", &[("poll_timestamp", Ts), ("organization_id", Str), ("aggregation_interval", Str), ("from_timestamp", Ts), ("to_timestamp", Ts), ("overflow_timestamp", Ts), ("overflow_reason", Str), ("overflow_count", Int), ("remediation", Str)]),
-    ("call_redirects", &[("poll_timestamp", Ts), ("organization_id", Str), ("aggregation_interval", Str), ("from_timestamp", Ts), ("to_timestamp", Ts), ("redirect_timestamp", Ts), ("cluster_id", Str), ("cluster_name", Str), ("redirect_reason", Str), ("redirect_count", Int), ("remediation", Str)]),
-    ("client_types", &[("poll_timestamp", Ts), ("organization_id", Str), ("aggregation_interval", Str), ("from_timestamp", Ts), ("to_timestamp", Ts), ("distribution_timestamp", Ts), ("cluster_id", Str), ("cluster_name", Str), ("device_type", Str), ("device_count", Int), ("device_description", Str)]),
-    ("reachability", &[("poll_timestamp", Ts), ("from_timestamp", Ts), ("to_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("cluster_name", Str), ("node_id", Str), ("host_name", Str), ("ip_address", Str), ("destination_cluster", Str), ("test_timestamp", Ts), ("test_id", Str), ("trigger_type", Str), ("protocol", Str), ("port", Int), ("reachability", Bool), ("destination_ip_address", Str)]),
-    ("media_health", &[("poll_timestamp", Ts), ("from_timestamp", Ts), ("to_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("cluster_name", Str), ("node_id", Str), ("host_name", Str), ("ip_address", Str), ("test_timestamp", Ts), ("test_id", Str), ("trigger_type", Str), ("test_name", Str), ("test_result", Str), ("failure_reason", Str)]),
-    ("network_tests", &[("poll_timestamp", Ts), ("from_timestamp", Ts), ("to_timestamp", Ts), ("organization_id", Str), ("cluster_id", Str), ("cluster_name", Str), ("node_id", Str), ("host_name", Str), ("ip_address", Str), ("test_timestamp", Ts), ("test_id", Str), ("trigger_type", Str), ("test_type", Str), ("service_type", Str), ("test_result", Str), ("failure_reason", Str), ("possible_remediation", Str)]),
+    (
+        "cluster_details",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("node_id", Str),
+            ("release_channel", Str),
+            ("upgrade_schedule_days", Str),
+            ("upgrade_schedule_time", Str),
+            ("upgrade_schedule_timezone", Str),
+            ("upgrade_pending", Bool),
+            ("next_upgrade_timestamp", Ts),
+        ],
+    ),
+    (
+        "node_details",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("node_id", Str),
+            ("host_name", Str),
+            ("deployment_type", Str),
+            ("country_code", Str),
+            ("city", Str),
+            ("timezone", Str),
+        ],
+    ),
+    (
+        "cluster_availability",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("online_nodes", Int),
+            ("offline_nodes", Int),
+            ("total_nodes", Int),
+            ("availability", Str),
+            ("start_timestamp", Ts),
+            ("end_timestamp", Ts),
+        ],
+    ),
+    (
+        "node_availability",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("node_id", Str),
+            ("host_name", Str),
+            ("availability", Str),
+            ("unavailability_reason", Str),
+            ("start_timestamp", Ts),
+            ("end_timestamp", Ts),
+        ],
+    ),
+    (
+        "utilization",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("aggregation_interval", Str),
+            ("measure_timestamp", Ts),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("peak_cpu", Float),
+            ("avg_cpu", Float),
+            ("active_calls", Int),
+            ("active_private_calls", Int),
+        ],
+    ),
+    (
+        "cloud_overflow",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("aggregation_interval", Str),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("overflow_timestamp", Ts),
+            ("overflow_reason", Str),
+            ("overflow_count", Int),
+            ("remediation", Str),
+        ],
+    ),
+    (
+        "call_redirects",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("aggregation_interval", Str),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("redirect_timestamp", Ts),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("redirect_reason", Str),
+            ("redirect_count", Int),
+            ("remediation", Str),
+        ],
+    ),
+    (
+        "client_types",
+        &[
+            ("poll_timestamp", Ts),
+            ("organization_id", Str),
+            ("aggregation_interval", Str),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("distribution_timestamp", Ts),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("device_type", Str),
+            ("device_count", Int),
+            ("device_description", Str),
+        ],
+    ),
+    (
+        "reachability",
+        &[
+            ("poll_timestamp", Ts),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("node_id", Str),
+            ("host_name", Str),
+            ("ip_address", Str),
+            ("destination_cluster", Str),
+            ("test_timestamp", Ts),
+            ("test_id", Str),
+            ("trigger_type", Str),
+            ("protocol", Str),
+            ("port", Int),
+            ("reachability", Bool),
+            ("destination_ip_address", Str),
+        ],
+    ),
+    (
+        "media_health",
+        &[
+            ("poll_timestamp", Ts),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("node_id", Str),
+            ("host_name", Str),
+            ("ip_address", Str),
+            ("test_timestamp", Ts),
+            ("test_id", Str),
+            ("trigger_type", Str),
+            ("test_name", Str),
+            ("test_result", Str),
+            ("failure_reason", Str),
+        ],
+    ),
+    (
+        "network_tests",
+        &[
+            ("poll_timestamp", Ts),
+            ("from_timestamp", Ts),
+            ("to_timestamp", Ts),
+            ("organization_id", Str),
+            ("cluster_id", Str),
+            ("cluster_name", Str),
+            ("node_id", Str),
+            ("host_name", Str),
+            ("ip_address", Str),
+            ("test_timestamp", Ts),
+            ("test_id", Str),
+            ("trigger_type", Str),
+            ("test_type", Str),
+            ("service_type", Str),
+            ("test_result", Str),
+            ("failure_reason", Str),
+            ("possible_remediation", Str),
+        ],
+    ),
 ];
 
 /// Encodes rows of one output into Arrow.
@@ -426,7 +627,9 @@ pub fn buckets(dataset: Dataset, body: &Value, ctx: &Ctx) -> Result<Parsed, Stri
 fn joined(v: &Value) -> Value {
     match v {
         Value::Array(a) if a.is_empty() => Value::Null,
-        Value::Array(a) => Value::String(a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join("\n")),
+        Value::Array(a) => {
+            Value::String(a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join("\n"))
+        }
         other => text(other),
     }
 }
@@ -470,7 +673,10 @@ pub fn test_results(dataset: Dataset, body: &Value, ctx: &Ctx) -> Result<Parsed,
                                             r.insert("destination_cluster".into(), text(&dest["destinationCluster"]));
                                             r.insert("protocol".into(), proto.into());
                                             r.insert("port".into(), count(&p["port"]));
-                                            r.insert("reachability".into(), p["reachable"].as_bool().map(Value::Bool).unwrap_or(Value::Null));
+                                            r.insert(
+                                                "reachability".into(),
+                                                p["reachable"].as_bool().map(Value::Bool).unwrap_or(Value::Null),
+                                            );
                                             r.insert("destination_ip_address".into(), text(&p["ipAddress"]));
                                             out.rows.push(r);
                                         }

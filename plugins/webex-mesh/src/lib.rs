@@ -49,10 +49,8 @@ pub struct WebexMeshSource {
 impl Source for WebexMeshSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let cfg = self.cfg;
-        let http = reqwest::Client::builder()
-            .timeout(cfg.timeout.0)
-            .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http =
+            reqwest::Client::builder().timeout(cfg.timeout.0).user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION"))).build()?;
         let oauth = match &cfg.auth.access_token {
             Some(_) => None,
             None => Some(Arc::new(OAuth::new(&self.id, &cfg.base_url, &cfg.auth, http.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)),

@@ -80,7 +80,11 @@ impl std::fmt::Display for AuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AuthError::NeedsLogin => write!(f, "no Webex tokens yet: an org admin must authorize the integration"),
-            AuthError::RefreshExpired(at) => write!(f, "the Webex refresh token expired at {}: an org admin must authorize the integration again", at.format("%Y-%m-%d %H:%M:%S UTC")),
+            AuthError::RefreshExpired(at) => write!(
+                f,
+                "the Webex refresh token expired at {}: an org admin must authorize the integration again",
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
             AuthError::Refused { status, message, tracking_id } => {
                 write!(f, "Webex refused the token request ({status}): {message}")?;
                 if let Some(t) = tracking_id {
@@ -89,7 +93,9 @@ impl std::fmt::Display for AuthError {
                 Ok(())
             }
             AuthError::Unavailable(e) => write!(f, "the Webex token endpoint is unavailable: {e}"),
-            AuthError::StaticTokenRefused => write!(f, "Webex refused the configured access_token (401): it expired or was revoked; set a new one"),
+            AuthError::StaticTokenRefused => {
+                write!(f, "Webex refused the configured access_token (401): it expired or was revoked; set a new one")
+            }
             AuthError::File(e) => write!(f, "{e}"),
         }
     }
@@ -326,7 +332,8 @@ impl OAuth {
             self.authorize_url(&state)
         );
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        let app = axum::Router::new().fallback(callback).with_state(Arc::new(CallbackState { oauth: self.clone(), state, path, done: done_tx }));
+        let app =
+            axum::Router::new().fallback(callback).with_state(Arc::new(CallbackState { oauth: self.clone(), state, path, done: done_tx }));
         let stop = CancellationToken::new();
         let serving = stop.clone();
         let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(serving.cancelled_owned()).await });
@@ -362,7 +369,10 @@ async fn callback(State(s): State<Arc<CallbackState>>, uri: Uri, q: Result<Query
         return page(StatusCode::BAD_REQUEST, "Authorization was not granted; see the Tributary log.");
     }
     if q.state.as_deref() != Some(s.state.as_str()) {
-        return page(StatusCode::BAD_REQUEST, "Unknown or stale authorization request (state does not match); open the URL from the current log.");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Unknown or stale authorization request (state does not match); open the URL from the current log.",
+        );
     }
     let Some(code) = q.code else {
         return page(StatusCode::BAD_REQUEST, "The callback carries no code.");

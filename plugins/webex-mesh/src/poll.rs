@@ -116,7 +116,8 @@ impl Poller {
         let mut org_ids: Vec<String> = match self.client.get("/organizations", &[]).await {
             Ok(reply) => {
                 let parsed = datasets::organizations(&reply.body, &ts);
-                let outcome = parsed.as_ref().map(|p| (reply.status, reply.tracking_id.clone(), p.rows.len())).map_err(|e| parse_failure(e, &reply));
+                let outcome =
+                    parsed.as_ref().map(|p| (reply.status, reply.tracking_id.clone(), p.rows.len())).map_err(|e| parse_failure(e, &reply));
                 self.log_call(harvest, None, "/organizations", None, started, &outcome);
                 let rows = parsed.map(|p| self.take("/organizations", p, reply.tracking_id.as_deref())).unwrap_or_default();
                 let wanted = |id: &str| self.cfg.org_ids.is_empty() || self.cfg.org_ids.iter().any(|o| id_key(o) == id_key(id));
@@ -142,7 +143,14 @@ impl Poller {
             let clusters = match self.client.get(path, &[("orgId", org.clone())]).await {
                 Ok(reply) => match datasets::clusters(&reply.body, &ctx) {
                     Ok((details, nodes, found)) => {
-                        self.log_call(harvest, Some(&org), path, None, started, &Ok((reply.status, reply.tracking_id.clone(), details.rows.len())));
+                        self.log_call(
+                            harvest,
+                            Some(&org),
+                            path,
+                            None,
+                            started,
+                            &Ok((reply.status, reply.tracking_id.clone(), details.rows.len())),
+                        );
                         if self.cfg.datasets.contains(&Dataset::Clusters) {
                             let details = self.take(path, details, reply.tracking_id.as_deref());
                             let nodes = self.take(path, nodes, reply.tracking_id.as_deref());
@@ -218,7 +226,14 @@ impl Poller {
             };
             match parsed {
                 Ok(p) => {
-                    self.log_call(harvest, Some(&job.org), path, Some((from, to)), started, &Ok((reply.status, reply.tracking_id.clone(), p.rows.len())));
+                    self.log_call(
+                        harvest,
+                        Some(&job.org),
+                        path,
+                        Some((from, to)),
+                        started,
+                        &Ok((reply.status, reply.tracking_id.clone(), p.rows.len())),
+                    );
                     let rows = self.take(path, p, reply.tracking_id.as_deref());
                     harvest.add(job.dataset.output(), rows);
                 }
@@ -229,7 +244,12 @@ impl Poller {
 }
 
 fn parse_failure(e: &str, reply: &crate::client::Reply) -> CallError {
-    CallError { status: Some(reply.status), tracking_id: reply.tracking_id.clone(), message: format!("unexpected response: {e}"), auth: None }
+    CallError {
+        status: Some(reply.status),
+        tracking_id: reply.tracking_id.clone(),
+        message: format!("unexpected response: {e}"),
+        auth: None,
+    }
 }
 
 /// Backfill progress per organisation: `[reached, …]` is read; done once `reached <= target`.
@@ -266,7 +286,8 @@ impl BackfillState {
     /// The next window to backfill for `org` (registering it on first sight), or `None` when done.
     pub fn next_window(&mut self, org: &str, now: DateTime<Utc>, cfg: &WebexMeshConfig) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or_default();
-        let entry = self.orgs.entry(id_key(org)).or_insert(OrgBackfill { target: now - span(cfg.backfill.0), reached: now - span(cfg.lookback.0) });
+        let entry =
+            self.orgs.entry(id_key(org)).or_insert(OrgBackfill { target: now - span(cfg.backfill.0), reached: now - span(cfg.lookback.0) });
         if entry.reached <= entry.target {
             return None;
         }

@@ -21,25 +21,61 @@ fn err(yaml: &str) -> String {
 fn config_errors_name_the_option() {
     assert_eq!(err("{}"), "missing field `auth`");
     assert_eq!(err("auth: {client_id: abc}"), "auth: needs client_id and client_secret (an OAuth Webex Integration) or access_token");
-    assert_eq!(err("{auth: {access_token: t}, interval: 10m, lookback: 5m}"), "lookback: (300s) must be at least the interval (600s), or data between polls is never read");
-    assert_eq!(err("{auth: {access_token: t}, backfill_window: 8d}"), "backfill_window: must be between 1s and 7 days (the API's longest range)");
-    assert!(err("{auth: {access_token: t}, datasets: [utilisation]}").contains("unknown variant `utilisation`"), "{}", err("{auth: {access_token: t}, datasets: [utilisation]}"));
-    assert_eq!(err("{auth: {client_id: a, client_secret: b, redirect_uri: 'not a url'}}"), "auth.redirect_uri: `not a url` is not a URL: relative URL without a base");
+    assert_eq!(
+        err("{auth: {access_token: t}, interval: 10m, lookback: 5m}"),
+        "lookback: (300s) must be at least the interval (600s), or data between polls is never read"
+    );
+    assert_eq!(
+        err("{auth: {access_token: t}, backfill_window: 8d}"),
+        "backfill_window: must be between 1s and 7 days (the API's longest range)"
+    );
+    assert!(
+        err("{auth: {access_token: t}, datasets: [utilisation]}").contains("unknown variant `utilisation`"),
+        "{}",
+        err("{auth: {access_token: t}, datasets: [utilisation]}")
+    );
+    assert_eq!(
+        err("{auth: {client_id: a, client_secret: b, redirect_uri: 'not a url'}}"),
+        "auth.redirect_uri: `not a url` is not a URL: relative URL without a base"
+    );
     let built = WebexMeshPlugin.build(&ComponentConfig::from_yaml("mesh", "auth: {client_id: a, client_secret: b}")).unwrap();
     let names: Vec<_> = built.outputs.iter().map(|o| o.name.clone()).collect();
     assert_eq!(
         names,
-        ["", "organizations", "cluster_details", "node_details", "cluster_availability", "node_availability", "utilization", "cloud_overflow", "call_redirects", "client_types", "reachability", "media_health", "network_tests"]
+        [
+            "",
+            "organizations",
+            "cluster_details",
+            "node_details",
+            "cluster_availability",
+            "node_availability",
+            "utilization",
+            "cloud_overflow",
+            "call_redirects",
+            "client_types",
+            "reachability",
+            "media_health",
+            "network_tests"
+        ]
     );
 }
 
 /// `listen: ${WEBEX_CALLBACK_LISTEN:-}` left empty serves the callback on the redirect URI's address.
 #[test]
 fn an_empty_callback_listen_is_unset() {
-    let listen = |v: &str| serde_yaml::from_str::<config::WebexMeshConfig>(&format!("auth: {{client_id: a, client_secret: b, listen: '{v}'}}")).unwrap().auth.listen;
+    let listen = |v: &str| {
+        serde_yaml::from_str::<config::WebexMeshConfig>(&format!("auth: {{client_id: a, client_secret: b, listen: '{v}'}}"))
+            .unwrap()
+            .auth
+            .listen
+    };
     assert_eq!(listen(""), None);
     assert_eq!(listen("0.0.0.0:2808"), Some("0.0.0.0:2808".parse().unwrap()));
-    assert!(err("{auth: {client_id: a, client_secret: b, listen: 'port 2808'}}").contains("`port 2808` is not an IP:port address"), "{}", err("{auth: {client_id: a, client_secret: b, listen: 'port 2808'}}"));
+    assert!(
+        err("{auth: {client_id: a, client_secret: b, listen: 'port 2808'}}").contains("`port 2808` is not an IP:port address"),
+        "{}",
+        err("{auth: {client_id: a, client_secret: b, listen: 'port 2808'}}")
+    );
 }
 
 /// The domain doc's utilization example (4.4), spec shape.
@@ -85,24 +121,35 @@ fn legacy_and_spec_shapes_give_the_same_rows() {
     let to = Utc.with_ymd_and_hms(2026, 11, 20, 14, 3, 0).unwrap();
     let both = |f: &dyn Fn(Shapes) -> Value, parse: &dyn Fn(&Value) -> Vec<Row>| (parse(&f(Shapes::Spec)), parse(&f(Shapes::Legacy)));
 
-    let (spec, legacy) = both(&|s| bodies::utilization(&m, s, from, to), &|b| datasets::buckets(Dataset::Utilization, b, &ctx(&org)).unwrap().rows);
+    let (spec, legacy) =
+        both(&|s| bodies::utilization(&m, s, from, to), &|b| datasets::buckets(Dataset::Utilization, b, &ctx(&org)).unwrap().rows);
     assert_eq!(spec.len(), 36 * 4, "6 hours of 10-minute buckets for 4 clusters");
     assert_eq!(spec, legacy);
     for ds in [Dataset::CloudOverflow, Dataset::CallRedirects] {
-        let f = |s| if ds == Dataset::CloudOverflow { bodies::cloud_overflow(&m, s, from, to) } else { bodies::call_redirects(&m, s, from, to) };
+        let f = |s| {
+            if ds == Dataset::CloudOverflow {
+                bodies::cloud_overflow(&m, s, from, to)
+            } else {
+                bodies::call_redirects(&m, s, from, to)
+            }
+        };
         let (spec, legacy) = both(&f, &|b| datasets::buckets(ds, b, &ctx(&org)).unwrap().rows);
         assert_eq!(spec, legacy, "{ds:?}");
     }
     let all: Vec<String> = crate::config::DEVICE_TYPES.iter().map(|s| s.to_string()).collect();
-    let (spec, legacy) = both(&|s| bodies::client_types(&m, s, from, to, &all), &|b| datasets::buckets(Dataset::ClientTypes, b, &ctx(&org)).unwrap().rows);
+    let (spec, legacy) =
+        both(&|s| bodies::client_types(&m, s, from, to, &all), &|b| datasets::buckets(Dataset::ClientTypes, b, &ctx(&org)).unwrap().rows);
     assert_eq!(spec.len(), 36 * 4 * 5);
     assert_eq!(spec, legacy);
 
-    let (spec, legacy) = both(&|s| bodies::cluster_availability(&m, s, from, to), &|b| datasets::availability(b, &ctx(&org), false).unwrap().rows);
+    let (spec, legacy) =
+        both(&|s| bodies::cluster_availability(&m, s, from, to), &|b| datasets::availability(b, &ctx(&org), false).unwrap().rows);
     assert_eq!(spec.len(), 7 * 4, "hour-aligned segments 08:00 .. 14:00 for 4 clusters");
     assert_eq!(spec, legacy);
     let cluster = &m.org.clusters[0];
-    let (spec, legacy) = both(&|s| bodies::node_availability(&m, s, &cluster.id, from, to).unwrap(), &|b| datasets::availability(b, &ctx(&org), true).unwrap().rows);
+    let (spec, legacy) = both(&|s| bodies::node_availability(&m, s, &cluster.id, from, to).unwrap(), &|b| {
+        datasets::availability(b, &ctx(&org), true).unwrap().rows
+    });
     assert_eq!(spec.len(), 7 * cluster.nodes.len());
     assert_eq!(spec, legacy);
     assert_eq!(spec[0]["host_name"], json!(cluster.nodes[0].host));
@@ -113,8 +160,14 @@ fn legacy_and_spec_shapes_give_the_same_rows() {
 
     // Test results: the legacy node also has `ipAddress`, and MHM runs their `triggerType`.
     let span = (Utc.with_ymd_and_hms(2026, 11, 19, 0, 0, 0).unwrap(), Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap());
-    for (ds, kind) in [(Dataset::Reachability, bodies::TestKind::Reachability), (Dataset::MediaHealth, bodies::TestKind::MediaHealth), (Dataset::NetworkTests, bodies::TestKind::Network)] {
-        let (spec, legacy) = both(&|s| bodies::test_results(&m, s, kind, span.0, span.1, "All"), &|b| datasets::test_results(ds, b, &ctx(&org)).unwrap().rows);
+    for (ds, kind) in [
+        (Dataset::Reachability, bodies::TestKind::Reachability),
+        (Dataset::MediaHealth, bodies::TestKind::MediaHealth),
+        (Dataset::NetworkTests, bodies::TestKind::Network),
+    ] {
+        let (spec, legacy) = both(&|s| bodies::test_results(&m, s, kind, span.0, span.1, "All"), &|b| {
+            datasets::test_results(ds, b, &ctx(&org)).unwrap().rows
+        });
         assert!(!spec.is_empty(), "{ds:?}");
         assert!(legacy.iter().all(|r| r["ip_address"].as_str().is_some_and(|ip| ip.starts_with("10."))), "{ds:?}");
         assert!(spec.iter().all(|r| r["ip_address"].is_null()), "{ds:?}");
@@ -149,7 +202,10 @@ fn test_results_rows_carry_every_failure_reason() {
 
 #[test]
 fn bad_bodies_are_errors_and_bad_elements_are_skipped() {
-    assert_eq!(datasets::buckets(Dataset::Utilization, &json!("oops"), &ctx("O")).unwrap_err(), "expected a JSON object or array, got a string");
+    assert_eq!(
+        datasets::buckets(Dataset::Utilization, &json!("oops"), &ctx("O")).unwrap_err(),
+        "expected a JSON object or array, got a string"
+    );
     assert_eq!(datasets::buckets(Dataset::Utilization, &json!({"message": "x"}), &ctx("O")).unwrap_err(), "the response has no `items`");
     let body = json!({"items": [{"timestamp": "yesterday", "clusters": []}, {"timestamp": "2022-03-23T10:30:00Z", "clusters": [{"clusterId": "C", "utilizationMetrics": {"peakCpu": "n/a", "avgCpu": 1}}]}]});
     let parsed = datasets::buckets(Dataset::Utilization, &body, &ctx("O")).unwrap();
@@ -175,7 +231,8 @@ async fn the_rate_limiter_keeps_under_the_budget_per_endpoint() {
 
 #[test]
 fn backfill_walks_back_in_windows_and_resumes() {
-    let cfg: WebexMeshConfig = ComponentConfig::from_yaml("m", "{auth: {access_token: t}, backfill: 31d, backfill_window: 6d, lookback: 30m}").decode().unwrap();
+    let cfg: WebexMeshConfig =
+        ComponentConfig::from_yaml("m", "{auth: {access_token: t}, backfill: 31d, backfill_window: 6d, lookback: 30m}").decode().unwrap();
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
     let mut state = BackfillState::default();
     let mut windows = Vec::new();
@@ -191,7 +248,10 @@ fn backfill_walks_back_in_windows_and_resumes() {
         }
     }
     assert_eq!(windows.len(), 6, "31 days in 6-day windows");
-    assert_eq!(windows[0], (Utc.with_ymd_and_hms(2026, 11, 16, 11, 30, 0).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 11, 30, 0).unwrap()));
+    assert_eq!(
+        windows[0],
+        (Utc.with_ymd_and_hms(2026, 11, 16, 11, 30, 0).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 11, 30, 0).unwrap())
+    );
     assert!(windows.windows(2).all(|w| w[0].0 == w[1].1), "contiguous");
     assert_eq!(windows[5].0, Utc.with_ymd_and_hms(2026, 10, 22, 12, 0, 0).unwrap());
     assert_eq!(state.next_window("ORG", now + chrono::Duration::days(1), &cfg), None, "done stays done");

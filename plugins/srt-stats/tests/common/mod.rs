@@ -43,52 +43,33 @@ pub struct Running {
 }
 
 pub fn start(yaml: &str) -> Running {
-    let built = SrtStatsPlugin
-        .build(&ComponentConfig::from_yaml("srt", yaml))
-        .map_err(|e| e.to_string())
-        .unwrap();
+    let built = SrtStatsPlugin.build(&ComponentConfig::from_yaml("srt", yaml)).map_err(|e| e.to_string()).unwrap();
     let (ctx, harness) = source_context("srt", &["", "events"], 1024);
     let task = tokio::spawn(built.source.run(ctx));
-    Running {
-        harness,
-        task,
-        stats: Vec::new(),
-        events: Vec::new(),
-    }
+    Running { harness, task, stats: Vec::new(), events: Vec::new() }
 }
 
 fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let a = b.column_by_name(col).unwrap().as_string::<i32>();
-    (0..a.len())
-        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
-        .collect()
+    (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i).to_string())).collect()
 }
 fn ints(b: &RecordBatch, col: &str) -> Vec<Option<i64>> {
     let a = b.column_by_name(col).unwrap().as_primitive::<Int64Type>();
-    (0..a.len())
-        .map(|i| (!a.is_null(i)).then(|| a.value(i)))
-        .collect()
+    (0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i))).collect()
 }
 
 impl Running {
     fn take(&mut self) {
         while let Ok(d) = self.harness.outputs.get_mut("").unwrap().try_recv() {
             let b = d.batch.data;
-            let (sessions, roles, sids, conn, rec) = (
-                strings(&b, "session"),
-                strings(&b, "role"),
-                ints(&b, "sid"),
-                ints(&b, "connected"),
-                ints(&b, "reconnections"),
-            );
+            let (sessions, roles, sids, conn, rec) =
+                (strings(&b, "session"), strings(&b, "role"), ints(&b, "sid"), ints(&b, "connected"), ints(&b, "reconnections"));
             for i in 0..b.num_rows() {
                 let mut columns = std::collections::HashMap::new();
                 for (f, col) in b.schema().fields().iter().zip(b.columns()).skip(6) {
                     let v = if col.is_null(i) {
                         None
-                    } else if let Some(a) =
-                        col.as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>()
-                    {
+                    } else if let Some(a) = col.as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>() {
                         Some(a.value(i))
                     } else {
                         Some(col.as_primitive::<Int64Type>().value(i) as f64)
@@ -107,13 +88,8 @@ impl Running {
         }
         while let Ok(d) = self.harness.outputs.get_mut("events").unwrap().try_recv() {
             let b = d.batch.data;
-            let (sessions, roles, events, rec, msgs) = (
-                strings(&b, "session"),
-                strings(&b, "role"),
-                strings(&b, "event"),
-                ints(&b, "reconnections"),
-                strings(&b, "message"),
-            );
+            let (sessions, roles, events, rec, msgs) =
+                (strings(&b, "session"), strings(&b, "role"), strings(&b, "event"), ints(&b, "reconnections"), strings(&b, "message"));
             for i in 0..b.num_rows() {
                 self.events.push(Event {
                     session: sessions[i].clone().unwrap(),
@@ -145,30 +121,20 @@ impl Running {
     }
 
     pub fn events_of(&self, session: &str, event: &str) -> Vec<&Event> {
-        self.events
-            .iter()
-            .filter(|e| e.session == session && e.event == event)
-            .collect()
+        self.events.iter().filter(|e| e.session == session && e.event == event).collect()
     }
     pub fn stats_of(&self, session: &str) -> Vec<&Stat> {
         self.stats.iter().filter(|s| s.session == session).collect()
     }
     pub fn last_stats(&self, session: &str) -> Option<&Stat> {
-        self.stats
-            .iter()
-            .rev()
-            .find(|s| s.session == session && s.connected == 1)
+        self.stats.iter().rev().find(|s| s.session == session && s.connected == 1)
     }
 
     /// Stop the source and collect what it flushed.
     pub async fn stop(mut self) -> Running {
         self.harness.shutdown.cancel();
         let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .expect("source stops")
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(15), task).await.expect("source stops").unwrap().unwrap();
         self.take();
         self
     }

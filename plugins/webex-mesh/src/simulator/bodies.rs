@@ -4,7 +4,9 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 
-use super::model::{Cluster, Model, Usage, DESTINATIONS, DEVICE_TYPES, REMEDIATION_CAPACITY, REMEDIATION_CONNECTIVITY, REMEDIATION_UPGRADE};
+use super::model::{
+    Cluster, Model, Usage, DESTINATIONS, DEVICE_TYPES, REMEDIATION_CAPACITY, REMEDIATION_CONNECTIVITY, REMEDIATION_UPGRADE,
+};
 use super::Shapes;
 use crate::time::query_time;
 
@@ -60,10 +62,7 @@ pub fn clusters(m: &Model, shapes: Shapes, now: DateTime<Utc>) -> Value {
         .map(|c| {
             // The next scheduled upgrade: the first schedule day/hour after now, in local time.
             let hour0 = now.timestamp() - now.timestamp().rem_euclid(3600);
-            let next = (1..8 * 24)
-                .map(|h| Utc.timestamp_opt(hour0 + h * 3600, 0).unwrap())
-                .find(|t| m.upgrading(c, *t))
-                .map(z);
+            let next = (1..8 * 24).map(|h| Utc.timestamp_opt(hour0 + h * 3600, 0).unwrap()).find(|t| m.upgrading(c, *t)).map(z);
             // Clusters off the stable channel always have one waiting; stable ones now and then.
             let pending = c.release_channel != "stable" || m.unit("pending", &c.id, now.timestamp() / 86_400) < 0.3;
             json!({

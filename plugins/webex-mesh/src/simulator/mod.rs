@@ -155,9 +155,8 @@ pub fn spawn(listener: tokio::net::TcpListener, cfg: SimConfig) -> SimHandle {
 
 /// `tributary simulate webex-mesh`: serve until `shutdown`.
 pub async fn run(listen: SocketAddr, cfg: SimConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("simulate webex-mesh: cannot listen on {listen}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("simulate webex-mesh: cannot listen on {listen}: {e}"))?;
     let handle = spawn(listener, cfg.clone());
     tracing::info!(
         "Webex Video Mesh simulator on {} (org `{}`, {} clusters; client_id `{}`; {:?} shapes; {} requests per {:?} per endpoint)",
@@ -193,11 +192,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 fn query_map(uri: &axum::http::Uri) -> HashMap<String, String> {
-    uri.query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()
-        })
-        .unwrap_or_default()
+    uri.query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
 async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
@@ -294,7 +289,9 @@ impl Sim {
             .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok())
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())));
-        let (id, secret) = basic.unwrap_or_else(|| (form.get("client_id").cloned().unwrap_or_default(), form.get("client_secret").cloned().unwrap_or_default()));
+        let (id, secret) = basic.unwrap_or_else(|| {
+            (form.get("client_id").cloned().unwrap_or_default(), form.get("client_secret").cloned().unwrap_or_default())
+        });
         if id != self.cfg.client_id || secret != self.cfg.client_secret {
             return err(StatusCode::UNAUTHORIZED, "Invalid client_id or client_secret.", tid);
         }
@@ -305,7 +302,9 @@ impl Sim {
                 let code = form.get("code").cloned().unwrap_or_default();
                 match tokens.codes.remove(&code) {
                     Some((redirect, expiry)) if expiry > now && form.get("redirect_uri") == Some(&redirect) => {}
-                    Some(_) => return err(StatusCode::BAD_REQUEST, "The authorization code is expired or the redirect_uri does not match.", tid),
+                    Some(_) => {
+                        return err(StatusCode::BAD_REQUEST, "The authorization code is expired or the redirect_uri does not match.", tid)
+                    }
                     None => return err(StatusCode::BAD_REQUEST, "The authorization code is invalid or was already used.", tid),
                 }
             }
@@ -313,7 +312,9 @@ impl Sim {
                 let old = form.get("refresh_token").cloned().unwrap_or_default();
                 match tokens.refresh.remove(&old) {
                     Some(expiry) if expiry > now => {}
-                    _ => return err(StatusCode::BAD_REQUEST, "The refresh token provided is expired, revoked, malformed, or invalid.", tid),
+                    _ => {
+                        return err(StatusCode::BAD_REQUEST, "The refresh token provided is expired, revoked, malformed, or invalid.", tid)
+                    }
                 }
             }
             _ => return err(StatusCode::BAD_REQUEST, "grant_type must be authorization_code or refresh_token", tid),
@@ -409,7 +410,8 @@ impl Sim {
             "/v1/videoMesh/nodes/availability" => {
                 let cluster = param("clusterId")?;
                 let (from, to) = range()?;
-                bodies::node_availability(m, shapes, cluster, from, to).ok_or_else(|| (StatusCode::NOT_FOUND, format!("Cluster not found: {cluster}")))
+                bodies::node_availability(m, shapes, cluster, from, to)
+                    .ok_or_else(|| (StatusCode::NOT_FOUND, format!("Cluster not found: {cluster}")))
             }
             "/v1/videoMesh/utilization" => {
                 org()?;
@@ -440,7 +442,9 @@ impl Sim {
                 }
                 Ok(bodies::client_types(m, shapes, from, to, &types))
             }
-            "/v1/videoMesh/testResults/reachabilityTest" | "/v1/videoMesh/testResults/mediaHealthMonitorTest" | "/v1/videoMesh/testResults/networkTest" => {
+            "/v1/videoMesh/testResults/reachabilityTest"
+            | "/v1/videoMesh/testResults/mediaHealthMonitorTest"
+            | "/v1/videoMesh/testResults/networkTest" => {
                 org()?;
                 let trigger = trigger()?;
                 let (from, to) = range()?;

@@ -15,11 +15,10 @@ pub const DEVICE_TYPES: [(&str, &str, f64); 5] = [
     ("webexAppVdi", "Webex App VDI", 0.08),
 ];
 
-pub const REMEDIATION_CAPACITY: &str = "Video Mesh exceeded its capacity. If this happens frequently, consider adding more nodes to your clusters.";
-pub const REMEDIATION_CONNECTIVITY: &str =
-    "Connectivity Issues between Video Mesh Node and Cloud. Check your network configuration.";
-pub const REMEDIATION_UPGRADE: &str =
-    "Video Mesh Node is being upgraded. Please wait for upgrades to finish.";
+pub const REMEDIATION_CAPACITY: &str =
+    "Video Mesh exceeded its capacity. If this happens frequently, consider adding more nodes to your clusters.";
+pub const REMEDIATION_CONNECTIVITY: &str = "Connectivity Issues between Video Mesh Node and Cloud. Check your network configuration.";
+pub const REMEDIATION_UPGRADE: &str = "Video Mesh Node is being upgraded. Please wait for upgrades to finish.";
 
 pub struct Org {
     pub id: String,
@@ -93,10 +92,58 @@ struct ClusterTemplate {
 }
 
 const CLUSTERS: [ClusterTemplate; 4] = [
-    ClusterTemplate { name: "Amsterdam", time_zone: "Europe/Amsterdam", offset_min: 60, country: "NL", city: "Amsterdam", nodes: 3, channel: "stable", days: &["sunday"], hour: 2, calls_per_node: 40, peak: 120.0 },
-    ClusterTemplate { name: "San Jose", time_zone: "America/Los_Angeles", offset_min: -480, country: "US", city: "San Jose", nodes: 3, channel: "stable", days: &["saturday", "sunday"], hour: 3, calls_per_node: 50, peak: 170.0 },
-    ClusterTemplate { name: "Bangalore", time_zone: "Asia/Kolkata", offset_min: 330, country: "IN", city: "Bangalore", nodes: 2, channel: "latest", days: &["friday"], hour: 1, calls_per_node: 30, peak: 55.0 },
-    ClusterTemplate { name: "Sydney", time_zone: "Australia/Sydney", offset_min: 600, country: "AU", city: "Sydney", nodes: 1, channel: "alpha", days: &["wednesday"], hour: 4, calls_per_node: 25, peak: 22.0 },
+    ClusterTemplate {
+        name: "Amsterdam",
+        time_zone: "Europe/Amsterdam",
+        offset_min: 60,
+        country: "NL",
+        city: "Amsterdam",
+        nodes: 3,
+        channel: "stable",
+        days: &["sunday"],
+        hour: 2,
+        calls_per_node: 40,
+        peak: 120.0,
+    },
+    ClusterTemplate {
+        name: "San Jose",
+        time_zone: "America/Los_Angeles",
+        offset_min: -480,
+        country: "US",
+        city: "San Jose",
+        nodes: 3,
+        channel: "stable",
+        days: &["saturday", "sunday"],
+        hour: 3,
+        calls_per_node: 50,
+        peak: 170.0,
+    },
+    ClusterTemplate {
+        name: "Bangalore",
+        time_zone: "Asia/Kolkata",
+        offset_min: 330,
+        country: "IN",
+        city: "Bangalore",
+        nodes: 2,
+        channel: "latest",
+        days: &["friday"],
+        hour: 1,
+        calls_per_node: 30,
+        peak: 55.0,
+    },
+    ClusterTemplate {
+        name: "Sydney",
+        time_zone: "Australia/Sydney",
+        offset_min: 600,
+        country: "AU",
+        city: "Sydney",
+        nodes: 1,
+        channel: "alpha",
+        days: &["wednesday"],
+        hour: 4,
+        calls_per_node: 25,
+        peak: 22.0,
+    },
 ];
 
 /// Destination media clusters of reachability tests.
@@ -214,7 +261,16 @@ impl Model {
         for (i, (kind, _, share)) in DEVICE_TYPES.iter().enumerate() {
             joins[i] = (joins_total * share * (0.8 + 0.4 * self.unit(kind, &cluster.id, t))).round() as u64;
         }
-        Usage { peak_cpu, avg_cpu, active_calls, active_private_calls: private, over_capacity, connectivity_redirects, upgrade_redirects, joins }
+        Usage {
+            peak_cpu,
+            avg_cpu,
+            active_calls,
+            active_private_calls: private,
+            over_capacity,
+            connectivity_redirects,
+            upgrade_redirects,
+            joins,
+        }
     }
 
     /// Periodic test runs of one kind on a node within `[from, to]`: every `every_h` hours at a
@@ -232,7 +288,11 @@ impl Model {
             let on_demand = self.unit("trigger", &format!("{kind}{}", node.id), t) < 0.125;
             runs.push(TestRun {
                 at: Utc.timestamp_opt(t, 0).unwrap(),
-                id: b64(&format!("ciscospark://us/HYBRID_COMMAND_ID/{}:{}", self.org.uuid, uuid(self.seed ^ fnv(kind), &node.id, t as u64))),
+                id: b64(&format!(
+                    "ciscospark://us/HYBRID_COMMAND_ID/{}:{}",
+                    self.org.uuid,
+                    uuid(self.seed ^ fnv(kind), &node.id, t as u64)
+                )),
                 trigger: if on_demand { "OnDemand" } else { "Periodic" },
             });
             t += period;
