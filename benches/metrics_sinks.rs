@@ -44,13 +44,16 @@ fn schema() -> SchemaRef {
 }
 
 /// Row i: its time, site, channel and two values.
-fn row(base: i64, i: usize) -> (i64, String, String, f64, i64) {
+/// ts_us, site, channel, latency_ms, status.
+type BenchRow = (i64, String, String, f64, i64);
+
+fn row(base: i64, i: usize) -> BenchRow {
     (
         base + i as i64 * 1000,
         format!("site-{}", i % 20),
         format!("ch-{}", i % 5),
         (i % 900) as f64 * 0.5,
-        if i % 50 == 0 { 500 } else { 200 },
+        if i.is_multiple_of(50) { 500 } else { 200 },
     )
 }
 
@@ -121,7 +124,7 @@ fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
         .step_by(BATCH)
         .map(|start| {
             let rows: Vec<_> = (start..(start + BATCH).min(rows)).map(|i| row(base, i)).collect();
-            let gauge = |name: &str, value: &dyn Fn(&(i64, String, String, f64, i64)) -> number_data_point::Value| Metric {
+            let gauge = |name: &str, value: &dyn Fn(&BenchRow) -> number_data_point::Value| Metric {
                 name: name.into(),
                 data: Some(metric::Data::Gauge(Gauge {
                     data_points: rows

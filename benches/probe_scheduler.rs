@@ -73,6 +73,7 @@ fn main() {
         (n, failed, cpu_seconds() - cpu0, t0.elapsed().as_secs_f64())
     });
     let _ = server.kill();
+    let _ = server.wait();
     let (p50, _) = lateness.quantile(0.50);
     let (p99, recorded) = lateness.quantile(0.99);
     println!("probe scheduler: {targets} targets at 10s for {wall:.1}s");

@@ -51,7 +51,7 @@ fn pipeline(stream: &str, data: &std::path::Path) -> String {
     doc["sources"]["badges"]["consumer"] = Yaml::from("dashboard-test");
     let sinks = doc["sinks"].as_mapping_mut().unwrap();
     sinks.get_mut("events_parquet").unwrap()["path"] = Yaml::from(data.to_str().unwrap());
-    let otlp: Vec<Yaml> = sinks.iter().filter(|(_, s)| s["type"] == Yaml::from("otlp")).map(|(k, _)| k.clone()).collect();
+    let otlp: Vec<Yaml> = sinks.iter().filter(|(_, s)| s["type"] == "otlp").map(|(k, _)| k.clone()).collect();
     assert_eq!(otlp.len(), 2, "the pipeline's otlp sinks");
     for key in otlp {
         let sink = sinks.remove(&key).unwrap();

@@ -90,7 +90,7 @@ sinks:
     first.kill().unwrap();
     first.wait().unwrap();
     let before_kill = written(&out).len();
-    assert!(before_kill >= 200 && before_kill < TOTAL, "killed mid-stream after {before_kill} rows");
+    assert!((200..TOTAL).contains(&before_kill), "killed mid-stream after {before_kill} rows");
 
     let mut second = common::run_bin(&path);
     produce.await.unwrap();

@@ -121,7 +121,9 @@ sinks:
     assert!(tls.6.as_deref().unwrap().contains("invalid peer certificate: UnknownIssuer"), "{tls:?}");
 
     // Timings and TLS columns: present where the phase happened, null where it did not.
-    let timing: Vec<(String, bool, bool, bool, Option<f64>, i64, i64)> = db
+    // name, dns/connect/tls timed, days until the certificate expires, response and SLA ms.
+    type Timing = (String, bool, bool, bool, Option<f64>, i64, i64);
+    let timing: Vec<Timing> = db
         .query(
             &format!(
                 "SELECT name, dns_ms IS NOT NULL, connect_ms IS NOT NULL, tls_ms IS NOT NULL, tls_cert_expiry_days, response_time_ms, sla_ms FROM \"{table}\" ORDER BY name"

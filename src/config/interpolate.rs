@@ -12,9 +12,9 @@ pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>, used: &m
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i..];
-        if after.starts_with("$${") {
+        if let Some(escaped_rest) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped_rest;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body.find('}').ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
             let expr = &body[..end];

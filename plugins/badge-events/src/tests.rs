@@ -231,7 +231,7 @@ async fn http_mode_takes_posted_messages_per_channel_and_as_envelopes() {
 
 /// A Redis of our own on a free port, so the test can kill and restart it.
 fn start_redis(port: u16) -> std::process::Child {
-    let child = std::process::Command::new("redis-server")
+    let mut child = std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -242,6 +242,8 @@ fn start_redis(port: u16) -> std::process::Child {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("redis-server did not listen on {port}");
 }
 

@@ -166,6 +166,22 @@ fn clean_arrow_error(e: datafusion::arrow::error::ArrowError) -> String {
     s.strip_prefix("Json error: ").unwrap_or(&s).to_string()
 }
 
+/// The first match of JSONPath `path` in `doc` as [`json_text`]; `Err` names an invalid path.
+/// Used by `json_path()` and the probe extractors and assertions.
+pub fn first_match_in(doc: &serde_json::Value, path: &str) -> Result<Option<String>, String> {
+    let found = jsonpath_lib::select(doc, path).map_err(|e| format!("invalid JSONPath `{path}`: {e:?}"))?;
+    Ok(found.first().map(|v| json_text(v)))
+}
+
+/// A JSON value as text the way Tributary shows extracted values: strings unquoted, everything
+/// else as its JSON (`42`, `true`, `{"a":1}`). Used by `json_path()` and the probe extractors.
+pub fn json_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,21 +239,5 @@ mod tests {
         let bad: Vec<serde_json::Value> = serde_json::from_str(r#"[{"user":"a","score":1},{"user":"b","score":true}]"#).unwrap();
         let err = rows().decode_values(&bad).unwrap_err();
         assert!(err.starts_with("element 1: ") && err.contains("score"), "{err}");
-    }
-}
-
-/// The first match of JSONPath `path` in `doc` as [`json_text`]; `Err` names an invalid path.
-/// Used by `json_path()` and the probe extractors and assertions.
-pub fn first_match_in(doc: &serde_json::Value, path: &str) -> Result<Option<String>, String> {
-    let found = jsonpath_lib::select(doc, path).map_err(|e| format!("invalid JSONPath `{path}`: {e:?}"))?;
-    Ok(found.first().map(|v| json_text(v)))
-}
-
-/// A JSON value as text the way Tributary shows extracted values: strings unquoted, everything
-/// else as its JSON (`42`, `true`, `{"a":1}`). Used by `json_path()` and the probe extractors.
-pub fn json_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }

@@ -43,7 +43,7 @@ impl LineErrors {
     }
     pub fn report(&mut self, e: &parse::ParseError) {
         self.seen += 1;
-        if self.seen <= 5 || self.seen % 1000 == 0 {
+        if self.seen <= 5 || self.seen.is_multiple_of(1000) {
             tracing::warn!(source = %self.source_id, session = %self.session, skipped = self.seen, "skipped an output line: {e}");
         }
     }

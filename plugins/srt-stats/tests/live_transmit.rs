@@ -153,7 +153,7 @@ async fn lossy_relay(listen: u16, server: u16, nth: u64) {
             };
             *c.lock().await = Some(from);
             n += 1;
-            if n % nth != 0 {
+            if !n.is_multiple_of(nth) {
                 let _ = b.send(&buf[..len]).await;
             }
         }
@@ -167,7 +167,7 @@ async fn lossy_relay(listen: u16, server: u16, nth: u64) {
             };
             n += 1;
             let to = *client.lock().await;
-            if let (Some(to), true) = (to, n % nth != 0) {
+            if let (Some(to), true) = (to, !n.is_multiple_of(nth)) {
                 let _ = front.send_to(&buf[..len], to).await;
             }
         }

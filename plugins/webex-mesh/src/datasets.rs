@@ -459,7 +459,10 @@ pub fn organizations(body: &Value, poll_ts: &str) -> Result<Parsed, String> {
 }
 
 /// Cluster rows (one per cluster × node), node rows, and the clusters (ID, name) found.
-pub fn clusters(body: &Value, ctx: &Ctx) -> Result<(Parsed, Parsed, Vec<(String, String)>), String> {
+pub type ClusterLists = (Parsed, Parsed, Vec<(String, String)>);
+
+/// Parses `/videoMesh/clusters`: see [`ClusterLists`].
+pub fn clusters(body: &Value, ctx: &Ctx) -> Result<ClusterLists, String> {
     let (mut details, mut nodes, mut found) = (Parsed::default(), Parsed::default(), Vec::new());
     for coll in collections(body)? {
         let org = coll.org(ctx);
