@@ -18,7 +18,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::sink_context;
+use tributary_sdk::testkit::{sink_context, write_like_the_engine};
 use tributary_sdk::{ComponentConfig, SinkPlugin};
 
 const BATCH: usize = 5000;
@@ -91,7 +91,7 @@ async fn raw_copy(db: &Client, table: &str, rows: usize) -> f64 {
 /// A table exactly as the sink makes it (columns, time index), left empty.
 async fn sink_made_table(db: &Client, table: &str) {
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
-    let (mut sink, ctx, _dl) = started_sink(table, "").await;
+    let (mut sink, ctx) = started_sink(table, "").await;
     sink.flush(&ctx).await.unwrap();
 }
 
@@ -104,22 +104,22 @@ async fn bare_table(db: &Client, table: &str) {
     .unwrap();
 }
 
-/// The sink, its context, and the dead-letter receiver (kept so the channel stays open).
-async fn started_sink(table: &str, extra: &str) -> (Box<dyn tributary_sdk::Sink>, tributary_sdk::SinkContext, impl Sized) {
+/// The sink and its context.
+async fn started_sink(table: &str, extra: &str) -> (Box<dyn tributary_sdk::Sink>, tributary_sdk::SinkContext) {
     let cfg = ComponentConfig::from_yaml("bench", &format!("{{connection: '{}', table: {table}, batch_rows: {BATCH} {extra}}}", pg_url()));
     let mut sink = tributary_timescale::TimescaleSinkPlugin.build(&cfg, &[("in".into(), schema())]).map_err(|e| e.to_string()).unwrap();
-    let (ctx, dl) = sink_context("bench");
+    let ctx = sink_context("bench");
     sink.start(&ctx).await.unwrap();
-    (sink, ctx, dl)
+    (sink, ctx)
 }
 
 async fn through_sink(db: &Client, table: &str, rows: usize, extra: &str) -> f64 {
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
-    let (mut sink, ctx, _dl) = started_sink(table, extra).await;
+    let (mut sink, ctx) = started_sink(table, extra).await;
     let batches: Vec<RecordBatch> = (0..rows).step_by(BATCH).map(|s| batch(s, BATCH.min(rows - s))).collect();
     let start = Instant::now();
     for b in batches {
-        sink.write(b, &ctx).await.unwrap();
+        assert!(write_like_the_engine(sink.as_mut(), b, &ctx).await.unwrap().is_empty());
     }
     sink.flush(&ctx).await.unwrap();
     let secs = start.elapsed().as_secs_f64();

@@ -47,7 +47,7 @@ pub async fn run_file(
     let file = PipelineFile::load(path)?;
     let plan = graph::plan(&file, &plugins::Registry::builtin()).await?;
     let admin_state = if file.admin.enabled || admin.is_some() {
-        let state = Arc::new(admin::AdminState::default());
+        let state = Arc::new(admin::AdminState::new(file.admin.degraded_after.0));
         let address = admin.unwrap_or(file.admin.address);
         admin::serve(address, state.clone(), shutdown.clone()).await.map_err(StartError::Admin)?;
         Some(state)

@@ -39,9 +39,15 @@ pub struct AdminState {
     /// Every output by its `inputs:` name, with its schema, for `tributary tap`.
     taps: RwLock<HashMap<String, (SchemaRef, Arc<Tap>)>>,
     stopping: AtomicBool,
+    /// A component failing this long makes `/health` answer `degraded`.
+    degraded_after: std::time::Duration,
 }
 
 impl AdminState {
+    pub fn new(degraded_after: std::time::Duration) -> Self {
+        AdminState { degraded_after, ..Default::default() }
+    }
+
     pub fn set_taps(&self, taps: HashMap<String, (SchemaRef, Arc<Tap>)>) {
         *self.taps.write().expect("admin lock") = taps;
     }
@@ -86,20 +92,54 @@ impl AdminState {
                 let _ = writeln!(out, "tributary_component_buffer_fill_ratio{{{}}} {fill}", labels(c));
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP tributary_component_failing_seconds How long the component has been retrying a transient failure (0 when it is not).\n# TYPE tributary_component_failing_seconds gauge"
+        );
+        let now = tributary_sdk::now_us();
+        for c in comps.iter() {
+            let seconds = c.metrics.failing().map_or(0.0, |(since, _)| (now - since) as f64 / 1e6);
+            let _ = writeln!(out, "tributary_component_failing_seconds{{{}}} {seconds}", labels(c));
+        }
         let _ = writeln!(out, "# HELP tributary_up 1 while the pipeline runs, 0 while it stops.\n# TYPE tributary_up gauge");
         let _ = writeln!(out, "tributary_up {}", if self.stopping.load(Ordering::SeqCst) { 0 } else { 1 });
         out
     }
 
-    fn health(&self) -> (StatusCode, String) {
+    /// `ok`, `degraded` (a component failing for `degraded_after` or longer; named in
+    /// `failing`), or `stopping`. Only `ok` answers 200.
+    pub fn health(&self) -> (StatusCode, String) {
         let comps = self.components.read().expect("admin lock");
+        let now = tributary_sdk::now_us();
+        let mut failing = Vec::new();
         let components: serde_json::Map<String, serde_json::Value> = comps
             .iter()
-            .map(|c| (c.id.clone(), serde_json::json!({"kind": c.kind.label(), "type": c.type_name, "errors": c.metrics.errors.get()})))
+            .map(|c| {
+                let mut entry = serde_json::json!({"kind": c.kind.label(), "type": c.type_name, "errors": c.metrics.errors.get()});
+                if let Some((since, error)) = c.metrics.failing() {
+                    let seconds = ((now - since).max(0) / 1_000_000) as u64;
+                    entry["failing_for_s"] = seconds.into();
+                    entry["last_error"] = error.into();
+                    if seconds >= self.degraded_after.as_secs() {
+                        failing.push(c.id.clone());
+                    }
+                }
+                (c.id.clone(), entry)
+            })
             .collect();
         let stopping = self.stopping.load(Ordering::SeqCst);
-        let body = serde_json::json!({"status": if stopping { "stopping" } else { "ok" }, "components": components});
-        (if stopping { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }, body.to_string())
+        let status = if stopping {
+            "stopping"
+        } else if !failing.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let mut body = serde_json::json!({"status": status, "components": components});
+        if !failing.is_empty() {
+            body["failing"] = failing.into();
+        }
+        (if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body.to_string())
     }
 }
 

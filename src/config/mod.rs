@@ -101,6 +101,14 @@ pub struct AdminConfig {
     pub address: SocketAddr,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// `/health` answers 503 `degraded` once a sink has been failing (retrying) this long
+    /// (default `30s`), naming it and its last error.
+    #[serde(default = "default_degraded_after")]
+    pub degraded_after: tributary_sdk::HumanDuration,
+}
+
+fn default_degraded_after() -> tributary_sdk::HumanDuration {
+    tributary_sdk::HumanDuration(std::time::Duration::from_secs(30))
 }
 
 fn default_admin_address() -> SocketAddr {
@@ -112,7 +120,7 @@ fn yes() -> bool {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: default_admin_address(), enabled: true }
+        AdminConfig { address: default_admin_address(), enabled: true, degraded_after: default_degraded_after() }
     }
 }
 

@@ -13,6 +13,7 @@ use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPU
 
 use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Kind, PipelineFile};
 use crate::plugins::Registry;
+use crate::runtime::SinkRetry;
 use crate::sql::window::{self, WindowConfig, WindowSpec};
 use crate::sql::SqlTransform;
 
@@ -58,6 +59,8 @@ pub struct PlannedSink {
     pub type_name: String,
     pub inputs: Vec<InputRef>,
     pub sink: Box<dyn Sink>,
+    /// `retry:` — the engine's, not the plugin's: how transient failures are retried.
+    pub retry: SinkRetry,
 }
 
 /// A validated pipeline, ready to run.
@@ -274,8 +277,19 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
         let refs = inputs[&c.id].clone();
         let schemas: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
         let plugin = registry.sink(&c.type_name).expect("checked");
-        match plugin.build(&ComponentConfig::new(c.id.clone(), c.options.clone()), &schemas) {
-            Ok(sink) => sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink }),
+        let mut options = c.options.clone();
+        let retry = match options.as_mapping_mut().and_then(|m| m.remove("retry")) {
+            None => SinkRetry::default(),
+            Some(value) => match ComponentConfig::new(c.id.clone(), value).decode::<SinkRetry>() {
+                Ok(retry) => retry,
+                Err(e) => {
+                    errors.push(file.component_diag(c, &e.within("retry")));
+                    continue;
+                }
+            },
+        };
+        match plugin.build(&ComponentConfig::new(c.id.clone(), options), &schemas) {
+            Ok(sink) => sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink, retry }),
             Err(e) => errors.push(file.component_diag(c, &e)),
         }
     }

@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::output::OutputSpec;
-use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Durability, Output, Sink, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT,
-};
+
+mod sink;
+pub use sink::SinkRetry;
+use tributary_sdk::{AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Output, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT};
 
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::Kind;
@@ -123,9 +124,10 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
     for s in sinks {
         let rx = wiring.receivers.remove(&s.id).expect("channel");
-        let ctx = SinkContext { id: s.id.clone(), dead_letters: wiring.dead_letters(&s.id), metrics: wiring.metrics[&s.id].clone() };
+        let ctx = SinkContext { id: s.id.clone(), metrics: wiring.metrics[&s.id].clone() };
+        let dead = wiring.dead_letters(&s.id);
         let id = s.id.clone();
-        tasks.spawn(async move { (id, run_sink(s.sink, rx, ctx).await) });
+        tasks.spawn(async move { (id, sink::run_sink(s.sink, rx, ctx, dead, s.retry).await) });
     }
     for t in transforms {
         let rx = wiring.receivers.remove(&t.id).expect("channel");
@@ -317,83 +319,4 @@ async fn send_sharing_acks(output: &Output, batches: Vec<RecordBatch>, acks: Ack
         output.send(Batch::with_acks(b, a)).await?;
     }
     Ok(())
-}
-
-/// Rows a sink holds until its next flush, and how to count them as written when it succeeds.
-#[derive(Default)]
-struct Pending {
-    acks: AckSet,
-    rows: u64,
-}
-
-/// The rows of a write or flush the sink did not send to its own dead letters: it runs alone on
-/// its metrics, so the dead-letter count's growth during the call is exactly the rows it rejected.
-fn kept_rows(ctx: &SinkContext, rows: u64, dead_letters_before: u64) -> u64 {
-    rows.saturating_sub(ctx.metrics.dead_letters.get() - dead_letters_before)
-}
-
-async fn run_sink(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Delivery>, ctx: SinkContext) -> anyhow::Result<()> {
-    sink.start(&ctx).await?;
-    let mut pending = Pending::default();
-    let mut ticker = sink.flush_interval().map(|d| {
-        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
-    loop {
-        let tick = async {
-            match ticker.as_mut() {
-                Some(t) => {
-                    t.tick().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            delivery = rx.recv() => {
-                let Some(Delivery { batch, .. }) = delivery else { break };
-                let m = &ctx.metrics;
-                m.rows_in.add(batch.data.num_rows() as u64);
-                m.bytes_in.add(batch.data.get_array_memory_size() as u64);
-                m.batches_in.inc();
-                let (rows, dead_before) = (batch.data.num_rows() as u64, m.dead_letters.get());
-                match sink.write(batch.data.clone(), &ctx).await {
-                    Ok(Durability::Durable) => {
-                        m.rows_written.add(kept_rows(&ctx, rows, dead_before));
-                        pending.acks.extend(batch.acks);
-                        std::mem::take(&mut pending.acks).release();
-                    }
-                    Ok(Durability::Buffered) => {
-                        pending.rows += kept_rows(&ctx, rows, dead_before);
-                        pending.acks.extend(batch.acks);
-                    }
-                    Err(e) => {
-                        m.errors.inc();
-                        let reason = format!("write failed: {e:#}");
-                        tracing::error!(sink = %ctx.id, rows = batch.data.num_rows(), "{reason}");
-                        ctx.dead_letters.send_rows(&batch.data, &reason, batch.acks).await?;
-                    }
-                }
-            }
-            _ = tick => flush(sink.as_mut(), &ctx, &mut pending).await,
-        }
-    }
-    flush(sink.as_mut(), &ctx, &mut pending).await;
-    Ok(())
-}
-
-async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, pending: &mut Pending) {
-    let dead_before = ctx.metrics.dead_letters.get();
-    let Pending { acks, rows } = std::mem::take(pending);
-    match sink.flush(ctx).await {
-        Ok(()) => {
-            ctx.metrics.rows_written.add(kept_rows(ctx, rows, dead_before));
-            acks.release()
-        }
-        Err(e) => {
-            ctx.metrics.errors.inc();
-            tracing::error!(sink = %ctx.id, "flush failed: {e:#}; unacknowledged rows will be redelivered by replayable sources");
-            acks.fail();
-        }
-    }
 }

@@ -7,7 +7,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use serde::Deserialize;
 use tributary_sdk::arrow::datatypes::SchemaRef;
-use tributary_sdk::{ComponentConfig, ConfigError, Durability, HumanDuration, Sink, SinkContext, SinkPlugin};
+use tributary_sdk::{ComponentConfig, ConfigError, DeadLetter, HumanDuration, Sink, SinkContext, SinkPlugin, Transient, Written};
 
 /// How rows are printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -82,23 +82,23 @@ impl ConsoleSink {
 
 #[async_trait::async_trait]
 impl Sink for ConsoleSink {
-    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> anyhow::Result<Durability> {
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
         self.since_last += batch.num_rows() as u64;
         self.total += batch.num_rows() as u64;
         let text = Self::render(&self.id, &self.cfg, &batch)?;
         if !text.is_empty() {
             self.out.write_all(text.as_bytes())?;
         }
-        Ok(Durability::Durable)
+        Ok(Written::durable())
     }
 
-    async fn flush(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+    async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
         if self.cfg.format == ConsoleFormat::Summary && (self.since_last > 0 || self.total == 0) {
             writeln!(self.out, "[{}] +{} rows ({} total)", self.id, self.since_last, self.total)?;
             self.since_last = 0;
         }
         self.out.flush()?;
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn flush_interval(&self) -> Option<Duration> {

@@ -8,7 +8,7 @@ use datafusion::arrow::json::writer::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tributary_sdk::arrow::datatypes::SchemaRef;
-use tributary_sdk::{ComponentConfig, ConfigError, Durability, HumanDuration, Sink, SinkContext, SinkPlugin};
+use tributary_sdk::{ComponentConfig, ConfigError, DeadLetter, HumanDuration, Sink, SinkContext, SinkPlugin, Transient, Written};
 
 /// Config of a `file` sink: rows appended as JSON lines.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,20 +54,27 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> anyhow::Result<Durability> {
-        let out = self.out.as_mut().expect("started");
-        let mut w = LineDelimitedWriter::new(out);
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        // Encoded whole before anything is written, so a failed write leaves no half batch.
+        let mut lines = Vec::new();
+        let mut w = LineDelimitedWriter::new(&mut lines);
         w.write(&batch)?;
         w.finish()?;
-        Ok(Durability::Buffered)
+        self.out.as_mut().expect("started").write_all(&lines)?;
+        Ok(Written::buffered())
     }
 
-    async fn flush(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+    async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
         if let Some(out) = self.out.as_mut() {
             out.flush()?;
-            out.get_ref().sync_data()?;
+            match out.get_ref().sync_data() {
+                // A FIFO or a character device (`/dev/stdout`) cannot be synced (EINVAL): what was
+                // written to it has gone as far as it can.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+                other => other?,
+            }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn flush_interval(&self) -> Option<Duration> {
@@ -93,14 +100,14 @@ mod tests {
         std::fs::write(&path, "{\"existing\":true}\n").unwrap();
         let cfg = ComponentConfig::from_yaml("out", &format!("{{path: {}}}", path.display()));
         let mut sink = FileSinkPlugin.build(&cfg, &[]).map_err(|e| e.to_string()).unwrap();
-        let (ctx, _dl) = sink_context("out");
+        let ctx = sink_context("out");
         sink.start(&ctx).await.unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, true), Field::new("ms", DataType::Int64, true)]));
         let batch =
             RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![Some("a"), None])), Arc::new(Int64Array::from(vec![1, 2]))])
                 .unwrap();
-        assert_eq!(sink.write(batch, &ctx).await.unwrap(), Durability::Buffered);
-        sink.flush(&ctx).await.unwrap();
+        assert_eq!(sink.write(batch, &ctx).await.unwrap(), Written::buffered());
+        assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"existing\":true}\n{\"site\":\"a\",\"ms\":1}\n{\"ms\":2}\n");
     }
 }

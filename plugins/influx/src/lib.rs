@@ -4,13 +4,12 @@
 //! Each row becomes one point: measurement (fixed or from a column), tag columns (null or empty
 //! values are left out — line protocol has no empty tags), field columns (nulls left out), and the
 //! time column in nanoseconds. Escaping of spaces, commas, equals signs and quotes is the client's
-//! (`DataPoint`). Rows that cannot be a point (no time, no field) go to the dead-letter output;
-//! transport errors and 5xx answers are retried with backoff; a 4xx answer dead-letters the batch
-//! with the server's message.
+//! (`DataPoint`). Rows that cannot be a point (no time, no field) and a batch a 4xx answer refuses
+//! come back to the engine as dead letters with the reason; transport errors, timeouts, 5xx and
+//! 429 keep the rows buffered and the engine retries.
 
 use std::time::Duration;
 
-use anyhow::Context;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampNanosecondType};
@@ -19,9 +18,10 @@ use serde::Deserialize;
 use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::columns::{column_index, text_at, time_column_index};
 use tributary_sdk::dead_letter::rows_as_json;
-use tributary_sdk::retry::{Backoff, WriteError};
+use tributary_sdk::retry::WriteError;
 use tributary_sdk::{
     single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
+    Transient, Written,
 };
 
 /// Config of an `influx` sink.
@@ -60,9 +60,13 @@ pub struct InfluxSinkConfig {
     /// Write buffered rows at least this often (default 1s).
     #[serde(default = "default_batch_age")]
     pub batch_age: HumanDuration,
-    /// Attempts per write on transport errors and 5xx (backoff 100ms → 10s; default 8).
-    #[serde(default = "default_attempts")]
-    pub retry_attempts: u32,
+    /// A write that takes longer fails transiently and is retried (default 30s).
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 fn default_time_column() -> String {
@@ -73,9 +77,6 @@ fn default_batch_rows() -> usize {
 }
 fn default_batch_age() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
-}
-fn default_attempts() -> u32 {
-    8
 }
 
 /// How each column of the input is used.
@@ -155,10 +156,11 @@ impl SinkPlugin for InfluxSinkPlugin {
         let layout = Layout::new(&cfg, &schema)?;
         let token = cfg.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
         let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
-        let backoff =
-            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+        if cfg.timeout.0.is_zero() {
+            return Err(ConfigError::at("timeout", "must be longer than 0s"));
+        }
         let buffer = RowBuffer::new(schema, cfg.batch_rows);
-        Ok(Box::new(InfluxSink { cfg, layout, client, backoff, buffer }))
+        Ok(Box::new(InfluxSink { cfg, layout, client, buffer }))
     }
 }
 
@@ -166,11 +168,11 @@ pub struct InfluxSink {
     cfg: InfluxSinkConfig,
     layout: Layout,
     client: influxdb2::Client,
-    backoff: Backoff,
     buffer: RowBuffer,
 }
 
-fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint>, Vec<DeadLetter>)> {
+/// The rows as points, the row index of each point, and the rows that cannot be points.
+fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint>, Vec<usize>, Vec<DeadLetter>)> {
     let schema = batch.schema();
     let times = cast(batch.column(layout.time), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
     let times = times.as_primitive::<TimestampNanosecondType>();
@@ -202,6 +204,7 @@ fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint
     let tag_names: Vec<&String> = layout.tags.iter().map(|&i| schema.field(i).name()).collect();
     let rows_json = std::cell::OnceCell::new();
     let mut out = Vec::with_capacity(batch.num_rows());
+    let mut point_rows = Vec::with_capacity(batch.num_rows());
     let mut rejected = Vec::new();
     for row in 0..batch.num_rows() {
         let reject = |reason: String, rejected: &mut Vec<DeadLetter>| {
@@ -254,60 +257,71 @@ fn points(batch: &RecordBatch, layout: &Layout) -> anyhow::Result<(Vec<DataPoint
             continue;
         }
         match point.timestamp(times.value(row)).build() {
-            Ok(p) => out.push(p),
+            Ok(p) => {
+                out.push(p);
+                point_rows.push(row);
+            }
             Err(e) => reject(format!("not a valid point: {e}"), &mut rejected),
         }
     }
-    Ok((out, rejected))
+    Ok((out, point_rows, rejected))
 }
 
 impl InfluxSink {
-    async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        let Some(rows) = self.buffer.take().context("joining buffered batches")? else {
-            return Ok(());
+    /// Writes everything buffered. Rows that cannot be points, or that the server refuses (a
+    /// 4xx other than 429), come back as dead letters; transport errors, timeouts, 5xx and 429
+    /// leave the buffer as it was for the engine's retry.
+    async fn write_buffer(&mut self) -> Result<Vec<DeadLetter>, Transient> {
+        let Some(rows) = self.buffer.take()? else {
+            return Ok(Vec::new());
         };
-        let (points, rejected) = points(&rows, &self.layout)?;
-        if !rejected.is_empty() {
-            ctx.metrics.errors.add(rejected.len() as u64);
-            ctx.dead_letters.send(rejected, Default::default()).await?;
-        }
+        let (points, point_rows, mut rejected) = points(&rows, &self.layout)?;
         if points.is_empty() {
-            return Ok(());
+            return Ok(rejected);
         }
-        let (client, bucket) = (&self.client, self.cfg.bucket.as_str());
-        self.backoff
-            .write_or_dead_letter(ctx, &self.cfg.url, &rows, || {
-                let points = points.clone();
-                async move {
-                    client.write(bucket, futures::stream::iter(points)).await.map_err(|e| match e {
-                        influxdb2::RequestError::Http { status, text } if status.is_client_error() && status.as_u16() != 429 => {
-                            WriteError::Refused(format!("HTTP {status}: {}", text.trim()))
-                        }
-                        other => WriteError::Transient(other.to_string()),
-                    })
-                }
-            })
-            .await?;
-        Ok(())
+        let write = self.client.write(&self.cfg.bucket, futures::stream::iter(points));
+        let outcome = match tokio::time::timeout(self.cfg.timeout.0, write).await {
+            Err(_) => Err(WriteError::Transient(format!("no answer within {:?}", self.cfg.timeout.0))),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(influxdb2::RequestError::Http { status, text })) if status.is_client_error() && status.as_u16() != 429 => {
+                Err(WriteError::Refused(format!("HTTP {status}: {}", text.trim())))
+            }
+            Ok(Err(other)) => Err(WriteError::Transient(other.to_string())),
+        };
+        match outcome {
+            Ok(()) => Ok(rejected),
+            Err(WriteError::Refused(msg)) => {
+                // The server refused the request as a whole: every row that was sent is rejected.
+                let json = rows_as_json(&rows);
+                let reason = format!("{} refused the write: {msg}", self.cfg.url);
+                rejected.extend(point_rows.iter().map(|&row| DeadLetter { payload: json[row].clone(), reason: reason.clone() }));
+                Ok(rejected)
+            }
+            Err(WriteError::Transient(msg)) => {
+                self.buffer.push(rows);
+                Err(Transient::new(anyhow::anyhow!("writing to {}: {msg}", self.cfg.url)))
+            }
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for InfluxSink {
-    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
-        if self.buffer.push(batch) {
-            self.write_buffer(ctx).await?;
-            return Ok(Durability::Durable);
-        }
-        Ok(Durability::Buffered)
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        let full = self.buffer.push(batch);
+        Ok(Written::with(if full { Durability::BufferFull } else { Durability::Buffered }, Vec::new()))
     }
 
-    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        self.write_buffer(ctx).await
+    async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
+        self.write_buffer().await
     }
 
     fn flush_interval(&self) -> Option<Duration> {
         Some(self.cfg.batch_age.0)
+    }
+
+    fn take_buffered(&mut self) -> Vec<RecordBatch> {
+        self.buffer.take().ok().flatten().into_iter().collect()
     }
 }
 

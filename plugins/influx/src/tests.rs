@@ -60,7 +60,8 @@ fn rows_become_escaped_line_protocol_and_unwritable_rows_are_rejected_with_the_r
         (None, Some("a"), None, Some(1.0), None, None, None),
         (Some(3_000_000), Some("a"), None, None, None, None, None),
     ]);
-    let (points, rejected) = points(&rows, &layout).unwrap();
+    let (points, point_rows, rejected) = points(&rows, &layout).unwrap();
+    assert_eq!(point_rows, [0, 1], "the row of each point");
     assert_eq!(
         line_protocol(&points),
         "probe\\ results,site=a\\ b\\,c\\=d latency_ms=1.5,note=\"say \\\"hi\\\"\",ok=t,status=200i 1000000000\n\
@@ -115,16 +116,15 @@ async fn writes_to_victoriametrics_and_reads_back_values_and_awkward_labels() {
         &format!("{{url: '{}', org: ops, bucket: telemetry, token: secret-token, measurement: {measurement}, tags: [site, channel], fields: [latency_ms, status], batch_rows: 2}}", vm_url()),
     );
     let mut sink = InfluxSinkPlugin.build(&cfg, &[("in".into(), schema())]).map_err(|e| e.to_string()).unwrap();
-    let (ctx, mut dead) = sink_context("vm");
+    let ctx = sink_context("vm");
     sink.start(&ctx).await.unwrap();
     // Whole seconds near now: VictoriaMetrics drops samples outside its retention.
     let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 * 1_000_000;
     let first = sink.write(batch(&[(Some(now_us), Some("a b,c=d"), Some("x=y"), Some(12.5), Some(200), None, None)]), &ctx).await.unwrap();
-    assert_eq!(first, Durability::Buffered);
+    assert_eq!(first, Written::buffered());
     let second = sink.write(batch(&[(Some(now_us + 1_000_000), Some("plain"), None, Some(7.0), None, None, None)]), &ctx).await.unwrap();
-    assert_eq!(second, Durability::Durable, "batch_rows reached: written before returning");
-    sink.flush(&ctx).await.unwrap();
-    assert!(dead.try_recv().is_err(), "nothing dead-lettered");
+    assert_eq!(second.durability, Durability::BufferFull, "batch_rows reached: the engine flushes");
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![], "nothing dead-lettered");
 
     // Newly created series become searchable a moment after ingestion: poll (bounded).
     let mut lines: Vec<serde_json::Value> = Vec::new();
@@ -150,18 +150,17 @@ async fn writes_to_victoriametrics_and_reads_back_values_and_awkward_labels() {
 }
 
 #[tokio::test]
-async fn an_unreachable_server_is_retried_then_the_rows_go_to_dead_letters() {
-    let cfg = ComponentConfig::from_yaml("down", "{url: 'http://127.0.0.1:1', bucket: b, measurement: m, retry_attempts: 2}");
+async fn an_unreachable_server_is_transient_and_the_rows_stay_buffered() {
+    let cfg = ComponentConfig::from_yaml("down", "{url: 'http://127.0.0.1:1', bucket: b, measurement: m}");
     let mut sink = InfluxSinkPlugin.build(&cfg, &[("in".into(), schema())]).map_err(|e| e.to_string()).unwrap();
-    let (ctx, mut dead) = sink_context("down");
+    let ctx = sink_context("down");
     sink.write(batch(&[(Some(1_000_000), Some("a"), None, Some(1.0), None, None, None)]), &ctx).await.unwrap();
-    sink.flush(&ctx).await.unwrap();
-    assert_eq!(ctx.metrics.retries.get(), 1);
-    let letters = dead.recv().await.unwrap().batch.data;
-    let reason = letters.column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
-    assert!(reason.starts_with("writing to http://127.0.0.1:1 failed after 2 attempts: "), "{reason}");
-    assert_eq!(
-        letters.column_by_name("payload").unwrap().as_string::<i32>().value(0),
-        r#"{"ts":"1970-01-01T00:00:01Z","site":"a","latency_ms":1.0}"#
-    );
+    for _ in 0..2 {
+        let err = sink.flush(&ctx).await.unwrap_err().to_string();
+        assert!(err.starts_with("writing to http://127.0.0.1:1: "), "{err}");
+    }
+    // Given up on by the engine: the same rows come back, once.
+    let held = sink.take_buffered();
+    assert_eq!(tributary_sdk::dead_letter::rows_as_json(&held[0]), [r#"{"ts":"1970-01-01T00:00:01Z","site":"a","latency_ms":1.0}"#]);
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
 }

@@ -1,17 +1,20 @@
 //! `kafka` sink: one message per row; the batch is acknowledged only after every delivery report.
+//! Messages the broker refuses for good come back as dead letters; undelivered ones (timeouts,
+//! unreachable brokers) are handed back to the engine, which retries just those rows.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tributary_sdk::{
-    single_input_schema, AckSet, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
+    Transient, Written,
 };
 
 use crate::client::{client_config, SslConfig};
@@ -38,7 +41,8 @@ pub struct KafkaSinkConfig {
     pub key_column: Option<String>,
     #[serde(default)]
     pub format: SinkFormat,
-    /// How long librdkafka keeps retrying one message before it is a dead letter (default 30s).
+    /// How long librdkafka keeps retrying one message before the write fails transiently and the
+    /// engine retries the undelivered messages (default 30s).
     #[serde(default = "default_delivery_timeout")]
     pub delivery_timeout: HumanDuration,
     #[serde(default)]
@@ -71,7 +75,7 @@ impl SinkPlugin for KafkaSinkPlugin {
         if cfg.topic.is_empty() {
             return Err(ConfigError::at("topic", "must not be empty"));
         }
-        Ok(Box::new(KafkaSink { id: config.id.clone(), cfg, producer: None }))
+        Ok(Box::new(KafkaSink { id: config.id.clone(), cfg, producer: None, refused: Vec::new() }))
     }
 }
 
@@ -79,6 +83,9 @@ pub struct KafkaSink {
     id: String,
     cfg: KafkaSinkConfig,
     producer: Option<FutureProducer>,
+    /// Messages refused for good while others of the same batch wait for a retry: reported with
+    /// the write that completes the batch.
+    refused: Vec<DeadLetter>,
 }
 
 #[async_trait::async_trait]
@@ -97,7 +104,7 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
         let producer = self.producer.as_ref().expect("started");
         let messages = match self.cfg.format {
             SinkFormat::Json => json_messages(&batch),
@@ -109,6 +116,9 @@ impl Sink for KafkaSink {
         };
         let key_at = |i: usize| keys.as_ref().filter(|k| k.is_valid(i)).map(|k| k.as_string::<i32>().value(i).to_string());
         let mut in_flight = Vec::with_capacity(messages.len());
+        let mut retry_rows: Vec<u32> = Vec::new();
+        let mut rejected = Vec::new();
+        let mut last_error = None;
         for (i, payload) in messages.iter().enumerate() {
             let key = key_at(i);
             loop {
@@ -126,30 +136,72 @@ impl Sink for KafkaSink {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     Err((e, _)) => {
-                        return Err(anyhow::anyhow!("cannot queue a message for topic `{}`: {e}", self.cfg.topic));
+                        let reason = format!("cannot queue a message for topic `{}`: {e}", self.cfg.topic);
+                        if refused_for_good(&e) {
+                            rejected.push(DeadLetter { payload: payload.clone(), reason });
+                        } else {
+                            retry_rows.push(i as u32);
+                            last_error = Some(reason);
+                        }
+                        break;
                     }
                 }
             }
         }
-        let mut failed = Vec::new();
         for (i, delivery) in in_flight {
-            let reason = match delivery.await {
+            let error = match delivery.await {
                 Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => format!("delivery to topic `{}` failed: {e}", self.cfg.topic),
-                Err(_) => format!("delivery to topic `{}` was cancelled (producer closed)", self.cfg.topic),
+                Ok(Err((e, _))) => e,
+                Err(_) => KafkaError::Canceled,
             };
-            failed.push(DeadLetter { payload: messages[i].clone(), reason });
+            let reason = format!("delivery to topic `{}` failed: {e}", self.cfg.topic, e = error);
+            if refused_for_good(&error) {
+                rejected.push(DeadLetter { payload: messages[i].clone(), reason });
+            } else {
+                retry_rows.push(i as u32);
+                last_error = Some(reason);
+            }
         }
-        if !failed.is_empty() {
-            ctx.metrics.errors.add(failed.len() as u64);
-            tracing::warn!(sink = %self.id, failed = failed.len(), "messages not delivered; sending them to the dead-letter output");
-            ctx.dead_letters.send(failed, AckSet::none()).await?;
+        if !retry_rows.is_empty() {
+            // Only the undelivered rows are tried again; the refused ones are reported then.
+            retry_rows.sort_unstable();
+            let rows = take_record_batch(&batch, &UInt32Array::from(retry_rows))?;
+            self.refused.extend(rejected);
+            let error = last_error.unwrap_or_default();
+            return Err(Transient::partial(
+                anyhow::anyhow!("{error} ({} of {} messages to retry)", rows.num_rows(), batch.num_rows()),
+                rows,
+            ));
         }
-        Ok(Durability::Durable)
+        rejected.splice(0..0, std::mem::take(&mut self.refused));
+        Ok(Written::with(Durability::Durable, rejected))
     }
 
-    async fn flush(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
+    async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
         // Every write awaited its delivery reports: nothing is buffered here.
-        Ok(())
+        Ok(Vec::new())
     }
+}
+
+/// Errors the broker will answer the same way every time (a message too large, a topic that is
+/// invalid or not ours to write): such messages are dead letters. Everything else — timeouts,
+/// unreachable brokers, leader changes, throttling — is worth retrying.
+fn refused_for_good(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | InvalidTopic
+                | InvalidRequiredAcks
+                | UnsupportedForMessageFormat
+                | PolicyViolation
+        )
+    )
 }

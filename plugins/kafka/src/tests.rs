@@ -92,13 +92,13 @@ async fn sink_writes_the_api_status_monitor_message_byte_for_byte() {
     let cfg =
         ComponentConfig::from_yaml("out", &format!("{{bootstrap_servers: '{bootstrap}', topic: statuses, format: api_status_monitor}}"));
     let mut sink = KafkaSinkPlugin.build(&cfg, &[("p".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
-    let (ctx, _dl) = sink_context("out");
+    let ctx = sink_context("out");
     sink.start(&ctx).await.unwrap();
     let rows = vec![
         probe_row("a", 200, None, None, Some("Freedom to build <awesome> applications")),
         probe_row("b", 0, Some("timeout"), Some("timeout after 1000 ms waiting for response headers"), None),
     ];
-    assert_eq!(sink.write(rows_to_batch(&rows), &ctx).await.unwrap(), tributary_sdk::Durability::Durable);
+    assert_eq!(sink.write(rows_to_batch(&rows), &ctx).await.unwrap(), tributary_sdk::Written::durable());
     let got = consume_all(&bootstrap, "statuses", 2);
     assert_eq!(
         got,
@@ -115,7 +115,7 @@ async fn sink_json_format_uses_the_key_column() {
     let bootstrap = mock.bootstrap_servers();
     let cfg = ComponentConfig::from_yaml("out", &format!("{{bootstrap_servers: '{bootstrap}', topic: probes, key_column: name}}"));
     let mut sink = KafkaSinkPlugin.build(&cfg, &[("p".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
-    let (ctx, _dl) = sink_context("out");
+    let ctx = sink_context("out");
     sink.start(&ctx).await.unwrap();
     sink.write(rows_to_batch(&[probe_row("api", 200, None, None, Some("ok"))]), &ctx).await.unwrap();
     let got = consume_all(&bootstrap, "probes", 1);
@@ -310,4 +310,40 @@ fn gssapi_without_the_feature_is_a_clear_client_error() {
         .expect("no GSSAPI in the default build")
         .to_string();
     assert!(err.contains("No provider for SASL mechanism GSSAPI"), "{err}");
+}
+
+/// Undelivered messages are handed back for the engine's retry (only those rows); a message the
+/// client refuses for good (too large) is a dead letter, reported with the write that completes.
+#[tokio::test]
+async fn sink_hands_back_undelivered_rows_and_reports_refused_ones() {
+    let mock = cluster("small");
+    let bootstrap = mock.bootstrap_servers();
+    let cfg = ComponentConfig::from_yaml(
+        "out",
+        &format!("{{bootstrap_servers: '{bootstrap}', topic: small, delivery_timeout: 2s, librdkafka: {{message.max.bytes: '1000'}}}}"),
+    );
+    let mut sink = KafkaSinkPlugin.build(&cfg, &[("p".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+    let ctx = sink_context("out");
+    sink.start(&ctx).await.unwrap();
+    let big = "x".repeat(2000);
+    let rows = vec![probe_row("ok", 200, None, None, Some("fine")), probe_row("big", 200, None, None, Some(&big))];
+    let written = sink.write(rows_to_batch(&rows), &ctx).await.unwrap();
+    assert_eq!(written.durability, tributary_sdk::Durability::Durable);
+    assert_eq!(written.rejected.len(), 1);
+    assert!(
+        written.rejected[0].reason.starts_with("cannot queue a message for topic `small`: Message production error: MessageSizeTooLarge"),
+        "{:?}",
+        written.rejected
+    );
+    assert!(written.rejected[0].payload.contains("\"name\":\"big\""));
+
+    // The broker goes away: every message of the next batch times out and comes back unwritten.
+    drop(mock);
+    let failed = sink
+        .write(rows_to_batch(&[probe_row("a", 200, None, None, Some("1")), probe_row("b", 200, None, None, Some("2"))]), &ctx)
+        .await
+        .unwrap_err();
+    let unwritten = failed.unwritten.expect("the rows to retry");
+    assert_eq!(unwritten.num_rows(), 2);
+    assert!(failed.error.to_string().contains("(2 of 2 messages to retry)"), "{}", failed.error);
 }

@@ -18,13 +18,17 @@ mod points;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use serde::Deserialize;
 use tributary_sdk::buffer::RowBuffer;
-use tributary_sdk::retry::Backoff;
-use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin};
+use tributary_sdk::dead_letter::letters_for_rows;
+use tributary_sdk::retry::WriteError;
+use tributary_sdk::{
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
+    Transient, Written,
+};
 
 use export::Exporter;
 pub use export::Protocol;
@@ -66,9 +70,6 @@ pub struct OtlpSinkConfig {
     /// Per-request timeout (default 10s).
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
-    /// Attempts per export on retryable failures (backoff 100ms → 10s; default 8).
-    #[serde(default = "default_attempts")]
-    pub retry_attempts: u32,
 }
 
 /// One metric made from each row.
@@ -154,9 +155,6 @@ fn default_batch_age() -> HumanDuration {
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
-fn default_attempts() -> u32 {
-    8
-}
 
 impl OtlpSinkConfig {
     fn validate(&self) -> Result<(), ConfigError> {
@@ -201,11 +199,18 @@ impl SinkPlugin for OtlpSinkPlugin {
         let schema = single_input_schema(inputs)?;
         let layout = Layout::new(&cfg, &schema)?;
         let exporter = Exporter::new(&cfg).map_err(|e| ConfigError::at("endpoint", e))?;
-        let backoff =
-            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
         let buffer = RowBuffer::new(schema, cfg.batch_rows.max(1));
-        Ok(Box::new(OtlpSink { cfg, layout, clock: SeriesClock::default(), exporter, backoff, buffer }))
+        Ok(Box::new(OtlpSink { cfg, layout, clock: SeriesClock::default(), exporter, buffer, unsent: None }))
     }
+}
+
+/// A request built from buffered rows and not yet accepted by the receiver. Kept as built for the
+/// retry: building advanced the series clock (delta start times), so it is sent again as is.
+struct Unsent {
+    rows: RecordBatch,
+    request: ExportMetricsServiceRequest,
+    /// Rows of `rows` that could not become points.
+    rejected: Vec<DeadLetter>,
 }
 
 pub struct OtlpSink {
@@ -213,51 +218,70 @@ pub struct OtlpSink {
     layout: Layout,
     clock: SeriesClock,
     exporter: Exporter,
-    backoff: Backoff,
     buffer: RowBuffer,
+    unsent: Option<Unsent>,
 }
 
 impl OtlpSink {
-    async fn export_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        let Some(rows) = self.buffer.take().context("joining buffered batches")? else {
-            return Ok(());
-        };
-        let (request, rejected) = self.layout.request(&rows, &mut self.clock)?;
-        if !rejected.is_empty() {
-            ctx.metrics.errors.add(rejected.len() as u64);
-            ctx.dead_letters.send(rejected, Default::default()).await?;
+    /// Exports everything buffered. Rows that cannot be points, and a request the receiver refuses
+    /// (4xx, or a gRPC status that is not retryable), come back as dead letters; transport errors,
+    /// timeouts and retryable answers keep the request for the engine's retry.
+    async fn export_buffer(&mut self, ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
+        if self.unsent.is_none() {
+            let Some(rows) = self.buffer.take()? else {
+                return Ok(Vec::new());
+            };
+            let (request, rejected) = self.layout.request(&rows, &mut self.clock)?;
+            match request {
+                None => return Ok(rejected),
+                Some(request) => self.unsent = Some(Unsent { rows, request, rejected }),
+            }
         }
-        let Some(request) = request else {
-            return Ok(());
-        };
-        let exporter = &self.exporter;
-        let written = self.backoff.write_or_dead_letter(ctx, &self.cfg.endpoint, &rows, || exporter.export(&request)).await?;
-        if written {
-            ctx.metrics.bytes_out.add(prost::Message::encoded_len(&request) as u64);
-        }
+        let unsent = self.unsent.as_ref().expect("set above");
+        let outcome = self.exporter.export(&unsent.request).await;
         // Points the receiver took the request for but rejected cannot be told apart from the
         // rest: they are counted and logged (by the exporter), not dead-lettered.
         ctx.metrics.errors.add(self.exporter.rejected_points.swap(0, std::sync::atomic::Ordering::Relaxed));
-        Ok(())
+        match outcome {
+            Ok(()) => {
+                let sent = self.unsent.take().expect("present");
+                ctx.metrics.bytes_out.add(prost::Message::encoded_len(&sent.request) as u64);
+                Ok(sent.rejected)
+            }
+            Err(WriteError::Refused(msg)) => {
+                // Refused as a whole: every row of the request is dead-lettered with the answer.
+                let sent = self.unsent.take().expect("present");
+                Ok(letters_for_rows(&sent.rows, &format!("{} refused the export: {msg}", self.cfg.endpoint)))
+            }
+            Err(WriteError::Transient(msg)) => Err(Transient::new(anyhow::anyhow!("exporting to {}: {msg}", self.cfg.endpoint))),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for OtlpSink {
-    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
-        if self.buffer.push(batch) {
-            self.export_buffer(ctx).await?;
-            return Ok(Durability::Durable);
-        }
-        Ok(Durability::Buffered)
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        let full = self.buffer.push(batch);
+        Ok(Written::with(if full { Durability::BufferFull } else { Durability::Buffered }, Vec::new()))
     }
 
-    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        self.export_buffer(ctx).await
+    async fn flush(&mut self, ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
+        // A request left from a failed flush goes first; then whatever was buffered meanwhile.
+        let mut rejected = self.export_buffer(ctx).await?;
+        if !self.buffer.is_empty() {
+            rejected.extend(self.export_buffer(ctx).await?);
+        }
+        Ok(rejected)
     }
 
     fn flush_interval(&self) -> Option<Duration> {
         Some(self.cfg.batch_age.0)
+    }
+
+    fn take_buffered(&mut self) -> Vec<RecordBatch> {
+        let mut rows: Vec<RecordBatch> = self.unsent.take().map(|u| u.rows).into_iter().collect();
+        rows.extend(self.buffer.take().ok().flatten());
+        rows
     }
 }
 

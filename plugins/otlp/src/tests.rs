@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality, HistogramDataPoint, NumberDataPoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::{free_port, sink_context, RotelReceiver};
+use tributary_sdk::testkit::{flush_retrying, free_port, sink_context, RotelReceiver};
 
 use super::*;
 
@@ -223,18 +223,14 @@ async fn export_through(protocol: &str, endpoint: &str) -> (Arc<tributary_sdk::C
         .replace("{deployment.environment: lab}", "{service.name: badges}");
     let cfg = ComponentConfig::from_yaml("otlp", &yaml);
     let mut sink = OtlpSinkPlugin.build(&cfg, &[("in".into(), schema())]).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let (ctx, mut dead) = sink_context("otlp");
+    let ctx = sink_context("otlp");
     sink.start(&ctx).await.unwrap();
     let rows = batch(&[
         (Some(T0), Some("fact"), Some(200), Some(3), Some(1.0)),
         (Some(T0 + 60_000_000), Some("a b,c=d"), Some(500), Some(5), Some(7.5)),
     ]);
-    assert_eq!(sink.write(rows, &ctx).await.unwrap(), Durability::Buffered);
-    sink.flush(&ctx).await.unwrap();
-    let mut letters = 0;
-    while let Ok(d) = dead.try_recv() {
-        letters += d.batch.data.num_rows();
-    }
+    assert_eq!(sink.write(rows, &ctx).await.unwrap(), Written::buffered());
+    let letters = sink.flush(&ctx).await.unwrap().len();
     (ctx.metrics.clone(), letters)
 }
 
@@ -280,23 +276,22 @@ async fn refused_and_unreachable_exports_dead_letter_the_rows_with_the_reason() 
     // A path the receiver does not serve: 404 is not retryable.
     let endpoint = format!("http://127.0.0.1:{}/v1/nothing", receiver.http);
     let (metrics, letters) = export_through("http", &endpoint).await;
-    assert_eq!((letters, metrics.errors.get(), metrics.retries.get(), metrics.dead_letters.get()), (2, 1, 0, 2));
+    assert_eq!((letters, metrics.retries.get()), (2, 0), "both rows refused at once, no retry");
 
-    // Nothing listens: retried with backoff, then dead-lettered.
+    // Nothing listens: a transient failure that keeps the request for the engine's retry; the
+    // rows come back whole when the engine gives up.
     let port = free_port();
-    let yaml =
-        format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', retry_attempts: 3, metrics: [{{name: a, kind: gauge, value: score}}]}}");
+    let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', metrics: [{{name: a, kind: gauge, value: score}}]}}");
     let mut sink = OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", &yaml), &[("in".into(), schema())]).unwrap();
-    let (ctx, mut dead) = sink_context("otlp");
+    let ctx = sink_context("otlp");
     sink.write(batch(&[(Some(T0), None, None, None, Some(2.0))]), &ctx).await.unwrap();
-    sink.flush(&ctx).await.unwrap();
-    let letter = dead.try_recv().unwrap().batch.data;
-    let reason = letter.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
-    assert!(
-        reason.starts_with(&format!("writing to http://127.0.0.1:{port}/v1/metrics failed after 3 attempts: error sending request")),
-        "{reason}"
-    );
-    assert_eq!((ctx.metrics.retries.get(), ctx.metrics.errors.get()), (2, 1));
+    for _ in 0..2 {
+        let err = sink.flush(&ctx).await.unwrap_err().to_string();
+        assert!(err.starts_with(&format!("exporting to http://127.0.0.1:{port}/v1/metrics: error sending request")), "{err}");
+    }
+    let held = sink.take_buffered();
+    assert_eq!(held.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![], "nothing left after the rows were taken back");
 }
 
 /// A receiver that answers 503 to the first request and 200 to the next: the export is retried
@@ -330,10 +325,9 @@ async fn retryable_answers_are_retried_until_accepted_with_the_configured_header
     });
     let yaml = format!("{{endpoint: 'http://127.0.0.1:{port}/v1/metrics', headers: {{X-Api-Key: k-123}}, metrics: [{{name: a, kind: gauge, value: score}}]}}");
     let mut sink = OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", &yaml), &[("in".into(), schema())]).unwrap();
-    let (ctx, mut dead) = sink_context("otlp");
+    let ctx = sink_context("otlp");
     sink.write(batch(&[(Some(T0), None, None, None, Some(2.5))]), &ctx).await.unwrap();
-    sink.flush(&ctx).await.unwrap();
-    assert!(dead.try_recv().is_err(), "nothing dead-lettered");
+    assert_eq!(flush_retrying(sink.as_mut(), &ctx, 3).await, vec![], "nothing dead-lettered");
     assert_eq!((ctx.metrics.retries.get(), ctx.metrics.errors.get()), (1, 0));
     let bodies = server.await.unwrap();
     assert_eq!(bodies[0].1, bodies[1].1, "the same request is sent again");

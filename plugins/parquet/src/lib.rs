@@ -1,8 +1,10 @@
-//! `parquet` sink: a directory of Parquet files, Hive-style `date=YYYY-MM-DD/` partitions, rotated
-//! by rows, bytes and age. Files are written under a hidden temporary name and renamed (after an
-//! fsync) when complete, so a reader never sees a partial file.
+//! `parquet` sink: a directory of Parquet files, Hive-style `date=YYYY-MM-DD/` partitions, one
+//! file per partition per flush (by rows, bytes and age). Rows are buffered as Arrow batches and a
+//! file is written whole — hidden temporary name, fsync, rename — so a reader never sees a partial
+//! file, and a write that fails leaves nothing behind and loses nothing: the rows stay buffered and
+//! the engine retries.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,10 @@ use datafusion::parquet::basic::{Compression as PqCompression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
-use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Durability, HumanDuration, Sink, SinkContext, SinkPlugin};
+use tributary_sdk::{
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Sink, SinkContext, SinkPlugin, Transient,
+    Written,
+};
 
 /// Column compression.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -43,13 +48,14 @@ pub struct ParquetSinkConfig {
     pub time_column: String,
     #[serde(default)]
     pub compression: Compression,
-    /// Close a file after this many rows (default 1000000).
+    /// Write a file once a partition holds this many rows (default 1000000).
     #[serde(default = "default_max_rows")]
     pub max_rows: usize,
-    /// Close a file once it reaches about this size (default 128MiB).
+    /// Write a file once a partition's rows take this much memory (Arrow; the file is smaller,
+    /// compressed) (default 128MiB).
     #[serde(default = "default_max_bytes")]
     pub max_bytes: ByteSize,
-    /// Close open files at least this often, so data becomes visible and acknowledged (default 60s).
+    /// Write buffered rows at least this often, so data becomes visible and acknowledged (default 60s).
     #[serde(default = "default_max_age")]
     pub max_age: HumanDuration,
     /// File name prefix (default `part`).
@@ -125,15 +131,16 @@ impl SinkPlugin for ParquetSinkPlugin {
             // Bounded memory: a row group is buffered until written.
             .set_max_row_group_row_count(Some(128 * 1024))
             .build();
-        Ok(Box::new(ParquetSink { cfg, schema, time_index, props, open: HashMap::new() }))
+        Ok(Box::new(ParquetSink { cfg, schema, time_index, props, buffered: BTreeMap::new() }))
     }
 }
 
-struct OpenFile {
-    writer: ArrowWriter<File>,
-    tmp: PathBuf,
-    target: PathBuf,
+/// Rows waiting for one partition folder's next file.
+#[derive(Default)]
+struct Partition {
+    batches: Vec<RecordBatch>,
     rows: usize,
+    bytes: usize,
 }
 
 pub struct ParquetSink {
@@ -141,14 +148,17 @@ pub struct ParquetSink {
     schema: SchemaRef,
     time_index: Option<usize>,
     props: WriterProperties,
-    /// Open files by partition folder ("" when not partitioned).
-    open: HashMap<String, OpenFile>,
+    /// Buffered rows by partition folder ("" when not partitioned), in folder order.
+    buffered: BTreeMap<String, Partition>,
 }
 
 static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ParquetSink {
-    fn open_file(&self, partition: &str) -> anyhow::Result<OpenFile> {
+    /// Writes `batches` as one new file in `partition`: under a hidden temporary name, fsynced,
+    /// then renamed, so a reader never sees a partial file. On any error the temporary file is
+    /// removed and nothing is visible: the rows stay buffered for the retry.
+    fn write_file(&self, partition: &str, batches: &[RecordBatch]) -> anyhow::Result<()> {
         let dir = self.cfg.path.join(partition);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = format!(
@@ -158,48 +168,34 @@ impl ParquetSink {
             FILE_SEQ.fetch_add(1, Ordering::Relaxed),
             std::process::id()
         );
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-        Ok(OpenFile { writer, tmp, target: dir.join(name), rows: 0 })
-    }
-
-    fn close_file(f: OpenFile) -> anyhow::Result<()> {
-        let file = f.writer.into_inner().with_context(|| format!("finishing {}", f.tmp.display()))?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&f.tmp, &f.target).with_context(|| format!("renaming to {}", f.target.display()))?;
-        if let Some(dir) = f.target.parent() {
-            sync_dir(dir);
-        }
-        tracing::debug!(file = %f.target.display(), rows = f.rows, "parquet file complete");
-        Ok(())
-    }
-
-    fn write_partition(&mut self, partition: String, batch: &RecordBatch) -> anyhow::Result<()> {
-        if !self.open.contains_key(&partition) {
-            let f = self.open_file(&partition)?;
-            self.open.insert(partition.clone(), f);
-        }
-        let f = self.open.get_mut(&partition).expect("just opened");
-        f.writer.write(batch)?;
-        f.rows += batch.num_rows();
-        let size = f.writer.bytes_written() + f.writer.in_progress_size();
-        if f.rows >= self.cfg.max_rows || size as u64 >= self.cfg.max_bytes.0 {
-            let f = self.open.remove(&partition).expect("present");
-            Self::close_file(f)?;
-        }
-        Ok(())
-    }
-
-    fn close_all(&mut self) -> anyhow::Result<()> {
-        let mut first_err = None;
-        for (_, f) in self.open.drain() {
-            if let Err(e) = Self::close_file(f) {
-                first_err.get_or_insert(e);
+        let (tmp, target) = (dir.join(format!(".{name}.tmp")), dir.join(name));
+        let written = (|| -> anyhow::Result<()> {
+            let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let mut writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
+            for b in batches {
+                writer.write(b)?;
             }
+            let file = writer.into_inner().with_context(|| format!("finishing {}", tmp.display()))?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        first_err.map_or(Ok(()), Err)
+        written?;
+        sync_dir(&dir);
+        tracing::debug!(file = %target.display(), rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(), "parquet file complete");
+        Ok(())
+    }
+
+    /// Adds rows to a partition's buffer; true when it reached `max_rows` or `max_bytes`.
+    fn buffer(&mut self, partition: String, batch: RecordBatch) -> bool {
+        let p = self.buffered.entry(partition).or_default();
+        p.rows += batch.num_rows();
+        p.bytes += batch.get_array_memory_size();
+        p.batches.push(batch);
+        p.rows >= self.cfg.max_rows || p.bytes as u64 >= self.cfg.max_bytes.0
     }
 }
 
@@ -242,40 +238,43 @@ impl Sink for ParquetSink {
         std::fs::create_dir_all(&self.cfg.path).with_context(|| format!("cannot create {}", self.cfg.path.display()))
     }
 
-    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> anyhow::Result<Durability> {
+    /// Buffers the rows by date; files are written by `flush` (on `max_age`, or at once when a
+    /// partition reaches `max_rows`/`max_bytes`).
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        let mut full = false;
         match self.time_index {
-            None => self.write_partition(String::new(), &batch)?,
+            None => full |= self.buffer(String::new(), batch),
             Some(t) => {
                 for (partition, rows) in split_by_date(&batch, t) {
-                    match rows {
-                        None => self.write_partition(partition, &batch)?,
-                        Some(idx) => {
-                            let part = take_record_batch(&batch, &idx)?;
-                            self.write_partition(partition, &part)?
-                        }
-                    }
+                    let part = match rows {
+                        None => batch.clone(),
+                        Some(idx) => take_record_batch(&batch, &idx)?,
+                    };
+                    full |= self.buffer(partition, part);
                 }
             }
         }
-        Ok(if self.open.is_empty() { Durability::Durable } else { Durability::Buffered })
+        Ok(Written::with(if full { Durability::BufferFull } else { Durability::Buffered }, Vec::new()))
     }
 
-    async fn flush(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
-        self.close_all()
+    /// One file per buffered partition. A partition written is dropped from the buffer at once,
+    /// so a retry after a failure writes only the rest (no duplicate files).
+    async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
+        while let Some((partition, p)) = self.buffered.pop_first() {
+            if let Err(e) = self.write_file(&partition, &p.batches) {
+                self.buffered.insert(partition, p);
+                return Err(Transient::new(e));
+            }
+        }
+        Ok(Vec::new())
     }
 
     fn flush_interval(&self) -> Option<Duration> {
         Some(self.cfg.max_age.0)
     }
-}
 
-impl Drop for ParquetSink {
-    fn drop(&mut self) {
-        // Never leave a temporary file behind: unflushed files are removed (their rows were not
-        // acknowledged, so a replayable source sends them again).
-        for (_, f) in self.open.drain() {
-            let _ = std::fs::remove_file(&f.tmp);
-        }
+    fn take_buffered(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.buffered).into_values().flat_map(|p| p.batches).collect()
     }
 }
 

@@ -4,7 +4,6 @@ use datafusion::arrow::array::{AsArray, Int64Array, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::{ComponentMetrics, DeadLetters, Output};
 
 use super::*;
 
@@ -22,8 +21,7 @@ fn batch(ts: &[Option<&str>], n: &[i64]) -> RecordBatch {
 }
 
 fn ctx() -> SinkContext {
-    let m = Arc::new(ComponentMetrics::default());
-    SinkContext { id: "pq".into(), dead_letters: DeadLetters::new("pq", Output::new(vec![], m.clone(), false), m.clone()), metrics: m }
+    tributary_sdk::testkit::sink_context("pq")
 }
 
 fn build(dir: &Path, extra: &str) -> Box<dyn Sink> {
@@ -64,12 +62,10 @@ async fn partitions_by_utc_date_and_hides_files_until_flushed() {
     let ctx = ctx();
     sink.start(&ctx).await.unwrap();
     let b = batch(&[Some("2026-11-21T23:59:59Z"), Some("2026-11-22T00:00:00Z"), Some("2026-11-21T12:00:00+02:00"), None], &[1, 2, 3, 4]);
-    assert_eq!(sink.write(b, &ctx).await.unwrap(), Durability::Buffered);
-    let before = files(dir.path());
-    assert_eq!(before.len(), 3);
-    assert!(before.iter().all(|(name, _)| name.rsplit('/').next().unwrap().starts_with('.') && name.ends_with(".tmp")), "{before:?}");
+    assert_eq!(sink.write(b, &ctx).await.unwrap(), Written::buffered());
+    assert!(files(dir.path()).is_empty(), "nothing is visible before the flush");
 
-    sink.flush(&ctx).await.unwrap();
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
     let after = files(dir.path());
     let by_dir: Vec<(&str, &Vec<i64>)> = after.iter().map(|(n, v)| (n.split('/').next().unwrap(), v)).collect();
     assert_eq!(by_dir, [("date=2026-11-21", &vec![1, 3]), ("date=2026-11-22", &vec![2]), ("date=unknown", &vec![4])]);
@@ -77,18 +73,51 @@ async fn partitions_by_utc_date_and_hides_files_until_flushed() {
 }
 
 #[tokio::test]
-async fn rotates_by_rows_and_reports_durability() {
+async fn a_full_partition_asks_for_a_flush() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = build(dir.path(), "partition_by_date: false, max_rows: 3");
     let ctx = ctx();
     sink.start(&ctx).await.unwrap();
     let t = Some("2026-11-22T10:00:00Z");
-    assert_eq!(sink.write(batch(&[t, t], &[1, 2]), &ctx).await.unwrap(), Durability::Buffered);
-    assert_eq!(sink.write(batch(&[t, t], &[3, 4]), &ctx).await.unwrap(), Durability::Durable, "4 rows ≥ max_rows closes the file");
-    assert_eq!(sink.write(batch(&[t], &[5]), &ctx).await.unwrap(), Durability::Buffered);
+    assert_eq!(sink.write(batch(&[t, t], &[1, 2]), &ctx).await.unwrap(), Written::buffered());
+    let full = sink.write(batch(&[t, t], &[3, 4]), &ctx).await.unwrap();
+    assert_eq!(full.durability, Durability::BufferFull, "4 rows ≥ max_rows");
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
+    assert_eq!(sink.write(batch(&[t], &[5]), &ctx).await.unwrap(), Written::buffered());
     sink.flush(&ctx).await.unwrap();
     let got: Vec<Vec<i64>> = files(dir.path()).into_iter().map(|(_, v)| v).collect();
     assert_eq!(got, [vec![1, 2, 3, 4], vec![5]]);
+}
+
+#[tokio::test]
+async fn a_failed_flush_leaves_no_file_and_keeps_the_rows_for_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = build(dir.path(), "");
+    let ctx = ctx();
+    sink.start(&ctx).await.unwrap();
+    sink.write(batch(&[Some("2026-11-21T10:00:00Z"), Some("2026-11-22T10:00:00Z")], &[1, 2]), &ctx).await.unwrap();
+    // The second day's folder cannot be created (a file is in its way): the first day's file is
+    // written, the second fails without leaving anything.
+    std::fs::write(dir.path().join("date=2026-11-22"), b"in the way").unwrap();
+    let err = sink.flush(&ctx).await.unwrap_err();
+    assert!(err.to_string().contains("date=2026-11-22"), "{err}");
+    let after_failure: Vec<(String, Vec<i64>)> =
+        files(dir.path()).into_iter().map(|(n, v)| (n.split('/').next().unwrap().to_string(), v)).collect();
+    assert_eq!(
+        after_failure,
+        [("date=2026-11-21".to_string(), vec![1]), ("date=2026-11-22".to_string(), vec![])],
+        "the first day's file and the blocker; no temporary file"
+    );
+    std::fs::remove_file(dir.path().join("date=2026-11-22")).unwrap();
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![], "the retry writes the rest");
+    let got: Vec<(String, Vec<i64>)> = files(dir.path()).into_iter().map(|(n, v)| (n.split('/').next().unwrap().to_string(), v)).collect();
+    assert_eq!(got, [("date=2026-11-21".to_string(), vec![1]), ("date=2026-11-22".to_string(), vec![2])], "each row once");
+    // Given up on: the buffer is handed back whole and emptied.
+    sink.write(batch(&[Some("2026-11-23T10:00:00Z")], &[3]), &ctx).await.unwrap();
+    let taken = sink.take_buffered();
+    assert_eq!(taken.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
+    assert_eq!(files(dir.path()).len(), 2);
 }
 
 #[tokio::test]

@@ -26,6 +26,10 @@ impl RowBuffer {
         self.rows >= self.limit
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
     /// Everything buffered as one batch (no copy for a single batch), leaving the buffer empty.
     pub fn take(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
         self.rows = 0;

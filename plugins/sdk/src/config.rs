@@ -50,6 +50,12 @@ impl ConfigError {
         let path = path.split('.').filter(|s| !s.is_empty()).map(|s| PathSeg::Key(s.to_string())).collect();
         ConfigError { path, message: message.into() }
     }
+
+    /// The same problem, located under option `key` (an error decoding `retry:` is at `retry.…`).
+    pub fn within(mut self, key: &str) -> Self {
+        self.path.insert(0, PathSeg::Key(key.to_string()));
+        self
+    }
 }
 
 impl fmt::Display for ConfigError {

@@ -17,11 +17,11 @@ pub mod json;
 pub mod metrics;
 pub mod output;
 pub mod retry;
+pub mod sink;
 pub mod testkit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use datafusion;
 pub use datafusion::arrow;
@@ -32,6 +32,7 @@ pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Se
 pub use dead_letter::{DeadLetter, DeadLetters};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
+pub use sink::{Durability, Sink, SinkContext, Transient, Written};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -76,43 +77,10 @@ impl SourceContext {
     }
 }
 
-/// What a running sink gets from the engine.
-pub struct SinkContext {
-    pub id: String,
-    pub dead_letters: DeadLetters,
-    pub metrics: Arc<ComponentMetrics>,
-}
-
 /// A source of rows. `run` returns when the source is exhausted or `ctx.shutdown` fires.
 #[async_trait::async_trait]
 pub trait Source: Send {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()>;
-}
-
-/// Whether everything a sink has accepted so far is durably written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// All accepted rows are durable: the engine releases their acks now.
-    Durable,
-    /// Some rows are buffered; their acks are released after the next successful `flush`.
-    Buffered,
-}
-
-/// A destination for rows.
-#[async_trait::async_trait]
-pub trait Sink: Send {
-    /// Called once before the first batch (create tables, open connections).
-    async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
-        Ok(())
-    }
-    /// Write or buffer a batch. An `Err` means the batch could not be written at all: the engine
-    /// counts it and sends its rows to the dead-letter output with the error as the reason.
-    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability>;
-    /// Make everything buffered durable. Called every [`flush_interval`](Sink::flush_interval) and at shutdown.
-    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()>;
-    fn flush_interval(&self) -> Option<Duration> {
-        None
-    }
 }
 
 /// A built source: its declared outputs and the runnable source.

@@ -36,4 +36,17 @@ pub struct ComponentMetrics {
     pub dead_letters: Counter,
     /// Retried operations (writes, polls, connections).
     pub retries: Counter,
+    /// While a sink retries a transient failure: since when (µs since the epoch) and the last
+    /// error. Set and cleared by the engine; `/health` and `/metrics` read it.
+    pub failing: std::sync::Mutex<Option<(i64, String)>>,
+}
+
+impl ComponentMetrics {
+    /// Since when (µs) and why the component is failing, if it is.
+    pub fn failing(&self) -> Option<(i64, String)> {
+        self.failing.lock().expect("metrics lock").clone()
+    }
+    pub fn set_failing(&self, state: Option<(i64, String)>) {
+        *self.failing.lock().expect("metrics lock") = state;
+    }
 }

@@ -3,10 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use datafusion::arrow::record_batch::RecordBatch;
 use rand::Rng;
-
-use crate::{Closed, SinkContext};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
@@ -71,42 +68,6 @@ pub enum WriteError {
     Transient(String),
     /// The server refused the data (a 4xx answer, a schema error): retrying would not help.
     Refused(String),
-}
-
-impl Backoff {
-    /// A sink's write of `rows` to `target`: `op` retried on [`WriteError::Transient`] (each retry
-    /// counted and logged). When the server refuses the rows or the attempts run out, the error is
-    /// counted and the rows go to the sink's dead-letter output with the reason — kept, not lost,
-    /// and replayable from there. `Ok(true)` when written, `Ok(false)` when dead-lettered.
-    pub async fn write_or_dead_letter<F, Fut>(&self, ctx: &SinkContext, target: &str, rows: &RecordBatch, op: F) -> Result<bool, Closed>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), WriteError>>,
-    {
-        let result = self
-            .retry(
-                op,
-                |e| matches!(e, WriteError::Transient(_)),
-                |attempt, e, delay| {
-                    ctx.metrics.retries.inc();
-                    if let WriteError::Transient(msg) = e {
-                        tracing::warn!(sink = %ctx.id, attempt, error = %msg, retry_in = ?delay, "write to {target} failed; retrying");
-                    }
-                },
-            )
-            .await;
-        let reason = match result {
-            Ok(()) => return Ok(true),
-            Err(WriteError::Refused(msg)) => format!("{target} refused the write: {msg}"),
-            Err(WriteError::Transient(msg)) => {
-                format!("writing to {target} failed after {} attempts: {msg}", self.max_attempts.unwrap_or(1))
-            }
-        };
-        ctx.metrics.errors.inc();
-        tracing::error!(sink = %ctx.id, rows = rows.num_rows(), "{reason}");
-        ctx.dead_letters.send_rows(rows, &reason, Default::default()).await?;
-        Ok(false)
-    }
 }
 
 #[cfg(test)]

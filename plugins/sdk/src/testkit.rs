@@ -34,12 +34,40 @@ pub fn source_context(id: &str, output_names: &[&str], capacity: usize) -> (Sour
     (ctx, SourceHarness { outputs: receivers, dead_letters: dl_rx, shutdown, metrics })
 }
 
-/// A context for sink `id` whose dead letters feed the returned receiver.
-pub fn sink_context(id: &str) -> (SinkContext, mpsc::Receiver<Delivery>) {
-    let metrics = Arc::new(ComponentMetrics::default());
-    let (tx, rx) = mpsc::channel(64);
-    let dead = DeadLetters::new(id, Output::new(vec![(tx, 0)], metrics.clone(), false), metrics.clone());
-    (SinkContext { id: id.to_string(), dead_letters: dead, metrics }, rx)
+/// A context for sink `id`. (Sinks send no dead letters: what they reject comes back from
+/// `write` and `flush`.)
+pub fn sink_context(id: &str) -> SinkContext {
+    SinkContext { id: id.to_string(), metrics: Arc::new(ComponentMetrics::default()) }
+}
+
+/// Flushes until the sink succeeds, as the engine would (with a fixed 50 ms wait instead of its
+/// backoff); each retry is counted in `ctx.metrics.retries`. Panics after `max_attempts`.
+pub async fn flush_retrying(sink: &mut dyn crate::Sink, ctx: &SinkContext, max_attempts: u32) -> Vec<crate::DeadLetter> {
+    for _ in 1..max_attempts {
+        match sink.flush(ctx).await {
+            Ok(rejected) => return rejected,
+            Err(_) => {
+                ctx.metrics.retries.inc();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    sink.flush(ctx).await.unwrap_or_else(|e| panic!("still failing after {max_attempts} flushes: {e}"))
+}
+
+/// Writes `batch` the way the engine does, without its retries: `write`, then `flush` when the
+/// sink says its buffer is full. Returns the rows refused for good; a transient failure is `Err`.
+pub async fn write_like_the_engine(
+    sink: &mut dyn crate::Sink,
+    batch: datafusion::arrow::record_batch::RecordBatch,
+    ctx: &SinkContext,
+) -> Result<Vec<crate::DeadLetter>, crate::Transient> {
+    let written = sink.write(batch, ctx).await?;
+    let mut rejected = written.rejected;
+    if written.durability == crate::Durability::BufferFull {
+        rejected.extend(sink.flush(ctx).await?);
+    }
+    Ok(rejected)
 }
 
 // The servers the tests use. Each accessor checks that its server answers before a test relies on

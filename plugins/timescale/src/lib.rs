@@ -60,10 +60,15 @@ pub struct TimescaleSinkConfig {
     /// Compress chunks older than this (TimescaleDB only; default off).
     #[serde(default)]
     pub compress_after: Option<HumanDuration>,
-    /// Attempts for a write that fails transiently (connection lost, server restarting) before its
-    /// rows go to the dead-letter output (default 12, backoff 100ms doubling up to 10s).
-    #[serde(default = "default_retry_attempts")]
-    pub retry_attempts: u32,
+    /// Attempts to connect and prepare the table at start while the server is unreachable or
+    /// still starting (default 12, backoff 100ms doubling up to 10s: about a minute). Writes are
+    /// retried by the engine without limit (the sink's `retry:` option).
+    #[serde(default = "default_connect_attempts")]
+    pub connect_attempts: u32,
+    /// A connection attempt or a write that takes longer fails transiently and is retried on a new
+    /// connection (default 30s): a server that accepts and never answers does not hang the sink.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
 }
 
 fn default_schema() -> String {
@@ -84,8 +89,11 @@ fn default_chunk_interval() -> HumanDuration {
 fn default_retention() -> Option<HumanDuration> {
     Some(HumanDuration(Duration::from_secs(30 * 86_400)))
 }
-fn default_retry_attempts() -> u32 {
+fn default_connect_attempts() -> u32 {
     12
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 impl TimescaleSinkConfig {
@@ -96,6 +104,9 @@ impl TimescaleSinkConfig {
         }
         if self.batch_rows == 0 {
             return Err(ConfigError::at("batch_rows", "must be at least 1"));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(ConfigError::at("timeout", "must be longer than 0s"));
         }
         let names = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
         match schema.field_with_name(&self.time_column) {

@@ -1,5 +1,6 @@
 //! The running sink: buffers rows, writes them by binary COPY (append) or staged merge (upsert),
-//! retries transient failures on a fresh connection, and isolates rows the database rejects.
+//! reports an unreachable or silent server as transient (the engine retries; the next attempt uses
+//! a fresh connection), and isolates rows the database rejects.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,8 +14,9 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use futures::SinkExt;
 use tokio_postgres::{Client, NoTls};
 use tributary_sdk::buffer::RowBuffer;
+use tributary_sdk::dead_letter::letters_for_rows;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{AckSet, Durability, Sink, SinkContext};
+use tributary_sdk::{DeadLetter, Durability, Sink, SinkContext, Transient, Written};
 
 use crate::pgtype::{ColumnEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::table::{prepare, quote_ident, PreparedTable};
@@ -61,7 +63,10 @@ pub struct TimescaleSink {
     client: Option<Client>,
     table: Option<PreparedTable>,
     buffer: RowBuffer,
+    /// Backoff for connecting at start; writes are retried by the engine.
     backoff: Backoff,
+    /// Rows refused during a flush that then failed transiently: returned by the next flush.
+    rejected: Vec<DeadLetter>,
 }
 
 impl TimescaleSink {
@@ -74,10 +79,15 @@ impl TimescaleSink {
             // The staged upsert's `CREATE TEMP TABLE IF NOT EXISTS` would log a NOTICE per batch.
             pg.options("-c client_min_messages=warning");
         }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(cfg.timeout.0);
+        }
+        // A peer that vanishes without a FIN (a cut network) is noticed within about a minute.
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let backoff =
-            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.retry_attempts.max(1)) };
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
         let buffer = RowBuffer::new(schema.clone(), cfg.batch_rows);
-        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff }
+        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff, rejected: Vec::new() }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -91,49 +101,44 @@ impl TimescaleSink {
         Ok(client)
     }
 
-    /// Runs `write_once` until it succeeds, is rejected, or the retries are used up.
-    async fn write_with_retry(&mut self, part: &RecordBatch, ctx: &SinkContext) -> Result<(), Failure> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match self.client.take() {
-                Some(c) if !c.is_closed() => Ok(c),
-                _ => self.connect().await,
+    /// One attempt on the kept connection (or a new one), bounded by `timeout`. A connection
+    /// that failed is dropped so the next attempt starts afresh.
+    async fn write_part(&mut self, part: &RecordBatch) -> Result<(), Failure> {
+        let timeout = self.cfg.timeout.0;
+        let attempt = async {
+            let mut client = match self.client.take() {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect().await.map_err(Failure::Unavailable)?,
             };
-            let outcome = match result {
-                Ok(mut client) => {
-                    let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part).await;
-                    if !matches!(r, Err(Failure::Unavailable(_))) {
-                        self.client = Some(client);
-                    }
-                    r
+            let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part).await;
+            Ok::<_, Failure>((client, r))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => Err(Failure::Unavailable(anyhow::anyhow!("no answer from PostgreSQL within {timeout:?}"))),
+            Ok(Err(f)) => Err(f),
+            Ok(Ok((client, r))) => {
+                if !matches!(r, Err(Failure::Unavailable(_))) {
+                    self.client = Some(client);
                 }
-                Err(e) => Err(Failure::Unavailable(e)),
-            };
-            match outcome {
-                Err(Failure::Unavailable(e)) if attempt < self.backoff.max_attempts.unwrap_or(u32::MAX) => {
-                    let delay = self.backoff.delay(attempt);
-                    ctx.metrics.retries.inc();
-                    tracing::warn!(sink = %self.id, attempt, error = %format!("{e:#}"), retry_in = ?delay, "write failed; retrying on a new connection");
-                    tokio::time::sleep(delay).await;
-                }
-                other => return other,
+                r
             }
         }
     }
 
     /// Writes everything buffered. Rows the database rejects are isolated by halving the batch and
-    /// go to the dead-letter output with the database's error; the rest is written.
-    async fn write_buffer(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        let Some(mut rows) = self.buffer.take().context("joining buffered batches")? else {
-            return Ok(());
+    /// come back as dead letters with the database's error; the rest is written. When the server
+    /// is unavailable, what is not written yet stays buffered (parts already committed do not) and
+    /// the rejections found so far are kept for the next successful flush.
+    async fn write_buffer(&mut self) -> Result<Vec<DeadLetter>, Transient> {
+        let Some(mut rows) = self.buffer.take()? else {
+            return Ok(std::mem::take(&mut self.rejected));
         };
         if self.cfg.mode == WriteMode::Upsert {
             rows = last_row_per_key(&rows, &self.cfg.key)?;
         }
         let mut pending = vec![rows];
         while let Some(part) = pending.pop() {
-            match self.write_with_retry(&part, ctx).await {
+            match self.write_part(&part).await {
                 Ok(()) => {}
                 Err(Failure::Rejected(reason)) if part.num_rows() > 1 => {
                     let mid = part.num_rows() / 2;
@@ -142,29 +147,26 @@ impl TimescaleSink {
                     tracing::debug!(sink = %self.id, %reason, rows = part.num_rows(), "rejected; splitting to find the bad rows");
                 }
                 Err(Failure::Rejected(reason)) => {
-                    ctx.metrics.errors.inc();
-                    ctx.dead_letters.send_rows(&part, &format!("rejected by PostgreSQL: {reason}"), AckSet::none()).await?;
+                    self.rejected.extend(letters_for_rows(&part, &format!("rejected by PostgreSQL: {reason}")));
                 }
                 Err(Failure::Unavailable(e)) => {
-                    ctx.metrics.errors.inc();
-                    let reason = format!("PostgreSQL unavailable after {} attempts: {e:#}", self.cfg.retry_attempts);
-                    tracing::error!(sink = %self.id, rows = part.num_rows(), %reason, "sending rows to the dead-letter output");
-                    ctx.dead_letters.send_rows(&part, &reason, AckSet::none()).await?;
-                    for rest in pending.drain(..) {
-                        ctx.dead_letters.send_rows(&rest, &reason, AckSet::none()).await?;
+                    self.buffer.push(part);
+                    for rest in pending.into_iter().rev() {
+                        self.buffer.push(rest);
                     }
+                    return Err(Transient::new(e.context("PostgreSQL unavailable")));
                 }
             }
         }
-        Ok(())
+        Ok(std::mem::take(&mut self.rejected))
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for TimescaleSink {
     async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        // Connecting and preparing the table are retried like writes (`retry_attempts`, up to
-        // about a minute by default) while the server is unreachable or still starting: a stack
+        // Connecting and preparing the table are retried (`connect_attempts`, up to about a
+        // minute by default) while the server is unreachable or still starting: a stack
         // started all at once (compose) brings the database up after its pipelines. A table
         // that does not fit fails at once.
         let this = &*self;
@@ -188,16 +190,17 @@ impl Sink for TimescaleSink {
         Ok(())
     }
 
-    async fn write(&mut self, batch: RecordBatch, ctx: &SinkContext) -> anyhow::Result<Durability> {
-        if self.buffer.push(batch) {
-            self.write_buffer(ctx).await?;
-            return Ok(Durability::Durable);
-        }
-        Ok(Durability::Buffered)
+    async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        let full = self.buffer.push(batch);
+        Ok(Written::with(if full { Durability::BufferFull } else { Durability::Buffered }, Vec::new()))
     }
 
-    async fn flush(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        self.write_buffer(ctx).await
+    async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
+        self.write_buffer().await
+    }
+
+    fn take_buffered(&mut self) -> Vec<RecordBatch> {
+        self.buffer.take().ok().flatten().into_iter().collect()
     }
 
     fn flush_interval(&self) -> Option<Duration> {

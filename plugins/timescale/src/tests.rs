@@ -7,8 +7,8 @@ use std::time::Duration;
 use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tokio_postgres::{Client, NoTls};
-use tributary_sdk::testkit::sink_context;
-use tributary_sdk::{ComponentConfig, Durability, Sink, SinkPlugin};
+use tributary_sdk::testkit::{flush_retrying, sink_context};
+use tributary_sdk::{ComponentConfig, Durability, Sink, SinkPlugin, Written};
 
 use super::*;
 
@@ -78,7 +78,7 @@ async fn creates_the_table_with_mapped_types_and_copies_rows_exactly() {
     let table = unique_table("ts_create");
     let db = admin().await;
     let mut sink = build(&table, "", probe_schema());
-    let (ctx, _dl) = sink_context("pg");
+    let ctx = sink_context("pg");
     sink.start(&ctx).await.unwrap();
 
     let types: Vec<(String, String, String)> = db
@@ -106,10 +106,10 @@ async fn creates_the_table_with_mapped_types_and_copies_rows_exactly() {
         .get(0);
     assert_eq!(index, 1, "plain PostgreSQL gets a time index");
 
-    assert_eq!(sink.write(probe_rows(0..3, "https://a.example"), &ctx).await.unwrap(), Durability::Buffered);
+    assert_eq!(sink.write(probe_rows(0..3, "https://a.example"), &ctx).await.unwrap(), Written::buffered());
     let before: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
     assert_eq!(before, 0, "buffered rows are not written before a flush");
-    sink.flush(&ctx).await.unwrap();
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
 
     let rows = db
         .query(&format!("SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), site, status_code, response_time_ms, success FROM \"{table}\" ORDER BY ts"), &[])
@@ -128,15 +128,18 @@ async fn creates_the_table_with_mapped_types_and_copies_rows_exactly() {
 }
 
 #[tokio::test]
-async fn writes_at_batch_rows_and_reports_durable() {
+async fn asks_for_a_flush_at_batch_rows() {
     let table = unique_table("ts_batch");
     let db = admin().await;
     let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{}', table: {table}, batch_rows: 5}}", pg_url()));
     let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
-    let (ctx, _dl) = sink_context("pg");
+    let ctx = sink_context("pg");
     sink.start(&ctx).await.unwrap();
-    assert_eq!(sink.write(probe_rows(0..3, "s"), &ctx).await.unwrap(), Durability::Buffered);
-    assert_eq!(sink.write(probe_rows(3..6, "s"), &ctx).await.unwrap(), Durability::Durable);
+    assert_eq!(sink.write(probe_rows(0..3, "s"), &ctx).await.unwrap(), Written::buffered());
+    assert_eq!(sink.write(probe_rows(3..6, "s"), &ctx).await.unwrap().durability, Durability::BufferFull);
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "a write does no I/O: the engine flushes");
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
     let n: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
     assert_eq!(n, 6);
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
@@ -153,7 +156,7 @@ async fn existing_table_gains_missing_columns_and_narrow_types_are_honoured() {
     .await
     .unwrap();
     let mut sink = build(&table, "", probe_schema());
-    let (ctx, mut dl) = sink_context("pg");
+    let ctx = sink_context("pg");
     sink.start(&ctx).await.unwrap();
     let added: String = db
         .query_one("SELECT data_type::text FROM information_schema.columns WHERE table_name = $1 AND column_name = 'success'", &[&table])
@@ -169,7 +172,7 @@ async fn existing_table_gains_missing_columns_and_narrow_types_are_honoured() {
     cols[1] = Arc::new(sites);
     rows = RecordBatch::try_new(probe_schema(), cols).unwrap();
     sink.write(rows, &ctx).await.unwrap();
-    sink.flush(&ctx).await.unwrap();
+    let letters = sink.flush(&ctx).await.unwrap();
 
     let got: Vec<(i16, f32, bool)> = db
         .query(&format!("SELECT status_code, response_time_ms, success FROM \"{table}\" ORDER BY ts"), &[])
@@ -179,21 +182,17 @@ async fn existing_table_gains_missing_columns_and_narrow_types_are_honoured() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert_eq!(got, vec![(500, 0.5, false), (200, 2.5, true)]);
-    let letter = dl.try_recv().expect("the rejected row is a dead letter");
-    let reasons = letter.batch.data.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
-    let payload = letter.batch.data.column_by_name("payload").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
-    assert_eq!(reasons, "rejected by PostgreSQL: value too long for type character varying(12) [SQLSTATE 22001]");
-    assert!(payload.contains("\"site\":\"much-too-long.example\""), "{payload}");
-    assert_eq!(ctx.metrics.dead_letters.get(), 1);
+    assert_eq!(letters.len(), 1, "the rejected row comes back as a dead letter: {letters:?}");
+    assert_eq!(letters[0].reason, "rejected by PostgreSQL: value too long for type character varying(12) [SQLSTATE 22001]");
+    assert!(letters[0].payload.contains("\"site\":\"much-too-long.example\""), "{}", letters[0].payload);
 
     // A value beyond smallint never reaches the server: same dead-letter path, named column.
     let mut cols = probe_rows(10..11, "short.io").columns().to_vec();
     cols[2] = Arc::new(Int64Array::from(vec![70_000]));
     sink.write(RecordBatch::try_new(probe_schema(), cols).unwrap(), &ctx).await.unwrap();
-    sink.flush(&ctx).await.unwrap();
-    let letter = dl.try_recv().expect("out-of-range row is a dead letter");
-    let reason = letter.batch.data.column_by_name("reason").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
-    assert_eq!(reason, "rejected by PostgreSQL: column `status_code`: value 70000 is out of range for PostgreSQL type smallint");
+    let letters = sink.flush(&ctx).await.unwrap();
+    assert_eq!(letters.len(), 1, "out-of-range row is a dead letter");
+    assert_eq!(letters[0].reason, "rejected by PostgreSQL: column `status_code`: value 70000 is out of range for PostgreSQL type smallint");
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
 }
 
@@ -203,7 +202,7 @@ async fn an_incompatible_existing_column_is_refused_at_start() {
     let db = admin().await;
     db.batch_execute(&format!("CREATE TABLE \"{table}\" (ts timestamptz NOT NULL, site text, status_code text)")).await.unwrap();
     let mut sink = build(&table, "", probe_schema());
-    let (ctx, _dl) = sink_context("pg");
+    let ctx = sink_context("pg");
     let err = format!("{:#}", sink.start(&ctx).await.unwrap_err());
     assert_eq!(
         err,
@@ -217,7 +216,7 @@ async fn upsert_keeps_the_last_row_per_key_within_and_across_batches() {
     let table = unique_table("ts_upsert");
     let db = admin().await;
     let mut sink = build(&table, ", mode: upsert, key: [site, ts]", probe_schema());
-    let (ctx, _dl) = sink_context("pg");
+    let ctx = sink_context("pg");
     sink.start(&ctx).await.unwrap();
     sink.write(probe_rows(0..3, "a"), &ctx).await.unwrap();
     // Same keys again in the same flush, with different values: the later one wins.
@@ -248,7 +247,7 @@ async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i6
     let db = admin().await;
     let id = table.to_string();
     let mut sink = build_as(&id, table, mode_yaml, probe_schema());
-    let (ctx, _dl) = sink_context(&id);
+    let ctx = sink_context(&id);
     sink.start(&ctx).await.unwrap();
     let app = format!("tributary/{id}");
     let killer = tokio::spawn(async move {
@@ -266,14 +265,13 @@ async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i6
     });
     for i in 0..60 {
         sink.write(probe_rows(i * 50..(i + 1) * 50, "kill"), &ctx).await.unwrap();
-        sink.flush(&ctx).await.unwrap();
+        assert_eq!(flush_retrying(sink.as_mut(), &ctx, 100).await, vec![]);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let kills = killer.await.unwrap();
     assert!(kills > 0, "the test must actually terminate the sink's connection");
     let row = db.query_one(&format!("SELECT count(*), count(DISTINCT ts) FROM \"{table}\""), &[]).await.unwrap();
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
-    assert_eq!(ctx.metrics.dead_letters.get(), 0);
     (row.get(0), row.get(1), ctx.metrics.retries.get())
 }
 
@@ -303,11 +301,11 @@ async fn start_waits_for_a_database_that_comes_up_later() {
             tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut server).await });
         }
     });
-    let (ctx, _dl) = sink_context("pg");
+    let ctx = sink_context("pg");
     sink.start(&ctx).await.expect("the sink waits for the database");
     assert!(ctx.metrics.retries.get() >= 3, "connections were refused before the database came up: {} retries", ctx.metrics.retries.get());
     sink.write(probe_rows(0..3, "late"), &ctx).await.unwrap();
-    sink.flush(&ctx).await.unwrap();
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
     proxy.abort();
 
     let db = admin().await;
@@ -342,4 +340,86 @@ fn config_errors_name_the_field() {
     assert_eq!(build_err(&format!("{{{base}, table: t, time_column: site}}")), "time_column: column `site` is Utf8, not a timestamp");
     assert_eq!(build_err(&format!("{{{base}, table: t, mode: merge}}")), "mode: unknown variant `merge`, expected `append` or `upsert`");
     assert!(build_err("{connection: 'host=x port=notaport', table: t}").starts_with("connection: not a valid PostgreSQL connection string"));
+}
+
+/// A TCP proxy to the real server that the test can make silent: connections it accepts while
+/// silent are held open and never answered, and switching to silent cuts the current ones.
+struct SilentableProxy {
+    port: u16,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    forwarding: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl SilentableProxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forwarding = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, f) = (silent.clone(), forwarding.clone());
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                if s.load(std::sync::atomic::Ordering::SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let target = target.clone();
+                f.lock().unwrap().push(tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(&target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }));
+            }
+        });
+        SilentableProxy { port, silent, forwarding, _accept: accept }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, std::sync::atomic::Ordering::SeqCst);
+        if silent {
+            self.forwarding.lock().unwrap().drain(..).for_each(|t| t.abort());
+        }
+    }
+}
+
+/// A server that accepts and never answers is a transient failure after `timeout`, not a hang;
+/// the rows stay buffered and are written once it answers again.
+#[tokio::test]
+async fn a_silent_server_times_out_and_the_rows_wait_for_it() {
+    let real: tokio_postgres::Config = pg_url().parse().unwrap();
+    let target = match &real.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => format!("{h}:{}", real.get_ports().first().copied().unwrap_or(5432)),
+        other => panic!("this test needs PostgreSQL over TCP, not {other:?}"),
+    };
+    let proxy = SilentableProxy::start(target).await;
+    let password = real.get_password().map(|p| format!(" password={}", String::from_utf8_lossy(p))).unwrap_or_default();
+    let conn =
+        format!("host=127.0.0.1 port={} user={} dbname={}{password}", proxy.port, real.get_user().unwrap(), real.get_dbname().unwrap());
+    let table = unique_table("ts_silent");
+    let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}, timeout: 1s}}"));
+    let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+    let ctx = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+
+    proxy.set_silent(true);
+    sink.write(probe_rows(0..3, "silent"), &ctx).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match sink.flush(&ctx).await {
+            Ok(_) => panic!("nothing can be written while the server is silent"),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "each attempt is bounded by `timeout`: {:?}", started.elapsed());
+    assert!(errors.iter().any(|e| e == "PostgreSQL unavailable: no answer from PostgreSQL within 1s"), "{errors:?}");
+
+    proxy.set_silent(false);
+    assert_eq!(flush_retrying(sink.as_mut(), &ctx, 100).await, vec![]);
+    let db = admin().await;
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\" WHERE site = 'silent'"), &[]).await.unwrap().get(0);
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+    assert_eq!(n, 3, "the buffered rows, once");
 }

@@ -1,0 +1,223 @@
+//! Running one sink under the engine's failure model (see `tributary_sdk::sink`): transient
+//! failures are retried here with capped backoff while the sink's input channel backs up; rows
+//! the destination refused go to the sink's dead letters carrying the batch's acks; only
+//! `retry.max_elapsed` makes the engine give up, through the same dead-letter path.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tributary_sdk::retry::Backoff;
+use tributary_sdk::{AckSet, Batch, Closed, DeadLetters, Delivery, Durability, HumanDuration, Sink, SinkContext};
+
+/// `retry:` on any sink: how the engine retries a write or flush that failed transiently.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkRetry {
+    /// First wait (default `100ms`); doubles per attempt, with jitter.
+    #[serde(default = "default_initial")]
+    pub initial: HumanDuration,
+    /// Longest wait between attempts (default `30s`).
+    #[serde(default = "default_max")]
+    pub max: HumanDuration,
+    /// Give up after failing this long and send the rows to the sink's dead letters. Unset (the
+    /// default): never give up; the pipeline waits for the destination under backpressure.
+    #[serde(default)]
+    pub max_elapsed: Option<HumanDuration>,
+}
+
+fn default_initial() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
+fn default_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl Default for SinkRetry {
+    fn default() -> Self {
+        SinkRetry { initial: default_initial(), max: default_max(), max_elapsed: None }
+    }
+}
+
+/// Acks (and the row count) of rows the sink holds until its next successful flush.
+#[derive(Default)]
+struct Pending {
+    acks: AckSet,
+    rows: u64,
+}
+
+/// One episode of transient failures: counts, logs, waits, tells `/health`, and decides when to
+/// give up.
+struct Retrying<'a> {
+    ctx: &'a SinkContext,
+    retry: &'a SinkRetry,
+    what: &'static str,
+    since: Option<tokio::time::Instant>,
+    attempt: u32,
+}
+
+impl<'a> Retrying<'a> {
+    fn new(ctx: &'a SinkContext, retry: &'a SinkRetry, what: &'static str) -> Self {
+        Retrying { ctx, retry, what, since: None, attempt: 0 }
+    }
+
+    /// After a failed attempt: `None` once the wait before the next attempt is over, or the
+    /// give-up reason when `max_elapsed` has passed.
+    async fn wait(&mut self, error: &anyhow::Error) -> Option<String> {
+        let m = &self.ctx.metrics;
+        let since = *self.since.get_or_insert_with(|| {
+            m.errors.inc();
+            tokio::time::Instant::now()
+        });
+        self.attempt += 1;
+        let failing_since_us = tributary_sdk::now_us() - since.elapsed().as_micros() as i64;
+        m.set_failing(Some((failing_since_us, format!("{error:#}"))));
+        if let Some(limit) = self.retry.max_elapsed.filter(|limit| since.elapsed() >= limit.0) {
+            m.set_failing(None);
+            return Some(format!(
+                "{} still failing after retry.max_elapsed {} ({} attempts); last error: {error:#}",
+                self.what,
+                humantime::format_duration(limit.0),
+                self.attempt
+            ));
+        }
+        let backoff = Backoff { initial: self.retry.initial.0, max: self.retry.max.0, max_attempts: None };
+        let delay = backoff.delay(self.attempt);
+        m.retries.inc();
+        // Every attempt at first, then every 10th: a database down for an hour is not 10,000 lines.
+        if self.attempt <= 3 || self.attempt.is_multiple_of(10) {
+            tracing::warn!(sink = %self.ctx.id, attempt = self.attempt, retry_in = ?delay, error = %format!("{error:#}"), "{} failed; retrying (rows wait, nothing is dropped)", self.what);
+        }
+        tokio::time::sleep(delay).await;
+        None
+    }
+
+    fn succeeded(self) {
+        if let Some(since) = self.since {
+            self.ctx.metrics.set_failing(None);
+            tracing::info!(sink = %self.ctx.id, attempts = self.attempt + 1, after = ?since.elapsed(), "{} succeeded again", self.what);
+        }
+    }
+}
+
+/// The sink's task: writes every delivered batch, flushes on its interval and at the end.
+pub(crate) async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Delivery>,
+    ctx: SinkContext,
+    dead: DeadLetters,
+    retry: SinkRetry,
+) -> anyhow::Result<()> {
+    sink.start(&ctx).await?;
+    let mut pending = Pending::default();
+    let mut ticker = sink.flush_interval().map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let tick = async {
+            match ticker.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            delivery = rx.recv() => {
+                let Some(Delivery { batch, .. }) = delivery else { break };
+                let m = &ctx.metrics;
+                m.rows_in.add(batch.data.num_rows() as u64);
+                m.bytes_in.add(batch.data.get_array_memory_size() as u64);
+                m.batches_in.inc();
+                write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
+            }
+            _ = tick => flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?,
+        }
+    }
+    flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?;
+    Ok(())
+}
+
+/// Writes one batch until the sink takes it (or `max_elapsed` passes).
+async fn write(
+    sink: &mut dyn Sink,
+    ctx: &SinkContext,
+    dead: &DeadLetters,
+    retry: &SinkRetry,
+    batch: Batch,
+    pending: &mut Pending,
+) -> Result<(), Closed> {
+    let Batch { data, acks } = batch;
+    let total = data.num_rows() as u64;
+    let mut todo = data;
+    let mut retrying = Retrying::new(ctx, retry, "write");
+    let written = loop {
+        match sink.write(todo.clone(), ctx).await {
+            Ok(written) => break written,
+            Err(failure) => {
+                if let Some(rest) = failure.unwritten {
+                    todo = rest;
+                }
+                if let Some(reason) = retrying.wait(&failure.error).await {
+                    tracing::error!(sink = %ctx.id, rows = todo.num_rows(), "{reason}; sending the rows to the dead letters");
+                    ctx.metrics.rows_written.add(total - todo.num_rows() as u64);
+                    return dead.send_rows(&todo, &reason, acks).await;
+                }
+            }
+        }
+    };
+    retrying.succeeded();
+    let kept = total - written.rejected.len() as u64;
+    if !written.rejected.is_empty() {
+        ctx.metrics.errors.add(written.rejected.len() as u64);
+        dead.send(written.rejected, acks.clone()).await?;
+    }
+    match written.durability {
+        Durability::Durable => {
+            ctx.metrics.rows_written.add(std::mem::take(&mut pending.rows) + kept);
+            std::mem::take(&mut pending.acks).release();
+            acks.release();
+        }
+        Durability::Buffered | Durability::BufferFull => {
+            pending.rows += kept;
+            pending.acks.extend(acks);
+            if written.durability == Durability::BufferFull {
+                flush(sink, ctx, dead, retry, pending).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Flushes until the sink's buffer is durable (or `max_elapsed` passes: then the buffered rows
+/// are taken back and dead-lettered with their acks).
+async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, dead: &DeadLetters, retry: &SinkRetry, pending: &mut Pending) -> Result<(), Closed> {
+    let mut retrying = Retrying::new(ctx, retry, "flush");
+    loop {
+        match sink.flush(ctx).await {
+            Ok(rejected) => {
+                retrying.succeeded();
+                let Pending { acks, rows } = std::mem::take(pending);
+                ctx.metrics.rows_written.add(rows.saturating_sub(rejected.len() as u64));
+                if !rejected.is_empty() {
+                    ctx.metrics.errors.add(rejected.len() as u64);
+                    dead.send(rejected, acks.clone()).await?;
+                }
+                acks.release();
+                return Ok(());
+            }
+            Err(failure) => {
+                if let Some(reason) = retrying.wait(&failure.error).await {
+                    let Pending { acks, .. } = std::mem::take(pending);
+                    for rows in sink.take_buffered() {
+                        tracing::error!(sink = %ctx.id, rows = rows.num_rows(), "{reason}; sending the rows to the dead letters");
+                        dead.send_rows(&rows, &reason, acks.clone()).await?;
+                    }
+                    acks.release();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
