@@ -6,7 +6,7 @@
 //! - `mode: stream` reads a Redis Stream through a consumer group (`XREADGROUP`), and `XACK`s an
 //!   entry only after every sink wrote its rows (ack handles). At start it first re-reads its own
 //!   pending entries, and periodically claims entries another consumer left pending longer than
-//!   `claim_idle` (`XAUTOCLAIM`): at-least-once end to end.
+//!   `claim_idle` (XPENDING + XCLAIM, never its own in-flight entries): at-least-once end to end.
 //! - `mode: http` receives the events over HTTP instead: `POST /<channel>` with the message as the
 //!   body (what the API would have PUBLISHed), or `POST /` with NDJSON envelopes
 //!   `{"channel": …, "payload": …}`. Same auth, size limit and backpressure answers as
@@ -25,7 +25,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -351,23 +351,12 @@ impl BadgeEventsSource {
                 ids
             } else if last_claim.elapsed() >= cfg.claim_idle.0 {
                 last_claim = tokio::time::Instant::now();
-                let idle_ms = cfg.claim_idle.0.as_millis() as u64;
-                let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
-                    .arg(&cfg.stream)
-                    .arg(&cfg.group)
-                    .arg(&cfg.consumer)
-                    .arg(idle_ms)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(cfg.batch_size)
-                    .query_async(&mut conn)
-                    .await;
-                match reply {
-                    Ok(r) => {
-                        if !r.claimed.is_empty() {
-                            tracing::info!(source = %self.id, entries = r.claimed.len(), "claimed entries another consumer left pending");
+                match claim_from_other_consumers(&mut conn, cfg).await {
+                    Ok(claimed) => {
+                        if !claimed.is_empty() {
+                            tracing::info!(source = %self.id, entries = claimed.len(), "claimed entries another consumer left pending");
                         }
-                        r.claimed
+                        claimed
                     }
                     Err(e) => {
                         self.read_failed(&ctx, &e).await;
@@ -474,6 +463,35 @@ impl Source for BadgeEventsSource {
             Mode::Http => http::run(self.id.clone(), self.cfg.clone(), ctx).await,
         }
     }
+}
+
+/// Entries pending on *another* consumer of the group for at least `claim_idle` (a consumer that
+/// died), moved to this one. Never this consumer's own: those are in flight here, waiting for the
+/// sinks (a window or a Parquet file may hold their acks longer than `claim_idle`), and claiming
+/// them would deliver them twice. XAUTOCLAIM cannot exclude a consumer, so: XPENDING with IDLE,
+/// then XCLAIM of the others' ids (XCLAIM re-checks the idle time, so a race with another
+/// claimer or a late XACK claims nothing).
+async fn claim_from_other_consumers(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cfg: &BadgeEventsConfig,
+) -> redis::RedisResult<Vec<StreamId>> {
+    let idle_ms = cfg.claim_idle.0.as_millis() as u64;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&cfg.stream)
+        .arg(&cfg.group)
+        .arg("IDLE")
+        .arg(idle_ms)
+        .arg("-")
+        .arg("+")
+        .arg(cfg.batch_size)
+        .query_async(conn)
+        .await?;
+    let others: Vec<&str> = pending.iter().filter(|(_, consumer, _, _)| *consumer != cfg.consumer).map(|(id, ..)| id.as_str()).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let claimed: StreamClaimReply = conn.xclaim(&cfg.stream, &cfg.group, &cfg.consumer, idle_ms, &others).await?;
+    Ok(claimed.ids)
 }
 
 #[cfg(test)]

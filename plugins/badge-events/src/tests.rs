@@ -135,6 +135,62 @@ async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
 }
 
+/// Entries this consumer holds in flight longer than `claim_idle` (a window or a Parquet file
+/// holding their acks) are not claimed again: once each. Entries a dead consumer left pending are.
+#[tokio::test]
+async fn only_other_consumers_entries_are_claimed_never_our_own_in_flight_ones() {
+    let stream = format!("badge-claim-{}", std::process::id());
+    let mut conn = redis_conn().await;
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg("g").arg("0").arg("MKSTREAM").query_async(&mut conn).await.unwrap();
+    // A consumer that read an entry and died.
+    let _: String = conn.xadd(&stream, "*", &[("channel", "high-score-processor"), ("payload", DICTS)]).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("dead")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = conn.xadd(&stream, "*", &[("channel", "high-score-processor"), ("payload", LISTS)]).await.unwrap();
+
+    let yaml =
+        format!("{{mode: stream, url: '{}', stream: {stream}, group: g, consumer: c1, batch_size: 10, claim_idle: 300ms}}", redis_url());
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(build(&yaml).run(ctx));
+    // Held, not released, for five claim_idle periods.
+    let mut held = Vec::new();
+    let mut rows = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(d)) = tokio::time::timeout_at(deadline, h.outputs.get_mut("").unwrap().recv()).await {
+        rows += d.batch.data.num_rows();
+        held.push(d.batch.acks);
+    }
+    // LISTS has 2 scores, DICTS 1: each entry once — ours read with `>`, the dead one's claimed.
+    assert_eq!(rows, 3, "each entry delivered once while its acks are held");
+    let owners: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg(&stream).arg("g").arg("-").arg("+").arg(10).query_async(&mut conn).await.unwrap();
+    assert_eq!(owners.iter().map(|(_, c, _, _)| c.as_str()).collect::<Vec<_>>(), ["c1", "c1"]);
+    for acks in held {
+        acks.release();
+    }
+    for _ in 0..100 {
+        if pending(&mut conn, &stream, "g").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(&mut conn, &stream, "g").await, 0);
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+}
+
 #[test]
 fn config_errors_name_the_field() {
     let err = |y: &str| BadgeEventsPlugin.build(&ComponentConfig::from_yaml("b", y)).err().unwrap().to_string();
