@@ -1,12 +1,14 @@
 //! `tributary query`: DataFusion SQL over Parquet output. Every folder under the data directory
-//! is a table named after it (`./data/probes` → `probes`), with `date=` partitions as a column.
+//! is a table named after it (`./data/probes` → `probes`), with `date=` partitions as a column. A
+//! folder of JSON-lines files (`*.jsonl`, such as the default dead-letter store
+//! `./data/dead_letters`) is a table too.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::ParquetReadOptions;
+use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
 
 /// Output format of query results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +36,7 @@ pub fn discover_tables(data_dir: &Path, explicit: &[String]) -> anyhow::Result<V
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
                 .collect();
-            if !tables.iter().any(|(n, _)| *n == name) && contains_parquet(&d) {
+            if !tables.iter().any(|(n, _)| *n == name) && (contains_parquet(&d) || contains_json_lines(&d)) {
                 tables.push((name, d));
             }
         }
@@ -56,6 +58,11 @@ fn contains_parquet(dir: &Path) -> bool {
     })
 }
 
+/// A folder with `*.jsonl` files directly in it (and no Parquet: that takes precedence).
+fn contains_json_lines(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+}
+
 fn has_date_partitions(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .into_iter()
@@ -68,6 +75,12 @@ fn has_date_partitions(dir: &Path) -> bool {
 pub async fn run_query(sql: &str, tables: &[(String, PathBuf)]) -> anyhow::Result<Vec<RecordBatch>> {
     let ctx = crate::sql::session();
     for (name, path) in tables {
+        if !contains_parquet(path) && contains_json_lines(path) {
+            let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
+            let opts = JsonReadOptions { file_extension: ".jsonl", ..Default::default() };
+            ctx.register_json(name.as_str(), &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
+            continue;
+        }
         let partitions = if has_date_partitions(path) { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
         let opts = ParquetReadOptions::default().table_partition_cols(partitions);
         let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());

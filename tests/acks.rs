@@ -91,6 +91,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
             decl("big", Kind::Transform, "sql", &["src"]),
             decl("lake", Kind::Sink, "parquet", &["big"]),
         ],
+        dead_letter_dir: dir.path().join("dead_letters"),
     };
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(run(plan, None, shutdown.clone(), RunOptions::default()));
@@ -242,6 +243,8 @@ async fn failure_model_run(script: &[Step], retry: tributary::runtime::SinkRetry
             decl("db", Kind::Sink, "test", &["src"]),
             decl("store", Kind::Sink, "test", &["db.dead_letter"]),
         ],
+        // db's dead letters are wired to the store; nothing else here makes any.
+        dead_letter_dir: std::env::temp_dir().join("tributary-acks-unused"),
     };
     let admin = Arc::new(tributary::admin::AdminState::new(std::time::Duration::from_millis(200)));
     let shutdown = CancellationToken::new();

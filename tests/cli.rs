@@ -242,3 +242,41 @@ fn sigterm_during_http_ingest_loses_nothing_that_was_accepted() {
     assert!(unexpected.is_empty(), "rows from requests that were not answered 200: {unexpected:?}");
     assert!(files_ending(dir.path(), ".tmp").is_empty());
 }
+
+/// Dead letters of an unwired `<id>.dead_letter` output are stored, not only logged: one JSON
+/// line per letter under `dead_letters.path`, as many as `/metrics` and the summary count, and
+/// `tributary query` reads them as the table `dead_letters`.
+#[test]
+fn unwired_dead_letters_are_stored_and_queryable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"user\":\"a\",\"score\":1}\n{not json\n{\"user\":\"b\",\"score\":\"high\"}\n{\"user\":\"c\",\"score\":3}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "admin: {enabled: false}\nsources:\n  events:\n    type: file\n    path: in.jsonl\n    schema: {user: string, score: int}\nsinks:\n  out: {type: file, inputs: [events], path: out.jsonl}\n",
+    )
+    .unwrap();
+    let o = Command::new(bin()).args(["run", "p.yaml"]).current_dir(dir.path()).env("TRIBUTARY_LOG", "info").output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("events (file source): 2 rows out, 2 errors, 2 dead letters"), "{err}");
+    assert!(err.contains("dead letters stored in ./data/dead_letters/events.jsonl"), "{err}");
+    let stored = std::fs::read_to_string(dir.path().join("data/dead_letters/events.jsonl")).unwrap();
+    assert_eq!(stored.lines().count(), 2, "{stored}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+        "{\"user\":\"a\",\"score\":1}\n{\"user\":\"c\",\"score\":3}\n"
+    );
+
+    let q = tributary(&["query", "SELECT component, payload FROM dead_letters ORDER BY payload", "--format", "csv"], dir.path());
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout),
+        "component,payload\nevents,\"{\"\"user\"\":\"\"b\"\",\"\"score\"\":\"\"high\"\"}\"\nevents,{not json\n"
+    );
+    let q = tributary(&["query", "SELECT count(*) AS n FROM dead_letters WHERE reason LIKE 'in.jsonl:%'", "--format", "csv"], dir.path());
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "n\n2\n", "{}", stderr(&q));
+}

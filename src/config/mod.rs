@@ -124,12 +124,34 @@ impl Default for AdminConfig {
     }
 }
 
+/// `dead_letters:` — where the engine stores the dead letters of components whose
+/// `<id>.dead_letter` output is not wired to anything.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// One JSON-lines file per component in this folder (default `./data/dead_letters`, which
+    /// `tributary query` reads as the table `dead_letters`).
+    #[serde(default = "default_dead_letter_path")]
+    pub path: std::path::PathBuf,
+}
+
+fn default_dead_letter_path() -> std::path::PathBuf {
+    "./data/dead_letters".into()
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig { path: default_dead_letter_path() }
+    }
+}
+
 /// A loaded pipeline file.
 #[derive(Debug)]
 pub struct PipelineFile {
     pub file: String,
     pub components: Vec<ComponentDecl>,
     pub admin: AdminConfig,
+    pub dead_letters: DeadLetterConfig,
     /// Values substituted from the environment, redacted from every message.
     pub secrets: Vec<String>,
     /// `tests:` as written (not interpolated): fixtures for `tributary test`.
@@ -137,7 +159,7 @@ pub struct PipelineFile {
     spans: SpanIndex,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "admin", "tests"];
+const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "admin", "dead_letters", "tests"];
 
 impl PipelineFile {
     pub fn load(path: &Path) -> Result<Self, Diagnostics> {
@@ -156,8 +178,15 @@ impl PipelineFile {
     /// Parse pipeline text; `env` resolves `${VAR}`.
     pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Diagnostics> {
         let spans = SpanIndex::build(text);
-        let mut p =
-            PipelineFile { file: file.to_string(), components: vec![], admin: AdminConfig::default(), secrets: vec![], tests: None, spans };
+        let mut p = PipelineFile {
+            file: file.to_string(),
+            components: vec![],
+            admin: AdminConfig::default(),
+            dead_letters: DeadLetterConfig::default(),
+            secrets: vec![],
+            tests: None,
+            spans,
+        };
         let mut errors = Vec::new();
         let root: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
@@ -199,6 +228,16 @@ impl PipelineFile {
                 Ok(a) => p.admin = a,
                 Err(e) => {
                     let path = format!("admin{}", suffix(&e.path().to_string()));
+                    let msg = strip_location(&e.into_inner().to_string());
+                    errors.push(p.diag(&path, msg));
+                }
+            }
+        }
+        if let Some(dead_letters) = root.remove("dead_letters") {
+            match serde_path_to_error::deserialize::<_, DeadLetterConfig>(dead_letters) {
+                Ok(d) => p.dead_letters = d,
+                Err(e) => {
+                    let path = format!("dead_letters{}", suffix(&e.path().to_string()));
                     let msg = strip_location(&e.into_inner().to_string());
                     errors.push(p.diag(&path, msg));
                 }

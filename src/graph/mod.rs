@@ -73,6 +73,8 @@ pub struct Plan {
     pub outputs: BTreeMap<String, SchemaRef>,
     /// Declarations, for the graph and summaries.
     pub decls: Vec<ComponentDecl>,
+    /// Where dead letters of unwired `<id>.dead_letter` outputs are stored (`dead_letters.path`).
+    pub dead_letter_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Plan {
@@ -296,7 +298,7 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    Ok(Plan { sources, transforms, sinks, outputs, decls: file.components.clone() })
+    Ok(Plan { sources, transforms, sinks, outputs, decls: file.components.clone(), dead_letter_dir: file.dead_letters.path.clone() })
 }
 
 fn unknown_type(file: &PipelineFile, c: &ComponentDecl, valid: &[&str]) -> Diagnostic {

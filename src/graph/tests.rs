@@ -99,3 +99,22 @@ async fn a_join_of_two_inputs_needs_a_window() {
         check(&format!("{TWO}{ok}")).await.unwrap_or_else(|e| panic!("{ok}: {e:?}"));
     }
 }
+
+#[tokio::test]
+async fn retry_and_dead_letters_are_the_engines_options_and_are_checked() {
+    let p = check(&format!("{SOURCES}dead_letters: {{path: /var/lib/t/dl}}\nsinks:\n  out: {{type: console, inputs: [probes], retry: {{max: 5s, max_elapsed: 10m}}}}\n"))
+        .await
+        .unwrap();
+    assert_eq!(p.dead_letter_dir, std::path::PathBuf::from("/var/lib/t/dl"));
+    assert_eq!(p.sinks[0].retry.max.0, std::time::Duration::from_secs(5));
+    assert_eq!(p.sinks[0].retry.max_elapsed.map(|d| d.0), Some(std::time::Duration::from_secs(600)));
+    let errs =
+        check(&format!("{SOURCES}sinks:\n  out: {{type: console, inputs: [probes], retry: {{max_elapsd: 10m}}}}\n")).await.unwrap_err();
+    assert_eq!(
+        errs,
+        ["p.yaml:4:50: sinks.out.retry.max_elapsd: unknown field `max_elapsd`, expected one of `initial`, `max`, `max_elapsed`"]
+    );
+    let errs =
+        check(&format!("{SOURCES}dead_letters: {{dir: x}}\nsinks:\n  out: {{type: console, inputs: [probes]}}\n")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:3:16: dead_letters.dir: unknown field `dir`, expected `path`"]);
+}

@@ -18,7 +18,9 @@ use tributary_sdk::output::OutputSpec;
 
 mod sink;
 pub use sink::SinkRetry;
-use tributary_sdk::{AckSet, Batch, ComponentMetrics, DeadLetters, Delivery, Output, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT};
+use tributary_sdk::{
+    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, Output, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT,
+};
 
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::Kind;
@@ -67,6 +69,7 @@ struct Wiring {
     metrics: HashMap<String, Arc<ComponentMetrics>>,
     /// Per output (`probes`, `webex.utilization`, `t.late`): observers for `tributary tap`.
     taps: HashMap<String, Arc<Tap>>,
+    dead_letter_dir: std::path::PathBuf,
 }
 
 impl Wiring {
@@ -87,16 +90,26 @@ impl Wiring {
         }
     }
 
+    /// A component's dead letters: to the consumers of `<id>.dead_letter`, or, unwired, to the
+    /// default store `<dead_letters.path>/<id>.jsonl`.
     fn dead_letters(&self, producer: &str) -> DeadLetters {
-        DeadLetters::new(producer, self.output(producer, DEAD_LETTER_OUTPUT), self.metrics[producer].clone())
+        let store = Arc::new(DeadLetterStore::new(self.dead_letter_dir.join(format!("{producer}.jsonl"))));
+        DeadLetters::new(producer, self.output(producer, DEAD_LETTER_OUTPUT), self.metrics[producer].clone()).with_store(store)
     }
 }
 
 /// Run `plan` until `shutdown` is cancelled (or every source finishes), then drain.
 pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: CancellationToken, opts: RunOptions) -> RunReport {
-    let Plan { sources, transforms, sinks, decls, outputs } = plan;
+    let Plan { sources, transforms, sinks, decls, outputs, dead_letter_dir } = plan;
     let taps: HashMap<String, Arc<Tap>> = outputs.keys().map(|name| (name.clone(), Arc::new(Tap::default()))).collect();
-    let mut wiring = Wiring { senders: HashMap::new(), receivers: HashMap::new(), consumers: Vec::new(), metrics: HashMap::new(), taps };
+    let mut wiring = Wiring {
+        senders: HashMap::new(),
+        receivers: HashMap::new(),
+        consumers: Vec::new(),
+        metrics: HashMap::new(),
+        taps,
+        dead_letter_dir,
+    };
     for d in &decls {
         wiring.metrics.insert(d.id.clone(), Arc::new(ComponentMetrics::default()));
     }

@@ -1,10 +1,14 @@
 //! Dead letters: rows or payloads a component could not handle, with the reason.
 //!
 //! Every component has a `<id>.dead_letter` output with [`dead_letter_schema`]. Wired to a sink it
-//! is stored like any other data; unwired, each dead letter is logged at WARN. Either way it is
-//! counted in `tributary_component_dead_letters_total`.
+//! is stored like any other data; unwired, the engine gives it a [`DeadLetterStore`]: JSON lines
+//! appended and fsynced before the acks are released, so a dead letter is never only a log line.
+//! Either way it is counted in `tributary_component_dead_letters_total`.
 
-use std::sync::{Arc, OnceLock};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -38,17 +42,57 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// Where the dead letters of a component with an unwired `<id>.dead_letter` output go: one
+/// JSON-lines file, `{"ts", "component", "reason", "payload"}` per line, opened on the first letter.
+pub struct DeadLetterStore {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl DeadLetterStore {
+    pub fn new(path: PathBuf) -> Self {
+        DeadLetterStore { path, file: Mutex::new(None) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `lines` and makes them durable (fsync) before returning.
+    fn append(&self, lines: &[u8]) -> std::io::Result<()> {
+        let mut file = self.file.lock().expect("dead-letter store lock");
+        if file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            *file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+        }
+        let f = file.as_mut().expect("opened");
+        f.write_all(lines)?;
+        f.sync_data()
+    }
+}
+
 /// The dead-letter output of one component.
 #[derive(Clone)]
 pub struct DeadLetters {
     component: String,
     output: Output,
     metrics: Arc<ComponentMetrics>,
+    /// For an unwired output: where its letters are stored (without one they are only logged,
+    /// which only plugin unit tests do).
+    store: Option<Arc<DeadLetterStore>>,
 }
 
 impl DeadLetters {
     pub fn new(component: impl Into<String>, output: Output, metrics: Arc<ComponentMetrics>) -> Self {
-        DeadLetters { component: component.into(), output, metrics }
+        DeadLetters { component: component.into(), output, metrics, store: None }
+    }
+
+    /// The same, storing letters in `store` while the output is unwired.
+    pub fn with_store(mut self, store: Arc<DeadLetterStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Send payloads with their reasons. `acks` are the obligations of the data they came from:
@@ -59,6 +103,7 @@ impl DeadLetters {
             component: self.component.clone(),
             output: Output::new(Vec::new(), self.metrics.clone(), false),
             metrics: self.metrics.clone(),
+            store: self.store.clone(),
         }
     }
 
@@ -69,6 +114,38 @@ impl DeadLetters {
         }
         self.metrics.dead_letters.add(letters.len() as u64);
         if self.output.is_unconnected() {
+            if let Some(store) = &self.store {
+                let batch = dead_letter_batch(&self.component, &letters, crate::now_us());
+                let mut lines = rows_as_json(&batch).join("\n");
+                lines.push('\n');
+                let writer = store.clone();
+                let stored = match tokio::task::spawn_blocking(move || writer.append(lines.as_bytes())).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match stored {
+                    Ok(()) => {
+                        tracing::warn!(
+                            component = %self.component,
+                            letters = letters.len(),
+                            first_reason = %crate::truncate(&letters[0].reason, 512),
+                            "dead letters stored in {} (wire `{}.dead_letter` to a sink to route them elsewhere)",
+                            store.path().display(),
+                            self.component
+                        );
+                        acks.release();
+                    }
+                    Err(error) => {
+                        // Not durable: the acks fail, so a replayable source delivers the data again.
+                        tracing::error!(component = %self.component, path = %store.path().display(), %error, "cannot store dead letters; logging them instead");
+                        for l in &letters {
+                            tracing::warn!(component = %self.component, reason = %l.reason, payload = %crate::truncate(&l.payload, 512), "dead letter");
+                        }
+                        acks.fail();
+                    }
+                }
+                return Ok(());
+            }
             for l in &letters {
                 tracing::warn!(
                     component = %self.component,

@@ -29,7 +29,7 @@ pub use tokio_util::sync::CancellationToken;
 
 pub use ack::{Ack, AckSet, AckStatus};
 pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Secret};
-pub use dead_letter::{DeadLetter, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 pub use sink::{Durability, Sink, SinkContext, Transient, Written};
