@@ -223,25 +223,11 @@ impl PipelineFile {
                 errors.push(p.diag(k, format!("unknown key `{k}`, expected one of {}", quoted(TOP_LEVEL_KEYS))));
             }
         }
-        if let Some(admin) = root.remove("admin") {
-            match serde_path_to_error::deserialize::<_, AdminConfig>(admin) {
-                Ok(a) => p.admin = a,
-                Err(e) => {
-                    let path = format!("admin{}", suffix(&e.path().to_string()));
-                    let msg = strip_location(&e.into_inner().to_string());
-                    errors.push(p.diag(&path, msg));
-                }
-            }
+        if let Some(admin) = p.section(&mut root, "admin", &mut errors) {
+            p.admin = admin;
         }
-        if let Some(dead_letters) = root.remove("dead_letters") {
-            match serde_path_to_error::deserialize::<_, DeadLetterConfig>(dead_letters) {
-                Ok(d) => p.dead_letters = d,
-                Err(e) => {
-                    let path = format!("dead_letters{}", suffix(&e.path().to_string()));
-                    let msg = strip_location(&e.into_inner().to_string());
-                    errors.push(p.diag(&path, msg));
-                }
-            }
+        if let Some(dead_letters) = p.section(&mut root, "dead_letters", &mut errors) {
+            p.dead_letters = dead_letters;
         }
         for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
             match root.remove(kind.section()) {
@@ -336,6 +322,19 @@ impl PipelineFile {
             },
         };
         Some(ComponentDecl { id, kind, type_name, inputs, options: Value::Mapping(body) })
+    }
+
+    /// The engine's own top-level section `key` (`admin:`, `dead_letters:`), decoded; a problem is
+    /// reported at its path and the default stays.
+    fn section<T: serde::de::DeserializeOwned>(&self, root: &mut Mapping, key: &str, errors: &mut Vec<Diagnostic>) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(root.remove(key)?) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = format!("{key}{}", suffix(&e.path().to_string()));
+                errors.push(self.diag(&path, strip_location(&e.into_inner().to_string())));
+                None
+            }
+        }
     }
 
     /// Interpolate every string in `value`; `path` locates errors.
