@@ -192,6 +192,28 @@ pub fn test_postgres_url() -> String {
     POSTGRES.checked()
 }
 
+/// The test PostgreSQL's `host:port`, and a connection string to the same database and user
+/// through `127.0.0.1:port` (where a test puts a proxy it can cut).
+pub fn test_postgres_via(port: u16) -> (String, String) {
+    postgres_via(&test_postgres_url(), port)
+}
+
+fn postgres_via(url: &str, port: u16) -> (String, String) {
+    let target = match server_endpoint(url) {
+        Endpoint::Tcp(host, p) => format!("{host}:{p}"),
+        Endpoint::Unix(path) => panic!("a proxied test needs PostgreSQL over TCP, not the socket {path}"),
+    };
+    let via = if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{user}127.0.0.1:{port}{path}")
+    } else {
+        let kept: Vec<&str> = url.split_whitespace().filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port=")).collect();
+        format!("host=127.0.0.1 port={port} {}", kept.join(" "))
+    };
+    (target, via)
+}
+
 /// The Redis the tests use: `TRIBUTARY_TEST_REDIS`, default `redis://127.0.0.1:6379`; checked.
 pub fn test_redis_url() -> String {
     REDIS.checked()
@@ -375,6 +397,18 @@ fn strip_ansi(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxied_postgres_url_keeps_user_database_and_password() {
+        assert_eq!(
+            postgres_via("host=10.0.0.5 port=5433 user=postgres dbname=test password=pw", 7000),
+            ("10.0.0.5:5433".to_string(), "host=127.0.0.1 port=7000 user=postgres dbname=test password=pw".to_string())
+        );
+        assert_eq!(
+            postgres_via("postgres://u:pw@db:6000/test?sslmode=disable", 7000),
+            ("db:6000".to_string(), "postgres://u:pw@127.0.0.1:7000/test?sslmode=disable".to_string())
+        );
+    }
 
     #[test]
     fn endpoints_of_the_connection_strings_tests_use() {

@@ -275,27 +275,13 @@ async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i6
     (row.get(0), row.get(1), ctx.metrics.retries.get())
 }
 
-/// The test server's `host:port`, and a connection string to the same database through a proxy
-/// on a local port.
-fn pg_through_a_proxy() -> (String, impl Fn(u16) -> String) {
-    let real: tokio_postgres::Config = pg_url().parse().unwrap();
-    let target = match &real.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => format!("{h}:{}", real.get_ports().first().copied().unwrap_or(5432)),
-        other => panic!("this test needs PostgreSQL over TCP, not {other:?}"),
-    };
-    let password = real.get_password().map(|p| format!(" password={}", String::from_utf8_lossy(p))).unwrap_or_default();
-    let (user, db) = (real.get_user().unwrap().to_string(), real.get_dbname().unwrap().to_string());
-    (target, move |port: u16| format!("host=127.0.0.1 port={port} user={user} dbname={db}{password}"))
-}
-
 /// A database that comes up seconds after the sink starts (compose starting a stack at once) is
 /// waited for, not a start failure. Nothing listens on the sink's port until a proxy to the real
 /// server opens there 2.5 s later.
 #[tokio::test]
 async fn start_waits_for_a_database_that_comes_up_later() {
-    let (target, via) = pg_through_a_proxy();
     let port = tributary_sdk::testkit::free_port();
-    let conn = via(port);
+    let (target, conn) = tributary_sdk::testkit::test_postgres_via(port);
     let table = unique_table("ts_late_db");
     let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}}}"));
     let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
@@ -353,16 +339,14 @@ fn config_errors_name_the_field() {
 /// A TCP proxy to the real server that the test can make silent: connections it accepts while
 /// silent are held open and never answered, and switching to silent cuts the current ones.
 struct SilentableProxy {
-    port: u16,
     silent: Arc<std::sync::atomic::AtomicBool>,
     forwarding: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     _accept: tokio::task::JoinHandle<()>,
 }
 
 impl SilentableProxy {
-    async fn start(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+    async fn start(port: u16, target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let forwarding = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (s, f) = (silent.clone(), forwarding.clone());
@@ -381,7 +365,7 @@ impl SilentableProxy {
                 }));
             }
         });
-        SilentableProxy { port, silent, forwarding, _accept: accept }
+        SilentableProxy { silent, forwarding, _accept: accept }
     }
 
     fn set_silent(&self, silent: bool) {
@@ -396,9 +380,9 @@ impl SilentableProxy {
 /// the rows stay buffered and are written once it answers again.
 #[tokio::test]
 async fn a_silent_server_times_out_and_the_rows_wait_for_it() {
-    let (target, via) = pg_through_a_proxy();
-    let proxy = SilentableProxy::start(target).await;
-    let conn = via(proxy.port);
+    let port = tributary_sdk::testkit::free_port();
+    let (target, conn) = tributary_sdk::testkit::test_postgres_via(port);
+    let proxy = SilentableProxy::start(port, target).await;
     let table = unique_table("ts_silent");
     let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}, timeout: 1s}}"));
     let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
