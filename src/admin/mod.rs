@@ -64,7 +64,7 @@ impl AdminState {
         let comps = self.components.read().expect("admin lock");
         let mut out = String::new();
         type Get = fn(&ComponentMetrics) -> u64;
-        let counters: [(&str, &str, Get); 10] = [
+        let counters: [(&str, &str, Get); 11] = [
             ("rows_in_total", "Rows received by the component.", |m| m.rows_in.get()),
             ("rows_out_total", "Rows sent by the component to its main or named outputs.", |m| m.rows_out.get()),
             ("rows_written_total", "Rows a sink durably wrote (dead-lettered rows not included).", |m| m.rows_written.get()),
@@ -75,6 +75,9 @@ impl AdminState {
             ("errors_total", "Errors: bad input, failed writes, failed queries, failed tasks.", |m| m.errors.get()),
             ("dead_letters_total", "Rows or payloads sent to the component's dead-letter output.", |m| m.dead_letters.get()),
             ("retries_total", "Retried operations.", |m| m.retries.get()),
+            ("dropped_total", "Input dropped because the pipeline was busy and the source cannot push back (Redis Pub/Sub).", |m| {
+                m.dropped.get()
+            }),
         ];
         for (name, help, get) in counters {
             let _ = writeln!(out, "# HELP tributary_component_{name} {help}\n# TYPE tributary_component_{name} counter");

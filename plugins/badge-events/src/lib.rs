@@ -74,6 +74,10 @@ pub struct BadgeEventsConfig {
     /// Entries per read (default 500).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Pub/Sub messages held while the pipeline is busy (default 10000); beyond, the newest are
+    /// dropped and counted in `dropped_total` (Pub/Sub cannot be told to wait).
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered: usize,
     /// Pub/Sub messages are batched for at most this long (default 200ms).
     #[serde(default = "default_batch_wait")]
     pub batch_wait: HumanDuration,
@@ -105,6 +109,9 @@ fn default_group() -> String {
 }
 fn default_consumer() -> String {
     "tributary-1".into()
+}
+fn default_max_buffered() -> usize {
+    10_000
 }
 fn default_claim_idle() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
@@ -206,6 +213,9 @@ impl SourcePlugin for BadgeEventsPlugin {
         if cfg.batch_size == 0 {
             return Err(ConfigError::at("batch_size", "must be at least 1"));
         }
+        if cfg.max_buffered == 0 {
+            return Err(ConfigError::at("max_buffered", "must be at least 1"));
+        }
         Ok(BuiltSource {
             outputs: vec![OutputSpec::main(badge_schema())],
             source: Box::new(BadgeEventsSource { id: config.id.clone(), cfg }),
@@ -245,7 +255,51 @@ impl BadgeEventsSource {
         Ok(())
     }
 
+    /// Pub/Sub cannot push back: while the pipeline is busy, messages keep arriving. A reader
+    /// drains Redis into a buffer of at most `max_buffered` messages (beyond it the newest are
+    /// dropped and counted in `dropped_total`), so memory stays bounded; an emitter batches from
+    /// the buffer and waits for the pipeline.
     async fn run_pubsub(&self, ctx: &SourceContext) -> anyhow::Result<()> {
+        let (buffer, mut buffered) = mpsc::channel::<Message>(self.cfg.max_buffered);
+        let emitter = async {
+            let mut pending: Vec<Message> = Vec::new();
+            loop {
+                let next = if pending.is_empty() {
+                    buffered.recv().await
+                } else {
+                    match tokio::time::timeout(self.cfg.batch_wait.0, buffered.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            self.emit(ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
+                            continue;
+                        }
+                    }
+                };
+                match next {
+                    Some(m) => {
+                        pending.push(m);
+                        if pending.len() >= self.cfg.batch_size {
+                            self.emit(ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if !pending.is_empty() {
+                self.emit(ctx, &pending, AckSet::none()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let reader = async move {
+            let result = self.read_pubsub(ctx, &buffer).await;
+            drop(buffer);
+            result
+        };
+        tokio::try_join!(reader, emitter)?;
+        Ok(())
+    }
+
+    async fn read_pubsub(&self, ctx: &SourceContext, buffer: &mpsc::Sender<Message>) -> anyhow::Result<()> {
         let client = self.client()?;
         let mut attempt = 0u32;
         while !ctx.shutdown.is_cancelled() {
@@ -265,33 +319,29 @@ impl BadgeEventsSource {
             attempt = 0;
             tracing::info!(source = %self.id, channels = %self.cfg.channels.join(","), "subscribed");
             let mut messages = pubsub.on_message();
-            let mut pending: Vec<Message> = Vec::new();
-            let mut deadline: Option<tokio::time::Instant> = None;
             let disconnected = loop {
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => break false,
-                    _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                        self.emit(ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
-                        deadline = None;
-                    }
                     m = messages.next() => match m {
                         None => break true,
                         Some(msg) => {
                             let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
-                            pending.push(Message { ts_us: now_us(), channel: msg.get_channel_name().to_string(), payload });
-                            if pending.len() >= self.cfg.batch_size {
-                                self.emit(ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
-                                deadline = None;
-                            } else if deadline.is_none() {
-                                deadline = Some(tokio::time::Instant::now() + self.cfg.batch_wait.0);
+                            let message = Message { ts_us: now_us(), channel: msg.get_channel_name().to_string(), payload };
+                            match buffer.try_send(message) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    ctx.metrics.dropped.inc();
+                                    let dropped = ctx.metrics.dropped.get();
+                                    if dropped == 1 || dropped.is_multiple_of(1000) {
+                                        tracing::warn!(source = %self.id, dropped, max_buffered = self.cfg.max_buffered, "pipeline busy and the buffer full: dropping new Pub/Sub messages (counted in dropped_total; use mode: stream to keep them)");
+                                    }
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => break false,
                             }
                         }
                     },
                 }
             };
-            if !pending.is_empty() {
-                self.emit(ctx, &pending, AckSet::none()).await?;
-            }
             if !disconnected {
                 break;
             }

@@ -191,6 +191,42 @@ async fn only_other_consumers_entries_are_claimed_never_our_own_in_flight_ones()
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
 }
 
+/// A pipeline that does not take rows cannot make Pub/Sub wait: the source keeps reading, holds
+/// at most `max_buffered` messages, and drops and counts the rest — memory stays bounded.
+#[tokio::test]
+async fn a_busy_pipeline_bounds_the_pubsub_buffer_and_counts_what_it_drops() {
+    let channel = format!("fact-bounded-{}", std::process::id());
+    let yaml =
+        format!("{{mode: pubsub, url: '{}', channels: [{channel}], batch_size: 1, batch_wait: 10ms, max_buffered: 10}}", redis_url());
+    // Capacity 1, and nothing reads the output until the end.
+    let (ctx, mut h) = source_context("badges", &[""], 1);
+    let task = tokio::spawn(build(&yaml).run(ctx));
+    let mut conn = redis_conn().await;
+    wait_subscribed(&mut conn, &channel).await;
+    for i in 0..50 {
+        let _: i64 = conn.publish(&channel, format!("fact {i}")).await.unwrap();
+    }
+    // Everything published is either held (buffer, channel, one in the emitter's hands) or dropped.
+    let mut dropped = 0;
+    for _ in 0..100 {
+        dropped = h.metrics.dropped.get();
+        if dropped >= 50 - 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.shutdown.cancel();
+    let out = h.outputs.get_mut("").unwrap();
+    let mut delivered = 0;
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), out.recv()).await {
+        delivered += d.batch.data.num_rows() as u64;
+    }
+    task.await.unwrap().unwrap();
+    assert!((10..=12).contains(&delivered), "the buffer (10) plus what was already on its way: {delivered}");
+    assert_eq!(delivered + h.metrics.dropped.get(), 50, "every message delivered or counted as dropped");
+    assert!(dropped >= 38, "{dropped}");
+}
+
 #[test]
 fn config_errors_name_the_field() {
     let err = |y: &str| BadgeEventsPlugin.build(&ComponentConfig::from_yaml("b", y)).err().unwrap().to_string();

@@ -36,6 +36,9 @@ pub struct ComponentMetrics {
     pub dead_letters: Counter,
     /// Retried operations (writes, polls, connections).
     pub retries: Counter,
+    /// Input a source could not keep because the pipeline was busy and it cannot push back
+    /// (Redis Pub/Sub): dropped, and counted here.
+    pub dropped: Counter,
     /// While a sink retries a transient failure: since when (µs since the epoch) and the last
     /// error. Set and cleared by the engine; `/health` and `/metrics` read it.
     pub failing: std::sync::Mutex<Option<(i64, String)>>,
