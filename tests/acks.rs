@@ -135,6 +135,8 @@ enum Step {
     Down,
     /// Refuse the first `n` rows for good, write the rest.
     Refuse(usize),
+    /// Refuse the first `n` rows for good, then fail transiently before the rest is written.
+    RefuseThenDown(usize),
     /// Write everything.
     Take,
 }
@@ -155,6 +157,11 @@ impl tributary_sdk::Sink for ScriptedSink {
         let n: Vec<i64> = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
         match self.script.pop_front().unwrap_or(Step::Take) {
             Step::Down => Err(tributary_sdk::Transient::new(anyhow::anyhow!("connection refused"))),
+            Step::RefuseThenDown(k) => {
+                let letters = tributary_sdk::dead_letter::letters_for_rows(&batch.slice(0, k), "value out of range");
+                let rest = batch.slice(k, batch.num_rows() - k);
+                Err(tributary_sdk::Transient::partial(anyhow::anyhow!("connection lost"), rest).with_rejected(letters))
+            }
             Step::Refuse(k) => {
                 let letters = tributary_sdk::dead_letter::letters_for_rows(&batch.slice(0, k), "value out of range");
                 self.taken.lock().unwrap().extend(&n[k..]);
@@ -325,4 +332,20 @@ async fn giving_up_is_opt_in_and_goes_through_the_dead_letters() {
     assert!(r.taken.lock().unwrap().is_empty());
     r.shutdown.cancel();
     r.running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_refused_before_a_transient_failure_are_dead_lettered_once_and_the_rest_retried() {
+    let mut r = failure_model_run(&[Step::RefuseThenDown(1)], quick_retry(None)).await;
+    r.open.add_permits(1);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), &mut r.outcome).await.unwrap().unwrap();
+    assert_eq!(status, AckStatus::Delivered);
+    assert_eq!(*r.taken.lock().unwrap(), [2, 3, 4], "only the unwritten rows are passed again");
+    let stored = r.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].1.ends_with("\"n\":1}"), "{:?}", stored[0]);
+    r.shutdown.cancel();
+    let report = r.running.await.unwrap();
+    let line = report.summary.iter().find(|l| l.starts_with("db ")).unwrap();
+    assert_eq!(line, "db (test sink): 4 rows in, 3 written, 2 errors, 1 dead letters");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{AckSet, Batch, Closed, DeadLetters, Delivery, Durability, HumanDuration, Sink, SinkContext};
+use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, HumanDuration, Sink, SinkContext};
 
 /// `retry:` on any sink: how the engine retries a write or flush that failed transiently.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -50,27 +50,29 @@ struct Pending {
 struct Retrying<'a> {
     ctx: &'a SinkContext,
     retry: &'a SinkRetry,
+    backoff: Backoff,
     what: &'static str,
-    since: Option<tokio::time::Instant>,
+    /// When the episode began: monotonic (for `max_elapsed`) and wall clock (for `/health`).
+    since: Option<(tokio::time::Instant, i64)>,
     attempt: u32,
 }
 
 impl<'a> Retrying<'a> {
     fn new(ctx: &'a SinkContext, retry: &'a SinkRetry, what: &'static str) -> Self {
-        Retrying { ctx, retry, what, since: None, attempt: 0 }
+        let backoff = Backoff { initial: retry.initial.0, max: retry.max.0, max_attempts: None };
+        Retrying { ctx, retry, backoff, what, since: None, attempt: 0 }
     }
 
     /// After a failed attempt: `None` once the wait before the next attempt is over, or the
     /// give-up reason when `max_elapsed` has passed.
     async fn wait(&mut self, error: &anyhow::Error) -> Option<String> {
         let m = &self.ctx.metrics;
-        let since = *self.since.get_or_insert_with(|| {
+        let (since, since_us) = *self.since.get_or_insert_with(|| {
             m.errors.inc();
-            tokio::time::Instant::now()
+            (tokio::time::Instant::now(), tributary_sdk::now_us())
         });
         self.attempt += 1;
-        let failing_since_us = tributary_sdk::now_us() - since.elapsed().as_micros() as i64;
-        m.set_failing(Some((failing_since_us, format!("{error:#}"))));
+        m.set_failing(Some((since_us, format!("{error:#}"))));
         if let Some(limit) = self.retry.max_elapsed.filter(|limit| since.elapsed() >= limit.0) {
             m.set_failing(None);
             return Some(format!(
@@ -80,8 +82,7 @@ impl<'a> Retrying<'a> {
                 self.attempt
             ));
         }
-        let backoff = Backoff { initial: self.retry.initial.0, max: self.retry.max.0, max_attempts: None };
-        let delay = backoff.delay(self.attempt);
+        let delay = self.backoff.delay(self.attempt);
         m.retries.inc();
         // Every attempt at first, then every 10th: a database down for an hour is not 10,000 lines.
         if self.attempt <= 3 || self.attempt.is_multiple_of(10) {
@@ -92,7 +93,7 @@ impl<'a> Retrying<'a> {
     }
 
     fn succeeded(self) {
-        if let Some(since) = self.since {
+        if let Some((since, _)) = self.since {
             self.ctx.metrics.set_failing(None);
             tracing::info!(sink = %self.ctx.id, attempts = self.attempt + 1, after = ?since.elapsed(), "{} succeeded again", self.what);
         }
@@ -151,28 +152,27 @@ async fn write(
     let Batch { data, acks } = batch;
     let total = data.num_rows() as u64;
     let mut todo = data;
+    let mut refused = 0;
     let mut retrying = Retrying::new(ctx, retry, "write");
     let written = loop {
         match sink.write(todo.clone(), ctx).await {
             Ok(written) => break written,
             Err(failure) => {
+                refused += refuse(ctx, dead, failure.rejected, &acks).await?;
                 if let Some(rest) = failure.unwritten {
                     todo = rest;
                 }
                 if let Some(reason) = retrying.wait(&failure.error).await {
                     tracing::error!(sink = %ctx.id, rows = todo.num_rows(), "{reason}; sending the rows to the dead letters");
-                    ctx.metrics.rows_written.add(total - todo.num_rows() as u64);
+                    ctx.metrics.rows_written.add(total - refused - todo.num_rows() as u64);
                     return dead.send_rows(&todo, &reason, acks).await;
                 }
             }
         }
     };
     retrying.succeeded();
-    let kept = total - written.rejected.len() as u64;
-    if !written.rejected.is_empty() {
-        ctx.metrics.errors.add(written.rejected.len() as u64);
-        dead.send(written.rejected, acks.clone()).await?;
-    }
+    refused += refuse(ctx, dead, written.rejected, &acks).await?;
+    let kept = total - refused;
     match written.durability {
         Durability::Durable => {
             ctx.metrics.rows_written.add(std::mem::take(&mut pending.rows) + kept);
@@ -194,20 +194,19 @@ async fn write(
 /// are taken back and dead-lettered with their acks).
 async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, dead: &DeadLetters, retry: &SinkRetry, pending: &mut Pending) -> Result<(), Closed> {
     let mut retrying = Retrying::new(ctx, retry, "flush");
+    let mut refused = 0;
     loop {
         match sink.flush(ctx).await {
             Ok(rejected) => {
                 retrying.succeeded();
+                refused += refuse(ctx, dead, rejected, &pending.acks).await?;
                 let Pending { acks, rows } = std::mem::take(pending);
-                ctx.metrics.rows_written.add(rows.saturating_sub(rejected.len() as u64));
-                if !rejected.is_empty() {
-                    ctx.metrics.errors.add(rejected.len() as u64);
-                    dead.send(rejected, acks.clone()).await?;
-                }
+                ctx.metrics.rows_written.add(rows.saturating_sub(refused));
                 acks.release();
                 return Ok(());
             }
             Err(failure) => {
+                refused += refuse(ctx, dead, failure.rejected, &pending.acks).await?;
                 if let Some(reason) = retrying.wait(&failure.error).await {
                     let Pending { acks, .. } = std::mem::take(pending);
                     for rows in sink.take_buffered() {
@@ -220,4 +219,15 @@ async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, dead: &DeadLetters, retry
             }
         }
     }
+}
+
+/// Rows the destination refused for good: counted as errors and dead-lettered with a share of
+/// `acks`, so the source's ack waits for the dead letters too. Returns how many.
+async fn refuse(ctx: &SinkContext, dead: &DeadLetters, letters: Vec<DeadLetter>, acks: &AckSet) -> Result<u64, Closed> {
+    let n = letters.len() as u64;
+    if n > 0 {
+        ctx.metrics.errors.add(n);
+        dead.send(letters, acks.clone()).await?;
+    }
+    Ok(n)
 }

@@ -75,7 +75,7 @@ impl SinkPlugin for KafkaSinkPlugin {
         if cfg.topic.is_empty() {
             return Err(ConfigError::at("topic", "must not be empty"));
         }
-        Ok(Box::new(KafkaSink { id: config.id.clone(), cfg, producer: None, refused: Vec::new() }))
+        Ok(Box::new(KafkaSink { id: config.id.clone(), cfg, producer: None }))
     }
 }
 
@@ -83,9 +83,6 @@ pub struct KafkaSink {
     id: String,
     cfg: KafkaSinkConfig,
     producer: Option<FutureProducer>,
-    /// Messages refused for good while others of the same batch wait for a retry: reported with
-    /// the write that completes the batch.
-    refused: Vec<DeadLetter>,
 }
 
 #[async_trait::async_trait]
@@ -163,17 +160,13 @@ impl Sink for KafkaSink {
             }
         }
         if !retry_rows.is_empty() {
-            // Only the undelivered rows are tried again; the refused ones are reported then.
+            // Only the undelivered rows are tried again; the refused ones are reported now.
             retry_rows.sort_unstable();
             let rows = take_record_batch(&batch, &UInt32Array::from(retry_rows))?;
-            self.refused.extend(rejected);
             let error = last_error.unwrap_or_default();
-            return Err(Transient::partial(
-                anyhow::anyhow!("{error} ({} of {} messages to retry)", rows.num_rows(), batch.num_rows()),
-                rows,
-            ));
+            let error = anyhow::anyhow!("{error} ({} of {} messages to retry)", rows.num_rows(), batch.num_rows());
+            return Err(Transient::partial(error, rows).with_rejected(rejected));
         }
-        rejected.splice(0..0, std::mem::take(&mut self.refused));
         Ok(Written::with(Durability::Durable, rejected))
     }
 

@@ -337,13 +337,18 @@ async fn sink_hands_back_undelivered_rows_and_reports_refused_ones() {
     );
     assert!(written.rejected[0].payload.contains("\"name\":\"big\""));
 
-    // The broker goes away: every message of the next batch times out and comes back unwritten.
+    // The broker goes away: every message of the next batch times out and comes back unwritten;
+    // the one refused for good comes with the failure, not again.
     drop(mock);
-    let failed = sink
-        .write(rows_to_batch(&[probe_row("a", 200, None, None, Some("1")), probe_row("b", 200, None, None, Some("2"))]), &ctx)
-        .await
-        .unwrap_err();
+    let rows = [
+        probe_row("a", 200, None, None, Some("1")),
+        probe_row("big", 200, None, None, Some(&big)),
+        probe_row("b", 200, None, None, Some("2")),
+    ];
+    let failed = sink.write(rows_to_batch(&rows), &ctx).await.unwrap_err();
     let unwritten = failed.unwritten.expect("the rows to retry");
     assert_eq!(unwritten.num_rows(), 2);
-    assert!(failed.error.to_string().contains("(2 of 2 messages to retry)"), "{}", failed.error);
+    assert!(failed.error.to_string().contains("(2 of 3 messages to retry)"), "{}", failed.error);
+    assert_eq!(failed.rejected.len(), 1);
+    assert!(failed.rejected[0].reason.contains("MessageSizeTooLarge"), "{:?}", failed.rejected);
 }

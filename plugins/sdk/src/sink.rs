@@ -68,15 +68,23 @@ pub struct Transient {
     /// undelivered messages, say); `None` means the whole batch. Ignored for `flush`, which is
     /// retried as is: a buffered sink keeps its buffer until a flush succeeds.
     pub unwritten: Option<RecordBatch>,
+    /// Rows the destination refused for good before the failure (a bad row found while halving
+    /// a batch, a message too large): the engine dead-letters them now; they are not passed again.
+    pub rejected: Vec<DeadLetter>,
 }
 
 impl Transient {
     pub fn new(error: impl Into<anyhow::Error>) -> Self {
-        Transient { error: error.into(), unwritten: None }
+        Transient { error: error.into(), unwritten: None, rejected: Vec::new() }
     }
     /// Part of the batch was written; `rows` were not.
     pub fn partial(error: impl Into<anyhow::Error>, rows: RecordBatch) -> Self {
-        Transient { error: error.into(), unwritten: Some(rows) }
+        Transient { unwritten: Some(rows), ..Transient::new(error) }
+    }
+    /// Also reports rows refused for good before the failure.
+    pub fn with_rejected(mut self, rejected: Vec<DeadLetter>) -> Self {
+        self.rejected = rejected;
+        self
     }
 }
 

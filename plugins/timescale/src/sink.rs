@@ -65,8 +65,6 @@ pub struct TimescaleSink {
     buffer: RowBuffer,
     /// Backoff for connecting at start; writes are retried by the engine.
     backoff: Backoff,
-    /// Rows refused during a flush that then failed transiently: returned by the next flush.
-    rejected: Vec<DeadLetter>,
 }
 
 impl TimescaleSink {
@@ -87,7 +85,7 @@ impl TimescaleSink {
         let backoff =
             Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
         let buffer = RowBuffer::new(schema.clone(), cfg.batch_rows);
-        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff, rejected: Vec::new() }
+        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -128,11 +126,12 @@ impl TimescaleSink {
     /// Writes everything buffered. Rows the database rejects are isolated by halving the batch and
     /// come back as dead letters with the database's error; the rest is written. When the server
     /// is unavailable, what is not written yet stays buffered (parts already committed do not) and
-    /// the rejections found so far are kept for the next successful flush.
+    /// the rejections found so far go with the transient failure.
     async fn write_buffer(&mut self) -> Result<Vec<DeadLetter>, Transient> {
         let Some(mut rows) = self.buffer.take()? else {
-            return Ok(std::mem::take(&mut self.rejected));
+            return Ok(Vec::new());
         };
+        let mut rejected = Vec::new();
         if self.cfg.mode == WriteMode::Upsert {
             rows = last_row_per_key(&rows, &self.cfg.key)?;
         }
@@ -147,18 +146,18 @@ impl TimescaleSink {
                     tracing::debug!(sink = %self.id, %reason, rows = part.num_rows(), "rejected; splitting to find the bad rows");
                 }
                 Err(Failure::Rejected(reason)) => {
-                    self.rejected.extend(letters_for_rows(&part, &format!("rejected by PostgreSQL: {reason}")));
+                    rejected.extend(letters_for_rows(&part, &format!("rejected by PostgreSQL: {reason}")));
                 }
                 Err(Failure::Unavailable(e)) => {
                     self.buffer.push(part);
                     for rest in pending.into_iter().rev() {
                         self.buffer.push(rest);
                     }
-                    return Err(Transient::new(e.context("PostgreSQL unavailable")));
+                    return Err(Transient::new(e.context("PostgreSQL unavailable")).with_rejected(rejected));
                 }
             }
         }
-        Ok(std::mem::take(&mut self.rejected))
+        Ok(rejected)
     }
 }
 
