@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod graph;
+pub mod logging;
 pub mod pipeline_tests;
 pub mod plugins;
 pub mod query;

@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let cli = tributary::cli::Cli::parse();
     let filter = EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(tributary::logging::RedactedStderr).with_ansi(ansi).init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(tributary::cli::dispatch(cli))
 }

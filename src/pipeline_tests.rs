@@ -332,7 +332,7 @@ impl Harness {
                         if let Some((rows, _)) = accepted.late {
                             self.queue.push_back((format!("{consumer}.{LATE_OUTPUT}"), rows));
                         }
-                        if let Some((rows, _, reason)) = accepted.no_time {
+                        for (rows, _, reason) in accepted.rejected {
                             self.queue.push_back((format!("{consumer}.{DEAD_LETTER_OUTPUT}"), dead_letters(&consumer, &rows, &reason)));
                         }
                         let emission = op.advance(clock).await?;

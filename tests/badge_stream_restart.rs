@@ -27,14 +27,6 @@ fn written(path: &std::path::Path) -> BTreeMap<String, usize> {
     seen
 }
 
-async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> i64 {
-    let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg("tributary").query_async(conn).await.unwrap();
-    match summary {
-        redis::Value::Array(v) => redis::from_redis_value(&v[0]).unwrap(),
-        other => panic!("XPENDING: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_stream_consumer_restarts_without_losing_an_entry() {
     let stream = format!("badge-restart-{}", std::process::id());
@@ -97,7 +89,9 @@ sinks:
     let t0 = Instant::now();
     // Rows the killed run wrote but never acknowledged are in the file already; the restarted
     // consumer re-reads its pending entries (batch by batch), so wait for the pending list too.
-    while (written(&out).len() < TOTAL || pending(&mut conn, &stream).await > 0) && t0.elapsed() < Duration::from_secs(60) {
+    while (written(&out).len() < TOTAL || common::pending(&mut conn, &stream, "tributary").await > 0)
+        && t0.elapsed() < Duration::from_secs(60)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     common::sigterm(&second);
@@ -107,7 +101,7 @@ sinks:
     let seen = written(&out);
     let missing: Vec<usize> = (0..TOTAL).filter(|id| !seen.contains_key(&format!("u-{id}"))).collect();
     assert!(missing.is_empty(), "{} entries lost, first: {:?}", missing.len(), &missing[..missing.len().min(10)]);
-    assert_eq!(pending(&mut conn, &stream).await, 0, "every entry acknowledged");
+    assert_eq!(common::pending(&mut conn, &stream, "tributary").await, 0, "every entry acknowledged");
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     eprintln!("{TOTAL} entries, {before_kill} written before the kill, {duplicates} re-read after the restart");
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();

@@ -66,6 +66,19 @@ fn validate_reports_a_missing_required_field() {
     assert_eq!(err.trim(), "p.yaml:2:3: sources.probes: missing field `kind`");
 }
 
+/// Zero periods used to pass `validate` and panic at run time ("`period` must be non-zero").
+#[test]
+fn validate_refuses_zero_periods_naming_each() {
+    let (ok, err) = validate(&format!(
+        "{DEMO}sinks:\n  out:\n    type: file\n    inputs: [probes]\n    path: out.jsonl\n    flush_interval: 0s\n  lake:\n    type: parquet\n    inputs: [probes]\n    path: lake\n    max_age: 0ms\n"
+    ));
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "p.yaml:10:5: sinks.out.flush_interval: must be longer than 0s\np.yaml:15:5: sinks.lake.max_age: must be longer than 0s"
+    );
+}
+
 #[test]
 fn validate_reports_an_input_that_does_not_exist() {
     let (ok, err) = validate(&format!("{DEMO}sinks:\n  out:\n    type: console\n    inputs: [probes, prbes]\n"));
@@ -279,4 +292,34 @@ fn unwired_dead_letters_are_stored_and_queryable() {
     );
     let q = tributary(&["query", "SELECT count(*) AS n FROM dead_letters WHERE reason LIKE 'in.jsonl:%'", "--format", "csv"], dir.path());
     assert_eq!(String::from_utf8_lossy(&q.stdout), "n\n2\n", "{}", stderr(&q));
+}
+
+/// Credentials in a URL and secret values from the environment never reach a log line, even when
+/// a library's error text carries them.
+#[test]
+fn log_lines_never_show_url_credentials_or_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(); // freed below: nothing listens
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "admin: {{enabled: false}}\nsources:\n  probes: {{type: demo, kind: probes, rate: 20, count: 5}}\nsinks:\n  metrics:\n    type: influx\n    inputs: [probes]\n    url: http://admin:${{INFLUX_PASSWORD}}@127.0.0.1:{closed}\n    bucket: b\n    token: ${{INFLUX_TOKEN}}\n    measurement: probes\n    batch_age: 100ms\n    timeout: 1s\n    retry: {{initial: 100ms, max: 200ms, max_elapsed: 2s}}\n"
+        ),
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["run", "p.yaml", "--duration", "4s"])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_LOG", "info")
+        .env("INFLUX_PASSWORD", "pw-hunter2-xyz")
+        .env("INFLUX_TOKEN", "tok-secret-9876")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(err.contains(&format!("http://***@127.0.0.1:{closed}")), "the URL is shown without credentials: {err}");
+    assert!(!err.contains("pw-hunter2-xyz") && !err.contains("tok-secret-9876") && !err.contains("admin:"), "{err}");
+    // The rows the sink gave up on are dead letters, whose reasons carry no credentials either.
+    let letters = std::fs::read_to_string(dir.path().join("data/dead_letters/metrics.jsonl")).unwrap();
+    assert_eq!(letters.lines().count(), 5, "{letters}");
+    assert!(!letters.contains("pw-hunter2-xyz") && letters.contains("http://***@127.0.0.1"), "{letters}");
 }

@@ -107,6 +107,10 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
         for port in strings(&s["ports"]) {
             let port = with_defaults(&port);
             let (mapping, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
+            // Published on loopback unless the user says otherwise: Redis and Kafka have no auth.
+            let mapping = mapping.strip_prefix("127.0.0.1:").unwrap_or_else(|| {
+                panic!("{name}: port `{port}` is published on every interface; prefix it with ${{BIND_ADDRESS:-127.0.0.1}}:")
+            });
             let (host, container) = mapping.split_once(':').unwrap_or_else(|| panic!("{name}: port `{port}` is not HOST:CONTAINER"));
             let (host, container): (u16, u16) = (host.parse().unwrap(), container.parse().unwrap());
             assert!(container > 0 && ["tcp", "udp"].contains(&proto), "{name}: {port}");

@@ -37,6 +37,7 @@ sources:
     type: file
     path: {input}
     schema: {{ts: timestamp, site: string, latency_ms: int, tags: json}}
+    checkpoint_file: {data}/events.checkpoint.json
 transforms:
   slow:
     inputs: [events]

@@ -278,9 +278,15 @@ async fn run_windowed_transform(
                 metrics.batches_in.inc();
                 let accepted = op.accept(input, batch.data, batch.acks, now())?;
                 if let Some((rows, acks)) = accepted.late {
-                    late.send(Batch::with_acks(rows, acks)).await?;
+                    if late.is_unconnected() {
+                        // Nobody reads `.late`: keep the rows as dead letters rather than drop them.
+                        let reason = format!("arrived after its window closed (behind the watermark); wire `{}.late` to handle late rows", t.id);
+                        dead.send_rows(&rows, &reason, acks).await?;
+                    } else {
+                        late.send(Batch::with_acks(rows, acks)).await?;
+                    }
                 }
-                if let Some((rows, acks, reason)) = accepted.no_time {
+                for (rows, acks, reason) in accepted.rejected {
                     metrics.errors.inc();
                     dead.send_rows(&rows, &reason, acks).await?;
                 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, HumanDuration, Sink, SinkContext};
+use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, Sink, SinkContext};
 
 /// `retry:` on any sink: how the engine retries a write or flush that failed transiently.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -15,21 +15,21 @@ use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Du
 pub struct SinkRetry {
     /// First wait (default `100ms`); doubles per attempt, with jitter.
     #[serde(default = "default_initial")]
-    pub initial: HumanDuration,
+    pub initial: Period,
     /// Longest wait between attempts (default `30s`).
     #[serde(default = "default_max")]
-    pub max: HumanDuration,
+    pub max: Period,
     /// Give up after failing this long and send the rows to the sink's dead letters. Unset (the
     /// default): never give up; the pipeline waits for the destination under backpressure.
     #[serde(default)]
-    pub max_elapsed: Option<HumanDuration>,
+    pub max_elapsed: Option<Period>,
 }
 
-fn default_initial() -> HumanDuration {
-    HumanDuration(Duration::from_millis(100))
+fn default_initial() -> Period {
+    Period(Duration::from_millis(100))
 }
-fn default_max() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_max() -> Period {
+    Period(Duration::from_secs(30))
 }
 
 impl Default for SinkRetry {
@@ -110,7 +110,8 @@ pub(crate) async fn run_sink(
 ) -> anyhow::Result<()> {
     sink.start(&ctx).await?;
     let mut pending = Pending::default();
-    let mut ticker = sink.flush_interval().map(|d| {
+    // A plugin's zero interval would panic the timer: treat it as "no periodic flush".
+    let mut ticker = sink.flush_interval().filter(|d| !d.is_zero()).map(|d| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t

@@ -58,6 +58,11 @@ pub struct WindowConfig {
     /// (default 1m), so windows of a quiet source still close.
     #[serde(default)]
     pub idle_timeout: Option<HumanDuration>,
+    /// How far ahead of the wall clock an event time may be (default 1h). Rows beyond it (and
+    /// rows before 1970) go to the dead-letter output: one row dated 9999-12-31 would otherwise
+    /// move the watermark past every real row to come.
+    #[serde(default)]
+    pub max_future: Option<HumanDuration>,
 }
 
 fn default_time_column() -> String {
@@ -79,6 +84,7 @@ pub struct WindowSpec {
     pub time_column: String,
     pub lateness: i64,
     pub idle_timeout: i64,
+    pub max_future: i64,
 }
 
 fn micros(d: HumanDuration) -> i64 {
@@ -118,6 +124,7 @@ impl WindowSpec {
             time_column: c.time_column.clone(),
             lateness: c.allowed_lateness.map(micros).unwrap_or(0),
             idle_timeout: c.idle_timeout.map(micros).unwrap_or(60_000_000),
+            max_future: c.max_future.map(micros).unwrap_or(3_600_000_000),
         })
     }
 
@@ -125,18 +132,22 @@ impl WindowSpec {
     /// session can end).
     fn earliest_end(&self, t: i64) -> i64 {
         match self.kind {
-            WindowKind::Tumbling { size } => t.div_euclid(size) * size + size,
-            WindowKind::Hopping { size, slide } => ((t - size).div_euclid(slide) + 1) * slide + size,
-            WindowKind::Session { gap } => t + gap,
+            // Saturating: event times are checked to lie in [1970, now + max_future] before they
+            // get here, but the watermark and `limit` may sit at the integer limits.
+            WindowKind::Tumbling { size } => t.div_euclid(size).saturating_mul(size).saturating_add(size),
+            WindowKind::Hopping { size, slide } => {
+                t.saturating_sub(size).div_euclid(slide).saturating_add(1).saturating_mul(slide).saturating_add(size)
+            }
+            WindowKind::Session { gap } => t.saturating_add(gap),
         }
     }
 
     /// The end of the last window a row at `t` belongs to (tumbling and hopping).
     fn latest_end(&self, t: i64) -> i64 {
         match self.kind {
-            WindowKind::Tumbling { size } => t.div_euclid(size) * size + size,
-            WindowKind::Hopping { size, slide } => t.div_euclid(slide) * slide + size,
-            WindowKind::Session { gap } => t + gap,
+            WindowKind::Tumbling { size } => t.div_euclid(size).saturating_mul(size).saturating_add(size),
+            WindowKind::Hopping { size, slide } => t.div_euclid(slide).saturating_mul(slide).saturating_add(size),
+            WindowKind::Session { gap } => t.saturating_add(gap),
         }
     }
 
@@ -242,8 +253,9 @@ struct InputClock {
 pub struct Accepted {
     /// Rows for `.late` (in the late schema), with a share of the batch's acks.
     pub late: Option<(RecordBatch, AckSet)>,
-    /// Rows without an event time, for the dead-letter output, with the reason.
-    pub no_time: Option<(RecordBatch, AckSet, String)>,
+    /// Rows for the dead-letter output (no event time, or one outside the accepted range), with
+    /// a share of the acks and the reason.
+    pub rejected: Vec<(RecordBatch, AckSet, String)>,
 }
 
 /// Closed windows: what the SQL made of their rows, or — when it failed — the rows handed to it
@@ -316,7 +328,8 @@ impl WindowOperator {
         clock.last_arrival = now;
         let times = cast(rows.column(clock.time_idx), &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
-        let (mut keep, mut late, mut no_time) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut keep, mut late, mut no_time, mut out_of_range) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let latest_allowed = tributary_sdk::now_us().saturating_add(self.spec.max_future);
         let mut ts = Vec::with_capacity(rows.num_rows());
         for i in 0..rows.num_rows() {
             if times.is_null(i) {
@@ -324,6 +337,10 @@ impl WindowOperator {
                 continue;
             }
             let t = times.value(i);
+            if !(0..=latest_allowed).contains(&t) {
+                out_of_range.push(i as u32);
+                continue;
+            }
             clock.max_seen = Some(clock.max_seen.map_or(t, |m| m.max(t)));
             if self.watermark.is_some_and(|w| self.spec.is_late(t, w)) {
                 late.push(i as u32);
@@ -336,16 +353,28 @@ impl WindowOperator {
         let mut out = Accepted::default();
         let late_rows = (!late.is_empty()).then(|| take(&rows, late)).transpose()?;
         let no_time_rows = (!no_time.is_empty()).then(|| take(&rows, no_time)).transpose()?;
+        let out_of_range_rows = (!out_of_range.is_empty()).then(|| take(&rows, out_of_range)).transpose()?;
         let keep_rows =
             if keep.len() == rows.num_rows() { Some(rows.clone()) } else { (!keep.is_empty()).then(|| take(&rows, keep)).transpose()? };
-        pieces += late_rows.is_some() as usize + no_time_rows.is_some() as usize + keep_rows.is_some() as usize;
+        pieces += late_rows.is_some() as usize
+            + no_time_rows.is_some() as usize
+            + out_of_range_rows.is_some() as usize
+            + keep_rows.is_some() as usize;
         let mut shares = share(acks, pieces).into_iter();
         if let Some(r) = late_rows {
             out.late = Some((self.to_late_schema(input, r)?, shares.next().expect("one share per piece")));
         }
         if let Some(r) = no_time_rows {
             let reason = format!("input `{}`: the event-time column is null", self.input_names[input]);
-            out.no_time = Some((r, shares.next().expect("one share per piece"), reason));
+            out.rejected.push((r, shares.next().expect("one share per piece"), reason));
+        }
+        if let Some(r) = out_of_range_rows {
+            let reason = format!(
+                "input `{}`: the event time is before 1970 or more than {} ahead of the clock (`window.max_future`)",
+                self.input_names[input],
+                humantime::format_duration(std::time::Duration::from_micros(self.spec.max_future as u64))
+            );
+            out.rejected.push((r, shares.next().expect("one share per piece"), reason));
         }
         if let Some(rows) = keep_rows {
             let min_ts = ts.iter().copied().min().expect("non-empty");
@@ -379,11 +408,11 @@ impl WindowOperator {
                 None if quiet => {}
                 None => waiting = true,
                 Some(m) if quiet => {
-                    let w = m.saturating_add(now - c.last_arrival) - self.spec.lateness;
+                    let w = m.saturating_add(now - c.last_arrival).saturating_sub(self.spec.lateness);
                     idle = Some(idle.map_or(w, |x| x.max(w)));
                 }
                 Some(m) => {
-                    let w = m - self.spec.lateness;
+                    let w = m.saturating_sub(self.spec.lateness);
                     active = Some(active.map_or(w, |x| x.min(w)));
                 }
             }

@@ -232,3 +232,46 @@ fn declarations_are_checked_with_a_message_a_user_can_act_on() {
         "input `probes` has no time column `at` (set `window.time_column`)"
     );
 }
+
+/// A row dated 9999-12-31 (or at the integer limit) used to move the watermark past every real
+/// row to come, or overflow the window arithmetic; now it is rejected with the reason and the
+/// real rows around it keep counting.
+#[tokio::test]
+async fn event_times_far_ahead_of_the_clock_or_before_1970_are_rejected_not_windowed() {
+    let mut op = operator("{tumbling: 1m, max_future: 1h}", PER_SITE).await;
+    let far = |t: i64| {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(vec![T0, t, T0 + 5 * S]).with_timezone("UTC")),
+                Arc::new(StringArray::from(vec!["a", "hostile", "a"])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap()
+    };
+    for hostile in [253_402_300_799_000_000, i64::MAX, -1, i64::MIN, tributary_sdk::now_us() + 2 * 3600 * S] {
+        let acc = op.accept(0, far(hostile), AckSet::none(), 0).unwrap();
+        assert!(acc.late.is_none(), "{hostile}");
+        assert_eq!(acc.rejected.len(), 1, "{hostile}");
+        let (rows, _, reason) = &acc.rejected[0];
+        assert_eq!(rows.num_rows(), 1);
+        assert_eq!(rows.column(1).as_string::<i32>().value(0), "hostile");
+        assert_eq!(reason, "input `probes`: the event time is before 1970 or more than 1h ahead of the clock (`window.max_future`)");
+    }
+    assert_eq!(op.watermark(), None, "no watermark moved yet");
+    op.advance(0).await.unwrap();
+    assert_eq!(op.watermark(), Some(T0 + 5 * S), "only the real rows moved the watermark");
+    // A row a few minutes ahead (clock skew) is still fine.
+    let acc = op.accept(0, far(tributary_sdk::now_us() + 300 * S), AckSet::none(), 0).unwrap();
+    assert!(acc.rejected.is_empty());
+    let out = op.finish().await.unwrap().unwrap().result.unwrap();
+    let counts: Vec<(String, i64)> = out
+        .iter()
+        .flat_map(|b| {
+            let (site, n) = (b.column(2).as_string::<i32>(), b.column(3).as_primitive::<datafusion::arrow::datatypes::Int64Type>());
+            (0..b.num_rows()).map(|i| (site.value(i).to_string(), n.value(i))).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(counts, [("a".to_string(), 12), ("hostile".to_string(), 1)], "six batches' real rows, and the skewed one");
+}

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
+
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use tokio_util::sync::CancellationToken;
 use tributary::runtime::{RunOptions, RunReport};
@@ -178,4 +180,65 @@ pub fn expand_grafana_sql(sql: &str, from_s: i64, to_s: i64, interval_s: i64, va
     }
     assert!(!q.contains('$'), "unexpanded macro or variable in {q}");
     q
+}
+
+/// A TCP proxy to `target` on `port` that can be cut (listener and every forwarded connection
+/// closed, like a lost network) and restored.
+pub struct CuttableProxy {
+    pub port: u16,
+    target: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    forwarded: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CuttableProxy {
+    pub fn new(port: u16, target: String) -> Self {
+        CuttableProxy { port, target, tasks: Vec::new(), forwarded: Default::default() }
+    }
+
+    pub async fn open(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let (target, forwarded) = (self.target.clone(), self.forwarded.clone());
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let target = target.clone();
+                forwarded.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        }));
+    }
+
+    pub fn cut(&mut self) {
+        self.tasks.drain(..).for_each(|t| t.abort());
+        self.forwarded.lock().unwrap().drain(..).for_each(|t| t.abort());
+    }
+}
+
+/// XADDs one high-score entry per number in `range` (user `u-<n>`, score `<n>`).
+pub async fn xadd_scores(conn: &mut redis::aio::MultiplexedConnection, stream: &str, range: std::ops::RangeInclusive<u32>) {
+    for i in range {
+        let payload = format!(r#"{{"user_uuid":"u-{i}","mac_address":"aa","event":"high-score","high_scores":[["BO",{i},10]]}}"#);
+        let _: String = conn.xadd(stream, "*", &[("channel", "high-score-processor"), ("payload", payload.as_str())]).await.unwrap();
+    }
+}
+
+/// How many entries of `stream` the consumer group `group` read and has not acknowledged.
+pub async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await.unwrap();
+    match summary {
+        redis::Value::Array(v) => redis::from_redis_value(&v[0]).unwrap(),
+        other => panic!("XPENDING: {other:?}"),
+    }
+}
+
+/// `count(*)` of `table`, 0 while it does not exist.
+pub async fn pg_count(db: &tokio_postgres::Client, table: &str) -> i64 {
+    match db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await {
+        Ok(row) => row.get(0),
+        Err(_) => 0, // not created yet
+    }
 }

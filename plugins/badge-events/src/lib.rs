@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{
-    now_us, Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, OutputSpec, Secret,
-    Source, SourceContext, SourcePlugin,
+    now_us, Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, HumanDuration, OutputSpec, Period,
+    Secret, Source, SourceContext, SourcePlugin,
 };
 
 use decode::{decode, BadgeRow};
@@ -70,7 +70,7 @@ pub struct BadgeEventsConfig {
     pub consumer: String,
     /// Entries pending on another consumer for this long are claimed (default 60s).
     #[serde(default = "default_claim_idle")]
-    pub claim_idle: HumanDuration,
+    pub claim_idle: Period,
     /// Entries per read (default 500).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
@@ -113,8 +113,8 @@ fn default_consumer() -> String {
 fn default_max_buffered() -> usize {
     10_000
 }
-fn default_claim_idle() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
+fn default_claim_idle() -> Period {
+    Period(Duration::from_secs(60))
 }
 fn default_batch() -> usize {
     500
@@ -351,8 +351,9 @@ impl BadgeEventsSource {
         Ok(())
     }
 
-    async fn run_stream(&self, mut ctx: SourceContext) -> anyhow::Result<()> {
-        let client = self.client()?;
+    /// A connection with the consumer group in place (created with the stream when missing, as
+    /// after a Redis restart that kept nothing), retried with backoff until Redis answers.
+    async fn connect_stream(&self, client: &redis::Client, ctx: &SourceContext) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         let cfg = &self.cfg;
         let mut conn = RECONNECT
             .retry(
@@ -370,6 +371,13 @@ impl BadgeEventsSource {
                 return Err(anyhow::anyhow!("creating consumer group `{}` on stream `{}`: {e}", cfg.group, cfg.stream));
             }
         }
+        Ok(conn)
+    }
+
+    async fn run_stream(&self, mut ctx: SourceContext) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let cfg = &self.cfg;
+        let mut conn = self.connect_stream(&client, &ctx).await?;
         tracing::info!(source = %self.id, stream = %cfg.stream, group = %cfg.group, consumer = %cfg.consumer, "reading stream");
         // Acked entry ids come back here to be XACKed; failed ones are read again from our PEL.
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<String>, AckStatus)>();
@@ -392,7 +400,9 @@ impl BadgeEventsSource {
                 let reply: StreamReadReply = match conn.xread_options(&[&cfg.stream], &["0"], &opts).await {
                     Ok(r) => r,
                     Err(e) => {
-                        self.read_failed(&ctx, &e).await;
+                        if self.read_failed(&ctx, &e).await {
+                            conn = self.connect_stream(&client, &ctx).await?;
+                        }
                         continue;
                     }
                 };
@@ -409,7 +419,10 @@ impl BadgeEventsSource {
                         claimed
                     }
                     Err(e) => {
-                        self.read_failed(&ctx, &e).await;
+                        if self.read_failed(&ctx, &e).await {
+                            conn = self.connect_stream(&client, &ctx).await?;
+                            read_own_pending = true;
+                        }
                         continue;
                     }
                 }
@@ -423,11 +436,18 @@ impl BadgeEventsSource {
                 match reply {
                     Ok(r) => r.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default(),
                     Err(e) => {
-                        self.read_failed(&ctx, &e).await;
+                        if self.read_failed(&ctx, &e).await {
+                            // Entries whose XACK was lost with the connection are re-read.
+                            conn = self.connect_stream(&client, &ctx).await?;
+                            read_own_pending = true;
+                        }
                         continue;
                     }
                 }
             };
+            if ctx.metrics.failing().is_some() {
+                ctx.metrics.set_failing(None);
+            }
             if entries.is_empty() {
                 continue;
             }
@@ -485,20 +505,30 @@ impl BadgeEventsSource {
         }
     }
 
-    async fn read_failed(&self, ctx: &SourceContext, e: &redis::RedisError) {
+    /// Counts and logs a failed read, waits a little; `true` when the connection itself is gone
+    /// (a multiplexed connection does not come back by itself: the caller reconnects).
+    async fn read_failed(&self, ctx: &SourceContext, e: &redis::RedisError) -> bool {
         ctx.metrics.errors.inc();
         ctx.metrics.retries.inc();
-        tracing::warn!(source = %self.id, error = %e, "reading the stream failed; retrying");
+        let lost = e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error();
+        // `/health` names a source that keeps failing (after `admin.degraded_after`).
+        if ctx.metrics.failing().is_none() {
+            ctx.metrics.set_failing(Some((now_us(), format!("reading the Redis stream: {e}"))));
+        }
+        tracing::warn!(source = %self.id, error = %e, reconnecting = lost, "reading the stream failed; retrying");
         tokio::select! { _ = ctx.shutdown.cancelled() => {}, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
+        lost
     }
 }
 
-/// An entry's message: its time is the entry id's milliseconds (when it was added).
+/// An entry's message: its time is the entry id's milliseconds (when it was added). An id given
+/// explicitly by the producer (`XADD s 99999999999999999-0`) that is no time in microseconds gets
+/// the read time instead of overflowing.
 fn entry_message(e: &StreamId) -> Message {
-    let ms: i64 = e.id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or_else(|| now_us() / 1000);
+    let ts_us = e.id.split('-').next().and_then(|m| m.parse::<i64>().ok()).and_then(|ms| ms.checked_mul(1000)).unwrap_or_else(now_us);
     let field = |k: &str| e.map.get(k).and_then(|v| redis::from_redis_value::<String>(v).ok());
     Message {
-        ts_us: ms * 1000,
+        ts_us,
         channel: field("channel").unwrap_or_else(|| "high-score-processor".into()),
         payload: field("payload").unwrap_or_default(),
     }

@@ -380,3 +380,14 @@ async fn pubsub_reconnects_and_resubscribes_after_redis_restarts() {
     redis_server.kill().unwrap();
     let _ = redis_server.wait();
 }
+
+/// An entry's time is its id's milliseconds; an explicit id beyond the microsecond range used to
+/// overflow `ms * 1000` (a panic in debug builds, a wrapped time in release).
+#[test]
+fn an_entry_id_beyond_the_time_range_gets_the_read_time() {
+    let entry = |id: &str| StreamId { id: id.into(), map: Default::default() };
+    assert_eq!(entry_message(&entry("1700000000123-0")).ts_us, 1_700_000_000_123_000);
+    let before = now_us();
+    let hostile = entry_message(&entry("9223372036854776-0")).ts_us;
+    assert!((before..=now_us()).contains(&hostile), "{hostile}");
+}

@@ -7,7 +7,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use serde::Deserialize;
 use tributary_sdk::arrow::datatypes::SchemaRef;
-use tributary_sdk::{ComponentConfig, ConfigError, DeadLetter, HumanDuration, Sink, SinkContext, SinkPlugin, Transient, Written};
+use tributary_sdk::{ComponentConfig, ConfigError, DeadLetter, Period, Sink, SinkContext, SinkPlugin, Transient, Written};
 
 /// How rows are printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -33,14 +33,14 @@ pub struct ConsoleSinkConfig {
     pub max_rows: usize,
     /// Summary period in `summary` format (default 10s).
     #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
+    pub interval: Period,
 }
 
 fn default_max_rows() -> usize {
     20
 }
-fn default_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_interval() -> Period {
+    Period(Duration::from_secs(10))
 }
 
 pub struct ConsoleSinkPlugin;

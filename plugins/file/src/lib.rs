@@ -1,5 +1,6 @@
 //! `file` source (JSON lines, read once or tailed) and `file` sink (JSON lines).
 
+mod checkpoint;
 mod sink;
 mod source;
 

@@ -8,7 +8,7 @@ use datafusion::arrow::json::writer::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tributary_sdk::arrow::datatypes::SchemaRef;
-use tributary_sdk::{ComponentConfig, ConfigError, DeadLetter, HumanDuration, Sink, SinkContext, SinkPlugin, Transient, Written};
+use tributary_sdk::{ComponentConfig, ConfigError, DeadLetter, Period, Sink, SinkContext, SinkPlugin, Transient, Written};
 
 /// Config of a `file` sink: rows appended as JSON lines.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,11 +18,11 @@ pub struct FileSinkConfig {
     pub path: PathBuf,
     /// How often buffered lines are flushed and fsynced (default 1s).
     #[serde(default = "default_flush")]
-    pub flush_interval: HumanDuration,
+    pub flush_interval: Period,
 }
 
-fn default_flush() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_flush() -> Period {
+    Period(Duration::from_secs(1))
 }
 
 pub struct FileSinkPlugin;

@@ -6,9 +6,13 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::json::JsonRows;
+use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{
-    BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Source, SourceContext, SourcePlugin,
+    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Source, SourceContext,
+    SourcePlugin,
 };
+
+use crate::checkpoint::{Checkpoint, FileIdentity};
 
 /// How the file is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -39,7 +43,15 @@ pub struct FileSourceConfig {
     pub chunk_size: ByteSize,
     /// How often a tailed file is checked for new lines (default 250ms).
     #[serde(default = "default_poll")]
-    pub poll_interval: HumanDuration,
+    pub poll_interval: Period,
+    /// Where the offset of the lines every sink has written is kept, with the file's identity
+    /// (default `data/checkpoints/<source id>.json`). A restart resumes there when it is the same
+    /// file (path, device, inode and the first KiB unchanged), and reads from the start otherwise.
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// Read from the start even when a checkpoint says otherwise (the checkpoint is still written).
+    #[serde(default)]
+    pub ignore_checkpoint: bool,
 }
 
 fn default_time_column() -> String {
@@ -48,8 +60,8 @@ fn default_time_column() -> String {
 fn default_chunk() -> ByteSize {
     ByteSize(1 << 20)
 }
-fn default_poll() -> HumanDuration {
-    HumanDuration(Duration::from_millis(250))
+fn default_poll() -> Period {
+    Period(Duration::from_millis(250))
 }
 
 pub struct FileSourcePlugin;
@@ -64,20 +76,28 @@ impl SourcePlugin for FileSourcePlugin {
             return Err(ConfigError::at("chunk_size", "must be at least 1KiB"));
         }
         let rows = JsonRows::new(&cfg.schema, Some(&cfg.time_column));
-        Ok(BuiltSource { outputs: vec![OutputSpec::main(rows.schema().clone())], source: Box::new(FileSource { cfg, rows }) })
+        let checkpoint_file =
+            cfg.checkpoint_file.clone().unwrap_or_else(|| PathBuf::from("data/checkpoints").join(format!("{}.json", config.id)));
+        Ok(BuiltSource {
+            outputs: vec![OutputSpec::main(rows.schema().clone())],
+            source: Box::new(FileSource { cfg, rows, checkpoint_file }),
+        })
     }
 }
 
 pub struct FileSource {
     cfg: FileSourceConfig,
     rows: JsonRows,
+    checkpoint_file: PathBuf,
 }
 
 impl FileSource {
     /// Decode complete lines, send good rows, dead-letter bad ones. `first_line` numbers the lines.
-    async fn emit(&self, ctx: &SourceContext, text: &[u8], first_line: usize) -> bool {
+    /// `ack` resolves when both are durable (it covers the checkpoint after these lines).
+    async fn emit(&self, ctx: &SourceContext, text: &[u8], first_line: usize, ack: tributary_sdk::Ack) -> bool {
         ctx.metrics.bytes_in.add(text.len() as u64);
         let (batch, errors) = self.rows.decode_lines(text);
+        let acks = AckSet::single(ack);
         if !errors.is_empty() {
             ctx.metrics.errors.add(errors.len() as u64);
             let letters = errors
@@ -87,15 +107,55 @@ impl FileSource {
                     payload: e.raw,
                 })
                 .collect();
-            if ctx.dead_letters.send(letters, Default::default()).await.is_err() {
+            if ctx.dead_letters.send(letters, acks.clone()).await.is_err() {
                 return false;
             }
         }
         if batch.num_rows() == 0 {
+            acks.release();
             return true;
         }
         ctx.metrics.rows_in.add(batch.num_rows() as u64);
-        ctx.send(batch).await.is_ok()
+        ctx.output("").send(Batch::with_acks(batch, acks)).await.is_ok()
+    }
+
+    /// Where to start reading `file`: the checkpoint's offset when it is about this very file.
+    fn resume_point(&self, ctx: &SourceContext, identity: &FileIdentity, len: u64) -> Checkpoint {
+        let start = Checkpoint { identity: Some(identity.clone()), offset: 0, line: 1 };
+        if self.cfg.ignore_checkpoint {
+            return start;
+        }
+        match Checkpoint::load(&self.checkpoint_file) {
+            Ok(None) => start,
+            Ok(Some(saved)) => match saved.resumes(identity, len) {
+                Ok(()) => {
+                    tracing::info!(source = %ctx.id, path = %self.cfg.path.display(), offset = saved.offset, line = saved.line,
+                        "resuming after the lines every sink wrote");
+                    saved
+                }
+                Err(why) => {
+                    tracing::info!(source = %ctx.id, path = %self.cfg.path.display(), "reading from the start: {why}");
+                    start
+                }
+            },
+            Err(e) => {
+                tracing::warn!(source = %ctx.id, "reading from the start: {e:#}");
+                start
+            }
+        }
+    }
+
+    /// Commits checkpoints as the acks of the lines before them resolve.
+    fn progress(&self, ctx: &SourceContext) -> AckedProgress<Checkpoint> {
+        let (file, id) = (self.checkpoint_file.clone(), ctx.id.clone());
+        AckedProgress::new(move |c: Checkpoint| {
+            if c.identity.is_none() {
+                return; // not a regular file: nothing to resume
+            }
+            if let Err(e) = c.save(&file) {
+                tracing::error!(source = %id, "cannot save the checkpoint: {e:#}");
+            }
+        })
     }
 }
 
@@ -104,10 +164,20 @@ impl Source for FileSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let path = &self.cfg.path;
         let mut file = tokio::fs::File::open(path).await.with_context(|| format!("cannot open {}", path.display()))?;
+        let mut identity = FileIdentity::of(path, &mut file).await?;
+        let len = file.metadata().await?.len();
+        let resume = match &identity {
+            Some(identity) => self.resume_point(&ctx, identity, len),
+            None => Checkpoint::start(),
+        };
+        if resume.offset > 0 {
+            file.seek(std::io::SeekFrom::Start(resume.offset)).await?;
+        }
+        let progress = self.progress(&ctx);
         let chunk = self.cfg.chunk_size.0 as usize;
         let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
-        let mut offset: u64 = 0; // bytes of the file consumed into `buf` so far
-        let mut line_no = 1usize; // line number of buf's first line
+        let mut offset: u64 = resume.offset; // bytes of the file consumed into `buf` so far
+        let mut line_no = resume.line; // line number of buf's first line
         loop {
             let start = buf.len();
             buf.resize(start + chunk, 0);
@@ -122,7 +192,8 @@ impl Source for FileSource {
                     ReadMode::ReadOnce => {
                         // A last line without a newline is still a line.
                         if !buf.is_empty() {
-                            self.emit(&ctx, &buf, line_no).await;
+                            let ack = progress.track(Checkpoint { identity: identity.clone(), offset, line: line_no + 1 });
+                            self.emit(&ctx, &buf, line_no, ack).await;
                         }
                         return Ok(());
                     }
@@ -135,7 +206,7 @@ impl Source for FileSource {
                         if len < offset {
                             tracing::info!(source = %ctx.id, path = %path.display(), "file truncated; reading from the start");
                             file = tokio::fs::File::open(path).await?;
-                            file.seek(std::io::SeekFrom::Start(0)).await?;
+                            identity = FileIdentity::of(path, &mut file).await?;
                             buf.clear();
                             offset = 0;
                             line_no = 1;
@@ -148,7 +219,9 @@ impl Source for FileSource {
             let Some(last_nl) = buf.iter().rposition(|b| *b == b'\n') else { continue };
             let complete = &buf[..=last_nl];
             let lines = complete.iter().filter(|b| **b == b'\n').count();
-            if !self.emit(&ctx, complete, line_no).await {
+            let end = offset - (buf.len() - complete.len()) as u64;
+            let ack = progress.track(Checkpoint { identity: identity.clone(), offset: end, line: line_no + lines });
+            if !self.emit(&ctx, complete, line_no, ack).await {
                 return Ok(());
             }
             line_no += lines;
@@ -170,12 +243,79 @@ mod tests {
 
     use super::*;
 
+    /// A source reading `path`, its checkpoint beside it (`<path>.ckpt`).
     fn build(path: &std::path::Path, mode: &str) -> Box<dyn Source> {
         let cfg = ComponentConfig::from_yaml(
             "events",
-            &format!("{{path: {}, mode: {mode}, poll_interval: 20ms, schema: {{n: int}}}}", path.display()),
+            &format!(
+                "{{path: {}, mode: {mode}, poll_interval: 20ms, chunk_size: 1KiB, schema: {{n: int}}, checkpoint_file: {}.ckpt}}",
+                path.display(),
+                path.display()
+            ),
         );
         FileSourcePlugin.build(&cfg).map_err(|e| e.to_string()).unwrap().source
+    }
+
+    fn lines(range: std::ops::Range<i64>) -> String {
+        range.map(|n| format!("{{\"n\":{n}}}\n")).collect()
+    }
+
+    /// Reads `path` once; the batches' acks are released (every sink wrote them) or dropped.
+    async fn read_once(path: &std::path::Path, written: bool) -> Vec<i64> {
+        let (ctx, mut h) = source_context("events", &[""], 1024);
+        build(path, "read_once").run(ctx).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(d) = h.outputs.get_mut("").unwrap().try_recv() {
+            got.extend(values(&d.batch.data));
+            if written {
+                d.batch.acks.release();
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_restart_reads_only_lines_after_those_every_sink_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, lines(0..500)).unwrap();
+        assert_eq!(read_once(&path, true).await, (0..500).collect::<Vec<_>>());
+        assert_eq!(read_once(&path, true).await, Vec::<i64>::new(), "a second run reads nothing again");
+
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(lines(500..503).as_bytes()).unwrap();
+        assert_eq!(read_once(&path, true).await, [500, 501, 502], "appended lines only");
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.with_extension("jsonl.ckpt")).unwrap()).unwrap();
+        assert_eq!((saved["offset"].as_u64(), saved["line"].as_u64()), (Some(std::fs::metadata(&path).unwrap().len()), Some(504)));
+    }
+
+    #[tokio::test]
+    async fn lines_whose_acks_failed_are_read_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, lines(0..300)).unwrap();
+        assert_eq!(read_once(&path, false).await.len(), 300);
+        assert!(!path.with_extension("jsonl.ckpt").exists(), "nothing was written, nothing is checkpointed");
+        assert_eq!(read_once(&path, true).await.len(), 300, "all of it again");
+        assert_eq!(read_once(&path, true).await.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_or_rewritten_file_is_read_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, lines(0..100)).unwrap();
+        assert_eq!(read_once(&path, true).await.len(), 100);
+
+        // Rotated: a new file (another inode) under the same name.
+        let next = dir.path().join("next.jsonl");
+        std::fs::write(&next, lines(1000..1100)).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(read_once(&path, true).await, (1000..1100).collect::<Vec<_>>());
+
+        // Rewritten in place (same inode), longer than before: the head differs.
+        std::fs::write(&path, lines(2000..2150)).unwrap();
+        assert_eq!(read_once(&path, true).await, (2000..2150).collect::<Vec<_>>());
     }
 
     fn values(b: &RecordBatch) -> Vec<i64> {

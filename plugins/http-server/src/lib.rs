@@ -180,12 +180,26 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// Bodies decoded at once in the whole process: one per core.
+static DECODERS: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+
+/// Runs `decode` on the blocking pool, at most one per core at a time: a burst of large bodies
+/// neither stalls the async workers (the admin API and other sources stay responsive) nor holds
+/// the decoded form of every concurrent body in memory at once.
+/// A decoder that panicked (a bug hostile input found) is an `Err`, not a crash.
+pub async fn decode_off_reactor<T: Send + 'static>(decode: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let _permit = DECODERS.acquire().await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(decode).await.map_err(|e| format!("the body decoder failed: {e}"))
+}
+
 async fn ingest_rows(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match shared.ingest.read_body(&headers, body).await {
         Ok(b) => b,
         Err(refused) => return refused,
     };
-    match decode_body(&shared.rows, &bytes) {
+    let decoding = shared.clone();
+    match decode_off_reactor(move || decode_body(&decoding.rows, &bytes)).await.and_then(|decoded| decoded) {
         Ok(batch) => shared.ingest.accept(batch).await,
         Err(reason) => shared.ingest.reject(StatusCode::BAD_REQUEST, reason),
     }

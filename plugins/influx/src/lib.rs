@@ -20,8 +20,8 @@ use tributary_sdk::columns::{column_index, text_at, time_column_index};
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::retry::WriteError;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
-    Transient, Written,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Secret, Sink, SinkContext, SinkPlugin, Transient,
+    Written,
 };
 
 /// Config of an `influx` sink.
@@ -59,14 +59,14 @@ pub struct InfluxSinkConfig {
     pub batch_rows: usize,
     /// Write buffered rows at least this often (default 1s).
     #[serde(default = "default_batch_age")]
-    pub batch_age: HumanDuration,
+    pub batch_age: Period,
     /// A write that takes longer fails transiently and is retried (default 30s).
     #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Period,
 }
 
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_timeout() -> Period {
+    Period(Duration::from_secs(30))
 }
 
 fn default_time_column() -> String {
@@ -75,8 +75,8 @@ fn default_time_column() -> String {
 fn default_batch_rows() -> usize {
     5000
 }
-fn default_batch_age() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_batch_age() -> Period {
+    Period(Duration::from_secs(1))
 }
 
 /// How each column of the input is used.
@@ -150,7 +150,7 @@ impl SinkPlugin for InfluxSinkPlugin {
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: InfluxSinkConfig = config.decode()?;
         if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
-            return Err(ConfigError::at("url", format!("`{}` is not an http(s) URL", cfg.url)));
+            return Err(ConfigError::at("url", format!("`{}` is not an http(s) URL", tributary_sdk::redact::url_for_display(&cfg.url))));
         }
         let schema = single_input_schema(inputs)?;
         let layout = Layout::new(&cfg, &schema)?;
@@ -293,13 +293,13 @@ impl InfluxSink {
             Err(WriteError::Refused(msg)) => {
                 // The server refused the request as a whole: every row that was sent is rejected.
                 let json = rows_as_json(&rows);
-                let reason = format!("{} refused the write: {msg}", self.cfg.url);
+                let reason = format!("{} refused the write: {msg}", tributary_sdk::redact::url_for_display(&self.cfg.url));
                 rejected.extend(point_rows.iter().map(|&row| DeadLetter { payload: json[row].clone(), reason: reason.clone() }));
                 Ok(rejected)
             }
             Err(WriteError::Transient(msg)) => {
                 self.buffer.push(rows);
-                Err(Transient::new(anyhow::anyhow!("writing to {}: {msg}", self.cfg.url)))
+                Err(Transient::new(anyhow::anyhow!("writing to {}: {msg}", tributary_sdk::redact::url_for_display(&self.cfg.url))))
             }
         }
     }

@@ -13,8 +13,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
-    Transient, Written,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Secret, Sink, SinkContext, SinkPlugin, Transient,
+    Written,
 };
 
 use crate::client::{client_config, SslConfig};
@@ -44,15 +44,15 @@ pub struct KafkaSinkConfig {
     /// How long librdkafka keeps retrying one message before the write fails transiently and the
     /// engine retries the undelivered messages (default 30s).
     #[serde(default = "default_delivery_timeout")]
-    pub delivery_timeout: HumanDuration,
+    pub delivery_timeout: Period,
     #[serde(default)]
     pub ssl: Option<SslConfig>,
     #[serde(default)]
     pub librdkafka: BTreeMap<String, Secret>,
 }
 
-fn default_delivery_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_delivery_timeout() -> Period {
+    Period(Duration::from_secs(30))
 }
 
 pub struct KafkaSinkPlugin;

@@ -285,14 +285,18 @@ impl KafkaSource {
             let m = &received[e.line - 1];
             letters.push(DeadLetter { payload: e.raw, reason: format!("{}/{}@{}: {}", m.topic, m.partition, m.offset, e.reason) });
         }
+        let batch = match self.cfg.format {
+            SourceFormat::Json => batch,
+            SourceFormat::ApiStatusMonitor => {
+                let (rows, out_of_range) = api_status_rows(&batch, self.cfg.timestamp_offset_secs);
+                letters.extend(out_of_range);
+                rows
+            }
+        };
         if !letters.is_empty() {
             ctx.metrics.errors.add(letters.len() as u64);
             ctx.dead_letters.send(letters, AckSet::single(ack.clone())).await?;
         }
-        let batch = match self.cfg.format {
-            SourceFormat::Json => batch,
-            SourceFormat::ApiStatusMonitor => api_status_rows(&batch, self.cfg.timestamp_offset_secs),
-        };
         if batch.num_rows() == 0 {
             ack.release();
         } else {
@@ -302,14 +306,32 @@ impl KafkaSource {
     }
 }
 
+/// Latest event time a message may carry: 9999-12-31T23:59:59Z, in epoch seconds.
+const MAX_EPOCH_SECS: i64 = 253_402_300_799;
+
 /// The original consumer's view: `ts` from epoch seconds (plus the correction), `success` as
-/// `error == "" && 200 <= status_code < 300`.
-fn api_status_rows(raw: &RecordBatch, offset_secs: i64) -> RecordBatch {
+/// `error == "" && 200 <= status_code < 300`. Messages whose `timestamp` is not a time (beyond
+/// year 9999 or before 1970, e.g. milliseconds sent as seconds) come back as dead letters.
+fn api_status_rows(raw: &RecordBatch, offset_secs: i64) -> (RecordBatch, Vec<DeadLetter>) {
+    let stamp = raw.column_by_name("timestamp").expect("declared").as_primitive::<Int64Type>();
+    let secs = |s: i64| s.checked_add(offset_secs).filter(|t| (0..=MAX_EPOCH_SECS).contains(t));
+    let in_range: BooleanArray = stamp.iter().map(|s| Some(s.is_none_or(|s| secs(s).is_some()))).collect();
+    let mut letters = Vec::new();
+    if in_range.false_count() > 0 {
+        let json = tributary_sdk::dead_letter::rows_as_json(raw);
+        for i in (0..raw.num_rows()).filter(|&i| !in_range.value(i)) {
+            letters.push(DeadLetter {
+                payload: json[i].clone(),
+                reason: format!("timestamp {} is not a time in epoch seconds (1970 to 9999)", stamp.value(i)),
+            });
+        }
+    }
+    let raw = &datafusion::arrow::compute::filter_record_batch(raw, &in_range).expect("same length");
     let col = |n: &str| raw.column_by_name(n).expect("declared").clone();
     let stamp = raw.column_by_name("timestamp").expect("declared").as_primitive::<Int64Type>();
     let ts: TimestampMicrosecondArray = stamp
         .iter()
-        .map(|s| Some(s.map(|s| (s + offset_secs) * 1_000_000).unwrap_or_else(now_micros)))
+        .map(|s| Some(s.and_then(secs).map(|s| s * 1_000_000).unwrap_or_else(now_micros)))
         .collect::<TimestampMicrosecondArray>()
         .with_timezone("UTC");
     let status = raw.column_by_name("status_code").expect("declared").as_primitive::<Int64Type>();
@@ -333,7 +355,7 @@ fn api_status_rows(raw: &RecordBatch, offset_secs: i64) -> RecordBatch {
         col("in_sla"),
         Arc::new(success),
     ];
-    RecordBatch::try_new(api_status_schema(), columns).expect("api_status columns")
+    (RecordBatch::try_new(api_status_schema(), columns).expect("api_status columns"), letters)
 }
 
 fn now_micros() -> i64 {

@@ -245,6 +245,9 @@ async fn api_status_monitor_messages_become_rows_like_the_original_consumer() {
     let bootstrap = mock.bootstrap_servers();
     produce(&bootstrap, "statuses", &[
         r#"{"site": "https://aiven.io", "endpoint": "/", "status_code": 200, "log": "Freedom", "error": "", "response_time_ms": 345, "sla_ms": 1000, "in_sla": true, "timestamp": 1622106394}"#,
+        // Milliseconds where seconds belong (9.3e12 s is past year 9999): this used to overflow and
+        // crash the source on every restart.
+        r#"{"site": "https://ms.example", "endpoint": "/", "status_code": 200, "log": "", "error": "", "response_time_ms": 1, "sla_ms": 10, "in_sla": true, "timestamp": 9300000000000}"#,
         r#"{"site": "https://www.jpx.co.jp", "endpoint": "/", "status_code": 0, "log": "", "error": "TIMEOUT", "response_time_ms": 2500, "sla_ms": 2500, "in_sla": true, "timestamp": 1622106395}"#,
     ])
     .await;
@@ -260,6 +263,12 @@ async fn api_status_monitor_messages_become_rows_like_the_original_consumer() {
     assert_eq!(ts, [(1_622_106_394 - 7200) * 1_000_000, (1_622_106_395 - 7200) * 1_000_000]);
     let success: Vec<bool> = b.column_by_name("success").unwrap().as_boolean().iter().map(|v| v.unwrap()).collect();
     assert_eq!(success, [true, false]);
+    let dead = h.dead_letters.try_recv().expect("the out-of-range message is a dead letter");
+    let letters = dead.batch.data.clone();
+    dead.batch.acks.release();
+    assert_eq!(letters.num_rows(), 1);
+    assert_eq!(letters.column(2).as_string::<i32>().value(0), "timestamp 9300000000000 is not a time in epoch seconds (1970 to 9999)");
+    assert!(letters.column(3).as_string::<i32>().value(0).contains("\"site\":\"https://ms.example\""));
     d.batch.acks.release();
     h.shutdown.cancel();
     run.await.unwrap().unwrap();

@@ -26,13 +26,13 @@ use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::dead_letter::letters_for_rows;
 use tributary_sdk::retry::WriteError;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Secret, Sink, SinkContext, SinkPlugin,
-    Transient, Written,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Secret, Sink, SinkContext, SinkPlugin, Transient,
+    Written,
 };
 
 use export::Exporter;
 pub use export::Protocol;
-use points::{Layout, SeriesClock};
+use points::{Layout, SeriesState};
 
 /// Config of an `otlp` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,10 +66,17 @@ pub struct OtlpSinkConfig {
     pub batch_rows: usize,
     /// Export buffered rows at least this often (default 1s).
     #[serde(default = "default_batch_age")]
-    pub batch_age: HumanDuration,
+    pub batch_age: Period,
     /// Per-request timeout (default 10s).
     #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Period,
+    /// The temporality of what the sink aggregates itself: histograms, and counters whose column
+    /// holds increases (`temporality: delta`). `cumulative` (default, as the OpenTelemetry SDK):
+    /// running totals per series since the sink first saw it, which every receiver takes
+    /// (VictoriaMetrics up to v1.131 answers 200 to delta sums and histograms and drops them).
+    /// `delta`: each export's own increase, for receivers that prefer it.
+    #[serde(default)]
+    pub aggregation_temporality: Temporality,
 }
 
 /// One metric made from each row.
@@ -90,8 +97,9 @@ pub struct MetricConfig {
     pub unit: String,
     #[serde(default)]
     pub description: String,
-    /// Counters: `cumulative` (default: the column holds a running total) or `delta` (the column
-    /// holds the increase since the series' previous row).
+    /// Counters: what the column holds: `cumulative` (default: a running total, sent as is) or
+    /// `delta` (the increase since the series' previous row; sent as the sink's
+    /// `aggregation_temporality` says).
     #[serde(default)]
     pub temporality: Temporality,
     /// Histograms: upper bucket bounds, ascending (default: OpenTelemetry's default bounds).
@@ -149,11 +157,11 @@ fn default_scope() -> String {
 fn default_batch_rows() -> usize {
     2000
 }
-fn default_batch_age() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_batch_age() -> Period {
+    Period(Duration::from_secs(1))
 }
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_timeout() -> Period {
+    Period(Duration::from_secs(10))
 }
 
 impl OtlpSinkConfig {
@@ -200,12 +208,13 @@ impl SinkPlugin for OtlpSinkPlugin {
         let layout = Layout::new(&cfg, &schema)?;
         let exporter = Exporter::new(&cfg).map_err(|e| ConfigError::at("endpoint", e))?;
         let buffer = RowBuffer::new(schema, cfg.batch_rows.max(1));
-        Ok(Box::new(OtlpSink { cfg, layout, clock: SeriesClock::default(), exporter, buffer, unsent: None }))
+        Ok(Box::new(OtlpSink { cfg, layout, series: SeriesState::default(), exporter, buffer, unsent: None }))
     }
 }
 
 /// A request built from buffered rows and not yet accepted by the receiver. Kept as built for the
-/// retry: building advanced the series clock (delta start times), so it is sent again as is.
+/// retry: building advanced the series state (start times, running totals), so it is sent again
+/// as is.
 struct Unsent {
     rows: RecordBatch,
     request: ExportMetricsServiceRequest,
@@ -216,7 +225,7 @@ struct Unsent {
 pub struct OtlpSink {
     cfg: OtlpSinkConfig,
     layout: Layout,
-    clock: SeriesClock,
+    series: SeriesState,
     exporter: Exporter,
     buffer: RowBuffer,
     unsent: Option<Unsent>,
@@ -231,7 +240,7 @@ impl OtlpSink {
             let Some(rows) = self.buffer.take()? else {
                 return Ok(Vec::new());
             };
-            let (request, rejected) = self.layout.request(&rows, &mut self.clock)?;
+            let (request, rejected) = self.layout.request(&rows, &mut self.series)?;
             match request {
                 None => return Ok(rejected),
                 Some(request) => self.unsent = Some(Unsent { rows, request, rejected }),
@@ -251,9 +260,12 @@ impl OtlpSink {
             Err(WriteError::Refused(msg)) => {
                 // Refused as a whole: every row of the request is dead-lettered with the answer.
                 let sent = self.unsent.take().expect("present");
-                Ok(letters_for_rows(&sent.rows, &format!("{} refused the export: {msg}", self.cfg.endpoint)))
+                let endpoint = tributary_sdk::redact::url_for_display(&self.cfg.endpoint);
+                Ok(letters_for_rows(&sent.rows, &format!("{endpoint} refused the export: {msg}")))
             }
-            Err(WriteError::Transient(msg)) => Err(Transient::new(anyhow::anyhow!("exporting to {}: {msg}", self.cfg.endpoint))),
+            Err(WriteError::Transient(msg)) => {
+                Err(Transient::new(anyhow::anyhow!("exporting to {}: {msg}", tributary_sdk::redact::url_for_display(&self.cfg.endpoint))))
+            }
         }
     }
 }

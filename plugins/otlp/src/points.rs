@@ -25,6 +25,8 @@ use crate::{MetricKind, OtlpSinkConfig, Temporality, DEFAULT_BUCKETS};
 pub(crate) struct Layout {
     time: usize,
     time_name: String,
+    /// What is sent for what the sink aggregates itself (histograms, counters of increases).
+    aggregation: Temporality,
     metrics: Vec<MetricLayout>,
     resource: Resource,
     scope: InstrumentationScope,
@@ -84,6 +86,7 @@ impl Layout {
         Ok(Layout {
             time,
             time_name: cfg.time_column.clone(),
+            aggregation: cfg.aggregation_temporality,
             metrics,
             resource: Resource { attributes: resource, ..Default::default() },
             scope: InstrumentationScope { name: cfg.scope.clone(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() },
@@ -95,7 +98,7 @@ impl Layout {
     pub(crate) fn request(
         &self,
         rows: &RecordBatch,
-        clock: &mut SeriesClock,
+        series: &mut SeriesState,
     ) -> anyhow::Result<(Option<ExportMetricsServiceRequest>, Vec<DeadLetter>)> {
         let times = cast(rows.column(self.time), &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
         let times = times.as_primitive::<TimestampNanosecondType>();
@@ -136,40 +139,46 @@ impl Layout {
                     (!data_points.is_empty()).then_some(metric::Data::Gauge(Gauge { data_points }))
                 }
                 MetricKind::Counter => {
+                    // Increases become running totals per series when the receiver wants cumulative.
+                    let accumulate = m.temporality == Temporality::Delta && self.aggregation == Temporality::Cumulative;
+                    let sent = if accumulate { Temporality::Cumulative } else { m.temporality };
                     let data_points: Vec<NumberDataPoint> = point_rows
                         .map(|r| {
                             let attributes = attrs_of(r);
                             let time = nanos(times.value(r));
-                            let start = clock.start(index, &attributes, time, m.temporality);
+                            let (start, value) = if accumulate {
+                                series.running_total(index, &attributes, time, values.point(r))
+                            } else {
+                                (series.start(index, &attributes, time, m.temporality), values.point(r))
+                            };
                             NumberDataPoint {
                                 attributes,
                                 start_time_unix_nano: start,
                                 time_unix_nano: time,
-                                value: Some(values.point(r)),
+                                value: Some(value),
                                 ..Default::default()
                             }
                         })
                         .collect();
-                    let temporality = match m.temporality {
-                        Temporality::Cumulative => AggregationTemporality::Cumulative,
-                        Temporality::Delta => AggregationTemporality::Delta,
-                    };
                     (!data_points.is_empty()).then_some(metric::Data::Sum(Sum {
                         data_points,
-                        aggregation_temporality: temporality as i32,
+                        aggregation_temporality: otlp_temporality(sent),
                         is_monotonic: true,
                     }))
                 }
                 MetricKind::Histogram => {
-                    let data_points = histogram_points(
+                    let mut data_points = histogram_points(
                         point_rows.filter(|&r| values.float(r).is_finite()),
                         &attrs_of,
                         |r| (nanos(times.value(r)), values.float(r)),
                         &m.bounds,
                     );
+                    if self.aggregation == Temporality::Cumulative {
+                        data_points = data_points.into_iter().map(|p| series.accumulate_histogram(index, p)).collect();
+                    }
                     (!data_points.is_empty()).then_some(metric::Data::Histogram(Histogram {
                         data_points,
-                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                        aggregation_temporality: otlp_temporality(self.aggregation),
                     }))
                 }
             };
@@ -250,31 +259,101 @@ fn series_key(attributes: &[KeyValue]) -> Vec<u8> {
     key
 }
 
-/// Start times of counter series: a cumulative series starts when this sink first saw it; a
-/// delta point starts where the series' previous point ended.
-#[derive(Debug, Default)]
-pub(crate) struct SeriesClock {
-    series: HashMap<(usize, Vec<u8>), (u64, u64)>,
+fn otlp_temporality(t: Temporality) -> i32 {
+    match t {
+        Temporality::Cumulative => AggregationTemporality::Cumulative as i32,
+        Temporality::Delta => AggregationTemporality::Delta as i32,
+    }
 }
 
-/// Beyond this many series the clock starts over (start times reset), so an attribute with
-/// unbounded values cannot grow the sink's memory without limit.
+/// What the sink remembers per series (metric and attribute set), as the OpenTelemetry SDK's
+/// cumulative aggregation does: when the series was first and last seen (start times), and for
+/// cumulative output the running total of a counter of increases or the accumulated histogram.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesState {
+    series: HashMap<(usize, Vec<u8>), Series>,
+}
+
+#[derive(Debug)]
+struct Series {
+    first: u64,
+    last: u64,
+    total: Option<number_data_point::Value>,
+    histogram: Option<HistogramDataPoint>,
+}
+
+/// Beyond this many series the state starts over (start times reset, so receivers see a counter
+/// reset), so an attribute with unbounded values cannot grow the sink's memory without limit.
 const MAX_SERIES: usize = 100_000;
 
-impl SeriesClock {
-    fn start(&mut self, metric: usize, attributes: &[KeyValue], time: u64, temporality: Temporality) -> u64 {
+impl SeriesState {
+    fn entry(&mut self, metric: usize, attributes: &[KeyValue], time: u64) -> &mut Series {
         if self.series.len() >= MAX_SERIES {
             self.series.clear();
         }
-        let (first, last) = self.series.entry((metric, series_key(attributes))).or_insert((time, time));
+        let s =
+            self.series.entry((metric, series_key(attributes))).or_insert(Series { first: time, last: time, total: None, histogram: None });
+        s.first = s.first.min(time);
+        s
+    }
+
+    /// The start time of a counter point: a cumulative series starts when this sink first saw it;
+    /// a delta point starts where the series' previous point ended.
+    fn start(&mut self, metric: usize, attributes: &[KeyValue], time: u64, temporality: Temporality) -> u64 {
+        let s = self.entry(metric, attributes, time);
         let start = match temporality {
-            Temporality::Cumulative => (*first).min(time),
-            Temporality::Delta if *last < time => *last,
+            Temporality::Cumulative => s.first,
+            Temporality::Delta if s.last < time => s.last,
             Temporality::Delta => time,
         };
-        *first = (*first).min(time);
-        *last = (*last).max(time);
+        s.last = s.last.max(time);
         start
+    }
+
+    /// Adds an increase to the series' running total: (start time, total so far).
+    fn running_total(
+        &mut self,
+        metric: usize,
+        attributes: &[KeyValue],
+        time: u64,
+        increase: number_data_point::Value,
+    ) -> (u64, number_data_point::Value) {
+        use number_data_point::Value::{AsDouble, AsInt};
+        let s = self.entry(metric, attributes, time);
+        s.last = s.last.max(time);
+        let total = match (s.total, increase) {
+            (None, v) => v,
+            (Some(AsInt(a)), AsInt(b)) => AsInt(a.saturating_add(b)),
+            (Some(AsDouble(a)), AsDouble(b)) => AsDouble(a + b),
+            // A metric's column has one type; mixed values only after a schema change.
+            (Some(AsInt(a)), AsDouble(b)) => AsDouble(a as f64 + b),
+            (Some(AsDouble(a)), AsInt(b)) => AsDouble(a + b as f64),
+        };
+        s.total = Some(total);
+        (s.first, total)
+    }
+
+    /// Folds one export's histogram point into the series' cumulative one and returns that.
+    fn accumulate_histogram(&mut self, metric: usize, point: HistogramDataPoint) -> HistogramDataPoint {
+        let s = self.entry(metric, &point.attributes, point.start_time_unix_nano);
+        let first = s.first;
+        let merged = match s.histogram.take() {
+            None => point,
+            Some(mut acc) => {
+                acc.count += point.count;
+                acc.sum = Some(acc.sum.unwrap_or(0.0) + point.sum.unwrap_or(0.0));
+                acc.min = acc.min.zip(point.min).map(|(a, b)| a.min(b)).or(point.min);
+                acc.max = acc.max.zip(point.max).map(|(a, b)| a.max(b)).or(point.max);
+                for (a, b) in acc.bucket_counts.iter_mut().zip(&point.bucket_counts) {
+                    *a += b;
+                }
+                acc.time_unix_nano = acc.time_unix_nano.max(point.time_unix_nano);
+                acc
+            }
+        };
+        let merged = HistogramDataPoint { start_time_unix_nano: first, ..merged };
+        s.histogram = Some(merged.clone());
+        merged
     }
 }
 

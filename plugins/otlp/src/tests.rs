@@ -3,7 +3,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality, HistogramDataPoint, NumberDataPoint};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::testkit::{flush_retrying, free_port, sink_context, RotelReceiver};
@@ -56,6 +58,7 @@ fn ns(us: i64) -> u64 {
 
 const METRICS: &str = "
 endpoint: http://x
+aggregation_temporality: delta
 resource: {deployment.environment: lab}
 metrics:
   - {name: badge.events, kind: gauge, value: events, attributes: [channel, {column: status, name: http.status}], unit: '1', description: events per minute}
@@ -67,7 +70,7 @@ metrics:
 #[test]
 fn rows_become_typed_points_with_their_own_times_and_rows_without_time_are_rejected() {
     let layout = layout(METRICS);
-    let mut clock = SeriesClock::default();
+    let mut clock = SeriesState::default();
     let rows = batch(&[
         (Some(T0), Some("fact"), Some(200), Some(3), Some(1.0)),
         (Some(T0 + 60_000_000), Some("fact"), None, Some(5), Some(5.0)),
@@ -175,6 +178,71 @@ fn rows_become_typed_points_with_their_own_times_and_rows_without_time_are_rejec
         "a new series (no channel) starts at its own first point"
     );
     assert_eq!(metrics.len(), 3, "no score values: no histogram");
+}
+
+/// The default `aggregation_temporality: cumulative`: a counter of increases is sent as its running
+/// total per series, a histogram as everything the series saw since the sink started; both carry
+/// the series' first time as start, across exports.
+#[test]
+fn increases_and_histograms_are_sent_cumulative_with_state_per_series() {
+    let layout = layout(
+        "
+endpoint: http://x
+metrics:
+  - {name: events_total, kind: counter, value: events, temporality: delta, attributes: [channel]}
+  - {name: score, kind: histogram, value: score, attributes: [channel], buckets: [5, 10]}
+",
+    );
+    let mut series = SeriesState::default();
+    let export = |series: &mut SeriesState, rows: &[Row]| {
+        let request = layout.request(&batch(rows), series).unwrap().0.unwrap();
+        request.resource_metrics[0].scope_metrics[0].metrics.clone()
+    };
+    let sums = |m: &Metric| -> Vec<(String, u64, u64, i64)> {
+        let Some(metric::Data::Sum(sum)) = &m.data else { panic!("{m:?}") };
+        assert_eq!((sum.aggregation_temporality, sum.is_monotonic), (AggregationTemporality::Cumulative as i32, true));
+        sum.data_points
+            .iter()
+            .map(|p| {
+                let Some(any_value::Value::StringValue(ch)) = p.attributes[0].value.as_ref().unwrap().value.clone() else { panic!() };
+                let Some(number_data_point::Value::AsInt(v)) = p.value else { panic!() };
+                (ch, p.start_time_unix_nano, p.time_unix_nano, v)
+            })
+            .collect()
+    };
+    let first = export(
+        &mut series,
+        &[
+            (Some(T0), Some("fact"), None, Some(3), Some(1.0)),
+            (Some(T0), Some("news"), None, Some(10), Some(7.0)),
+            (Some(T0 + 60_000_000), Some("fact"), None, Some(4), Some(20.0)),
+        ],
+    );
+    assert_eq!(
+        sums(&first[0]),
+        [("fact".into(), ns(T0), ns(T0), 3), ("news".into(), ns(T0), ns(T0), 10), ("fact".into(), ns(T0), ns(T0 + 60_000_000), 7)]
+    );
+    let second = export(&mut series, &[(Some(T0 + 120_000_000), Some("fact"), None, Some(5), Some(6.0))]);
+    assert_eq!(sums(&second[0]), [("fact".into(), ns(T0), ns(T0 + 120_000_000), 12)], "3 + 4 + 5 since the series started");
+
+    let Some(metric::Data::Histogram(h)) = &second[1].data else { panic!() };
+    assert_eq!(h.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+    assert_eq!(
+        h.data_points,
+        [HistogramDataPoint {
+            attributes: vec![s("channel", "fact")],
+            start_time_unix_nano: ns(T0),
+            time_unix_nano: ns(T0 + 120_000_000),
+            count: 3,
+            sum: Some(27.0),
+            bucket_counts: vec![1, 1, 1],
+            explicit_bounds: vec![5.0, 10.0],
+            min: Some(1.0),
+            max: Some(20.0),
+            ..Default::default()
+        }],
+        "the first export's two fact rows and this one's; the news series is not re-sent"
+    );
 }
 
 #[test]

@@ -20,8 +20,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, HumanDuration, Sink, SinkContext, SinkPlugin, Transient,
-    Written,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Sink, SinkContext, SinkPlugin, Transient, Written,
 };
 
 /// Column compression.
@@ -57,7 +56,7 @@ pub struct ParquetSinkConfig {
     pub max_bytes: ByteSize,
     /// Write buffered rows at least this often, so data becomes visible and acknowledged (default 60s).
     #[serde(default = "default_max_age")]
-    pub max_age: HumanDuration,
+    pub max_age: Period,
     /// File name prefix (default `part`).
     #[serde(default = "default_prefix")]
     pub file_prefix: String,
@@ -75,8 +74,8 @@ fn default_max_rows() -> usize {
 fn default_max_bytes() -> ByteSize {
     ByteSize(128 << 20)
 }
-fn default_max_age() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
+fn default_max_age() -> Period {
+    Period(Duration::from_secs(60))
 }
 fn default_prefix() -> String {
     "part".into()

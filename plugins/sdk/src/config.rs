@@ -118,14 +118,23 @@ fn strip_serde_location(message: &str) -> String {
     }
 }
 
-/// A secret option (token, password). Never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// A secret option (token, password). Never printed: `Debug` and `Display` show `***`, and its
+/// value is registered with [`crate::redact`], so the engine's log lines show `***` wherever
+/// the value itself appears (in an error text from a library, say).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret::new(String::deserialize(d)?))
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::register_secret(&value);
+        Secret(value)
     }
     /// The value, for the one place that must send it (an auth header, a connection string).
     pub fn expose(&self) -> &str {
@@ -163,6 +172,31 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 .map(HumanDuration)
                 .map_err(|e| serde::de::Error::custom(format!("invalid duration `{t}` ({e}); expected e.g. `500ms`, `30s`, `5m`"))),
         }
+    }
+}
+
+/// A period or timeout: a [`HumanDuration`] that must be longer than 0. A zero period would make
+/// a timer panic or a loop spin, and a zero timeout would fail every call, so `0s` is refused when
+/// the config is read (naming the option) rather than at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period(pub Duration);
+
+impl Period {
+    pub const fn from_millis(ms: u64) -> Period {
+        Period(Duration::from_millis(ms))
+    }
+    pub const fn from_secs(s: u64) -> Period {
+        Period(Duration::from_secs(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let HumanDuration(duration) = HumanDuration::deserialize(d)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom("must be longer than 0s"));
+        }
+        Ok(Period(duration))
     }
 }
 
@@ -287,6 +321,19 @@ mod tests {
     struct Cfg {
         targets: Vec<Target>,
         interval: Option<HumanDuration>,
+    }
+
+    #[test]
+    fn a_zero_period_is_refused_with_the_option_named() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Timer {
+            flush_interval: Period,
+        }
+        let err = ComponentConfig::from_yaml("f", "flush_interval: 0s").decode::<Timer>().unwrap_err();
+        assert_eq!(err.to_string(), "flush_interval: must be longer than 0s");
+        let ok: Timer = ComponentConfig::from_yaml("f", "flush_interval: 250ms").decode().unwrap();
+        assert_eq!(ok.flush_interval, Period::from_millis(250));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod dead_letter;
 pub mod json;
 pub mod metrics;
 pub mod output;
+pub mod progress;
+pub mod redact;
 pub mod retry;
 pub mod sink;
 pub mod testkit;
@@ -28,7 +30,7 @@ pub use datafusion::arrow;
 pub use tokio_util::sync::CancellationToken;
 
 pub use ack::{Ack, AckSet, AckStatus};
-pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Secret};
+pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tributary_sdk::config::{ByteSize, PathSeg};
-use tributary_sdk::{ConfigError, HumanDuration, Secret};
+use tributary_sdk::{ConfigError, Period, Secret};
 
 /// Config of a `site_probe` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,13 +15,13 @@ pub struct SiteProbeConfig {
     /// Default time between probe starts of one target (default 10s). Fixed rate: the next probe
     /// is due one interval after the previous one was due, not after it finished.
     #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
+    pub interval: Period,
     /// Default response-time SLA in ms (default 1000).
     #[serde(default = "default_sla")]
     pub sla_ms: u64,
     /// Default timeout for a whole probe (default: the target's `sla_ms`, like the original monitor).
     #[serde(default)]
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Period>,
     /// Probes in flight at once across all targets (default 64).
     #[serde(default = "default_concurrency")]
     pub max_concurrency: usize,
@@ -40,7 +40,7 @@ pub struct SiteProbeConfig {
     pub start_jitter: bool,
     /// Rows are sent at least this often (default 1s).
     #[serde(default = "default_flush")]
-    pub flush_interval: HumanDuration,
+    pub flush_interval: Period,
 }
 
 /// One probed endpoint.
@@ -66,9 +66,9 @@ pub struct TargetConfig {
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]
-    pub interval: Option<HumanDuration>,
+    pub interval: Option<Period>,
     #[serde(default)]
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Period>,
     #[serde(default)]
     pub sla_ms: Option<u64>,
     /// Accepted statuses: codes (`204`), ranges (`200-299`) or classes (`2xx`). Default 2xx.
@@ -155,8 +155,8 @@ impl std::fmt::Display for StatusSpec {
     }
 }
 
-fn default_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_interval() -> Period {
+    Period(Duration::from_secs(10))
 }
 fn default_sla() -> u64 {
     1000
@@ -173,8 +173,8 @@ fn default_redirects() -> u32 {
 fn default_body_limit() -> ByteSize {
     ByteSize(1 << 20)
 }
-fn default_flush() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_flush() -> Period {
+    Period(Duration::from_secs(1))
 }
 fn default_method() -> String {
     "GET".into()

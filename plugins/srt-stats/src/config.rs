@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_sdk::{ConfigError, HumanDuration, Secret};
+use tributary_sdk::{ConfigError, HumanDuration, Period, Secret};
 
 use crate::parse::redact_passphrase;
 use crate::session::Role;
@@ -42,10 +42,10 @@ pub struct SrtStatsConfig {
     pub cumulative: bool,
     /// A stopped session is restarted after this delay, doubling up to `restart_max` (default 500ms).
     #[serde(default = "default_restart_initial")]
-    pub restart_initial: HumanDuration,
+    pub restart_initial: Period,
     /// Longest wait between restarts (default 30s).
     #[serde(default = "default_restart_max")]
-    pub restart_max: HumanDuration,
+    pub restart_max: Period,
     /// Rows are sent downstream at least this often (default 1s).
     #[serde(default = "default_batch_wait")]
     pub batch_wait: HumanDuration,
@@ -66,11 +66,11 @@ fn default_report_every() -> u32 {
 fn default_true() -> bool {
     true
 }
-fn default_restart_initial() -> HumanDuration {
-    HumanDuration(Duration::from_millis(500))
+fn default_restart_initial() -> Period {
+    Period(Duration::from_millis(500))
 }
-fn default_restart_max() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_restart_max() -> Period {
+    Period(Duration::from_secs(30))
 }
 fn default_batch_wait() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
@@ -184,7 +184,7 @@ pub struct DockerConfig {
     pub role_label: String,
     /// How often to look for containers that started (default 2s).
     #[serde(default = "default_discover")]
-    pub discover_interval: HumanDuration,
+    pub discover_interval: Period,
 }
 
 impl Default for DockerConfig {
@@ -208,8 +208,8 @@ fn default_session_label() -> String {
 fn default_role_label() -> String {
     "tributary.srt.role".into()
 }
-fn default_discover() -> HumanDuration {
-    HumanDuration(Duration::from_secs(2))
+fn default_discover() -> Period {
+    Period(Duration::from_secs(2))
 }
 
 /// `mode: srt_api`: an SRT management API (`POST /v1/login`, `GET /v1/get_tx`, `GET /v1/get_rx`).
@@ -222,17 +222,17 @@ pub struct ApiConfig {
     pub password: Secret,
     /// Poll interval (default 10s).
     #[serde(default = "default_api_interval")]
-    pub interval: HumanDuration,
+    pub interval: Period,
     /// Per-request timeout (default 10s).
     #[serde(default = "default_api_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Period,
 }
 
-fn default_api_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_api_interval() -> Period {
+    Period(Duration::from_secs(10))
 }
-fn default_api_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
+fn default_api_timeout() -> Period {
+    Period(Duration::from_secs(10))
 }
 
 impl SrtStatsConfig {

@@ -290,7 +290,7 @@ pub fn redact_passphrase(text: &str) -> String {
 /// Parse a JSON statistics line. Unknown keys are skipped; missing stats read 0 (older builds
 /// print fewer fields); a line without `sid` is an error.
 pub fn parse_json(line: &str) -> Result<StatsLine, ParseError> {
-    let mut s = Scanner { b: line.as_bytes(), i: 0 };
+    let mut s = Scanner { b: line.as_bytes(), i: 0, depth: 0 };
     let mut out = StatsLine { sid: 0, timepoint_us: None, values: [0.0; STAT_COUNT] };
     let mut saw_sid = false;
     s.object(|s, key| {
@@ -333,7 +333,13 @@ pub fn parse_json(line: &str) -> Result<StatsLine, ParseError> {
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
+    /// Arrays and objects open around the current value: bounded, so a hostile line of
+    /// `[[[[…` is an error instead of a stack overflow.
+    depth: usize,
 }
+
+/// Deepest nesting a statistics line may have (srt-live-transmit writes 3 levels).
+const MAX_DEPTH: usize = 32;
 
 impl<'a> Scanner<'a> {
     fn error(&self, what: &str) -> ParseError {
@@ -430,8 +436,19 @@ impl<'a> Scanner<'a> {
     }
     /// Skip any JSON value.
     fn skip_value(&mut self) -> Result<(), ParseError> {
+        if matches!(self.peek(), Some(b'{' | b'[')) {
+            if self.depth >= MAX_DEPTH {
+                return Err(self.error(&format!("nested deeper than {MAX_DEPTH} levels")));
+            }
+            self.depth += 1;
+            let skipped = self.skip_nested();
+            self.depth -= 1;
+            return skipped;
+        }
+        self.skip_scalar()
+    }
+    fn skip_nested(&mut self) -> Result<(), ParseError> {
         match self.peek() {
-            Some(b'"') => self.raw_string().map(|_| ()),
             Some(b'{') => self.object(|s, _| s.skip_value()),
             Some(b'[') => {
                 self.i += 1;
@@ -451,6 +468,12 @@ impl<'a> Scanner<'a> {
                     }
                 }
             }
+            _ => self.skip_scalar(),
+        }
+    }
+    fn skip_scalar(&mut self) -> Result<(), ParseError> {
+        match self.peek() {
+            Some(b'"') => self.raw_string().map(|_| ()),
             Some(b't') | Some(b'f') | Some(b'n') => {
                 let word = [&b"true"[..], b"false", b"null"].into_iter().find(|w| self.b[self.i..].starts_with(w));
                 match word {

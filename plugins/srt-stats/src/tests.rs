@@ -93,6 +93,17 @@ fn all_connect_and_disconnect_forms_and_the_noise() {
     }
 }
 
+/// A 60 KB line of nested arrays (from a supervised process or a container log) used to overflow
+/// the stack in the recursive value skipper and abort the process.
+#[test]
+fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+    let nested =
+        format!("{{\"sid\":1,\"timepoint\":\"2026-11-22T10:00:00.000000+0000\",\"x\":{}{}}}", "[".repeat(30_000), "]".repeat(30_000));
+    assert_eq!(parse_line(&nested).unwrap_err().0, "malformed JSON statistics line at byte 91: nested deeper than 32 levels");
+    let shallow = format!("{{\"sid\":1,\"timepoint\":\"2026-11-22T10:00:00.000000+0000\",\"x\":{}{}}}", "[".repeat(20), "]".repeat(20));
+    assert!(parse_line(&shallow).is_ok(), "20 levels are fine");
+}
+
 #[test]
 fn garbage_and_broken_stats_lines_are_errors_that_say_what() {
     assert_eq!(parse_line("hello world").unwrap_err().0, "not a statistics line or a known message: `hello world`");
@@ -348,8 +359,8 @@ fn api_poller(url: &str) -> api::ApiPoller {
         url: url.into(),
         username: "u".into(),
         password: tributary_sdk::Secret::new("p"),
-        interval: tributary_sdk::HumanDuration(Duration::from_secs(1)),
-        timeout: tributary_sdk::HumanDuration(Duration::from_secs(1)),
+        interval: tributary_sdk::Period(Duration::from_secs(1)),
+        timeout: tributary_sdk::Period(Duration::from_secs(1)),
     };
     api::ApiPoller::new("srt", cfg).unwrap()
 }

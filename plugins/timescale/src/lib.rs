@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use serde::Deserialize;
-use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, HumanDuration, Secret, Sink, SinkPlugin};
+use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Period, Secret, Sink, SinkPlugin};
 
 pub use sink::TimescaleSink;
 
@@ -50,16 +50,16 @@ pub struct TimescaleSinkConfig {
     pub batch_rows: usize,
     /// Write buffered rows at least this often (default 1s).
     #[serde(default = "default_batch_age")]
-    pub batch_age: HumanDuration,
+    pub batch_age: Period,
     /// Hypertable chunk interval (TimescaleDB only; default 1 day).
     #[serde(default = "default_chunk_interval")]
-    pub chunk_interval: HumanDuration,
+    pub chunk_interval: Period,
     /// Drop chunks older than this (TimescaleDB only; default 30 days; `null` keeps everything).
     #[serde(default = "default_retention")]
-    pub retention: Option<HumanDuration>,
+    pub retention: Option<Period>,
     /// Compress chunks older than this (TimescaleDB only; default off).
     #[serde(default)]
-    pub compress_after: Option<HumanDuration>,
+    pub compress_after: Option<Period>,
     /// Attempts to connect and prepare the table at start while the server is unreachable or
     /// still starting (default 12, backoff 100ms doubling up to 10s: about a minute). Writes are
     /// retried by the engine without limit (the sink's `retry:` option).
@@ -68,7 +68,7 @@ pub struct TimescaleSinkConfig {
     /// A connection attempt or a write that takes longer fails transiently and is retried on a new
     /// connection (default 30s): a server that accepts and never answers does not hang the sink.
     #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Period,
 }
 
 fn default_schema() -> String {
@@ -80,20 +80,20 @@ fn default_time_column() -> String {
 fn default_batch_rows() -> usize {
     5000
 }
-fn default_batch_age() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
+fn default_batch_age() -> Period {
+    Period(Duration::from_secs(1))
 }
-fn default_chunk_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(86_400))
+fn default_chunk_interval() -> Period {
+    Period(Duration::from_secs(86_400))
 }
-fn default_retention() -> Option<HumanDuration> {
-    Some(HumanDuration(Duration::from_secs(30 * 86_400)))
+fn default_retention() -> Option<Period> {
+    Some(Period(Duration::from_secs(30 * 86_400)))
 }
 fn default_connect_attempts() -> u32 {
     12
 }
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
+fn default_timeout() -> Period {
+    Period(Duration::from_secs(30))
 }
 
 impl TimescaleSinkConfig {

@@ -12,6 +12,9 @@ use datafusion::arrow::datatypes::{
 /// PostgreSQL's epoch (2000-01-01) in Unix microseconds and days.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 const PG_EPOCH_DAYS: i32 = 10_957;
+/// PostgreSQL's timestamp range (4713 BC to 294276 AD), in microseconds since its epoch.
+const PG_TIMESTAMP_MIN: i64 = -211_813_488_000_000_000;
+const PG_TIMESTAMP_MAX: i64 = 9_223_371_331_199_999_999;
 
 /// The column type the sink creates for an Arrow type, as `udt_name` (what `information_schema`
 /// reports) and as SQL. `None`: the sink cannot store it.
@@ -151,8 +154,14 @@ impl ColumnEncoder {
                     TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(i),
                     TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(i) / 1_000,
                 };
+                // Checked: a hostile timestamp near the integer limits must become a rejected
+                // row, not an overflow.
+                let pg = us.checked_sub(PG_EPOCH_US).filter(|v| (PG_TIMESTAMP_MIN..=PG_TIMESTAMP_MAX).contains(v));
+                let Some(pg) = pg else {
+                    return Err(format!("column `{}`: timestamp {us} µs since 1970 is outside PostgreSQL's range (4713 BC to 294276 AD)", self.name));
+                };
                 out.put_i32(8);
-                out.put_i64(us - PG_EPOCH_US);
+                out.put_i64(pg);
                 Ok(())
             }
             PgKind::Date => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tokio_postgres::{Client, NoTls};
 use tributary_sdk::testkit::{flush_retrying, sink_context};
@@ -193,6 +193,21 @@ async fn existing_table_gains_missing_columns_and_narrow_types_are_honoured() {
     let letters = sink.flush(&ctx).await.unwrap();
     assert_eq!(letters.len(), 1, "out-of-range row is a dead letter");
     assert_eq!(letters[0].reason, "rejected by PostgreSQL: column `status_code`: value 70000 is out of range for PostgreSQL type smallint");
+
+    // A timestamp at the integer limit (hostile input) used to overflow the epoch shift: now it
+    // is a dead letter and the rows around it are written.
+    let mut cols = probe_rows(20..23, "short.io").columns().to_vec();
+    let times = cols[0].as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+    cols[0] = Arc::new(TimestampMicrosecondArray::from(vec![times.value(0), i64::MIN, times.value(2)]).with_timezone("UTC"));
+    sink.write(RecordBatch::try_new(probe_schema(), cols).unwrap(), &ctx).await.unwrap();
+    let letters = sink.flush(&ctx).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0].reason,
+        "rejected by PostgreSQL: column `ts`: timestamp -9223372036854775808 µs since 1970 is outside PostgreSQL's range (4713 BC to 294276 AD)"
+    );
+    let n: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
+    assert_eq!(n, 4, "the two good rows around it are written");
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_sdk::{ConfigError, HumanDuration, Secret};
+use tributary_sdk::{ConfigError, HumanDuration, Period, Secret};
 
 use crate::datasets::Dataset;
 
@@ -23,7 +23,7 @@ pub struct WebexMeshConfig {
     pub auth: AuthConfig,
     /// How often to poll.
     #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
+    pub interval: Period,
     /// Each poll reads `[now − lookback, now]`; more than `interval`, so windows overlap and the
     /// sinks' upserts absorb the re-reads.
     #[serde(default = "default_lookback")]
@@ -50,7 +50,7 @@ pub struct WebexMeshConfig {
     pub concurrency: usize,
     /// Per-request timeout.
     #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Period,
     /// Attempts per request on 429, 5xx and transport errors.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
@@ -89,20 +89,20 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub requests: u32,
-    pub per: HumanDuration,
+    pub per: Period,
 }
 
 impl Default for RateLimit {
     fn default() -> Self {
-        RateLimit { requests: 50, per: HumanDuration(Duration::from_secs(300)) }
+        RateLimit { requests: 50, per: Period(Duration::from_secs(300)) }
     }
 }
 
 fn default_base_url() -> String {
     "https://webexapis.com/v1".into()
 }
-fn default_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(600))
+fn default_interval() -> Period {
+    Period(Duration::from_secs(600))
 }
 fn default_lookback() -> HumanDuration {
     HumanDuration(Duration::from_secs(1800))
@@ -119,8 +119,8 @@ fn default_state_file() -> PathBuf {
 fn default_concurrency() -> usize {
     4
 }
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
+fn default_timeout() -> Period {
+    Period(Duration::from_secs(60))
 }
 fn default_attempts() -> u32 {
     5

@@ -14,7 +14,8 @@ pub mod time;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tributary_sdk::{Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
+use tributary_sdk::progress::AckedProgress;
+use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
 
 use client::{ApiClient, RateLimiter};
 use config::WebexMeshConfig;
@@ -72,6 +73,7 @@ impl Source for WebexMeshSource {
         );
         let poller = Poller { source_id: self.id.clone(), client, cfg: cfg.clone(), metrics: ctx.metrics.clone() };
         let mut backfill = BackfillState::load(&cfg.state_file).map_err(|e| anyhow::anyhow!(e))?;
+        let progress = backfill_progress(&self.id, &cfg.state_file);
         let mut tick = tokio::time::interval(cfg.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -92,7 +94,7 @@ impl Source for WebexMeshSource {
                 poller.read_window(org, now - lookback, now, now, &mut harvest).await;
             }
             let auth_failure = harvest.auth_failure.take();
-            send(&ctx, harvest).await?;
+            send(&ctx, harvest, AckSet::none()).await?;
             if let (Some(e), Some(o)) = (auth_failure, &oauth) {
                 if e.needs_login() {
                     if o.login(&e, &ctx.shutdown).await.is_err() {
@@ -110,15 +112,15 @@ impl Source for WebexMeshSource {
                         }
                         let mut harvest = Harvest::default();
                         poller.read_window(org, from, to, Utc::now(), &mut harvest).await;
-                        let failed = harvest.rows.get("").is_some_and(|calls| calls.iter().any(|c| !c["error"].is_null()));
-                        send(&ctx, harvest).await?;
-                        if failed {
+                        if harvest.rows.get("").is_some_and(|calls| calls.iter().any(|c| !c["error"].is_null())) {
                             // Retried from the same window next cycle.
+                            send(&ctx, harvest, AckSet::none()).await?;
                             break;
                         }
                         backfill.done_until(&org.id, from);
-                        backfill.save(&cfg.state_file).map_err(|e| anyhow::anyhow!(e))?;
-                        tracing::info!(source = %self.id, org = %org.id, "backfilled {} .. {}", time::query_time(from), time::query_time(to));
+                        // Saved once every sink wrote this window's rows (and the windows before).
+                        send(&ctx, harvest, AckSet::single(progress.track(backfill.clone()))).await?;
+                        tracing::info!(source = %self.id, org = %org.id, "read the backfill window {} .. {}", time::query_time(from), time::query_time(to));
                     }
                 }
             }
@@ -127,20 +129,34 @@ impl Source for WebexMeshSource {
     }
 }
 
-async fn send(ctx: &SourceContext, harvest: Harvest) -> anyhow::Result<()> {
+/// Sends every output's rows, each batch holding `acks`. Rows that cannot be encoded are counted
+/// and logged; their copy of the acks is dropped, which fails them (a backfill window is read
+/// again after a restart rather than skipped).
+async fn send(ctx: &SourceContext, harvest: Harvest, acks: AckSet) -> anyhow::Result<()> {
     for (output, rows) in harvest.rows {
         if rows.is_empty() {
             continue;
         }
         match datasets::to_batch(output, &rows) {
-            Ok(batch) => ctx.output(output).send(Batch::new(batch)).await?,
+            Ok(batch) => ctx.output(output).send(Batch::with_acks(batch, acks.clone())).await?,
             Err(e) => {
                 ctx.metrics.errors.inc();
                 tracing::error!(source = %ctx.id, "rows for output `{output}` could not be encoded: {e}");
+                acks.clone().fail();
             }
         }
     }
+    acks.release();
     Ok(())
+}
+
+/// Saves backfill progress to `state_file` as the windows' acks resolve, in read order.
+fn backfill_progress(source: &str, state_file: &std::path::Path) -> AckedProgress<BackfillState> {
+    let (source, path) = (source.to_string(), state_file.to_path_buf());
+    AckedProgress::new(move |state: BackfillState| match state.save(&path) {
+        Ok(()) => tracing::info!(source = %source, "backfill progress saved: {}", state.summary()),
+        Err(e) => tracing::error!(source = %source, "cannot save backfill progress: {e}"),
+    })
 }
 
 #[cfg(test)]

@@ -278,9 +278,23 @@ impl BackfillState {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
+        // Written aside, fsynced and renamed: a crash leaves the old state or the new, whole.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(self).expect("serializes")).map_err(fail)?;
+        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(self).expect("serializes").as_bytes()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, path).map_err(fail)
+    }
+
+    /// `org reached <time> (target <time>)` per organisation, for the log.
+    pub fn summary(&self) -> String {
+        let mut orgs: Vec<String> = self
+            .orgs
+            .iter()
+            .map(|(org, b)| format!("{org} back to {} (target {})", crate::time::query_time(b.reached), crate::time::query_time(b.target)))
+            .collect();
+        orgs.sort();
+        orgs.join(", ")
     }
 
     /// The next window to backfill for `org` (registering it on first sight), or `None` when done.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::simulator;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use tributary_sdk::testkit::{source_context, SourceHarness};
 use tributary_sdk::{ComponentConfig, SourcePlugin};
 use tributary_webex_mesh::datasets::OUTPUTS;
@@ -135,4 +136,58 @@ async fn a_failing_endpoint_is_logged_with_its_tracking_id_and_the_others_go_on(
     // The redirects call succeeded on its second attempt.
     assert_eq!(sim.served("/v1/videoMesh/callRedirects", 503), 1);
     assert_eq!(sim.served("/v1/videoMesh/callRedirects", 200), 1);
+}
+
+/// Backfill progress is saved from the acks of the rows it covers: while no sink has written a
+/// window, the state file does not move; once every batch is acknowledged it records the target.
+#[tokio::test]
+async fn backfill_progress_is_saved_only_once_every_sink_wrote_its_rows() {
+    let sim = simulator(SimConfig { personal_token: Some(TOKEN.into()), ..SimConfig::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let yaml = format!(
+        "base_url: {}\nauth: {{access_token: {TOKEN}}}\ninterval: 30m\nbackfill: 3d\nbackfill_window: 1d\ndatasets: [clusters, utilization]\nstate_file: {}\n",
+        sim.base_url(),
+        state_file.display()
+    );
+    let built = WebexMeshPlugin.build(&ComponentConfig::from_yaml("mesh", &yaml)).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = OUTPUTS.iter().map(|(n, _)| *n).collect();
+    let (ctx, mut harness) = source_context("mesh", &names, 256);
+    let task = tokio::spawn(built.source.run(ctx));
+
+    // Hold every delivery (nothing written yet) until the source has been quiet for a second.
+    let mut held = Vec::new();
+    let mut quiet_since = tokio::time::Instant::now();
+    let deadline = quiet_since + Duration::from_secs(60);
+    while held.iter().filter(|b: &&tributary_sdk::Batch| !b.acks.is_empty()).count() == 0 || quiet_since.elapsed() < Duration::from_secs(1)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the backfill did not run");
+        for rx in harness.outputs.values_mut() {
+            while let Ok(d) = rx.try_recv() {
+                held.push(d.batch);
+                quiet_since = tokio::time::Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The call log of the backfill windows (the live poll's batches carry no acks).
+    let windows: std::collections::BTreeSet<String> = held
+        .iter()
+        .filter(|b| !b.acks.is_empty() && b.data.schema().column_with_name("endpoint").is_some())
+        .flat_map(|b| {
+            let from = cast(b.data.column_by_name("from_timestamp").unwrap(), &DataType::Utf8).unwrap();
+            (0..from.len()).map(|i| from.as_string::<i32>().value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(windows.len(), 3, "three one-day windows were read: {windows:?}");
+    assert!(!state_file.exists(), "nothing is written, so no progress is saved");
+
+    for batch in held {
+        batch.acks.release();
+    }
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_file).expect("saved after the acks")).unwrap();
+    let org = state["orgs"].as_object().unwrap().values().next().unwrap().clone();
+    assert_eq!(org["reached"], org["target"], "the whole backfill is recorded: {state}");
+    harness.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
 }

@@ -1,0 +1,128 @@
+//! The file source's checkpoint: which file it read (path, device, inode, a fingerprint of its
+//! head, as Vector's and Fluent Bit's file inputs identify files) and the offset up to which every
+//! sink has written its lines.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Bytes of the file's head that are fingerprinted (fewer when the file is shorter).
+const HEAD_BYTES: usize = 1024;
+
+/// What makes a file the same file after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileIdentity {
+    pub path: PathBuf,
+    pub device: u64,
+    pub inode: u64,
+    /// How many bytes of the head `head_hash` covers.
+    pub head_len: usize,
+    /// FNV-1a of the first `head_len` bytes: a file replaced in place (same inode after a copy
+    /// truncate, or an inode reused) has another head.
+    pub head_hash: String,
+}
+
+impl FileIdentity {
+    /// The identity of the open `file`, which is left positioned at its start; `None` when it is
+    /// not a regular file (a FIFO or a device cannot be fingerprinted, seeked or resumed).
+    pub async fn of(path: &Path, file: &mut tokio::fs::File) -> anyhow::Result<Option<FileIdentity>> {
+        let meta = file.metadata().await.with_context(|| format!("stat {}", path.display()))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let (head_len, head_hash) = head(file, HEAD_BYTES).await.with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(FileIdentity { path: path.to_path_buf(), device: meta.dev(), inode: meta.ino(), head_len, head_hash }))
+    }
+}
+
+/// The fingerprint of up to `limit` first bytes of `file`, which is left positioned at its start.
+async fn head(file: &mut tokio::fs::File, limit: usize) -> std::io::Result<(usize, String)> {
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let mut bytes = Vec::with_capacity(limit);
+    file.take(limit as u64).read_to_end(&mut bytes).await?;
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    Ok((bytes.len(), fnv1a(&bytes)))
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+/// The lines before `offset` (line `line` starts there) are written by every sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    /// `None` for what is not a regular file: such checkpoints are never saved.
+    #[serde(flatten)]
+    pub identity: Option<FileIdentity>,
+    pub offset: u64,
+    pub line: usize,
+}
+
+impl Checkpoint {
+    /// The start of a file that has no identity to resume by.
+    pub fn start() -> Checkpoint {
+        Checkpoint { identity: None, offset: 0, line: 1 }
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| format!("checkpoint {} is unreadable", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("checkpoint {}", path.display())),
+        }
+    }
+
+    /// Whether reading may go on at this checkpoint in the file `current` (now `len` bytes long);
+    /// the reason to start over otherwise.
+    pub fn resumes(&self, current: &FileIdentity, len: u64) -> Result<(), String> {
+        let Some(saved) = &self.identity else { return Err("the checkpoint names no file".into()) };
+        if saved.path != current.path {
+            return Err(format!("the checkpoint is for {}", saved.path.display()));
+        }
+        if (saved.device, saved.inode) != (current.device, current.inode) {
+            return Err("the file was replaced (another inode)".into());
+        }
+        if len < self.offset {
+            return Err(format!("the file is shorter ({len} bytes) than the checkpoint's offset {}", self.offset));
+        }
+        // The current head is at least as long as the saved one unless the file shrank, caught above.
+        if current.head_len < saved.head_len || !current.head_matches(saved) {
+            return Err("the file's first bytes changed (rewritten in place)".into());
+        }
+        Ok(())
+    }
+
+    /// Written to a temporary file, fsynced and renamed over the old one: a crash leaves the old
+    /// checkpoint or the new one, never half of one.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(serde_json::to_string(self).expect("serializes").as_bytes())?;
+        f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    }
+}
+
+impl FileIdentity {
+    /// Whether this (current) file starts with the bytes `saved` fingerprinted.
+    fn head_matches(&self, saved: &FileIdentity) -> bool {
+        if self.head_len == saved.head_len {
+            return self.head_hash == saved.head_hash;
+        }
+        // The file grew past a short head: compare the same number of bytes again.
+        use std::io::Read;
+        let mut bytes = Vec::with_capacity(saved.head_len);
+        match std::fs::File::open(&self.path).and_then(|f| f.take(saved.head_len as u64).read_to_end(&mut bytes)) {
+            Ok(n) => n == saved.head_len && fnv1a(&bytes) == saved.head_hash,
+            Err(_) => false,
+        }
+    }
+}
