@@ -48,7 +48,12 @@ pub async fn run_file(
     let file = PipelineFile::load(path)?;
     let plan = graph::plan(&file, &plugins::Registry::builtin()).await?;
     let admin_state = if file.admin.enabled || admin.is_some() {
-        let state = Arc::new(admin::AdminState::new(file.admin.degraded_after.0));
+        let access = admin::TapAccess {
+            token: file.admin.token.clone().filter(|t| !t.expose().is_empty()),
+            max_rows: file.admin.tap_max_rows,
+            max_duration: file.admin.tap_max_duration.0,
+        };
+        let state = Arc::new(admin::AdminState::new(file.admin.degraded_after.0).with_tap_access(access));
         let address = admin.unwrap_or(file.admin.address);
         admin::serve(address, state.clone(), shutdown.clone()).await.map_err(StartError::Admin)?;
         Some(state)

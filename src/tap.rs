@@ -35,12 +35,19 @@ fn encode(s: &str) -> String {
 }
 
 /// Stream rows to stdout (one JSON object per line); why the tap ended goes to stderr.
-pub async fn print_tap(admin: SocketAddr, output: &str, filter: Option<&str>, limit: Option<u64>) -> anyhow::Result<()> {
+pub async fn print_tap(
+    admin: SocketAddr,
+    output: &str,
+    filter: Option<&str>,
+    limit: Option<u64>,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
     let mut conn = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("cannot reach the pipeline's admin API at {admin} (is it running? pass --admin)"))?;
     let path = tap_path(output, filter, limit);
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").as_bytes()).await?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n{auth}\r\n").as_bytes()).await?;
     let mut lines = BufReader::new(conn).lines();
     let status = lines.next_line().await?.unwrap_or_default();
     let code: u16 = status.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -18,10 +18,7 @@ async fn a_database_cut_under_a_stream_source_loses_nothing_and_acks_nothing_ear
     let db = pg().await;
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
 
-    let proxy_port = tributary_sdk::testkit::free_port();
-    let (target, via_proxy) = tributary_sdk::testkit::test_postgres_via(proxy_port);
-    let mut proxy = CuttableProxy::new(proxy_port, target);
-    proxy.open().await;
+    let (mut proxy, via_proxy) = CuttableProxy::to_test_postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let admin = free_addr();
     let pipeline = write(

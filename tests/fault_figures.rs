@@ -142,10 +142,7 @@ async fn postgres_cut_under_load(d: &Durations) -> Figure {
     let table = format!("fault_http_{}", std::process::id());
     let db = pg().await;
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
-    let proxy_port = tributary_sdk::testkit::free_port();
-    let (target, via_proxy) = tributary_sdk::testkit::test_postgres_via(proxy_port);
-    let mut proxy = CuttableProxy::new(proxy_port, target);
-    proxy.open().await;
+    let (mut proxy, via_proxy) = CuttableProxy::to_test_postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let (admin, ingest) = (free_addr(), free_addr());
     let pipeline = write(
@@ -254,10 +251,7 @@ async fn kafka_cut_and_kill(d: &Durations) -> Figure {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic("statuses", PARTITIONS, 1).unwrap();
     let bootstrap = mock.bootstrap_servers();
-    let proxy_port = tributary_sdk::testkit::free_port();
-    let (target, via_proxy) = tributary_sdk::testkit::test_postgres_via(proxy_port);
-    let mut proxy = CuttableProxy::new(proxy_port, target);
-    proxy.open().await;
+    let (mut proxy, via_proxy) = CuttableProxy::to_test_postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let admin = free_addr();
     let pipeline = write(
@@ -428,7 +422,10 @@ async fn redis_restart_under_stream() -> Figure {
     ];
     f.check(f.lost == 0 && caught_up, format!("{} entries missing", f.lost));
     f.check(left_pending == 0, format!("{left_pending} entries left pending"));
-    f.check(status_down == 503 && health_down["failing"] == serde_json::json!(["badges"]), "/health did not name the source while Redis was down");
+    f.check(
+        status_down == 503 && health_down["failing"] == serde_json::json!(["badges"]),
+        "/health did not name the source while Redis was down",
+    );
     f.check(exit.success(), format!("exit {exit:?}"));
     f
 }

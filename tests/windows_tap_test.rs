@@ -124,7 +124,7 @@ async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
         dir.path(),
         "p.yaml",
         &format!(
-            "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    schema: {{site: string, latency_ms: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\"}}\n",
+            "admin: {{address: \"{admin}\", token: \"${{TAP_TEST_TOKEN:-tap-token-123}}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    schema: {{site: string, latency_ms: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\"}}\n",
             dir.path().join("out.jsonl").display()
         ),
     );
@@ -132,8 +132,22 @@ async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
     wait_for_port(addr).await;
     wait_for_port(admin).await;
 
+    // `/tap` serves rows and dead letters: without the admin token it serves nothing.
+    let refused = std::process::Command::new(bin())
+        .args(["tap", "ingest", "--admin", &admin.to_string()])
+        .env_remove("TRIBUTARY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the admin token is required for /tap"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     let tap = tokio::process::Command::new(bin())
         .args(["tap", "ingest", "--where", "latency_ms > 500", "--limit", "2", "--admin", &admin.to_string()])
+        .env("TRIBUTARY_ADMIN_TOKEN", "tap-token-123")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -157,7 +171,10 @@ async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "tap closed: limit reached\n");
 
     // An unknown output and a bad predicate are refused with the reason.
-    let bad = std::process::Command::new(bin()).args(["tap", "nope", "--admin", &admin.to_string()]).output().unwrap();
+    let bad = std::process::Command::new(bin())
+        .args(["tap", "nope", "--admin", &admin.to_string(), "--token", "tap-token-123"])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("no output `nope`; outputs: ingest, ingest.dead_letter, out.dead_letter"),
@@ -165,13 +182,23 @@ async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
         String::from_utf8_lossy(&bad.stderr)
     );
     let bad = std::process::Command::new(bin())
-        .args(["tap", "ingest", "--where", "no_such_column > 1", "--admin", &admin.to_string()])
+        .args(["tap", "ingest", "--where", "no_such_column > 1", "--admin", &admin.to_string(), "--token", "tap-token-123"])
         .output()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("invalid --where `no_such_column > 1`"),
         "{}",
         String::from_utf8_lossy(&bad.stderr)
+    );
+    // The filter is one predicate over the output's columns: no appended SQL, no generators.
+    let bad = std::process::Command::new(bin())
+        .args(["tap", "ingest", "--where", "1=1 UNION SELECT * FROM generate_series(1, 1000000000)", "--admin", &admin.to_string()])
+        .env("TRIBUTARY_ADMIN_TOKEN", "tap-token-123")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr),
+        "tap failed: invalid --where `1=1 UNION SELECT * FROM generate_series(1, 1000000000)`: only one predicate is allowed; `UNION` follows it\n"
     );
 
     shutdown.cancel();

@@ -23,6 +23,8 @@ use tributary_sdk::{ComponentMetrics, Delivery, Tap};
 use crate::config::Kind;
 use crate::sql::SqlTransform;
 
+mod tap_filter;
+
 /// What the admin endpoints know about one component.
 pub struct ComponentInfo {
     pub id: String,
@@ -41,11 +43,34 @@ pub struct AdminState {
     stopping: AtomicBool,
     /// A component failing this long makes `/health` answer `degraded`.
     degraded_after: std::time::Duration,
+    tap_access: TapAccess,
+}
+
+/// Who may tap and how much one tap may take.
+#[derive(Clone)]
+pub struct TapAccess {
+    /// When set, `/tap` needs `Authorization: Bearer <token>` (it serves rows and dead letters).
+    pub token: Option<tributary_sdk::Secret>,
+    /// Rows one tap streams at most (`limit` can ask for fewer).
+    pub max_rows: u64,
+    /// How long one tap stays open at most.
+    pub max_duration: std::time::Duration,
+}
+
+impl Default for TapAccess {
+    fn default() -> Self {
+        TapAccess { token: None, max_rows: 10_000, max_duration: std::time::Duration::from_secs(600) }
+    }
 }
 
 impl AdminState {
     pub fn new(degraded_after: std::time::Duration) -> Self {
         AdminState { degraded_after, ..Default::default() }
+    }
+
+    pub fn with_tap_access(mut self, access: TapAccess) -> Self {
+        self.tap_access = access;
+        self
     }
 
     pub fn set_taps(&self, taps: HashMap<String, (SchemaRef, Arc<Tap>)>) {
@@ -173,7 +198,21 @@ const TAP_CAPACITY: usize = 64;
 /// `GET /tap/{output}?where=SQL&limit=N`: live rows of one output as JSON lines, filtered with
 /// DataFusion on this task (not the pipeline's). The last line, `{"tap_closed": "…"}`, says why
 /// the stream ended.
-async fn tap(State(state): State<Arc<AdminState>>, Path(name): Path<String>, Query(params): Query<TapParams>) -> Response {
+async fn tap(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    Query(params): Query<TapParams>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let access = state.tap_access.clone();
+    if let Some(token) = &access.token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| token.matches(g)) {
+            let msg =
+                "the admin token is required for /tap (`Authorization: Bearer …`; `tributary tap --token` or TRIBUTARY_ADMIN_TOKEN)\n";
+            return (StatusCode::UNAUTHORIZED, msg).into_response();
+        }
+    }
     let found = state.taps.read().expect("admin lock").get(&name).cloned();
     let Some((schema, tap)) = found else {
         let mut names: Vec<String> = state.taps.read().expect("admin lock").keys().cloned().collect();
@@ -183,13 +222,18 @@ async fn tap(State(state): State<Arc<AdminState>>, Path(name): Path<String>, Que
     };
     let filter = match &params.filter {
         None => None,
+        Some(pred) if tap_filter::check(pred).is_err() => {
+            let why = tap_filter::check(pred).unwrap_err();
+            return (StatusCode::BAD_REQUEST, format!("invalid --where `{pred}`: {why}\n")).into_response();
+        }
         Some(pred) => match SqlTransform::plan(&format!("SELECT * FROM tapped WHERE {pred}"), &[("tapped".into(), schema.clone())]).await {
             Ok(plan) => Some(plan),
             Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid --where `{pred}`: {e}\n")).into_response(),
         },
     };
     let (rx, fell_behind) = tap.subscribe(TAP_CAPACITY);
-    let limit = params.limit.unwrap_or(u64::MAX);
+    let limit = params.limit.unwrap_or(access.max_rows).min(access.max_rows);
+    let deadline = tokio::time::Instant::now() + access.max_duration;
     let stream = futures::stream::unfold((rx, filter, 0u64, false), move |(mut rx, filter, sent, done)| {
         let fell_behind = fell_behind.clone();
         async move {
@@ -198,9 +242,13 @@ async fn tap(State(state): State<Arc<AdminState>>, Path(name): Path<String>, Que
             }
             loop {
                 if sent >= limit {
-                    return Some((closing("limit reached"), (rx, filter, sent, true)));
+                    let why = if limit == access.max_rows { "row budget (admin.tap_max_rows) reached" } else { "limit reached" };
+                    return Some((closing(why), (rx, filter, sent, true)));
                 }
-                let Some(batch) = rx.recv().await else {
+                let Ok(next) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                    return Some((closing("time budget (admin.tap_max_duration) used up"), (rx, filter, sent, true)));
+                };
+                let Some(batch) = next else {
                     let why = if fell_behind.load(Ordering::Acquire) {
                         "dropped: this tap fell behind the pipeline"
                     } else {

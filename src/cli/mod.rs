@@ -52,6 +52,9 @@ pub enum Command {
         /// The pipeline's admin address.
         #[arg(long, default_value = "127.0.0.1:9598")]
         admin: SocketAddr,
+        /// The pipeline's `admin.token`, when it sets one.
+        #[arg(long, env = "TRIBUTARY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Print a pipeline's DAG as Mermaid text.
     Graph { file: PathBuf },
@@ -149,13 +152,15 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Tap { output, filter, limit, admin } => match crate::tap::print_tap(admin, &output, filter.as_deref(), limit).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tap failed: {e:#}");
-                ExitCode::FAILURE
+        Command::Tap { output, filter, limit, admin, token } => {
+            match crate::tap::print_tap(admin, &output, filter.as_deref(), limit, token.as_deref()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tap failed: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Graph { file } => match crate::config::PipelineFile::load(&file) {
             Ok(f) => {
                 print!("{}", crate::graph::mermaid::render(&f.components));

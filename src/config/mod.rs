@@ -105,6 +105,23 @@ pub struct AdminConfig {
     /// (default `30s`), naming it and its last error.
     #[serde(default = "default_degraded_after")]
     pub degraded_after: tributary_sdk::HumanDuration,
+    /// Bearer token `/tap` requires (it serves rows and dead-letter payloads), e.g.
+    /// `${TRIBUTARY_ADMIN_TOKEN}`. Unset or empty: no token (keep the address on localhost).
+    #[serde(default)]
+    pub token: Option<tributary_sdk::Secret>,
+    /// Rows one tap streams at most (default 10000).
+    #[serde(default = "default_tap_max_rows")]
+    pub tap_max_rows: u64,
+    /// How long one tap stays open at most (default 10m).
+    #[serde(default = "default_tap_max_duration")]
+    pub tap_max_duration: tributary_sdk::Period,
+}
+
+fn default_tap_max_rows() -> u64 {
+    10_000
+}
+fn default_tap_max_duration() -> tributary_sdk::Period {
+    tributary_sdk::Period::from_secs(600)
 }
 
 fn default_degraded_after() -> tributary_sdk::HumanDuration {
@@ -120,7 +137,14 @@ fn yes() -> bool {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: default_admin_address(), enabled: true, degraded_after: default_degraded_after() }
+        AdminConfig {
+            address: default_admin_address(),
+            enabled: true,
+            degraded_after: default_degraded_after(),
+            token: None,
+            tap_max_rows: default_tap_max_rows(),
+            tap_max_duration: default_tap_max_duration(),
+        }
     }
 }
 

@@ -196,6 +196,15 @@ impl CuttableProxy {
         CuttableProxy { port, target, tasks: Vec::new(), forwarded: Default::default() }
     }
 
+    /// An open proxy to the test PostgreSQL and the connection string that goes through it.
+    pub async fn to_test_postgres() -> (CuttableProxy, String) {
+        let port = tributary_sdk::testkit::free_port();
+        let (target, via_proxy) = tributary_sdk::testkit::test_postgres_via(port);
+        let mut proxy = CuttableProxy::new(port, target);
+        proxy.open().await;
+        (proxy, via_proxy)
+    }
+
     pub async fn open(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         let (target, forwarded) = (self.target.clone(), self.forwarded.clone());

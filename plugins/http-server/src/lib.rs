@@ -99,7 +99,7 @@ impl Ingest {
     pub async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
         if let Some(token) = &self.token {
             let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+            if !given.is_some_and(|g| token.matches(g)) {
                 return Err(self.reject(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()));
             }
         }
@@ -229,10 +229,6 @@ pub fn decode_body(rows: &JsonRows, body: &[u8]) -> Result<RecordBatch, String> 
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,8 +259,9 @@ mod tests {
 
     #[test]
     fn token_comparison_is_exact() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        let token = Secret::new("s3cret");
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cre"));
+        assert!(!token.matches("s3creT"));
     }
 }

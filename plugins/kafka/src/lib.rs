@@ -13,7 +13,7 @@ mod source;
 pub use client::SslConfig;
 pub use format::api_status_messages;
 pub use sink::{KafkaSink, KafkaSinkConfig, KafkaSinkPlugin, SinkFormat};
-pub use source::{api_status_schema, KafkaSource, KafkaSourceConfig, KafkaSourcePlugin, SourceFormat};
+pub use source::{api_status_schema, decode_api_status_messages, KafkaSource, KafkaSourceConfig, KafkaSourcePlugin, SourceFormat};
 
 #[cfg(test)]
 mod tests;

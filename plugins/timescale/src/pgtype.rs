@@ -158,7 +158,10 @@ impl ColumnEncoder {
                 // row, not an overflow.
                 let pg = us.checked_sub(PG_EPOCH_US).filter(|v| (PG_TIMESTAMP_MIN..=PG_TIMESTAMP_MAX).contains(v));
                 let Some(pg) = pg else {
-                    return Err(format!("column `{}`: timestamp {us} µs since 1970 is outside PostgreSQL's range (4713 BC to 294276 AD)", self.name));
+                    return Err(format!(
+                        "column `{}`: timestamp {us} µs since 1970 is outside PostgreSQL's range (4713 BC to 294276 AD)",
+                        self.name
+                    ));
                 };
                 out.put_i32(8);
                 out.put_i64(pg);
