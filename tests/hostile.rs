@@ -190,7 +190,13 @@ fn fuzz_api_status_monitor_messages() {
     fuzz("kafka api_status", &seeds, |input| {
         let (rows, letters) = tributary_kafka::decode_api_status_messages(input, -7200);
         let lines = input.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
-        assert!(rows.num_rows() + letters.len() <= lines.max(1), "no message becomes two");
+        assert!(
+            rows.num_rows() + letters.len() <= lines.max(1),
+            "no message becomes two: {} rows + {} letters from {lines} lines of {:?}",
+            rows.num_rows(),
+            letters.len(),
+            text(input)
+        );
     });
 }
 

@@ -61,8 +61,14 @@ impl JsonRows {
     /// Decode newline-delimited JSON objects. Returns the good rows and every bad line.
     pub fn decode_lines(&self, text: &[u8]) -> (RecordBatch, Vec<LineError>) {
         if self.json_columns.is_empty() {
+            // The fast path reads a stream of JSON values, newlines or not: it counts only when it
+            // made exactly one row per line (`{…}{…}` on one line is one bad line, not two rows;
+            // found by the fuzzer in tests/hostile.rs).
             if let Ok(Some(batch)) = self.decode_buffer(text) {
-                return (self.fill_time(batch), Vec::new());
+                let lines = text.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
+                if batch.num_rows() == lines {
+                    return (self.fill_time(batch), Vec::new());
+                }
             }
         }
         let mut good = Vec::new();
@@ -209,6 +215,18 @@ mod tests {
         assert!(errors[1].reason.contains("score"), "names the field: {}", errors[1].reason);
         assert_eq!(errors[2].reason, "expected a JSON object, got an array");
         assert_eq!(errors[1].raw, r#"{"user":"b","score":"high"}"#);
+    }
+
+    /// Two objects on one line are one bad line, on either path (the fast path used to make
+    /// two rows of them: one Kafka message became two rows).
+    #[test]
+    fn two_objects_on_one_line_are_one_bad_line() {
+        let declared: DeclaredSchema = serde_yaml::from_str("{n: int}").unwrap();
+        let (batch, errors) = JsonRows::new(&declared, None).decode_lines(b"{\"n\":1}\n{\"n\":2}{}\n{\"n\":3}\n");
+        assert_eq!(batch.column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 3]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!((errors[0].line, errors[0].raw.as_str()), (2, r#"{"n":2}{}"#));
+        assert!(errors[0].reason.starts_with("malformed JSON: trailing characters"), "{}", errors[0].reason);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod redact;
 pub mod retry;
 pub mod sink;
 pub mod testkit;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

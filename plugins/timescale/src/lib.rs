@@ -5,6 +5,7 @@
 mod pgtype;
 mod sink;
 mod table;
+mod tls;
 
 use std::time::Duration;
 
@@ -147,10 +148,11 @@ impl TimescaleSinkConfig {
                 return Err(ConfigError::at("key", format!("the input has no column `{k}`; columns are {}", names())));
             }
         }
-        self.connection
-            .expose()
+        let (connection, tls) = tls::split(self.connection.expose()).map_err(|e| ConfigError::at("connection", e))?;
+        connection
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::at("connection", format!("not a valid PostgreSQL connection string: {e}")))?;
+        tls::connector(&tls).map_err(|e| ConfigError::at("connection", e))?;
         Ok(())
     }
 }

@@ -12,7 +12,8 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use futures::SinkExt;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::dead_letter::letters_for_rows;
 use tributary_sdk::retry::Backoff;
@@ -44,6 +45,9 @@ fn classify(e: tokio_postgres::Error) -> Failure {
 /// resources), 57P (shutdown/restart), 40001/40P01 (serialization failure/deadlock), and errors
 /// without a SQLSTATE (I/O: the connection was lost).
 fn is_transient_pg(e: &tokio_postgres::Error) -> bool {
+    if crate::tls::is_permanent_tls_failure(e) {
+        return false;
+    }
     e.as_db_error().is_none_or(|db| {
         let code = db.code().code();
         code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || code == "40001" || code == "40P01"
@@ -60,6 +64,8 @@ pub struct TimescaleSink {
     cfg: TimescaleSinkConfig,
     schema: SchemaRef,
     pg: tokio_postgres::Config,
+    /// TLS as `sslmode` says (see [`crate::tls`]).
+    tls: MakeRustlsConnect,
     client: Option<Client>,
     table: Option<PreparedTable>,
     buffer: RowBuffer,
@@ -69,7 +75,9 @@ pub struct TimescaleSink {
 
 impl TimescaleSink {
     pub fn new(id: String, cfg: TimescaleSinkConfig, schema: SchemaRef) -> Self {
-        let mut pg: tokio_postgres::Config = cfg.connection.expose().parse().expect("validated");
+        let (connection, tls) = crate::tls::split(cfg.connection.expose()).expect("validated");
+        let tls = crate::tls::connector(&tls).expect("validated");
+        let mut pg: tokio_postgres::Config = connection.parse().expect("validated");
         if pg.get_application_name().is_none() {
             pg.application_name(format!("tributary/{id}"));
         }
@@ -85,11 +93,11 @@ impl TimescaleSink {
         let backoff =
             Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
         let buffer = RowBuffer::new(schema.clone(), cfg.batch_rows);
-        TimescaleSink { id, cfg, schema, pg, client: None, table: None, buffer, backoff }
+        TimescaleSink { id, cfg, schema, pg, tls, client: None, table: None, buffer, backoff }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
-        let (client, conn) = self.pg.connect(NoTls).await.context("connecting to PostgreSQL")?;
+        let (client, conn) = self.pg.connect(self.tls.clone()).await.context("connecting to PostgreSQL")?;
         let id = self.id.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {

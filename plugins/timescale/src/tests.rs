@@ -424,3 +424,43 @@ async fn a_silent_server_times_out_and_the_rows_wait_for_it() {
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
     assert_eq!(n, 3, "the buffered rows, once");
 }
+
+/// TLS with libpq's `sslmode` meanings against the test server (Debian's PostgreSQL has TLS on,
+/// with a self-signed "snakeoil" certificate).
+#[tokio::test]
+async fn sslmode_require_encrypts_and_a_certificate_that_does_not_verify_fails_at_once() {
+    let db = admin().await;
+    let ssl_on: String = db.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(ssl_on, "on", "the test server must offer TLS (Debian's default)");
+
+    // require: encrypted, certificate not checked (as libpq).
+    let table = unique_table("ts_tls");
+    let build_with = |id: &str, ssl: &str| {
+        let cfg = ComponentConfig::from_yaml(id, &format!("{{connection: '{} {ssl}', table: {table}}}", pg_url()));
+        TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())])
+    };
+    let mut sink = build_with("tls_require", "sslmode=require").map_err(|e| e.to_string()).unwrap();
+    let ctx = sink_context("tls_require");
+    sink.start(&ctx).await.unwrap();
+    sink.write(probe_rows(0..3, "tls.example"), &ctx).await.unwrap();
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
+    let encrypted: bool = db
+        .query_one("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'tributary/tls_require'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted, "the sink's connection is encrypted");
+
+    // verify-full against the Mozilla roots: a self-signed certificate fails at start, once,
+    // as a configuration problem (no minute of retries).
+    let mut sink = build_with("tls_verify", "sslmode=verify-full").map_err(|e| e.to_string()).unwrap();
+    let ctx = sink_context("tls_verify");
+    let err = format!("{:#}", sink.start(&ctx).await.unwrap_err());
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    assert_eq!(ctx.metrics.retries.get(), 0, "not retried: {err}");
+
+    // An unreadable root certificate is refused before anything runs.
+    let err = build_with("tls_ca", "sslmode=verify-ca sslrootcert=/nonexistent/ca.pem").err().map(|e| e.to_string()).unwrap();
+    assert!(err.starts_with("connection: sslrootcert /nonexistent/ca.pem: "), "{err}");
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
