@@ -55,33 +55,35 @@ async fn envelopes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         Err(refused) => return refused,
     };
     let ts_us = now_us();
+    let decoded = tributary_http_server::decode_off_reactor(move || read_envelopes(&bytes, ts_us)).await.and_then(|r| r);
+    match decoded {
+        Ok(messages) => deliver(&shared, messages).await,
+        // The envelope itself is the client's mistake: nothing of the request is taken.
+        Err(reason) => shared.ingest.reject(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+/// The messages of an NDJSON envelope body, or why a line is not an envelope.
+fn read_envelopes(bytes: &[u8], ts_us: i64) -> Result<Vec<Message>, String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        channel: String,
+        payload: serde_json::Value,
+    }
     let mut messages = Vec::new();
     for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        #[derive(serde::Deserialize)]
-        struct Envelope {
-            channel: String,
-            payload: serde_json::Value,
-        }
-        match serde_json::from_slice::<Envelope>(line) {
-            Ok(e) => {
-                let payload = match e.payload {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                messages.push(Message { ts_us, channel: e.channel, payload });
-            }
-            // The envelope itself is the client's mistake: nothing of the request is taken.
-            Err(e) => {
-                return shared
-                    .ingest
-                    .reject(StatusCode::BAD_REQUEST, format!("line {}: not a {{\"channel\", \"payload\"}} envelope: {e}", n + 1))
-            }
-        }
+        let e = serde_json::from_slice::<Envelope>(line)
+            .map_err(|e| format!("line {}: not a {{\"channel\", \"payload\"}} envelope: {e}", n + 1))?;
+        let payload = match e.payload {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        messages.push(Message { ts_us, channel: e.channel, payload });
     }
-    deliver(&shared, messages).await
+    Ok(messages)
 }
 
 /// Decodable messages go to the pipeline; undecodable ones to the dead-letter output (after the
