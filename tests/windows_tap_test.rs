@@ -116,6 +116,36 @@ async fn windows_emit_once_route_late_rows_flush_partial_on_shutdown_and_replays
     assert_eq!(table_rows(&table).await, expected);
 }
 
+/// Late rows with nothing reading `<id>.late` used to vanish; now they are dead letters with the
+/// reason, in the default store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_of_an_unwired_late_output_are_dead_letters_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{enabled: false}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    schema: {{ts: timestamp, site: string}}\ntransforms:\n  per_minute:\n    inputs: [ingest]\n    window: {{tumbling: 1m}}\n    sql: SELECT window_start, site, count(*) AS n FROM ingest GROUP BY window_start, site\nsinks:\n  out: {{type: file, inputs: [per_minute], path: \"{out}\"}}\n",
+            dl = dir.path().join("dead_letters").display(),
+            out = dir.path().join("out.jsonl").display()
+        ),
+    );
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+    assert_eq!(post_async(addr, r#"{"ts":"2026-11-22T10:02:10Z","site":"on-time"}"#.into()).await.0, 200);
+    // The watermark is 10:02:10: the 10:00 window has closed, so this row is late.
+    assert_eq!(post_async(addr, r#"{"ts":"2026-11-22T10:00:05Z","site":"late"}"#.into()).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+    let letters = std::fs::read_to_string(dir.path().join("dead_letters/per_minute.jsonl")).expect("the late row is stored");
+    let letter: serde_json::Value = serde_json::from_str(letters.lines().next().unwrap()).unwrap();
+    assert_eq!(letters.lines().count(), 1, "{letters}");
+    assert_eq!(letter["reason"], "arrived after its window closed (behind the watermark); wire `per_minute.late` to handle late rows");
+    assert!(letter["payload"].as_str().unwrap().contains("\"site\":\"late\""), "{letter}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_prints_live_filtered_rows_of_a_running_pipeline() {
     let dir = tempfile::tempdir().unwrap();

@@ -257,6 +257,27 @@ mod tests {
         assert!(err.starts_with("malformed JSON array: EOF while parsing a list"), "{err}");
     }
 
+    /// A large body is decoded off the async workers: the runtime keeps serving other tasks (the
+    /// admin API, other sources) meanwhile. Decoded inline, as before, the ticker below could not
+    /// run once before the decode finished.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_body_is_decoded_without_holding_the_runtime() {
+        let body: Vec<u8> = (0..100_000).flat_map(|i| format!("{{\"user\":\"u{i}\",\"score\":{i}}}\n").into_bytes()).collect();
+        let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let decoded = decode_off_reactor(move || decode_body(&rows(), &body)).await.unwrap().unwrap();
+        let ran = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        ticker.abort();
+        assert_eq!(decoded.num_rows(), 100_000);
+        assert!(ran > 0, "the runtime ran other tasks while the body was decoded");
+    }
+
     #[test]
     fn token_comparison_is_exact() {
         let token = Secret::new("s3cret");
