@@ -35,6 +35,11 @@ pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>, used: &m
             };
             if !value.is_empty() {
                 used.push(value.clone());
+                // A variable named like a secret is also kept out of every runtime log line, wherever
+                // its value ends up (inside a URL, say); other values (hosts, ports) stay readable.
+                if names_a_secret(name) {
+                    tributary_sdk::redact::register_secret(&value);
+                }
             }
             out.push_str(&value);
             rest = &body[end + 1..];
@@ -45,6 +50,12 @@ pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>, used: &m
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Whether a variable's name says it holds a secret (`PG_PASSWORD`, `OTLP_TOKEN`, `API_KEY`, …).
+fn names_a_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["PASSWORD", "PASSWD", "PASS", "SECRET", "TOKEN", "KEY", "PASSPHRASE", "CREDENTIAL", "AUTH"].iter().any(|w| upper.contains(w))
 }
 
 /// True when `text` is exactly one `${...}` reference (then the result is typed as YAML).
@@ -66,6 +77,22 @@ pub fn redact(message: &str, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_of_secret_named_variables_are_redacted_from_runtime_text() {
+        let lookup = |name: &str| match name {
+            "INFLUX_PASSWORD" => Some("pw-from-env-77".to_string()),
+            "INFLUX_HOST" => Some("influx.internal".to_string()),
+            _ => None,
+        };
+        let url = interpolate("http://admin:${INFLUX_PASSWORD}@${INFLUX_HOST}:8086", &lookup, &mut Vec::new()).unwrap();
+        assert_eq!(url, "http://admin:pw-from-env-77@influx.internal:8086");
+        assert_eq!(
+            tributary_sdk::redact::redact("auth failed with pw-from-env-77 at influx.internal"),
+            "auth failed with *** at influx.internal",
+            "the password is redacted, the host is not"
+        );
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
