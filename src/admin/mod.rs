@@ -222,14 +222,18 @@ async fn tap(
     };
     let filter = match &params.filter {
         None => None,
-        Some(pred) if tap_filter::check(pred).is_err() => {
-            let why = tap_filter::check(pred).unwrap_err();
-            return (StatusCode::BAD_REQUEST, format!("invalid --where `{pred}`: {why}\n")).into_response();
+        Some(pred) => {
+            let planned = match tap_filter::check(pred) {
+                Ok(()) => SqlTransform::plan(&format!("SELECT * FROM tapped WHERE {pred}"), &[("tapped".into(), schema.clone())])
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why),
+            };
+            match planned {
+                Ok(plan) => Some(plan),
+                Err(why) => return (StatusCode::BAD_REQUEST, format!("invalid --where `{pred}`: {why}\n")).into_response(),
+            }
         }
-        Some(pred) => match SqlTransform::plan(&format!("SELECT * FROM tapped WHERE {pred}"), &[("tapped".into(), schema.clone())]).await {
-            Ok(plan) => Some(plan),
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid --where `{pred}`: {e}\n")).into_response(),
-        },
     };
     let (rx, fell_behind) = tap.subscribe(TAP_CAPACITY);
     let limit = params.limit.unwrap_or(access.max_rows).min(access.max_rows);

@@ -156,9 +156,6 @@ impl SinkPlugin for InfluxSinkPlugin {
         let layout = Layout::new(&cfg, &schema)?;
         let token = cfg.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
         let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
-        if cfg.timeout.0.is_zero() {
-            return Err(ConfigError::at("timeout", "must be longer than 0s"));
-        }
         let buffer = RowBuffer::new(schema, cfg.batch_rows);
         Ok(Box::new(InfluxSink { cfg, layout, client, buffer }))
     }

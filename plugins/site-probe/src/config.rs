@@ -301,9 +301,6 @@ impl SiteProbeConfig {
                 }
             };
             let interval = t.interval.unwrap_or(self.interval).0;
-            if interval.is_zero() {
-                return Err(target_err(i, "interval", "must be more than 0"));
-            }
             let sla_ms = t.sla_ms.unwrap_or(self.sla_ms);
             let timeout = t.timeout.or(self.timeout).map(|d| d.0).unwrap_or(Duration::from_millis(sla_ms));
             out.push(Target {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use serde::Deserialize;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Period, Secret, Sink, SinkPlugin};
 
 pub use sink::TimescaleSink;
@@ -98,16 +99,14 @@ fn default_timeout() -> Period {
 }
 
 impl TimescaleSinkConfig {
-    /// Checks against the input schema, before anything connects.
-    fn validate(&self, schema: &SchemaRef) -> Result<(), ConfigError> {
+    /// Checks against the input schema, before anything connects; returns the parsed connection
+    /// and its TLS connector, which the sink uses.
+    fn validate(&self, schema: &SchemaRef) -> Result<(tokio_postgres::Config, MakeRustlsConnect), ConfigError> {
         if self.table.is_empty() {
             return Err(ConfigError::at("table", "must not be empty"));
         }
         if self.batch_rows == 0 {
             return Err(ConfigError::at("batch_rows", "must be at least 1"));
-        }
-        if self.timeout.0.is_zero() {
-            return Err(ConfigError::at("timeout", "must be longer than 0s"));
         }
         let names = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
         match schema.field_with_name(&self.time_column) {
@@ -149,11 +148,11 @@ impl TimescaleSinkConfig {
             }
         }
         let (connection, tls) = tls::split(self.connection.expose()).map_err(|e| ConfigError::at("connection", e))?;
-        connection
+        let pg = connection
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::at("connection", format!("not a valid PostgreSQL connection string: {e}")))?;
-        tls::connector(&tls).map_err(|e| ConfigError::at("connection", e))?;
-        Ok(())
+        let tls = tls::connector(&tls).map_err(|e| ConfigError::at("connection", e))?;
+        Ok((pg, tls))
     }
 }
 
@@ -166,8 +165,8 @@ impl SinkPlugin for TimescaleSinkPlugin {
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: TimescaleSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;
-        cfg.validate(&schema)?;
-        Ok(Box::new(TimescaleSink::new(config.id.clone(), cfg, schema)))
+        let (pg, tls) = cfg.validate(&schema)?;
+        Ok(Box::new(TimescaleSink::new(config.id.clone(), cfg, schema, pg, tls)))
     }
 }
 

@@ -74,10 +74,8 @@ pub struct TimescaleSink {
 }
 
 impl TimescaleSink {
-    pub fn new(id: String, cfg: TimescaleSinkConfig, schema: SchemaRef) -> Self {
-        let (connection, tls) = crate::tls::split(cfg.connection.expose()).expect("validated");
-        let tls = crate::tls::connector(&tls).expect("validated");
-        let mut pg: tokio_postgres::Config = connection.parse().expect("validated");
+    /// `pg` and `tls` come from the config's validation (the connection string, parsed once).
+    pub fn new(id: String, cfg: TimescaleSinkConfig, schema: SchemaRef, mut pg: tokio_postgres::Config, tls: MakeRustlsConnect) -> Self {
         if pg.get_application_name().is_none() {
             pg.application_name(format!("tributary/{id}"));
         }

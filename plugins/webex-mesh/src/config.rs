@@ -164,9 +164,6 @@ impl WebexMeshConfig {
             }
             _ => return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token")),
         }
-        if self.interval.0.is_zero() {
-            return Err(ConfigError::at("interval", "must be more than 0s"));
-        }
         if self.lookback.0 < self.interval.0 {
             return Err(ConfigError::at(
                 "lookback",
@@ -182,7 +179,7 @@ impl WebexMeshConfig {
         if self.lookback.0 > Duration::from_secs(7 * 86_400) {
             return Err(ConfigError::at("lookback", "must be at most 7 days (the API's longest range)"));
         }
-        if self.rate_limit.requests == 0 || self.rate_limit.per.0.is_zero() {
+        if self.rate_limit.requests == 0 {
             return Err(ConfigError::at("rate_limit", "needs requests > 0 and per > 0s"));
         }
         if self.concurrency == 0 {
