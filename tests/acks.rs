@@ -76,6 +76,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
             type_name: "test".into(),
             outputs: vec![OutputSpec::main(schema())],
             source: Box::new(source),
+            buffer: Default::default(),
         }],
         transforms: vec![PlannedTransform { id: "big".into(), inputs: vec![input("src")], sql, window: None }],
         sinks: vec![PlannedSink {
@@ -232,6 +233,7 @@ async fn failure_model_run(script: &[Step], retry: tributary::runtime::SinkRetry
             type_name: "test".into(),
             outputs: vec![OutputSpec::main(schema())],
             source: Box::new(source),
+            buffer: Default::default(),
         }],
         transforms: vec![],
         sinks: vec![

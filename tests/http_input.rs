@@ -119,3 +119,52 @@ async fn a_stalled_sink_backpressures_clients_with_503_and_loses_nothing_accepte
     let expected: Vec<String> = accepted.iter().map(|n| format!("{{\"n\":{n}}}")).collect();
     assert_eq!(lines, expected);
 }
+
+/// A client that never finishes its headers is disconnected after `header_timeout`; one stuck in
+/// its body holds a stop for `stop_timeout` at most; the rows accepted before are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_cannot_hold_a_stop_hostage() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{enabled: false}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    header_timeout: 1s\n    body_timeout: 1h\n    stop_timeout: 1s\n    schema: {{user: string, score: int}}\n    buffer: {{type: disk, max_size: 8MiB, path: \"{}\"}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 50ms}}\n",
+            dir.path().join("buffer").display(),
+            out.display()
+        ),
+    );
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+    let (status, body) = tokio::task::spawn_blocking(move || post(addr, "/", &[], b"{\"user\":\"a\",\"score\":1}").unwrap()).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"accepted":1}"#));
+
+    let half_headers = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le").unwrap();
+        let t0 = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        (t0.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+    });
+    let (waited, answer) = half_headers.await.unwrap();
+    assert!(waited >= std::time::Duration::from_millis(900) && waited < std::time::Duration::from_secs(5), "closed after {waited:?}");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Headers complete, the body never comes: an in-flight request when the stop begins.
+    let mut stuck = std::net::TcpStream::connect(addr).unwrap();
+    stuck.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user\":").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    shutdown.cancel();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(10), run).await.expect("the stop is not held").unwrap();
+    let took = t0.elapsed();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert!(took < std::time::Duration::from_secs(4), "stop took {took:?} (stop_timeout is 1s)");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"user\":\"a\",\"score\":1}\n");
+    drop(stuck);
+}

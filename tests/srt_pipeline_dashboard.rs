@@ -27,6 +27,7 @@ fn pipeline(run: &str, srt_port: u16, udp_in: u16, udp_out: u16, otlp_http: u16,
     sessions[1]["udp_out"] = Yaml::from(format!("127.0.0.1:{udp_out}"));
     doc["sinks"]["link_metrics"]["endpoint"] = Yaml::from(format!("http://127.0.0.1:{otlp_http}/v1/metrics"));
     doc["sinks"]["stats_parquet"]["path"] = Yaml::from(data.to_str().unwrap());
+    doc["sources"]["srt"]["buffer"]["path"] = Yaml::from(data.join("buffer").to_str().unwrap());
     doc.as_mapping_mut().unwrap().remove("tests");
     serde_yaml::to_string(&doc).unwrap()
 }

@@ -28,6 +28,7 @@ fn pipeline(sim: &SimHandle, dir: &Path) -> String {
     mesh["backfill"] = Yaml::from("2d");
     mesh["interval"] = Yaml::from("30m");
     mesh["state_file"] = Yaml::from(dir.join("state.json").to_str().unwrap());
+    mesh["buffer"]["path"] = Yaml::from(dir.join("buffer").to_str().unwrap());
     for (_, sink) in doc["sinks"].as_mapping_mut().unwrap().iter_mut() {
         if sink["type"] == "parquet" {
             let table = sink["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string();

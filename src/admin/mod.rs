@@ -33,6 +33,8 @@ pub struct ComponentInfo {
     pub metrics: Arc<ComponentMetrics>,
     /// The component's input channel (transforms and sinks), for buffer fill.
     pub input: Option<WeakSender<Delivery>>,
+    /// A source with `buffer: {type: disk}` (its bytes on disk are a gauge).
+    pub disk_buffer: bool,
 }
 
 #[derive(Default)]
@@ -89,7 +91,7 @@ impl AdminState {
         let comps = self.components.read().expect("admin lock");
         let mut out = String::new();
         type Get = fn(&ComponentMetrics) -> u64;
-        let counters: [(&str, &str, Get); 11] = [
+        let counters: [(&str, &str, Get); 13] = [
             ("rows_in_total", "Rows received by the component.", |m| m.rows_in.get()),
             ("rows_out_total", "Rows sent by the component to its main or named outputs.", |m| m.rows_out.get()),
             ("rows_written_total", "Rows a sink durably wrote (dead-lettered rows not included).", |m| m.rows_written.get()),
@@ -100,9 +102,11 @@ impl AdminState {
             ("errors_total", "Errors: bad input, failed writes, failed queries, failed tasks.", |m| m.errors.get()),
             ("dead_letters_total", "Rows or payloads sent to the component's dead-letter output.", |m| m.dead_letters.get()),
             ("retries_total", "Retried operations.", |m| m.retries.get()),
-            ("dropped_total", "Input dropped because the pipeline was busy and the source cannot push back (Redis Pub/Sub).", |m| {
+            ("dropped_total", "Rows dropped: the pipeline was busy and the source cannot push back (Redis Pub/Sub), or its disk buffer was full (`when_full: drop_newest`).", |m| {
                 m.dropped.get()
             }),
+            ("buffer_fsyncs_total", "Disk buffer fsyncs (one serves every append waiting at the time).", |m| m.buffer_fsyncs.get()),
+            ("buffer_replayed_rows_total", "Rows a disk buffer replayed at start (stored by an earlier run, not yet written by every sink).", |m| m.buffer_replayed.get()),
         ];
         for (name, help, get) in counters {
             let _ = writeln!(out, "# HELP tributary_component_{name} {help}\n# TYPE tributary_component_{name} counter");
@@ -128,6 +132,13 @@ impl AdminState {
         for c in comps.iter() {
             let seconds = c.metrics.failing().map_or(0.0, |(since, _)| (now - since) as f64 / 1e6);
             let _ = writeln!(out, "tributary_component_failing_seconds{{{}}} {seconds}", labels(c));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tributary_component_disk_buffer_bytes Bytes a source's disk buffer holds on disk (not yet reclaimed).\n# TYPE tributary_component_disk_buffer_bytes gauge"
+        );
+        for c in comps.iter().filter(|c| c.disk_buffer) {
+            let _ = writeln!(out, "tributary_component_disk_buffer_bytes{{{}}} {}", labels(c), c.metrics.buffer_bytes.get());
         }
         let _ = writeln!(out, "# HELP tributary_up 1 while the pipeline runs, 0 while it stops.\n# TYPE tributary_up gauge");
         let _ = writeln!(out, "tributary_up {}", if self.stopping.load(Ordering::SeqCst) { 0 } else { 1 });

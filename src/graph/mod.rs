@@ -13,7 +13,7 @@ use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPU
 
 use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Kind, PipelineFile};
 use crate::plugins::Registry;
-use crate::runtime::SinkRetry;
+use crate::runtime::{SinkRetry, SourceBuffer};
 use crate::sql::window::{self, WindowConfig, WindowSpec};
 use crate::sql::SqlTransform;
 
@@ -32,6 +32,8 @@ pub struct PlannedSource {
     pub type_name: String,
     pub outputs: Vec<OutputSpec>,
     pub source: Box<dyn Source>,
+    /// `buffer:` — the engine's, not the plugin's: memory (default) or a disk buffer.
+    pub buffer: SourceBuffer,
 }
 
 pub struct PlannedTransform {
@@ -99,6 +101,16 @@ struct SqlTransformConfig {
     window: Option<WindowConfig>,
 }
 
+/// A source's `buffer:` option, taken out of its config (the plugin never sees it).
+fn source_buffer(cfg: &mut ComponentConfig) -> Result<SourceBuffer, tributary_sdk::ConfigError> {
+    let Some(value) = cfg.options.as_mapping_mut().and_then(|m| m.remove("buffer")) else {
+        return Ok(SourceBuffer::default());
+    };
+    let buffer = ComponentConfig::new(cfg.id.clone(), value).decode::<SourceBuffer>().map_err(|e| e.within("buffer"))?;
+    buffer.validate().map_err(|e| e.within("buffer"))?;
+    Ok(buffer)
+}
+
 fn output_name(component: &str, output: &str) -> String {
     if output.is_empty() {
         component.to_string()
@@ -116,12 +128,12 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
 
     // 1. Types, and every source's outputs (its schema is known from its config alone).
     for c in &file.components {
-        let cfg = ComponentConfig::new(c.id.clone(), c.options.clone());
+        let mut cfg = ComponentConfig::new(c.id.clone(), c.options.clone());
         match c.kind {
             Kind::Source => match registry.source(&c.type_name) {
                 None => errors.push(unknown_type(file, c, &registry.source_types())),
-                Some(plugin) => match plugin.build(&cfg) {
-                    Ok(built) => {
+                Some(plugin) => match source_buffer(&mut cfg).and_then(|buffer| Ok((plugin.build(&cfg)?, buffer))) {
+                    Ok((built, buffer)) => {
                         for o in &built.outputs {
                             outputs.insert(output_name(&c.id, &o.name), o.schema.clone());
                         }
@@ -130,6 +142,7 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
                             type_name: c.type_name.clone(),
                             outputs: built.outputs,
                             source: built.source,
+                            buffer,
                         });
                     }
                     Err(e) => errors.push(file.component_diag(c, &e)),

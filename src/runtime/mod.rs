@@ -16,7 +16,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::output::OutputSpec;
 
+pub mod disk_buffer;
 mod sink;
+pub use disk_buffer::SourceBuffer;
 pub use sink::SinkRetry;
 use tributary_sdk::{
     AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, Output, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT,
@@ -74,6 +76,12 @@ struct Wiring {
 
 impl Wiring {
     fn output(&self, producer: &str, output: &str) -> Output {
+        self.output_counted(producer, output, output != DEAD_LETTER_OUTPUT)
+    }
+
+    /// `counts_as_rows_out: false` for the forwarder of a disk buffer: the source's own output
+    /// counted the rows when it stored them.
+    fn output_counted(&self, producer: &str, output: &str, counts_as_rows_out: bool) -> Output {
         let mut targets = Vec::new();
         for (consumer, inputs) in &self.consumers {
             for (i, r) in inputs.iter().enumerate() {
@@ -82,7 +90,7 @@ impl Wiring {
                 }
             }
         }
-        let out = Output::new(targets, self.metrics[producer].clone(), output != DEAD_LETTER_OUTPUT);
+        let out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
         let name = if output.is_empty() { producer.to_string() } else { format!("{producer}.{output}") };
         match self.taps.get(&name) {
             Some(tap) => out.with_tap(tap.clone()),
@@ -128,6 +136,7 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
                 type_name: d.type_name.clone(),
                 metrics: wiring.metrics[&d.id].clone(),
                 input: wiring.senders.get(&d.id).map(|s| s.downgrade()),
+                disk_buffer: sources.iter().any(|s| s.id == d.id && matches!(s.buffer, SourceBuffer::Disk(_))),
             })
             .collect();
         admin.set_components(infos);
@@ -155,9 +164,28 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
             tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics).await) });
         }
     }
+    let mut report = RunReport::default();
     for s in sources {
-        let outputs: HashMap<String, Output> =
-            s.outputs.iter().map(|o: &OutputSpec| (o.name.clone(), wiring.output(&s.id, &o.name))).collect();
+        let outputs: HashMap<String, Output> = match &s.buffer {
+            SourceBuffer::Memory => s.outputs.iter().map(|o: &OutputSpec| (o.name.clone(), wiring.output(&s.id, &o.name))).collect(),
+            SourceBuffer::Disk(cfg) => match disk_buffer::open(&s.id, cfg, &s.outputs, wiring.metrics[&s.id].clone()) {
+                Ok(opened) => {
+                    let downstream = s.outputs.iter().map(|o| wiring.output_counted(&s.id, &o.name, false)).collect();
+                    let id = s.id.clone();
+                    tasks.spawn(async move { (id, opened.forwarder.run(downstream).await) });
+                    s.outputs
+                        .iter()
+                        .map(|o| (o.name.clone(), Output::buffered(opened.queue.clone(), &o.name, wiring.metrics[&s.id].clone())))
+                        .collect()
+                }
+                Err(e) => {
+                    tracing::error!(component = %s.id, "failed: {e:#}");
+                    report.failures.push((s.id.clone(), format!("{e:#}")));
+                    shutdown.cancel();
+                    continue;
+                }
+            },
+        };
         let ctx =
             SourceContext::new(s.id.clone(), outputs, wiring.dead_letters(&s.id), shutdown.child_token(), wiring.metrics[&s.id].clone());
         let id = s.id.clone();
@@ -168,7 +196,6 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
     let metrics = std::mem::take(&mut wiring.metrics);
     drop(wiring);
 
-    let mut report = RunReport::default();
     let deadline = async {
         shutdown.cancelled().await;
         if let Some(a) = &admin {

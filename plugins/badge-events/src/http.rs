@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use tributary_http_server::{serve, Ingest};
+use tributary_http_server::{serve, Ingest, ServeLimits};
 use tributary_sdk::{now_us, SourceContext};
 
 use crate::{to_batch, BadgeEventsConfig, Message};
@@ -24,6 +24,7 @@ pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) 
         token: cfg.token.clone(),
         max_body: cfg.max_body_bytes.0 as usize,
         accept_timeout: std::time::Duration::from_secs(1),
+        body_timeout: ServeLimits::default().body_timeout,
         output: ctx.output("").clone(),
         metrics: ctx.metrics.clone(),
     };
@@ -34,7 +35,7 @@ pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) 
         .route(if prefix.is_empty() { "/" } else { prefix }, post(envelopes))
         .with_state(shared);
     let address = cfg.address.expect("validated at build");
-    serve(address, app, &ctx, "badge_events (http)").await
+    serve(address, app, &ctx, "badge_events (http)", ServeLimits::default()).await
 }
 
 /// `POST <path><channel>`: the body is one message, exactly what the API would PUBLISH.

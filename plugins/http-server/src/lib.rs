@@ -20,8 +20,8 @@ use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
-    Batch, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, DeclaredSchema, HumanDuration, Output, OutputSpec, Secret, Source,
-    SourceContext, SourcePlugin, TrySendError,
+    Batch, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, DeclaredSchema, HumanDuration, Output, OutputSpec, Period, Secret,
+    Source, SourceContext, SourcePlugin, TrySendError,
 };
 
 /// Config of an `http_server` source.
@@ -46,6 +46,45 @@ pub struct HttpServerConfig {
     /// Timestamp column whose missing values are filled with the receive time (default `ts`).
     #[serde(default = "default_time_column")]
     pub time_column: String,
+    /// How long a client may take to send a request's headers (default 10s); then the
+    /// connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Period,
+    /// How long a client may take to send a request's body (default 30s); then 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Period,
+    /// On stop, how long requests in flight may take to finish (default 5s); then every
+    /// connection is closed, so no client can hold a stop hostage.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Period,
+}
+
+fn default_header_timeout() -> Period {
+    Period::from_secs(10)
+}
+fn default_body_timeout() -> Period {
+    Period::from_secs(30)
+}
+fn default_stop_timeout() -> Period {
+    Period::from_secs(5)
+}
+
+/// Time limits of an HTTP ingest server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_timeout: default_header_timeout().0,
+            body_timeout: default_body_timeout().0,
+            stop_timeout: default_stop_timeout().0,
+        }
+    }
 }
 
 fn default_path() -> String {
@@ -90,6 +129,8 @@ pub struct Ingest {
     pub token: Option<Secret>,
     pub max_body: usize,
     pub accept_timeout: Duration,
+    /// How long reading a body may take before 408.
+    pub body_timeout: Duration,
     pub output: Output,
     pub metrics: Arc<ComponentMetrics>,
 }
@@ -108,7 +149,13 @@ impl Ingest {
         if declared.is_some_and(|n| n > self.max_body) {
             return Err(self.reject(StatusCode::PAYLOAD_TOO_LARGE, too_large()));
         }
-        let bytes = axum::body::to_bytes(body, self.max_body).await.map_err(|_| self.reject(StatusCode::PAYLOAD_TOO_LARGE, too_large()))?;
+        let bytes = match tokio::time::timeout(self.body_timeout, axum::body::to_bytes(body, self.max_body)).await {
+            Ok(read) => read.map_err(|_| self.reject(StatusCode::PAYLOAD_TOO_LARGE, too_large()))?,
+            Err(_) => {
+                let waited = humantime::format_duration(self.body_timeout);
+                return Err(self.reject(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {waited}")));
+            }
+        };
         self.metrics.bytes_in.add(bytes.len() as u64);
         Ok(bytes)
     }
@@ -146,12 +193,60 @@ impl Ingest {
     }
 }
 
-/// Serve `app` on `address` until shutdown; in-flight requests finish (their rows are sent).
-pub async fn serve(address: SocketAddr, app: Router, ctx: &SourceContext, what: &str) -> anyhow::Result<()> {
+/// Serve `app` on `address` until shutdown. A client gets `header_timeout` to send its headers;
+/// on stop, requests in flight get `stop_timeout` to finish (their rows are sent), then every
+/// connection is closed: a client that sends half a request and waits cannot hold the stop.
+pub async fn serve(address: SocketAddr, app: Router, ctx: &SourceContext, what: &str, limits: ServeLimits) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     tracing::info!(source = %ctx.id, address = %listener.local_addr()?, "{what} listening");
-    let shutdown = ctx.shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let mut connections = tokio::task::JoinSet::new();
+    let stop = ctx.shutdown.clone();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the connections we have.
+                    tracing::warn!(source = %ctx.id, "accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (builder, stop) = (builder.clone(), stop.clone());
+        connections.spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+        // Reap finished connections so the set stays the size of what is open.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let open = connections.len();
+    if tokio::time::timeout(limits.stop_timeout, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(
+            source = %ctx.id,
+            "{} of {open} connections still open {} after the stop began: closed",
+            connections.len(),
+            humantime::format_duration(limits.stop_timeout)
+        );
+        connections.shutdown().await;
+    }
     Ok(())
 }
 
@@ -168,11 +263,17 @@ impl Source for HttpServerSource {
             token: self.cfg.token,
             max_body: self.cfg.max_body_bytes.0 as usize,
             accept_timeout: self.cfg.accept_timeout.0,
+            body_timeout: self.cfg.body_timeout.0,
             output: ctx.output("").clone(),
             metrics: ctx.metrics.clone(),
         };
         let app = Router::new().route(&self.cfg.path, post(ingest_rows)).with_state(Arc::new(Shared { ingest, rows: self.rows }));
-        serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path)).await
+        let limits = ServeLimits {
+            header_timeout: self.cfg.header_timeout.0,
+            body_timeout: self.cfg.body_timeout.0,
+            stop_timeout: self.cfg.stop_timeout.0,
+        };
+        serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path), limits).await
     }
 }
 

@@ -4,7 +4,7 @@
 //! file, and a write that fails leaves nothing behind and loses nothing: the rows stay buffered and
 //! the engine retries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +60,14 @@ pub struct ParquetSinkConfig {
     /// File name prefix (default `part`).
     #[serde(default = "default_prefix")]
     pub file_prefix: String,
+    /// Partitions buffered at most (default 256): beyond, the buffer counts as full and is
+    /// written, so rows spread over many dates neither pile up nor make one huge flush.
+    #[serde(default = "default_max_partitions")]
+    pub max_partitions: usize,
+}
+
+fn default_max_partitions() -> usize {
+    256
 }
 
 fn yes() -> bool {
@@ -114,6 +122,9 @@ impl SinkPlugin for ParquetSinkPlugin {
         } else {
             None
         };
+        if cfg.max_partitions == 0 {
+            return Err(ConfigError::at("max_partitions", "must be at least 1"));
+        }
         if cfg.max_rows == 0 {
             return Err(ConfigError::at("max_rows", "must be at least 1"));
         }
@@ -188,17 +199,42 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Adds rows to a partition's buffer; true when it reached `max_rows` or `max_bytes`.
+    /// Adds rows to a partition's buffer; true when it reached `max_rows` or `max_bytes`, or the
+    /// buffer holds `max_partitions` partitions.
     fn buffer(&mut self, partition: String, batch: RecordBatch) -> bool {
         let p = self.buffered.entry(partition).or_default();
         p.rows += batch.num_rows();
         p.bytes += batch.get_array_memory_size();
         p.batches.push(batch);
-        p.rows >= self.cfg.max_rows || p.bytes as u64 >= self.cfg.max_bytes.0
+        p.rows >= self.cfg.max_rows || p.bytes as u64 >= self.cfg.max_bytes.0 || self.buffered.len() >= self.cfg.max_partitions
+    }
+
+    /// Temporary files a crashed run left (a kill between create and rename): never visible to
+    /// readers, and their rows were never acknowledged (the source sends them again), so they go.
+    fn remove_stale_temporaries(&self) -> usize {
+        let prefix = format!(".{}-", self.cfg.file_prefix);
+        let mut removed = 0;
+        let mut folders = vec![self.cfg.path.clone()];
+        while let Some(dir) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    folders.push(path);
+                } else if name.starts_with(&prefix) && name.ends_with(".parquet.tmp") {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => removed += 1,
+                        Err(e) => tracing::warn!("cannot remove the stale temporary file {}: {e}", path.display()),
+                    }
+                }
+            }
+        }
+        removed
     }
 }
 
-/// Rows of a batch grouped by UTC date of the time column, in first-seen order.
+/// Rows of a batch grouped by UTC date of the time column, in first-seen order, in one pass.
 fn split_by_date(batch: &RecordBatch, time_index: usize) -> Vec<(String, Option<UInt32Array>)> {
     let ts = batch.column(time_index).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("µs timestamps");
     const DAY_US: i64 = 86_400_000_000;
@@ -208,12 +244,14 @@ fn split_by_date(batch: &RecordBatch, time_index: usize) -> Vec<(String, Option<
         return vec![(partition_name(first), None)];
     }
     let mut groups: Vec<(Option<i64>, Vec<u32>)> = Vec::new();
+    let mut group_of: HashMap<Option<i64>, usize> = HashMap::new();
     for i in 0..batch.num_rows() {
         let d = day(i);
-        match groups.iter_mut().find(|(g, _)| *g == d) {
-            Some((_, idx)) => idx.push(i as u32),
-            None => groups.push((d, vec![i as u32])),
-        }
+        let g = *group_of.entry(d).or_insert_with(|| {
+            groups.push((d, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i as u32);
     }
     groups.into_iter().map(|(d, idx)| (partition_name(d), Some(UInt32Array::from(idx)))).collect()
 }
@@ -233,8 +271,13 @@ fn sync_dir(dir: &Path) {
 
 #[async_trait::async_trait]
 impl Sink for ParquetSink {
-    async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.cfg.path).with_context(|| format!("cannot create {}", self.cfg.path.display()))
+    async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.cfg.path).with_context(|| format!("cannot create {}", self.cfg.path.display()))?;
+        let removed = self.remove_stale_temporaries();
+        if removed > 0 {
+            tracing::info!(sink = %ctx.id, removed, "removed temporary files an interrupted run left in {}", self.cfg.path.display());
+        }
+        Ok(())
     }
 
     /// Buffers the rows by date; files are written by `flush` (on `max_age`, or at once when a

@@ -140,3 +140,43 @@ fn a_missing_time_column_is_a_config_error_naming_the_columns() {
         "time_column: column `event_time` is not in the input (columns: ts, n); set `time_column`, or `partition_by_date: false`"
     );
 }
+
+#[tokio::test]
+async fn stale_temporary_files_are_removed_at_start_and_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("date=2026-01-01");
+    std::fs::create_dir_all(&day).unwrap();
+    std::fs::write(day.join(".part-20260101T000000.000-000001-0000abcd.parquet.tmp"), b"half a file").unwrap();
+    std::fs::write(dir.path().join(".part-x.parquet.tmp"), b"half a file").unwrap();
+    std::fs::write(day.join("notes.txt"), b"a user's file").unwrap();
+    std::fs::write(day.join(".other-x.parquet.tmp"), b"another sink's prefix").unwrap();
+    let mut sink = build(dir.path(), "max_age: 1h");
+    sink.start(&ctx()).await.unwrap();
+    assert_eq!(
+        files(dir.path()).into_iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        vec!["date=2026-01-01/.other-x.parquet.tmp", "date=2026-01-01/notes.txt"]
+    );
+}
+
+/// A hostile batch: every row on its own date. Split in one pass, written as one file per date
+/// with one file open at a time, every row exactly once, nothing dead-lettered.
+#[tokio::test]
+async fn a_batch_over_thousands_of_dates_writes_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = build(dir.path(), "max_age: 1h, max_partitions: 100");
+    sink.start(&ctx()).await.unwrap();
+    let day_us = 86_400_000_000i64;
+    let ts = TimestampMicrosecondArray::from_iter_values((0..1500).map(|d| d * day_us + 1)).with_timezone("UTC");
+    let rows = RecordBatch::try_new(schema(), vec![Arc::new(ts), Arc::new(Int64Array::from_iter_values(0..1500))]).unwrap();
+    let written = sink.write(rows, &ctx()).await.unwrap();
+    assert_eq!(written.durability, Durability::BufferFull, "over max_partitions: the engine is asked to flush");
+    assert!(sink.flush(&ctx()).await.unwrap().is_empty());
+    let files = files(dir.path());
+    assert_eq!(files.len(), 1500);
+    assert!(files.iter().all(|(name, _)| !name.ends_with(".tmp")));
+    let mut all: Vec<i64> = files.iter().flat_map(|(_, v)| v.clone()).collect();
+    all.sort();
+    assert_eq!(all, (0..1500).collect::<Vec<_>>());
+    assert_eq!(files[0].0.split('/').next(), Some("date=1970-01-01"));
+    assert!(sink.take_buffered().is_empty());
+}

@@ -34,7 +34,7 @@ pub use ack::{Ack, AckSet, AckStatus};
 pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use metrics::ComponentMetrics;
-pub use output::{Batch, Closed, Delivery, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
+pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 pub use sink::{Durability, Sink, SinkContext, Transient, Written};
 
 use datafusion::arrow::datatypes::SchemaRef;

@@ -18,6 +18,19 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down (bytes held in a disk buffer).
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What every component counts. Buffer fill is read from the channels by the engine.
 #[derive(Debug, Default)]
 pub struct ComponentMetrics {
@@ -37,8 +50,15 @@ pub struct ComponentMetrics {
     /// Retried operations (writes, polls, connections).
     pub retries: Counter,
     /// Input a source could not keep because the pipeline was busy and it cannot push back
-    /// (Redis Pub/Sub): dropped, and counted here.
+    /// (Redis Pub/Sub), or its disk buffer was full with `when_full: drop_newest`: dropped, and
+    /// counted here (rows).
     pub dropped: Counter,
+    /// Disk buffer: fsyncs done (one serves every append that arrived meanwhile: group commit).
+    pub buffer_fsyncs: Counter,
+    /// Disk buffer: rows of a previous run read back from disk and sent on at start.
+    pub buffer_replayed: Counter,
+    /// Disk buffer: bytes on disk not yet reclaimed (records whose acks have not all resolved).
+    pub buffer_bytes: Gauge,
     /// While a sink retries a transient failure: since when (µs since the epoch) and the last
     /// error. Set and cleared by the engine; `/health` and `/metrics` read it.
     pub failing: std::sync::Mutex<Option<(i64, String)>>,

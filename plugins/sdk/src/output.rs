@@ -115,6 +115,19 @@ impl Tap {
     }
 }
 
+/// A durable queue in front of a source's consumers (the engine's disk buffer): an output that
+/// has one stores each batch there, and the queue forwards it downstream on its own.
+#[async_trait::async_trait]
+pub trait DurableQueue: Send + Sync {
+    /// Store `data` for the source's output `output`, returning once it is durable. `wait` bounds
+    /// how long to wait for room in the queue (`None`: as long as it takes); a queue set to drop
+    /// the newest when full returns `Ok` for a batch it dropped (and counts it) when `wait` is
+    /// `None`, and `Full` otherwise, so a client that can retry is told.
+    async fn append(&self, output: &str, data: &RecordBatch, wait: Option<Duration>) -> Result<(), TrySendError>;
+    /// How full the queue is, from 0.0 to 1.0.
+    fn fill(&self) -> f64;
+}
+
 /// One output of a component, fanned out to every consumer wired to it.
 #[derive(Clone)]
 pub struct Output {
@@ -123,12 +136,20 @@ pub struct Output {
     /// Dead-letter outputs don't count as rows_out; they count as dead_letters.
     counts_as_rows_out: bool,
     tap: Option<Arc<Tap>>,
+    /// Set for a source with `buffer: {type: disk}`: batches go to the queue (name of this output).
+    queue: Option<(Arc<dyn DurableQueue>, String)>,
 }
 
 impl Output {
     /// Wiring is the engine's job; plugins receive ready outputs in their context.
     pub fn new(targets: Vec<(mpsc::Sender<Delivery>, usize)>, metrics: Arc<ComponentMetrics>, counts_as_rows_out: bool) -> Self {
-        Output { targets, metrics, counts_as_rows_out, tap: None }
+        Output { targets, metrics, counts_as_rows_out, tap: None, queue: None }
+    }
+
+    /// An output that stores what it is sent in `queue` (as the source's output `name`); the
+    /// queue forwards it to the consumers. A batch's acks are released once it is durable there.
+    pub fn buffered(queue: Arc<dyn DurableQueue>, name: &str, metrics: Arc<ComponentMetrics>) -> Self {
+        Output { targets: Vec::new(), metrics, counts_as_rows_out: true, tap: None, queue: Some((queue, name.to_string())) }
     }
 
     /// Let observers see what this output sends.
@@ -139,7 +160,7 @@ impl Output {
 
     /// No consumer is wired to this output.
     pub fn is_unconnected(&self) -> bool {
-        self.targets.is_empty()
+        self.targets.is_empty() && self.queue.is_none()
     }
 
     fn count(&self, batch: &Batch) {
@@ -156,6 +177,12 @@ impl Output {
     /// Send to every consumer, waiting for buffer space (this is how backpressure propagates).
     /// With no consumer the batch is complete: its acks are released.
     pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+        if let Some((queue, name)) = &self.queue {
+            queue.append(name, &batch.data, None).await.map_err(|_| Closed)?;
+            self.count(&batch);
+            batch.acks.release();
+            return Ok(());
+        }
         self.count(&batch);
         let Some(((last_tx, last_input), rest)) = self.targets.split_last() else {
             batch.acks.release();
@@ -170,6 +197,12 @@ impl Output {
     /// Send without waiting longer than `wait` for buffer space in every consumer.
     /// Nothing is sent unless all consumers have room, so a rejected batch can be retried whole.
     pub async fn send_within(&self, batch: Batch, wait: Duration) -> Result<(), TrySendError> {
+        if let Some((queue, name)) = &self.queue {
+            queue.append(name, &batch.data, Some(wait)).await?;
+            self.count(&batch);
+            batch.acks.release();
+            return Ok(());
+        }
         let reserve = async {
             let mut permits = Vec::with_capacity(self.targets.len());
             for (tx, input) in &self.targets {
@@ -197,6 +230,9 @@ impl Output {
 
     /// How full the fullest consumer buffer is, from 0.0 to 1.0.
     pub fn buffer_fill(&self) -> f64 {
+        if let Some((queue, _)) = &self.queue {
+            return queue.fill();
+        }
         self.targets.iter().map(|(tx, _)| 1.0 - tx.capacity() as f64 / tx.max_capacity() as f64).fold(0.0, f64::max)
     }
 }

@@ -1,0 +1,688 @@
+//! `buffer: {type: disk}` on a source: what it emits is fsynced to checksummed segment files
+//! before the source hears "accepted", then forwarded downstream from disk; space is reclaimed as
+//! the forwarded rows' acks resolve; after a crash, what was stored and not yet written by every
+//! sink is replayed before new input.
+//!
+//! Three parts share one [`Ledger`]:
+//! - the [`Appender`] (the source's outputs call it): encodes rows as an Arrow IPC record,
+//!   reserves room (blocking or dropping the newest when full) and hands the record to
+//! - the writer thread, which writes every record waiting at the time and fsyncs once for all of
+//!   them (group commit), then answers each appender;
+//! - the [`Forwarder`] task, which reads the durable records in order, merges small ones, and
+//!   sends them to the consumers with an ack; [`AckedProgress`] turns resolved acks into a
+//!   committed sequence number, which deletes whole segments and is saved in `acked`.
+//!
+//! Plain segment files rather than a crate: the embedded queues looked at (yaque: one reader that
+//! commits in order, state saved when dropped, no fsync per append; sled and redb: a B-tree with
+//! its own write-ahead log under a log) either do not fsync per group of appends, or cannot
+//! reclaim by out-of-order acks, or write every byte twice. The format is in [`segment`].
+
+mod segment;
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tributary_sdk::config::ByteSize;
+use tributary_sdk::progress::AckedProgress;
+use tributary_sdk::{AckSet, Batch, ComponentMetrics, ConfigError, DurableQueue, Output, OutputSpec, TrySendError};
+
+use segment::{decode_rows, encode_rows, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC};
+
+/// `buffer:` on any source.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceBuffer {
+    /// Rows wait in memory channels (the default): a crash loses what a non-replayable source
+    /// had accepted and not yet written.
+    #[default]
+    Memory,
+    /// Rows are fsynced to disk before the source is told they are accepted.
+    Disk(DiskBufferConfig),
+}
+
+/// `buffer: {type: disk, …}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskBufferConfig {
+    /// Disk space the buffer may use (default `1GiB`, at least `1MiB`).
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// What happens when it is full: `block` (default; the source waits, HTTP clients get 503
+    /// with `Retry-After`) or `drop_newest` (new rows are dropped and counted in `dropped_total`).
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Folder of the segment files (default `data/buffers/<source id>`). One pipeline at a time.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    #[default]
+    Block,
+    DropNewest,
+}
+
+fn default_max_size() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+const MIN_SIZE: u64 = 1 << 20;
+
+impl SourceBuffer {
+    /// Checked before anything runs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let SourceBuffer::Disk(d) = self {
+            if d.max_size.0 < MIN_SIZE {
+                return Err(ConfigError::at("max_size", format!("must be at least 1MiB, got {} bytes", d.max_size.0)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rows merged into one forwarded batch at most (small appends, such as one HTTP event each,
+/// travel on together).
+const FORWARD_ROWS: usize = 8192;
+/// Bytes of records read from disk per step of the forwarder.
+const READ_BYTES: usize = 8 << 20;
+/// How often the acked position is saved at most: after a crash, rows written within this long
+/// before it (and rows not yet acknowledged) are sent again.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+/// Bytes one group commit writes at most before it fsyncs and answers.
+const GROUP_BYTES: usize = 8 << 20;
+
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    /// Bytes fsynced: the forwarder reads up to here.
+    durable_len: u64,
+    /// No more records will be appended (a later segment exists).
+    sealed: bool,
+}
+
+struct Ledger {
+    /// Oldest first; the last one is being written.
+    segments: VecDeque<Segment>,
+    /// Sum of the segments' durable lengths.
+    used: u64,
+    /// Bytes of records accepted for writing and not yet written.
+    reserved: u64,
+    /// Every forwarded record up to this sequence number is written by every sink.
+    committed: Option<u64>,
+    checkpoint_saved: (Option<u64>, Instant),
+    /// The writer has stopped: no more records will come.
+    closed: bool,
+}
+
+struct Shared {
+    id: String,
+    dir: PathBuf,
+    max_size: u64,
+    segment_size: u64,
+    when_full: WhenFull,
+    outputs: Vec<String>,
+    ledger: Mutex<Ledger>,
+    /// New durable records, or the writer closed.
+    written: Notify,
+    /// Room was freed.
+    space: Notify,
+    metrics: Arc<ComponentMetrics>,
+    /// Held for the buffer's life: one process per buffer folder.
+    _lock: File,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("disk buffer lock")
+    }
+
+    /// Every forwarded record up to `seq` is written: drop the segments that hold nothing newer.
+    fn commit(&self, seq: u64) {
+        let mut l = self.lock();
+        l.committed = Some(seq);
+        while l.segments.len() > 1 && l.segments[0].sealed && l.segments[1].first_seq <= seq + 1 {
+            let gone = l.segments.pop_front().expect("checked");
+            l.used -= gone.durable_len;
+            if let Err(e) = std::fs::remove_file(&gone.path) {
+                tracing::warn!(source = %self.id, "cannot remove the written buffer segment {}: {e}", gone.path.display());
+            }
+        }
+        self.metrics.buffer_bytes.set(l.used);
+        if l.checkpoint_saved.1.elapsed() >= CHECKPOINT_EVERY {
+            save_checkpoint(&self.id, &self.dir, &mut l);
+        }
+        drop(l);
+        self.space.notify_waiters();
+    }
+}
+
+/// `acked` holds the committed sequence number, so a restart does not replay what was written
+/// (not fsynced: an older value only means more duplicates, never a loss).
+fn save_checkpoint(id: &str, dir: &Path, l: &mut Ledger) {
+    if let Some(seq) = l.committed.filter(|c| Some(*c) != l.checkpoint_saved.0) {
+        let tmp = dir.join("acked.tmp");
+        let saved = std::fs::write(&tmp, seq.to_string()).and_then(|()| std::fs::rename(&tmp, dir.join("acked")));
+        if let Err(e) = saved {
+            tracing::warn!(source = %id, "cannot save the buffer's acked position in {}: {e}", dir.display());
+        }
+    }
+    l.checkpoint_saved = (l.committed, Instant::now());
+}
+
+impl Drop for Shared {
+    /// The last holder is gone (every ack resolved): save the final position.
+    fn drop(&mut self) {
+        let ledger = self.ledger.get_mut().unwrap_or_else(|p| p.into_inner());
+        save_checkpoint(&self.id, &self.dir, ledger);
+    }
+}
+
+/// A record on its way to the writer thread.
+struct Append {
+    output: u16,
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+fn record_len(payload: &[u8]) -> u64 {
+    (HEADER_LEN + payload.len()) as u64
+}
+
+/// The source side: what its outputs call. Dropping the last one stops the writer, which tells
+/// the forwarder that nothing more will come.
+pub struct Appender {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Append>,
+}
+
+impl Appender {
+    async fn reserve(&self, size: u64, wait: Option<Duration>) -> Result<(), TrySendError> {
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        loop {
+            let notified = self.shared.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut l = self.shared.lock();
+                if l.closed {
+                    return Err(TrySendError::Closed);
+                }
+                if l.used + l.reserved + size <= self.shared.max_size {
+                    l.reserved += size;
+                    return Ok(());
+                }
+            }
+            if self.shared.when_full == WhenFull::DropNewest {
+                return Err(TrySendError::Full);
+            }
+            match deadline {
+                None => notified.await,
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        return Err(TrySendError::Full);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dropped(&self, rows: u64, why: &str) {
+        self.shared.metrics.dropped.add(rows);
+        tracing::warn!(source = %self.shared.id, rows, "disk buffer: {why}; rows dropped");
+    }
+}
+
+#[async_trait::async_trait]
+impl DurableQueue for Appender {
+    async fn append(&self, output: &str, data: &RecordBatch, wait: Option<Duration>) -> Result<(), TrySendError> {
+        let rows = data.num_rows() as u64;
+        if rows == 0 {
+            return Ok(());
+        }
+        let index = self.shared.outputs.iter().position(|o| o == output).expect("the source declared this output") as u16;
+        let payload = match encode_rows(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.metrics.errors.inc();
+                self.dropped(rows, &format!("rows could not be encoded: {e}"));
+                return Ok(());
+            }
+        };
+        let size = record_len(&payload);
+        if size > self.shared.max_size / 2 {
+            self.shared.metrics.errors.inc();
+            let why = format!("a batch of {size} bytes is larger than half of buffer.max_size ({} bytes); raise it", self.shared.max_size);
+            return match wait {
+                Some(_) => {
+                    tracing::warn!(source = %self.shared.id, "disk buffer: {why}");
+                    Err(TrySendError::Full)
+                }
+                None => {
+                    self.dropped(rows, &why);
+                    Ok(())
+                }
+            };
+        }
+        let mut payload = Some(payload);
+        loop {
+            match self.reserve(size, wait).await {
+                Ok(()) => {}
+                Err(TrySendError::Full) if wait.is_none() => {
+                    self.dropped(rows, "full (when_full: drop_newest)");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            let (reply, answer) = oneshot::channel();
+            let sent = payload.take().expect("payload kept for a retry");
+            if self.tx.send(Append { output: index, payload: sent, reply }).is_err() {
+                return Err(TrySendError::Closed);
+            }
+            match answer.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    self.shared.metrics.errors.inc();
+                    tracing::error!(source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
+                    if wait.is_some() {
+                        return Err(TrySendError::Full);
+                    }
+                    // A source that cannot be told "later" waits for the disk (backpressure).
+                    self.shared.metrics.retries.inc();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    payload = Some(encode_rows(data).map_err(|_| TrySendError::Closed)?);
+                }
+                Err(_) => return Err(TrySendError::Closed),
+            }
+        }
+    }
+
+    fn fill(&self) -> f64 {
+        let l = self.shared.lock();
+        (l.used + l.reserved) as f64 / self.shared.max_size as f64
+    }
+}
+
+/// The file being appended to, owned by the writer thread.
+struct Active {
+    file: File,
+    len: u64,
+}
+
+fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<Active> {
+    let path = segment_path(dir, first_seq);
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    file.write_all(MAGIC)?;
+    file.sync_data()?;
+    File::open(dir)?.sync_all()?;
+    Ok(Active { file, len: MAGIC.len() as u64 })
+}
+
+fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>, mut active: Active, mut next_seq: u64) {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        let mut bytes = group[0].payload.len();
+        while bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(a) => {
+                    bytes += a.payload.len();
+                    group.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        let reserved: u64 = group.iter().map(|a| record_len(&a.payload)).sum();
+        let result = write_group(&shared, &mut active, &mut next_seq, &group, &mut buf).map_err(|e| e.to_string());
+        if result.is_err() {
+            // Records of a failed write are never forwarded: start a clean segment after them.
+            match create_segment(&shared.dir, next_seq) {
+                Ok(fresh) => {
+                    active = fresh;
+                    let mut l = shared.lock();
+                    if let Some(last) = l.segments.back_mut() {
+                        last.sealed = true;
+                    }
+                    l.segments.push_back(Segment {
+                        first_seq: next_seq,
+                        path: segment_path(&shared.dir, next_seq),
+                        durable_len: active.len,
+                        sealed: false,
+                    });
+                    l.used += active.len;
+                }
+                Err(e) => tracing::error!(source = %shared.id, "disk buffer: cannot start a new segment: {e}"),
+            }
+            next_seq += 1;
+        }
+        {
+            let mut l = shared.lock();
+            l.reserved -= reserved;
+            shared.metrics.buffer_bytes.set(l.used);
+        }
+        shared.metrics.buffer_fsyncs.inc();
+        shared.written.notify_waiters();
+        shared.space.notify_waiters();
+        for a in group {
+            let _ = a.reply.send(result.clone());
+        }
+    }
+    shared.lock().closed = true;
+    shared.written.notify_waiters();
+    shared.space.notify_waiters();
+}
+
+/// Write and fsync one group, rotating segments as they fill; publish what became durable.
+fn write_group(shared: &Shared, active: &mut Active, next_seq: &mut u64, group: &[Append], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    for a in group {
+        if active.len + buf.len() as u64 >= shared.segment_size {
+            flush(shared, active, buf)?;
+            *active = create_segment(&shared.dir, *next_seq)?;
+            let mut l = shared.lock();
+            if let Some(last) = l.segments.back_mut() {
+                last.sealed = true;
+            }
+            l.segments.push_back(Segment {
+                first_seq: *next_seq,
+                path: segment_path(&shared.dir, *next_seq),
+                durable_len: active.len,
+                sealed: false,
+            });
+            l.used += active.len;
+        }
+        write_record(buf, *next_seq, a.output, &a.payload);
+        *next_seq += 1;
+    }
+    flush(shared, active, buf)
+}
+
+fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    active.file.write_all(buf)?;
+    active.file.sync_data()?;
+    active.len += buf.len() as u64;
+    let mut l = shared.lock();
+    let added = buf.len() as u64;
+    if let Some(last) = l.segments.back_mut() {
+        last.durable_len = active.len;
+    }
+    l.used += added;
+    buf.clear();
+    Ok(())
+}
+
+/// The consumer side: reads durable records in order and sends them on.
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    /// Records up to here were committed by an earlier run: skipped.
+    skip_through: Option<u64>,
+    /// Records below this sequence number were stored by an earlier run (counted as replayed).
+    first_new_seq: u64,
+    /// Where reading resumes.
+    cursor: Option<Cursor>,
+}
+
+struct Cursor {
+    /// The segment being read.
+    first_seq: u64,
+    reader: SegmentReader,
+    /// A record in it did not verify: move on once a later segment exists.
+    damaged: bool,
+}
+
+/// A disk buffer opened for one source: the outputs to give the source, and the task that
+/// forwards to its consumers.
+pub struct OpenedBuffer {
+    pub queue: Arc<dyn DurableQueue>,
+    pub forwarder: Forwarder,
+}
+
+/// Open (or create) the buffer folder, cut torn tails, and start the writer thread.
+pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: Arc<ComponentMetrics>) -> anyhow::Result<OpenedBuffer> {
+    let dir = cfg.path.clone().unwrap_or_else(|| PathBuf::from("data/buffers").join(id));
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create the disk buffer folder {}: {e}", dir.display()))?;
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!("the disk buffer folder {} is in use by another Tributary process", dir.display());
+    }
+    let checkpoint: Option<u64> = std::fs::read_to_string(dir.join("acked")).ok().and_then(|s| s.trim().parse().ok());
+
+    let mut paths: Vec<(u64, PathBuf)> =
+        std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).filter_map(|e| segment_first_seq(&e.path()).map(|s| (s, e.path()))).collect();
+    paths.sort();
+    let mut segments = VecDeque::new();
+    let mut last_seq: Option<u64> = None;
+    let mut replay_rows = 0;
+    for (first_seq, path) in paths {
+        let scanned = scan(&path, last_seq).map_err(|e| anyhow::anyhow!("cannot read the disk buffer segment {}: {e}", path.display()))?;
+        if let Some(d) = &scanned.damage {
+            tracing::warn!(
+                source = %id,
+                "disk buffer: cut {} at byte {}: {} ({} bytes dropped; the {} intact records before it are kept)",
+                path.display(),
+                d.offset,
+                d.reason,
+                std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0).saturating_sub(d.offset),
+                scanned.seqs.len()
+            );
+            let file = OpenOptions::new().write(true).open(&path)?;
+            file.set_len(scanned.intact_len)?;
+            file.sync_all()?;
+        }
+        let newest = scanned.seqs.last().copied();
+        if newest.is_none() || newest <= checkpoint {
+            // Empty, or every record in it already written.
+            std::fs::remove_file(&path)?;
+            last_seq = last_seq.max(newest);
+            continue;
+        }
+        replay_rows += scanned.rows;
+        last_seq = newest;
+        segments.push_back(Segment { first_seq, path, durable_len: scanned.intact_len, sealed: true });
+    }
+    let next_seq = last_seq.max(checkpoint).map_or(0, |s| s + 1);
+    if !segments.is_empty() {
+        tracing::info!(source = %id, segments = segments.len(), "disk buffer: replaying what an earlier run stored and did not finish writing (up to {replay_rows} rows) before new input");
+    }
+    let active = create_segment(&dir, next_seq)?;
+    segments.push_back(Segment { first_seq: next_seq, path: segment_path(&dir, next_seq), durable_len: active.len, sealed: false });
+    let used = segments.iter().map(|s| s.durable_len).sum();
+    metrics.buffer_bytes.set(used);
+    let shared = Arc::new(Shared {
+        id: id.to_string(),
+        dir,
+        max_size: cfg.max_size.0,
+        segment_size: (cfg.max_size.0 / 8).clamp(64 << 10, 128 << 20),
+        when_full: cfg.when_full,
+        outputs: outputs.iter().map(|o| o.name.clone()).collect(),
+        ledger: Mutex::new(Ledger {
+            segments,
+            used,
+            reserved: 0,
+            committed: checkpoint,
+            checkpoint_saved: (checkpoint, Instant::now()),
+            closed: false,
+        }),
+        written: Notify::new(),
+        space: Notify::new(),
+        metrics,
+        _lock: lock,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer_shared = shared.clone();
+    std::thread::Builder::new().name(format!("buffer-{id}")).spawn(move || write_loop(writer_shared, rx, active, next_seq))?;
+    Ok(OpenedBuffer {
+        queue: Arc::new(Appender { shared: shared.clone(), tx }),
+        forwarder: Forwarder { shared, skip_through: checkpoint, first_new_seq: next_seq, cursor: None },
+    })
+}
+
+/// A record read back, with its rows.
+struct Forwardable {
+    seq: u64,
+    output: u16,
+    rows: RecordBatch,
+}
+
+impl Forwarder {
+    /// Send everything stored, in order, until the source has stopped and all of it is sent.
+    pub async fn run(mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
+        let progress = {
+            let shared = self.shared.clone();
+            AckedProgress::new(move |seq: u64| shared.commit(seq))
+        };
+        let shared = self.shared.clone();
+        loop {
+            let notified = shared.written.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let closed = shared.lock().closed;
+            let (this, records) = tokio::task::spawn_blocking(move || {
+                let records = self.read();
+                (self, records)
+            })
+            .await?;
+            self = this;
+            if records.is_empty() {
+                if closed {
+                    return Ok(());
+                }
+                notified.await;
+                continue;
+            }
+            for (output, rows, last_seq) in merge(records) {
+                if last_seq < self.first_new_seq {
+                    self.shared.metrics.buffer_replayed.add(rows.num_rows() as u64);
+                }
+                let ack = progress.track(last_seq);
+                if outputs[output as usize].send(Batch::with_acks(rows, AckSet::single(ack))).await.is_err() {
+                    // The pipeline is going away; what was not written stays on disk for the next run.
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Durable records after the cursor, up to [`READ_BYTES`].
+    fn read(&mut self) -> Vec<Forwardable> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while bytes < READ_BYTES {
+            // The cursor's segment: how far it is durable, and the next one once it is sealed.
+            let (durable_len, next) = {
+                let l = self.shared.lock();
+                let at = self.cursor.as_ref().and_then(|c| l.segments.iter().position(|s| s.first_seq == c.first_seq));
+                match at {
+                    Some(i) => {
+                        let s = &l.segments[i];
+                        (s.durable_len, if s.sealed { l.segments.get(i + 1).map(|n| (n.first_seq, n.path.clone())) } else { None })
+                    }
+                    None => {
+                        let Some(front) = l.segments.front() else { break };
+                        let (first_seq, path) = (front.first_seq, front.path.clone());
+                        drop(l);
+                        if !self.open_cursor(first_seq, &path) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let cursor = self.cursor.as_mut().expect("positioned above");
+            if cursor.damaged || cursor.reader.offset() >= durable_len {
+                match next {
+                    Some((first_seq, path)) if self.open_cursor(first_seq, &path) => continue,
+                    _ => break,
+                }
+            }
+            match cursor.reader.next_record() {
+                Ok(Some(r)) if self.skip_through.is_some_and(|s| r.seq <= s) => {}
+                Ok(Some(r)) => {
+                    bytes += r.payload.len();
+                    match decode_rows(&r.payload) {
+                        Ok(rows) => out.push(Forwardable { seq: r.seq, output: r.output, rows }),
+                        Err(e) => {
+                            self.shared.metrics.errors.inc();
+                            tracing::error!(source = %self.shared.id, seq = r.seq, "disk buffer: a stored record cannot be read and is skipped: {e}");
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(d) => {
+                    // Durable bytes that no longer verify: the disk changed under us.
+                    self.shared.metrics.errors.inc();
+                    tracing::error!(source = %self.shared.id, "disk buffer: segment damaged at byte {}: {}; the rest of it is skipped", d.offset, d.reason);
+                    cursor.damaged = true;
+                }
+            }
+        }
+        out
+    }
+
+    fn open_cursor(&mut self, first_seq: u64, path: &Path) -> bool {
+        match SegmentReader::open(path) {
+            Ok(reader) => {
+                self.cursor = Some(Cursor { first_seq, reader, damaged: false });
+                true
+            }
+            Err(e) => {
+                self.shared.metrics.errors.inc();
+                tracing::error!(source = %self.shared.id, "disk buffer: cannot read {}: {e}", path.display());
+                false
+            }
+        }
+    }
+}
+
+/// Consecutive records of one output merged into batches of up to [`FORWARD_ROWS`] rows, each
+/// with the sequence number of its last record.
+fn merge(records: Vec<Forwardable>) -> Vec<(u16, RecordBatch, u64)> {
+    let mut out: Vec<(u16, RecordBatch, u64)> = Vec::new();
+    let mut run: Vec<Forwardable> = Vec::new();
+    let flush = |run: &mut Vec<Forwardable>, out: &mut Vec<(u16, RecordBatch, u64)>| {
+        let Some(last) = run.last() else { return };
+        let (output, seq) = (last.output, last.seq);
+        let rows = if run.len() == 1 {
+            run.pop().expect("one").rows
+        } else {
+            let schema = run[0].rows.schema();
+            match concat_batches(&schema, run.iter().map(|f| &f.rows)) {
+                Ok(rows) => rows,
+                Err(_) => {
+                    // Cannot happen for one output's rows; send them one by one.
+                    out.extend(run.drain(..).map(|f| (f.output, f.rows, f.seq)));
+                    return;
+                }
+            }
+        };
+        run.clear();
+        out.push((output, rows, seq));
+    };
+    let mut rows_in_run = 0;
+    for r in records {
+        let same = run.last().is_some_and(|l| l.output == r.output);
+        if !same || rows_in_run + r.rows.num_rows() > FORWARD_ROWS {
+            flush(&mut run, &mut out);
+            rows_in_run = 0;
+        }
+        rows_in_run += r.rows.num_rows();
+        run.push(r);
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests;

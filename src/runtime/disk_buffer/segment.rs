@@ -1,0 +1,304 @@
+//! The on-disk format of a disk buffer: segment files of checksummed records.
+//!
+//! A segment is `<first seq, 20 digits>.seg`: the magic `TRIBSEG1`, then records back to back:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | payload length, little endian |
+//! | 4 | CRC-32 of the next three fields |
+//! | 8 | sequence number (increasing across segments) |
+//! | 2 | index of the source output the rows belong to |
+//! | n | the rows: one Arrow IPC stream (schema + one batch) |
+//!
+//! Records are only appended, and a record counts only once its checksum verifies, so a crash
+//! mid-write leaves at most a torn tail, which [`scan`] finds and the buffer cuts off.
+
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+
+pub const MAGIC: &[u8; 8] = b"TRIBSEG1";
+pub const HEADER_LEN: usize = 18;
+
+/// A segment's file name for the first sequence number it holds.
+pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.seg"))
+}
+
+/// The first sequence number in a segment's file name, if it is one.
+pub fn segment_first_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+/// Rows as a record payload.
+pub fn encode_rows(rows: &RecordBatch) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(rows.get_array_memory_size() / 2 + 512);
+    let mut writer = StreamWriter::try_new(&mut out, &rows.schema()).map_err(|e| e.to_string())?;
+    writer.write(rows).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    drop(writer);
+    Ok(out)
+}
+
+/// A record payload as rows.
+pub fn decode_rows(payload: &[u8]) -> Result<RecordBatch, String> {
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(payload), None).map_err(|e| e.to_string())?;
+    match reader.next() {
+        Some(batch) => batch.map_err(|e| e.to_string()),
+        None => Err("the record holds no rows".into()),
+    }
+}
+
+fn checksum(seq: u64, output: u16, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&output.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Append one record to `buf`.
+pub fn write_record(buf: &mut Vec<u8>, seq: u64, output: u16, payload: &[u8]) {
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&checksum(seq, output, payload).to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&output.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// One record read back.
+#[derive(Debug)]
+pub struct Record {
+    pub seq: u64,
+    pub output: u16,
+    pub payload: Vec<u8>,
+}
+
+/// Why reading stopped before the end of a segment.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset of the first byte that is not part of an intact record.
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Reads a segment's records in order, verifying each.
+pub struct SegmentReader {
+    file: BufReader<File>,
+    offset: u64,
+    len: u64,
+}
+
+impl SegmentReader {
+    pub fn open(path: &Path) -> std::io::Result<SegmentReader> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut reader = SegmentReader { file: BufReader::with_capacity(256 << 10, file), offset: 0, len };
+        let mut magic = [0u8; 8];
+        match reader.file.read_exact(&mut magic) {
+            Ok(()) if &magic == MAGIC => reader.offset = MAGIC.len() as u64,
+            Ok(()) => return Err(std::io::Error::new(ErrorKind::InvalidData, "not a Tributary buffer segment (bad magic)")),
+            // A segment created but never written: treat as empty.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => reader.offset = len,
+            Err(e) => return Err(e),
+        }
+        Ok(reader)
+    }
+
+    /// Where the next record starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next intact record; `Ok(None)` at the end (or where a writer has not written yet);
+    /// `Err` at the first damaged byte. The file may grow while it is read: its length is
+    /// re-read at what looked like the end.
+    pub fn next_record(&mut self) -> Result<Option<Record>, Damage> {
+        let damage = |offset: u64, reason: String| Damage { offset, reason };
+        let start = self.offset;
+        if start + HEADER_LEN as u64 > self.len {
+            self.len = self.file.get_ref().metadata().map(|m| m.len()).unwrap_or(self.len);
+            if start == self.len {
+                return Ok(None);
+            }
+            if start + HEADER_LEN as u64 > self.len {
+                return Err(damage(start, format!("torn record header ({} of {HEADER_LEN} bytes)", self.len - start)));
+            }
+        }
+        let mut header = [0u8; HEADER_LEN];
+        self.file.read_exact(&mut header).map_err(|e| damage(start, format!("reading a record header: {e}")))?;
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
+        let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+        let seq = u64::from_le_bytes(header[8..16].try_into().unwrap());
+        let output = u16::from_le_bytes(header[16..18].try_into().unwrap());
+        let end = start + HEADER_LEN as u64 + len;
+        if end > self.len {
+            self.len = self.file.get_ref().metadata().map(|m| m.len()).unwrap_or(self.len);
+            if end > self.len {
+                self.resync(start);
+                return Err(damage(
+                    start,
+                    format!("torn record: {len} payload bytes declared, {} present", self.len.saturating_sub(start + HEADER_LEN as u64)),
+                ));
+            }
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.file.read_exact(&mut payload).map_err(|e| damage(start, format!("reading a record: {e}")))?;
+        if checksum(seq, output, &payload) != crc {
+            self.resync(start);
+            return Err(damage(start, "checksum mismatch".into()));
+        }
+        self.offset = end;
+        Ok(Some(Record { seq, output, payload }))
+    }
+
+    /// Leave the reader at the damaged record: a caller that stops there sees its offset.
+    fn resync(&mut self, offset: u64) {
+        let _ = self.file.seek(SeekFrom::Start(offset));
+        self.offset = offset;
+    }
+}
+
+/// What [`scan`] found in one segment.
+#[derive(Debug)]
+pub struct Scanned {
+    /// Sequence numbers of the intact records, in file order.
+    pub seqs: Vec<u64>,
+    /// Rows per intact record (for the replay count).
+    pub rows: u64,
+    /// Length of the intact prefix.
+    pub intact_len: u64,
+    pub damage: Option<Damage>,
+}
+
+/// Every intact record of a segment, up to the first damage. Sequence numbers must increase
+/// and be above `after`; a record that breaks that is damage too.
+pub fn scan(path: &Path, after: Option<u64>) -> std::io::Result<Scanned> {
+    let mut reader = SegmentReader::open(path)?;
+    let mut scanned = Scanned { seqs: Vec::new(), rows: 0, intact_len: reader.offset(), damage: None };
+    let mut last = after;
+    loop {
+        match reader.next_record() {
+            Ok(None) => break,
+            Ok(Some(r)) if last.is_some_and(|l| r.seq <= l) => {
+                scanned.damage = Some(Damage {
+                    offset: reader.offset() - (HEADER_LEN + r.payload.len()) as u64,
+                    reason: format!("sequence number {} out of order", r.seq),
+                });
+                break;
+            }
+            Ok(Some(r)) => {
+                scanned.rows += match decode_rows(&r.payload) {
+                    Ok(rows) => rows.num_rows() as u64,
+                    Err(e) => {
+                        scanned.damage = Some(Damage {
+                            offset: reader.offset() - (HEADER_LEN + r.payload.len()) as u64,
+                            reason: format!("unreadable rows: {e}"),
+                        });
+                        break;
+                    }
+                };
+                last = Some(r.seq);
+                scanned.seqs.push(r.seq);
+                scanned.intact_len = reader.offset();
+            }
+            Err(d) => {
+                scanned.damage = Some(d);
+                break;
+            }
+        }
+    }
+    Ok(scanned)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn rows(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..n)), Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("row {i}"))))],
+        )
+        .unwrap()
+    }
+
+    fn segment(dir: &Path, records: &[(u64, RecordBatch)]) -> PathBuf {
+        let path = segment_path(dir, records[0].0);
+        let mut buf = MAGIC.to_vec();
+        for (seq, r) in records {
+            write_record(&mut buf, *seq, 0, &encode_rows(r).unwrap());
+        }
+        std::fs::write(&path, buf).unwrap();
+        path
+    }
+
+    #[test]
+    fn records_round_trip_with_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), &[(7, rows(3)), (8, rows(2))]);
+        assert_eq!(segment_first_seq(&path), Some(7));
+        let mut reader = SegmentReader::open(&path).unwrap();
+        let first = reader.next_record().unwrap().unwrap();
+        assert_eq!((first.seq, first.output), (7, 0));
+        assert_eq!(decode_rows(&first.payload).unwrap(), rows(3));
+        assert_eq!(reader.next_record().unwrap().unwrap().seq, 8);
+        assert!(reader.next_record().unwrap().is_none());
+        let scanned = scan(&path, None).unwrap();
+        assert_eq!((scanned.seqs, scanned.rows, scanned.damage), (vec![7, 8], 5, None));
+        assert_eq!(scanned.intact_len, std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn a_torn_tail_is_found_at_the_offset_of_the_first_broken_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), &[(1, rows(3)), (2, rows(4))]);
+        let full = std::fs::metadata(&path).unwrap().len();
+        let first_end = scan(&path, None).unwrap();
+        // Cut the second record in the middle of its payload.
+        let second_start = MAGIC.len() as u64 + HEADER_LEN as u64 + encode_rows(&rows(3)).unwrap().len() as u64;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(full - 10).unwrap();
+        let scanned = scan(&path, None).unwrap();
+        assert_eq!(scanned.seqs, vec![1]);
+        assert_eq!(scanned.intact_len, second_start);
+        let damage = scanned.damage.unwrap();
+        assert_eq!(damage.offset, second_start);
+        assert!(damage.reason.starts_with("torn record: "), "{}", damage.reason);
+        assert_eq!(first_end.seqs, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_a_checksum_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), &[(1, rows(3)), (2, rows(4))]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 5;
+        bytes[last] ^= 0xff;
+        std::fs::File::create(&path).unwrap().write_all(&bytes).unwrap();
+        let scanned = scan(&path, None).unwrap();
+        assert_eq!(scanned.seqs, vec![1]);
+        assert_eq!(scanned.damage.unwrap().reason, "checksum mismatch");
+    }
+
+    #[test]
+    fn sequence_numbers_must_increase() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), &[(5, rows(1)), (6, rows(1))]);
+        let scanned = scan(&path, Some(5)).unwrap();
+        assert_eq!(scanned.seqs, Vec::<u64>::new());
+        assert_eq!(scanned.damage.unwrap(), Damage { offset: MAGIC.len() as u64, reason: "sequence number 5 out of order".into() });
+    }
+}

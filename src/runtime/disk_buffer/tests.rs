@@ -1,0 +1,217 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, Int64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use tokio::sync::mpsc;
+use tributary_sdk::config::ByteSize;
+use tributary_sdk::{ComponentMetrics, Delivery, DurableQueue, Output, OutputSpec, TrySendError};
+
+use super::segment::{segment_first_seq, HEADER_LEN};
+use super::*;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
+}
+
+fn rows(values: impl IntoIterator<Item = i64>) -> RecordBatch {
+    RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
+}
+
+fn values(batch: &RecordBatch) -> Vec<i64> {
+    batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()
+}
+
+fn config(dir: &Path, max_size: u64, when_full: WhenFull) -> DiskBufferConfig {
+    DiskBufferConfig { max_size: ByteSize(max_size), when_full, path: Some(dir.to_path_buf()) }
+}
+
+struct Running {
+    queue: Arc<dyn DurableQueue>,
+    forwarder: tokio::task::JoinHandle<anyhow::Result<()>>,
+    rx: mpsc::Receiver<Delivery>,
+    metrics: Arc<ComponentMetrics>,
+}
+
+/// A buffer whose forwarder sends to one channel (the consumer the test plays).
+fn start(cfg: &DiskBufferConfig) -> Running {
+    let metrics = Arc::new(ComponentMetrics::default());
+    let opened = open("src", cfg, &[OutputSpec::main(schema())], metrics.clone()).unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let output = Output::new(vec![(tx, 0)], metrics.clone(), false);
+    let forwarder = tokio::spawn(opened.forwarder.run(vec![output]));
+    Running { queue: opened.queue, forwarder, rx, metrics }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut s: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| segment_first_seq(p).is_some()).collect();
+    s.sort();
+    s
+}
+
+/// Every value the consumer receives until `n` values arrived; acks released when `ack`.
+async fn receive(rx: &mut mpsc::Receiver<Delivery>, n: usize, ack: bool) -> Vec<i64> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("rows within 10s").expect("channel open");
+        got.extend(values(&d.batch.data));
+        if ack {
+            d.batch.acks.release();
+        }
+        // Otherwise dropped unreleased: the rows count as not written (as after a crash).
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_fsyncs_and_arrive_in_order_then_space_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = start(&config(dir.path(), 1 << 20, WhenFull::Block));
+    let appends: Vec<_> = (0..200)
+        .map(|i| {
+            let q = b.queue.clone();
+            tokio::spawn(async move { q.append("", &rows([i]), Some(Duration::from_secs(5))).await })
+        })
+        .collect();
+    for a in appends {
+        assert_eq!(a.await.unwrap(), Ok(()));
+    }
+    let fsyncs = b.metrics.buffer_fsyncs.get();
+    assert!(fsyncs < 200, "group commit: {fsyncs} fsyncs for 200 concurrent appends");
+    let mut got = receive(&mut b.rx, 200, true).await;
+    got.sort();
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+
+    // Enough to fill several 128 KiB segments; all acked, all but the active segment go away.
+    for i in 0..300 {
+        b.queue.append("", &rows(i * 100..i * 100 + 100), None).await.unwrap();
+    }
+    assert_eq!(receive(&mut b.rx, 30_000, true).await, (0..30_000).collect::<Vec<_>>());
+    let left = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = segments(dir.path()).len();
+            if n == 1 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("written segments are removed");
+    assert_eq!(left, 1);
+    drop(b.queue);
+    b.forwarder.await.unwrap().unwrap();
+    assert!(b.rx.recv().await.is_none(), "the forwarder closes its outputs once the source is gone");
+}
+
+#[tokio::test]
+async fn what_was_not_acked_is_replayed_first_after_a_restart_and_what_was_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, WhenFull::Block);
+    let mut first = start(&cfg);
+    for i in 0..3 {
+        first.queue.append("", &rows([i]), None).await.unwrap();
+    }
+    // The consumer writes the first three (acked) …
+    assert_eq!(receive(&mut first.rx, 3, true).await, vec![0, 1, 2]);
+    for i in 3..6 {
+        first.queue.append("", &rows([i]), None).await.unwrap();
+    }
+    // … and holds the next three when the process dies (acks never resolve).
+    assert_eq!(receive(&mut first.rx, 3, false).await, vec![3, 4, 5]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    first.forwarder.abort();
+    drop(first.queue);
+    drop(first.rx);
+    // The writer thread lets go of the folder once the appender and forwarder are gone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut second = start(&cfg);
+    second.queue.append("", &rows([6]), None).await.unwrap();
+    assert_eq!(receive(&mut second.rx, 4, true).await, vec![3, 4, 5, 6], "replayed before new input, acked ones not again");
+    assert_eq!(second.metrics.buffer_replayed.get(), 3);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_the_intact_records_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, WhenFull::Block);
+    {
+        let metrics = Arc::new(ComponentMetrics::default());
+        let opened = open("src", &cfg, &[OutputSpec::main(schema())], metrics).unwrap();
+        for i in 0..3 {
+            opened.queue.append("", &rows([i * 10, i * 10 + 1]), None).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let segment = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 7).unwrap();
+
+    let mut b = start(&cfg);
+    // Not acknowledged, so the segment stays for the look below.
+    assert_eq!(receive(&mut b.rx, 4, false).await, vec![0, 1, 10, 11]);
+    let cut = std::fs::metadata(&segment).unwrap().len();
+    let record = (len - MAGIC.len() as u64) / 3;
+    assert_eq!(cut, MAGIC.len() as u64 + 2 * record, "cut at the start of the torn record");
+    assert_eq!(record, (HEADER_LEN + encode_rows(&rows([0, 1])).unwrap().len()) as u64);
+}
+
+#[tokio::test]
+async fn a_full_buffer_blocks_until_acks_free_room_or_drops_the_newest_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = start(&config(dir.path(), 1 << 20, WhenFull::Block));
+    let big = rows(0..20_000); // ~160 KB per record
+    let mut accepted = 0;
+    loop {
+        match b.queue.append("", &big, Some(Duration::from_millis(200))).await {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert_eq!(e, TrySendError::Full);
+                break;
+            }
+        }
+    }
+    assert!((5..=7).contains(&accepted), "1 MiB holds about six records of 160 KB, took {accepted}");
+    assert!(b.queue.fill() > 0.8, "fill {}", b.queue.fill());
+    // The consumer writes them: room again.
+    receive(&mut b.rx, accepted * 20_000, true).await;
+    b.queue.append("", &big, Some(Duration::from_secs(5))).await.expect("room after the acks");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(&config(dir.path(), 1 << 20, WhenFull::DropNewest));
+    for _ in 0..10 {
+        d.queue.append("", &big, None).await.unwrap();
+    }
+    let kept = d.metrics.dropped.get();
+    assert!(kept >= 3 * 20_000, "dropped {kept} rows");
+    assert_eq!(d.queue.append("", &big, Some(Duration::from_millis(10))).await, Err(TrySendError::Full), "a client that can retry is told");
+    let _ = receive(&mut d.rx, 10 * 20_000 - kept as usize, false).await;
+}
+
+#[tokio::test]
+async fn one_process_per_buffer_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, WhenFull::Block);
+    let _first = open("src", &cfg, &[OutputSpec::main(schema())], Arc::new(ComponentMetrics::default())).unwrap();
+    let err = open("src", &cfg, &[OutputSpec::main(schema())], Arc::new(ComponentMetrics::default())).err().unwrap();
+    assert_eq!(err.to_string(), format!("the disk buffer folder {} is in use by another Tributary process", dir.path().display()));
+}
+
+#[test]
+fn the_buffer_option_is_checked() {
+    let parse = |yaml: &str| {
+        serde_yaml::from_str::<SourceBuffer>(yaml)
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.validate().map(|()| b).map_err(|e| e.to_string()))
+    };
+    assert_eq!(parse("{type: memory}"), Ok(SourceBuffer::Memory));
+    assert_eq!(
+        parse("{type: disk, max_size: 64MiB, when_full: drop_newest}"),
+        Ok(SourceBuffer::Disk(DiskBufferConfig { max_size: ByteSize(64 << 20), when_full: WhenFull::DropNewest, path: None }))
+    );
+    assert_eq!(parse("{type: disk, max_size: 1000}").unwrap_err(), "max_size: must be at least 1MiB, got 1000 bytes");
+    assert!(parse("{type: disk, when_full: wait}").unwrap_err().contains("unknown variant `wait`, expected `block` or `drop_newest`"));
+}
