@@ -52,8 +52,17 @@ async fn bad_input_is_rejected_with_reasons_counted_and_the_server_keeps_serving
     let (status, body) = post_async(addr, AUTH, b"{\"user\":\"ok\",\"score\":5}\n{\"user\":\"ok2\",\"score\":6}".to_vec()).await;
     assert_eq!((status, body.as_str()), (200, r#"{"accepted":2}"#));
 
-    let (status, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics").unwrap()).await.unwrap();
-    assert_eq!(status, 200);
+    // Once the sink has written the two rows, its input buffer is empty again.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let (status, text) = tokio::task::spawn_blocking(move || get(admin, "/metrics").unwrap()).await.unwrap();
+        assert_eq!(status, 200);
+        metrics = text;
+        if metric(&metrics, "tributary_component_rows_written_total", "out") == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(metric(&metrics, "tributary_component_errors_total", "ingest"), Some(6.0), "{metrics}");
     assert_eq!(metric(&metrics, "tributary_component_rows_out_total", "ingest"), Some(2.0), "{metrics}");
     assert!(metrics.contains("tributary_up 1"), "{metrics}");
@@ -126,13 +135,13 @@ async fn a_stalled_sink_backpressures_clients_with_503_and_loses_nothing_accepte
 async fn slow_clients_are_cut_off_and_cannot_hold_a_stop_hostage() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
+    let (addr, admin) = (free_addr(), free_addr());
     let out = dir.path().join("out.jsonl");
     let pipeline = write(
         dir.path(),
         "p.yaml",
         &format!(
-            "admin: {{enabled: false}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    header_timeout: 1s\n    body_timeout: 1h\n    stop_timeout: 1s\n    schema: {{user: string, score: int}}\n    buffer: {{type: disk, max_size: 8MiB, path: \"{}\"}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 50ms}}\n",
+            "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    header_timeout: 1s\n    body_timeout: 1h\n    stop_timeout: 1s\n    schema: {{user: string, score: int}}\n    buffer: {{type: disk, max_size: 8MiB, path: \"{}\"}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 50ms}}\n",
             dir.path().join("buffer").display(),
             out.display()
         ),
@@ -141,6 +150,10 @@ async fn slow_clients_are_cut_off_and_cannot_hold_a_stop_hostage() {
     wait_for_port(addr).await;
     let (status, body) = tokio::task::spawn_blocking(move || post(addr, "/", &[], b"{\"user\":\"a\",\"score\":1}").unwrap()).await.unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"accepted":1}"#));
+    // One request, one fsync before its 200; the record is on disk until the sink acknowledges it.
+    let (_, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics").unwrap()).await.unwrap();
+    assert_eq!(metric(&metrics, "tributary_component_buffer_fsyncs_total", "ingest"), Some(1.0), "{metrics}");
+    assert!(metric(&metrics, "tributary_component_disk_buffer_bytes", "ingest").is_some_and(|b| b > 8.0), "{metrics}");
 
     let half_headers = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -118,3 +118,27 @@ async fn retry_and_dead_letters_are_the_engines_options_and_are_checked() {
         check(&format!("{SOURCES}dead_letters: {{dir: x}}\nsinks:\n  out: {{type: console, inputs: [probes]}}\n")).await.unwrap_err();
     assert_eq!(errs, ["p.yaml:3:16: dead_letters.dir: unknown field `dir`, expected `path`"]);
 }
+
+#[tokio::test]
+async fn a_source_buffer_is_the_engines_option_and_is_checked() {
+    let sink = "sinks:\n  out: {type: console, inputs: [probes]}\n";
+    let p =
+        check(&format!("sources:\n  probes: {{type: demo, kind: probes, buffer: {{type: disk, max_size: 2MiB, path: /tmp/b}}}}\n{sink}"))
+            .await
+            .unwrap();
+    let SourceBuffer::Disk(disk) = &p.sources[0].buffer else { panic!("a disk buffer") };
+    assert_eq!((disk.max_size.0, disk.path.as_deref()), (2 << 20, Some(std::path::Path::new("/tmp/b"))));
+    assert_eq!(check(&format!("{SOURCES}{sink}")).await.unwrap().sources[0].buffer, SourceBuffer::Memory);
+    let errs = check(&format!("sources:\n  probes: {{type: demo, kind: probes, buffer: {{type: disk, max_size: 10}}}}\n{sink}"))
+        .await
+        .unwrap_err();
+    assert_eq!(errs, ["p.yaml:2:59: sources.probes.buffer.max_size: must be at least 1MiB, got 10 bytes"]);
+    let errs = check(&format!("sources:\n  probes: {{type: demo, kind: probes, buffer: {{type: tape}}}}\n{sink}")).await.unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("p.yaml:2:")
+            && errs[0].contains("sources.probes.buffer")
+            && errs[0].contains("unknown variant `tape`, expected `memory` or `disk`"),
+        "{errs:?}"
+    );
+}
