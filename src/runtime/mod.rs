@@ -170,9 +170,9 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
             SourceBuffer::Memory => s.outputs.iter().map(|o: &OutputSpec| (o.name.clone(), wiring.output(&s.id, &o.name))).collect(),
             SourceBuffer::Disk(cfg) => match disk_buffer::open(&s.id, cfg, &s.outputs, wiring.metrics[&s.id].clone()) {
                 Ok(opened) => {
-                    let downstream = s.outputs.iter().map(|o| wiring.output_counted(&s.id, &o.name, false)).collect();
-                    let id = s.id.clone();
-                    tasks.spawn(async move { (id, opened.forwarder.run(downstream).await) });
+                    let downstream = s.outputs.iter().map(|o| (wiring.output_counted(&s.id, &o.name, false), o.schema.clone())).collect();
+                    let (id, dead) = (s.id.clone(), wiring.dead_letters(&s.id));
+                    tasks.spawn(async move { (id, opened.forwarder.run(downstream, dead).await) });
                     s.outputs
                         .iter()
                         .map(|o| (o.name.clone(), Output::buffered(opened.queue.clone(), &o.name, wiring.metrics[&s.id].clone())))

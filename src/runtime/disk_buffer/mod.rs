@@ -27,12 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::progress::AckedProgress;
-use tributary_sdk::{AckSet, Batch, ComponentMetrics, ConfigError, DurableQueue, Output, OutputSpec, TrySendError};
+use tributary_sdk::{AckSet, Batch, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, TrySendError};
 
 use segment::{decode_rows, encode_rows, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC};
 
@@ -538,7 +539,9 @@ struct Forwardable {
 
 impl Forwarder {
     /// Send everything stored, in order, until the source has stopped and all of it is sent.
-    pub async fn run(mut self, outputs: Vec<Output>) -> anyhow::Result<()> {
+    /// `outputs` are the source's declared outputs, in order; rows an earlier run stored under
+    /// another output list or schema (the pipeline file changed) go to `dead` instead.
+    pub async fn run(mut self, outputs: Vec<(Output, SchemaRef)>, dead: DeadLetters) -> anyhow::Result<()> {
         let progress = {
             let shared = self.shared.clone();
             AckedProgress::new(move |seq: u64| shared.commit(seq))
@@ -566,8 +569,17 @@ impl Forwarder {
                 if last_seq < self.first_new_seq {
                     self.shared.metrics.buffer_replayed.add(rows.num_rows() as u64);
                 }
-                let ack = progress.track(last_seq);
-                if outputs[output as usize].send(Batch::with_acks(rows, AckSet::single(ack))).await.is_err() {
+                let acks = AckSet::single(progress.track(last_seq));
+                let sent = match outputs.get(output as usize) {
+                    Some((out, schema)) if rows.schema().fields() == schema.fields() => out.send(Batch::with_acks(rows, acks)).await,
+                    _ => {
+                        self.shared.metrics.errors.inc();
+                        let why = "stored in the disk buffer by an earlier run whose source had other outputs or another schema";
+                        tracing::warn!(source = %self.shared.id, rows = rows.num_rows(), "{why}: sent to the dead letters");
+                        dead.send_rows(&rows, why, acks).await
+                    }
+                };
+                if sent.is_err() {
                     // The pipeline is going away; what was not written stays on disk for the next run.
                     return Ok(());
                 }

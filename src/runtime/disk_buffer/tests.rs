@@ -6,7 +6,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 use tributary_sdk::config::ByteSize;
-use tributary_sdk::{ComponentMetrics, Delivery, DurableQueue, Output, OutputSpec, TrySendError};
+use tributary_sdk::{ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, DurableQueue, Output, OutputSpec, TrySendError};
 
 use super::segment::{segment_first_seq, HEADER_LEN};
 use super::*;
@@ -36,11 +36,19 @@ struct Running {
 
 /// A buffer whose forwarder sends to one channel (the consumer the test plays).
 fn start(cfg: &DiskBufferConfig) -> Running {
+    start_declaring(cfg, schema())
+}
+
+/// As [`start`], with the source declaring `declared` as its schema; its dead letters go to
+/// `dead_letters.jsonl` beside the buffer folder.
+fn start_declaring(cfg: &DiskBufferConfig, declared: SchemaRef) -> Running {
     let metrics = Arc::new(ComponentMetrics::default());
-    let opened = open("src", cfg, &[OutputSpec::main(schema())], metrics.clone()).unwrap();
+    let opened = open("src", cfg, &[OutputSpec::main(declared.clone())], metrics.clone()).unwrap();
     let (tx, rx) = mpsc::channel(1024);
     let output = Output::new(vec![(tx, 0)], metrics.clone(), false);
-    let forwarder = tokio::spawn(opened.forwarder.run(vec![output]));
+    let store = Arc::new(DeadLetterStore::new(cfg.path.as_ref().unwrap().with_extension("dead_letters.jsonl")));
+    let dead = DeadLetters::new("src", Output::new(Vec::new(), metrics.clone(), false), metrics.clone()).with_store(store);
+    let forwarder = tokio::spawn(opened.forwarder.run(vec![(output, declared)], dead));
     Running { queue: opened.queue, forwarder, rx, metrics }
 }
 
@@ -189,6 +197,32 @@ async fn a_full_buffer_blocks_until_acks_free_room_or_drops_the_newest_and_count
     assert!(kept >= 3 * 20_000, "dropped {kept} rows");
     assert_eq!(d.queue.append("", &big, Some(Duration::from_millis(10))).await, Err(TrySendError::Full), "a client that can retry is told");
     let _ = receive(&mut d.rx, 10 * 20_000 - kept as usize, false).await;
+}
+
+/// The pipeline file changed between runs: rows stored under the old schema cannot go to
+/// consumers planned for the new one, so they become dead letters (never dropped, never sent on).
+#[tokio::test]
+async fn rows_stored_under_another_schema_become_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir.path().join("buffer"), 1 << 20, WhenFull::Block);
+    {
+        let metrics = Arc::new(ComponentMetrics::default());
+        let opened = open("src", &cfg, &[OutputSpec::main(schema())], metrics).unwrap();
+        opened.queue.append("", &rows([41, 42]), None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let renamed = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
+    let mut b = start_declaring(&cfg, renamed.clone());
+    let new_rows = RecordBatch::try_new(renamed, vec![Arc::new(Int64Array::from(vec![7]))]).unwrap();
+    b.queue.append("", &new_rows, None).await.unwrap();
+    assert_eq!(receive(&mut b.rx, 1, true).await, vec![7], "only the new run's rows reach the consumer");
+    let letters = std::fs::read_to_string(dir.path().join("buffer.dead_letters.jsonl")).unwrap();
+    assert_eq!(letters.lines().count(), 2, "{letters}");
+    assert!(
+        letters.contains(r#"{\"v\":41}"#) && letters.contains("an earlier run whose source had other outputs or another schema"),
+        "{letters}"
+    );
+    assert_eq!(b.metrics.errors.get(), 1);
 }
 
 #[tokio::test]
