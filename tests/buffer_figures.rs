@@ -29,59 +29,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::figures::{harness_args, report, Figure};
 use common::*;
 use rand::Rng;
 
-#[derive(Default)]
-struct Figure {
-    scenario: &'static str,
-    fault: String,
-    accepted: i64,
-    written: i64,
-    lost: i64,
-    duplicates: i64,
-    notes: Vec<String>,
-    problems: Vec<String>,
-}
-
-impl Figure {
-    fn check(&mut self, ok: bool, problem: impl Into<String>) {
-        if !ok {
-            self.problems.push(problem.into());
-        }
-    }
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("buffer_figures: test");
-        return;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "buffer_figures".contains(f.as_str())) {
-        return;
-    }
+    let Some(args) = harness_args("buffer_figures") else { return };
     let kills = if args.iter().any(|a| a == "--full") { 20 } else { 5 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let figures = rt.block_on(async { vec![kill_under_load(kills).await, sigterm_with_a_stuck_sink().await, cut_mid_record().await] });
-    println!("\n| scenario | fault | accepted (200) | written (distinct) | lost | duplicates | observed |");
-    println!("|---|---|---|---|---|---|---|");
-    for f in &figures {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            f.scenario,
-            f.fault,
-            f.accepted,
-            f.written,
-            f.lost,
-            f.duplicates,
-            f.notes.join("; ")
-        );
-    }
-    println!();
-    let problems: Vec<String> = figures.iter().flat_map(|f| f.problems.iter().map(move |p| format!("{}: {p}", f.scenario))).collect();
-    assert!(problems.is_empty(), "buffer figures failed:\n  {}", problems.join("\n  "));
+    report("buffer figures", "accepted (200)", &figures);
 }
 
 /// `tributary run` with extra arguments, its stderr captured in `log`.
@@ -195,10 +152,10 @@ async fn kill_under_load(kills: usize) -> Figure {
     let exit = child.wait().unwrap();
     let accepted = accepted.lock().unwrap().clone();
     let (written, lost, duplicates) = reconcile(&accepted, &ids_written(&out));
-    f.accepted = accepted.len() as i64;
+    f.sent = accepted.len() as i64;
     (f.written, f.lost, f.duplicates) = (written, lost, duplicates);
     f.check(exit.success(), format!("the clean stop exited {exit}"));
-    f.check(f.accepted > 1000, format!("only {} rows accepted: the load never ran", f.accepted));
+    f.check(f.sent > 1000, format!("only {} rows accepted: the load never ran", f.sent));
     f.check(lost == 0, format!("{lost} rows answered 200 are not in the sink"));
     let replayed = std::fs::read_to_string(&log).unwrap_or_default().matches("disk buffer: replaying").count();
     f.notes.push(format!("{replayed} of {kills} restarts replayed stored rows"));
@@ -280,8 +237,8 @@ async fn sigterm_with_a_stuck_sink() -> Figure {
         *written.entry(r.get::<_, i64>(0)).or_insert(0) += 1;
     }
     let (distinct, lost, duplicates) = reconcile(&accepted, &written);
-    (f.accepted, f.written, f.lost, f.duplicates) = (expected, distinct, lost, duplicates);
-    f.check(f.accepted == 2000, format!("{} of 2000 rows accepted", f.accepted));
+    (f.sent, f.written, f.lost, f.duplicates) = (expected, distinct, lost, duplicates);
+    f.check(f.sent == 2000, format!("{} of 2000 rows accepted", f.sent));
     f.check(lost == 0, format!("{lost} rows answered 200 are not in the table"));
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
     f
@@ -326,7 +283,7 @@ async fn cut_mid_record() -> Figure {
     child.wait().unwrap();
     let written = ids_written(&out);
     let (distinct, lost, duplicates) = reconcile(&accepted, &written);
-    (f.accepted, f.written, f.duplicates) = (accepted.len() as i64, distinct, duplicates);
+    (f.sent, f.written, f.duplicates) = (accepted.len() as i64, distinct, duplicates);
     // The cut record's rows are the ten of the last request: lost to the damage, not to the buffer.
     f.lost = lost;
     let expected: BTreeSet<i64> = (0..90).collect();

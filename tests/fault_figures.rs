@@ -24,6 +24,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::figures::{harness_args, report, Figure};
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -37,37 +38,8 @@ struct Durations {
     soak: Duration,
 }
 
-/// One row of the table.
-#[derive(Default)]
-struct Figure {
-    scenario: &'static str,
-    fault: String,
-    sent: i64,
-    written: i64,
-    lost: i64,
-    duplicates: i64,
-    notes: Vec<String>,
-    problems: Vec<String>,
-}
-
-impl Figure {
-    fn check(&mut self, ok: bool, problem: impl Into<String>) {
-        if !ok {
-            self.problems.push(problem.into());
-        }
-    }
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("fault_figures: test");
-        return;
-    }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "fault_figures".contains(f.as_str())) {
-        return;
-    }
+    let Some(args) = harness_args("fault_figures") else { return };
     let full = args.iter().any(|a| a == "--full");
     let d = if full {
         Durations { cut: Duration::from_secs(60), soak: Duration::from_secs(180) }
@@ -83,18 +55,7 @@ fn main() {
             badge_events_soak(&d).await,
         ]
     });
-    print_table(&figures);
-    let problems: Vec<String> = figures.iter().flat_map(|f| f.problems.iter().map(move |p| format!("{}: {p}", f.scenario))).collect();
-    assert!(problems.is_empty(), "fault figures failed:\n  {}", problems.join("\n  "));
-}
-
-fn print_table(figures: &[Figure]) {
-    println!("\n| scenario | fault | sent | written (distinct) | lost | duplicates | observed |");
-    println!("|---|---|---|---|---|---|---|");
-    for f in figures {
-        println!("| {} | {} | {} | {} | {} | {} | {} |", f.scenario, f.fault, f.sent, f.written, f.lost, f.duplicates, f.notes.join("; "));
-    }
-    println!();
+    report("fault figures", "sent", &figures);
 }
 
 /// Resident memory of a process in MB (0 when it is gone).

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod figures;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
