@@ -180,3 +180,21 @@ async fn a_batch_over_thousands_of_dates_writes_every_row_once() {
     assert_eq!(files[0].0.split('/').next(), Some("date=1970-01-01"));
     assert!(sink.take_buffered().is_empty());
 }
+
+/// The engine gives up on a flush that wrote part of the buffer: it dead-letters only what
+/// `take_buffered` hands back, which is the unwritten partitions, so no row is both written and
+/// dead-lettered.
+#[tokio::test]
+async fn a_partly_written_flush_hands_back_only_the_unwritten_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = build(dir.path(), "");
+    let ctx = ctx();
+    sink.start(&ctx).await.unwrap();
+    sink.write(batch(&[Some("2026-11-21T10:00:00Z"), Some("2026-11-22T10:00:00Z")], &[1, 2]), &ctx).await.unwrap();
+    std::fs::write(dir.path().join("date=2026-11-22"), b"in the way").unwrap();
+    sink.flush(&ctx).await.unwrap_err();
+    let taken = sink.take_buffered();
+    let values: Vec<i64> = taken.iter().flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec()).collect();
+    assert_eq!(values, vec![2], "row 1 is in date=2026-11-21's file; only row 2 may become a dead letter");
+    assert_eq!(files(dir.path())[0].1, vec![1]);
+}
