@@ -464,3 +464,143 @@ async fn sslmode_require_encrypts_and_a_certificate_that_does_not_verify_fails_a
     assert!(err.starts_with("connection: sslrootcert /nonexistent/ca.pem: "), "{err}");
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
 }
+
+#[test]
+fn intervals_are_sent_in_the_unit_a_user_would_write() {
+    let d = |s: u64| crate::table::interval(Duration::from_secs(s));
+    assert_eq!(d(14 * 86_400), "INTERVAL '14 days'");
+    assert_eq!(d(86_400), "INTERVAL '1 day'");
+    assert_eq!(d(7_200), "INTERVAL '2 hours'");
+    assert_eq!(d(5_400), "INTERVAL '90 minutes'");
+    assert_eq!(d(61), "INTERVAL '61 seconds'");
+    assert_eq!(crate::table::interval(Duration::from_millis(10)), "INTERVAL '1 second'");
+}
+
+#[test]
+fn timescaledb_must_be_installed_and_preloaded() {
+    use crate::table::Timescale;
+    assert_eq!(Timescale::from_server(false, "timescaledb"), Timescale::Absent);
+    assert_eq!(Timescale::from_server(true, ""), Timescale::NotPreloaded);
+    assert_eq!(Timescale::from_server(true, "pg_stat_statements"), Timescale::NotPreloaded);
+    assert_eq!(Timescale::from_server(true, "pg_stat_statements, timescaledb"), Timescale::Available);
+    assert_eq!(Timescale::from_server(true, "\"timescaledb\""), Timescale::Available);
+}
+
+/// Eight sinks creating one table in a schema that does not exist yet, at the same moment (the
+/// first start of a pipeline with several sinks): every one starts. Unserialised, concurrent
+/// `CREATE SCHEMA/TABLE IF NOT EXISTS` fail with unique violations in the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_starting_together_on_a_new_table_all_start() {
+    let table = unique_table("ts_race");
+    let schema = format!("race_{}", table.rsplit('_').next().unwrap());
+    let starts: Vec<_> = (0..8)
+        .map(|i| {
+            let (table, schema) = (table.clone(), schema.clone());
+            tokio::spawn(async move {
+                let mut sink = build_as(&format!("pg{i}"), &table, &format!(", schema: {schema}"), probe_schema());
+                sink.start(&sink_context("pg")).await.map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    for s in starts {
+        assert_eq!(s.await.unwrap(), Ok(()));
+    }
+    let db = admin().await;
+    let columns: i64 = db
+        .query_one("SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2", &[&schema, &table])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 5);
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+}
+
+/// The race the issue names, on plain PostgreSQL: concurrent `CREATE EXTENSION IF NOT EXISTS`
+/// under the sinks' DDL lock all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_extension_under_the_ddl_lock_never_collides() {
+    let creates: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let db = admin().await;
+                crate::table::with_ddl_lock(&db, async {
+                    db.batch_execute("CREATE EXTENSION IF NOT EXISTS hstore").await?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    for c in creates {
+        assert_eq!(c.await.unwrap(), Ok(()));
+    }
+    let db = admin().await;
+    crate::table::with_ddl_lock(&db, async {
+        db.batch_execute("DROP EXTENSION IF EXISTS hstore").await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// An application's table keyed by `id bigserial PRIMARY KEY`: its key lacks the time column,
+/// so TimescaleDB would refuse it; the sink names the index (and keeps a plain table, writing).
+#[tokio::test]
+async fn unique_indexes_without_the_time_column_are_named() {
+    let table = unique_table("ts_app");
+    let db = admin().await;
+    db.batch_execute(&format!(
+        "CREATE TABLE \"{table}\" (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, site text, status_code bigint, response_time_ms double precision, success boolean, UNIQUE (site, ts))"
+    ))
+    .await
+    .unwrap();
+    let found = crate::table::unique_indexes_without(&db, &format!("\"public\".\"{table}\""), "ts").await.unwrap();
+    assert_eq!(found, vec![format!("`{table}_pkey` (id)")]);
+    let mut sink = build(&table, "", probe_schema());
+    let ctx = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+    sink.write(probe_rows(0..3, "a"), &ctx).await.unwrap();
+    assert_eq!(flush_retrying(sink.as_mut(), &ctx, 20).await, vec![]);
+    assert_eq!(db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get::<_, i64>(0), 3);
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+/// Where a TimescaleDB server is given (`TRIBUTARY_TEST_TIMESCALEDB`, a libpq URL): a restart with
+/// other settings changes the hypertable's chunk interval and retention, in the user's units.
+/// Without the variable there is no TimescaleDB here to test against, and the test says so; with
+/// it set and the server unreachable, it fails.
+#[tokio::test]
+async fn a_restart_with_other_settings_changes_the_hypertable() {
+    let Ok(url) = std::env::var("TRIBUTARY_TEST_TIMESCALEDB") else {
+        eprintln!("TRIBUTARY_TEST_TIMESCALEDB is not set: the hypertable settings test needs a TimescaleDB server");
+        return;
+    };
+    let (db, conn) = tokio_postgres::connect(&url, NoTls).await.expect("TRIBUTARY_TEST_TIMESCALEDB is set but unreachable");
+    tokio::spawn(conn);
+    let table = unique_table("ts_settings");
+    let start = |extra: &'static str| {
+        let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{url}', table: {table}{extra}}}"));
+        TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap()
+    };
+    start(", chunk_interval: 1d, retention: 30d").start(&sink_context("pg")).await.unwrap();
+    start(", chunk_interval: 7d, retention: 14d, compress_after: 2d").start(&sink_context("pg")).await.unwrap();
+    let chunk: String = db
+        .query_one("SELECT time_interval::text FROM timescaledb_information.dimensions WHERE hypertable_name = $1", &[&table])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(chunk, "7 days");
+    let jobs: Vec<(String, String)> = db
+        .query(
+            "SELECT proc_name::text, coalesce(config->>'drop_after', config->>'compress_after') FROM timescaledb_information.jobs WHERE hypertable_name = $1 ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(jobs, vec![("policy_compression".into(), "2 days".into()), ("policy_retention".into(), "14 days".into())]);
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
