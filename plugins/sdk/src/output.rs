@@ -124,6 +124,11 @@ pub trait DurableQueue: Send + Sync {
     /// the newest when full returns `Ok` for a batch it dropped (and counts it) when `wait` is
     /// `None`, and `Full` otherwise, so a client that can retry is told.
     async fn append(&self, output: &str, data: &RecordBatch, wait: Option<Duration>) -> Result<(), TrySendError>;
+    /// Store `data` without waiting for it to be durable: returns once the queue has room and has
+    /// taken it (so a source reading a file or a topic goes on reading while the fsync runs, and
+    /// consecutive batches share one); `acks` are released once it is durable, and failed if it
+    /// cannot be written.
+    async fn append_detached(&self, output: &str, data: &RecordBatch, acks: AckSet) -> Result<(), Closed>;
     /// How full the queue is, from 0.0 to 1.0.
     fn fill(&self) -> f64;
 }
@@ -178,10 +183,8 @@ impl Output {
     /// With no consumer the batch is complete: its acks are released.
     pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
         if let Some((queue, name)) = &self.queue {
-            queue.append(name, &batch.data, None).await.map_err(|_| Closed)?;
             self.count(&batch);
-            batch.acks.release();
-            return Ok(());
+            return queue.append_detached(name, &batch.data, batch.acks).await;
         }
         self.count(&batch);
         let Some(((last_tx, last_input), rest)) = self.targets.split_last() else {

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::progress::AckedProgress;
-use tributary_sdk::{AckSet, Batch, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, TrySendError};
+use tributary_sdk::{AckSet, Batch, Closed, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, TrySendError};
 
 use segment::{decode_rows, encode_rows, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC};
 
@@ -192,7 +192,15 @@ impl Drop for Shared {
 struct Append {
     output: u16,
     payload: Vec<u8>,
-    reply: oneshot::Sender<Result<(), String>>,
+    done: Done,
+}
+
+/// Who hears that a record is durable.
+enum Done {
+    /// An appender waiting for the answer (HTTP answers 200 after it).
+    Reply(oneshot::Sender<Result<(), String>>),
+    /// The batch's acknowledgements: released when durable, failed when the write failed.
+    Acks(AckSet),
 }
 
 fn record_len(payload: &[u8]) -> u64 {
@@ -286,7 +294,7 @@ impl DurableQueue for Appender {
             }
             let (reply, answer) = oneshot::channel();
             let sent = payload.take().expect("payload kept for a retry");
-            if self.tx.send(Append { output: index, payload: sent, reply }).is_err() {
+            if self.tx.send(Append { output: index, payload: sent, done: Done::Reply(reply) }).is_err() {
                 return Err(TrySendError::Closed);
             }
             match answer.await {
@@ -305,6 +313,45 @@ impl DurableQueue for Appender {
                 Err(_) => return Err(TrySendError::Closed),
             }
         }
+    }
+
+    async fn append_detached(&self, output: &str, data: &RecordBatch, acks: AckSet) -> Result<(), Closed> {
+        let rows = data.num_rows() as u64;
+        if rows == 0 {
+            acks.release();
+            return Ok(());
+        }
+        let index = self.shared.outputs.iter().position(|o| o == output).expect("the source declared this output") as u16;
+        let payload = match encode_rows(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.metrics.errors.inc();
+                self.dropped(rows, &format!("rows could not be encoded: {e}"));
+                acks.fail();
+                return Ok(());
+            }
+        };
+        let size = record_len(&payload);
+        if size > self.shared.max_size / 2 {
+            self.shared.metrics.errors.inc();
+            self.dropped(
+                rows,
+                &format!("a batch of {size} bytes is larger than half of buffer.max_size ({} bytes); raise it", self.shared.max_size),
+            );
+            acks.fail();
+            return Ok(());
+        }
+        match self.reserve(size, None).await {
+            Ok(()) => {}
+            Err(TrySendError::Full) => {
+                // when_full: drop_newest, as the user chose: the rows count as handled.
+                self.dropped(rows, "full (when_full: drop_newest)");
+                acks.release();
+                return Ok(());
+            }
+            Err(TrySendError::Closed) => return Err(Closed),
+        }
+        self.tx.send(Append { output: index, payload, done: Done::Acks(acks) }).map_err(|_| Closed)
     }
 
     fn fill(&self) -> f64 {
@@ -374,7 +421,16 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>, mut 
         shared.written.notify_waiters();
         shared.space.notify_waiters();
         for a in group {
-            let _ = a.reply.send(result.clone());
+            match a.done {
+                Done::Reply(reply) => {
+                    let _ = reply.send(result.clone());
+                }
+                Done::Acks(acks) if result.is_ok() => acks.release(),
+                Done::Acks(acks) => {
+                    tracing::error!(source = %shared.id, "disk buffer: cannot write to {}: {}; the rows are not acknowledged", shared.dir.display(), result.as_ref().err().map_or("", |e| e.as_str()));
+                    acks.fail();
+                }
+            }
         }
     }
     shared.lock().closed = true;

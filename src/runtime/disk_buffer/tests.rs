@@ -225,6 +225,25 @@ async fn rows_stored_under_another_schema_become_dead_letters() {
     assert_eq!(b.metrics.errors.get(), 1);
 }
 
+/// What a source's `send` does: it hands the batch over and goes on; the batch's ack resolves
+/// only once the record is fsynced, and the record is on disk by then (a reopen replays it).
+#[tokio::test]
+async fn a_detached_append_releases_its_ack_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, WhenFull::Block);
+    {
+        let metrics = Arc::new(ComponentMetrics::default());
+        let opened = open("src", &cfg, &[OutputSpec::main(schema())], metrics.clone()).unwrap();
+        let (ack, status) = tributary_sdk::Ack::channel();
+        opened.queue.append_detached("", &rows([5, 6]), tributary_sdk::AckSet::single(ack)).await.unwrap();
+        assert_eq!(status.await.unwrap(), tributary_sdk::AckStatus::Delivered);
+        assert_eq!(metrics.buffer_fsyncs.get(), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut b = start(&cfg);
+    assert_eq!(receive(&mut b.rx, 2, true).await, vec![5, 6]);
+}
+
 #[tokio::test]
 async fn one_process_per_buffer_folder() {
     let dir = tempfile::tempdir().unwrap();
