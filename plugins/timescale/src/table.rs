@@ -26,7 +26,7 @@ pub fn interval(d: std::time::Duration) -> String {
     let secs = d.as_secs().max(1);
     let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")]
         .into_iter()
-        .find(|(size, _)| secs % size == 0)
+        .find(|(size, _)| secs.is_multiple_of(*size))
         .map(|(size, unit)| (secs / size, unit))
         .expect("1 divides everything");
     format!("INTERVAL '{n} {unit}{}'", if n == 1 { "" } else { "s" })
