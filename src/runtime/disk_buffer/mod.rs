@@ -207,6 +207,13 @@ fn record_len(payload: &[u8]) -> u64 {
     (HEADER_LEN + payload.len()) as u64
 }
 
+/// A batch made ready for the writer.
+enum Prepared {
+    Empty,
+    Ready { index: u16, payload: Vec<u8>, size: u64 },
+    Refused(String),
+}
+
 /// The source side: what its outputs call. Dropping the last one stops the writer, which tells
 /// the forwarder that nothing more will come.
 pub struct Appender {
@@ -245,6 +252,26 @@ impl Appender {
         }
     }
 
+    /// `data` as a record for output `output`, or why it cannot be one (counted as an error).
+    fn prepare(&self, output: &str, data: &RecordBatch) -> Prepared {
+        if data.num_rows() == 0 {
+            return Prepared::Empty;
+        }
+        let index = self.shared.outputs.iter().position(|o| o == output).expect("the source declared this output") as u16;
+        let refused = match encode_rows(data) {
+            Ok(payload) => {
+                let size = record_len(&payload);
+                if size <= self.shared.max_size / 2 {
+                    return Prepared::Ready { index, payload, size };
+                }
+                format!("a batch of {size} bytes is larger than half of buffer.max_size ({} bytes); raise it", self.shared.max_size)
+            }
+            Err(e) => format!("rows could not be encoded: {e}"),
+        };
+        self.shared.metrics.errors.inc();
+        Prepared::Refused(refused)
+    }
+
     fn dropped(&self, rows: u64, why: &str) {
         self.shared.metrics.dropped.add(rows);
         tracing::warn!(source = %self.shared.id, rows, "disk buffer: {why}; rows dropped");
@@ -255,33 +282,18 @@ impl Appender {
 impl DurableQueue for Appender {
     async fn append(&self, output: &str, data: &RecordBatch, wait: Option<Duration>) -> Result<(), TrySendError> {
         let rows = data.num_rows() as u64;
-        if rows == 0 {
-            return Ok(());
-        }
-        let index = self.shared.outputs.iter().position(|o| o == output).expect("the source declared this output") as u16;
-        let payload = match encode_rows(data) {
-            Ok(p) => p,
-            Err(e) => {
-                self.shared.metrics.errors.inc();
-                self.dropped(rows, &format!("rows could not be encoded: {e}"));
+        let (index, payload, size) = match self.prepare(output, data) {
+            Prepared::Empty => return Ok(()),
+            Prepared::Refused(why) if wait.is_some() => {
+                tracing::warn!(source = %self.shared.id, "disk buffer: {why}");
+                return Err(TrySendError::Full);
+            }
+            Prepared::Refused(why) => {
+                self.dropped(rows, &why);
                 return Ok(());
             }
+            Prepared::Ready { index, payload, size } => (index, payload, size),
         };
-        let size = record_len(&payload);
-        if size > self.shared.max_size / 2 {
-            self.shared.metrics.errors.inc();
-            let why = format!("a batch of {size} bytes is larger than half of buffer.max_size ({} bytes); raise it", self.shared.max_size);
-            return match wait {
-                Some(_) => {
-                    tracing::warn!(source = %self.shared.id, "disk buffer: {why}");
-                    Err(TrySendError::Full)
-                }
-                None => {
-                    self.dropped(rows, &why);
-                    Ok(())
-                }
-            };
-        }
         let mut payload = Some(payload);
         loop {
             match self.reserve(size, wait).await {
@@ -317,30 +329,18 @@ impl DurableQueue for Appender {
 
     async fn append_detached(&self, output: &str, data: &RecordBatch, acks: AckSet) -> Result<(), Closed> {
         let rows = data.num_rows() as u64;
-        if rows == 0 {
-            acks.release();
-            return Ok(());
-        }
-        let index = self.shared.outputs.iter().position(|o| o == output).expect("the source declared this output") as u16;
-        let payload = match encode_rows(data) {
-            Ok(p) => p,
-            Err(e) => {
-                self.shared.metrics.errors.inc();
-                self.dropped(rows, &format!("rows could not be encoded: {e}"));
+        let (index, payload, size) = match self.prepare(output, data) {
+            Prepared::Empty => {
+                acks.release();
+                return Ok(());
+            }
+            Prepared::Refused(why) => {
+                self.dropped(rows, &why);
                 acks.fail();
                 return Ok(());
             }
+            Prepared::Ready { index, payload, size } => (index, payload, size),
         };
-        let size = record_len(&payload);
-        if size > self.shared.max_size / 2 {
-            self.shared.metrics.errors.inc();
-            self.dropped(
-                rows,
-                &format!("a batch of {size} bytes is larger than half of buffer.max_size ({} bytes); raise it", self.shared.max_size),
-            );
-            acks.fail();
-            return Ok(());
-        }
         match self.reserve(size, None).await {
             Ok(()) => {}
             Err(TrySendError::Full) => {
@@ -714,7 +714,7 @@ impl Forwarder {
     }
 }
 
-/// Consecutive records of one output merged into batches of up to [`FORWARD_ROWS`] rows, each
+/// Consecutive records of one output and schema merged into batches of up to [`FORWARD_ROWS`] rows, each
 /// with the sequence number of its last record.
 fn merge(records: Vec<Forwardable>) -> Vec<(u16, RecordBatch, u64)> {
     let mut out: Vec<(u16, RecordBatch, u64)> = Vec::new();
@@ -740,7 +740,9 @@ fn merge(records: Vec<Forwardable>) -> Vec<(u16, RecordBatch, u64)> {
     };
     let mut rows_in_run = 0;
     for r in records {
-        let same = run.last().is_some_and(|l| l.output == r.output);
+        // Same output and same columns: a record an earlier run stored under another schema
+        // must not be merged into (and relabelled as) this run's rows.
+        let same = run.last().is_some_and(|l| l.output == r.output && l.rows.schema() == r.rows.schema());
         if !same || rows_in_run + r.rows.num_rows() > FORWARD_ROWS {
             flush(&mut run, &mut out);
             rows_in_run = 0;

@@ -268,3 +268,24 @@ fn the_buffer_option_is_checked() {
     assert_eq!(parse("{type: disk, max_size: 1000}").unwrap_err(), "max_size: must be at least 1MiB, got 1000 bytes");
     assert!(parse("{type: disk, when_full: wait}").unwrap_err().contains("unknown variant `wait`, expected `block` or `drop_newest`"));
 }
+
+/// Small records travel on together, but never across outputs or schemas (a record of an earlier
+/// run's schema merged into this run's rows would be relabelled, then misrouted).
+#[test]
+fn merging_stops_at_another_output_or_schema() {
+    let other = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
+    let renamed = |v: i64| RecordBatch::try_new(other.clone(), vec![Arc::new(Int64Array::from(vec![v]))]).unwrap();
+    let records = vec![
+        Forwardable { seq: 1, output: 0, rows: rows([1]) },
+        Forwardable { seq: 2, output: 0, rows: rows([2]) },
+        Forwardable { seq: 3, output: 0, rows: renamed(3) },
+        Forwardable { seq: 4, output: 1, rows: rows([4]) },
+        Forwardable { seq: 5, output: 0, rows: rows([5]) },
+    ];
+    let merged: Vec<(u16, Vec<i64>, String, u64)> =
+        merge(records).into_iter().map(|(o, b, seq)| (o, values(&b), b.schema().field(0).name().clone(), seq)).collect();
+    assert_eq!(
+        merged,
+        vec![(0, vec![1, 2], "v".into(), 2), (0, vec![3], "value".into(), 3), (1, vec![4], "v".into(), 4), (0, vec![5], "v".into(), 5)]
+    );
+}
