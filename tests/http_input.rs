@@ -181,3 +181,36 @@ async fn slow_clients_are_cut_off_and_cannot_hold_a_stop_hostage() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"user\":\"a\",\"score\":1}\n");
     drop(stuck);
 }
+
+/// A body that stops arriving gets 408 after `body_timeout`, with the reason; the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{enabled: false}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    body_timeout: 1s\n    schema: {{user: string}}\nsinks:\n  out: {{type: console, inputs: [ingest]}}\n"
+        ),
+    );
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"user\":").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.ends_with(r#"{"error":"the body did not arrive within 1s"}"#), "{answer}");
+    let (status, _) = tokio::task::spawn_blocking(move || post(addr, "/", &[], br#"{"user":"still here"}"#).unwrap()).await.unwrap();
+    assert_eq!(status, 200);
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+}

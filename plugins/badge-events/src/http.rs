@@ -24,7 +24,7 @@ pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) 
         token: cfg.token.clone(),
         max_body: cfg.max_body_bytes.0 as usize,
         accept_timeout: std::time::Duration::from_secs(1),
-        body_timeout: ServeLimits::default().body_timeout,
+        body_timeout: cfg.body_timeout.0,
         output: ctx.output("").clone(),
         metrics: ctx.metrics.clone(),
     };
@@ -35,7 +35,8 @@ pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) 
         .route(if prefix.is_empty() { "/" } else { prefix }, post(envelopes))
         .with_state(shared);
     let address = cfg.address.expect("validated at build");
-    serve(address, app, &ctx, "badge_events (http)", ServeLimits::default()).await
+    let limits = ServeLimits { header_timeout: cfg.header_timeout.0, body_timeout: cfg.body_timeout.0, stop_timeout: cfg.stop_timeout.0 };
+    serve(address, app, &ctx, "badge_events (http)", limits).await
 }
 
 /// `POST <path><channel>`: the body is one message, exactly what the API would PUBLISH.

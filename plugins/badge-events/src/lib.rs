@@ -93,6 +93,15 @@ pub struct BadgeEventsConfig {
     /// HTTP mode: largest accepted body (default 1MiB); larger gets 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: tributary_sdk::config::ByteSize,
+    /// HTTP mode: time to send the request headers (default 10s); then the connection is closed.
+    #[serde(default = "tributary_http_server::default_header_timeout")]
+    pub header_timeout: Period,
+    /// HTTP mode: time to send the body (default 30s); then 408.
+    #[serde(default = "tributary_http_server::default_body_timeout")]
+    pub body_timeout: Period,
+    /// HTTP mode: on stop, how long requests in flight may take (default 5s); then connections close.
+    #[serde(default = "tributary_http_server::default_stop_timeout")]
+    pub stop_timeout: Period,
 }
 
 fn default_url() -> Secret {

@@ -59,13 +59,13 @@ pub struct HttpServerConfig {
     pub stop_timeout: Period,
 }
 
-fn default_header_timeout() -> Period {
+pub fn default_header_timeout() -> Period {
     Period::from_secs(10)
 }
-fn default_body_timeout() -> Period {
+pub fn default_body_timeout() -> Period {
     Period::from_secs(30)
 }
-fn default_stop_timeout() -> Period {
+pub fn default_stop_timeout() -> Period {
     Period::from_secs(5)
 }
 
