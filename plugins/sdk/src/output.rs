@@ -119,11 +119,10 @@ impl Tap {
 /// has one stores each batch there, and the queue forwards it downstream on its own.
 #[async_trait::async_trait]
 pub trait DurableQueue: Send + Sync {
-    /// Store `data` for the source's output `output`, returning once it is durable. `wait` bounds
-    /// how long to wait for room in the queue (`None`: as long as it takes); a queue set to drop
-    /// the newest when full returns `Ok` for a batch it dropped (and counts it) when `wait` is
-    /// `None`, and `Full` otherwise, so a client that can retry is told.
-    async fn append(&self, output: &str, data: &RecordBatch, wait: Option<Duration>) -> Result<(), TrySendError>;
+    /// Store `data` for the source's output `output`, returning once it is durable (an HTTP
+    /// source answers 200 after it). Waits at most `wait` for room; a full queue (also one set to
+    /// drop the newest) is `Full`, so a client that can retry is told.
+    async fn append(&self, output: &str, data: &RecordBatch, wait: Duration) -> Result<(), TrySendError>;
     /// Store `data` without waiting for it to be durable: returns once the queue has room and has
     /// taken it (so a source reading a file or a topic goes on reading while the fsync runs, and
     /// consecutive batches share one); `acks` are released once it is durable, and failed if it
@@ -201,7 +200,7 @@ impl Output {
     /// Nothing is sent unless all consumers have room, so a rejected batch can be retried whole.
     pub async fn send_within(&self, batch: Batch, wait: Duration) -> Result<(), TrySendError> {
         if let Some((queue, name)) = &self.queue {
-            queue.append(name, &batch.data, Some(wait)).await?;
+            queue.append(name, &batch.data, wait).await?;
             self.count(&batch);
             batch.acks.release();
             return Ok(());

@@ -121,7 +121,8 @@ async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &Sch
     // columns (a dimension such as "badges by id"), or one whose own key lacks it (`id bigserial
     // PRIMARY KEY`), stays a plain table.
     let keyed_off_time = cfg.mode == WriteMode::Upsert && !cfg.key.contains(&cfg.time_column);
-    let blocking_indexes = if timescale == Timescale::Available && !is_hypertable(client, cfg).await? {
+    let already_hypertable = timescale == Timescale::Available && is_hypertable(client, cfg).await?;
+    let blocking_indexes = if timescale == Timescale::Available && !already_hypertable {
         unique_indexes_without(client, &qualified, &cfg.time_column).await?
     } else {
         Vec::new()
@@ -164,7 +165,7 @@ async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &Sch
         Timescale::Available => true,
     };
     if hypertable {
-        make_hypertable(client, cfg, &qualified, &shown, sink_id).await?;
+        make_hypertable(client, cfg, &qualified, &shown, sink_id, already_hypertable).await?;
     } else {
         let index = quote_ident(&format!("{}_{}_idx", cfg.table, cfg.time_column));
         client
@@ -254,15 +255,23 @@ pub async fn unique_indexes_without(client: &Client, qualified: &str, column: &s
 }
 
 /// The hypertable path: only runs where the `timescaledb` extension is installed and preloaded.
-/// A new hypertable gets the configured settings; an existing one is brought to them, and every
-/// change is logged with what it was before.
-async fn make_hypertable(client: &Client, cfg: &TimescaleSinkConfig, qualified: &str, shown: &str, sink_id: &str) -> anyhow::Result<()> {
+/// A new hypertable gets the configured settings; an existing one (`exists`, from
+/// [`is_hypertable`]) is brought to them, and every change is logged with what it was before.
+async fn make_hypertable(
+    client: &Client,
+    cfg: &TimescaleSinkConfig,
+    qualified: &str,
+    shown: &str,
+    sink_id: &str,
+    exists: bool,
+) -> anyhow::Result<()> {
     let literal = qualified.replace('\'', "''");
-    let installed = client.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'", &[]).await?.is_some();
-    if !installed {
-        client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.context("creating the timescaledb extension")?;
-    }
-    if !is_hypertable(client, cfg).await? {
+    if !exists {
+        // Checked first: `IF NOT EXISTS` on an installed extension logs a NOTICE without the sink's id.
+        let installed = client.query_opt("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'", &[]).await?.is_some();
+        if !installed {
+            client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await.context("creating the timescaledb extension")?;
+        }
         let mut sql = format!(
             "SELECT create_hypertable('{literal}', '{}', chunk_time_interval => {}, migrate_data => TRUE);",
             cfg.time_column.replace('\'', "''"),

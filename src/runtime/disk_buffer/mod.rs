@@ -280,50 +280,29 @@ impl Appender {
 
 #[async_trait::async_trait]
 impl DurableQueue for Appender {
-    async fn append(&self, output: &str, data: &RecordBatch, wait: Option<Duration>) -> Result<(), TrySendError> {
-        let rows = data.num_rows() as u64;
+    async fn append(&self, output: &str, data: &RecordBatch, wait: Duration) -> Result<(), TrySendError> {
         let (index, payload, size) = match self.prepare(output, data) {
             Prepared::Empty => return Ok(()),
-            Prepared::Refused(why) if wait.is_some() => {
+            Prepared::Refused(why) => {
                 tracing::warn!(source = %self.shared.id, "disk buffer: {why}");
                 return Err(TrySendError::Full);
             }
-            Prepared::Refused(why) => {
-                self.dropped(rows, &why);
-                return Ok(());
-            }
             Prepared::Ready { index, payload, size } => (index, payload, size),
         };
-        let mut payload = Some(payload);
-        loop {
-            match self.reserve(size, wait).await {
-                Ok(()) => {}
-                Err(TrySendError::Full) if wait.is_none() => {
-                    self.dropped(rows, "full (when_full: drop_newest)");
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
+        self.reserve(size, Some(wait)).await?;
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Append { output: index, payload, done: Done::Reply(reply) }).is_err() {
+            return Err(TrySendError::Closed);
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                // A disk that cannot be written: the client is told to retry later.
+                self.shared.metrics.errors.inc();
+                tracing::error!(source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
+                Err(TrySendError::Full)
             }
-            let (reply, answer) = oneshot::channel();
-            let sent = payload.take().expect("payload kept for a retry");
-            if self.tx.send(Append { output: index, payload: sent, done: Done::Reply(reply) }).is_err() {
-                return Err(TrySendError::Closed);
-            }
-            match answer.await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => {
-                    self.shared.metrics.errors.inc();
-                    tracing::error!(source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
-                    if wait.is_some() {
-                        return Err(TrySendError::Full);
-                    }
-                    // A source that cannot be told "later" waits for the disk (backpressure).
-                    self.shared.metrics.retries.inc();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    payload = Some(encode_rows(data).map_err(|_| TrySendError::Closed)?);
-                }
-                Err(_) => return Err(TrySendError::Closed),
-            }
+            Err(_) => Err(TrySendError::Closed),
         }
     }
 
@@ -375,6 +354,18 @@ fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<Active> {
     Ok(Active { file, len: MAGIC.len() as u64 })
 }
 
+/// A new segment after the current one, which is sealed: created, and counted in the ledger.
+fn start_segment(shared: &Shared, first_seq: u64) -> std::io::Result<Active> {
+    let active = create_segment(&shared.dir, first_seq)?;
+    let mut l = shared.lock();
+    if let Some(last) = l.segments.back_mut() {
+        last.sealed = true;
+    }
+    l.segments.push_back(Segment { first_seq, path: segment_path(&shared.dir, first_seq), durable_len: active.len, sealed: false });
+    l.used += active.len;
+    Ok(active)
+}
+
 fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>, mut active: Active, mut next_seq: u64) {
     let mut buf = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -393,21 +384,8 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>, mut 
         let result = write_group(&shared, &mut active, &mut next_seq, &group, &mut buf).map_err(|e| e.to_string());
         if result.is_err() {
             // Records of a failed write are never forwarded: start a clean segment after them.
-            match create_segment(&shared.dir, next_seq) {
-                Ok(fresh) => {
-                    active = fresh;
-                    let mut l = shared.lock();
-                    if let Some(last) = l.segments.back_mut() {
-                        last.sealed = true;
-                    }
-                    l.segments.push_back(Segment {
-                        first_seq: next_seq,
-                        path: segment_path(&shared.dir, next_seq),
-                        durable_len: active.len,
-                        sealed: false,
-                    });
-                    l.used += active.len;
-                }
+            match start_segment(&shared, next_seq) {
+                Ok(fresh) => active = fresh,
                 Err(e) => tracing::error!(source = %shared.id, "disk buffer: cannot start a new segment: {e}"),
             }
             next_seq += 1;
@@ -444,18 +422,7 @@ fn write_group(shared: &Shared, active: &mut Active, next_seq: &mut u64, group: 
     for a in group {
         if active.len + buf.len() as u64 >= shared.segment_size {
             flush(shared, active, buf)?;
-            *active = create_segment(&shared.dir, *next_seq)?;
-            let mut l = shared.lock();
-            if let Some(last) = l.segments.back_mut() {
-                last.sealed = true;
-            }
-            l.segments.push_back(Segment {
-                first_seq: *next_seq,
-                path: segment_path(&shared.dir, *next_seq),
-                durable_len: active.len,
-                sealed: false,
-            });
-            l.used += active.len;
+            *active = start_segment(shared, *next_seq)?;
         }
         write_record(buf, *next_seq, a.output, &a.payload);
         *next_seq += 1;

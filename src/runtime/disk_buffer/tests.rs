@@ -11,6 +11,9 @@ use tributary_sdk::{ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, Du
 use super::segment::{segment_first_seq, HEADER_LEN};
 use super::*;
 
+/// How long a test's `append` may wait for room (it returns once the record is fsynced).
+const DURABLE: Duration = Duration::from_secs(5);
+
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
 }
@@ -80,7 +83,7 @@ async fn concurrent_appends_share_fsyncs_and_arrive_in_order_then_space_is_recla
     let appends: Vec<_> = (0..200)
         .map(|i| {
             let q = b.queue.clone();
-            tokio::spawn(async move { q.append("", &rows([i]), Some(Duration::from_secs(5))).await })
+            tokio::spawn(async move { q.append("", &rows([i]), Duration::from_secs(5)).await })
         })
         .collect();
     for a in appends {
@@ -94,7 +97,7 @@ async fn concurrent_appends_share_fsyncs_and_arrive_in_order_then_space_is_recla
 
     // Enough to fill several 128 KiB segments; all acked, all but the active segment go away.
     for i in 0..300 {
-        b.queue.append("", &rows(i * 100..i * 100 + 100), None).await.unwrap();
+        b.queue.append("", &rows(i * 100..i * 100 + 100), DURABLE).await.unwrap();
     }
     assert_eq!(receive(&mut b.rx, 30_000, true).await, (0..30_000).collect::<Vec<_>>());
     let left = tokio::time::timeout(Duration::from_secs(5), async {
@@ -120,12 +123,12 @@ async fn what_was_not_acked_is_replayed_first_after_a_restart_and_what_was_is_no
     let cfg = config(dir.path(), 1 << 20, WhenFull::Block);
     let mut first = start(&cfg);
     for i in 0..3 {
-        first.queue.append("", &rows([i]), None).await.unwrap();
+        first.queue.append("", &rows([i]), DURABLE).await.unwrap();
     }
     // The consumer writes the first three (acked) …
     assert_eq!(receive(&mut first.rx, 3, true).await, vec![0, 1, 2]);
     for i in 3..6 {
-        first.queue.append("", &rows([i]), None).await.unwrap();
+        first.queue.append("", &rows([i]), DURABLE).await.unwrap();
     }
     // … and holds the next three when the process dies (acks never resolve).
     assert_eq!(receive(&mut first.rx, 3, false).await, vec![3, 4, 5]);
@@ -137,7 +140,7 @@ async fn what_was_not_acked_is_replayed_first_after_a_restart_and_what_was_is_no
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut second = start(&cfg);
-    second.queue.append("", &rows([6]), None).await.unwrap();
+    second.queue.append("", &rows([6]), DURABLE).await.unwrap();
     assert_eq!(receive(&mut second.rx, 4, true).await, vec![3, 4, 5, 6], "replayed before new input, acked ones not again");
     assert_eq!(second.metrics.buffer_replayed.get(), 3);
 }
@@ -150,7 +153,7 @@ async fn a_torn_tail_is_cut_and_the_intact_records_are_replayed() {
         let metrics = Arc::new(ComponentMetrics::default());
         let opened = open("src", &cfg, &[OutputSpec::main(schema())], metrics).unwrap();
         for i in 0..3 {
-            opened.queue.append("", &rows([i * 10, i * 10 + 1]), None).await.unwrap();
+            opened.queue.append("", &rows([i * 10, i * 10 + 1]), DURABLE).await.unwrap();
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -174,7 +177,7 @@ async fn a_full_buffer_blocks_until_acks_free_room_or_drops_the_newest_and_count
     let big = rows(0..20_000); // ~160 KB per record
     let mut accepted = 0;
     loop {
-        match b.queue.append("", &big, Some(Duration::from_millis(200))).await {
+        match b.queue.append("", &big, Duration::from_millis(200)).await {
             Ok(()) => accepted += 1,
             Err(e) => {
                 assert_eq!(e, TrySendError::Full);
@@ -186,16 +189,16 @@ async fn a_full_buffer_blocks_until_acks_free_room_or_drops_the_newest_and_count
     assert!(b.queue.fill() > 0.8, "fill {}", b.queue.fill());
     // The consumer writes them: room again.
     receive(&mut b.rx, accepted * 20_000, true).await;
-    b.queue.append("", &big, Some(Duration::from_secs(5))).await.expect("room after the acks");
+    b.queue.append("", &big, Duration::from_secs(5)).await.expect("room after the acks");
 
     let dir = tempfile::tempdir().unwrap();
     let mut d = start(&config(dir.path(), 1 << 20, WhenFull::DropNewest));
     for _ in 0..10 {
-        d.queue.append("", &big, None).await.unwrap();
+        d.queue.append_detached("", &big, tributary_sdk::AckSet::none()).await.unwrap();
     }
     let kept = d.metrics.dropped.get();
     assert!(kept >= 3 * 20_000, "dropped {kept} rows");
-    assert_eq!(d.queue.append("", &big, Some(Duration::from_millis(10))).await, Err(TrySendError::Full), "a client that can retry is told");
+    assert_eq!(d.queue.append("", &big, Duration::from_millis(10)).await, Err(TrySendError::Full), "a client that can retry is told");
     let _ = receive(&mut d.rx, 10 * 20_000 - kept as usize, false).await;
 }
 
@@ -208,13 +211,13 @@ async fn rows_stored_under_another_schema_become_dead_letters() {
     {
         let metrics = Arc::new(ComponentMetrics::default());
         let opened = open("src", &cfg, &[OutputSpec::main(schema())], metrics).unwrap();
-        opened.queue.append("", &rows([41, 42]), None).await.unwrap();
+        opened.queue.append("", &rows([41, 42]), DURABLE).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let renamed = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
     let mut b = start_declaring(&cfg, renamed.clone());
     let new_rows = RecordBatch::try_new(renamed, vec![Arc::new(Int64Array::from(vec![7]))]).unwrap();
-    b.queue.append("", &new_rows, None).await.unwrap();
+    b.queue.append("", &new_rows, DURABLE).await.unwrap();
     assert_eq!(receive(&mut b.rx, 1, true).await, vec![7], "only the new run's rows reach the consumer");
     let letters = std::fs::read_to_string(dir.path().join("buffer.dead_letters.jsonl")).unwrap();
     assert_eq!(letters.lines().count(), 2, "{letters}");
