@@ -23,8 +23,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
 use prost::Message;
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::{free_port, rotel_agent, sink_context, write_like_the_engine};
 use tributary_sdk::{ComponentConfig, SinkPlugin};
+use tributary_testkit::{free_port, rotel_agent, sink_context, write_like_the_engine};
 
 const BATCH: usize = 2000;
 /// Whole seconds a few minutes ago: VictoriaMetrics keeps them (retention) and they are unique per run.
@@ -160,7 +160,7 @@ fn otlp_requests(base: i64, rows: usize) -> Vec<Vec<u8>> {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rows: usize = std::env::var("METRICS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 200_000 } else { 4_000 });
-    let vm = tributary_sdk::testkit::test_victoriametrics_url();
+    let vm = tributary_testkit::test_victoriametrics_url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let run = std::process::id();

@@ -18,10 +18,10 @@ use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
 fn redis_url() -> String {
-    tributary_sdk::testkit::test_redis_url()
+    tributary_testkit::test_redis_url()
 }
 fn vm_addr() -> std::net::SocketAddr {
-    let url = tributary_sdk::testkit::test_victoriametrics_url();
+    let url = tributary_testkit::test_victoriametrics_url();
     url.trim_start_matches("http://").trim_end_matches('/').parse().expect("TRIBUTARY_TEST_VICTORIAMETRICS is http://<ip>:<port>")
 }
 

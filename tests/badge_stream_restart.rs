@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 const TOTAL: usize = 2000;
 
 fn redis_url() -> String {
-    tributary_sdk::testkit::test_redis_url()
+    tributary_testkit::test_redis_url()
 }
 
 /// user_uuid → how many times it was written.

@@ -13,7 +13,7 @@ use common::*;
 async fn a_database_cut_under_a_stream_source_loses_nothing_and_acks_nothing_early() {
     let run = std::process::id();
     let (stream, table) = (format!("fault-badges-{run}"), format!("fault_badges_{run}"));
-    let mut conn = redis::Client::open(tributary_sdk::testkit::test_redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis::Client::open(tributary_testkit::test_redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
     let db = pg().await;
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
@@ -27,7 +27,7 @@ async fn a_database_cut_under_a_stream_source_loses_nothing_and_acks_nothing_ear
         &format!(
             "admin: {{address: \"{admin}\", degraded_after: 2s}}\ndead_letters: {{path: \"{}\"}}\nsources:\n  badges:\n    type: badge_events\n    mode: stream\n    url: {}\n    stream: {stream}\n    group: g\n    consumer: c1\nsinks:\n  db:\n    type: timescale\n    inputs: [badges]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch_age: 200ms\n    timeout: 3s\n",
             dir.path().join("dead_letters").display(),
-            tributary_sdk::testkit::test_redis_url(),
+            tributary_testkit::test_redis_url(),
         ),
     );
     let mut child = run_bin(&pipeline);

@@ -338,7 +338,7 @@ async fn redis_restart_under_stream() -> Figure {
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = tributary_sdk::testkit::free_port();
+    let port = tributary_testkit::free_port();
     let mut redis_server = OwnRedis::start(port, dir.path()).await;
     let url = format!("redis://127.0.0.1:{port}");
     let connect = || async { redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap() };
@@ -415,18 +415,18 @@ async fn badge_events_soak(d: &Durations) -> Figure {
     let stream = format!("badge-soak-{run}");
     let channel_table = format!("badge_channel_minutes_{run}");
     let dir = tempfile::tempdir().unwrap();
-    let rotel = tributary_sdk::testkit::RotelReceiver::start().await;
+    let rotel = tributary_testkit::RotelReceiver::start().await;
     let admin = free_addr();
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/badge-events.yaml")).unwrap();
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     doc["admin"]["address"] = admin.to_string().into();
     doc["dead_letters"] = serde_yaml::from_str(&format!("{{path: \"{}\"}}", dir.path().join("dead_letters").display())).unwrap();
-    doc["sources"]["badges"]["url"] = tributary_sdk::testkit::test_redis_url().into();
+    doc["sources"]["badges"]["url"] = tributary_testkit::test_redis_url().into();
     doc["sources"]["badges"]["stream"] = stream.clone().into();
     for (_, sink) in doc["sinks"].as_mapping_mut().unwrap().iter_mut() {
         match sink["type"].as_str().unwrap() {
             "timescale" => {
-                sink["connection"] = tributary_sdk::testkit::test_postgres_url().into();
+                sink["connection"] = tributary_testkit::test_postgres_url().into();
                 let table = format!("{}_{run}", sink["table"].as_str().unwrap());
                 sink["table"] = table.into();
             }
@@ -436,7 +436,7 @@ async fn badge_events_soak(d: &Durations) -> Figure {
         }
     }
     let path = write(dir.path(), "badge-events.yaml", &serde_yaml::to_string(&doc).unwrap());
-    let mut conn = redis::Client::open(tributary_sdk::testkit::test_redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis::Client::open(tributary_testkit::test_redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
     let db = pg().await;
     let mut child = run_bin(&path);

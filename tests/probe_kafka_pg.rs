@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
-use tributary_site_probe::test_site::TestSite;
+use tributary_testkit::TestSite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_consumer_pipelines_deliver_statuses_to_postgres() {
@@ -23,7 +23,7 @@ async fn producer_and_consumer_pipelines_deliver_statuses_to_postgres() {
     std::env::set_var("KAFKA_STATUS_TOPIC", &topic);
     std::env::set_var("PROBE_SITE", &site.http);
     std::env::set_var("API_READ_INTERVAL", "300ms");
-    std::env::set_var("PG_CONNECTION", tributary_sdk::testkit::test_postgres_url());
+    std::env::set_var("PG_CONNECTION", tributary_testkit::test_postgres_url());
 
     std::env::set_var("TRIBUTARY_ADMIN", common::free_addr().to_string());
     let (producer, stop_producer) = common::spawn_pipeline(Path::new("pipelines/probe-producer.yaml"));

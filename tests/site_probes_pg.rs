@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use tributary_site_probe::test_site::TestSite;
+use tributary_testkit::TestSite;
 
 fn pg_url() -> String {
-    tributary_sdk::testkit::test_postgres_url()
+    tributary_testkit::test_postgres_url()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 use tokio::net::UdpSocket;
-use tributary_sdk::testkit::{free_udp_port, RotelReceiver};
+use tributary_testkit::{free_udp_port, RotelReceiver};
 
 /// The shipped pipeline with this run's session names, ports, Parquet folder and OTLP endpoint.
 fn pipeline(run: &str, srt_port: u16, udp_in: u16, udp_out: u16, otlp_http: u16, data: &std::path::Path) -> String {
@@ -34,7 +34,7 @@ fn pipeline(run: &str, srt_port: u16, udp_in: u16, udp_out: u16, otlp_http: u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_pipeline_fills_postgres_parquet_and_otlp_and_every_dashboard_query_answers() {
-    tributary_sdk::testkit::srt_live_transmit();
+    tributary_testkit::srt_live_transmit();
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let run = format!("{:x}", (nanos as u64 ^ std::process::id() as u64) & 0xffffff);
     let (tx, rx) = (format!("studio-tx-{run}"), format!("studio-rx-{run}"));

@@ -14,7 +14,7 @@ async fn post_async(addr: std::net::SocketAddr, body: String) -> (u16, String) {
 }
 
 fn windowed_pipeline(dir: &Path, admin: std::net::SocketAddr, addr: std::net::SocketAddr, table: &str) -> std::path::PathBuf {
-    let pg = tributary_sdk::testkit::test_postgres_url();
+    let pg = tributary_testkit::test_postgres_url();
     write(
         dir,
         &format!("{table}.yaml"),
@@ -289,4 +289,63 @@ tests:
             pipeline.display()
         )
     );
+}
+
+/// `tributary test` runs the real runtime: a failing SQL batch and a late row with nothing
+/// reading `.late` become dead letters with the runtime's own reasons (an earlier harness of its
+/// own showed such rows under `.late`, which a real run never does), and a test may only feed
+/// sources.
+#[test]
+fn pipeline_tests_see_the_runtime_s_dead_letters_and_feed_only_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        r#"
+sources:
+  ingest: {type: http_server, address: "127.0.0.1:1", path: /i, schema: {ts: timestamp, site: string, ms: string}}
+transforms:
+  parsed:
+    inputs: [ingest]
+    sql: SELECT ts, site, CAST(ms AS BIGINT) AS ms FROM ingest
+  per_minute:
+    inputs: [parsed]
+    window: {tumbling: 1m}
+    sql: SELECT window_start, site, count(*) AS n, sum(ms) AS total FROM parsed GROUP BY window_start, site
+sinks:
+  out: {type: file, inputs: [per_minute], path: /dev/null}
+tests:
+  - name: bad and late rows are dead letters
+    steps:
+      - input: ingest
+        rows: [{ts: "2026-11-22T10:00:05Z", site: a, ms: "12"}, {ts: "2026-11-22T10:01:05Z", site: a, ms: "7"}]
+      - input: ingest
+        rows: [{ts: "2026-11-22T10:00:30Z", site: b, ms: "3"}]
+      - input: ingest
+        rows: [{ts: "2026-11-22T10:01:10Z", site: c, ms: "x"}]
+    expect:
+      out:
+        - {window_start: "2026-11-22T10:00:00Z", site: a, n: 1, total: 12, partial: false}
+        - {window_start: "2026-11-22T10:01:00Z", site: a, n: 1, total: 7, partial: true}
+      per_minute.late: []
+      per_minute.dead_letter:
+        - {component: per_minute, reason: "arrived after its window closed (behind the watermark); wire `per_minute.late` to handle late rows", payload: '{"ts":"2026-11-22T10:00:30Z","site":"b","ms":3}'}
+      parsed.dead_letter:
+        - {component: parsed, reason: "SQL failed on input `ingest`: Arrow error: Cast error: Cannot cast string 'x' to value of Int64 type"}
+  - name: feeding a transform is refused
+    inputs:
+      parsed: [{site: a}]
+"#,
+    );
+    let out = std::process::Command::new(bin()).args(["test", pipeline.to_str().unwrap()]).output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "{}\n  ok    bad and late rows are dead letters (4 outputs checked)\n  FAIL  feeding a transform is refused\n        `parsed` is not a source's output; tests feed sources' outputs: ingest\n1 passed, 1 failed\n",
+            pipeline.display()
+        )
+    );
+    // The run's own logs stay out of the report (only errors would show).
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "");
+    assert_eq!(out.status.code(), Some(1));
 }

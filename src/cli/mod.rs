@@ -229,7 +229,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Run { file, duration, admin, drain_timeout } => {
             let shutdown = CancellationToken::new();
             spawn_stop_triggers(shutdown.clone(), duration);
-            match crate::run_file(&file, admin, shutdown, RunOptions { drain_timeout }).await {
+            match crate::run_file(&file, admin, shutdown, RunOptions { drain_timeout, ..RunOptions::default() }).await {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::FAILURE

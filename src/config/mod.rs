@@ -9,7 +9,7 @@ pub mod spans;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_yaml::{Mapping, Value};
 use tributary_sdk::config::{path_to_string, PathSeg};
@@ -447,11 +447,6 @@ fn suffix(p: &str) -> String {
 
 fn strip_location(m: &str) -> String {
     m.split(" at line ").next().unwrap_or(m).to_string()
-}
-
-/// Resolve a pipeline path given on the command line.
-pub fn pipeline_path(p: &str) -> PathBuf {
-    PathBuf::from(p)
 }
 
 #[cfg(test)]

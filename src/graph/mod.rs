@@ -214,7 +214,6 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
     // 3. SQL plans against its inputs' schemas, in dependency order.
     let mut transforms = Vec::new();
     for id in order.iter().filter(|id| sqls.contains_key(*id)) {
-        let c = file.get(id).expect("declared");
         let refs = inputs[id].clone();
         let tables: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
         let cfg = &sqls[id];
@@ -278,7 +277,6 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
                     &format!("transforms.{id}.sql"),
                     format!("SQL does not plan: {} (tables: {})", clean_df_error(&e.to_string()), available.join(", ")),
                 ));
-                let _ = c;
             }
         }
     }

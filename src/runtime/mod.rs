@@ -16,12 +16,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::output::OutputSpec;
 
+mod clock;
 pub mod disk_buffer;
 mod sink;
+pub use clock::{Clock, ManualClock, Timer};
 pub use disk_buffer::SourceBuffer;
 pub use sink::SinkRetry;
 use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, Output, SinkContext, SourceContext, Tap, DEAD_LETTER_OUTPUT,
+    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap,
+    DEAD_LETTER_OUTPUT,
 };
 
 use crate::admin::{AdminState, ComponentInfo};
@@ -33,15 +36,22 @@ use crate::sql::window::{Emission, WindowOperator};
 pub const CHANNEL_CAPACITY: usize = 16;
 
 /// Options for a run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// How long the drain may take after shutdown starts before tasks are aborted.
     pub drain_timeout: Duration,
+    /// What windowed transforms' idle timeouts follow: the wall clock, or a manual one.
+    pub clock: Clock,
+    /// Count deliveries in flight here, so the caller can wait until all it fed was handled.
+    pub in_flight: Option<Arc<InFlight>>,
+    /// The taps of the outputs (by `inputs:` name), when the caller observes them from the start;
+    /// otherwise the run makes one per output for `tributary tap`.
+    pub taps: Option<HashMap<String, Arc<Tap>>>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { drain_timeout: Duration::from_secs(30) }
+        RunOptions { drain_timeout: Duration::from_secs(30), clock: Clock::Wall, in_flight: None, taps: None }
     }
 }
 
@@ -72,6 +82,7 @@ struct Wiring {
     /// Per output (`probes`, `webex.utilization`, `t.late`): observers for `tributary tap`.
     taps: HashMap<String, Arc<Tap>>,
     dead_letter_dir: std::path::PathBuf,
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl Wiring {
@@ -90,7 +101,10 @@ impl Wiring {
                 }
             }
         }
-        let out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
+        let mut out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
+        if let Some(in_flight) = &self.in_flight {
+            out = out.with_in_flight(in_flight.clone());
+        }
         let name = if output.is_empty() { producer.to_string() } else { format!("{producer}.{output}") };
         match self.taps.get(&name) {
             Some(tap) => out.with_tap(tap.clone()),
@@ -109,7 +123,10 @@ impl Wiring {
 /// Run `plan` until `shutdown` is cancelled (or every source finishes), then drain.
 pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: CancellationToken, opts: RunOptions) -> RunReport {
     let Plan { sources, transforms, sinks, decls, outputs, dead_letter_dir } = plan;
-    let taps: HashMap<String, Arc<Tap>> = outputs.keys().map(|name| (name.clone(), Arc::new(Tap::default()))).collect();
+    let taps = match opts.taps {
+        Some(taps) => taps,
+        None => outputs.keys().map(|name| (name.clone(), Arc::new(Tap::default()))).collect(),
+    };
     let mut wiring = Wiring {
         senders: HashMap::new(),
         receivers: HashMap::new(),
@@ -117,6 +134,7 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
         metrics: HashMap::new(),
         taps,
         dead_letter_dir,
+        in_flight: opts.in_flight,
     };
     for d in &decls {
         wiring.metrics.insert(d.id.clone(), Arc::new(ComponentMetrics::default()));
@@ -140,7 +158,9 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
             })
             .collect();
         admin.set_components(infos);
-        admin.set_taps(outputs.iter().map(|(name, schema)| (name.clone(), (schema.clone(), wiring.taps[name].clone()))).collect());
+        admin.set_taps(
+            outputs.iter().filter_map(|(name, schema)| Some((name.clone(), (schema.clone(), wiring.taps.get(name)?.clone())))).collect(),
+        );
     }
 
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
@@ -157,9 +177,11 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
         let dead = wiring.dead_letters(&t.id);
         let metrics = wiring.metrics[&t.id].clone();
         let id = t.id.clone();
-        if t.window.is_some() {
+        if let Some(window) = &t.window {
             let late = wiring.output(&t.id, LATE_OUTPUT);
-            tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics).await) });
+            // Made here, not in the task, so a manual clock's first advance already reaches it.
+            let timer = opts.clock.timer(Duration::from_micros((window.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64));
+            tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics, timer).await) });
         } else {
             tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics).await) });
         }
@@ -211,8 +233,7 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
                 None => break,
                 Some(Ok((id, Ok(())))) => tracing::debug!(component = %id, "finished"),
                 Some(Ok((id, Err(e)))) => {
-                    tracing::error!(component = %id, "failed: {e:#}");
-                    metrics[&id].errors.inc();
+                    tributary_sdk::report_error!(metrics[&id], error, component = %id, "failed: {e:#}");
                     report.failures.push((id, format!("{e:#}")));
                     // A pipeline missing a component cannot deliver what it promises: stop it cleanly.
                     shutdown.cancel();
@@ -261,7 +282,8 @@ async fn run_transform(
     dead: DeadLetters,
     metrics: Arc<ComponentMetrics>,
 ) -> anyhow::Result<()> {
-    while let Some(Delivery { input, batch }) = rx.recv().await {
+    // `_work` lives until the batch's results are queued downstream (see `InFlight`).
+    while let Some(Delivery { input, batch, work: _work }) = rx.recv().await {
         metrics.rows_in.add(batch.data.num_rows() as u64);
         metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
         metrics.batches_in.inc();
@@ -269,9 +291,8 @@ async fn run_transform(
             // Filtered out entirely: nothing left to deliver, the acks are released.
             Ok(out) => send_sharing_acks(&output, out, batch.acks).await?,
             Err(e) => {
-                metrics.errors.inc();
                 let reason = crate::sql::failure_reason(&t.inputs[input].name, &e);
-                tracing::warn!(transform = %t.id, "{reason}");
+                tributary_sdk::report_error!(metrics, warn, transform = %t.id, "{reason}");
                 dead.send_rows(&batch.data, &reason, batch.acks).await?;
             }
         }
@@ -288,22 +309,22 @@ async fn run_windowed_transform(
     late: Output,
     dead: DeadLetters,
     metrics: Arc<ComponentMetrics>,
+    mut timer: Timer,
 ) -> anyhow::Result<()> {
     let plan = t.window.expect("windowed");
-    let started = tokio::time::Instant::now();
-    let now = || started.elapsed().as_micros() as i64;
-    let tick_every = Duration::from_micros((plan.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64);
-    let mut op = WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, now())?;
-    let mut ticker = tokio::time::interval(tick_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut op = WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, timer.now_us())?;
     loop {
+        // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
+        let _work;
         let emission = tokio::select! {
             delivery = rx.recv() => {
-                let Some(Delivery { input, batch }) = delivery else { break };
+                let Some(Delivery { input, batch, work }) = delivery else { break };
+                _work = work;
+                let now = timer.now_us();
                 metrics.rows_in.add(batch.data.num_rows() as u64);
                 metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
                 metrics.batches_in.inc();
-                let accepted = op.accept(input, batch.data, batch.acks, now())?;
+                let accepted = op.accept(input, batch.data, batch.acks, now)?;
                 if let Some((rows, acks)) = accepted.late {
                     if late.is_unconnected() {
                         // Nobody reads `.late`: keep the rows as dead letters rather than drop them.
@@ -314,12 +335,15 @@ async fn run_windowed_transform(
                     }
                 }
                 for (rows, acks, reason) in accepted.rejected {
-                    metrics.errors.inc();
+                    tributary_sdk::report_error!(metrics, debug, transform = %t.id, rows = rows.num_rows(), "{reason}");
                     dead.send_rows(&rows, &reason, acks).await?;
                 }
-                op.advance(now()).await?
+                op.advance(now).await?
             }
-            _ = ticker.tick() => op.advance(now()).await?,
+            work = timer.tick() => {
+                _work = work;
+                op.advance(timer.now_us()).await?
+            }
         };
         send_emission(&t.id, emission, &output, &dead, &metrics).await?;
     }
@@ -339,11 +363,11 @@ async fn send_emission(
     match result {
         Ok(batches) => send_sharing_acks(output, batches, acks).await?,
         Err(failed) => {
-            metrics.errors.inc();
             let n = failed.len();
             let mut acks = Some(acks);
             for (k, (rows, reason)) in failed.into_iter().enumerate() {
-                tracing::warn!(transform = %id, "{reason}");
+                // One error per failed query (a window's rows are one query).
+                tributary_sdk::report_error!(metrics, warn, transform = %id, "{reason}");
                 let a = if k + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
                 dead.send_rows(&rows, &reason, a).await?;
             }

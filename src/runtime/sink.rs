@@ -67,11 +67,15 @@ impl<'a> Retrying<'a> {
     /// give-up reason when `max_elapsed` has passed.
     async fn wait(&mut self, error: &anyhow::Error) -> Option<String> {
         let m = &self.ctx.metrics;
-        let (since, since_us) = *self.since.get_or_insert_with(|| {
-            m.errors.inc();
-            (tokio::time::Instant::now(), tributary_sdk::now_us())
-        });
+        let first = self.since.is_none();
+        let (since, since_us) = *self.since.get_or_insert_with(|| (tokio::time::Instant::now(), tributary_sdk::now_us()));
         self.attempt += 1;
+        let delay = self.backoff.delay(self.attempt);
+        let error_text = format!("{error:#}");
+        // One error per episode of failures; the attempts after the first are retries.
+        if first {
+            tributary_sdk::report_error!(m, warn, sink = %self.ctx.id, attempt = 1, retry_in = ?delay, error = %error_text, "{} failed; retrying (rows wait, nothing is dropped)", self.what);
+        }
         m.set_failing(Some((since_us, format!("{error:#}"))));
         if let Some(limit) = self.retry.max_elapsed.filter(|limit| since.elapsed() >= limit.0) {
             m.set_failing(None);
@@ -82,11 +86,10 @@ impl<'a> Retrying<'a> {
                 self.attempt
             ));
         }
-        let delay = self.backoff.delay(self.attempt);
         m.retries.inc();
-        // Every attempt at first, then every 10th: a database down for an hour is not 10,000 lines.
-        if self.attempt <= 3 || self.attempt.is_multiple_of(10) {
-            tracing::warn!(sink = %self.ctx.id, attempt = self.attempt, retry_in = ?delay, error = %format!("{error:#}"), "{} failed; retrying (rows wait, nothing is dropped)", self.what);
+        // The first attempts, then every 10th: a database down for an hour is not 10,000 lines.
+        if !first && (self.attempt <= 3 || self.attempt.is_multiple_of(10)) {
+            tracing::warn!(sink = %self.ctx.id, attempt = self.attempt, retry_in = ?delay, error = %error_text, "{} failed; retrying (rows wait, nothing is dropped)", self.what);
         }
         tokio::time::sleep(delay).await;
         None
@@ -127,7 +130,8 @@ pub(crate) async fn run_sink(
         };
         tokio::select! {
             delivery = rx.recv() => {
-                let Some(Delivery { batch, .. }) = delivery else { break };
+                // `_work` lives until the batch is written (see `InFlight`).
+                let Some(Delivery { batch, work: _work, .. }) = delivery else { break };
                 let m = &ctx.metrics;
                 m.rows_in.add(batch.data.num_rows() as u64);
                 m.bytes_in.add(batch.data.get_array_memory_size() as u64);
@@ -227,7 +231,7 @@ async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, dead: &DeadLetters, retry
 async fn refuse(ctx: &SinkContext, dead: &DeadLetters, letters: Vec<DeadLetter>, acks: &AckSet) -> Result<u64, Closed> {
     let n = letters.len() as u64;
     if n > 0 {
-        ctx.metrics.errors.add(n);
+        tributary_sdk::report_error!(ctx.metrics, debug, count = n, sink = %ctx.id, first_reason = %letters[0].reason, "rows refused by the destination");
         dead.send(letters, acks.clone()).await?;
     }
     Ok(n)

@@ -145,7 +145,7 @@ pub fn sigterm(child: &std::process::Child) {
 
 /// A client of the test PostgreSQL (`TRIBUTARY_TEST_POSTGRES`, default local `test` database).
 pub async fn pg() -> tokio_postgres::Client {
-    let (db, conn) = tokio_postgres::connect(&tributary_sdk::testkit::test_postgres_url(), tokio_postgres::NoTls)
+    let (db, conn) = tokio_postgres::connect(&tributary_testkit::test_postgres_url(), tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL must be running (see ../shared/SERVICES.md)");
     tokio::spawn(conn);
@@ -200,8 +200,8 @@ impl CuttableProxy {
 
     /// An open proxy to the test PostgreSQL and the connection string that goes through it.
     pub async fn to_test_postgres() -> (CuttableProxy, String) {
-        let port = tributary_sdk::testkit::free_port();
-        let (target, via_proxy) = tributary_sdk::testkit::test_postgres_via(port);
+        let port = tributary_testkit::free_port();
+        let (target, via_proxy) = tributary_testkit::test_postgres_via(port);
         let mut proxy = CuttableProxy::new(port, target);
         proxy.open().await;
         (proxy, via_proxy)

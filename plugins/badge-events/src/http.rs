@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use tributary_http_server::{serve, Ingest, ServeLimits};
+use tributary_sdk::http::{serve, Ingest, ServeLimits};
 use tributary_sdk::{now_us, SourceContext};
 
 use crate::{to_batch, BadgeEventsConfig, Message};
@@ -57,7 +57,7 @@ async fn envelopes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         Err(refused) => return refused,
     };
     let ts_us = now_us();
-    let decoded = tributary_http_server::decode_off_reactor(move || read_envelopes(&bytes, ts_us)).await.and_then(|r| r);
+    let decoded = tributary_sdk::http::decode_off_reactor(move || read_envelopes(&bytes, ts_us)).await.and_then(|r| r);
     match decoded {
         Ok(messages) => deliver(&shared, messages).await,
         // The envelope itself is the client's mistake: nothing of the request is taken.
@@ -95,16 +95,21 @@ async fn deliver(shared: &Shared, messages: Vec<Message>) -> Response {
     let (batch, dead) = to_batch(&messages);
     if batch.num_rows() == 0 && !dead.is_empty() {
         let reason = dead[0].reason.clone();
-        shared.ingest.metrics.errors.add(dead.len() as u64 - 1);
+        // `reject` reports the first; the others are counted here.
+        tributary_sdk::report_error!(shared.ingest.metrics, debug, count = dead.len() - 1, source = %shared.ingest.id, "more undecodable badge events in the refused request");
         let _ = shared.dead_letters.send(dead, Default::default()).await;
         return shared.ingest.reject(StatusCode::BAD_REQUEST, reason);
     }
     let response = shared.ingest.accept(batch).await;
     if response.status() == StatusCode::OK && !dead.is_empty() {
-        shared.ingest.metrics.errors.add(dead.len() as u64);
-        for d in &dead {
-            tracing::warn!(source = %shared.ingest.id, reason = %d.reason, "undecodable badge event");
-        }
+        tributary_sdk::report_error!(
+            shared.ingest.metrics,
+            warn,
+            count = dead.len(),
+            source = %shared.ingest.id,
+            first_reason = %dead[0].reason,
+            "undecodable badge events"
+        );
         let _ = shared.dead_letters.send(dead, Default::default()).await;
     }
     response

@@ -94,13 +94,13 @@ pub struct BadgeEventsConfig {
     #[serde(default = "default_max_body")]
     pub max_body_bytes: tributary_sdk::config::ByteSize,
     /// HTTP mode: time to send the request headers (default 10s); then the connection is closed.
-    #[serde(default = "tributary_http_server::default_header_timeout")]
+    #[serde(default = "tributary_sdk::http::default_header_timeout")]
     pub header_timeout: Period,
     /// HTTP mode: time to send the body (default 30s); then 408.
-    #[serde(default = "tributary_http_server::default_body_timeout")]
+    #[serde(default = "tributary_sdk::http::default_body_timeout")]
     pub body_timeout: Period,
     /// HTTP mode: on stop, how long requests in flight may take (default 5s); then connections close.
-    #[serde(default = "tributary_http_server::default_stop_timeout")]
+    #[serde(default = "tributary_sdk::http::default_stop_timeout")]
     pub stop_timeout: Period,
 }
 
@@ -250,10 +250,7 @@ impl BadgeEventsSource {
         let (batch, dead) = to_batch(messages);
         ctx.metrics.bytes_in.add(messages.iter().map(|m| m.payload.len() as u64).sum());
         if !dead.is_empty() {
-            ctx.metrics.errors.add(dead.len() as u64);
-            for d in &dead {
-                tracing::warn!(source = %self.id, reason = %d.reason, "undecodable badge event");
-            }
+            tributary_sdk::report_error!(ctx.metrics, warn, count = dead.len(), source = %self.id, first_reason = %dead[0].reason, "undecodable badge events");
             ctx.dead_letters.send(dead, acks.clone()).await?;
         }
         if batch.num_rows() == 0 {
@@ -354,8 +351,7 @@ impl BadgeEventsSource {
             if !disconnected {
                 break;
             }
-            ctx.metrics.errors.inc();
-            tracing::warn!(source = %self.id, "Redis connection lost; resubscribing (messages published meanwhile are lost)");
+            tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, "Redis connection lost; resubscribing (messages published meanwhile are lost)");
         }
         Ok(())
     }
@@ -502,13 +498,11 @@ impl BadgeEventsSource {
             AckStatus::Delivered => {
                 let r: redis::RedisResult<i64> = conn.xack(&self.cfg.stream, &self.cfg.group, ids).await;
                 if let Err(e) = r {
-                    ctx.metrics.errors.inc();
-                    tracing::warn!(source = %self.id, error = %e, "XACK failed; the entries will be delivered again");
+                    tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, "XACK failed; the entries will be delivered again");
                 }
             }
             AckStatus::Failed => {
-                ctx.metrics.errors.inc();
-                tracing::warn!(source = %self.id, entries = ids.len(), "downstream failed to write; re-reading pending entries");
+                tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, entries = ids.len(), "downstream failed to write; re-reading pending entries");
                 *reread = true;
             }
         }
@@ -517,14 +511,13 @@ impl BadgeEventsSource {
     /// Counts and logs a failed read, waits a little; `true` when the connection itself is gone
     /// (a multiplexed connection does not come back by itself: the caller reconnects).
     async fn read_failed(&self, ctx: &SourceContext, e: &redis::RedisError) -> bool {
-        ctx.metrics.errors.inc();
         ctx.metrics.retries.inc();
         let lost = e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error();
         // `/health` names a source that keeps failing (after `admin.degraded_after`).
         if ctx.metrics.failing().is_none() {
             ctx.metrics.set_failing(Some((now_us(), format!("reading the Redis stream: {e}"))));
         }
-        tracing::warn!(source = %self.id, error = %e, reconnecting = lost, "reading the stream failed; retrying");
+        tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, reconnecting = lost, "reading the stream failed; retrying");
         tokio::select! { _ = ctx.shutdown.cancelled() => {}, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
         lost
     }

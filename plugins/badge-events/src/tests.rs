@@ -1,11 +1,11 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use tributary_sdk::testkit::{free_port, source_context};
+use tributary_testkit::{free_port, source_context};
 
 use super::*;
 
 fn redis_url() -> String {
-    tributary_sdk::testkit::test_redis_url()
+    tributary_testkit::test_redis_url()
 }
 
 async fn redis_conn() -> redis::aio::MultiplexedConnection {
@@ -241,7 +241,7 @@ fn config_errors_name_the_field() {
     assert!(err("{mode: stream, url: 'http://x'}").starts_with("url: not a Redis URL"), "{}", err("{mode: stream, url: 'http://x'}"));
 }
 
-async fn next_rows(h: &mut tributary_sdk::testkit::SourceHarness) -> RecordBatch {
+async fn next_rows(h: &mut tributary_testkit::SourceHarness) -> RecordBatch {
     tokio::time::timeout(Duration::from_secs(10), h.outputs.get_mut("").unwrap().recv()).await.expect("rows arrive").unwrap().batch.data
 }
 

@@ -88,7 +88,7 @@ mod tests {
 
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use tributary_sdk::testkit::sink_context;
+    use tributary_testkit::sink_context;
 
     use super::*;
 

@@ -99,7 +99,7 @@ impl FileSource {
         let (batch, errors) = self.rows.decode_lines(text);
         let acks = AckSet::single(ack);
         if !errors.is_empty() {
-            ctx.metrics.errors.add(errors.len() as u64);
+            tributary_sdk::report_error!(ctx.metrics, debug, count = errors.len(), source = %ctx.id, first_reason = %errors[0].reason, "undecodable lines");
             let letters = errors
                 .into_iter()
                 .map(|e| DeadLetter {
@@ -238,8 +238,8 @@ mod tests {
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
     use tokio::sync::mpsc::Receiver;
-    use tributary_sdk::testkit::source_context;
     use tributary_sdk::Delivery;
+    use tributary_testkit::source_context;
 
     use super::*;
 

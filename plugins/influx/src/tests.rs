@@ -4,7 +4,7 @@ use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, StringArr
 use datafusion::arrow::datatypes::{Field, Schema};
 use influxdb2::models::WriteDataPoint;
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::sink_context;
+use tributary_testkit::sink_context;
 
 use super::*;
 
@@ -91,7 +91,7 @@ fn config_errors_name_the_field() {
 }
 
 fn vm_url() -> String {
-    tributary_sdk::testkit::test_victoriametrics_url()
+    tributary_testkit::test_victoriametrics_url()
 }
 
 /// GET on VictoriaMetrics with a tiny HTTP/1.0 client (the test needs no HTTP crate).

@@ -294,7 +294,8 @@ impl KafkaSource {
             }
         };
         if !letters.is_empty() {
-            ctx.metrics.errors.add(letters.len() as u64);
+            // The dead letters carry each reason; the log says how many and the first.
+            tributary_sdk::report_error!(ctx.metrics, debug, count = letters.len(), source = %self.id, first_reason = %letters[0].reason, "undecodable messages");
             ctx.dead_letters.send(letters, AckSet::single(ack.clone())).await?;
         }
         if batch.num_rows() == 0 {
@@ -411,8 +412,7 @@ impl Source for KafkaSource {
                         }
                     }
                     Err(e) => {
-                        ctx.metrics.errors.inc();
-                        tracing::warn!(source = %self.id, error = %e, "Kafka consume error");
+                        tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, "Kafka consume error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },

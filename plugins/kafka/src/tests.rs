@@ -8,9 +8,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tributary_sdk::testkit::{sink_context, source_context};
 use tributary_sdk::{ComponentConfig, SinkPlugin, SourcePlugin};
-use tributary_site_probe::{probe_schema, rows_to_batch, ProbeRow};
+use tributary_testkit::{sink_context, source_context};
 
 use super::*;
 
@@ -59,30 +58,56 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
     }
 }
 
+/// A row as the `site_probes` source makes it, with the columns these tests look at (the kafka
+/// crate does not depend on that plugin: plugins share only the sdk).
+struct ProbeRow {
+    name: String,
+    status_code: i64,
+    value: Option<String>,
+    error_kind: Option<&'static str>,
+    error: Option<String>,
+}
+
 fn probe_row(name: &str, status: i64, kind: Option<&'static str>, error: Option<&str>, value: Option<&str>) -> ProbeRow {
-    ProbeRow {
-        ts_us: 1_622_106_394_000_000,
-        name: name.into(),
-        site: "https://aiven.io".into(),
-        endpoint: "/".into(),
-        url: "https://aiven.io/".into(),
-        status_code: status,
-        response_time_ms: 345,
-        total_time_ms: 400,
-        dns_ms: Some(1.0),
-        connect_ms: Some(2.0),
-        tls_ms: None,
-        ttfb_ms: Some(300.0),
-        sla_ms: 1000,
-        in_sla: true,
-        success: kind.is_none(),
-        value: value.map(String::from),
-        error_kind: kind,
-        error: error.map(String::from),
-        tls_cert_expiry_days: None,
-        body_bytes: Some(10),
-        redirects: 0,
-    }
+    ProbeRow { name: name.into(), status_code: status, value: value.map(String::from), error_kind: kind, error: error.map(String::from) }
+}
+
+fn probe_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let f = |name: &str, dt: DataType, nullable: bool| Field::new(name, dt, nullable);
+    std::sync::Arc::new(Schema::new(vec![
+        f("ts", tributary_sdk::config::event_time_type(), false),
+        f("name", DataType::Utf8, false),
+        f("site", DataType::Utf8, false),
+        f("endpoint", DataType::Utf8, false),
+        f("status_code", DataType::Int64, false),
+        f("response_time_ms", DataType::Int64, false),
+        f("sla_ms", DataType::Int64, false),
+        f("in_sla", DataType::Boolean, false),
+        f("success", DataType::Boolean, false),
+        f("value", DataType::Utf8, true),
+        f("error_kind", DataType::Utf8, true),
+        f("error", DataType::Utf8, true),
+    ]))
+}
+
+/// Probes of `https://aiven.io/` at 2021-05-27T09:06:34Z answering in 345 ms (SLA 1000 ms).
+fn rows_to_batch(rows: &[ProbeRow]) -> RecordBatch {
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "ts": "2021-05-27T09:06:34Z", "name": r.name, "site": "https://aiven.io", "endpoint": "/",
+                "status_code": r.status_code, "response_time_ms": 345, "sla_ms": 1000, "in_sla": true,
+                "success": r.error_kind.is_none(), "value": r.value, "error_kind": r.error_kind, "error": r.error,
+            })
+            .to_string()
+        })
+        .collect();
+    let text = lines.join("\n");
+    let reader = datafusion::arrow::json::ReaderBuilder::new(probe_schema()).build(text.as_bytes()).unwrap();
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+    datafusion::arrow::compute::concat_batches(&probe_schema(), &batches).unwrap()
 }
 
 #[tokio::test]

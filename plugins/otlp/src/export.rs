@@ -2,7 +2,6 @@
 //! retryable and refused as the OTLP specification does.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
@@ -10,8 +9,8 @@ use prost::Message;
 use serde::Deserialize;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tributary_sdk::error_chain;
 use tributary_sdk::retry::WriteError;
+use tributary_sdk::{error_chain, ComponentMetrics};
 
 use crate::OtlpSinkConfig;
 
@@ -29,8 +28,6 @@ pub enum Protocol {
 pub(crate) struct Exporter {
     transport: Transport,
     endpoint: String,
-    /// Points the receiver accepted the request for but rejected (OTLP partial success).
-    pub(crate) rejected_points: AtomicU64,
 }
 
 enum Transport {
@@ -74,10 +71,12 @@ impl Exporter {
                 Transport::Grpc { client: MetricsServiceClient::new(endpoint.connect_lazy()), metadata }
             }
         };
-        Ok(Exporter { transport, endpoint: cfg.endpoint.clone(), rejected_points: AtomicU64::new(0) })
+        Ok(Exporter { transport, endpoint: cfg.endpoint.clone() })
     }
 
-    pub(crate) async fn export(&self, request: &ExportMetricsServiceRequest) -> Result<(), WriteError> {
+    /// Points the receiver took the request for but rejected cannot be told apart from the rest:
+    /// they are reported as errors on `metrics`, not dead-lettered.
+    pub(crate) async fn export(&self, request: &ExportMetricsServiceRequest, metrics: &ComponentMetrics) -> Result<(), WriteError> {
         let response = match &self.transport {
             Transport::Http { client, headers } => {
                 let answer = client
@@ -124,8 +123,14 @@ impl Exporter {
             }
         };
         if let Some(partial) = response.partial_success.filter(|p| p.rejected_data_points > 0) {
-            self.rejected_points.fetch_add(partial.rejected_data_points as u64, Ordering::Relaxed);
-            tracing::warn!(endpoint = %self.endpoint, rejected = partial.rejected_data_points, "the receiver rejected data points: {}", partial.error_message);
+            tributary_sdk::report_error!(
+                metrics,
+                warn,
+                count = partial.rejected_data_points,
+                endpoint = %self.endpoint,
+                "the receiver rejected data points: {}",
+                partial.error_message
+            );
         }
         Ok(())
     }

@@ -83,7 +83,8 @@ pub struct OtlpSinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricConfig {
-    /// Metric name, e.g. `badge.events` (VictoriaMetrics turns dots into underscores).
+    /// Metric name, e.g. `badge.events` (VictoriaMetrics v1.93+ keeps `a.b.c` as is; older versions and
+    /// Prometheus-style receivers turn the dots into underscores).
     pub name: String,
     /// `gauge`, `counter` (a monotonic sum) or `histogram`.
     pub kind: MetricKind,
@@ -247,10 +248,7 @@ impl OtlpSink {
             }
         }
         let unsent = self.unsent.as_ref().expect("set above");
-        let outcome = self.exporter.export(&unsent.request).await;
-        // Points the receiver took the request for but rejected cannot be told apart from the
-        // rest: they are counted and logged (by the exporter), not dead-lettered.
-        ctx.metrics.errors.add(self.exporter.rejected_points.swap(0, std::sync::atomic::Ordering::Relaxed));
+        let outcome = self.exporter.export(&unsent.request, &ctx.metrics).await;
         match outcome {
             Ok(()) => {
                 let sent = self.unsent.take().expect("present");

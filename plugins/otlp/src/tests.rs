@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::{flush_retrying, free_port, sink_context, RotelReceiver};
+use tributary_testkit::{flush_retrying, free_port, sink_context, RotelReceiver};
 
 use super::*;
 

@@ -21,7 +21,7 @@ fn batch(ts: &[Option<&str>], n: &[i64]) -> RecordBatch {
 }
 
 fn ctx() -> SinkContext {
-    tributary_sdk::testkit::sink_context("pq")
+    tributary_testkit::sink_context("pq")
 }
 
 fn build(dir: &Path, extra: &str) -> Box<dyn Sink> {

@@ -95,9 +95,8 @@ impl DeadLetters {
         self
     }
 
-    /// Send payloads with their reasons. `acks` are the obligations of the data they came from:
-    /// released once the dead letters are stored (or logged, when nothing is wired).
-    /// The same component's dead letters with the output detached (letters are logged instead).
+    /// The same component's dead letters with the output detached (letters are stored or logged
+    /// instead).
     pub fn unconnected(&self) -> Self {
         DeadLetters {
             component: self.component.clone(),
@@ -107,6 +106,8 @@ impl DeadLetters {
         }
     }
 
+    /// Send payloads with their reasons. `acks` are the obligations of the data they came from:
+    /// released once the dead letters are stored (or logged, when nothing is wired).
     pub async fn send(&self, letters: Vec<DeadLetter>, acks: AckSet) -> Result<(), Closed> {
         if letters.is_empty() {
             acks.release();
@@ -116,6 +117,7 @@ impl DeadLetters {
         if self.output.is_unconnected() {
             if let Some(store) = &self.store {
                 let batch = dead_letter_batch(&self.component, &letters, crate::now_us());
+                self.output.observe(&batch);
                 let mut lines = rows_as_json(&batch).join("\n");
                 lines.push('\n');
                 let writer = store.clone();

@@ -13,6 +13,9 @@ pub mod buffer;
 pub mod columns;
 pub mod config;
 pub mod dead_letter;
+pub mod event;
+pub mod http;
+pub mod in_flight;
 pub mod json;
 pub mod metrics;
 pub mod output;
@@ -20,7 +23,6 @@ pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod sink;
-pub mod testkit;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -29,10 +31,13 @@ use std::sync::Arc;
 pub use datafusion;
 pub use datafusion::arrow;
 pub use tokio_util::sync::CancellationToken;
+#[doc(hidden)]
+pub use tracing;
 
 pub use ack::{Ack, AckSet, AckStatus};
 pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
+pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 pub use sink::{Durability, Sink, SinkContext, Transient, Written};

@@ -9,6 +9,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
 use crate::ack::AckSet;
+use crate::in_flight::{InFlight, Work};
 use crate::metrics::ComponentMetrics;
 
 /// Rows flowing between components, with the delivery obligations they carry.
@@ -33,6 +34,8 @@ pub struct Delivery {
     /// Index into the consumer's `inputs:` list.
     pub input: usize,
     pub batch: Batch,
+    /// Held until the consumer has handled the batch (see [`InFlight`]).
+    pub work: Work,
 }
 
 /// Name of the output every component has for rows it could not handle.
@@ -142,18 +145,27 @@ pub struct Output {
     tap: Option<Arc<Tap>>,
     /// Set for a source with `buffer: {type: disk}`: batches go to the queue (name of this output).
     queue: Option<(Arc<dyn DurableQueue>, String)>,
+    /// Set when the run counts work in flight (`tributary test`).
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl Output {
     /// Wiring is the engine's job; plugins receive ready outputs in their context.
     pub fn new(targets: Vec<(mpsc::Sender<Delivery>, usize)>, metrics: Arc<ComponentMetrics>, counts_as_rows_out: bool) -> Self {
-        Output { targets, metrics, counts_as_rows_out, tap: None, queue: None }
+        Output { targets, metrics, counts_as_rows_out, tap: None, queue: None, in_flight: None }
     }
 
     /// An output that stores what it is sent in `queue` (as the source's output `name`); the
     /// queue forwards it to the consumers. A batch's acks are released once it is durable there.
     pub fn buffered(queue: Arc<dyn DurableQueue>, name: &str, metrics: Arc<ComponentMetrics>) -> Self {
-        Output { targets: Vec::new(), metrics, counts_as_rows_out: true, tap: None, queue: Some((queue, name.to_string())) }
+        Output {
+            targets: Vec::new(),
+            metrics,
+            counts_as_rows_out: true,
+            tap: None,
+            queue: Some((queue, name.to_string())),
+            in_flight: None,
+        }
     }
 
     /// Let observers see what this output sends.
@@ -162,15 +174,31 @@ impl Output {
         self
     }
 
+    /// Count what this output queues as work in flight until its consumer has handled it.
+    pub fn with_in_flight(mut self, in_flight: Arc<InFlight>) -> Self {
+        self.in_flight = Some(in_flight);
+        self
+    }
+
+    fn work(&self) -> Work {
+        self.in_flight.as_ref().map(InFlight::begin).unwrap_or_default()
+    }
+
+    /// Show a batch to this output's observers without sending it (dead letters stored because
+    /// nothing is wired are still visible to `tributary tap` and `tributary test`).
+    pub fn observe(&self, batch: &RecordBatch) {
+        if let Some(tap) = &self.tap {
+            tap.offer(batch);
+        }
+    }
+
     /// No consumer is wired to this output.
     pub fn is_unconnected(&self) -> bool {
         self.targets.is_empty() && self.queue.is_none()
     }
 
     fn count(&self, batch: &Batch) {
-        if let Some(tap) = &self.tap {
-            tap.offer(&batch.data);
-        }
+        self.observe(&batch.data);
         if self.counts_as_rows_out {
             self.metrics.rows_out.add(batch.data.num_rows() as u64);
             self.metrics.bytes_out.add(batch.data.get_array_memory_size() as u64);
@@ -191,9 +219,9 @@ impl Output {
             return Ok(());
         };
         for (tx, input) in rest {
-            tx.send(Delivery { input: *input, batch: batch.clone() }).await.map_err(|_| Closed)?;
+            tx.send(Delivery { input: *input, batch: batch.clone(), work: self.work() }).await.map_err(|_| Closed)?;
         }
-        last_tx.send(Delivery { input: *last_input, batch }).await.map_err(|_| Closed)
+        last_tx.send(Delivery { input: *last_input, batch, work: self.work() }).await.map_err(|_| Closed)
     }
 
     /// Send without waiting longer than `wait` for buffer space in every consumer.
@@ -225,17 +253,9 @@ impl Output {
         let mut batch = Some(batch);
         for (i, (permit, input)) in permits.into_iter().enumerate() {
             let b = if i == last { batch.take().unwrap() } else { batch.as_ref().unwrap().clone() };
-            permit.send(Delivery { input, batch: b });
+            permit.send(Delivery { input, batch: b, work: self.work() });
         }
         Ok(())
-    }
-
-    /// How full the fullest consumer buffer is, from 0.0 to 1.0.
-    pub fn buffer_fill(&self) -> f64 {
-        if let Some((queue, _)) = &self.queue {
-            return queue.fill();
-        }
-        self.targets.iter().map(|(tx, _)| 1.0 - tx.capacity() as f64 / tx.max_capacity() as f64).fold(0.0, f64::max)
     }
 }
 

@@ -6,7 +6,6 @@
 pub mod config;
 mod probe;
 mod schedule;
-pub mod test_site;
 mod tls;
 
 use std::sync::Arc;

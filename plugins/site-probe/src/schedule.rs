@@ -58,6 +58,7 @@ impl SiteProbeSource {
     }
 
     /// Start recording how late each probe starts against its schedule; returns the record.
+    #[cfg(feature = "lateness")]
     pub fn record_lateness(&mut self) -> Arc<Lateness> {
         self.lateness.get_or_insert_with(Arc::default).clone()
     }

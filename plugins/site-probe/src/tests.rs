@@ -1,14 +1,14 @@
-//! Probes against a real local site ([`crate::test_site`]): every row field that matters, per case.
+//! Probes against a real local site ([`tributary_testkit::TestSite`]): every row field that matters, per case.
 
 use std::time::Duration;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
-use tributary_sdk::testkit::source_context;
 use tributary_sdk::ComponentConfig;
+use tributary_testkit::source_context;
 
 use super::*;
-use crate::test_site::TestSite;
+use tributary_testkit::TestSite;
 
 const LIMITS: ProbeLimits = ProbeLimits { body_limit: 1 << 20, max_redirects: 5 };
 

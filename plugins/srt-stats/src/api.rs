@@ -75,8 +75,7 @@ impl ApiPoller {
                 match self.poll(role).await {
                     Ok(list) => self.rows(role, &list, now_us(), &mut out),
                     Err(e) => {
-                        metrics.errors.inc();
-                        tracing::warn!(source = %self.source_id, endpoint = %endpoint(role), error = %e, "polling the SRT API failed");
+                        tributary_sdk::report_error!(metrics, warn, source = %self.source_id, endpoint = %endpoint(role), error = %e, "polling the SRT API failed");
                     }
                 }
             }

@@ -92,10 +92,12 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                metrics.errors.inc();
+                // Said once per outage at warn; the retries that follow are counted quietly.
                 if reachable {
-                    tracing::warn!(source = %source_id, error = %e, "listing containers failed; retrying");
+                    tributary_sdk::report_error!(metrics, warn, source = %source_id, error = %e, "listing containers failed; retrying");
                     reachable = false;
+                } else {
+                    tributary_sdk::report_error!(metrics, debug, source = %source_id, error = %e, "listing containers failed again");
                 }
             }
         }
@@ -151,6 +153,7 @@ async fn follow(
             Ok(LogOutput::StdErr { message }) => err_lines.push(&message, |p| feed(&mut tracker, &mut errors, &metrics, p, &mut emitted)),
             Ok(LogOutput::StdIn { .. }) => {}
             Err(e) => {
+                // Logged by the caller with the container, once the stream is given up.
                 metrics.errors.inc();
                 break format!("log stream failed: {e}");
             }

@@ -41,10 +41,13 @@ impl LineErrors {
     pub fn new(source_id: &str, session: &str) -> Self {
         LineErrors { source_id: source_id.into(), session: session.into(), seen: 0 }
     }
-    pub fn report(&mut self, e: &parse::ParseError) {
+    /// Counts the error; logs the first five and every 1000th at warn, the rest at debug.
+    pub fn report(&mut self, metrics: &tributary_sdk::ComponentMetrics, e: &parse::ParseError) {
         self.seen += 1;
         if self.seen <= 5 || self.seen.is_multiple_of(1000) {
-            tracing::warn!(source = %self.source_id, session = %self.session, skipped = self.seen, "skipped an output line: {e}");
+            tributary_sdk::report_error!(metrics, warn, source = %self.source_id, session = %self.session, skipped = self.seen, "skipped an output line: {e}");
+        } else {
+            tributary_sdk::report_error!(metrics, debug, source = %self.source_id, session = %self.session, skipped = self.seen, "skipped an output line: {e}");
         }
     }
 }

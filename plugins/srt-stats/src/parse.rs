@@ -2,7 +2,7 @@
 //! connect and disconnect messages, and the lines to skip (see `shared/domain/srt-stats.md`).
 //!
 //! The JSON reader is a small single-pass scanner rather than serde: a collector follows
-//! thousands of sessions, so a stats line must cost well under 2 µs (benches/srt_parser.rs).
+//! thousands of sessions, so a stats line must cost well under 2 µs (plugins/srt-stats/benches/srt_parser.rs).
 //! It still accepts any key order, whitespace, escapes and unknown keys.
 
 use std::fmt;

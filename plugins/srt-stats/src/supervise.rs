@@ -74,10 +74,9 @@ impl Supervisor {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    self.metrics.errors.inc();
                     failures += 1;
                     let delay = self.backoff.delay(failures);
-                    tracing::error!(source = %self.source_id, session = %name, program = %self.program, error = %e, retry_in = ?delay, "cannot start srt-live-transmit");
+                    tributary_sdk::report_error!(self.metrics, error, source = %self.source_id, session = %name, program = %self.program, error = %e, retry_in = ?delay, "cannot start srt-live-transmit");
                     self.metrics.retries.inc();
                     tokio::select! { _ = self.shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => continue }
                 }
@@ -157,8 +156,7 @@ pub(crate) fn feed(tracker: &mut SessionTracker, errors: &mut LineErrors, metric
         Piece::TooLong(n) => Err(crate::parse::ParseError(format!("a line longer than {MAX_LINE} bytes ({n} so far) was skipped"))),
     };
     if let Err(e) = result {
-        metrics.errors.inc();
-        errors.report(&e);
+        errors.report(metrics, &e);
     }
 }
 

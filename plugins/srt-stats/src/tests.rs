@@ -368,7 +368,7 @@ fn api_poller(url: &str) -> api::ApiPoller {
 /// reqwest's own message ("error sending request for url …") hides why: the cause is appended.
 #[tokio::test]
 async fn an_unreachable_api_names_the_url_and_the_cause() {
-    let port = tributary_sdk::testkit::free_port();
+    let port = tributary_testkit::free_port();
     let mut poller = api_poller(&format!("http://127.0.0.1:{port}"));
     let e = poller.poll(Role::Tx).await.unwrap_err().to_string();
     assert!(e.starts_with(&format!("POST http://127.0.0.1:{port}/v1/login: error sending request")), "{e}");

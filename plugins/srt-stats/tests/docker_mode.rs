@@ -17,7 +17,7 @@ use futures::StreamExt;
 const IMAGE: &str = "localhost/tributary-srt-replay:latest";
 
 fn docker_host() -> String {
-    tributary_sdk::testkit::test_docker_host()
+    tributary_testkit::test_docker_host()
 }
 
 async fn docker() -> Docker {
@@ -157,7 +157,7 @@ async fn containers_are_discovered_followed_and_noticed_when_they_stop() {
 
 #[tokio::test]
 async fn an_unreachable_engine_is_counted_and_retried() {
-    let port = tributary_sdk::testkit::free_port();
+    let port = tributary_testkit::free_port();
     let r = common::start(&format!("{{mode: docker, docker: {{host: 'tcp://127.0.0.1:{port}', discover_interval: 50ms}}}}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!r.task.is_finished(), "the source keeps looking for containers");

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use common::{start, Running};
 use tokio::net::UdpSocket;
-use tributary_sdk::testkit::free_udp_port;
+use tributary_testkit::free_udp_port;
 
 const PAYLOAD: [u8; 1316] = [0x47; 1316];
 
 fn program() -> String {
-    tributary_sdk::testkit::srt_live_transmit()
+    tributary_testkit::srt_live_transmit()
 }
 
 fn require_program() {

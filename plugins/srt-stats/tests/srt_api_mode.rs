@@ -154,7 +154,7 @@ async fn a_wrong_password_is_counted_with_the_apis_reason_and_polling_goes_on() 
 
 #[tokio::test]
 async fn an_unreachable_api_is_an_error_per_poll_not_a_crash() {
-    let port = tributary_sdk::testkit::free_port();
+    let port = tributary_testkit::free_port();
     let r =
         common::start(&format!("{{mode: srt_api, srt_api: {{url: 'http://127.0.0.1:{port}', username: u, password: p, interval: 50ms}}}}"));
     tokio::time::sleep(Duration::from_millis(400)).await;

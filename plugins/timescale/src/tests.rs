@@ -7,13 +7,13 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tokio_postgres::{Client, NoTls};
-use tributary_sdk::testkit::{flush_retrying, sink_context};
 use tributary_sdk::{ComponentConfig, Durability, Sink, SinkPlugin, Written};
+use tributary_testkit::{flush_retrying, sink_context};
 
 use super::*;
 
 fn pg_url() -> String {
-    tributary_sdk::testkit::test_postgres_url()
+    tributary_testkit::test_postgres_url()
 }
 
 async fn admin() -> Client {
@@ -295,8 +295,8 @@ async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i6
 /// server opens there 2.5 s later.
 #[tokio::test]
 async fn start_waits_for_a_database_that_comes_up_later() {
-    let port = tributary_sdk::testkit::free_port();
-    let (target, conn) = tributary_sdk::testkit::test_postgres_via(port);
+    let port = tributary_testkit::free_port();
+    let (target, conn) = tributary_testkit::test_postgres_via(port);
     let table = unique_table("ts_late_db");
     let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}}}"));
     let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
@@ -395,8 +395,8 @@ impl SilentableProxy {
 /// the rows stay buffered and are written once it answers again.
 #[tokio::test]
 async fn a_silent_server_times_out_and_the_rows_wait_for_it() {
-    let port = tributary_sdk::testkit::free_port();
-    let (target, conn) = tributary_sdk::testkit::test_postgres_via(port);
+    let port = tributary_testkit::free_port();
+    let (target, conn) = tributary_testkit::test_postgres_via(port);
     let proxy = SilentableProxy::start(port, target).await;
     let table = unique_table("ts_silent");
     let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}, timeout: 1s}}"));

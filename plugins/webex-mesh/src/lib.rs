@@ -140,8 +140,7 @@ async fn send(ctx: &SourceContext, harvest: Harvest, acks: AckSet) -> anyhow::Re
         match datasets::to_batch(output, &rows) {
             Ok(batch) => ctx.output(output).send(Batch::with_acks(batch, acks.clone())).await?,
             Err(e) => {
-                ctx.metrics.errors.inc();
-                tracing::error!(source = %ctx.id, "rows for output `{output}` could not be encoded: {e}");
+                tributary_sdk::report_error!(ctx.metrics, error, source = %ctx.id, "rows for output `{output}` could not be encoded: {e}");
                 acks.clone().fail();
             }
         }

@@ -68,8 +68,7 @@ impl Poller {
         let (status, tracking_id, rows, error) = match result {
             Ok((status, tid, rows)) => (Value::from(*status), tid.clone(), Value::from(*rows as i64), Value::Null),
             Err(e) => {
-                self.metrics.errors.inc();
-                tracing::warn!(source = %self.source_id, org = org.unwrap_or("-"), "GET {endpoint} failed: {e}");
+                tributary_sdk::report_error!(self.metrics, warn, source = %self.source_id, org = org.unwrap_or("-"), "GET {endpoint} failed: {e}");
                 if let (Some(a), None) = (&e.auth, &harvest.auth_failure) {
                     harvest.auth_failure = Some(a.clone());
                 }
@@ -97,8 +96,10 @@ impl Poller {
     /// Parsed rows, with skipped elements logged and counted.
     fn take(&self, endpoint: &str, parsed: Parsed, tracking_id: Option<&str>) -> Vec<Row> {
         if parsed.skipped > 0 {
-            self.metrics.errors.add(parsed.skipped as u64);
-            tracing::warn!(
+            tributary_sdk::report_error!(
+                self.metrics,
+                warn,
+                count = parsed.skipped,
                 source = %self.source_id,
                 "GET {endpoint}: skipped {} element(s), first: {} (TrackingID {})",
                 parsed.skipped,

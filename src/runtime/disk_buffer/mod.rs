@@ -268,7 +268,7 @@ impl Appender {
             }
             Err(e) => format!("rows could not be encoded: {e}"),
         };
-        self.shared.metrics.errors.inc();
+        tributary_sdk::report_error!(self.shared.metrics, warn, source = %self.shared.id, "disk buffer: {refused}");
         Prepared::Refused(refused)
     }
 
@@ -283,10 +283,7 @@ impl DurableQueue for Appender {
     async fn append(&self, output: &str, data: &RecordBatch, wait: Duration) -> Result<(), TrySendError> {
         let (index, payload, size) = match self.prepare(output, data) {
             Prepared::Empty => return Ok(()),
-            Prepared::Refused(why) => {
-                tracing::warn!(source = %self.shared.id, "disk buffer: {why}");
-                return Err(TrySendError::Full);
-            }
+            Prepared::Refused(_) => return Err(TrySendError::Full),
             Prepared::Ready { index, payload, size } => (index, payload, size),
         };
         self.reserve(size, Some(wait)).await?;
@@ -298,8 +295,7 @@ impl DurableQueue for Appender {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 // A disk that cannot be written: the client is told to retry later.
-                self.shared.metrics.errors.inc();
-                tracing::error!(source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
+                tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
                 Err(TrySendError::Full)
             }
             Err(_) => Err(TrySendError::Closed),
@@ -596,9 +592,8 @@ impl Forwarder {
                 let sent = match outputs.get(output as usize) {
                     Some((out, schema)) if rows.schema().fields() == schema.fields() => out.send(Batch::with_acks(rows, acks)).await,
                     _ => {
-                        self.shared.metrics.errors.inc();
                         let why = "stored in the disk buffer by an earlier run whose source had other outputs or another schema";
-                        tracing::warn!(source = %self.shared.id, rows = rows.num_rows(), "{why}: sent to the dead letters");
+                        tributary_sdk::report_error!(self.shared.metrics, warn, source = %self.shared.id, rows = rows.num_rows(), "{why}: sent to the dead letters");
                         dead.send_rows(&rows, why, acks).await
                     }
                 };
@@ -649,16 +644,14 @@ impl Forwarder {
                     match decode_rows(&r.payload) {
                         Ok(rows) => out.push(Forwardable { seq: r.seq, output: r.output, rows }),
                         Err(e) => {
-                            self.shared.metrics.errors.inc();
-                            tracing::error!(source = %self.shared.id, seq = r.seq, "disk buffer: a stored record cannot be read and is skipped: {e}");
+                            tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, seq = r.seq, "disk buffer: a stored record cannot be read and is skipped: {e}");
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(d) => {
                     // Durable bytes that no longer verify: the disk changed under us.
-                    self.shared.metrics.errors.inc();
-                    tracing::error!(source = %self.shared.id, "disk buffer: segment damaged at byte {}: {}; the rest of it is skipped", d.offset, d.reason);
+                    tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: segment damaged at byte {}: {}; the rest of it is skipped", d.offset, d.reason);
                     cursor.damaged = true;
                 }
             }
@@ -673,8 +666,7 @@ impl Forwarder {
                 true
             }
             Err(e) => {
-                self.shared.metrics.errors.inc();
-                tracing::error!(source = %self.shared.id, "disk buffer: cannot read {}: {e}", path.display());
+                tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: cannot read {}: {e}", path.display());
                 false
             }
         }

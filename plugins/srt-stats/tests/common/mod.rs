@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
-use tributary_sdk::testkit::{source_context, SourceHarness};
 use tributary_sdk::{ComponentConfig, SourcePlugin};
 use tributary_srt_stats::SrtStatsPlugin;
+use tributary_testkit::{source_context, SourceHarness};
 
 /// A stats row, reduced to what tests look at.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ use tributary_srt_stats::parse::parse_line;
 use tributary_srt_stats::rows::stats_batch;
 use tributary_srt_stats::session::{Emitted, Role, SessionTracker};
 
-const JSON: &str = include_str!("../plugins/srt-stats/tests/fixtures/rx-caller.jsonl");
-const CSV: &str = include_str!("../plugins/srt-stats/tests/fixtures/tx-listener.csv");
+const JSON: &str = include_str!("../tests/fixtures/rx-caller.jsonl");
+const CSV: &str = include_str!("../tests/fixtures/tx-listener.csv");
 
 fn bench(c: &mut Criterion) {
     let json: Vec<&str> = JSON.lines().collect();

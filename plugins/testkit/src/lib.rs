@@ -1,4 +1,9 @@
-//! Running a source or sink in a plugin's own tests, without the engine.
+//! What tests need and production code must not ship: running a source or sink in a plugin's
+//! own tests without the engine, and the real servers the tests talk to (each checked before a
+//! test relies on it). A dev-dependency only.
+
+pub mod test_site;
+pub use test_site::TestSite;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ComponentMetrics, DeadLetters, Delivery, Output, SinkContext, SourceContext};
+use tributary_sdk::{ComponentMetrics, DeadLetters, Delivery, Output, SinkContext, SourceContext};
 
 /// What a source under test sends, and the handles to stop and observe it.
 pub struct SourceHarness {
@@ -42,7 +47,7 @@ pub fn sink_context(id: &str) -> SinkContext {
 
 /// Flushes until the sink succeeds, as the engine would (with a fixed 50 ms wait instead of its
 /// backoff); each retry is counted in `ctx.metrics.retries`. Panics after `max_attempts`.
-pub async fn flush_retrying(sink: &mut dyn crate::Sink, ctx: &SinkContext, max_attempts: u32) -> Vec<crate::DeadLetter> {
+pub async fn flush_retrying(sink: &mut dyn tributary_sdk::Sink, ctx: &SinkContext, max_attempts: u32) -> Vec<tributary_sdk::DeadLetter> {
     for _ in 1..max_attempts {
         match sink.flush(ctx).await {
             Ok(rejected) => return rejected,
@@ -58,13 +63,13 @@ pub async fn flush_retrying(sink: &mut dyn crate::Sink, ctx: &SinkContext, max_a
 /// Writes `batch` the way the engine does, without its retries: `write`, then `flush` when the
 /// sink says its buffer is full. Returns the rows refused for good; a transient failure is `Err`.
 pub async fn write_like_the_engine(
-    sink: &mut dyn crate::Sink,
-    batch: datafusion::arrow::record_batch::RecordBatch,
+    sink: &mut dyn tributary_sdk::Sink,
+    batch: tributary_sdk::arrow::record_batch::RecordBatch,
     ctx: &SinkContext,
-) -> Result<Vec<crate::DeadLetter>, crate::Transient> {
+) -> Result<Vec<tributary_sdk::DeadLetter>, tributary_sdk::Transient> {
     let written = sink.write(batch, ctx).await?;
     let mut rejected = written.rejected;
-    if written.durability == crate::Durability::BufferFull {
+    if written.durability == tributary_sdk::Durability::BufferFull {
         rejected.extend(sink.flush(ctx).await?);
     }
     Ok(rejected)

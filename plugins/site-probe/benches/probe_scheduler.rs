@@ -9,10 +9,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tributary_sdk::testkit::source_context;
 use tributary_sdk::{ComponentConfig, Source};
-use tributary_site_probe::test_site::TestSite;
 use tributary_site_probe::{SiteProbeConfig, SiteProbeSource};
+use tributary_testkit::source_context;
+use tributary_testkit::TestSite;
 
 /// Seconds of CPU (user + system) this process has used.
 fn cpu_seconds() -> f64 {

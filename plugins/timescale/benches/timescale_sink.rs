@@ -18,13 +18,13 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 use tributary_sdk::config::event_time_type;
-use tributary_sdk::testkit::{sink_context, write_like_the_engine};
 use tributary_sdk::{ComponentConfig, SinkPlugin};
+use tributary_testkit::{sink_context, write_like_the_engine};
 
 const BATCH: usize = 5000;
 
 fn pg_url() -> String {
-    tributary_sdk::testkit::test_postgres_url()
+    tributary_testkit::test_postgres_url()
 }
 
 fn schema() -> SchemaRef {
