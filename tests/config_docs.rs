@@ -1,0 +1,254 @@
+//! Plugin READMEs cannot drift from the config structs: every field a plugin's config decodes
+//! appears in its README's config table, and every default the table states as a literal
+//! (`` `10s` ``) is the default the struct really has — checked by decoding a minimal config with
+//! and without that value and comparing the results.
+//!
+//! Defaults of nested keys (`docker.host`) and prose defaults ("a tenth of a second's rows") are
+//! not compared; the keys still have to be listed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use tributary_sdk::ComponentConfig;
+
+/// One component's config struct and where its table is documented.
+struct Documented {
+    readme: &'static str,
+    /// Which `| key | type | default | meaning |` table of the README (0 = the first).
+    table: usize,
+    /// Options with the required keys only.
+    minimal: &'static str,
+    /// The struct's `{:#?}` for some options, or the decode error.
+    decode: fn(&ComponentConfig) -> Result<String, String>,
+}
+
+fn decode<T: DeserializeOwned + std::fmt::Debug>(c: &ComponentConfig) -> Result<String, String> {
+    c.decode::<T>().map(|t| format!("{t:#?}")).map_err(|e| e.to_string())
+}
+
+/// Keys the engine takes out of every component's options before the plugin sees them.
+const ENGINE_KEYS: [&str; 4] = ["type", "inputs", "buffer", "retry"];
+
+fn documented() -> Vec<Documented> {
+    vec![
+        Documented {
+            readme: "plugins/badge-events/README.md",
+            table: 0,
+            minimal: "{mode: stream}",
+            decode: decode::<tributary_badge_events::BadgeEventsConfig>,
+        },
+        Documented { readme: "plugins/console/README.md", table: 0, minimal: "{}", decode: decode::<tributary_console::ConsoleSinkConfig> },
+        Documented { readme: "plugins/demo/README.md", table: 0, minimal: "{kind: probes}", decode: decode::<tributary_demo::DemoConfig> },
+        Documented {
+            readme: "plugins/file/README.md",
+            table: 0,
+            minimal: "{path: /tmp/x, schema: {ts: timestamp}}",
+            decode: decode::<tributary_file::FileSourceConfig>,
+        },
+        Documented {
+            readme: "plugins/file/README.md",
+            table: 1,
+            minimal: "{path: /tmp/x}",
+            decode: decode::<tributary_file::FileSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/http-server/README.md",
+            table: 0,
+            minimal: "{address: '127.0.0.1:1', schema: {ts: timestamp}}",
+            decode: decode::<tributary_http_server::HttpServerConfig>,
+        },
+        Documented {
+            readme: "plugins/influx/README.md",
+            table: 0,
+            minimal: "{url: 'http://x', bucket: b, measurement: m}",
+            decode: decode::<tributary_influx::InfluxSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/kafka/README.md",
+            table: 0,
+            minimal: "{bootstrap_servers: x, topic: t}",
+            decode: decode::<tributary_kafka::KafkaSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/kafka/README.md",
+            table: 1,
+            minimal: "{bootstrap_servers: x, topics: [t], group_id: g}",
+            decode: decode::<tributary_kafka::KafkaSourceConfig>,
+        },
+        Documented {
+            readme: "plugins/otlp/README.md",
+            table: 0,
+            minimal: "{endpoint: 'http://x', metrics: []}",
+            decode: decode::<tributary_otlp::OtlpSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/parquet/README.md",
+            table: 0,
+            minimal: "{path: /tmp/x}",
+            decode: decode::<tributary_parquet::ParquetSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/site-probe/README.md",
+            table: 0,
+            minimal: "{targets: []}",
+            decode: decode::<tributary_site_probe::SiteProbeConfig>,
+        },
+        Documented {
+            readme: "plugins/srt-stats/README.md",
+            table: 0,
+            minimal: "{mode: sessions}",
+            decode: decode::<tributary_srt_stats::config::SrtStatsConfig>,
+        },
+        Documented {
+            readme: "plugins/timescale/README.md",
+            table: 0,
+            minimal: "{connection: 'host=x', table: t}",
+            decode: decode::<tributary_timescale::TimescaleSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/webex-mesh/README.md",
+            table: 0,
+            minimal: "{auth: {client_id: a, client_secret: b, token_file: /tmp/t}}",
+            decode: decode::<tributary_webex_mesh::config::WebexMeshConfig>,
+        },
+    ]
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A table row: its keys (`` `a` / `b` `` documents two) and the default cell.
+struct Row {
+    keys: Vec<String>,
+    default: String,
+}
+
+fn backticked(cell: &str) -> Vec<String> {
+    cell.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+/// Rows of the `n`th config table (header `| key | …` or `| option | …` with a `default` column).
+fn config_table(readme: &Path, n: usize) -> Vec<Row> {
+    let text = std::fs::read_to_string(readme).unwrap_or_else(|e| panic!("{}: {e}", readme.display()));
+    let mut tables: Vec<Vec<Row>> = Vec::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        let cells: Vec<&str> = line.trim().trim_matches('|').split(" | ").map(str::trim).collect();
+        if line.starts_with('|') && (cells[0] == "key" || cells[0] == "option") && cells.get(2) == Some(&"default") {
+            tables.push(Vec::new());
+            in_table = true;
+        } else if in_table && line.starts_with("|---") {
+        } else if in_table && line.starts_with('|') {
+            tables.last_mut().unwrap().push(Row { keys: backticked(cells[0]), default: cells.get(2).unwrap_or(&"").to_string() });
+        } else {
+            in_table = false;
+        }
+    }
+    tables.into_iter().nth(n).unwrap_or_else(|| panic!("{}: no config table #{n}", readme.display()))
+}
+
+/// Top-level field names of a `{:#?}` rendering.
+fn fields(debug: &str) -> BTreeSet<String> {
+    debug
+        .lines()
+        .filter(|l| l.starts_with("    ") && !l.starts_with("     "))
+        .filter_map(|l| l.trim().split_once(": ").map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+/// Lines sorted, so maps whose iteration order differs between two decodes compare equal.
+fn normalized(debug: &str) -> Vec<String> {
+    let mut lines: Vec<String> = debug.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn every_config_field_is_documented_with_its_real_default() {
+    let mut problems = Vec::new();
+    let (mut fields_checked, mut defaults_checked) = (0, 0);
+    for d in documented() {
+        let readme = root().join(d.readme);
+        let rows = config_table(&readme, d.table);
+        let minimal: Value = serde_yaml::from_str(d.minimal).unwrap();
+        let base = match (d.decode)(&ComponentConfig::new("c", minimal.clone())) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(format!("{} table #{}: the minimal config `{}` does not decode: {e}", d.readme, d.table, d.minimal));
+                continue;
+            }
+        };
+        let documented: BTreeSet<String> =
+            rows.iter().flat_map(|r| r.keys.iter()).map(|k| k.split(['.', '[']).next().unwrap().to_string()).collect();
+        for field in fields(&base) {
+            fields_checked += 1;
+            if !documented.contains(&field) {
+                problems.push(format!("{} table #{}: `{field}` is a config field but not in the table", d.readme, d.table));
+            }
+        }
+        for row in &rows {
+            let defaults = backticked(&row.default);
+            // Only literal defaults: the cell is nothing but backticked values (`a` / `b`).
+            let literal =
+                !defaults.is_empty() && row.default.replace(['`', '/', ' '], "").len() == defaults.concat().replace(' ', "").len();
+            if !literal || defaults.len() != row.keys.len() {
+                continue;
+            }
+            for (key, default) in row.keys.iter().zip(&defaults) {
+                if key.contains(['.', '[']) || ENGINE_KEYS.contains(&key.as_str()) {
+                    continue;
+                }
+                if minimal.get(key.as_str()).is_some() {
+                    continue;
+                }
+                defaults_checked += 1;
+                let value: Value = serde_yaml::from_str(default).unwrap_or(Value::String(default.clone()));
+                let mut with = minimal.clone();
+                with.as_mapping_mut().unwrap().insert(Value::String(key.clone()), value);
+                match (d.decode)(&ComponentConfig::new("c", with)) {
+                    Ok(explicit) if normalized(&explicit) == normalized(&base) => {}
+                    Ok(_) => {
+                        problems.push(format!("{}: `{key}` is documented with default `{default}`, but that is not its default", d.readme))
+                    }
+                    Err(e) => problems.push(format!("{}: `{key}`'s documented default `{default}` is not a valid value: {e}", d.readme)),
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Fifteen tables (143 fields, 93 literal defaults today): the check cannot pass by finding none.
+    assert!(fields_checked > 130 && defaults_checked > 85, "{fields_checked} fields and {defaults_checked} defaults checked");
+}
+
+/// The check itself: a field missing from a table and a wrong default are both found.
+#[test]
+fn the_check_finds_a_missing_field_and_a_wrong_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let readme = dir.path().join("README.md");
+    std::fs::write(
+        &readme,
+        "## Config\n\n| key | type | default | meaning |\n|---|---|---|---|\n| `address` | addr | required | x |\n| `path` | string | `/events` | x |\n",
+    )
+    .unwrap();
+    let rows = config_table(&readme, 0);
+    assert_eq!(
+        rows.iter().map(|r| (r.keys.clone(), r.default.clone())).collect::<Vec<_>>(),
+        vec![(vec!["address".to_string()], "required".to_string()), (vec!["path".to_string()], "`/events`".to_string()),]
+    );
+    let base = decode::<tributary_http_server::HttpServerConfig>(&ComponentConfig::from_yaml(
+        "c",
+        "{address: '127.0.0.1:1', schema: {ts: timestamp}}",
+    ))
+    .unwrap();
+    let listed = fields(&base);
+    assert!(listed.contains("max_body_bytes") && listed.contains("path") && !listed.contains("ts"), "{listed:?}");
+    let explicit = decode::<tributary_http_server::HttpServerConfig>(&ComponentConfig::from_yaml(
+        "c",
+        "{address: '127.0.0.1:1', schema: {ts: timestamp}, path: /events}",
+    ))
+    .unwrap();
+    assert_ne!(normalized(&explicit), normalized(&base), "`/events` is not the default path, so the comparison must tell");
+}
