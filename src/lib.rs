@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod graph;
 pub mod logging;
 pub mod pipeline_tests;

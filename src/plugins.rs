@@ -12,7 +12,7 @@ impl Registry {
     pub fn builtin() -> Self {
         Registry {
             sources: vec![
-                Box::new(tributary_demo::DemoSourcePlugin),
+                Box::new(crate::demo::DemoSourcePlugin),
                 Box::new(tributary_file::FileSourcePlugin),
                 Box::new(tributary_http_server::HttpServerPlugin),
                 Box::new(tributary_site_probe::SiteProbePlugin),

@@ -40,7 +40,7 @@ fn documented() -> Vec<Documented> {
             decode: decode::<tributary_badge_events::BadgeEventsConfig>,
         },
         Documented { readme: "plugins/console/README.md", table: 0, minimal: "{}", decode: decode::<tributary_console::ConsoleSinkConfig> },
-        Documented { readme: "plugins/demo/README.md", table: 0, minimal: "{kind: probes}", decode: decode::<tributary_demo::DemoConfig> },
+        Documented { readme: "src/demo/README.md", table: 0, minimal: "{kind: probes}", decode: decode::<tributary::demo::DemoConfig> },
         Documented {
             readme: "plugins/file/README.md",
             table: 0,

@@ -1,5 +1,11 @@
 //! `demo` source: realistic synthetic rows for the four Tributary domains, at a configurable rate.
 //! No server needed, so the quickstart and tests run anywhere.
+//!
+//! Built into the engine rather than a plugin because it makes its rows with the real plugins'
+//! code — the site probe's row type, the SRT stats row builder, the Webex simulator's bodies
+//! parsed by the webex_mesh source's parser, badge payloads decoded by the badge_events decoder —
+//! so a demo's columns are exactly what the real source would send (plugins may share only the
+//! sdk; the engine may use them all).
 
 mod generators;
 
