@@ -33,11 +33,24 @@ const ENGINE_KEYS: [&str; 4] = ["type", "inputs", "buffer", "retry"];
 
 fn documented() -> Vec<Documented> {
     vec![
+        // One struct per `mode:`, all in one table (decoded without the `mode` key, as the source does).
         Documented {
             readme: "plugins/badge-events/README.md",
             table: 0,
-            minimal: "{mode: stream}",
-            decode: decode::<tributary_badge_events::BadgeEventsConfig>,
+            minimal: "{}",
+            decode: decode::<tributary_badge_events::PubsubConfig>,
+        },
+        Documented {
+            readme: "plugins/badge-events/README.md",
+            table: 0,
+            minimal: "{}",
+            decode: decode::<tributary_badge_events::StreamConfig>,
+        },
+        Documented {
+            readme: "plugins/badge-events/README.md",
+            table: 0,
+            minimal: "{}",
+            decode: decode::<tributary_badge_events::HttpConfig>,
         },
         Documented { readme: "plugins/console/README.md", table: 0, minimal: "{}", decode: decode::<tributary_console::ConsoleSinkConfig> },
         Documented { readme: "src/demo/README.md", table: 0, minimal: "{kind: probes}", decode: decode::<tributary::demo::DemoConfig> },
@@ -183,7 +196,8 @@ fn every_config_field_is_documented_with_its_real_default() {
         };
         let documented: BTreeSet<String> =
             rows.iter().flat_map(|r| r.keys.iter()).map(|k| k.split(['.', '[']).next().unwrap().to_string()).collect();
-        for field in fields(&base) {
+        let own = fields(&base);
+        for field in own.clone() {
             fields_checked += 1;
             if !documented.contains(&field) {
                 problems.push(format!("{} table #{}: `{field}` is a config field but not in the table", d.readme, d.table));
@@ -198,7 +212,8 @@ fn every_config_field_is_documented_with_its_real_default() {
                 continue;
             }
             for (key, default) in row.keys.iter().zip(&defaults) {
-                if key.contains(['.', '[']) || ENGINE_KEYS.contains(&key.as_str()) {
+                // A table may cover several structs (one per `mode:`): each checks its own keys.
+                if key.contains(['.', '[']) || ENGINE_KEYS.contains(&key.as_str()) || !own.contains(key) {
                     continue;
                 }
                 if minimal.get(key.as_str()).is_some() {

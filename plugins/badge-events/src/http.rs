@@ -11,14 +11,15 @@ use axum::Router;
 use tributary_sdk::http::{serve, Ingest, ServeLimits};
 use tributary_sdk::{now_us, SourceContext};
 
-use crate::{to_batch, BadgeEventsConfig, Message};
+use crate::{to_batch, HttpMode, Message};
 
 struct Shared {
     ingest: Ingest,
     dead_letters: tributary_sdk::DeadLetters,
 }
 
-pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) -> anyhow::Result<()> {
+pub(crate) async fn run(id: String, mode: HttpMode, ctx: SourceContext) -> anyhow::Result<()> {
+    let cfg = &mode.options;
     let ingest = Ingest {
         id,
         token: cfg.token.clone(),
@@ -34,9 +35,8 @@ pub(crate) async fn run(id: String, cfg: BadgeEventsConfig, ctx: SourceContext) 
         .route(&format!("{prefix}/{{channel}}"), post(one_message))
         .route(if prefix.is_empty() { "/" } else { prefix }, post(envelopes))
         .with_state(shared);
-    let address = cfg.address.expect("validated at build");
     let limits = ServeLimits { header_timeout: cfg.header_timeout.0, body_timeout: cfg.body_timeout.0, stop_timeout: cfg.stop_timeout.0 };
-    serve(address, app, &ctx, "badge_events (http)", limits).await
+    serve(mode.address, app, &ctx, "badge_events (http)", limits).await
 }
 
 /// `POST <path><channel>`: the body is one message, exactly what the API would PUBLISH.

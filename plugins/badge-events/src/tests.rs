@@ -2,7 +2,12 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use tributary_testkit::{free_port, source_context};
 
+use redis::streams::StreamId;
+use redis::AsyncCommands;
+
 use super::*;
+use crate::stream::entry_message;
+use tributary_sdk::now_us;
 
 fn redis_url() -> String {
     tributary_testkit::test_redis_url()
@@ -239,6 +244,19 @@ fn config_errors_name_the_field() {
     assert_eq!(err("{mode: http}"), "address: `mode: http` needs an address to listen on, e.g. `0.0.0.0:8090`");
     assert_eq!(err("{mode: http, address: '127.0.0.1:1', path: events}"), "path: must start with `/`, got `events`");
     assert!(err("{mode: stream, url: 'http://x'}").starts_with("url: not a Redis URL"), "{}", err("{mode: stream, url: 'http://x'}"));
+    // Each mode takes its own options only: another mode's is named as unknown, with this mode's.
+    assert_eq!(
+        err("{mode: http, address: '127.0.0.1:1', channels: [fact]}"),
+        "channels: unknown field `channels`, expected one of `address`, `path`, `token`, `max_body_bytes`, `header_timeout`, `body_timeout`, `stop_timeout`"
+    );
+    assert_eq!(
+        err("{mode: pubsub, stream: s}"),
+        "stream: unknown field `stream`, expected one of `url`, `channels`, `batch_size`, `max_buffered`, `batch_wait`"
+    );
+    // Paths inside a mode's options stay as precise as a flat struct's.
+    assert_eq!(err("{mode: stream, claim_idle: soon}").split(':').next().unwrap(), "claim_idle");
+    assert_eq!(err("{mode: pubsub, channels: [a, [b]]}").split(':').next().unwrap(), "channels[1]");
+    assert_eq!(err("{url: 'redis://x'}"), "missing field `mode`");
 }
 
 async fn next_rows(h: &mut tributary_testkit::SourceHarness) -> RecordBatch {

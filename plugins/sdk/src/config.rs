@@ -109,6 +109,24 @@ impl ComponentConfig {
     }
 }
 
+impl ComponentConfig {
+    /// For a config whose modes are types (`mode: stream` → a `StreamConfig`): the value of the
+    /// tag `key` and the options without it. Each mode's struct then decodes on its own, denying
+    /// the keys of other modes, with error paths as precise as a flat struct's (serde's
+    /// internally tagged enums buffer the options and lose the path of an error inside them).
+    pub fn split_tag<M: DeserializeOwned>(&self, key: &str) -> Result<(M, ComponentConfig), ConfigError> {
+        let mut options = match &self.options {
+            serde_yaml::Value::Mapping(m) => m.clone(),
+            serde_yaml::Value::Null => serde_yaml::Mapping::new(),
+            _ => return Err(self.decode::<serde_yaml::Mapping>().err().unwrap_or_else(|| ConfigError::at("", "expected a mapping"))),
+        };
+        let tag = options.remove(key).ok_or_else(|| ConfigError::at("", format!("missing field `{key}`")))?;
+        let mode =
+            serde_path_to_error::deserialize(tag).map_err(|e| ConfigError::at(key, strip_serde_location(&e.into_inner().to_string())))?;
+        Ok((mode, ComponentConfig::new(self.id.clone(), serde_yaml::Value::Mapping(options))))
+    }
+}
+
 /// serde_yaml appends " at line L column C" relative to the value it was given, which is
 /// meaningless once the engine reports the real position; drop it.
 fn strip_serde_location(message: &str) -> String {

@@ -1,0 +1,231 @@
+//! `mode: stream`: a Redis Stream read through a consumer group (`XREADGROUP`). An entry is
+//! `XACK`ed only after every sink wrote its rows (ack handles); at start the reader first re-reads
+//! its own pending entries, and it periodically claims entries another consumer left pending
+//! longer than `claim_idle` (XPENDING + XCLAIM, never its own in-flight entries): at-least-once
+//! end to end.
+
+use std::time::Duration;
+
+use redis::streams::{StreamClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+use tributary_sdk::{now_us, Ack, AckSet, AckStatus, SourceContext};
+
+use crate::config::StreamConfig;
+use crate::{Message, RECONNECT};
+
+pub(crate) struct StreamReader {
+    pub id: String,
+    pub cfg: StreamConfig,
+}
+
+impl StreamReader {
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        Ok(redis::Client::open(self.cfg.url.expose())?)
+    }
+
+    /// A connection with the consumer group in place (created with the stream when missing, as
+    /// after a Redis restart that kept nothing), retried with backoff until Redis answers.
+    async fn connect_stream(&self, client: &redis::Client, ctx: &SourceContext) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let cfg = &self.cfg;
+        let mut conn = RECONNECT
+            .retry(
+                || client.get_multiplexed_async_connection(),
+                |_| !ctx.shutdown.is_cancelled(),
+                |_, e, d| {
+                    ctx.metrics.retries.inc();
+                    tracing::warn!(source = %self.id, error = %e, retry_in = ?d, "cannot reach Redis; retrying");
+                },
+            )
+            .await?;
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&cfg.stream, &cfg.group, "0").await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(anyhow::anyhow!("creating consumer group `{}` on stream `{}`: {e}", cfg.group, cfg.stream));
+            }
+        }
+        Ok(conn)
+    }
+
+    pub async fn run(&self, mut ctx: SourceContext) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let cfg = &self.cfg;
+        let mut conn = self.connect_stream(&client, &ctx).await?;
+        tracing::info!(source = %self.id, stream = %cfg.stream, group = %cfg.group, consumer = %cfg.consumer, "reading stream");
+        // Acked entry ids come back here to be XACKed; failed ones are read again from our PEL.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<String>, AckStatus)>();
+        let mut in_flight = 0usize;
+        // Start with our own pending entries (a previous run's unacknowledged ones).
+        let mut read_own_pending = true;
+        let mut last_claim = tokio::time::Instant::now() - cfg.claim_idle.0;
+        let shutdown = ctx.shutdown.clone();
+        loop {
+            // Settle finished batches first.
+            while let Ok((ids, status)) = done_rx.try_recv() {
+                in_flight -= 1;
+                self.settle(&mut conn, &ids, status, &mut read_own_pending, &ctx).await;
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let entries: Vec<StreamId> = if read_own_pending && in_flight == 0 {
+                let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size);
+                let reply: StreamReadReply = match conn.xread_options(&[&cfg.stream], &["0"], &opts).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if self.read_failed(&ctx, &e).await {
+                            conn = self.connect_stream(&client, &ctx).await?;
+                        }
+                        continue;
+                    }
+                };
+                let ids: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+                read_own_pending = !ids.is_empty();
+                ids
+            } else if last_claim.elapsed() >= cfg.claim_idle.0 {
+                last_claim = tokio::time::Instant::now();
+                match claim_from_other_consumers(&mut conn, cfg).await {
+                    Ok(claimed) => {
+                        if !claimed.is_empty() {
+                            tracing::info!(source = %self.id, entries = claimed.len(), "claimed entries another consumer left pending");
+                        }
+                        claimed
+                    }
+                    Err(e) => {
+                        if self.read_failed(&ctx, &e).await {
+                            conn = self.connect_stream(&client, &ctx).await?;
+                            read_own_pending = true;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size).block(500);
+                let (keys, ids) = ([&cfg.stream], [">"]);
+                // Not cancelled on shutdown: Redis moves entries into our pending list when it
+                // answers, so a dropped reply would leave them pending until the next start. The
+                // block is short; shutdown waits for it.
+                let reply = conn.xread_options::<_, _, Option<StreamReadReply>>(&keys, &ids, &opts).await;
+                match reply {
+                    Ok(r) => r.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default(),
+                    Err(e) => {
+                        if self.read_failed(&ctx, &e).await {
+                            // Entries whose XACK was lost with the connection are re-read.
+                            conn = self.connect_stream(&client, &ctx).await?;
+                            read_own_pending = true;
+                        }
+                        continue;
+                    }
+                }
+            };
+            if ctx.metrics.failing().is_some() {
+                ctx.metrics.set_failing(None);
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+            let messages: Vec<Message> = entries.iter().map(entry_message).collect();
+            let tx = done_tx.clone();
+            let ack = Ack::new(move |status| {
+                let _ = tx.send((ids, status));
+            });
+            in_flight += 1;
+            crate::emit(&self.id, &ctx, &messages, AckSet::single(ack)).await?;
+        }
+        // Let downstream flush, then acknowledge what it wrote before leaving.
+        ctx.close_outputs();
+        drop(done_tx);
+        let until = tokio::time::Instant::now() + Duration::from_secs(25);
+        while in_flight > 0 {
+            match tokio::time::timeout_at(until, done_rx.recv()).await {
+                Ok(Some((ids, status))) => {
+                    in_flight -= 1;
+                    let mut ignore = false;
+                    self.settle(&mut conn, &ids, status, &mut ignore, &ctx).await;
+                }
+                _ => {
+                    tracing::warn!(source = %self.id, in_flight, "entries still unacknowledged at shutdown stay pending and are read again next start");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// XACK delivered entries; failed ones stay pending and are re-read.
+    async fn settle(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        ids: &[String],
+        status: AckStatus,
+        reread: &mut bool,
+        ctx: &SourceContext,
+    ) {
+        match status {
+            AckStatus::Delivered => {
+                let r: redis::RedisResult<i64> = conn.xack(&self.cfg.stream, &self.cfg.group, ids).await;
+                if let Err(e) = r {
+                    tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, "XACK failed; the entries will be delivered again");
+                }
+            }
+            AckStatus::Failed => {
+                tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, entries = ids.len(), "downstream failed to write; re-reading pending entries");
+                *reread = true;
+            }
+        }
+    }
+
+    /// Counts and logs a failed read, waits a little; `true` when the connection itself is gone
+    /// (a multiplexed connection does not come back by itself: the caller reconnects).
+    async fn read_failed(&self, ctx: &SourceContext, e: &redis::RedisError) -> bool {
+        ctx.metrics.retries.inc();
+        let lost = e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error();
+        // `/health` names a source that keeps failing (after `admin.degraded_after`).
+        if ctx.metrics.failing().is_none() {
+            ctx.metrics.set_failing(Some((now_us(), format!("reading the Redis stream: {e}"))));
+        }
+        tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, reconnecting = lost, "reading the stream failed; retrying");
+        tokio::select! { _ = ctx.shutdown.cancelled() => {}, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
+        lost
+    }
+}
+
+/// An entry's message: its time is the entry id's milliseconds (when it was added). An id given
+/// explicitly by the producer (`XADD s 99999999999999999-0`) that is no time in microseconds gets
+/// the read time instead of overflowing.
+pub(crate) fn entry_message(e: &StreamId) -> Message {
+    let ts_us = e.id.split('-').next().and_then(|m| m.parse::<i64>().ok()).and_then(|ms| ms.checked_mul(1000)).unwrap_or_else(now_us);
+    let field = |k: &str| e.map.get(k).and_then(|v| redis::from_redis_value::<String>(v).ok());
+    Message {
+        ts_us,
+        channel: field("channel").unwrap_or_else(|| "high-score-processor".into()),
+        payload: field("payload").unwrap_or_default(),
+    }
+}
+
+/// Entries pending on *another* consumer of the group for at least `claim_idle` (a consumer that
+/// died), moved to this one. Never this consumer's own: those are in flight here, waiting for the
+/// sinks (a window or a Parquet file may hold their acks longer than `claim_idle`), and claiming
+/// them would deliver them twice. XAUTOCLAIM cannot exclude a consumer, so: XPENDING with IDLE,
+/// then XCLAIM of the others' ids (XCLAIM re-checks the idle time, so a race with another
+/// claimer or a late XACK claims nothing).
+async fn claim_from_other_consumers(conn: &mut redis::aio::MultiplexedConnection, cfg: &StreamConfig) -> redis::RedisResult<Vec<StreamId>> {
+    let idle_ms = cfg.claim_idle.0.as_millis() as u64;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&cfg.stream)
+        .arg(&cfg.group)
+        .arg("IDLE")
+        .arg(idle_ms)
+        .arg("-")
+        .arg("+")
+        .arg(cfg.batch_size)
+        .query_async(conn)
+        .await?;
+    let others: Vec<&str> = pending.iter().filter(|(_, consumer, _, _)| *consumer != cfg.consumer).map(|(id, ..)| id.as_str()).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let claimed: StreamClaimReply = conn.xclaim(&cfg.stream, &cfg.group, &cfg.consumer, idle_ms, &others).await?;
+    Ok(claimed.ids)
+}
