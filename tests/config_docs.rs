@@ -111,8 +111,20 @@ fn documented() -> Vec<Documented> {
         Documented {
             readme: "plugins/srt-stats/README.md",
             table: 0,
-            minimal: "{mode: sessions}",
-            decode: decode::<tributary_srt_stats::config::SrtStatsConfig>,
+            minimal: "{}",
+            decode: decode::<tributary_srt_stats::config::SessionsMode>,
+        },
+        Documented {
+            readme: "plugins/srt-stats/README.md",
+            table: 0,
+            minimal: "{}",
+            decode: decode::<tributary_srt_stats::config::DockerMode>,
+        },
+        Documented {
+            readme: "plugins/srt-stats/README.md",
+            table: 0,
+            minimal: "{}",
+            decode: decode::<tributary_srt_stats::config::ApiMode>,
         },
         Documented {
             readme: "plugins/timescale/README.md",

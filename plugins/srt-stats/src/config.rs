@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tributary_sdk::{ConfigError, HumanDuration, Period, Secret};
+use tributary_sdk::{ComponentConfig, ConfigError, HumanDuration, Period, Secret};
 
 use crate::parse::redact_passphrase;
 use crate::session::Role;
@@ -22,11 +22,19 @@ pub enum Mode {
     SrtApi,
 }
 
+/// A checked `srt_stats` config: the options of its `mode:` only.
+#[derive(Debug, Clone)]
+pub enum SrtStatsConfig {
+    Sessions(SessionsMode),
+    Docker(DockerMode),
+    SrtApi { api: ApiConfig, batch_wait: HumanDuration },
+}
+
+/// `mode: sessions`: the transmitters and receivers Tributary runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SrtStatsConfig {
-    pub mode: Mode,
-    /// `mode: sessions`: the transmitters and receivers to run.
+pub struct SessionsMode {
+    /// The transmitters and receivers to run.
     #[serde(default)]
     pub sessions: Vec<SessionConfig>,
     /// The srt-live-transmit program (default: found on `PATH`).
@@ -49,12 +57,33 @@ pub struct SrtStatsConfig {
     /// Rows are sent downstream at least this often (default 1s).
     #[serde(default = "default_batch_wait")]
     pub batch_wait: HumanDuration,
-    /// `mode: docker`.
+}
+
+/// `mode: docker`: follow the logs of containers selected by labels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerMode {
+    /// Which containers, and how to name their sessions.
     #[serde(default)]
     pub docker: DockerConfig,
-    /// `mode: srt_api`.
+    /// Lines carry counters since the connection started (`-f`); `false`: interval deltas.
+    #[serde(default = "default_true")]
+    pub cumulative: bool,
+    /// Rows are sent downstream at least this often (default 1s).
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait: HumanDuration,
+}
+
+/// `mode: srt_api` as written: `srt_api:` is checked to be there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiMode {
+    /// The management API to poll.
     #[serde(default)]
     pub srt_api: Option<ApiConfig>,
+    /// Rows are sent downstream at least this often (default 1s).
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait: HumanDuration,
 }
 
 fn default_program() -> String {
@@ -236,45 +265,63 @@ fn default_api_timeout() -> Period {
 }
 
 impl SrtStatsConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.report_every_packets == 0 {
-            return Err(ConfigError::at("report_every_packets", "must be at least 1"));
-        }
-        match self.mode {
+    /// Decode the options of the `mode:` given and check them.
+    pub fn from_component(config: &ComponentConfig) -> Result<Self, ConfigError> {
+        let (mode, options) = config.split_tag::<Mode>("mode")?;
+        match mode {
             Mode::Sessions => {
-                if self.sessions.is_empty() {
-                    return Err(ConfigError::at("sessions", "`mode: sessions` needs at least one session"));
-                }
-                let mut names = HashSet::new();
-                for (i, s) in self.sessions.iter().enumerate() {
-                    s.validate().map_err(|mut e| {
-                        e.path.splice(
-                            0..0,
-                            [tributary_sdk::config::PathSeg::Key("sessions".into()), tributary_sdk::config::PathSeg::Index(i)],
-                        );
-                        e
-                    })?;
-                    if !names.insert(s.name.as_str()) {
-                        return Err(ConfigError::at("sessions", format!("session name `{}` is used twice", s.name)));
-                    }
-                }
+                let m: SessionsMode = options.decode()?;
+                m.validate()?;
+                Ok(SrtStatsConfig::Sessions(m))
             }
             Mode::Docker => {
-                if self.docker.labels.is_empty() {
+                let m: DockerMode = options.decode()?;
+                if m.docker.labels.is_empty() {
                     return Err(ConfigError::at(
                         "docker.labels",
                         "name at least one label, or every container on the host would be followed",
                     ));
                 }
+                Ok(SrtStatsConfig::Docker(m))
             }
             Mode::SrtApi => {
-                let api = self
-                    .srt_api
-                    .as_ref()
-                    .ok_or_else(|| ConfigError::at("srt_api", "`mode: srt_api` needs `srt_api: {url, username, password}`"))?;
+                let m: ApiMode = options.decode()?;
+                let api =
+                    m.srt_api.ok_or_else(|| ConfigError::at("srt_api", "`mode: srt_api` needs `srt_api: {url, username, password}`"))?;
                 if !(api.url.starts_with("http://") || api.url.starts_with("https://")) {
                     return Err(ConfigError::at("srt_api.url", format!("expected an http:// or https:// URL, got `{}`", api.url)));
                 }
+                Ok(SrtStatsConfig::SrtApi { api, batch_wait: m.batch_wait })
+            }
+        }
+    }
+
+    /// How often rows are sent downstream at least.
+    pub fn batch_wait(&self) -> Duration {
+        match self {
+            SrtStatsConfig::Sessions(m) => m.batch_wait.0,
+            SrtStatsConfig::Docker(m) => m.batch_wait.0,
+            SrtStatsConfig::SrtApi { batch_wait, .. } => batch_wait.0,
+        }
+    }
+}
+
+impl SessionsMode {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.report_every_packets == 0 {
+            return Err(ConfigError::at("report_every_packets", "must be at least 1"));
+        }
+        if self.sessions.is_empty() {
+            return Err(ConfigError::at("sessions", "`mode: sessions` needs at least one session"));
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.sessions.iter().enumerate() {
+            s.validate().map_err(|mut e| {
+                e.path.splice(0..0, [tributary_sdk::config::PathSeg::Key("sessions".into()), tributary_sdk::config::PathSeg::Index(i)]);
+                e
+            })?;
+            if !names.insert(s.name.as_str()) {
+                return Err(ConfigError::at("sessions", format!("session name `{}` is used twice", s.name)));
             }
         }
         Ok(())

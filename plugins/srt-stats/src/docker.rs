@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tributary_sdk::{now_us, CancellationToken, ComponentMetrics};
 
-use crate::config::{DockerConfig, SrtStatsConfig};
+use crate::config::{DockerConfig, DockerMode};
 use crate::lines::LineSplitter;
 use crate::session::{Emitted, Role, SessionTracker};
 use crate::supervise::feed;
@@ -43,7 +43,7 @@ struct Followed {
 
 pub async fn run(
     source_id: String,
-    cfg: SrtStatsConfig,
+    cfg: DockerMode,
     rows: mpsc::Sender<Emitted>,
     shutdown: CancellationToken,
     metrics: Arc<ComponentMetrics>,

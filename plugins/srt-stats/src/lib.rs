@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tributary_sdk::{Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
 
-use config::{Mode, SrtStatsConfig};
+use config::SrtStatsConfig;
 use session::Emitted;
 
 /// Longest output line accepted (a JSON stats line is about 900 bytes).
@@ -59,8 +59,7 @@ impl SourcePlugin for SrtStatsPlugin {
         "srt_stats"
     }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
-        let cfg: SrtStatsConfig = config.decode()?;
-        cfg.validate()?;
+        let cfg = SrtStatsConfig::from_component(config)?;
         Ok(BuiltSource {
             outputs: vec![OutputSpec::main(rows::stats_schema()), OutputSpec::named("events", rows::events_schema())],
             source: Box::new(SrtStatsSource { id: config.id.clone(), cfg }),
@@ -83,21 +82,22 @@ impl Source for SrtStatsSource {
         // Producers stop on their own token, after which the collector drains what they sent.
         let stop = ctx.shutdown.child_token();
         let mut producers = tokio::task::JoinSet::new();
-        match self.cfg.mode {
-            Mode::Sessions => {
-                for s in &self.cfg.sessions {
-                    let sup = supervise::Supervisor::from_config(&self.id, &self.cfg, s, tx.clone(), stop.clone(), ctx.metrics.clone());
+        let batch_wait = self.cfg.batch_wait();
+        match self.cfg {
+            SrtStatsConfig::Sessions(mode) => {
+                for s in &mode.sessions {
+                    let sup = supervise::Supervisor::from_config(&self.id, &mode, s, tx.clone(), stop.clone(), ctx.metrics.clone());
                     producers.spawn(async move {
                         sup.run().await;
                         Ok(())
                     });
                 }
             }
-            Mode::Docker => {
-                producers.spawn(docker::run(self.id.clone(), self.cfg.clone(), tx.clone(), stop.clone(), ctx.metrics.clone()));
+            SrtStatsConfig::Docker(mode) => {
+                producers.spawn(docker::run(self.id.clone(), mode, tx.clone(), stop.clone(), ctx.metrics.clone()));
             }
-            Mode::SrtApi => {
-                let poller = api::ApiPoller::new(&self.id, self.cfg.srt_api.clone().expect("validated"))?;
+            SrtStatsConfig::SrtApi { api, .. } => {
+                let poller = api::ApiPoller::new(&self.id, api)?;
                 let (tx, stop, metrics) = (tx.clone(), stop.clone(), ctx.metrics.clone());
                 producers.spawn(async move {
                     poller.run(tx, stop, metrics).await;
@@ -107,7 +107,7 @@ impl Source for SrtStatsSource {
         }
         drop(tx);
         let mut pending = Emitted::default();
-        let mut tick = tokio::time::interval(self.cfg.batch_wait.0.max(Duration::from_millis(10)));
+        let mut tick = tokio::time::interval(batch_wait.max(Duration::from_millis(10)));
         loop {
             tokio::select! {
                 got = rx.recv() => match got {

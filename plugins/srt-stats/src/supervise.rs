@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{now_us, CancellationToken, ComponentMetrics};
 
-use crate::config::{SessionConfig, SrtStatsConfig};
+use crate::config::{SessionConfig, SessionsMode};
 use crate::lines::{LineSplitter, Piece};
 use crate::parse::redact_passphrase;
 use crate::session::{Emitted, SessionTracker};
@@ -37,7 +37,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn from_config(
         source_id: &str,
-        cfg: &SrtStatsConfig,
+        cfg: &SessionsMode,
         session: &SessionConfig,
         rows: mpsc::Sender<Emitted>,
         shutdown: CancellationToken,

@@ -277,7 +277,7 @@ fn garbage_between_good_lines_is_an_error_and_loses_nothing() {
 
 #[test]
 fn commands_carry_the_management_api_parameters() {
-    let cfg: SrtStatsConfig = ComponentConfig::from_yaml(
+    let config = ComponentConfig::from_yaml(
         "srt",
         r#"
 mode: sessions
@@ -287,10 +287,8 @@ sessions:
      packetfilter: {cols: 10, rows: 5, layout: staircase, arq: always}}
   - {name: back, role: rx, mode: listener, listen_port: 9001, udp_out: "127.0.0.1:5001", ttl: 4, tlpktdrop: true}
 "#,
-    )
-    .decode()
-    .unwrap();
-    cfg.validate().unwrap();
+    );
+    let SrtStatsConfig::Sessions(cfg) = SrtStatsConfig::from_component(&config).unwrap() else { panic!("sessions mode") };
     assert_eq!(
         cfg.sessions[0].args(100, true),
         [
@@ -351,6 +349,20 @@ fn invalid_configs_name_the_option() {
     assert!(build_error("mode: udp").starts_with("mode: unknown variant `udp`, expected one of `sessions`, `docker`, `srt_api`"));
     let both = build_error("mode: sessions\nsessions: [{name: a, role: both, mode: caller, host: h, listen_port: 9000}]");
     assert!(both.starts_with("sessions[0].role: unknown variant `both`, expected `tx` or `rx`"), "{both}");
+    // Each mode takes its own options only.
+    assert_eq!(
+        build_error("mode: srt_api\nsrt_api: {url: 'http://x', username: u, password: p}\nprogram: /bin/srt"),
+        "program: unknown field `program`, expected `srt_api` or `batch_wait`"
+    );
+    assert_eq!(
+        build_error("mode: docker\nsessions: []"),
+        "sessions: unknown field `sessions`, expected one of `docker`, `cumulative`, `batch_wait`"
+    );
+    assert_eq!(
+        build_error("mode: docker\ndocker: {labels: []}"),
+        "docker.labels: name at least one label, or every container on the host would be followed"
+    );
+    assert_eq!(build_error("mode: docker\ndocker: {discover_interval: often}").split(':').next().unwrap(), "docker.discover_interval");
 }
 
 /// An `srt_api` poller for `url` with user `u`, password `p` and 1 s interval and timeout.
