@@ -4,7 +4,7 @@
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tributary_sdk::{now_us, AckSet, SourceContext};
+use tributary_sdk::{now_us, AckSet, Batcher, SourceContext};
 
 use crate::config::PubsubConfig;
 use crate::{Message, RECONNECT};
@@ -24,33 +24,11 @@ impl PubsubReader {
     /// dropped and counted in `dropped_total`), so memory stays bounded; an emitter batches from
     /// the buffer and waits for the pipeline.
     pub async fn run(&self, ctx: &SourceContext) -> anyhow::Result<()> {
-        let (buffer, mut buffered) = mpsc::channel::<Message>(self.cfg.max_buffered);
+        let (buffer, buffered) = mpsc::channel::<Message>(self.cfg.max_buffered);
         let emitter = async {
-            let mut pending: Vec<Message> = Vec::new();
-            loop {
-                let next = if pending.is_empty() {
-                    buffered.recv().await
-                } else {
-                    match tokio::time::timeout(self.cfg.batch_wait.0, buffered.recv()).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            crate::emit(&self.id, ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
-                            continue;
-                        }
-                    }
-                };
-                match next {
-                    Some(m) => {
-                        pending.push(m);
-                        if pending.len() >= self.cfg.batch_size {
-                            crate::emit(&self.id, ctx, &std::mem::take(&mut pending), AckSet::none()).await?;
-                        }
-                    }
-                    None => break,
-                }
-            }
-            if !pending.is_empty() {
-                crate::emit(&self.id, ctx, &pending, AckSet::none()).await?;
+            let mut batcher: Batcher<Message> = Batcher::new(buffered, self.cfg.batch_size, self.cfg.batch_wait.0);
+            while let Some(messages) = batcher.next().await {
+                crate::emit(&self.id, ctx, &messages, AckSet::none()).await?;
             }
             Ok::<_, anyhow::Error>(())
         };

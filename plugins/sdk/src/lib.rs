@@ -9,6 +9,7 @@
 //! Arrow, Parquet and DataFusion come from [`datafusion`] (re-exported) so the build has one arrow.
 
 pub mod ack;
+pub mod batcher;
 pub mod buffer;
 pub mod columns;
 pub mod config;
@@ -35,6 +36,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use tracing;
 
 pub use ack::{Ack, AckSet, AckStatus};
+pub use batcher::{Batcher, Gather};
 pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use in_flight::{InFlight, Work};

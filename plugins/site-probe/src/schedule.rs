@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-use tributary_sdk::{Batch, ConfigError, Source, SourceContext};
+use tributary_sdk::{Batch, Batcher, ConfigError, Source, SourceContext};
 
 use crate::config::{SiteProbeConfig, Target};
 use crate::probe::{probe, ProbeLimits, ProbeRow};
@@ -68,7 +68,7 @@ impl SiteProbeSource {
 impl Source for SiteProbeSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let permits = Arc::new(Semaphore::new(self.max_concurrency));
-        let (tx, mut rx) = mpsc::channel::<ProbeRow>(4096);
+        let (tx, rx) = mpsc::channel::<ProbeRow>(4096);
         for target in &self.targets {
             let offset = if self.start_jitter { target.interval.mul_f64(rand::random::<f64>()) } else { Duration::ZERO };
             tokio::spawn(probe_loop(
@@ -84,35 +84,12 @@ impl Source for SiteProbeSource {
         drop(tx);
         // Rows are sent every flush interval or 1024 rows; on shutdown the target tasks finish
         // their in-flight probe, the channel closes, and the last rows are sent.
-        let mut rows = Vec::new();
-        let mut tick = tokio::time::interval(self.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                row = rx.recv() => match row {
-                    Some(row) => {
-                        rows.push(row);
-                        if rows.len() >= 1024 {
-                            send(&ctx, &mut rows).await?;
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => send(&ctx, &mut rows).await?,
-            }
+        let mut batcher: Batcher<ProbeRow> = Batcher::new(rx, 1024, self.flush_interval);
+        while let Some(rows) = batcher.next().await {
+            ctx.output("").send(Batch::new(rows_to_batch(&rows))).await?;
         }
-        send(&ctx, &mut rows).await
+        Ok(())
     }
-}
-
-async fn send(ctx: &SourceContext, rows: &mut Vec<ProbeRow>) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let batch = rows_to_batch(rows);
-    rows.clear();
-    ctx.output("").send(Batch::new(batch)).await?;
-    Ok(())
 }
 
 async fn probe_loop(

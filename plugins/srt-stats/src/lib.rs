@@ -21,7 +21,7 @@ pub mod supervise;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tributary_sdk::{Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
+use tributary_sdk::{Batch, Batcher, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
 
 use config::SrtStatsConfig;
 use session::Emitted;
@@ -78,7 +78,7 @@ const MAX_PENDING_ROWS: usize = 5000;
 #[async_trait::async_trait]
 impl Source for SrtStatsSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
-        let (tx, mut rx) = mpsc::channel::<Emitted>(1024);
+        let (tx, rx) = mpsc::channel::<Emitted>(1024);
         // Producers stop on their own token, after which the collector drains what they sent.
         let stop = ctx.shutdown.child_token();
         let mut producers = tokio::task::JoinSet::new();
@@ -106,32 +106,24 @@ impl Source for SrtStatsSource {
             }
         }
         drop(tx);
-        let mut pending = Emitted::default();
-        let mut tick = tokio::time::interval(batch_wait.max(Duration::from_millis(10)));
+        let mut batcher: Batcher<Emitted, Emitted> = Batcher::new(rx, MAX_PENDING_ROWS, batch_wait.max(Duration::from_millis(10)));
         loop {
             tokio::select! {
-                got = rx.recv() => match got {
-                    Some(mut e) => {
-                        pending.append(&mut e);
-                        if pending.len() >= MAX_PENDING_ROWS {
-                            send(&ctx, &mut pending).await?;
-                        }
-                    }
+                batch = batcher.next() => match batch {
+                    Some(mut rows) => send(&ctx, &mut rows).await?,
                     // Every producer finished (shutdown, or nothing left to run).
                     None => break,
                 },
-                _ = tick.tick() => send(&ctx, &mut pending).await?,
                 Some(done) = producers.join_next() => {
                     if let Ok(Err(e)) = done {
                         // A mode that cannot run at all (no Docker API): report and stop the source.
                         stop.cancel();
-                        send(&ctx, &mut pending).await?;
+                        send(&ctx, &mut batcher.take_pending()).await?;
                         return Err(e);
                     }
                 }
             }
         }
-        send(&ctx, &mut pending).await?;
         Ok(())
     }
 }

@@ -81,6 +81,16 @@ impl Emitted {
     }
 }
 
+/// The source's pending rows, gathered from every session's producer by the sdk's `Batcher`.
+impl tributary_sdk::Gather<Emitted> for Emitted {
+    fn gather(&mut self, mut item: Emitted) {
+        self.append(&mut item);
+    }
+    fn rows(&self) -> usize {
+        self.len()
+    }
+}
+
 /// `lost / packets × 100`, 0 when nothing was sent or received.
 pub fn line_loss_pct(lost: f64, packets: f64) -> f64 {
     if packets > 0.0 {
