@@ -112,53 +112,12 @@ pub enum Simulate {
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Validate { file } => match crate::validate_file(&file).await {
-            Ok(plan) => {
-                println!(
-                    "{}: valid ({} sources, {} transforms, {} sinks)",
-                    file.display(),
-                    plan.sources.len(),
-                    plan.transforms.len(),
-                    plan.sinks.len()
-                );
-                for (name, schema) in plan.outputs.iter().filter(|(n, _)| !n.ends_with(".dead_letter")) {
-                    let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
-                    println!("  {name}: {}", cols.join(", "));
-                }
-                ExitCode::SUCCESS
-            }
-            Err(d) => {
-                eprintln!("{d}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Test { files } => {
-            let mut ok = true;
-            for file in files {
-                match crate::pipeline_tests::test_file(&file).await {
-                    Ok(report) => {
-                        print!("{}", report.render());
-                        ok &= report.passed();
-                    }
-                    Err(e) => {
-                        eprintln!("{e}");
-                        ok = false;
-                    }
-                }
-            }
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Command::Validate { file } => validate(&file).await,
+        Command::Test { files } => test(&files).await,
         Command::Tap { output, filter, limit, admin, token } => {
             match crate::tap::print_tap(admin, &output, filter.as_deref(), limit, token.as_deref()).await {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tap failed: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => failed(format!("tap failed: {e:#}")),
             }
         }
         Command::Graph { file } => match crate::config::PipelineFile::load(&file) {
@@ -166,29 +125,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 print!("{}", crate::graph::mermaid::render(&f.components));
                 ExitCode::SUCCESS
             }
-            Err(d) => {
-                eprintln!("{d}");
-                ExitCode::FAILURE
-            }
+            Err(d) => failed(d),
         },
-        Command::Query { sql, data, tables, format } => {
-            let result = async {
-                let tables = crate::query::discover_tables(&data, &tables)?;
-                let batches = crate::query::run_query(&sql, &tables).await?;
-                crate::query::render(&batches, format)
-            }
-            .await;
-            match result {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("query failed: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Query { sql, data, tables, format } => query(&sql, &data, &tables, format).await,
         Command::Simulate(Simulate::WebexMesh {
             listen,
             seed,
@@ -202,7 +141,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             rate_window,
             legacy_shapes,
         }) => {
-            use tributary_webex_mesh::simulator::{self, Shapes, SimConfig};
+            use tributary_webex_mesh::simulator::{Shapes, SimConfig};
             let cfg = SimConfig {
                 seed,
                 org_name,
@@ -216,41 +155,102 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 personal_token,
                 ..SimConfig::default()
             };
-            let shutdown = CancellationToken::new();
-            spawn_stop_triggers(shutdown.clone(), None);
-            match simulator::run(listen, cfg, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            simulate_webex_mesh(listen, cfg).await
         }
-        Command::Run { file, duration, admin, drain_timeout } => {
-            let shutdown = CancellationToken::new();
-            spawn_stop_triggers(shutdown.clone(), duration);
-            match crate::run_file(&file, admin, shutdown, RunOptions { drain_timeout, ..RunOptions::default() }).await {
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-                Ok(report) => {
-                    for line in &report.summary {
-                        tracing::info!("{line}");
-                    }
-                    if report.ok() {
-                        tracing::info!("stopped cleanly");
-                        ExitCode::SUCCESS
-                    } else {
-                        for (id, e) in &report.failures {
-                            eprintln!("component `{id}` failed: {e}");
-                        }
-                        ExitCode::FAILURE
-                    }
-                }
+        Command::Run { file, duration, admin, drain_timeout } => run(&file, duration, admin, drain_timeout).await,
+    }
+}
+
+/// Print `message` to stderr; the command failed.
+fn failed(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::FAILURE
+}
+
+async fn validate(file: &std::path::Path) -> ExitCode {
+    match crate::validate_file(file).await {
+        Ok(plan) => {
+            println!(
+                "{}: valid ({} sources, {} transforms, {} sinks)",
+                file.display(),
+                plan.sources.len(),
+                plan.transforms.len(),
+                plan.sinks.len()
+            );
+            for (name, schema) in plan.outputs.iter().filter(|(n, _)| !n.ends_with(".dead_letter")) {
+                let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+                println!("  {name}: {}", cols.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(d) => failed(d),
+    }
+}
+
+async fn test(files: &[std::path::PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match crate::pipeline_tests::test_file(file).await {
+            Ok(report) => {
+                print!("{}", report.render());
+                ok &= report.passed();
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
             }
         }
     }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn query(sql: &str, data: &std::path::Path, tables: &[String], format: QueryFormat) -> ExitCode {
+    let result = async {
+        let tables = crate::query::discover_tables(data, tables)?;
+        let batches = crate::query::run_query(sql, &tables).await?;
+        crate::query::render(&batches, format)
+    }
+    .await;
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(format!("query failed: {e:#}")),
+    }
+}
+
+async fn simulate_webex_mesh(listen: std::net::SocketAddr, cfg: tributary_webex_mesh::simulator::SimConfig) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    spawn_stop_triggers(shutdown.clone(), None);
+    match tributary_webex_mesh::simulator::run(listen, cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(format!("{e:#}")),
+    }
+}
+
+async fn run(file: &std::path::Path, duration: Option<Duration>, admin: Option<std::net::SocketAddr>, drain_timeout: Duration) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    spawn_stop_triggers(shutdown.clone(), duration);
+    let report = match crate::run_file(file, admin, shutdown, RunOptions { drain_timeout, ..RunOptions::default() }).await {
+        Ok(report) => report,
+        Err(e) => return failed(e),
+    };
+    for line in &report.summary {
+        tracing::info!("{line}");
+    }
+    if report.ok() {
+        tracing::info!("stopped cleanly");
+        return ExitCode::SUCCESS;
+    }
+    for (id, e) in &report.failures {
+        eprintln!("component `{id}` failed: {e}");
+    }
+    ExitCode::FAILURE
 }
 
 /// Ctrl-C, SIGTERM, or the --duration timer start the drain.

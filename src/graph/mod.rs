@@ -119,197 +119,224 @@ fn output_name(component: &str, output: &str) -> String {
     }
 }
 
-/// Check and build everything in `file`.
+/// Check and build everything in `file`: every problem found at one step is reported together,
+/// and a step runs only when the ones before it found none.
 pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diagnostics> {
-    let mut errors: Vec<Diagnostic> = Vec::new();
-    let mut outputs: BTreeMap<String, SchemaRef> = BTreeMap::new();
-    let mut sources = Vec::new();
-    let mut sqls: HashMap<String, SqlTransformConfig> = HashMap::new();
+    let mut p = Planner { file, registry, errors: Vec::new(), outputs: BTreeMap::new() };
+    let (sources, sqls) = p.declare();
+    p.check()?;
+    let inputs = p.resolve_inputs(&sqls);
+    p.check()?;
+    let order = topo_order(file, &inputs).map_err(|d| Diagnostics(vec![d]))?;
+    let transforms = p.plan_transforms(&order, &inputs, &sqls).await;
+    p.check()?;
+    let sinks = p.build_sinks(&inputs);
+    p.check()?;
+    Ok(Plan {
+        sources,
+        transforms,
+        sinks,
+        outputs: p.outputs,
+        decls: file.components.clone(),
+        dead_letter_dir: file.dead_letters.path.clone(),
+    })
+}
 
-    // 1. Types, and every source's outputs (its schema is known from its config alone).
-    for c in &file.components {
-        let mut cfg = ComponentConfig::new(c.id.clone(), c.options.clone());
-        match c.kind {
-            Kind::Source => match registry.source(&c.type_name) {
-                None => errors.push(unknown_type(file, c, &registry.source_types())),
-                Some(plugin) => match source_buffer(&mut cfg).and_then(|buffer| Ok((plugin.build(&cfg)?, buffer))) {
-                    Ok((built, buffer)) => {
-                        for o in &built.outputs {
-                            outputs.insert(output_name(&c.id, &o.name), o.schema.clone());
-                        }
-                        sources.push(PlannedSource {
-                            id: c.id.clone(),
-                            type_name: c.type_name.clone(),
-                            outputs: built.outputs,
-                            source: built.source,
-                            buffer,
-                        });
-                    }
-                    Err(e) => errors.push(file.component_diag(c, &e)),
-                },
-            },
-            Kind::Transform => {
-                if c.type_name != "sql" {
-                    errors.push(unknown_type(file, c, &["sql"]));
-                    continue;
-                }
-                match cfg.decode::<SqlTransformConfig>() {
-                    Ok(t) => {
-                        sqls.insert(c.id.clone(), t);
-                    }
-                    Err(e) => errors.push(file.component_diag(c, &e)),
-                }
-            }
-            Kind::Sink => {
-                if registry.sink(&c.type_name).is_none() {
-                    errors.push(unknown_type(file, c, &registry.sink_types()));
-                }
-            }
-        }
-        outputs.insert(output_name(&c.id, DEAD_LETTER_OUTPUT), dead_letter_schema());
-    }
-    if !errors.is_empty() {
-        return Err(Diagnostics(errors));
-    }
+/// The state of one `plan`: problems found so far, and every output known so far with its schema.
+struct Planner<'a> {
+    file: &'a PipelineFile,
+    registry: &'a Registry,
+    errors: Vec<Diagnostic>,
+    outputs: BTreeMap<String, SchemaRef>,
+}
 
-    // 2. Inputs name existing outputs; the graph has no cycle.
-    let resolve = |c: &ComponentDecl| -> Result<Vec<InputRef>, Vec<Diagnostic>> {
-        let mut refs = Vec::new();
-        let mut errs = Vec::new();
-        for (i, name) in c.inputs.iter().enumerate() {
-            let (component, output) = name.split_once('.').unwrap_or((name.as_str(), ""));
-            let windowed = sqls.get(component).is_some_and(|t| t.window.is_some());
-            let exists = outputs.contains_key(name)
-                || file.get(component).is_some_and(|d| d.kind == Kind::Transform && output.is_empty())
-                || (windowed && output == LATE_OUTPUT);
-            if !exists {
-                errs.push(file.diag(&format!("{}.{}.inputs[{i}]", c.kind.section(), c.id), unknown_input(file, &outputs, name)));
-            } else {
-                refs.push(InputRef { name: name.clone(), component: component.to_string(), output: output.to_string() });
-            }
-        }
-        if errs.is_empty() {
-            Ok(refs)
+impl Planner<'_> {
+    fn check(&mut self) -> Result<(), Diagnostics> {
+        if self.errors.is_empty() {
+            Ok(())
         } else {
-            Err(errs)
-        }
-    };
-    let mut inputs: HashMap<String, Vec<InputRef>> = HashMap::new();
-    for c in file.components.iter().filter(|c| c.kind != Kind::Source) {
-        match resolve(c) {
-            Ok(r) => {
-                inputs.insert(c.id.clone(), r);
-            }
-            Err(e) => errors.extend(e),
+            Err(Diagnostics(std::mem::take(&mut self.errors)))
         }
     }
-    if !errors.is_empty() {
-        return Err(Diagnostics(errors));
-    }
-    let order = match topo_order(file, &inputs) {
-        Ok(o) => o,
-        Err(d) => return Err(Diagnostics(vec![d])),
-    };
 
-    // 3. SQL plans against its inputs' schemas, in dependency order.
-    let mut transforms = Vec::new();
-    for id in order.iter().filter(|id| sqls.contains_key(*id)) {
-        let refs = inputs[id].clone();
-        let tables: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
-        let cfg = &sqls[id];
-        let window = match &cfg.window {
-            None => None,
-            Some(w) => match WindowSpec::from_config(w).and_then(|spec| {
-                window::check_inputs(&spec, &tables)?;
-                let late_schema = window::late_schema(&tables)?;
-                Ok(WindowPlan { spec, inputs: tables.clone(), late_schema })
-            }) {
-                Ok(p) => Some(p),
-                Err(msg) => {
-                    errors.push(file.diag(&format!("transforms.{id}.window"), msg));
-                    continue;
-                }
-            },
-        };
-        let sql_tables: Vec<(String, SchemaRef)> = match &window {
-            None => tables.clone(),
-            Some(_) => tables.iter().map(|(n, s)| (n.clone(), window::windowed_input_schema(s))).collect(),
-        };
-        match SqlTransform::plan(&cfg.sql, &sql_tables).await {
-            Ok(sql) if window.is_none() && sql.joined_inputs().is_some() => {
-                let (a, b) = sql.joined_inputs().expect("checked");
-                errors.push(file.diag(
-                    &format!("transforms.{id}.sql"),
-                    format!(
-                        "joins `{a}` with `{b}`, which only works in a windowed transform: without `window:` the SQL runs once \
-                         per arriving batch, which holds rows of one input only, so the join would never match. Add \
-                         `window: {{tumbling: 1m}}` (any window) to join the rows of each window; to merge inputs, use UNION ALL"
-                    ),
-                ));
-            }
-            Ok(sql) => {
-                let schema = sql.output_schema();
-                match &window {
-                    Some(w) => {
-                        if schema.field_with_name(window::PARTIAL).is_ok() {
-                            errors.push(file.diag(
-                                &format!("transforms.{id}.sql"),
-                                format!(
-                                    "a windowed transform adds the `{}` column itself; rename the SQL's `{}`",
-                                    window::PARTIAL,
-                                    window::PARTIAL
-                                ),
-                            ));
-                            continue;
+    /// 1. Types, and every source's outputs (its schema is known from its config alone).
+    fn declare(&mut self) -> (Vec<PlannedSource>, HashMap<String, SqlTransformConfig>) {
+        let file = self.file;
+        let mut sources = Vec::new();
+        let mut sqls: HashMap<String, SqlTransformConfig> = HashMap::new();
+        for c in &file.components {
+            let mut cfg = ComponentConfig::new(c.id.clone(), c.options.clone());
+            match c.kind {
+                Kind::Source => match self.registry.source(&c.type_name) {
+                    None => self.errors.push(unknown_type(file, c, &self.registry.source_types())),
+                    Some(plugin) => match source_buffer(&mut cfg).and_then(|buffer| Ok((plugin.build(&cfg)?, buffer))) {
+                        Ok((built, buffer)) => {
+                            for o in &built.outputs {
+                                self.outputs.insert(output_name(&c.id, &o.name), o.schema.clone());
+                            }
+                            sources.push(PlannedSource {
+                                id: c.id.clone(),
+                                type_name: c.type_name.clone(),
+                                outputs: built.outputs,
+                                source: built.source,
+                                buffer,
+                            });
                         }
-                        outputs.insert(id.clone(), window::windowed_output_schema(&schema));
-                        outputs.insert(output_name(id, LATE_OUTPUT), w.late_schema.clone());
+                        Err(e) => self.errors.push(file.component_diag(c, &e)),
+                    },
+                },
+                Kind::Transform => {
+                    if c.type_name != "sql" {
+                        self.errors.push(unknown_type(file, c, &["sql"]));
+                        continue;
                     }
-                    None => {
-                        outputs.insert(id.clone(), schema);
+                    match cfg.decode::<SqlTransformConfig>() {
+                        Ok(t) => {
+                            sqls.insert(c.id.clone(), t);
+                        }
+                        Err(e) => self.errors.push(file.component_diag(c, &e)),
                     }
                 }
-                transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql, window });
+                Kind::Sink => {
+                    if self.registry.sink(&c.type_name).is_none() {
+                        self.errors.push(unknown_type(file, c, &self.registry.sink_types()));
+                    }
+                }
             }
-            Err(e) => {
-                let available: Vec<String> = sql_tables.iter().map(|(n, _)| format!("`{n}`")).collect();
-                errors.push(file.diag(
-                    &format!("transforms.{id}.sql"),
-                    format!("SQL does not plan: {} (tables: {})", clean_df_error(&e.to_string()), available.join(", ")),
-                ));
-            }
+            self.outputs.insert(output_name(&c.id, DEAD_LETTER_OUTPUT), dead_letter_schema());
         }
-    }
-    if !errors.is_empty() {
-        return Err(Diagnostics(errors));
+        (sources, sqls)
     }
 
-    // 4. Sinks know their input schemas.
-    let mut sinks = Vec::new();
-    for c in file.components.iter().filter(|c| c.kind == Kind::Sink) {
-        let refs = inputs[&c.id].clone();
-        let schemas: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), outputs[&r.name].clone())).collect();
-        let plugin = registry.sink(&c.type_name).expect("checked");
-        let mut options = c.options.clone();
-        let retry = match options.as_mapping_mut().and_then(|m| m.remove("retry")) {
-            None => SinkRetry::default(),
-            Some(value) => match ComponentConfig::new(c.id.clone(), value).decode::<SinkRetry>() {
-                Ok(retry) => retry,
-                Err(e) => {
-                    errors.push(file.component_diag(c, &e.within("retry")));
-                    continue;
+    /// 2. Inputs name existing outputs (a transform's, a source's, `<id>.late` of a windowed one).
+    fn resolve_inputs(&mut self, sqls: &HashMap<String, SqlTransformConfig>) -> HashMap<String, Vec<InputRef>> {
+        let file = self.file;
+        let mut inputs: HashMap<String, Vec<InputRef>> = HashMap::new();
+        for c in file.components.iter().filter(|c| c.kind != Kind::Source) {
+            let mut refs = Vec::new();
+            for (i, name) in c.inputs.iter().enumerate() {
+                let (component, output) = name.split_once('.').unwrap_or((name.as_str(), ""));
+                let windowed = sqls.get(component).is_some_and(|t| t.window.is_some());
+                let exists = self.outputs.contains_key(name)
+                    || file.get(component).is_some_and(|d| d.kind == Kind::Transform && output.is_empty())
+                    || (windowed && output == LATE_OUTPUT);
+                if exists {
+                    refs.push(InputRef { name: name.clone(), component: component.to_string(), output: output.to_string() });
+                } else {
+                    let what = unknown_input(file, &self.outputs, name);
+                    self.errors.push(file.diag(&format!("{}.{}.inputs[{i}]", c.kind.section(), c.id), what));
                 }
-            },
-        };
-        match plugin.build(&ComponentConfig::new(c.id.clone(), options), &schemas) {
-            Ok(sink) => sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink, retry }),
-            Err(e) => errors.push(file.component_diag(c, &e)),
+            }
+            inputs.insert(c.id.clone(), refs);
         }
+        inputs
     }
-    if !errors.is_empty() {
-        return Err(Diagnostics(errors));
+
+    /// 3. SQL plans against its inputs' schemas, in dependency order.
+    async fn plan_transforms(
+        &mut self,
+        order: &[String],
+        inputs: &HashMap<String, Vec<InputRef>>,
+        sqls: &HashMap<String, SqlTransformConfig>,
+    ) -> Vec<PlannedTransform> {
+        let file = self.file;
+        let mut transforms = Vec::new();
+        for id in order.iter().filter(|id| sqls.contains_key(*id)) {
+            let refs = inputs[id].clone();
+            let tables: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), self.outputs[&r.name].clone())).collect();
+            let cfg = &sqls[id];
+            let window = match &cfg.window {
+                None => None,
+                Some(w) => match WindowSpec::from_config(w).and_then(|spec| {
+                    window::check_inputs(&spec, &tables)?;
+                    let late_schema = window::late_schema(&tables)?;
+                    Ok(WindowPlan { spec, inputs: tables.clone(), late_schema })
+                }) {
+                    Ok(p) => Some(p),
+                    Err(msg) => {
+                        self.errors.push(file.diag(&format!("transforms.{id}.window"), msg));
+                        continue;
+                    }
+                },
+            };
+            let sql_tables: Vec<(String, SchemaRef)> = match &window {
+                None => tables.clone(),
+                Some(_) => tables.iter().map(|(n, s)| (n.clone(), window::windowed_input_schema(s))).collect(),
+            };
+            match SqlTransform::plan(&cfg.sql, &sql_tables).await {
+                Ok(sql) if window.is_none() && sql.joined_inputs().is_some() => {
+                    let (a, b) = sql.joined_inputs().expect("checked");
+                    self.errors.push(file.diag(
+                        &format!("transforms.{id}.sql"),
+                        format!(
+                            "joins `{a}` with `{b}`, which only works in a windowed transform: without `window:` the SQL runs once \
+                             per arriving batch, which holds rows of one input only, so the join would never match. Add \
+                             `window: {{tumbling: 1m}}` (any window) to join the rows of each window; to merge inputs, use UNION ALL"
+                        ),
+                    ));
+                }
+                Ok(sql) => {
+                    let schema = sql.output_schema();
+                    match &window {
+                        Some(w) => {
+                            if schema.field_with_name(window::PARTIAL).is_ok() {
+                                self.errors.push(file.diag(
+                                    &format!("transforms.{id}.sql"),
+                                    format!(
+                                        "a windowed transform adds the `{}` column itself; rename the SQL's `{}`",
+                                        window::PARTIAL,
+                                        window::PARTIAL
+                                    ),
+                                ));
+                                continue;
+                            }
+                            self.outputs.insert(id.clone(), window::windowed_output_schema(&schema));
+                            self.outputs.insert(output_name(id, LATE_OUTPUT), w.late_schema.clone());
+                        }
+                        None => {
+                            self.outputs.insert(id.clone(), schema);
+                        }
+                    }
+                    transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql, window });
+                }
+                Err(e) => {
+                    let available: Vec<String> = sql_tables.iter().map(|(n, _)| format!("`{n}`")).collect();
+                    self.errors.push(file.diag(
+                        &format!("transforms.{id}.sql"),
+                        format!("SQL does not plan: {} (tables: {})", clean_df_error(&e.to_string()), available.join(", ")),
+                    ));
+                }
+            }
+        }
+        transforms
     }
-    Ok(Plan { sources, transforms, sinks, outputs, decls: file.components.clone(), dead_letter_dir: file.dead_letters.path.clone() })
+
+    /// 4. Sinks know their input schemas.
+    fn build_sinks(&mut self, inputs: &HashMap<String, Vec<InputRef>>) -> Vec<PlannedSink> {
+        let file = self.file;
+        let mut sinks = Vec::new();
+        for c in file.components.iter().filter(|c| c.kind == Kind::Sink) {
+            let refs = inputs[&c.id].clone();
+            let schemas: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), self.outputs[&r.name].clone())).collect();
+            let plugin = self.registry.sink(&c.type_name).expect("checked");
+            let mut options = c.options.clone();
+            let retry = match options.as_mapping_mut().and_then(|m| m.remove("retry")) {
+                None => SinkRetry::default(),
+                Some(value) => match ComponentConfig::new(c.id.clone(), value).decode::<SinkRetry>() {
+                    Ok(retry) => retry,
+                    Err(e) => {
+                        self.errors.push(file.component_diag(c, &e.within("retry")));
+                        continue;
+                    }
+                },
+            };
+            match plugin.build(&ComponentConfig::new(c.id.clone(), options), &schemas) {
+                Ok(sink) => sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink, retry }),
+                Err(e) => self.errors.push(file.component_diag(c, &e)),
+            }
+        }
+        sinks
+    }
 }
 
 fn unknown_type(file: &PipelineFile, c: &ComponentDecl, valid: &[&str]) -> Diagnostic {
