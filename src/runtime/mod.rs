@@ -163,7 +163,7 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
         );
     }
 
-    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let mut tasks = ComponentTasks::new();
     for s in sinks {
         let rx = wiring.receivers.remove(&s.id).expect("channel");
         let ctx = SinkContext { id: s.id.clone(), metrics: wiring.metrics[&s.id].clone() };
@@ -218,24 +218,44 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
     let metrics = std::mem::take(&mut wiring.metrics);
     drop(wiring);
 
+    supervise(&mut tasks, &metrics, &mut report, admin.as_deref(), &shutdown, opts.drain_timeout).await;
+    if let Some(a) = &admin {
+        a.set_stopping();
+    }
+    report.summary = decls.iter().map(|d| summary_line(d, &metrics[&d.id])).collect();
+    report
+}
+
+type ComponentTasks = JoinSet<(String, anyhow::Result<()>)>;
+
+/// Wait for every component to finish: a failed one stops the pipeline cleanly (one missing
+/// component cannot deliver what the pipeline promises); once a stop begins, the drain gets
+/// `drain_timeout` before what is left is aborted.
+async fn supervise(
+    tasks: &mut ComponentTasks,
+    metrics: &HashMap<String, Arc<ComponentMetrics>>,
+    report: &mut RunReport,
+    admin: Option<&AdminState>,
+    shutdown: &CancellationToken,
+    drain_timeout: Duration,
+) {
     let deadline = async {
         shutdown.cancelled().await;
-        if let Some(a) = &admin {
+        if let Some(a) = admin {
             a.set_stopping();
         }
         tracing::info!("shutting down: sources stopped, draining transforms and sinks");
-        tokio::time::sleep(opts.drain_timeout).await;
+        tokio::time::sleep(drain_timeout).await;
     };
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
-                None => break,
+                None => return,
                 Some(Ok((id, Ok(())))) => tracing::debug!(component = %id, "finished"),
                 Some(Ok((id, Err(e)))) => {
                     tributary_sdk::report_error!(metrics[&id], error, component = %id, "failed: {e:#}");
                     report.failures.push((id, format!("{e:#}")));
-                    // A pipeline missing a component cannot deliver what it promises: stop it cleanly.
                     shutdown.cancel();
                 }
                 Some(Err(join_err)) => {
@@ -245,34 +265,24 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
                 }
             },
             _ = &mut deadline => {
-                tracing::error!(timeout = ?opts.drain_timeout, remaining = tasks.len(), "drain timed out; aborting the remaining components");
+                tracing::error!(timeout = ?drain_timeout, remaining = tasks.len(), "drain timed out; aborting the remaining components");
                 report.timed_out = true;
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
-                break;
+                return;
             }
         }
     }
-    if let Some(a) = &admin {
-        a.set_stopping();
-    }
-    for d in &decls {
-        let m = &metrics[&d.id];
-        let flow = match d.kind {
-            Kind::Source => format!("{} rows out", m.rows_out.get()),
-            Kind::Transform => format!("{} rows in, {} rows out", m.rows_in.get(), m.rows_out.get()),
-            Kind::Sink => format!("{} rows in, {} written", m.rows_in.get(), m.rows_written.get()),
-        };
-        report.summary.push(format!(
-            "{} ({} {}): {flow}, {} errors, {} dead letters",
-            d.id,
-            d.type_name,
-            d.kind.label(),
-            m.errors.get(),
-            m.dead_letters.get()
-        ));
-    }
-    report
+}
+
+/// One component's line of the run summary: rows in/out, errors, dead letters.
+fn summary_line(d: &crate::config::ComponentDecl, m: &ComponentMetrics) -> String {
+    let flow = match d.kind {
+        Kind::Source => format!("{} rows out", m.rows_out.get()),
+        Kind::Transform => format!("{} rows in, {} rows out", m.rows_in.get(), m.rows_out.get()),
+        Kind::Sink => format!("{} rows in, {} written", m.rows_in.get(), m.rows_written.get()),
+    };
+    format!("{} ({} {}): {flow}, {} errors, {} dead letters", d.id, d.type_name, d.kind.label(), m.errors.get(), m.dead_letters.get())
 }
 
 async fn run_transform(
