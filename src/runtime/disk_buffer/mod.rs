@@ -584,10 +584,10 @@ impl Forwarder {
                 notified.await;
                 continue;
             }
+            // Counted per record: a merged batch may hold an earlier run's rows and this run's.
+            let replayed: usize = records.iter().filter(|r| r.seq < self.first_new_seq).map(|r| r.rows.num_rows()).sum();
+            self.shared.metrics.buffer_replayed.add(replayed as u64);
             for (output, rows, last_seq) in merge(records) {
-                if last_seq < self.first_new_seq {
-                    self.shared.metrics.buffer_replayed.add(rows.num_rows() as u64);
-                }
                 let acks = AckSet::single(progress.track(last_seq));
                 let sent = match outputs.get(output as usize) {
                     Some((out, schema)) if rows.schema().fields() == schema.fields() => out.send(Batch::with_acks(rows, acks)).await,
