@@ -167,7 +167,7 @@ fn main() {
         let base = base_us();
         // influx → VictoriaMetrics.
         let raw_influx = raw_posts(&format!("{vm}/api/v2/write?bucket=bench"), "text/plain", line_protocol(&format!("bench_raw_{run}"), base, rows), rows * 2).await;
-        let yaml = format!("{{url: '{vm}', bucket: bench, measurement: bench_sink_{run}, tags: [site, channel], fields: [latency_ms, status], batch_rows: {BATCH}}}");
+        let yaml = format!("{{url: '{vm}', bucket: bench, measurement: bench_sink_{run}, tags: [site, channel], fields: [latency_ms, status], batch: {{max_rows: {BATCH}}}}}");
         let influx = through_sink(&tributary_influx::InfluxSinkPlugin, &yaml, base, rows).await;
 
         // otlp → rotel-agent (blackhole exporter).
@@ -184,7 +184,7 @@ fn main() {
         let url = format!("http://127.0.0.1:{port}/v1/metrics");
         let raw_otlp = raw_posts(&url, "application/x-protobuf", otlp_requests(base, rows), rows * 2).await;
         let yaml = format!(
-            "{{endpoint: '{url}', batch_rows: {BATCH}, metrics: [{{name: latency_ms, kind: gauge, value: latency_ms, attributes: [site, channel]}}, {{name: status, kind: gauge, value: status, attributes: [site, channel]}}]}}"
+            "{{endpoint: '{url}', batch: {{max_rows: {BATCH}}}, metrics: [{{name: latency_ms, kind: gauge, value: latency_ms, attributes: [site, channel]}}, {{name: status, kind: gauge, value: status, attributes: [site, channel]}}]}}"
         );
         let otlp = through_sink(&tributary_otlp::OtlpSinkPlugin, &yaml, base, rows).await;
         rotel.kill().unwrap();

@@ -175,7 +175,7 @@ async fn sigterm_with_a_stuck_sink() -> Figure {
     let (mut proxy, via_proxy) = CuttableProxy::to_test_postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let (admin, ingest) = (free_addr(), free_addr());
-    let sink = format!("  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch_age: 200ms\n    timeout: 2s\n");
+    let sink = format!("  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n    timeout: 2s\n");
     let pipeline = ingest_pipeline(dir.path(), admin, ingest, &sink);
     let log = dir.path().join("stderr.log");
 

@@ -303,7 +303,7 @@ fn log_lines_never_show_url_credentials_or_secret_values() {
     std::fs::write(
         dir.path().join("p.yaml"),
         format!(
-            "admin: {{enabled: false}}\nsources:\n  probes: {{type: demo, kind: probes, rate: 20, count: 5}}\nsinks:\n  metrics:\n    type: influx\n    inputs: [probes]\n    url: http://admin:${{INFLUX_PASSWORD}}@127.0.0.1:{closed}\n    bucket: b\n    token: ${{INFLUX_TOKEN}}\n    measurement: probes\n    batch_age: 100ms\n    timeout: 1s\n    retry: {{initial: 100ms, max: 200ms, max_elapsed: 2s}}\n"
+            "admin: {{enabled: false}}\nsources:\n  probes: {{type: demo, kind: probes, rate: 20, count: 5}}\nsinks:\n  metrics:\n    type: influx\n    inputs: [probes]\n    url: http://admin:${{INFLUX_PASSWORD}}@127.0.0.1:{closed}\n    bucket: b\n    token: ${{INFLUX_TOKEN}}\n    measurement: probes\n    batch: {{max_age: 100ms}}\n    timeout: 1s\n    retry: {{initial: 100ms, max: 200ms, max_elapsed: 2s}}\n"
         ),
     )
     .unwrap();

@@ -25,7 +25,7 @@ async fn a_database_cut_under_a_stream_source_loses_nothing_and_acks_nothing_ear
         dir.path(),
         "p.yaml",
         &format!(
-            "admin: {{address: \"{admin}\", degraded_after: 2s}}\ndead_letters: {{path: \"{}\"}}\nsources:\n  badges:\n    type: badge_events\n    mode: stream\n    url: {}\n    stream: {stream}\n    group: g\n    consumer: c1\nsinks:\n  db:\n    type: timescale\n    inputs: [badges]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch_age: 200ms\n    timeout: 3s\n",
+            "admin: {{address: \"{admin}\", degraded_after: 2s}}\ndead_letters: {{path: \"{}\"}}\nsources:\n  badges:\n    type: badge_events\n    mode: stream\n    url: {}\n    stream: {stream}\n    group: g\n    consumer: c1\nsinks:\n  db:\n    type: timescale\n    inputs: [badges]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n    timeout: 3s\n",
             dir.path().join("dead_letters").display(),
             tributary_testkit::test_redis_url(),
         ),

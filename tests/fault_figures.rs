@@ -110,7 +110,7 @@ async fn postgres_cut_under_load(d: &Durations) -> Figure {
         dir.path(),
         "p.yaml",
         &format!(
-            "admin: {{address: \"{admin}\", degraded_after: 3s}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{ingest}\"\n    path: /ingest\n    accept_timeout: 200ms\n    schema: {{seq: int, site: string, latency_ms: int, ts: timestamp}}\nsinks:\n  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch_age: 200ms\n    timeout: 3s\n",
+            "admin: {{address: \"{admin}\", degraded_after: 3s}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{ingest}\"\n    path: /ingest\n    accept_timeout: 200ms\n    schema: {{seq: int, site: string, latency_ms: int, ts: timestamp}}\nsinks:\n  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n    timeout: 3s\n",
             dl = dir.path().join("dead_letters").display()
         ),
     );
@@ -219,7 +219,7 @@ async fn kafka_cut_and_kill(d: &Durations) -> Figure {
         dir.path(),
         "p.yaml",
         &format!(
-            "admin: {{address: \"{admin}\", degraded_after: 3s}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  statuses:\n    type: kafka\n    bootstrap_servers: \"{bootstrap}\"\n    topics: [statuses]\n    group_id: faults\n    batch_size: 50\n    batch_wait: 50ms\n    schema: {{id: int, site: string, ts: timestamp}}\n    librdkafka: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}\nsinks:\n  db:\n    type: timescale\n    inputs: [statuses]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch_age: 200ms\n    timeout: 3s\n",
+            "admin: {{address: \"{admin}\", degraded_after: 3s}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  statuses:\n    type: kafka\n    bootstrap_servers: \"{bootstrap}\"\n    topics: [statuses]\n    group_id: faults\n    batch_size: 50\n    batch_wait: 50ms\n    schema: {{id: int, site: string, ts: timestamp}}\n    librdkafka: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}}\nsinks:\n  db:\n    type: timescale\n    inputs: [statuses]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n    timeout: 3s\n",
             dl = dir.path().join("dead_letters").display()
         ),
     );

@@ -48,13 +48,13 @@ sinks:
     table: {table}
     mode: upsert
     key: [name, ts]
-    batch_age: 100ms
+    batch: {{max_age: 100ms}}
   breaches_db:
     type: timescale
     inputs: [sla_breaches]
     connection: "{pg}"
     table: {breaches}
-    batch_age: 100ms
+    batch: {{max_age: 100ms}}
 "#,
         admin = common::free_addr(),
         http = site.http,

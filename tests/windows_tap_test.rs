@@ -43,7 +43,7 @@ sinks:
     time_column: window_start
     mode: upsert
     key: [window_start, site]
-    batch_age: 50ms
+    batch: {{max_age: 50ms}}
   late:
     type: file
     inputs: [per_minute.late]

@@ -20,8 +20,8 @@ use tributary_sdk::columns::{column_index, text_at, time_column_index};
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::retry::WriteError;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Secret, Sink, SinkContext, SinkPlugin, Transient,
-    Written,
+    single_input_schema, BatchConfig, Batching, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Secret, Sink, SinkContext,
+    SinkPlugin, Transient, Written,
 };
 
 /// Config of an `influx` sink.
@@ -54,12 +54,9 @@ pub struct InfluxSinkConfig {
     /// Timestamp column (default `ts`).
     #[serde(default = "default_time_column")]
     pub time_column: String,
-    /// Write when this many rows are buffered (default 5000).
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// Write buffered rows at least this often (default 1s).
-    #[serde(default = "default_batch_age")]
-    pub batch_age: Period,
+    /// Write at `max_rows` buffered rows (default 5000) or every `max_age` (default 1s).
+    #[serde(default)]
+    pub batch: BatchConfig,
     /// A write that takes longer fails transiently and is retried (default 30s).
     #[serde(default = "default_timeout")]
     pub timeout: Period,
@@ -72,12 +69,7 @@ fn default_timeout() -> Period {
 fn default_time_column() -> String {
     "ts".into()
 }
-fn default_batch_rows() -> usize {
-    5000
-}
-fn default_batch_age() -> Period {
-    Period(Duration::from_secs(1))
-}
+const DEFAULT_BATCHING: Batching = Batching { max_rows: 5000, max_age: Duration::from_secs(1) };
 
 /// How each column of the input is used.
 #[derive(Debug, Clone)]
@@ -156,8 +148,9 @@ impl SinkPlugin for InfluxSinkPlugin {
         let layout = Layout::new(&cfg, &schema)?;
         let token = cfg.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default();
         let client = influxdb2::Client::new(cfg.url.trim_end_matches('/'), cfg.org.clone(), token);
-        let buffer = RowBuffer::new(schema, cfg.batch_rows);
-        Ok(Box::new(InfluxSink { cfg, layout, client, buffer }))
+        let batching = cfg.batch.resolve(DEFAULT_BATCHING)?;
+        let buffer = RowBuffer::new(schema, batching.max_rows);
+        Ok(Box::new(InfluxSink { cfg, layout, client, buffer, batching }))
     }
 }
 
@@ -166,6 +159,7 @@ pub struct InfluxSink {
     layout: Layout,
     client: influxdb2::Client,
     buffer: RowBuffer,
+    batching: Batching,
 }
 
 /// The rows as points, the row index of each point, and the rows that cannot be points.
@@ -314,7 +308,7 @@ impl Sink for InfluxSink {
     }
 
     fn flush_interval(&self) -> Option<Duration> {
-        Some(self.cfg.batch_age.0)
+        Some(self.batching.max_age)
     }
 
     fn take_buffered(&mut self) -> Vec<RecordBatch> {

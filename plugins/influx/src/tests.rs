@@ -113,7 +113,7 @@ async fn writes_to_victoriametrics_and_reads_back_values_and_awkward_labels() {
     let measurement = format!("tributary_influx_test_{run}");
     let cfg = ComponentConfig::from_yaml(
         "vm",
-        &format!("{{url: '{}', org: ops, bucket: telemetry, token: secret-token, measurement: {measurement}, tags: [site, channel], fields: [latency_ms, status], batch_rows: 2}}", vm_url()),
+        &format!("{{url: '{}', org: ops, bucket: telemetry, token: secret-token, measurement: {measurement}, tags: [site, channel], fields: [latency_ms, status], batch: {{max_rows: 2}}}}", vm_url()),
     );
     let mut sink = InfluxSinkPlugin.build(&cfg, &[("in".into(), schema())]).map_err(|e| e.to_string()).unwrap();
     let ctx = sink_context("vm");
@@ -123,7 +123,7 @@ async fn writes_to_victoriametrics_and_reads_back_values_and_awkward_labels() {
     let first = sink.write(batch(&[(Some(now_us), Some("a b,c=d"), Some("x=y"), Some(12.5), Some(200), None, None)]), &ctx).await.unwrap();
     assert_eq!(first, Written::buffered());
     let second = sink.write(batch(&[(Some(now_us + 1_000_000), Some("plain"), None, Some(7.0), None, None, None)]), &ctx).await.unwrap();
-    assert_eq!(second.durability, Durability::BufferFull, "batch_rows reached: the engine flushes");
+    assert_eq!(second.durability, Durability::BufferFull, "batch.max_rows reached: the engine flushes");
     assert_eq!(sink.flush(&ctx).await.unwrap(), vec![], "nothing dead-lettered");
 
     // Newly created series become searchable a moment after ingestion: poll (bounded).

@@ -136,6 +136,37 @@ fn strip_serde_location(message: &str) -> String {
     }
 }
 
+/// `batch:` of a sink that buffers rows (influx, otlp, timescale): it writes once `max_rows` are
+/// buffered or every `max_age`, whichever comes first. The group, its checks and its meaning are the
+/// same on every such sink; each sink gives its own defaults to [`BatchConfig::resolve`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Rows per write at most.
+    pub max_rows: Option<usize>,
+    /// Buffered rows are written at least this often.
+    pub max_age: Option<Period>,
+}
+
+/// A sink's checked batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_rows: usize,
+    pub max_age: Duration,
+}
+
+impl BatchConfig {
+    /// The options given, `defaults` for the rest; errors are at `batch.<key>`.
+    pub fn resolve(self, defaults: Batching) -> Result<Batching, ConfigError> {
+        let batching =
+            Batching { max_rows: self.max_rows.unwrap_or(defaults.max_rows), max_age: self.max_age.map_or(defaults.max_age, |p| p.0) };
+        if batching.max_rows == 0 {
+            return Err(ConfigError::at("batch.max_rows", "must be at least 1"));
+        }
+        Ok(batching)
+    }
+}
+
 /// A secret option (token, password). Never printed: `Debug` and `Display` show `***`, and its
 /// value is registered with [`crate::redact`], so the engine's log lines show `***` wherever
 /// the value itself appears (in an error text from a library, say).
@@ -331,6 +362,30 @@ impl DeclaredSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_takes_what_is_given_and_the_sink_s_defaults_for_the_rest() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Sink {
+            #[serde(default)]
+            batch: BatchConfig,
+        }
+        let defaults = Batching { max_rows: 5000, max_age: Duration::from_secs(1) };
+        let resolve = |yaml: &str| {
+            ComponentConfig::from_yaml("s", yaml)
+                .decode::<Sink>()
+                .map_err(|e| e.to_string())?
+                .batch
+                .resolve(defaults)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolve("{}"), Ok(defaults));
+        assert_eq!(resolve("{batch: {max_age: 50ms}}"), Ok(Batching { max_rows: 5000, max_age: Duration::from_millis(50) }));
+        assert_eq!(resolve("{batch: {max_rows: 7}}"), Ok(Batching { max_rows: 7, max_age: Duration::from_secs(1) }));
+        assert_eq!(resolve("{batch: {max_rows: 0}}"), Err("batch.max_rows: must be at least 1".to_string()));
+        assert_eq!(resolve("{batch: {rows: 7}}"), Err("batch.rows: unknown field `rows`, expected `max_rows` or `max_age`".to_string()));
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -37,7 +37,7 @@ pub use tracing;
 
 pub use ack::{Ack, AckSet, AckStatus};
 pub use batcher::{Batcher, Gather};
-pub use config::{ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
+pub use config::{BatchConfig, Batching, ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;

@@ -106,7 +106,10 @@ async fn bare_table(db: &Client, table: &str) {
 
 /// The sink and its context.
 async fn started_sink(table: &str, extra: &str) -> (Box<dyn tributary_sdk::Sink>, tributary_sdk::SinkContext) {
-    let cfg = ComponentConfig::from_yaml("bench", &format!("{{connection: '{}', table: {table}, batch_rows: {BATCH} {extra}}}", pg_url()));
+    let cfg = ComponentConfig::from_yaml(
+        "bench",
+        &format!("{{connection: '{}', table: {table}, batch: {{max_rows: {BATCH}}} {extra}}}", pg_url()),
+    );
     let mut sink = tributary_timescale::TimescaleSinkPlugin.build(&cfg, &[("in".into(), schema())]).map_err(|e| e.to_string()).unwrap();
     let ctx = sink_context("bench");
     sink.start(&ctx).await.unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use serde::Deserialize;
 use tokio_postgres_rustls::MakeRustlsConnect;
-use tributary_sdk::{single_input_schema, ComponentConfig, ConfigError, Period, Secret, Sink, SinkPlugin};
+use tributary_sdk::{single_input_schema, BatchConfig, Batching, ComponentConfig, ConfigError, Period, Secret, Sink, SinkPlugin};
 
 pub use sink::TimescaleSink;
 
@@ -47,12 +47,9 @@ pub struct TimescaleSinkConfig {
     /// Columns identifying a row in upsert mode (a unique index on them is created if missing).
     #[serde(default)]
     pub key: Vec<String>,
-    /// Write once this many rows are buffered (default 5000).
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// Write buffered rows at least this often (default 1s).
-    #[serde(default = "default_batch_age")]
-    pub batch_age: Period,
+    /// Write at `max_rows` buffered rows (default 5000) or every `max_age` (default 1s).
+    #[serde(default)]
+    pub batch: BatchConfig,
     /// Hypertable chunk interval (TimescaleDB only; default 1 day).
     #[serde(default = "default_chunk_interval")]
     pub chunk_interval: Period,
@@ -79,12 +76,7 @@ fn default_schema() -> String {
 fn default_time_column() -> String {
     "ts".into()
 }
-fn default_batch_rows() -> usize {
-    5000
-}
-fn default_batch_age() -> Period {
-    Period(Duration::from_secs(1))
-}
+const DEFAULT_BATCHING: Batching = Batching { max_rows: 5000, max_age: Duration::from_secs(1) };
 fn default_chunk_interval() -> Period {
     Period(Duration::from_secs(86_400))
 }
@@ -104,9 +96,6 @@ impl TimescaleSinkConfig {
     fn validate(&self, schema: &SchemaRef) -> Result<(tokio_postgres::Config, MakeRustlsConnect), ConfigError> {
         if self.table.is_empty() {
             return Err(ConfigError::at("table", "must not be empty"));
-        }
-        if self.batch_rows == 0 {
-            return Err(ConfigError::at("batch_rows", "must be at least 1"));
         }
         let names = || schema.fields().iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", ");
         match schema.field_with_name(&self.time_column) {
@@ -166,7 +155,8 @@ impl SinkPlugin for TimescaleSinkPlugin {
         let cfg: TimescaleSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;
         let (pg, tls) = cfg.validate(&schema)?;
-        Ok(Box::new(TimescaleSink::new(config.id.clone(), cfg, schema, pg, tls)))
+        let batching = cfg.batch.resolve(DEFAULT_BATCHING)?;
+        Ok(Box::new(TimescaleSink::new(config.id.clone(), cfg, batching, schema, pg, tls)))
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::dead_letter::letters_for_rows;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{DeadLetter, Durability, Sink, SinkContext, Transient, Written};
+use tributary_sdk::{Batching, DeadLetter, Durability, Sink, SinkContext, Transient, Written};
 
 use crate::pgtype::{ColumnEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::table::{prepare, quote_ident, PreparedTable};
@@ -69,13 +69,21 @@ pub struct TimescaleSink {
     client: Option<Client>,
     table: Option<PreparedTable>,
     buffer: RowBuffer,
+    batching: Batching,
     /// Backoff for connecting at start; writes are retried by the engine.
     backoff: Backoff,
 }
 
 impl TimescaleSink {
     /// `pg` and `tls` come from the config's validation (the connection string, parsed once).
-    pub fn new(id: String, cfg: TimescaleSinkConfig, schema: SchemaRef, mut pg: tokio_postgres::Config, tls: MakeRustlsConnect) -> Self {
+    pub fn new(
+        id: String,
+        cfg: TimescaleSinkConfig,
+        batching: Batching,
+        schema: SchemaRef,
+        mut pg: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+    ) -> Self {
         if pg.get_application_name().is_none() {
             pg.application_name(format!("tributary/{id}"));
         }
@@ -90,8 +98,8 @@ impl TimescaleSink {
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let backoff =
             Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
-        let buffer = RowBuffer::new(schema.clone(), cfg.batch_rows);
-        TimescaleSink { id, cfg, schema, pg, tls, client: None, table: None, buffer, backoff }
+        let buffer = RowBuffer::new(schema.clone(), batching.max_rows);
+        TimescaleSink { id, cfg, schema, pg, tls, client: None, table: None, buffer, batching, backoff }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -209,7 +217,7 @@ impl Sink for TimescaleSink {
     }
 
     fn flush_interval(&self) -> Option<Duration> {
-        Some(self.cfg.batch_age.0)
+        Some(self.batching.max_age)
     }
 }
 

@@ -61,7 +61,8 @@ fn build(table: &str, extra: &str, schema: SchemaRef) -> Box<dyn Sink> {
 
 /// The sink's id names its connections (`application_name = tributary/<id>`).
 fn build_as(id: &str, table: &str, extra: &str, schema: SchemaRef) -> Box<dyn Sink> {
-    let cfg = ComponentConfig::from_yaml(id, &format!("{{connection: '{}', table: {table}, batch_rows: 100000 {extra}}}", pg_url()));
+    let cfg =
+        ComponentConfig::from_yaml(id, &format!("{{connection: '{}', table: {table}, batch: {{max_rows: 100000}} {extra}}}", pg_url()));
     TimescaleSinkPlugin.build(&cfg, &[("in".into(), schema)]).map_err(|e| e.to_string()).unwrap()
 }
 
@@ -128,10 +129,10 @@ async fn creates_the_table_with_mapped_types_and_copies_rows_exactly() {
 }
 
 #[tokio::test]
-async fn asks_for_a_flush_at_batch_rows() {
+async fn asks_for_a_flush_at_batch_max_rows() {
     let table = unique_table("ts_batch");
     let db = admin().await;
-    let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{}', table: {table}, batch_rows: 5}}", pg_url()));
+    let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{}', table: {table}, batch: {{max_rows: 5}}}}", pg_url()));
     let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
     let ctx = sink_context("pg");
     sink.start(&ctx).await.unwrap();
