@@ -221,10 +221,11 @@ async fn run_case(mut plan: Plan, case: &TestCase, base: &Path) -> anyhow::Resul
     shutdown.cancel();
     drop(feeds);
     let report = running.await.context("the pipeline's run panicked")?;
-    stepped?;
+    // A component that failed is the cause of whatever the steps saw after it (a closed feed).
     if let Some((id, error)) = report.failures.first() {
         bail!("`{id}` failed: {error}");
     }
+    stepped?;
     if let Some((name, _)) = behind.iter().find(|(_, b)| b.load(std::sync::atomic::Ordering::Acquire)) {
         bail!("`{name}` produced more than {TAP_CAPACITY} batches; split the test");
     }
