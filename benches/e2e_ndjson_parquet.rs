@@ -45,17 +45,6 @@ fn generate(path: &Path, n: usize) {
     }
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn count_parquet_rows(dir: &Path) -> usize {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tables = vec![("t".to_string(), dir.to_path_buf())];
@@ -90,7 +79,7 @@ fn baseline(input: &Path, out: &Path) {
         w.write(&b.unwrap()).unwrap();
     }
     w.close().unwrap();
-    println!("RESULT {} {}", start.elapsed().as_secs_f64(), peak_rss_mb());
+    println!("RESULT {} {}", start.elapsed().as_secs_f64(), tributary_testkit::peak_rss_mb());
 }
 
 /// The pipeline; `disk`: the file source goes through a disk buffer (`buffer: {type: disk}`).
@@ -130,7 +119,7 @@ sinks:
     let start = Instant::now();
     let report = rt.block_on(tributary::run_file(&file, None, CancellationToken::new(), Default::default())).unwrap();
     assert!(report.ok(), "{report:?}");
-    println!("RESULT {} {}", start.elapsed().as_secs_f64(), peak_rss_mb());
+    println!("RESULT {} {}", start.elapsed().as_secs_f64(), tributary_testkit::peak_rss_mb());
 }
 
 fn child(phase: &str, input: &Path, out: &Path) -> (f64, f64) {

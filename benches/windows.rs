@@ -62,16 +62,6 @@ fn rows(first: u64, n: usize, shuffled: bool) -> RecordBatch {
     RecordBatch::try_new(schema(), columns).unwrap()
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 const WINDOW_SQL: &str = "SELECT window_start, key, count(*) AS n, avg(v) AS avg_v, approx_percentile_cont(v, 0.95) AS p95_v \
                           FROM events GROUP BY window_start, key";
 const BATCH_SQL: &str = "SELECT date_bin(INTERVAL '1 minute', ts) AS window_start, key, count(*) AS n, avg(v) AS avg_v, \
@@ -130,7 +120,7 @@ fn phase(which: &str, total: u64, shuffled: bool) {
             (secs, groups, total as usize)
         }
     };
-    println!("{secs} {groups} {held} {}", peak_rss_mb());
+    println!("{secs} {groups} {held} {}", tributary_testkit::peak_rss_mb());
 }
 
 fn main() {

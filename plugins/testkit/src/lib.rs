@@ -399,6 +399,18 @@ fn strip_ansi(s: &str) -> String {
     plain.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 
+/// This process's peak resident memory (`VmHWM`) in MiB, 0 where `/proc` does not say; benches
+/// print it next to their throughput.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
