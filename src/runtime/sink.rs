@@ -76,7 +76,7 @@ impl<'a> Retrying<'a> {
         if first {
             tributary_sdk::report_error!(m, warn, sink = %self.ctx.id, attempt = 1, retry_in = ?delay, error = %error_text, "{} failed; retrying (rows wait, nothing is dropped)", self.what);
         }
-        m.set_failing(Some((since_us, format!("{error:#}"))));
+        m.set_failing(Some((since_us, error_text.clone())));
         if let Some(limit) = self.retry.max_elapsed.filter(|limit| since.elapsed() >= limit.0) {
             m.set_failing(None);
             return Some(format!(
