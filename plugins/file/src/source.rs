@@ -1,11 +1,14 @@
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tributary_sdk::config::ByteSize;
-use tributary_sdk::json::JsonRows;
+use tributary_sdk::json::{JsonRows, LineError};
 use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{
     AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Source, SourceContext,
@@ -80,23 +83,41 @@ impl SourcePlugin for FileSourcePlugin {
             cfg.checkpoint_file.clone().unwrap_or_else(|| PathBuf::from("data/checkpoints").join(format!("{}.json", config.id)));
         Ok(BuiltSource {
             outputs: vec![OutputSpec::main(rows.schema().clone())],
-            source: Box::new(FileSource { cfg, rows, checkpoint_file }),
+            source: Box::new(FileSource { cfg, rows: Arc::new(rows), checkpoint_file }),
         })
     }
 }
 
+/// A chunk of lines being decoded on the blocking pool.
+struct Decoding {
+    first_line: usize,
+    ack: tributary_sdk::Ack,
+    lines: tokio::task::JoinHandle<(RecordBatch, Vec<LineError>)>,
+}
+
 pub struct FileSource {
     cfg: FileSourceConfig,
-    rows: JsonRows,
+    rows: Arc<JsonRows>,
     checkpoint_file: PathBuf,
 }
 
 impl FileSource {
-    /// Decode complete lines, send good rows, dead-letter bad ones. `first_line` numbers the lines.
-    /// `ack` resolves when both are durable (it covers the checkpoint after these lines).
-    async fn emit(&self, ctx: &SourceContext, text: &[u8], first_line: usize, ack: tributary_sdk::Ack) -> bool {
+    /// Start decoding complete lines on the blocking pool (chunks decode in parallel, one per core;
+    /// they are sent in file order). `first_line` numbers the lines; `ack` covers the checkpoint
+    /// after them and resolves when their rows and dead letters are durable.
+    fn decode(&self, ctx: &SourceContext, text: Vec<u8>, first_line: usize, ack: tributary_sdk::Ack) -> Decoding {
         ctx.metrics.bytes_in.add(text.len() as u64);
-        let (batch, errors) = self.rows.decode_lines(text);
+        let rows = self.rows.clone();
+        Decoding { first_line, ack, lines: tokio::task::spawn_blocking(move || rows.decode_lines(&text)) }
+    }
+
+    /// Send a chunk's good rows, dead-letter its bad lines. False once the pipeline is stopping.
+    async fn emit(&self, ctx: &SourceContext, decoding: Decoding) -> bool {
+        let Decoding { first_line, ack, lines } = decoding;
+        let Ok((batch, errors)) = lines.await else {
+            tracing::error!(source = %ctx.id, "decoding lines {first_line}… failed (the decoder panicked); they are read again on restart");
+            return false;
+        };
         let acks = AckSet::single(ack);
         if !errors.is_empty() {
             tributary_sdk::report_error!(ctx.metrics, debug, count = errors.len(), source = %ctx.id, first_reason = %errors[0].reason, "undecodable lines");
@@ -117,6 +138,16 @@ impl FileSource {
         }
         ctx.metrics.rows_in.add(batch.num_rows() as u64);
         ctx.output("").send(Batch::with_acks(batch, acks)).await.is_ok()
+    }
+
+    /// Send every chunk still decoding, in order (at the end of the file, or on stop).
+    async fn emit_all(&self, ctx: &SourceContext, decoding: &mut VecDeque<Decoding>) -> bool {
+        while let Some(d) = decoding.pop_front() {
+            if !self.emit(ctx, d).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Where to start reading `file`: the checkpoint's offset when it is about this very file.
@@ -178,11 +209,16 @@ impl Source for FileSource {
         let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
         let mut offset: u64 = resume.offset; // bytes of the file consumed into `buf` so far
         let mut line_no = resume.line; // line number of buf's first line
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut decoding = VecDeque::with_capacity(parallel);
         loop {
             let start = buf.len();
             buf.resize(start + chunk, 0);
             let n = tokio::select! {
-                _ = ctx.shutdown.cancelled() => return Ok(()),
+                _ = ctx.shutdown.cancelled() => {
+                    self.emit_all(&ctx, &mut decoding).await;
+                    return Ok(());
+                }
                 r = file.read(&mut buf[start..]) => r.with_context(|| format!("reading {}", path.display()))?,
             };
             buf.truncate(start + n);
@@ -193,11 +229,16 @@ impl Source for FileSource {
                         // A last line without a newline is still a line.
                         if !buf.is_empty() {
                             let ack = progress.track(Checkpoint { identity: identity.clone(), offset, line: line_no + 1 });
-                            self.emit(&ctx, &buf, line_no, ack).await;
+                            decoding.push_back(self.decode(&ctx, std::mem::take(&mut buf), line_no, ack));
                         }
+                        self.emit_all(&ctx, &mut decoding).await;
                         return Ok(());
                     }
                     ReadMode::Tail => {
+                        // Caught up: what was read goes out before waiting for more.
+                        if !self.emit_all(&ctx, &mut decoding).await {
+                            return Ok(());
+                        }
                         tokio::select! {
                             _ = ctx.shutdown.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(self.cfg.poll_interval.0) => {}
@@ -217,15 +258,17 @@ impl Source for FileSource {
             }
             // Emit complete lines only; keep a trailing partial line for the next read.
             let Some(last_nl) = buf.iter().rposition(|b| *b == b'\n') else { continue };
-            let complete = &buf[..=last_nl];
+            let partial = buf.split_off(last_nl + 1);
+            let complete = std::mem::replace(&mut buf, Vec::with_capacity(chunk * 2));
+            buf.extend_from_slice(&partial);
             let lines = complete.iter().filter(|b| **b == b'\n').count();
-            let end = offset - (buf.len() - complete.len()) as u64;
+            let end = offset - partial.len() as u64;
             let ack = progress.track(Checkpoint { identity: identity.clone(), offset: end, line: line_no + lines });
-            if !self.emit(&ctx, complete, line_no, ack).await {
+            if decoding.len() == parallel && !self.emit(&ctx, decoding.pop_front().expect("full")).await {
                 return Ok(());
             }
+            decoding.push_back(self.decode(&ctx, complete, line_no, ack));
             line_no += lines;
-            buf.drain(..=last_nl);
         }
     }
 }
@@ -345,6 +388,31 @@ mod tests {
         let reason = dl.column(2).as_string::<i32>().value(0).to_string();
         assert!(reason.starts_with(&format!("{}:2: ", path.display())), "{reason}");
         assert_eq!((h.metrics.errors.get(), h.metrics.rows_out.get()), (1, 2));
+    }
+
+    /// Chunks decode in parallel; rows still come out in file order and every bad line is a dead
+    /// letter with its own line number, whichever chunk it fell in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_decoded_in_parallel_come_out_in_order_with_exact_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let text: String =
+            (0..3000).map(|n| if n % 700 == 13 { format!("{{\"n\":\"bad {n}\"}}\n") } else { format!("{{\"n\":{n}}}\n") }).collect();
+        std::fs::write(&path, text).unwrap();
+        let (ctx, mut h) = source_context("events", &[""], 1024);
+        build(&path, "read_once").run(ctx).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(d) = h.outputs.get_mut("").unwrap().try_recv() {
+            got.extend(values(&d.batch.data));
+        }
+        assert_eq!(got, (0..3000).filter(|n| n % 700 != 13).collect::<Vec<_>>());
+        let mut reasons = Vec::new();
+        while let Ok(d) = h.dead_letters.try_recv() {
+            let dl = d.batch.data;
+            reasons.extend((0..dl.num_rows()).map(|i| dl.column(2).as_string::<i32>().value(i).split(": ").next().unwrap().to_string()));
+        }
+        let expected: Vec<String> = [13, 713, 1413, 2113, 2813].iter().map(|n| format!("{}:{}", path.display(), n + 1)).collect();
+        assert_eq!(reasons, expected);
     }
 
     #[tokio::test]
