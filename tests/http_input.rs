@@ -214,3 +214,64 @@ async fn a_body_that_stops_arriving_gets_408() {
     shutdown.cancel();
     assert!(run.await.unwrap().ok());
 }
+
+/// Single-event requests sent together are decoded and handed on as a few batches, not one per
+/// request, and each is still answered on its own terms: the good ones 200 with their row written,
+/// each bad one 400 with the message it gets when sent alone, and nothing of it in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_event_requests_are_batched_and_answered_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = (free_addr(), free_addr());
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    batch: {{max_rows: 100, max_age: 300ms}}\n    schema: {{user: string, score: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 50ms}}\n",
+            out.display()
+        ),
+    );
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+
+    // What each bad body is told when it is the only request in flight.
+    let bad: [&[u8]; 3] = [br#"{"user":"b","score":"lots"}"#, br#"{"user": oops}"#, br#"{"user":"c","score":1}{"user":"d","score":2}"#];
+    let mut alone = Vec::new();
+    for body in bad {
+        alone.push(post_async(addr, &[], body.to_vec()).await);
+    }
+    assert!(alone.iter().all(|(status, _)| *status == 400), "{alone:?}");
+    assert!(alone[0].1.starts_with(r#"{"error":"element 0: "#) && alone[0].1.contains("lots"), "{alone:?}");
+    assert!(alone[1].1.starts_with(r#"{"error":"line 1: malformed JSON: expected value"#), "{alone:?}");
+    assert!(alone[2].1.starts_with(r#"{"error":"line 1: malformed JSON: trailing characters"#), "{alone:?}");
+
+    // 60 requests at once, every 20th one bad.
+    let requests = (0..60).map(|i| {
+        let body = if i % 20 == 7 { bad[i / 20].to_vec() } else { format!(r#"{{"user":"u{i}","score":{i}}}"#).into_bytes() };
+        tokio::spawn(post_async(addr, &[], body))
+    });
+    let answers: Vec<(u16, String)> = futures::future::join_all(requests).await.into_iter().map(Result::unwrap).collect();
+    for (i, answer) in answers.iter().enumerate() {
+        if i % 20 == 7 {
+            assert_eq!(answer, &alone[i / 20], "request {i}");
+        } else {
+            assert_eq!((answer.0, answer.1.as_str()), (200, r#"{"accepted":1}"#), "request {i}");
+        }
+    }
+
+    let (_, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics").unwrap()).await.unwrap();
+    assert_eq!(metric(&metrics, "tributary_component_rows_out_total", "ingest"), Some(57.0), "{metrics}");
+    assert_eq!(metric(&metrics, "tributary_component_errors_total", "ingest"), Some(6.0), "{metrics}");
+    // One batch per request would be 57; they arrived within one `max_age` of each other.
+    let batches = metric(&metrics, "tributary_component_batches_out_total", "ingest").unwrap();
+    assert!(batches < 57.0 / 2.0, "57 rows in {batches} batches");
+    eprintln!("57 rows in {batches} batches");
+
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+    let mut written: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(str::to_string).collect();
+    written.sort();
+    let mut expected: Vec<String> = (0..60).filter(|i| i % 20 != 7).map(|i| format!(r#"{{"user":"u{i}","score":{i}}}"#)).collect();
+    expected.sort();
+    assert_eq!(written, expected);
+}

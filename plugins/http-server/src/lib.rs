@@ -5,6 +5,8 @@
 //! input, 401 for a missing or wrong bearer token, 413 over the size limit, 503 (with
 //! `Retry-After`) when the pipeline is backpressured or stopping. Nothing is half-accepted.
 
+mod coalesce;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +17,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use coalesce::{is_single_line_object, Coalescer};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
-use tributary_sdk::config::ByteSize;
+use tributary_sdk::config::{BatchConfig, Batching, ByteSize};
 use tributary_sdk::http::{
     decode_off_reactor, default_body_timeout, default_header_timeout, default_stop_timeout, serve, Ingest, ServeLimits,
 };
@@ -60,7 +63,14 @@ pub struct HttpServerConfig {
     /// connection is closed, so no client can hold a stop hostage.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Period,
+    /// How single-event requests are batched before the pipeline (`max_rows`, default 1000;
+    /// `max_age`, how long the first request of a batch waits for others, default 0s).
+    #[serde(default)]
+    pub batch: BatchConfig,
 }
+
+/// By default a batch is whatever arrived while the previous one was handed on: no request waits.
+const DEFAULT_BATCHING: Batching = Batching { max_rows: 1000, max_age: Duration::ZERO };
 
 fn default_path() -> String {
     "/".into()
@@ -86,25 +96,29 @@ impl SourcePlugin for HttpServerPlugin {
         if !cfg.path.starts_with('/') {
             return Err(ConfigError::at("path", format!("must start with `/`, got `{}`", cfg.path)));
         }
+        let batching = cfg.batch.resolve(DEFAULT_BATCHING)?;
         let rows = JsonRows::new(&cfg.schema, Some(&cfg.time_column));
-        Ok(BuiltSource { outputs: vec![OutputSpec::main(rows.schema().clone())], source: Box::new(HttpServerSource { cfg, rows }) })
+        let outputs = vec![OutputSpec::main(rows.schema().clone())];
+        Ok(BuiltSource { outputs, source: Box::new(HttpServerSource { cfg, rows, batching }) })
     }
 }
 
 pub struct HttpServerSource {
     cfg: HttpServerConfig,
     rows: JsonRows,
+    batching: Batching,
 }
 
 struct Shared {
-    ingest: Ingest,
+    ingest: Arc<Ingest>,
     rows: JsonRows,
+    coalescer: Coalescer,
 }
 
 #[async_trait::async_trait]
 impl Source for HttpServerSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
-        let ingest = Ingest {
+        let ingest = Arc::new(Ingest {
             id: ctx.id.clone(),
             token: self.cfg.token,
             max_body: self.cfg.max_body_bytes.0 as usize,
@@ -112,14 +126,19 @@ impl Source for HttpServerSource {
             body_timeout: self.cfg.body_timeout.0,
             output: ctx.output("").clone(),
             metrics: ctx.metrics.clone(),
-        };
-        let app = Router::new().route(&self.cfg.path, post(ingest_rows)).with_state(Arc::new(Shared { ingest, rows: self.rows }));
+        });
+        let (coalescer, batches) = Coalescer::start(ingest.clone(), self.rows.clone(), self.batching);
+        let shared = Arc::new(Shared { ingest, rows: self.rows, coalescer });
+        let app = Router::new().route(&self.cfg.path, post(ingest_rows)).with_state(shared);
         let limits = ServeLimits {
             header_timeout: self.cfg.header_timeout.0,
             body_timeout: self.cfg.body_timeout.0,
             stop_timeout: self.cfg.stop_timeout.0,
         };
-        serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path), limits).await
+        let served = serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path), limits).await;
+        // Every request has been answered and the app dropped: the last batch is on its way.
+        batches.await?;
+        served
     }
 }
 
@@ -128,6 +147,9 @@ async fn ingest_rows(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         Ok(b) => b,
         Err(refused) => return refused,
     };
+    if is_single_line_object(&bytes) {
+        return shared.coalescer.submit(&shared.ingest, bytes).await;
+    }
     let decoding = shared.clone();
     match decode_off_reactor(move || decode_body(&decoding.rows, &bytes)).await.and_then(|decoded| decoded) {
         Ok(batch) => shared.ingest.accept(batch).await,

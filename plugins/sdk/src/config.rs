@@ -138,7 +138,8 @@ fn strip_serde_location(message: &str) -> String {
 
 /// `batch:` of a sink that buffers rows (influx, otlp, timescale): it writes once `max_rows` are
 /// buffered or every `max_age`, whichever comes first. The group, its checks and its meaning are the
-/// same on every such sink; each sink gives its own defaults to [`BatchConfig::resolve`].
+/// same on every such sink (and on `http_server`, which batches requests before the pipeline); each
+/// gives its own defaults to [`BatchConfig::resolve`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {

@@ -94,18 +94,21 @@ impl Ingest {
                 self.metrics.rows_in.add(n as u64);
                 reply(StatusCode::OK, serde_json::json!({ "accepted": n }))
             }
-            Err(e) => {
-                let mut r = self.reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    match e {
-                        TrySendError::Full => "pipeline is busy (backpressure); retry later".into(),
-                        TrySendError::Closed => "pipeline is shutting down".into(),
-                    },
-                );
-                r.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
-                r
-            }
+            Err(e) => self.refuse_busy(e),
         }
+    }
+
+    /// 503 + `Retry-After: 1`: the pipeline stayed full for `accept_timeout`, or is stopping.
+    pub fn refuse_busy(&self, e: TrySendError) -> Response {
+        let mut r = self.reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            match e {
+                TrySendError::Full => "pipeline is busy (backpressure); retry later".into(),
+                TrySendError::Closed => "pipeline is shutting down".into(),
+            },
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+        r
     }
 
     /// Refuse a request with a JSON `{"error": message}` body.

@@ -59,7 +59,7 @@ impl OutputSpec {
 }
 
 /// The output is full: every downstream buffer is at capacity (backpressure).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrySendError {
     Full,
     Closed,

@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Tributary side by side with the tools a user would pick instead, in one run, as one ratio table.
+
+    python3 benches/peers.py                 # builds the release binary first (about 25 min cold)
+    python3 benches/peers.py --bin PATH      # or measures a binary you built
+
+Workloads (each peer runs only where it is installed; a missing one is a row saying so):
+  W1  1M badge events as NDJSON → `WHERE score > 1000` → Parquet (zstd): `tributary run` with a
+      `file` source vs DuckDB's `COPY (SELECT … FROM read_json(…)) TO … (FORMAT parquet)` vs
+      PyArrow's `read_json` + `write_table`. Wall time, CPU seconds and peak RSS of each process.
+  H1  one JSON event per POST, `wrk -t2 -c64` (and `-c8`) → http_server → SQL → Parquet vs nginx
+      answering the same POSTs with a fixed body (the machine's HTTP ceiling). Requests/s, p99.
+  H2  1,000-event NDJSON bodies, `wrk -c8`: events/s.
+
+Peers: `pip install duckdb pyarrow`, `apt-get install nginx-light wrk`. Measure on an idle machine:
+client and server share its cores, as they would for the peer.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GAMES = ["Breakout", "Labyrinth", "Asteroids", "Tappytime"]
+EVENTS = ["high-score", "around-the-world", "challenge-check", "status"]
+BADGE_SCHEMA = ("{ts: timestamp, channel: string, event: string, user_uuid: string, mac_address: string, "
+                "game: string, score: int, duration: int}")
+W1_SQL = "SELECT ts, user_uuid, game, score, duration FROM badges WHERE score > 1000"
+
+
+def badge_line(i):
+    ts = 1_764_000_000 + i // 1000
+    hours, mins, secs = (ts // 3600) % 24, (ts // 60) % 60, ts % 60
+    return (f'{{"ts":"2025-11-24T{hours:02}:{mins:02}:{secs:02}Z","channel":"high-score-processor",'
+            f'"event":"{EVENTS[i % 4]}","user_uuid":"5f0c{i % 5000:04x}-badg-4e11-9c3a-0000{i % 5000:08x}",'
+            f'"mac_address":"24:0a:c4:12:{i % 256:02x}:{(i // 256) % 256:02x}","game":"{GAMES[i % 4]}",'
+            f'"score":{(i * 7919) % 3000},"duration":{5 + i % 300}}}\n')
+
+
+def generate(path, n):
+    with open(path, "w") as f:
+        for start in range(0, n, 10_000):
+            f.write("".join(badge_line(i) for i in range(start, min(n, start + 10_000))))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on port {port} after {timeout}s")
+
+
+def timed(cmd, **kw):
+    """Run `cmd` to completion: wall seconds, CPU seconds and peak RSS (MiB) of that process."""
+    with tempfile.NamedTemporaryFile("r") as stats:
+        subprocess.run(["/usr/bin/time", "-o", stats.name, "-f", "%e %U %S %M"] + cmd, check=True, **kw)
+        wall, user, sys_, rss_kb = stats.read().split()[-4:]
+    return float(wall), float(user) + float(sys_), int(rss_kb) / 1024
+
+
+def have(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def parquet_rows(folder):
+    if not have("duckdb"):
+        return None
+    import duckdb
+    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet')").fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------- W1
+
+
+def w1(bin_path, work, events):
+    data = work / "w1.ndjson"
+    generate(data, events)
+    size_mb = data.stat().st_size / 1e6
+    rows = []
+    out = work / "w1-tributary"
+    pipeline = work / "w1.yaml"
+    pipeline.write_text(f"""
+admin: {{enabled: false}}
+sources:
+  badges:
+    type: file
+    path: {data}
+    schema: {BADGE_SCHEMA}
+    checkpoint_file: {work / 'w1.checkpoint.json'}
+transforms:
+  scores:
+    inputs: [badges]
+    sql: {W1_SQL}
+sinks:
+  lake:
+    type: parquet
+    inputs: [scores]
+    path: {out}
+""")
+    t = timed([bin_path, "run", str(pipeline)], env={**os.environ, "RUST_LOG": "error"})
+    rows.append(("Tributary (file → SQL → parquet)", t, parquet_rows(out)))
+    if have("duckdb"):
+        target = work / "w1-duckdb.parquet"
+        script = (f"import duckdb; duckdb.sql(\"\"\"COPY (SELECT ts, user_uuid, game, score, duration FROM read_json('{data}', "
+                  "format='newline_delimited', columns={ts: 'TIMESTAMPTZ', channel: 'VARCHAR', event: 'VARCHAR', "
+                  "user_uuid: 'VARCHAR', mac_address: 'VARCHAR', game: 'VARCHAR', score: 'BIGINT', duration: 'BIGINT'}) "
+                  f"WHERE score > 1000) TO '{target}' (FORMAT parquet, COMPRESSION zstd)\"\"\")")
+        t = timed([sys.executable, "-c", script])
+        import duckdb
+        rows.append((f"DuckDB {duckdb.__version__} COPY … read_json", t,
+                     duckdb.sql(f"SELECT count(*) FROM '{target}'").fetchone()[0]))
+    else:
+        rows.append(("DuckDB (pip install duckdb)", None, None))
+    if have("pyarrow"):
+        target = work / "w1-pyarrow.parquet"
+        script = ("import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq, pyarrow.compute as pc\n"
+                  f"t = pj.read_json('{data}')\n"
+                  "t = t.filter(pc.greater(t['score'], 1000)).select(['ts', 'user_uuid', 'game', 'score', 'duration'])\n"
+                  f"pq.write_table(t, '{target}', compression='zstd')\n")
+        t = timed([sys.executable, "-c", script])
+        import pyarrow
+        rows.append((f"PyArrow {pyarrow.__version__} read_json + write_table", t, parquet_rows_file(target)))
+    else:
+        rows.append(("PyArrow (pip install pyarrow)", None, None))
+    expected = sum(1 for i in range(events) if (i * 7919) % 3000 > 1000)
+    return size_mb, expected, rows
+
+
+def parquet_rows_file(path):
+    if not have("duckdb"):
+        return None
+    import duckdb
+    return duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------- HTTP
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY_FILE"), "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def to_ms(value):
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(port, body_file, connections, seconds, script):
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}/"], env={**os.environ, "BODY_FILE": str(body_file)},
+                         check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+([\d.]+(?:us|ms|s))", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p99_ms": p99, "requests": total, "non_2xx": int(failed.group(1)) if failed else 0}
+
+
+def http(bin_path, work, seconds):
+    one = work / "one.json"
+    one.write_text('{"ts":"2025-11-24T10:00:00Z","user":"u1","game":"Breakout","score":2000}')
+    thousand = work / "thousand.ndjson"
+    thousand.write_text("".join(f'{{"ts":"2025-11-24T10:00:00Z","user":"u{i}","game":"Breakout","score":{1001 + i}}}\n'
+                                for i in range(1000)))
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    results = {}
+    if not shutil.which("wrk"):
+        return results
+    port = free_port()
+    out = work / "http-tributary"
+    pipeline = work / "http.yaml"
+    pipeline.write_text(f"""
+admin: {{enabled: false}}
+sources:
+  ingest:
+    type: http_server
+    address: "127.0.0.1:{port}"
+    accept_timeout: 5s
+    schema: {{ts: timestamp, user: string, game: string, score: int}}
+transforms:
+  scores:
+    inputs: [ingest]
+    sql: SELECT ts, user, game, score FROM ingest WHERE score > 1000
+sinks:
+  lake:
+    type: parquet
+    inputs: [scores]
+    path: {out}
+""")
+    server = subprocess.Popen([bin_path, "run", str(pipeline)], env={**os.environ, "RUST_LOG": "error"})
+    try:
+        wait_for_port(port)
+        results["tributary c64"] = wrk(port, one, 64, seconds, script)
+        results["tributary c8"] = wrk(port, one, 8, seconds, script)
+        results["tributary ndjson c8"] = wrk(port, thousand, 8, seconds, script)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    sent = sum(r["requests"] - r["non_2xx"] for k, r in results.items() if "ndjson" not in k)
+    sent += (results["tributary ndjson c8"]["requests"] - results["tributary ndjson c8"]["non_2xx"]) * 1000
+    results["tributary rows"] = {"answered_200": sent, "written": parquet_rows(out)}
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx:
+        port = free_port()
+        conf = work / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 2;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-body;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 '{{"accepted":1}}'; }}
+  }}
+}}
+""")
+        server = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)])
+        try:
+            wait_for_port(port)
+            results["nginx c64"] = wrk(port, one, 64, seconds, script)
+            results["nginx c8"] = wrk(port, one, 8, seconds, script)
+        finally:
+            server.send_signal(signal.SIGQUIT)
+            server.wait(timeout=30)
+    return results
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def build():
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    subprocess.run(["cargo", "build", "--release", "--bin", "tributary"], cwd=ROOT, check=True,
+                   env={**os.environ, "CARGO_TARGET_DIR": target})
+    return str(Path(target) / "release" / "tributary")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bin", help="a release build of tributary (default: build one)")
+    parser.add_argument("--events", type=int, default=1_000_000, help="W1 events (default 1,000,000)")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    bin_path = args.bin or build()
+    with tempfile.TemporaryDirectory(prefix="tributary-peers-") as tmp:
+        work = Path(tmp)
+        size_mb, expected, w1_rows = w1(bin_path, work, args.events)
+        h = http(bin_path, work, args.seconds)
+
+    print(f"\n## W1: {args.events:,} badge events NDJSON ({size_mb:.0f} MB) → WHERE score > 1000 → Parquet zstd"
+          f" ({expected:,} rows expected)\n")
+    print("| side | wall s | CPU s | peak RSS MiB | rows | wall vs DuckDB |")
+    print("|---|---|---|---|---|---|")
+    duck = next((t for name, t, _ in w1_rows if name.startswith("DuckDB") and t), None)
+    for name, t, n in w1_rows:
+        if t is None:
+            print(f"| {name} | not installed | | | | |")
+            continue
+        ratio = f"{t[0] / duck[0]:.2f}×" if duck else "—"
+        print(f"| {name} | {t[0]:.2f} | {t[1]:.2f} | {t[2]:.0f} | {n if n is not None else '?'} | {ratio} |")
+    print("\n## HTTP → SQL → Parquet (wrk -t2)\n")
+    if not h:
+        print("wrk is not installed (apt-get install wrk)")
+    else:
+        print("| load | Tributary req/s | p99 ms | nginx req/s | p99 ms | Tributary / nginx |")
+        print("|---|---|---|---|---|---|")
+        for c in ("c64", "c8"):
+            t, n = h[f"tributary {c}"], h.get(f"nginx {c}")
+            ratio = f"{t['rps'] / n['rps'] * 100:.0f}%" if n else "nginx not installed"
+            nrps, np99 = (f"{n['rps']:,.0f}", f"{n['p99_ms']:.2f}") if n else ("—", "—")
+            print(f"| one event per POST, -{c} | {t['rps']:,.0f} | {t['p99_ms']:.2f} | {nrps} | {np99} | {ratio} |")
+        t = h["tributary ndjson c8"]
+        print(f"| 1,000-event NDJSON bodies, -c8 | {t['rps'] * 1000:,.0f} events/s | {t['p99_ms']:.2f} | — | — | — |")
+        r = h["tributary rows"]
+        print(f"\nrows answered 200: {r['answered_200']:,}; rows in the Parquet output: {r['written']}")
+        if r["written"] is not None and r["written"] < r["answered_200"]:
+            sys.exit("FAIL: fewer rows written than answered 200")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
