@@ -89,7 +89,7 @@ def parquet_rows(folder):
     if not have("duckdb"):
         return None
     import duckdb
-    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet')").fetchone()[0]
+    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet')").fetchall()[0][0]
 
 
 # ---------------------------------------------------------------------------------------- W1
@@ -120,7 +120,8 @@ sinks:
     inputs: [scores]
     path: {out}
 """)
-    t = timed([bin_path, "run", str(pipeline)], env={**os.environ, "RUST_LOG": "error"})
+    with open(work / "w1-tributary.log", "w") as log:
+        t = timed([bin_path, "run", str(pipeline)], stderr=log)
     rows.append(("Tributary (file → SQL → parquet)", t, parquet_rows(out)))
     if have("duckdb"):
         target = work / "w1-duckdb.parquet"
@@ -131,7 +132,7 @@ sinks:
         t = timed([sys.executable, "-c", script])
         import duckdb
         rows.append((f"DuckDB {duckdb.__version__} COPY … read_json", t,
-                     duckdb.sql(f"SELECT count(*) FROM '{target}'").fetchone()[0]))
+                     duckdb.sql(f"SELECT count(*) FROM '{target}'").fetchall()[0][0]))
     else:
         rows.append(("DuckDB (pip install duckdb)", None, None))
     if have("pyarrow"):
@@ -153,7 +154,7 @@ def parquet_rows_file(path):
     if not have("duckdb"):
         return None
     import duckdb
-    return duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchone()[0]
+    return duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchall()[0][0]
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -215,7 +216,7 @@ sinks:
     inputs: [scores]
     path: {out}
 """)
-    server = subprocess.Popen([bin_path, "run", str(pipeline)], env={**os.environ, "RUST_LOG": "error"})
+    server = subprocess.Popen([bin_path, "run", str(pipeline)], stderr=open(work / "http-tributary.log", "w"))
     try:
         wait_for_port(port)
         results["tributary c64"] = wrk(port, one, 64, seconds, script)

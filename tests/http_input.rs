@@ -275,3 +275,30 @@ async fn concurrent_single_event_requests_are_batched_and_answered_one_by_one() 
     expected.sort();
     assert_eq!(written, expected);
 }
+
+/// A request waits for company only while other connections are open: a lone client's request
+/// is handed on at once even with a `max_age` of an hour (each of these would otherwise hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_client_is_never_kept_waiting_for_company() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{enabled: false}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{addr}\"\n    path: /ingest\n    batch: {{max_age: 1h}}\n    schema: {{n: int}}\nsinks:\n  out: {{type: file, inputs: [ingest], path: \"{}\"}}\n",
+            out.display()
+        ),
+    );
+    let (run, shutdown) = spawn_pipeline(&pipeline);
+    wait_for_port(addr).await;
+    for n in 0..5 {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(20), post_async(addr, &[], format!("{{\"n\":{n}}}").into_bytes()));
+        let (status, body) = answer.await.unwrap_or_else(|_| panic!("request {n} was kept waiting"));
+        assert_eq!((status, body.as_str()), (200, r#"{"accepted":1}"#));
+    }
+    shutdown.cancel();
+    assert!(run.await.unwrap().ok());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), (0..5).map(|n| format!("{{\"n\":{n}}}\n")).collect::<String>());
+}

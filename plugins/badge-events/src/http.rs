@@ -36,7 +36,7 @@ pub(crate) async fn run(id: String, mode: HttpMode, ctx: SourceContext) -> anyho
         .route(if prefix.is_empty() { "/" } else { prefix }, post(envelopes))
         .with_state(shared);
     let limits = ServeLimits { header_timeout: cfg.header_timeout.0, body_timeout: cfg.body_timeout.0, stop_timeout: cfg.stop_timeout.0 };
-    serve(mode.address, app, &ctx, "badge_events (http)", limits).await
+    serve(mode.address, app, &ctx, "badge_events (http)", limits, &Default::default()).await
 }
 
 /// `POST <path><channel>`: the body is one message, exactly what the API would PUBLISH.

@@ -7,9 +7,11 @@
 //! rows are accepted, exactly as if it had been sent alone (200 only after the pipeline — or the
 //! disk buffer — took them, 400 for its own bad line only, 503 if the pipeline stayed full).
 //!
-//! A batch is whatever arrived while the previous one was being handed on (group commit), so a
-//! lone request is not delayed and a busy server makes large batches; `batch.max_age` lets the
-//! first request wait for company, `batch.max_rows` caps a batch.
+//! A batch is what is queued when the previous one was handed on (group commit), plus what arrives
+//! within `batch.max_age` of its first request while other connections are open without a request
+//! in it: an HTTP/1.1 connection carries one request at a time, so once every open connection has
+//! one in the batch nothing is gained by waiting (a lone client is never delayed), while 64 busy
+//! clients make batches of dozens instead of ones and twos. `batch.max_rows` caps a batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tributary_sdk::config::Batching;
-use tributary_sdk::http::{decode_off_reactor, Ingest};
+use tributary_sdk::http::{decode_off_reactor, Ingest, OpenConnections};
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{Batch, TrySendError};
 
@@ -54,9 +56,14 @@ pub struct Coalescer {
 impl Coalescer {
     /// Starts the task that batches requests for `ingest`. It ends once every `Coalescer` clone
     /// is dropped and the last batch was handed on: await it after the server stopped.
-    pub fn start(ingest: Arc<Ingest>, rows: JsonRows, batching: Batching) -> (Coalescer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        ingest: Arc<Ingest>,
+        rows: JsonRows,
+        batching: Batching,
+        open: OpenConnections,
+    ) -> (Coalescer, tokio::task::JoinHandle<()>) {
         let (queue, waiting) = mpsc::channel(batching.max_rows);
-        (Coalescer { queue }, tokio::spawn(gather(waiting, ingest, rows, batching)))
+        (Coalescer { queue }, tokio::spawn(gather(waiting, ingest, rows, batching, open)))
     }
 
     /// Queue one single-line body; the response once its row was accepted or refused.
@@ -72,7 +79,7 @@ impl Coalescer {
     }
 }
 
-async fn gather(mut waiting: mpsc::Receiver<Waiting>, ingest: Arc<Ingest>, rows: JsonRows, batching: Batching) {
+async fn gather(mut waiting: mpsc::Receiver<Waiting>, ingest: Arc<Ingest>, rows: JsonRows, batching: Batching, open: OpenConnections) {
     let rows = Arc::new(rows);
     while let Some(first) = waiting.recv().await {
         let linger_until = Instant::now() + batching.max_age;
@@ -84,12 +91,18 @@ async fn gather(mut waiting: mpsc::Receiver<Waiting>, ingest: Arc<Ingest>, rows:
                     Err(_) => break,
                 }
             }
-            if batch.len() >= batching.max_rows || batching.max_age.is_zero() {
+            // Created before the count is read, so a connection closing meanwhile is not missed.
+            let closed = open.closed();
+            if batch.len() >= batching.max_rows || batch.len() >= open.get() || batching.max_age.is_zero() {
                 break;
             }
-            match tokio::time::timeout_at(linger_until, waiting.recv()).await {
-                Ok(Some(w)) => batch.push(w),
-                _ => break,
+            tokio::select! {
+                next = tokio::time::timeout_at(linger_until, waiting.recv()) => match next {
+                    Ok(Some(w)) => batch.push(w),
+                    _ => break,
+                },
+                // One fewer connection to wait for: count again.
+                _ = closed => {}
             }
         }
         hand_on(batch, ingest.clone(), rows.clone()).await;

@@ -22,7 +22,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tributary_sdk::config::{BatchConfig, Batching, ByteSize};
 use tributary_sdk::http::{
-    decode_off_reactor, default_body_timeout, default_header_timeout, default_stop_timeout, serve, Ingest, ServeLimits,
+    decode_off_reactor, default_body_timeout, default_header_timeout, default_stop_timeout, serve, Ingest, OpenConnections, ServeLimits,
 };
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
@@ -64,13 +64,14 @@ pub struct HttpServerConfig {
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Period,
     /// How single-event requests are batched before the pipeline (`max_rows`, default 1000;
-    /// `max_age`, how long the first request of a batch waits for others, default 0s).
+    /// `max_age`, how long the first request of a batch may wait for others, default 1ms; it
+    /// waits only while other connections are open that have no request in the batch).
     #[serde(default)]
     pub batch: BatchConfig,
 }
 
-/// By default a batch is whatever arrived while the previous one was handed on: no request waits.
-const DEFAULT_BATCHING: Batching = Batching { max_rows: 1000, max_age: Duration::ZERO };
+/// A lone client never waits; busy concurrent clients wait up to 1ms for each other.
+const DEFAULT_BATCHING: Batching = Batching { max_rows: 1000, max_age: Duration::from_millis(1) };
 
 fn default_path() -> String {
     "/".into()
@@ -127,7 +128,8 @@ impl Source for HttpServerSource {
             output: ctx.output("").clone(),
             metrics: ctx.metrics.clone(),
         });
-        let (coalescer, batches) = Coalescer::start(ingest.clone(), self.rows.clone(), self.batching);
+        let open = OpenConnections::default();
+        let (coalescer, batches) = Coalescer::start(ingest.clone(), self.rows.clone(), self.batching, open.clone());
         let shared = Arc::new(Shared { ingest, rows: self.rows, coalescer });
         let app = Router::new().route(&self.cfg.path, post(ingest_rows)).with_state(shared);
         let limits = ServeLimits {
@@ -135,7 +137,7 @@ impl Source for HttpServerSource {
             body_timeout: self.cfg.body_timeout.0,
             stop_timeout: self.cfg.stop_timeout.0,
         };
-        let served = serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path), limits).await;
+        let served = serve(self.cfg.address, app, &ctx, &format!("http_server on {}", self.cfg.path), limits, &open).await;
         // Every request has been answered and the app dropped: the last batch is on its way.
         batches.await?;
         served

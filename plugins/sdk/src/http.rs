@@ -119,10 +119,50 @@ impl Ingest {
     }
 }
 
-/// Serve `app` on `address` until shutdown. A client gets `header_timeout` to send its headers;
+/// How many connections a server has open (HTTP/1.1 carries one request at a time on each, so a
+/// source batching requests knows when every client already has one waiting).
+#[derive(Debug, Clone, Default)]
+pub struct OpenConnections(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+impl OpenConnections {
+    pub fn get(&self) -> usize {
+        self.0 .0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves when a connection closes after this call (create it before reading the count).
+    pub fn closed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0 .1.notified()
+    }
+}
+
+/// Decrements the count when a connection's task ends, however it ends.
+struct OpenConnection(OpenConnections);
+
+impl OpenConnection {
+    fn new(open: &OpenConnections) -> Self {
+        open.0 .0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0 .0 .0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0 .0 .1.notify_waiters();
+    }
+}
+
+/// Serve `app` on `address` until shutdown, counting its connections in `open`. A client gets `header_timeout` to send its headers;
 /// on stop, requests in flight get `stop_timeout` to finish (their rows are sent), then every
 /// connection is closed: a client that sends half a request and waits cannot hold the stop.
-pub async fn serve(address: SocketAddr, app: Router, ctx: &SourceContext, what: &str, limits: ServeLimits) -> anyhow::Result<()> {
+pub async fn serve(
+    address: SocketAddr,
+    app: Router,
+    ctx: &SourceContext,
+    what: &str,
+    limits: ServeLimits,
+    open: &OpenConnections,
+) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     tracing::info!(source = %ctx.id, address = %listener.local_addr()?, "{what} listening");
@@ -144,8 +184,9 @@ pub async fn serve(address: SocketAddr, app: Router, ctx: &SourceContext, what: 
             },
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let (builder, stop) = (builder.clone(), stop.clone());
+        let (builder, stop, counted) = (builder.clone(), stop.clone(), OpenConnection::new(open));
         connections.spawn(async move {
+            let _counted = counted;
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let served = tokio::select! {
