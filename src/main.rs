@@ -3,9 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = tributary::cli::Cli::parse();
     // `tributary test` runs the real runtime, whose progress lines would bury the report.
