@@ -85,11 +85,13 @@ def have(module):
         return False
 
 
-def parquet_rows(folder):
+def parquet_rows(path):
+    """Rows in a Parquet file, or in every Parquet file under a folder (None without DuckDB)."""
     if not have("duckdb"):
         return None
     import duckdb
-    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/**/*.parquet')").fetchall()[0][0]
+    files = f"{path}/**/*.parquet" if Path(path).is_dir() else str(path)
+    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{files}')").fetchall()[0][0]
 
 
 # ---------------------------------------------------------------------------------------- W1
@@ -131,8 +133,7 @@ sinks:
                   f"WHERE score > 1000) TO '{target}' (FORMAT parquet, COMPRESSION zstd)\"\"\")")
         t = timed([sys.executable, "-c", script])
         import duckdb
-        rows.append((f"DuckDB {duckdb.__version__} COPY … read_json", t,
-                     duckdb.sql(f"SELECT count(*) FROM '{target}'").fetchall()[0][0]))
+        rows.append((f"DuckDB {duckdb.__version__} COPY … read_json", t, parquet_rows(target)))
     else:
         rows.append(("DuckDB (pip install duckdb)", None, None))
     if have("pyarrow"):
@@ -143,18 +144,11 @@ sinks:
                   f"pq.write_table(t, '{target}', compression='zstd')\n")
         t = timed([sys.executable, "-c", script])
         import pyarrow
-        rows.append((f"PyArrow {pyarrow.__version__} read_json + write_table", t, parquet_rows_file(target)))
+        rows.append((f"PyArrow {pyarrow.__version__} read_json + write_table", t, parquet_rows(target)))
     else:
         rows.append(("PyArrow (pip install pyarrow)", None, None))
     expected = sum(1 for i in range(events) if (i * 7919) % 3000 > 1000)
     return size_mb, expected, rows
-
-
-def parquet_rows_file(path):
-    if not have("duckdb"):
-        return None
-    import duckdb
-    return duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchall()[0][0]
 
 
 # ---------------------------------------------------------------------------------------- HTTP
