@@ -8,6 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tributary_sdk::config::ByteSize;
+use tributary_sdk::http::decode_off_reactor;
 use tributary_sdk::json::{JsonRows, LineError};
 use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{
@@ -92,7 +93,7 @@ impl SourcePlugin for FileSourcePlugin {
 struct Decoding {
     first_line: usize,
     ack: tributary_sdk::Ack,
-    lines: tokio::task::JoinHandle<(RecordBatch, Vec<LineError>)>,
+    lines: tokio::task::JoinHandle<Result<(RecordBatch, Vec<LineError>), String>>,
 }
 
 pub struct FileSource {
@@ -108,15 +109,19 @@ impl FileSource {
     fn decode(&self, ctx: &SourceContext, text: Vec<u8>, first_line: usize, ack: tributary_sdk::Ack) -> Decoding {
         ctx.metrics.bytes_in.add(text.len() as u64);
         let rows = self.rows.clone();
-        Decoding { first_line, ack, lines: tokio::task::spawn_blocking(move || rows.decode_lines(&text)) }
+        // Spawned so it starts now; decode_off_reactor bounds decoding to one per core process-wide.
+        Decoding { first_line, ack, lines: tokio::spawn(decode_off_reactor(move || rows.decode_lines(&text))) }
     }
 
     /// Send a chunk's good rows, dead-letter its bad lines. False once the pipeline is stopping.
     async fn emit(&self, ctx: &SourceContext, decoding: Decoding) -> bool {
         let Decoding { first_line, ack, lines } = decoding;
-        let Ok((batch, errors)) = lines.await else {
-            tracing::error!(source = %ctx.id, "decoding lines {first_line}… failed (the decoder panicked); they are read again on restart");
-            return false;
+        let (batch, errors) = match lines.await.map_err(|e| e.to_string()).and_then(|decoded| decoded) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::error!(source = %ctx.id, "decoding lines {first_line}… failed ({e}); they are read again on restart");
+                return false;
+            }
         };
         let acks = AckSet::single(ack);
         if !errors.is_empty() {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tributary_sdk::config::Batching;
 use tributary_sdk::http::{decode_off_reactor, Ingest, OpenConnections};
 use tributary_sdk::json::JsonRows;
-use tributary_sdk::{Batch, TrySendError};
+use tributary_sdk::TrySendError;
 
 use crate::decode_body;
 
@@ -117,15 +117,12 @@ async fn hand_on(batch: Vec<Waiting>, ingest: Arc<Ingest>, rows: Arc<JsonRows>) 
         text.extend_from_slice(w.body.trim_ascii());
         text.push(b'\n');
     }
+    let large = batch.len() > 1 && text.len() > DECODE_INLINE_BYTES;
     let decode = {
         let rows = rows.clone();
         move || rows.decode_lines(&text)
     };
-    let decoded = if batch.len() > 1 && batch.iter().map(|w| w.body.len()).sum::<usize>() > DECODE_INLINE_BYTES {
-        decode_off_reactor(decode).await
-    } else {
-        Ok(decode())
-    };
+    let decoded = if large { decode_off_reactor(decode).await } else { Ok(decode()) };
     let (good, bad_lines) = match decoded {
         Ok(d) => d,
         Err(reason) => {
@@ -158,19 +155,12 @@ async fn hand_on(batch: Vec<Waiting>, ingest: Arc<Ingest>, rows: Arc<JsonRows>) 
 }
 
 async fn send(ingest: &Ingest, good: RecordBatch, wait: Duration, accepted: Vec<Waiting>) {
-    let n = good.num_rows();
-    match ingest.output.send_within(Batch::new(good), wait).await {
-        Ok(()) => {
-            ingest.metrics.rows_in.add(n as u64);
-            for w in accepted {
-                let _ = w.answer.send(one_accepted());
-            }
-        }
-        Err(e) => {
-            for w in accepted {
-                let _ = w.answer.send(ingest.refuse_busy(e));
-            }
-        }
+    let handed_on = ingest.hand_on(good, wait).await;
+    for w in accepted {
+        let _ = w.answer.send(match handed_on {
+            Ok(()) => one_accepted(),
+            Err(e) => ingest.refuse_busy(e),
+        });
     }
 }
 

@@ -89,13 +89,18 @@ impl Ingest {
         if n == 0 {
             return reply(StatusCode::OK, serde_json::json!({ "accepted": 0 }));
         }
-        match self.output.send_within(Batch::new(batch), self.accept_timeout).await {
-            Ok(()) => {
-                self.metrics.rows_in.add(n as u64);
-                reply(StatusCode::OK, serde_json::json!({ "accepted": n }))
-            }
+        match self.hand_on(batch, self.accept_timeout).await {
+            Ok(()) => reply(StatusCode::OK, serde_json::json!({ "accepted": n })),
             Err(e) => self.refuse_busy(e),
         }
+    }
+
+    /// Send rows to the pipeline, waiting at most `wait` for room, and count them once accepted.
+    pub async fn hand_on(&self, batch: RecordBatch, wait: Duration) -> Result<(), TrySendError> {
+        let n = batch.num_rows();
+        self.output.send_within(Batch::new(batch), wait).await?;
+        self.metrics.rows_in.add(n as u64);
+        Ok(())
     }
 
     /// 503 + `Retry-After: 1`: the pipeline stayed full for `accept_timeout`, or is stopping.
