@@ -11,6 +11,7 @@ pub mod pipeline_tests;
 pub mod plugins;
 pub mod query;
 pub mod runtime;
+pub mod serve;
 pub mod sql;
 pub mod tap;
 
@@ -40,6 +41,23 @@ pub enum StartError {
 
 /// Validate, start the admin API, and run until `shutdown` is cancelled or every source is done.
 /// `admin` overrides the file's `admin.address`.
+/// The pipeline's `parquet` sinks as chart tables, named after the sinks.
+fn parquet_outputs(file: &PipelineFile) -> Vec<serve::TableDecl> {
+    let text = |v: &serde_yaml::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+    file.components
+        .iter()
+        .filter(|c| c.kind == config::Kind::Sink && c.type_name == "parquet")
+        .filter_map(|c| {
+            let path = text(&c.options, "path")?;
+            Some(serve::TableDecl {
+                name: c.id.clone(),
+                path: path.into(),
+                time_column: Some(text(&c.options, "time_column").unwrap_or_else(|| "ts".into())),
+            })
+        })
+        .collect()
+}
+
 pub async fn run_file(
     path: &Path,
     admin: Option<SocketAddr>,
@@ -56,7 +74,9 @@ pub async fn run_file(
         };
         let state = Arc::new(admin::AdminState::new(file.admin.degraded_after.0).with_tap_access(access));
         let address = admin.unwrap_or(file.admin.address);
-        admin::serve(address, state.clone(), shutdown.clone()).await.map_err(StartError::Admin)?;
+        let charts =
+            serve::Lake::new(serve::Tables::Outputs(parquet_outputs(&file)), serve::Limits::default(), true).map_err(StartError::Admin)?;
+        admin::serve(address, state.clone(), charts, shutdown.clone()).await.map_err(StartError::Admin)?;
         Some(state)
     } else {
         None

@@ -50,7 +50,7 @@ pub fn discover_tables(data_dir: &Path, explicit: &[String]) -> anyhow::Result<V
     Ok(tables)
 }
 
-fn contains_parquet(dir: &Path) -> bool {
+pub fn contains_parquet(dir: &Path) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
         let p = e.path();
         (p.is_dir() && contains_parquet(&p))
@@ -59,7 +59,7 @@ fn contains_parquet(dir: &Path) -> bool {
 }
 
 /// A folder with `*.jsonl` files directly in it (and no Parquet: that takes precedence).
-fn contains_json_lines(dir: &Path) -> bool {
+pub fn contains_json_lines(dir: &Path) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
 }
 
@@ -71,20 +71,25 @@ fn has_date_partitions(dir: &Path) -> bool {
         .any(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("date="))
 }
 
+/// Register the table at `path` (Parquet, with `date=` partitions as a column, or JSON lines) in `ctx`.
+pub async fn register(ctx: &datafusion::prelude::SessionContext, name: &str, path: &Path) -> anyhow::Result<()> {
+    let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
+    if !contains_parquet(path) && contains_json_lines(path) {
+        let opts = JsonReadOptions { file_extension: ".jsonl", ..Default::default() };
+        ctx.register_json(name, &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
+        return Ok(());
+    }
+    let partitions = if has_date_partitions(path) { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
+    let opts = ParquetReadOptions::default().table_partition_cols(partitions);
+    ctx.register_parquet(name, &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
+    Ok(())
+}
+
 /// Run `sql` over the tables and return the result batches.
 pub async fn run_query(sql: &str, tables: &[(String, PathBuf)]) -> anyhow::Result<Vec<RecordBatch>> {
     let ctx = crate::sql::session();
     for (name, path) in tables {
-        if !contains_parquet(path) && contains_json_lines(path) {
-            let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
-            let opts = JsonReadOptions { file_extension: ".jsonl", ..Default::default() };
-            ctx.register_json(name.as_str(), &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
-            continue;
-        }
-        let partitions = if has_date_partitions(path) { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
-        let opts = ParquetReadOptions::default().table_partition_cols(partitions);
-        let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
-        ctx.register_parquet(name.as_str(), &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
+        register(&ctx, name, path).await?;
     }
     let df = ctx.sql(sql).await?;
     Ok(df.collect().await?)

@@ -69,6 +69,7 @@ fn the_compose_file_wires_every_service_to_files_volumes_and_ports_that_exist() 
         "tributary-probes",
         "tributary-probe-producer",
         "tributary-probe-consumer",
+        "serve",
     ] {
         assert!(names.contains(wanted), "service `{wanted}` missing: {names:?}");
     }

@@ -23,7 +23,7 @@ use tributary_sdk::{ComponentMetrics, Delivery, Tap};
 use crate::config::Kind;
 use crate::sql::SqlTransform;
 
-mod tap_filter;
+pub(crate) mod tap_filter;
 
 /// What the admin endpoints know about one component.
 pub struct ComponentInfo {
@@ -217,8 +217,7 @@ async fn tap(
 ) -> Response {
     let access = state.tap_access.clone();
     if let Some(token) = &access.token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| token.matches(g)) {
+        if !bearer(&headers).is_some_and(|g| token.matches(g)) {
             let msg =
                 "the admin token is required for /tap (`Authorization: Bearer …`; `tributary tap --token` or TRIBUTARY_ADMIN_TOKEN)\n";
             return (StatusCode::UNAUTHORIZED, msg).into_response();
@@ -299,21 +298,52 @@ async fn tap(
     ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
 }
 
+/// The `Authorization: Bearer …` token of a request.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+}
+
 fn closing(reason: &str) -> Result<String, std::convert::Infallible> {
     Ok(format!("{}\n", serde_json::json!({ "tap_closed": reason })))
 }
 
 /// Bind the admin address (failing fast if it is taken) and serve until `stop` is cancelled.
-pub async fn serve(address: SocketAddr, state: Arc<AdminState>, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// `charts` adds the chart page and its API (`/`, `/api/…`) over the pipeline's Parquet outputs;
+/// with `admin.token` set, the API needs the token too (the page takes it from `#token=…`).
+pub async fn serve(
+    address: SocketAddr,
+    state: Arc<AdminState>,
+    charts: crate::serve::Lake,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve the admin API on {address}: {e} (set `admin.address` in the pipeline, or `--admin`)"))?;
     let bound = listener.local_addr()?;
-    let app =
-        Router::new().route("/health", get(health)).route("/metrics", get(metrics)).route("/tap/{output}", get(tap)).with_state(state);
+    let token = state.tap_access.token.clone();
+    let charts =
+        crate::serve::router(charts).layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                let needs_token = req.uri().path().starts_with("/api/");
+                if let (true, Some(token)) = (needs_token, &token) {
+                    if !bearer(req.headers()).is_some_and(|g| token.matches(g)) {
+                        let msg = "the admin token is required for /api (`Authorization: Bearer …`; the page takes it from `#token=…`)\n";
+                        return (StatusCode::UNAUTHORIZED, msg).into_response();
+                    }
+                }
+                next.run(req).await
+            }
+        }));
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/tap/{output}", get(tap))
+        .with_state(state)
+        .merge(charts);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
     });
-    tracing::info!(address = %bound, "admin API: /health, /metrics, /tap/{{output}}");
+    tracing::info!(address = %bound, "admin API: /health, /metrics, /tap/{{output}}; charts of the parquet outputs at http://{bound}/");
     Ok(bound)
 }

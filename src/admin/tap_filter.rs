@@ -1,4 +1,5 @@
-//! What a `/tap` filter may be: one predicate over the tapped output's own columns, cheap per row.
+//! What a `/tap` filter or a chart's `where` may be: one predicate over the output's own columns,
+//! cheap per row.
 //! It is planned as `SELECT * FROM tapped WHERE <predicate>`, so without this check a filter
 //! could append SQL (`1=1 UNION SELECT … FROM generate_series(…)`), run subqueries, or call
 //! functions that build huge values, all on the admin port.
@@ -54,7 +55,7 @@ pub fn check(predicate: &str) -> Result<(), String> {
             if FUNCTIONS.contains(&name.as_str()) {
                 ControlFlow::Continue(())
             } else {
-                ControlFlow::Break(format!("function `{name}` is not allowed in a tap filter (allowed: {})", FUNCTIONS.join(", ")))
+                ControlFlow::Break(format!("function `{name}` is not allowed in a filter (allowed: {})", FUNCTIONS.join(", ")))
             }
         }
         _ => ControlFlow::Continue(()),

@@ -70,6 +70,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: QueryFormat,
     },
+    /// Serve charts of the Parquet outputs: a page at `/`, `/api/tables` and `/api/series`.
+    Serve {
+        /// Folder whose sub-folders are tables (default `./data`).
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9600")]
+        address: SocketAddr,
+        /// Bins × series one `/api/series` answer holds at most; more is refused with a bin that fits.
+        #[arg(long, default_value_t = 20_000)]
+        max_points: u64,
+        /// A query running longer is stopped (answered 503).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        query_timeout: Duration,
+    },
     /// Run a local stand-in for an external API, for demos and tests.
     #[command(subcommand)]
     Simulate(Simulate),
@@ -128,6 +142,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Err(d) => failed(d),
         },
         Command::Query { sql, data, tables, format } => query(&sql, &data, &tables, format).await,
+        Command::Serve { data, address, max_points, query_timeout } => serve(data, address, max_points, query_timeout).await,
         Command::Simulate(Simulate::WebexMesh {
             listen,
             seed,
@@ -221,6 +236,19 @@ async fn query(sql: &str, data: &std::path::Path, tables: &[String], format: Que
             ExitCode::SUCCESS
         }
         Err(e) => failed(format!("query failed: {e:#}")),
+    }
+}
+
+async fn serve(data: PathBuf, address: SocketAddr, max_points: u64, query_timeout: Duration) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    spawn_stop_triggers(shutdown.clone(), None);
+    let limits = crate::serve::Limits { max_points, query_timeout };
+    let result =
+        async { crate::serve::serve(address, crate::serve::Lake::new(crate::serve::Tables::Folder(data), limits, false)?, shutdown).await }
+            .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(format!("{e:#}")),
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod figures;
+pub mod lake;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
