@@ -415,3 +415,21 @@ sinks:
     stop.cancel();
     assert!(handle.await.unwrap().ok());
 }
+
+#[tokio::test]
+async fn two_servers_over_one_folder_answer_alike_and_see_a_new_file_at_once() {
+    let (dir, first, _stop1) = fixture(Limits::default()).await;
+    let (second, _stop2) = start(dir.path(), Limits::default()).await;
+    let day = [("table", "latency"), ("value", "ms"), ("agg", "count"), ("bin", "1d"), ("from", "2026-11-01"), ("to", "2026-11-02")];
+    let count = |answer: &Value| answer["series"][0]["points"][0][1].clone();
+    let (a, b) = (series(first, &day).await.1, series(second, &day).await.1);
+    assert_eq!((count(&a), count(&b)), (json!(7.0), json!(7.0)));
+    // A file the sink renames into place is in the next answer of either server.
+    common::lake::write_latency(
+        &dir.path().join("latency/date=2026-11-01/part-1.parquet"),
+        &[("2026-11-01T08:00:00Z", "c", 1.0, "up"), ("2026-11-01T09:00:00Z", "c", 2.0, "up")],
+    );
+    let (a, b) = (series(first, &day).await.1, series(second, &day).await.1);
+    assert_eq!((count(&a), count(&b)), (json!(9.0), json!(9.0)));
+    assert_eq!(a, b);
+}

@@ -71,7 +71,10 @@ pub struct Lake {
 
 impl Lake {
     pub fn new(tables: Tables, limits: Limits, live: bool) -> anyhow::Result<Self> {
-        Ok(Lake { tables, limits, runtime: RuntimeEnvBuilder::new().build_arc()?, live })
+        // DataFusion caches folder listings forever by default, which would hide every file a sink
+        // writes after the first request: list afresh (footers stay cached, checked by size and mtime).
+        let runtime = RuntimeEnvBuilder::new().with_object_list_cache_limit(0).build_arc()?;
+        Ok(Lake { tables, limits, runtime, live })
     }
 
     fn decls(&self) -> Vec<TableDecl> {

@@ -23,28 +23,11 @@ pub const LATENCY: &[(&str, &str, f64, &str)] = &[
 /// Write `LATENCY` under `data/latency/date=…/part-0.parquet` the way the parquet sink lays it out
 /// (a `Timestamp(µs)` `ts`), plus a table with no timestamp column (`names`).
 pub fn write_fixture(data: &Path) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
-        Field::new("site", DataType::Utf8, false),
-        Field::new("ms", DataType::Float64, true),
-        Field::new("status", DataType::Utf8, false),
-    ]));
     let mut dates: Vec<&str> = LATENCY.iter().map(|r| &r.0[..10]).collect();
     dates.dedup();
     for date in dates {
-        let rows: Vec<_> = LATENCY.iter().filter(|r| r.0.starts_with(date)).collect();
-        let ts: Vec<i64> = rows.iter().map(|r| chrono::DateTime::parse_from_rfc3339(r.0).unwrap().timestamp_micros()).collect();
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(TimestampMicrosecondArray::from(ts)),
-                Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
-            ],
-        )
-        .unwrap();
-        write_parquet(&data.join("latency").join(format!("date={date}")).join("part-0.parquet"), &batch);
+        let rows: Vec<_> = LATENCY.iter().filter(|r| r.0.starts_with(date)).copied().collect();
+        write_latency(&data.join("latency").join(format!("date={date}")).join("part-0.parquet"), &rows);
     }
     let names = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)])),
@@ -52,6 +35,28 @@ pub fn write_fixture(data: &Path) {
     )
     .unwrap();
     write_parquet(&data.join("names").join("part-0.parquet"), &names);
+}
+
+/// One Parquet file of `latency` rows.
+pub fn write_latency(path: &Path, rows: &[(&str, &str, f64, &str)]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("ms", DataType::Float64, true),
+        Field::new("status", DataType::Utf8, false),
+    ]));
+    let ts: Vec<i64> = rows.iter().map(|r| chrono::DateTime::parse_from_rfc3339(r.0).unwrap().timestamp_micros()).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(TimestampMicrosecondArray::from(ts)),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    write_parquet(path, &batch);
 }
 
 pub fn write_parquet(path: &Path, batch: &RecordBatch) {
