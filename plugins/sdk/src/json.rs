@@ -65,8 +65,7 @@ impl JsonRows {
             // made exactly one row per line (`{…}{…}` on one line is one bad line, not two rows;
             // found by the fuzzer in tests/hostile.rs).
             if let Ok(Some(batch)) = self.decode_buffer(text) {
-                let lines = text.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
-                if batch.num_rows() == lines {
+                if batch.num_rows() == non_blank_lines(text) {
                     return (self.fill_time(batch), Vec::new());
                 }
             }
@@ -154,6 +153,18 @@ impl JsonRows {
     }
 }
 
+/// Lines holding more than whitespace. The newlines are found with SIMD (`memchr`); a line's first
+/// byte is almost always `{`, so the blank check stops there.
+fn non_blank_lines(text: &[u8]) -> usize {
+    let mut count = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', text).chain(std::iter::once(text.len())) {
+        count += usize::from(text[start..end].iter().any(|b| !b.is_ascii_whitespace()));
+        start = end + 1;
+    }
+    count
+}
+
 /// "a string", "an object", …: what a JSON value is, for error messages.
 pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
@@ -190,6 +201,15 @@ pub fn json_text(value: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn non_blank_lines_counts_like_splitting_and_trimming() {
+        for text in ["", "\n", "{}", "{}\n", "{}\n\n  \t\n{}", " {}\r\n{} \n   ", "\n\n{}"] {
+            let by_split = text.as_bytes().split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
+            assert_eq!(super::non_blank_lines(text.as_bytes()), by_split, "{text:?}");
+        }
+        assert_eq!(super::non_blank_lines(b"{}\n \n{}\n"), 2);
+    }
+
     use super::*;
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
