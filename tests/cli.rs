@@ -323,3 +323,14 @@ fn log_lines_never_show_url_credentials_or_secret_values() {
     assert_eq!(letters.lines().count(), 5, "{letters}");
     assert!(!letters.contains("pw-hunter2-xyz") && letters.contains("http://***@127.0.0.1"), "{letters}");
 }
+
+#[test]
+fn serve_on_a_taken_address_fails_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = tributary(&["serve", "--data", ".", "--address", &addr], dir.path());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("cannot serve on {addr}: ")) && err.contains("(pick another with --address)"), "{err}");
+}
