@@ -1,11 +1,14 @@
 //! `parquet` sink: a directory of Parquet files, Hive-style `date=YYYY-MM-DD/` partitions, one
-//! file per partition per flush (by rows, bytes and age). Rows are buffered as Arrow batches and a
-//! file is written whole — hidden temporary name, fsync, rename — so a reader never sees a partial
-//! file, and a write that fails leaves nothing behind and loses nothing: the rows stay buffered and
-//! the engine retries.
+//! file per partition per flush (by rows, bytes and age). Rows are encoded into an in-memory
+//! Parquet file per partition as they arrive (so encoding runs beside the sources' decoding instead
+//! of all at once at the flush, and the buffer holds compressed pages rather than Arrow arrays), and
+//! a file is written whole — hidden temporary name, fsync, rename — so a reader never sees a partial
+//! file, and a write that fails leaves nothing behind and loses nothing: the encoded file stays
+//! buffered and the engine retries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +17,7 @@ use anyhow::Context;
 use datafusion::arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression as PqCompression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -141,16 +145,62 @@ impl SinkPlugin for ParquetSinkPlugin {
             // Bounded memory: a row group is buffered until written.
             .set_max_row_group_row_count(Some(128 * 1024))
             .build();
+        ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))
+            .map_err(|e| ConfigError::at("inputs", format!("these columns cannot be written as Parquet: {e}")))?;
         Ok(Box::new(ParquetSink { cfg, schema, time_index, props, buffered: BTreeMap::new() }))
     }
 }
 
-/// Rows waiting for one partition folder's next file.
-#[derive(Default)]
+/// Rows waiting for one partition folder's next file: a Parquet file being encoded in memory, then
+/// (once finished, and until it is on disk) its bytes.
 struct Partition {
-    batches: Vec<RecordBatch>,
+    file: PartitionFile,
     rows: usize,
+    /// The rows' Arrow size (what `max_bytes` counts).
     bytes: usize,
+}
+
+enum PartitionFile {
+    Encoding(ArrowWriter<Vec<u8>>),
+    Encoded(Vec<u8>),
+}
+
+impl Partition {
+    fn new(schema: SchemaRef, props: WriterProperties) -> Self {
+        // The schema was checked by a writer at build: creating one cannot fail for it.
+        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(props)).expect("the schema was checked at build");
+        Partition { file: PartitionFile::Encoding(writer), rows: 0, bytes: 0 }
+    }
+
+    fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        match &mut self.file {
+            PartitionFile::Encoding(w) => w.write(batch).context("encoding Parquet"),
+            PartitionFile::Encoded(_) => unreachable!("a finished partition takes no rows: it is written or retried"),
+        }
+    }
+
+    /// The whole file (footer included).
+    fn finish(&mut self) -> anyhow::Result<&[u8]> {
+        if let PartitionFile::Encoding(_) = self.file {
+            let PartitionFile::Encoding(w) = std::mem::replace(&mut self.file, PartitionFile::Encoded(Vec::new())) else { unreachable!() };
+            self.file = PartitionFile::Encoded(w.into_inner().context("finishing the Parquet file")?);
+        }
+        match &self.file {
+            PartitionFile::Encoded(bytes) => Ok(bytes),
+            PartitionFile::Encoding(_) => unreachable!(),
+        }
+    }
+
+    /// The rows, decoded back from the encoded file (when the engine takes them as dead letters).
+    fn into_rows(mut self, schema: &SchemaRef) -> anyhow::Result<Vec<RecordBatch>> {
+        let bytes = bytes::Bytes::copy_from_slice(self.finish()?);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+        let mut rows = Vec::new();
+        for b in reader {
+            rows.push(RecordBatch::try_new(schema.clone(), b?.columns().to_vec())?);
+        }
+        Ok(rows)
+    }
 }
 
 pub struct ParquetSink {
@@ -165,10 +215,10 @@ pub struct ParquetSink {
 static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ParquetSink {
-    /// Writes `batches` as one new file in `partition`: under a hidden temporary name, fsynced,
-    /// then renamed, so a reader never sees a partial file. On any error the temporary file is
-    /// removed and nothing is visible: the rows stay buffered for the retry.
-    fn write_file(&self, partition: &str, batches: &[RecordBatch]) -> anyhow::Result<()> {
+    /// Writes the encoded `parquet` as one new file in `partition`: under a hidden temporary name,
+    /// fsynced, then renamed, so a reader never sees a partial file. On any error the temporary file
+    /// is removed and nothing is visible: the encoded file stays buffered for the retry.
+    fn write_file(&self, partition: &str, parquet: &[u8], rows: usize) -> anyhow::Result<()> {
         let dir = self.cfg.path.join(partition);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = format!(
@@ -180,12 +230,8 @@ impl ParquetSink {
         );
         let (tmp, target) = (dir.join(format!(".{name}.tmp")), dir.join(name));
         let written = (|| -> anyhow::Result<()> {
-            let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            let mut writer = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
-            for b in batches {
-                writer.write(b)?;
-            }
-            let file = writer.into_inner().with_context(|| format!("finishing {}", tmp.display()))?;
+            let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            file.write_all(parquet).with_context(|| format!("writing {}", tmp.display()))?;
             file.sync_all()?;
             drop(file);
             std::fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))
@@ -195,18 +241,19 @@ impl ParquetSink {
         }
         written?;
         sync_dir(&dir);
-        tracing::debug!(file = %target.display(), rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(), "parquet file complete");
+        tracing::debug!(file = %target.display(), rows, bytes = parquet.len(), "parquet file complete");
         Ok(())
     }
 
-    /// Adds rows to a partition's buffer; true when it reached `max_rows` or `max_bytes`, or the
-    /// buffer holds `max_partitions` partitions.
-    fn buffer(&mut self, partition: String, batch: RecordBatch) -> bool {
-        let p = self.buffered.entry(partition).or_default();
+    /// Encodes rows into a partition's file; true when it reached `max_rows` or `max_bytes`, or
+    /// the buffer holds `max_partitions` partitions.
+    fn buffer(&mut self, partition: String, batch: &RecordBatch) -> anyhow::Result<bool> {
+        let (schema, props) = (&self.schema, &self.props);
+        let p = self.buffered.entry(partition).or_insert_with(|| Partition::new(schema.clone(), props.clone()));
+        p.add(batch)?;
         p.rows += batch.num_rows();
         p.bytes += batch.get_array_memory_size();
-        p.batches.push(batch);
-        p.rows >= self.cfg.max_rows || p.bytes as u64 >= self.cfg.max_bytes.0 || self.buffered.len() >= self.cfg.max_partitions
+        Ok(p.rows >= self.cfg.max_rows || p.bytes as u64 >= self.cfg.max_bytes.0 || self.buffered.len() >= self.cfg.max_partitions)
     }
 
     /// Temporary files a crashed run left (a kill between create and rename): never visible to
@@ -285,14 +332,14 @@ impl Sink for ParquetSink {
     async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
         let mut full = false;
         match self.time_index {
-            None => full |= self.buffer(String::new(), batch),
+            None => full |= self.buffer(String::new(), &batch).map_err(Transient::new)?,
             Some(t) => {
                 for (partition, rows) in split_by_date(&batch, t) {
-                    let part = match rows {
-                        None => batch.clone(),
-                        Some(idx) => take_record_batch(&batch, &idx)?,
-                    };
-                    full |= self.buffer(partition, part);
+                    full |= match rows {
+                        None => self.buffer(partition, &batch),
+                        Some(idx) => self.buffer(partition, &take_record_batch(&batch, &idx)?),
+                    }
+                    .map_err(Transient::new)?;
                 }
             }
         }
@@ -302,8 +349,10 @@ impl Sink for ParquetSink {
     /// One file per buffered partition. A partition written is dropped from the buffer at once,
     /// so a retry after a failure writes only the rest (no duplicate files).
     async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
-        while let Some((partition, p)) = self.buffered.pop_first() {
-            if let Err(e) = self.write_file(&partition, &p.batches) {
+        while let Some((partition, mut p)) = self.buffered.pop_first() {
+            let rows = p.rows;
+            let written = p.finish().and_then(|parquet| self.write_file(&partition, parquet, rows));
+            if let Err(e) = written {
                 self.buffered.insert(partition, p);
                 return Err(Transient::new(e));
             }
@@ -316,7 +365,15 @@ impl Sink for ParquetSink {
     }
 
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.buffered).into_values().flat_map(|p| p.batches).collect()
+        let mut rows = Vec::new();
+        for (partition, p) in std::mem::take(&mut self.buffered) {
+            match p.into_rows(&self.schema) {
+                Ok(batches) => rows.extend(batches),
+                // Parquet this sink encoded a moment ago reads back; if it ever did not, say so loudly.
+                Err(e) => tracing::error!("parquet sink: the buffered rows of {partition} could not be read back: {e:#}"),
+            }
+        }
+        rows
     }
 }
 
