@@ -217,8 +217,10 @@ impl Source for FileSource {
         let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
         let mut offset: u64 = resume.offset; // bytes of the file consumed into `buf` so far
         let mut line_no = resume.line; // line number of buf's first line
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut decoding = VecDeque::with_capacity(parallel);
+        // Chunks in flight: twice the cores, so a core that finishes one finds the next already read
+        // (the decoders themselves are limited to one per core by `decode_off_reactor`).
+        let in_flight = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut decoding = VecDeque::with_capacity(in_flight);
         loop {
             if ctx.shutdown.is_cancelled() {
                 self.emit_all(&ctx, &mut decoding).await;
@@ -274,7 +276,7 @@ impl Source for FileSource {
             let lines = memchr::memchr_iter(b'\n', &complete).count();
             let end = offset - partial.len() as u64;
             let ack = progress.track(Checkpoint { identity: identity.clone(), offset: end, line: line_no + lines });
-            if decoding.len() == parallel && !self.emit(&ctx, decoding.pop_front().expect("full")).await {
+            if decoding.len() == in_flight && !self.emit(&ctx, decoding.pop_front().expect("full")).await {
                 return Ok(());
             }
             decoding.push_back(self.decode(&ctx, complete, line_no, ack));
