@@ -16,7 +16,7 @@ use tributary_sdk::{
     SourcePlugin,
 };
 
-use crate::checkpoint::{Checkpoint, FileIdentity};
+use crate::checkpoint::{Checkpoint, CheckpointSaver, FileIdentity};
 
 /// How the file is read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -181,15 +181,14 @@ impl FileSource {
         }
     }
 
-    /// Commits checkpoints as the acks of the lines before them resolve.
+    /// Commits checkpoints as the acks of the lines before them resolve (saved on their own thread,
+    /// the newest waiting one only).
     fn progress(&self, ctx: &SourceContext) -> AckedProgress<Checkpoint> {
-        let (file, id) = (self.checkpoint_file.clone(), ctx.id.clone());
+        let saver = CheckpointSaver::new(self.checkpoint_file.clone(), ctx.id.to_string());
         AckedProgress::new(move |c: Checkpoint| {
-            if c.identity.is_none() {
-                return; // not a regular file: nothing to resume
-            }
-            if let Err(e) = c.save(&file) {
-                tracing::error!(source = %id, "cannot save the checkpoint: {e:#}");
+            // Without an identity it is not a regular file: nothing to resume.
+            if c.identity.is_some() {
+                saver.save(c);
             }
         })
     }
@@ -217,8 +216,8 @@ impl Source for FileSource {
         let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
         let mut offset: u64 = resume.offset; // bytes of the file consumed into `buf` so far
         let mut line_no = resume.line; // line number of buf's first line
-        // Chunks in flight: twice the cores, so a core that finishes one finds the next already read
-        // (the decoders themselves are limited to one per core by `decode_off_reactor`).
+                                       // Chunks in flight: twice the cores, so a core that finishes one finds the next already read
+                                       // (the decoders themselves are limited to one per core by `decode_off_reactor`).
         let in_flight = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut decoding = VecDeque::with_capacity(in_flight);
         loop {
