@@ -7,7 +7,8 @@
 Workloads (each peer runs only where it is installed; a missing one is a row saying so):
   W1  1M badge events as NDJSON → `WHERE score > 1000` → Parquet (zstd): `tributary run` with a
       `file` source vs DuckDB's `COPY (SELECT … FROM read_json(…)) TO … (FORMAT parquet)` vs
-      PyArrow's `read_json` + `write_table`. Wall time, CPU seconds and peak RSS of each process.
+      PyArrow's `read_json` + `write_table`. Wall time, CPU seconds and peak RSS of each process:
+      medians of `--rounds` (5) runs per side, alternating, after the input file was synced.
   H1  one JSON event per POST, `wrk -t2 -c64` (and `-c8`) → http_server → SQL → Parquet vs nginx
       answering the same POSTs with a fixed body (the machine's HTTP ceiling). Requests/s, p99.
   H2  1,000-event NDJSON bodies, `wrk -c8`: events/s.
@@ -97,13 +98,16 @@ def parquet_rows(path):
 # ---------------------------------------------------------------------------------------- W1
 
 
-def w1(bin_path, work, events):
+def w1(bin_path, work, events, rounds):
+    """Each side `rounds` times, alternating (so page cache and CPU frequency favour none), after the
+    freshly written input was synced (its writeback would slow whichever side ran first)."""
     data = work / "w1.ndjson"
     generate(data, events)
+    os.sync()
     size_mb = data.stat().st_size / 1e6
-    rows = []
     out = work / "w1-tributary"
     pipeline = work / "w1.yaml"
+    checkpoint = work / "w1.checkpoint.json"
     pipeline.write_text(f"""
 admin: {{enabled: false}}
 sources:
@@ -111,7 +115,7 @@ sources:
     type: file
     path: {data}
     schema: {BADGE_SCHEMA}
-    checkpoint_file: {work / 'w1.checkpoint.json'}
+    checkpoint_file: {checkpoint}
 transforms:
   scores:
     inputs: [badges]
@@ -122,33 +126,56 @@ sinks:
     inputs: [scores]
     path: {out}
 """)
-    with open(work / "w1-tributary.log", "w") as log:
-        t = timed([bin_path, "run", str(pipeline)], stderr=log)
-    rows.append(("Tributary (file → SQL → parquet)", t, parquet_rows(out)))
+    sides = []
+
+    def tributary():
+        shutil.rmtree(out, ignore_errors=True)
+        checkpoint.unlink(missing_ok=True)
+        with open(work / "w1-tributary.log", "w") as log:
+            return timed([bin_path, "run", str(pipeline)], stderr=log), out
+
+    sides.append(["Tributary (file → SQL → parquet)", tributary])
     if have("duckdb"):
+        import duckdb
         target = work / "w1-duckdb.parquet"
         script = (f"import duckdb; duckdb.sql(\"\"\"COPY (SELECT ts, user_uuid, game, score, duration FROM read_json('{data}', "
                   "format='newline_delimited', columns={ts: 'TIMESTAMPTZ', channel: 'VARCHAR', event: 'VARCHAR', "
                   "user_uuid: 'VARCHAR', mac_address: 'VARCHAR', game: 'VARCHAR', score: 'BIGINT', duration: 'BIGINT'}) "
                   f"WHERE score > 1000) TO '{target}' (FORMAT parquet, COMPRESSION zstd)\"\"\")")
-        t = timed([sys.executable, "-c", script])
-        import duckdb
-        rows.append((f"DuckDB {duckdb.__version__} COPY … read_json", t, parquet_rows(target)))
+        sides.append([f"DuckDB {duckdb.__version__} COPY … read_json", lambda: (timed([sys.executable, "-c", script]), target)])
     else:
-        rows.append(("DuckDB (pip install duckdb)", None, None))
+        sides.append(["DuckDB (pip install duckdb)", None])
     if have("pyarrow"):
-        target = work / "w1-pyarrow.parquet"
-        script = ("import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq, pyarrow.compute as pc\n"
-                  f"t = pj.read_json('{data}')\n"
-                  "t = t.filter(pc.greater(t['score'], 1000)).select(['ts', 'user_uuid', 'game', 'score', 'duration'])\n"
-                  f"pq.write_table(t, '{target}', compression='zstd')\n")
-        t = timed([sys.executable, "-c", script])
         import pyarrow
-        rows.append((f"PyArrow {pyarrow.__version__} read_json + write_table", t, parquet_rows(target)))
+        target_pa = work / "w1-pyarrow.parquet"
+        script_pa = ("import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq, pyarrow.compute as pc\n"
+                     f"t = pj.read_json('{data}')\n"
+                     "t = t.filter(pc.greater(t['score'], 1000)).select(['ts', 'user_uuid', 'game', 'score', 'duration'])\n"
+                     f"pq.write_table(t, '{target_pa}', compression='zstd')\n")
+        sides.append([f"PyArrow {pyarrow.__version__} read_json + write_table", lambda: (timed([sys.executable, "-c", script_pa]), target_pa)])
     else:
-        rows.append(("PyArrow (pip install pyarrow)", None, None))
+        sides.append(["PyArrow (pip install pyarrow)", None])
+    runs = {name: [] for name, _ in sides}
+    written = {}
+    for _ in range(rounds):
+        for name, run in sides:
+            if run is not None:
+                t, path = run()
+                runs[name].append(t)
+                written[name] = path
+    rows = []
+    for name, run in sides:
+        if run is None:
+            rows.append((name, None, None))
+            continue
+        rows.append((name, runs[name], parquet_rows(written[name])))
     expected = sum(1 for i in range(events) if (i * 7919) % 3000 > 1000)
     return size_mb, expected, rows
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -267,25 +294,29 @@ def main():
     parser.add_argument("--bin", help="a release build of tributary (default: build one)")
     parser.add_argument("--events", type=int, default=1_000_000, help="W1 events (default 1,000,000)")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="W1 runs per side, alternating (default 5)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     bin_path = args.bin or build()
     with tempfile.TemporaryDirectory(prefix="tributary-peers-") as tmp:
         work = Path(tmp)
-        size_mb, expected, w1_rows = w1(bin_path, work, args.events)
+        size_mb, expected, w1_rows = w1(bin_path, work, args.events, args.rounds)
         h = http(bin_path, work, args.seconds)
 
     print(f"\n## W1: {args.events:,} badge events NDJSON ({size_mb:.0f} MB) → WHERE score > 1000 → Parquet zstd"
           f" ({expected:,} rows expected)\n")
+    print(f"Medians of {args.rounds} alternating runs per side (the range in brackets).\n")
     print("| side | wall s | CPU s | peak RSS MiB | rows | wall vs DuckDB |")
     print("|---|---|---|---|---|---|")
-    duck = next((t for name, t, _ in w1_rows if name.startswith("DuckDB") and t), None)
-    for name, t, n in w1_rows:
-        if t is None:
+    duck = next((runs for name, runs, _ in w1_rows if name.startswith("DuckDB") and runs), None)
+    for name, runs, n in w1_rows:
+        if runs is None:
             print(f"| {name} | not installed | | | | |")
             continue
-        ratio = f"{t[0] / duck[0]:.2f}×" if duck else "—"
-        print(f"| {name} | {t[0]:.2f} | {t[1]:.2f} | {t[2]:.0f} | {n if n is not None else '?'} | {ratio} |")
+        wall, cpu, rss = ([r[i] for r in runs] for i in range(3))
+        ratio = f"{median(wall) / median([r[0] for r in duck]):.2f}×" if duck else "—"
+        print(f"| {name} | {median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f}) | {median(cpu):.2f} | {median(rss):.0f} ({max(rss):.0f}) "
+              f"| {n if n is not None else '?'} | {ratio} |")
     print("\n## HTTP → SQL → Parquet (wrk -t2)\n")
     if not h:
         print("wrk is not installed (apt-get install wrk)")
