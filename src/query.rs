@@ -50,7 +50,7 @@ pub fn discover_tables(data_dir: &Path, explicit: &[String]) -> anyhow::Result<V
     Ok(tables)
 }
 
-pub fn contains_parquet(dir: &Path) -> bool {
+fn contains_parquet(dir: &Path) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
         let p = e.path();
         (p.is_dir() && contains_parquet(&p))
@@ -59,7 +59,7 @@ pub fn contains_parquet(dir: &Path) -> bool {
 }
 
 /// A folder with `*.jsonl` files directly in it (and no Parquet: that takes precedence).
-pub fn contains_json_lines(dir: &Path) -> bool {
+fn contains_json_lines(dir: &Path) -> bool {
     std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
 }
 
@@ -71,17 +71,43 @@ fn has_date_partitions(dir: &Path) -> bool {
         .any(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("date="))
 }
 
+/// What a table folder holds, found with blocking file-system calls.
+#[derive(Debug, Clone)]
+pub struct TableLayout {
+    /// The folder as a DataFusion location (absolute, ending in `/`).
+    location: String,
+    /// JSON-lines files (the dead-letter store) and no Parquet.
+    json_lines: bool,
+    /// `date=` sub-folders: a `date` partition column.
+    date_partitions: bool,
+    /// Any Parquet or JSON-lines file at all.
+    pub has_files: bool,
+}
+
+/// Look at the folder `path` (blocking: call it off the async threads where that matters).
+pub fn layout(name: &str, path: &Path) -> anyhow::Result<TableLayout> {
+    let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
+    let parquet = contains_parquet(path);
+    let json_lines = !parquet && contains_json_lines(path);
+    Ok(TableLayout { location, json_lines, date_partitions: has_date_partitions(path), has_files: parquet || json_lines })
+}
+
 /// Register the table at `path` (Parquet, with `date=` partitions as a column, or JSON lines) in `ctx`.
 pub async fn register(ctx: &datafusion::prelude::SessionContext, name: &str, path: &Path) -> anyhow::Result<()> {
-    let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
-    if !contains_parquet(path) && contains_json_lines(path) {
+    register_layout(ctx, name, &layout(name, path)?).await
+}
+
+/// Register a table whose folder [`layout`] looked at.
+pub async fn register_layout(ctx: &datafusion::prelude::SessionContext, name: &str, layout: &TableLayout) -> anyhow::Result<()> {
+    let location = &layout.location;
+    if layout.json_lines {
         let opts = JsonReadOptions { file_extension: ".jsonl", ..Default::default() };
-        ctx.register_json(name, &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
+        ctx.register_json(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
         return Ok(());
     }
-    let partitions = if has_date_partitions(path) { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
+    let partitions = if layout.date_partitions { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
     let opts = ParquetReadOptions::default().table_partition_cols(partitions);
-    ctx.register_parquet(name, &location, opts).await.with_context(|| format!("table `{name}` at {}", path.display()))?;
+    ctx.register_parquet(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tributary::serve::{Lake, Limits, Tables};
 
-async fn start(data: &std::path::Path, limits: Limits) -> (SocketAddr, CancellationToken) {
+async fn start_server(data: &std::path::Path, limits: Limits) -> (SocketAddr, CancellationToken) {
     let addr = common::free_addr();
     let stop = CancellationToken::new();
     let lake = Lake::new(Tables::Folder(data.to_path_buf()), limits, false).unwrap();
@@ -22,7 +22,7 @@ async fn start(data: &std::path::Path, limits: Limits) -> (SocketAddr, Cancellat
 async fn fixture(limits: Limits) -> (tempfile::TempDir, SocketAddr, CancellationToken) {
     let dir = tempfile::tempdir().unwrap();
     common::lake::write_fixture(dir.path());
-    let (addr, stop) = start(dir.path(), limits).await;
+    let (addr, stop) = start_server(dir.path(), limits).await;
     (dir, addr, stop)
 }
 
@@ -303,11 +303,43 @@ async fn an_answer_too_big_is_refused_with_a_bin_that_fits() {
 
 #[tokio::test]
 async fn a_query_past_the_timeout_is_stopped_with_503() {
-    let (_dir, addr, _stop) = fixture(Limits { query_timeout: Duration::ZERO, ..Limits::default() }).await;
-    let (status, answer) =
-        series(addr, &[("table", "latency"), ("value", "ms"), ("from", "2026-11-01T00:00:00Z"), ("to", "2026-11-01T00:05:00Z")]).await;
-    assert_eq!(status, 503);
-    assert_eq!(answer["errors"][0]["message"], "stopped after 0ns (the server's query timeout)");
+    // Two million rows, p99 per second: hundreds of milliseconds of work against a 10 ms limit (a
+    // zero limit is not enough: a tiny query can finish before the timer's first tick).
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2_000_000i64;
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().timestamp_micros();
+    let schema = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new(
+            "ts",
+            datafusion::arrow::datatypes::DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+            false,
+        ),
+        datafusion::arrow::datatypes::Field::new("ms", datafusion::arrow::datatypes::DataType::Float64, false),
+    ]));
+    let batch = datafusion::arrow::array::RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from_iter_values((0..n).map(|i| start + i * 1000))),
+            std::sync::Arc::new(datafusion::arrow::array::Float64Array::from_iter_values((0..n).map(|i| ((i * 7919) % 1000) as f64))),
+        ],
+    )
+    .unwrap();
+    common::lake::write_parquet(&dir.path().join("big/part-0.parquet"), &batch);
+    let (addr, _stop) = start_server(dir.path(), Limits { query_timeout: Duration::from_millis(10), ..Limits::default() }).await;
+    let (status, answer) = series(
+        addr,
+        &[
+            ("table", "big"),
+            ("value", "ms"),
+            ("agg", "p99"),
+            ("bin", "1s"),
+            ("from", "2026-11-01T00:00:00Z"),
+            ("to", "2026-11-01T00:40:00Z"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["errors"][0]["message"], "stopped after 10ms (the server's query timeout)");
 }
 
 #[tokio::test]
@@ -419,7 +451,7 @@ sinks:
 #[tokio::test]
 async fn two_servers_over_one_folder_answer_alike_and_see_a_new_file_at_once() {
     let (dir, first, _stop1) = fixture(Limits::default()).await;
-    let (second, _stop2) = start(dir.path(), Limits::default()).await;
+    let (second, _stop2) = start_server(dir.path(), Limits::default()).await;
     let day = [("table", "latency"), ("value", "ms"), ("agg", "count"), ("bin", "1d"), ("from", "2026-11-01"), ("to", "2026-11-02")];
     let count = |answer: &Value| answer["series"][0]["points"][0][1].clone();
     let (a, b) = (series(first, &day).await.1, series(second, &day).await.1);

@@ -77,19 +77,21 @@ impl Lake {
         Ok(Lake { tables, limits, runtime, live })
     }
 
-    fn decls(&self) -> Vec<TableDecl> {
+    /// The tables, looked up afresh (folder walks on the blocking pool: on a pipeline's admin
+    /// address they would otherwise hold up the pipeline's own tasks).
+    async fn decls(&self) -> Vec<TableDecl> {
         match &self.tables {
-            Tables::Folder(dir) => crate::query::discover_tables(dir, &[])
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(name, path)| TableDecl { name, path, time_column: None })
-                .collect(),
+            Tables::Folder(dir) => {
+                let dir = dir.clone();
+                let found = tokio::task::spawn_blocking(move || crate::query::discover_tables(&dir, &[]).unwrap_or_default()).await;
+                found.unwrap_or_default().into_iter().map(|(name, path)| TableDecl { name, path, time_column: None }).collect()
+            }
             Tables::Outputs(decls) => decls.clone(),
         }
     }
 
-    fn find(&self, name: &str) -> Result<TableDecl, ParamError> {
-        let decls = self.decls();
+    async fn find(&self, name: &str) -> Result<TableDecl, ParamError> {
+        let decls = self.decls().await;
         decls.iter().find(|d| d.name == name).cloned().ok_or_else(|| {
             let names: Vec<&str> = decls.iter().map(|d| d.name.as_str()).collect();
             ParamError::new("table", format!("no table `{name}` (tables: {})", names.join(", ")))
@@ -98,14 +100,19 @@ impl Lake {
 
     /// A session holding this one table only (so `where` cannot reach another), on all cores.
     async fn open(&self, decl: &TableDecl) -> anyhow::Result<Option<DataFrame>> {
-        if !crate::query::contains_parquet(&decl.path) && !crate::query::contains_json_lines(&decl.path) {
-            return Ok(None);
-        }
+        let (name, path) = (decl.name.clone(), decl.path.clone());
+        let layout = match tokio::task::spawn_blocking(move || crate::query::layout(&name, &path)).await? {
+            Ok(layout) if layout.has_files => layout,
+            // A sink's folder that does not exist yet holds no files either.
+            Ok(_) => return Ok(None),
+            Err(_) if !decl.path.exists() => return Ok(None),
+            Err(e) => return Err(e),
+        };
         let mut config = SessionConfig::new().with_information_schema(false);
         // Row filters inside the Parquet reader: a `where key IN (…)` skips decoding the other rows.
         config.options_mut().execution.parquet.pushdown_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
-        crate::query::register(&ctx, &decl.name, &decl.path).await?;
+        crate::query::register_layout(&ctx, &decl.name, &layout).await?;
         Ok(Some(ctx.table(decl.name.as_str()).await?))
     }
 }
@@ -159,7 +166,7 @@ async fn get_series(State(lake): State<Arc<Lake>>, Query(pairs): Query<Vec<(Stri
         Err(e) => (e, None),
     };
     let decl = match table.as_deref().filter(|t| !t.trim().is_empty()) {
-        Some(t) => match lake.find(t.trim()) {
+        Some(t) => match lake.find(t.trim()).await {
             Ok(d) => Some(d),
             Err(e) => {
                 problems.push(e);

@@ -16,7 +16,7 @@ use super::{series, Lake, TableDecl};
 /// Every table, in name order.
 pub async fn describe_all(lake: &Lake) -> anyhow::Result<Value> {
     let mut out = Vec::new();
-    for decl in lake.decls() {
+    for decl in lake.decls().await {
         out.push(describe(lake, &decl).await?);
     }
     Ok(json!({ "tables": out }))
