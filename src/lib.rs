@@ -52,7 +52,7 @@ fn parquet_outputs(file: &PipelineFile) -> Vec<serve::TableDecl> {
             Some(serve::TableDecl {
                 name: c.id.clone(),
                 path: path.into(),
-                time_column: Some(text(&c.options, "time_column").unwrap_or_else(|| "ts".into())),
+                time_column: Some(text(&c.options, "time_column").unwrap_or_else(tributary_parquet::default_time_column)),
             })
         })
         .collect()

@@ -158,22 +158,24 @@ fn timeout_error(lake: &Lake) -> ParamError {
 
 async fn get_series(State(lake): State<Arc<Lake>>, Query(pairs): Query<Vec<(String, String)>>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let table = pairs.iter().find(|(k, _)| k == "table").map(|(_, v)| v.clone());
+    // The columns the request names, read once: the table to look up, and its checks when the
+    // other parameters fail.
+    let refs = series::ColumnRefs::from_pairs(&pairs);
     let parsed = params::parse(&pairs, chrono::Utc::now(), accept);
     // The table's own checks join the parameter errors, so one answer names every problem.
     let (mut problems, params) = match parsed {
         Ok(p) => (Vec::new(), Some(p)),
         Err(e) => (e, None),
     };
-    let decl = match table.as_deref().filter(|t| !t.trim().is_empty()) {
-        Some(t) => match lake.find(t.trim()).await {
+    let decl = match refs.table.as_str() {
+        "" => None,
+        t => match lake.find(t).await {
             Ok(d) => Some(d),
             Err(e) => {
                 problems.push(e);
                 None
             }
         },
-        None => None,
     };
     let limits = lake.limits;
     let (params, decl) = match (params, decl) {
@@ -182,7 +184,6 @@ async fn get_series(State(lake): State<Arc<Lake>>, Query(pairs): Query<Vec<(Stri
             if let Some(decl) = decl {
                 // Name the table's problems too (unknown columns, a `where` that does not plan).
                 if let Ok(Ok(Some(df))) = tokio::time::timeout(limits.query_timeout, lake.open(&decl)).await {
-                    let refs = series::ColumnRefs::from_pairs(&pairs);
                     problems.extend(series::check_columns(&refs, df, decl.time_column.as_deref()).errors);
                 }
             }

@@ -216,8 +216,9 @@ impl Source for FileSource {
         let mut buf: Vec<u8> = Vec::with_capacity(chunk * 2);
         let mut offset: u64 = resume.offset; // bytes of the file consumed into `buf` so far
         let mut line_no = resume.line; // line number of buf's first line
-                                       // Chunks in flight: twice the cores, so a core that finishes one finds the next already read
-                                       // (the decoders themselves are limited to one per core by `decode_off_reactor`).
+
+        // Chunks in flight: twice the cores, so a core that finishes one finds the next already read
+        // (the decoders themselves are limited to one per core by `decode_off_reactor`).
         let in_flight = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut decoding = VecDeque::with_capacity(in_flight);
         loop {

@@ -77,7 +77,8 @@ fn default_max_partitions() -> usize {
 fn yes() -> bool {
     true
 }
-fn default_time_column() -> String {
+/// `time_column` when unset (the chart server assumes it for a sink that sets none).
+pub fn default_time_column() -> String {
     "ts".into()
 }
 fn default_max_rows() -> usize {
