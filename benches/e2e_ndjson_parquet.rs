@@ -47,7 +47,8 @@ fn generate(path: &Path, n: usize) {
 
 fn count_parquet_rows(dir: &Path) -> usize {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let tables = vec![("t".to_string(), dir.to_path_buf())];
+    let location = tributary_parquet::store::ObjectLocation::local(dir).unwrap();
+    let tables = vec![tributary::query::Table { name: "t".into(), location }];
     let batches = rt.block_on(tributary::query::run_query("SELECT count(*) FROM t", &tables)).unwrap();
     let col = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
     col.value(0) as usize

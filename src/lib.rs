@@ -43,17 +43,19 @@ pub enum StartError {
 /// `admin` overrides the file's `admin.address`.
 /// The pipeline's `parquet` sinks as chart tables, named after the sinks.
 fn parquet_outputs(file: &PipelineFile) -> Vec<serve::TableDecl> {
-    let text = |v: &serde_yaml::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+    use tributary_parquet::store::{parse_location, Location, ObjectLocation};
     file.components
         .iter()
         .filter(|c| c.kind == config::Kind::Sink && c.type_name == "parquet")
         .filter_map(|c| {
-            let path = text(&c.options, "path")?;
-            Some(serve::TableDecl {
-                name: c.id.clone(),
-                path: path.into(),
-                time_column: Some(text(&c.options, "time_column").unwrap_or_else(tributary_parquet::default_time_column)),
-            })
+            // The sink's own config (validated already): its place, store options and time column.
+            let cfg: tributary_parquet::ParquetSinkConfig =
+                tributary_sdk::ComponentConfig::new(c.id.clone(), c.options.clone()).decode().ok()?;
+            let location = match parse_location(&cfg.path, &cfg.storage).ok()? {
+                Location::Folder(folder) => ObjectLocation::local(&folder).ok()?,
+                Location::Objects(objects) => objects,
+            };
+            Some(serve::TableDecl { name: c.id.clone(), location, time_column: Some(cfg.time_column) })
         })
         .collect()
 }

@@ -1,14 +1,18 @@
 //! `tributary query`: DataFusion SQL over Parquet output. Every folder under the data directory
 //! is a table named after it (`./data/probes` → `probes`), with `date=` partitions as a column. A
 //! folder of JSON-lines files (`*.jsonl`, such as the default dead-letter store
-//! `./data/dead_letters`) is a table too.
-
-use std::path::{Path, PathBuf};
+//! `./data/dead_letters`) is a table too. The data folder may be an object store prefix
+//! (`s3://bucket/lake`): the same layout, listed level by level, never the whole bucket.
 
 use anyhow::{bail, Context};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
 use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use tributary_parquet::store::{parse_location, Location, ObjectLocation, StorageOptions};
 
 /// Output format of query results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,104 +22,173 @@ pub enum QueryFormat {
     Json,
 }
 
-/// Tables found under `data_dir`, plus explicit `name=path` ones.
-pub fn discover_tables(data_dir: &Path, explicit: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// A table: its name and where its files are.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub location: ObjectLocation,
+}
+
+/// `--data` or a `--table` path: a folder, or an object store URL (`s3://bucket/prefix`) reached
+/// with the provider's environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …).
+pub fn data_location(data: &str) -> anyhow::Result<ObjectLocation> {
+    match parse_location(data, &StorageOptions::default()).map_err(|e| anyhow::anyhow!("`{data}`: {}", e.message))? {
+        Location::Folder(folder) => ObjectLocation::local(&folder).map_err(anyhow::Error::msg),
+        Location::Objects(objects) => Ok(objects),
+    }
+}
+
+/// Tables found under `root` (one listing with a delimiter: its sub-folders), plus explicit
+/// `name=path` ones.
+pub async fn discover_tables(root: &ObjectLocation, explicit: &[String]) -> anyhow::Result<Vec<Table>> {
     let mut tables = Vec::new();
     for t in explicit {
         let (name, path) = t.split_once('=').with_context(|| format!("--table `{t}`: expected NAME=PATH"))?;
-        tables.push((name.to_string(), PathBuf::from(path)));
+        tables.push(Table { name: name.to_string(), location: data_location(path).with_context(|| format!("--table `{t}`"))? });
     }
-    if data_dir.is_dir() {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
-        dirs.sort();
-        for d in dirs {
-            let name: String = d
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-                .collect();
-            if !tables.iter().any(|(n, _)| *n == name) && (contains_parquet(&d) || contains_json_lines(&d)) {
-                tables.push((name, d));
-            }
+    let mut folders = list(root).await.with_context(|| format!("listing {}", root.url()))?.common_prefixes;
+    folders.sort();
+    for folder in folders {
+        let name: String = folder
+            .filename()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        let location = ObjectLocation { prefix: folder, ..root.clone() };
+        if !tables.iter().any(|t: &Table| t.name == name) && layout(&location).await?.has_files {
+            tables.push(Table { name, location });
         }
     }
     if tables.is_empty() {
         bail!(
             "no tables: `{}` has no folders with Parquet files (run a pipeline with a parquet sink first, or pass --table NAME=PATH)",
-            data_dir.display()
+            shown(root)
         );
     }
     Ok(tables)
 }
 
-fn contains_parquet(dir: &Path) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-        let p = e.path();
-        (p.is_dir() && contains_parquet(&p))
-            || p.extension().is_some_and(|x| x == "parquet") && !e.file_name().to_string_lossy().starts_with('.')
-    })
+/// A location as a user wrote it: a local folder as a path, a bucket as its URL.
+fn shown(location: &ObjectLocation) -> String {
+    match location.is_local() {
+        true => format!("/{}", location.prefix),
+        false => location.url(),
+    }
 }
 
-/// A folder with `*.jsonl` files directly in it (and no Parquet: that takes precedence).
-fn contains_json_lines(dir: &Path) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+/// One level of `location` (a missing local folder lists as empty).
+async fn list(location: &ObjectLocation) -> anyhow::Result<object_store::ListResult> {
+    match location.store.list_with_delimiter(Some(&location.prefix)).await {
+        Err(object_store::Error::NotFound { .. }) => Ok(object_store::ListResult { common_prefixes: vec![], objects: vec![] }),
+        other => Ok(other?),
+    }
 }
 
-fn has_date_partitions(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("date="))
+/// A finished Parquet file (not a hidden temporary).
+fn is_parquet(path: &ObjectPath) -> bool {
+    path.filename().is_some_and(|f| f.ends_with(".parquet") && !f.starts_with('.'))
 }
 
-/// What a table folder holds, found with blocking file-system calls.
+/// What a table's place holds.
 #[derive(Debug, Clone)]
 pub struct TableLayout {
-    /// The folder as a DataFusion location (absolute, ending in `/`).
-    location: String,
+    pub location: ObjectLocation,
     /// JSON-lines files (the dead-letter store) and no Parquet.
-    json_lines: bool,
+    pub json_lines: bool,
     /// `date=` sub-folders: a `date` partition column.
     date_partitions: bool,
+    /// Those folders, in date order.
+    pub dates: Vec<ObjectPath>,
+    /// The newest Parquet file found, whose schema is the table's: reading it alone instead of
+    /// every file's footer keeps a query from listing the whole table (only the dates it keeps).
+    sample: Option<object_store::ObjectMeta>,
     /// Any Parquet or JSON-lines file at all.
     pub has_files: bool,
 }
 
-/// Look at the folder `path` (blocking: call it off the async threads where that matters).
-pub fn layout(name: &str, path: &Path) -> anyhow::Result<TableLayout> {
-    let location = format!("{}/", path.canonicalize().with_context(|| format!("table `{name}`: {}", path.display()))?.display());
-    let parquet = contains_parquet(path);
-    let json_lines = !parquet && contains_json_lines(path);
-    Ok(TableLayout { location, json_lines, date_partitions: has_date_partitions(path), has_files: parquet || json_lines })
+/// Look at a table's place: one listing of its level; when the Parquet files are in `date=`
+/// folders, one listing of the newest; in other sub-folders, a listing below until the first file.
+pub async fn layout(location: &ObjectLocation) -> anyhow::Result<TableLayout> {
+    let level = list(location).await.with_context(|| format!("listing {}", location.url()))?;
+    let mut dates: Vec<ObjectPath> =
+        level.common_prefixes.iter().filter(|p| p.filename().is_some_and(|f| f.starts_with("date="))).cloned().collect();
+    dates.sort();
+    // `date=unknown` (rows without a time) sorts after every date: the newest is the last dated one.
+    let newest_date = dates.iter().rev().find(|p| p.filename() != Some("date=unknown")).or(dates.last()).cloned();
+    let date_partitions = !dates.is_empty();
+    let newest_file =
+        |objects: &[object_store::ObjectMeta]| objects.iter().filter(|o| is_parquet(&o.location)).max_by_key(|o| o.last_modified).cloned();
+    let mut sample = newest_file(&level.objects);
+    if let (None, Some(date)) = (&sample, &newest_date) {
+        let newest = ObjectLocation { prefix: date.clone(), ..location.clone() };
+        sample = newest_file(&list(&newest).await.with_context(|| format!("listing {}", newest.url()))?.objects);
+    }
+    if sample.is_none() && !level.common_prefixes.is_empty() {
+        let mut below = location.store.list(Some(&location.prefix));
+        while let Some(object) = below.try_next().await.with_context(|| format!("listing {}", location.url()))? {
+            if is_parquet(&object.location) {
+                sample = Some(object);
+                break;
+            }
+        }
+    }
+    let json_lines = sample.is_none() && level.objects.iter().any(|o| o.location.extension() == Some("jsonl"));
+    let has_files = sample.is_some() || json_lines;
+    Ok(TableLayout { location: location.clone(), json_lines, date_partitions, dates, sample, has_files })
 }
 
-/// Register the table at `path` (Parquet, with `date=` partitions as a column, or JSON lines) in `ctx`.
-pub async fn register(ctx: &datafusion::prelude::SessionContext, name: &str, path: &Path) -> anyhow::Result<()> {
-    register_layout(ctx, name, &layout(name, path)?).await
+/// Register the table (Parquet, with `date=` partitions as a column, or JSON lines) in `ctx`.
+pub async fn register(ctx: &datafusion::prelude::SessionContext, table: &Table) -> anyhow::Result<()> {
+    register_layout(ctx, &table.name, &layout(&table.location).await?).await
 }
 
-/// Register a table whose folder [`layout`] looked at.
+/// Register a table whose place [`layout`] looked at.
 pub async fn register_layout(ctx: &datafusion::prelude::SessionContext, name: &str, layout: &TableLayout) -> anyhow::Result<()> {
-    let location = &layout.location;
+    if !layout.location.is_local() {
+        ctx.register_object_store(&layout.location.store_url, layout.location.store.clone());
+    }
+    let location = &layout.location.url();
     if layout.json_lines {
         let opts = JsonReadOptions { file_extension: ".jsonl", ..Default::default() };
         ctx.register_json(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
         return Ok(());
     }
     let partitions = if layout.date_partitions { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
-    let opts = ParquetReadOptions::default().table_partition_cols(partitions);
+    let schema = file_schema(ctx, name, layout).await?;
+    let mut opts = ParquetReadOptions::default().table_partition_cols(partitions);
+    if let Some(schema) = &schema {
+        opts = opts.schema(schema);
+    }
     ctx.register_parquet(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
     Ok(())
 }
 
+/// The table's file schema (without `date`), from its newest file only.
+pub async fn file_schema(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    layout: &TableLayout,
+) -> anyhow::Result<Option<datafusion::arrow::datatypes::SchemaRef>> {
+    let Some(file) = &layout.sample else { return Ok(None) };
+    // With the session's Parquet options, as DataFusion's own inference would (view types).
+    let schema = parquet_format(ctx)
+        .infer_schema(&ctx.state(), &layout.location.store, std::slice::from_ref(file))
+        .await
+        .with_context(|| format!("table `{name}`: reading the schema of {}", file.location))?;
+    Ok(Some(schema))
+}
+
+/// Parquet as this session reads it.
+pub fn parquet_format(ctx: &datafusion::prelude::SessionContext) -> ParquetFormat {
+    ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone())
+}
+
 /// Run `sql` over the tables and return the result batches.
-pub async fn run_query(sql: &str, tables: &[(String, PathBuf)]) -> anyhow::Result<Vec<RecordBatch>> {
+pub async fn run_query(sql: &str, tables: &[Table]) -> anyhow::Result<Vec<RecordBatch>> {
     let ctx = crate::sql::session();
-    for (name, path) in tables {
-        register(&ctx, name, path).await?;
+    for table in tables {
+        register(&ctx, table).await?;
     }
     let df = ctx.sql(sql).await?;
     Ok(df.collect().await?)

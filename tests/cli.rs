@@ -238,7 +238,8 @@ fn sigterm_during_http_ingest_loses_nothing_that_was_accepted() {
 
     let accepted: BTreeSet<i64> = accepted.lock().unwrap().iter().copied().collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let tables = tributary::query::discover_tables(&dir.path().join("data"), &[]).unwrap();
+    let root = tributary_parquet::store::ObjectLocation::local(&dir.path().join("data")).unwrap();
+    let tables = rt.block_on(tributary::query::discover_tables(&root, &[])).unwrap();
     let batches = rt.block_on(tributary::query::run_query("SELECT req, count(*) AS n FROM rows GROUP BY req", &tables)).unwrap();
     let mut written = BTreeSet::new();
     for b in &batches {

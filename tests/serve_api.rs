@@ -13,7 +13,7 @@ use tributary::serve::{Lake, Limits, Tables};
 async fn start_server(data: &std::path::Path, limits: Limits) -> (SocketAddr, CancellationToken) {
     let addr = common::free_addr();
     let stop = CancellationToken::new();
-    let lake = Lake::new(Tables::Folder(data.to_path_buf()), limits, false).unwrap();
+    let lake = Lake::new(Tables::Under(tributary_parquet::store::ObjectLocation::local(data).unwrap()), limits, false).unwrap();
     tokio::spawn(tributary::serve::serve(addr, lake, stop.clone()));
     common::wait_for_port(addr).await;
     (addr, stop)

@@ -61,9 +61,11 @@ pub enum Command {
     /// Run SQL over Parquet output: every folder under --data is a table.
     Query {
         sql: String,
-        /// Folder whose sub-folders are tables (default `./data`).
+        /// Folder whose sub-folders are tables (default `./data`), or an object store prefix
+        /// (`s3://bucket/lake`; endpoint and credentials from `AWS_ENDPOINT_URL`,
+        /// `AWS_ACCESS_KEY_ID`, … as for the parquet sink).
         #[arg(long, default_value = "data")]
-        data: PathBuf,
+        data: String,
         /// Extra table, `NAME=PATH` (repeatable).
         #[arg(long = "table", value_name = "NAME=PATH")]
         tables: Vec<String>,
@@ -72,9 +74,10 @@ pub enum Command {
     },
     /// Serve charts of the Parquet outputs: a page at `/`, `/api/tables` and `/api/series`.
     Serve {
-        /// Folder whose sub-folders are tables (default `./data`).
+        /// Folder whose sub-folders are tables (default `./data`), or an object store prefix
+        /// (`s3://bucket/lake`), as for `query`.
         #[arg(long, default_value = "data")]
-        data: PathBuf,
+        data: String,
         #[arg(long, default_value = "127.0.0.1:9600")]
         address: SocketAddr,
         /// Bins × series one `/api/series` answer holds at most; more is refused with a bin that fits.
@@ -223,9 +226,9 @@ async fn test(files: &[std::path::PathBuf]) -> ExitCode {
     }
 }
 
-async fn query(sql: &str, data: &std::path::Path, tables: &[String], format: QueryFormat) -> ExitCode {
+async fn query(sql: &str, data: &str, tables: &[String], format: QueryFormat) -> ExitCode {
     let result = async {
-        let tables = crate::query::discover_tables(data, tables)?;
+        let tables = crate::query::discover_tables(&crate::query::data_location(data)?, tables).await?;
         let batches = crate::query::run_query(sql, &tables).await?;
         crate::query::render(&batches, format)
     }
@@ -239,13 +242,15 @@ async fn query(sql: &str, data: &std::path::Path, tables: &[String], format: Que
     }
 }
 
-async fn serve(data: PathBuf, address: SocketAddr, max_points: u64, query_timeout: Duration) -> ExitCode {
+async fn serve(data: String, address: SocketAddr, max_points: u64, query_timeout: Duration) -> ExitCode {
     let shutdown = CancellationToken::new();
     spawn_stop_triggers(shutdown.clone(), None);
     let limits = crate::serve::Limits { max_points, query_timeout };
-    let result =
-        async { crate::serve::serve(address, crate::serve::Lake::new(crate::serve::Tables::Folder(data), limits, false)?, shutdown).await }
-            .await;
+    let result = async {
+        let tables = crate::serve::Tables::Under(crate::query::data_location(&data)?);
+        crate::serve::serve(address, crate::serve::Lake::new(tables, limits, false)?, shutdown).await
+    }
+    .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(format!("{e:#}")),

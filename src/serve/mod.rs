@@ -7,7 +7,6 @@
 //! per process, keyed by file path, size and modification time.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +15,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::MemTable;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use object_store::path::Path as ObjectPath;
 use tokio_util::sync::CancellationToken;
+use tributary_parquet::store::ObjectLocation;
 
 pub mod params;
 pub mod series;
@@ -26,11 +29,11 @@ mod tables;
 
 use params::ParamError;
 
-/// One table of the lake: a folder of Parquet files (or JSON lines).
+/// One table of the lake: a folder or object store prefix of Parquet files (or JSON lines).
 #[derive(Debug, Clone)]
 pub struct TableDecl {
     pub name: String,
-    pub path: PathBuf,
+    pub location: ObjectLocation,
     /// The pipeline's `time_column` for its sinks; found from the schema otherwise.
     pub time_column: Option<String>,
 }
@@ -38,8 +41,8 @@ pub struct TableDecl {
 /// Where the tables come from.
 #[derive(Debug, Clone)]
 pub enum Tables {
-    /// Every folder under this one (looked up per request).
-    Folder(PathBuf),
+    /// Every folder (or object store prefix) under this one, looked up per request.
+    Under(ObjectLocation),
     /// A pipeline's `parquet` sinks, named after them.
     Outputs(Vec<TableDecl>),
 }
@@ -77,14 +80,13 @@ impl Lake {
         Ok(Lake { tables, limits, runtime, live })
     }
 
-    /// The tables, looked up afresh (folder walks on the blocking pool: on a pipeline's admin
-    /// address they would otherwise hold up the pipeline's own tasks).
+    /// The tables, looked up afresh (object_store lists local folders on the blocking pool: on a
+    /// pipeline's admin address they would otherwise hold up the pipeline's own tasks).
     async fn decls(&self) -> Vec<TableDecl> {
         match &self.tables {
-            Tables::Folder(dir) => {
-                let dir = dir.clone();
-                let found = tokio::task::spawn_blocking(move || crate::query::discover_tables(&dir, &[]).unwrap_or_default()).await;
-                found.unwrap_or_default().into_iter().map(|(name, path)| TableDecl { name, path, time_column: None }).collect()
+            Tables::Under(root) => {
+                let found = crate::query::discover_tables(root, &[]).await.unwrap_or_default();
+                found.into_iter().map(|t| TableDecl { name: t.name, location: t.location, time_column: None }).collect()
             }
             Tables::Outputs(decls) => decls.clone(),
         }
@@ -99,22 +101,53 @@ impl Lake {
     }
 
     /// A session holding this one table only (so `where` cannot reach another), on all cores.
-    async fn open(&self, decl: &TableDecl) -> anyhow::Result<Option<DataFrame>> {
-        let (name, path) = (decl.name.clone(), decl.path.clone());
-        let layout = match tokio::task::spawn_blocking(move || crate::query::layout(&name, &path)).await? {
-            Ok(layout) if layout.has_files => layout,
-            // A sink's folder that does not exist yet holds no files either.
-            Ok(_) => return Ok(None),
-            Err(_) if !decl.path.exists() => return Ok(None),
-            Err(e) => return Err(e),
-        };
+    /// With a `range`, a table in `date=` folders is only the folders of the range's UTC dates
+    /// (and has no `date` column): the rest is neither listed nor read.
+    async fn open(&self, decl: &TableDecl, range: Option<Range>) -> anyhow::Result<Option<DataFrame>> {
+        // A sink's folder that does not exist yet holds no files either.
+        let layout = crate::query::layout(&decl.location).await?;
+        if !layout.has_files {
+            return Ok(None);
+        }
         let mut config = SessionConfig::new().with_information_schema(false);
         // Row filters inside the Parquet reader: a `where key IN (…)` skips decoding the other rows.
         config.options_mut().execution.parquet.pushdown_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
-        crate::query::register_layout(&ctx, &decl.name, &layout).await?;
+        match range {
+            Some(range) if !layout.dates.is_empty() && !layout.json_lines => register_dates(&ctx, &decl.name, &layout, range).await?,
+            _ => crate::query::register_layout(&ctx, &decl.name, &layout).await?,
+        }
         Ok(Some(ctx.table(decl.name.as_str()).await?))
     }
+}
+
+/// `[from, to)`.
+type Range = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+
+/// Register the table as the `date=` folders holding `range` (UTC dates of `from` and of the
+/// last instant before `to`), one listing per folder.
+async fn register_dates(ctx: &SessionContext, name: &str, layout: &crate::query::TableLayout, (from, to): Range) -> anyhow::Result<()> {
+    let first = from.format("date=%Y-%m-%d").to_string();
+    let last = (to - chrono::Duration::nanoseconds(1)).format("date=%Y-%m-%d").to_string();
+    let folders: Vec<&ObjectPath> =
+        layout.dates.iter().filter(|d| d.filename().is_some_and(|f| *f >= *first && *f <= *last && f != "date=unknown")).collect();
+    let schema =
+        crate::query::file_schema(ctx, name, layout).await?.ok_or_else(|| anyhow::anyhow!("table `{name}` has no Parquet file"))?;
+    if !layout.location.is_local() {
+        ctx.register_object_store(&layout.location.store_url, layout.location.store.clone());
+    }
+    if folders.is_empty() {
+        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        return Ok(());
+    }
+    let urls = folders
+        .into_iter()
+        .map(|d| ListingTableUrl::parse(ObjectLocation { prefix: d.clone(), ..layout.location.clone() }.url()))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options = ListingOptions::new(Arc::new(crate::query::parquet_format(ctx))).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
 }
 
 /// The chart routes, to merge into a router.
@@ -183,7 +216,7 @@ async fn get_series(State(lake): State<Arc<Lake>>, Query(pairs): Query<Vec<(Stri
         (_, decl) => {
             if let Some(decl) = decl {
                 // Name the table's problems too (unknown columns, a `where` that does not plan).
-                if let Ok(Ok(Some(df))) = tokio::time::timeout(limits.query_timeout, lake.open(&decl)).await {
+                if let Ok(Ok(Some(df))) = tokio::time::timeout(limits.query_timeout, lake.open(&decl, None)).await {
                     problems.extend(series::check_columns(&refs, df, decl.time_column.as_deref()).errors);
                 }
             }
@@ -191,7 +224,7 @@ async fn get_series(State(lake): State<Arc<Lake>>, Query(pairs): Query<Vec<(Stri
         }
     };
     let work = async {
-        let df = match lake.open(&decl).await {
+        let df = match lake.open(&decl, Some((params.from, params.to))).await {
             Ok(Some(df)) => df,
             Ok(None) => {
                 return Err((StatusCode::BAD_REQUEST, vec![ParamError::new("table", format!("table `{}` has no files yet", decl.name))]))

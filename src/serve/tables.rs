@@ -23,7 +23,7 @@ pub async fn describe_all(lake: &Lake) -> anyhow::Result<Value> {
 }
 
 async fn describe(lake: &Lake, decl: &TableDecl) -> anyhow::Result<Value> {
-    let Some(df) = lake.open(decl).await? else {
+    let Some(df) = lake.open(decl, None).await? else {
         return Ok(json!({ "name": decl.name, "columns": [], "time_column": decl.time_column, "first": null, "last": null, "rows": 0 }));
     };
     let columns: Vec<Value> = df

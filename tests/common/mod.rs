@@ -30,7 +30,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Run SQL over the Parquet tables under `data` and render the result as a table.
 pub async fn query(data: &Path, sql: &str) -> String {
-    let tables = tributary::query::discover_tables(data, &[]).unwrap();
+    let tables = tributary::query::discover_tables(&tributary_parquet::store::ObjectLocation::local(data).unwrap(), &[]).await.unwrap();
     let batches = tributary::query::run_query(sql, &tables).await.unwrap();
     pretty_format_batches(&batches).unwrap().to_string()
 }
@@ -38,7 +38,7 @@ pub async fn query(data: &Path, sql: &str) -> String {
 /// The one integer a `SELECT count(*) …` over the Parquet tables under `data` answers.
 pub async fn query_count(data: &Path, sql: &str) -> i64 {
     use datafusion::arrow::array::AsArray;
-    let tables = tributary::query::discover_tables(data, &[]).unwrap();
+    let tables = tributary::query::discover_tables(&tributary_parquet::store::ObjectLocation::local(data).unwrap(), &[]).await.unwrap();
     let batches = tributary::query::run_query(sql, &tables).await.unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "{sql}");
     let batch = batches.iter().find(|b| b.num_rows() == 1).unwrap();
@@ -230,11 +230,24 @@ impl CuttableProxy {
     }
 }
 
-/// XADDs one high-score entry per number in `range` (user `u-<n>`, score `<n>`).
+/// XADDs one high-score entry per number in `range` (user `u-<n>`, score `<n>`). A Redis that was
+/// just restarted answers `LOADING` until it is ready: such an entry is sent again.
 pub async fn xadd_scores(conn: &mut redis::aio::MultiplexedConnection, stream: &str, range: std::ops::RangeInclusive<u32>) {
     for i in range {
         let payload = format!(r#"{{"user_uuid":"u-{i}","mac_address":"aa","event":"high-score","high_scores":[["BO",{i},10]]}}"#);
-        let _: String = conn.xadd(stream, "*", &[("channel", "high-score-processor"), ("payload", payload.as_str())]).await.unwrap();
+        let mut attempts = 0;
+        loop {
+            let sent: redis::RedisResult<String> =
+                conn.xadd(stream, "*", &[("channel", "high-score-processor"), ("payload", payload.as_str())]).await;
+            match sent {
+                Ok(_) => break,
+                Err(e) if e.kind() == redis::ErrorKind::BusyLoadingError && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("XADD to {stream}: {e}"),
+            }
+        }
     }
 }
 

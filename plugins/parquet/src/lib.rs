@@ -5,6 +5,10 @@
 //! a file is written whole — hidden temporary name, fsync, rename — so a reader never sees a partial
 //! file, and a write that fails leaves nothing behind and loses nothing: the encoded file stays
 //! buffered and the engine retries.
+//!
+//! `path` may also be an object store URL (`s3://bucket/prefix`, `gs://…`, `az://…`): each file is
+//! then one upload (a single PUT, or a multipart upload for files over `part_size`), which the
+//! store makes visible only once complete, and the rows' acks wait for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -14,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use datafusion::arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -21,6 +26,9 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression as PqCompression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::{
@@ -41,8 +49,16 @@ pub enum Compression {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
-    /// Directory of this sink's files (created if missing).
-    pub path: PathBuf,
+    /// Folder of this sink's files (created if missing), or an object store URL:
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+    pub path: String,
+    /// How to reach the object store (endpoint, region, credentials, retries); see the README.
+    #[serde(default)]
+    pub storage: store::StorageOptions,
+    /// Files larger than this are uploaded to an object store in parts of this size, several at
+    /// once (default 8MiB; at least 5MiB, S3's smallest part).
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
     /// Partition files into `date=YYYY-MM-DD/` folders by the time column's UTC date (default true).
     #[serde(default = "yes")]
     pub partition_by_date: bool,
@@ -70,6 +86,10 @@ pub struct ParquetSinkConfig {
     pub max_partitions: usize,
 }
 
+fn default_part_size() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
 fn default_max_partitions() -> usize {
     256
 }
@@ -77,8 +97,7 @@ fn default_max_partitions() -> usize {
 fn yes() -> bool {
     true
 }
-/// `time_column` when unset (the chart server assumes it for a sink that sets none).
-pub fn default_time_column() -> String {
+fn default_time_column() -> String {
     "ts".into()
 }
 fn default_max_rows() -> usize {
@@ -133,6 +152,13 @@ impl SinkPlugin for ParquetSinkPlugin {
         if cfg.max_rows == 0 {
             return Err(ConfigError::at("max_rows", "must be at least 1"));
         }
+        if cfg.part_size.0 < 5 << 20 {
+            return Err(ConfigError::at("part_size", "must be at least 5MiB (the smallest part S3 takes)"));
+        }
+        let target = match store::parse_location(&cfg.path, &cfg.storage)? {
+            store::Location::Folder(folder) => Target::Folder(folder),
+            store::Location::Objects(lake) => Target::Objects(lake),
+        };
         if cfg.file_prefix.is_empty() || cfg.file_prefix.contains(['/', '\\']) || cfg.file_prefix.starts_with('.') {
             return Err(ConfigError::at("file_prefix", "must be a plain file name prefix"));
         }
@@ -148,7 +174,7 @@ impl SinkPlugin for ParquetSinkPlugin {
             .build();
         ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))
             .map_err(|e| ConfigError::at("inputs", format!("these columns cannot be written as Parquet: {e}")))?;
-        Ok(Box::new(ParquetSink { cfg, schema, time_index, props, buffered: BTreeMap::new() }))
+        Ok(Box::new(ParquetSink { cfg, target, schema, time_index, props, buffered: BTreeMap::new() }))
     }
 }
 
@@ -164,7 +190,7 @@ struct Partition {
 enum PartitionFile {
     // Boxed: the writer is ~360 bytes, the finished bytes a Vec.
     Encoding(Box<ArrowWriter<Vec<u8>>>),
-    Encoded(Vec<u8>),
+    Encoded(Bytes),
 }
 
 impl Partition {
@@ -182,10 +208,12 @@ impl Partition {
     }
 
     /// The whole file (footer included).
-    fn finish(&mut self) -> anyhow::Result<&[u8]> {
+    fn finish(&mut self) -> anyhow::Result<&Bytes> {
         if let PartitionFile::Encoding(_) = self.file {
-            let PartitionFile::Encoding(w) = std::mem::replace(&mut self.file, PartitionFile::Encoded(Vec::new())) else { unreachable!() };
-            self.file = PartitionFile::Encoded(w.into_inner().context("finishing the Parquet file")?);
+            let PartitionFile::Encoding(w) = std::mem::replace(&mut self.file, PartitionFile::Encoded(Bytes::new())) else {
+                unreachable!()
+            };
+            self.file = PartitionFile::Encoded(w.into_inner().context("finishing the Parquet file")?.into());
         }
         match &self.file {
             PartitionFile::Encoded(bytes) => Ok(bytes),
@@ -195,7 +223,7 @@ impl Partition {
 
     /// The rows, decoded back from the encoded file (when the engine takes them as dead letters).
     fn into_rows(mut self, schema: &SchemaRef) -> anyhow::Result<Vec<RecordBatch>> {
-        let bytes = bytes::Bytes::copy_from_slice(self.finish()?);
+        let bytes = self.finish()?.clone();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
         let mut rows = Vec::new();
         for b in reader {
@@ -205,8 +233,15 @@ impl Partition {
     }
 }
 
+/// Where the files go.
+enum Target {
+    Folder(PathBuf),
+    Objects(store::ObjectLocation),
+}
+
 pub struct ParquetSink {
     cfg: ParquetSinkConfig,
+    target: Target,
     schema: SchemaRef,
     time_index: Option<usize>,
     props: WriterProperties,
@@ -216,20 +251,28 @@ pub struct ParquetSink {
 
 static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// A new file's name: time-ordered, unique per process and across processes.
+fn file_name(prefix: &str) -> String {
+    format!(
+        "{}-{}-{:06}-{:08x}.parquet",
+        prefix,
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"),
+        FILE_SEQ.fetch_add(1, Ordering::Relaxed),
+        std::process::id()
+    )
+}
+
+/// Parts uploaded at once in a multipart upload.
+const PARTS_IN_FLIGHT: usize = 4;
+
 impl ParquetSink {
     /// Writes the encoded `parquet` as one new file in `partition`: under a hidden temporary name,
     /// fsynced, then renamed, so a reader never sees a partial file. On any error the temporary file
     /// is removed and nothing is visible: the encoded file stays buffered for the retry.
-    fn write_file(&self, partition: &str, parquet: &[u8], rows: usize) -> anyhow::Result<()> {
-        let dir = self.cfg.path.join(partition);
+    fn write_file(&self, folder: &Path, partition: &str, parquet: &[u8], rows: usize) -> anyhow::Result<()> {
+        let dir = folder.join(partition);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = format!(
-            "{}-{}-{:06}-{:08x}.parquet",
-            self.cfg.file_prefix,
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"),
-            FILE_SEQ.fetch_add(1, Ordering::Relaxed),
-            std::process::id()
-        );
+        let name = file_name(&self.cfg.file_prefix);
         let (tmp, target) = (dir.join(format!(".{name}.tmp")), dir.join(name));
         let written = (|| -> anyhow::Result<()> {
             let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -260,10 +303,10 @@ impl ParquetSink {
 
     /// Temporary files a crashed run left (a kill between create and rename): never visible to
     /// readers, and their rows were never acknowledged (the source sends them again), so they go.
-    fn remove_stale_temporaries(&self) -> usize {
+    fn remove_stale_temporaries(&self, folder: &Path) -> usize {
         let prefix = format!(".{}-", self.cfg.file_prefix);
         let mut removed = 0;
-        let mut folders = vec![self.cfg.path.clone()];
+        let mut folders = vec![folder.to_path_buf()];
         while let Some(dir) = folders.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
@@ -281,6 +324,50 @@ impl ParquetSink {
         }
         removed
     }
+}
+
+/// Uploads the encoded `parquet` as one new object in `partition`: one PUT, or a multipart
+/// upload for files over `part_size`. Either becomes visible only when complete; a multipart
+/// upload that fails is aborted, and the encoded file stays buffered for the retry. (Not a
+/// method: the sink's Parquet writers are not `Sync`, so a future borrowing the whole sink could
+/// not move between threads.)
+async fn upload(
+    lake: &store::ObjectLocation,
+    file_prefix: &str,
+    part_size: usize,
+    partition: &str,
+    parquet: Bytes,
+    rows: usize,
+) -> anyhow::Result<()> {
+    let mut path = lake.prefix.clone();
+    if !partition.is_empty() {
+        path = path.join(partition);
+    }
+    let path: ObjectPath = path.join(file_name(file_prefix));
+    let shown = format!("{}{}", lake.store_url, path);
+    let size = parquet.len();
+    if size <= part_size {
+        lake.store.put(&path, parquet.into()).await.with_context(|| format!("uploading {shown}"))?;
+    } else {
+        let mut upload = lake.store.put_multipart(&path).await.with_context(|| format!("starting the upload of {shown}"))?;
+        // Parts are slices of the encoded file: no copy, whatever the part count.
+        let parts: Vec<_> =
+            (0..size).step_by(part_size).map(|at| upload.put_part(parquet.slice(at..size.min(at + part_size)).into())).collect();
+        let uploaded = futures::stream::iter(parts).buffer_unordered(PARTS_IN_FLIGHT).try_collect::<Vec<()>>().await;
+        let completed = match uploaded {
+            Ok(_) => upload.complete().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = completed {
+            // Not visible either way; aborting frees the parts the store holds.
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!("could not abort the failed upload of {shown}: {abort}");
+            }
+            return Err(anyhow::Error::new(e).context(format!("uploading {shown} ({size} bytes in parts)")));
+        }
+    }
+    tracing::debug!(object = %shown, rows, bytes = size, "parquet object complete");
+    Ok(())
 }
 
 /// Rows of a batch grouped by UTC date of the time column, in first-seen order, in one pass.
@@ -321,10 +408,13 @@ fn sync_dir(dir: &Path) {
 #[async_trait::async_trait]
 impl Sink for ParquetSink {
     async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.cfg.path).with_context(|| format!("cannot create {}", self.cfg.path.display()))?;
-        let removed = self.remove_stale_temporaries();
+        // An object store needs nothing made: a key's prefixes exist once it does, and an upload an
+        // interrupted run left unfinished was never visible (a bucket lifecycle rule removes its parts).
+        let Target::Folder(folder) = &self.target else { return Ok(()) };
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+        let removed = self.remove_stale_temporaries(folder);
         if removed > 0 {
-            tracing::info!(sink = %ctx.id, removed, "removed temporary files an interrupted run left in {}", self.cfg.path.display());
+            tracing::info!(sink = %ctx.id, removed, "removed temporary files an interrupted run left in {}", folder.display());
         }
         Ok(())
     }
@@ -353,7 +443,15 @@ impl Sink for ParquetSink {
     async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
         while let Some((partition, mut p)) = self.buffered.pop_first() {
             let rows = p.rows;
-            let written = p.finish().and_then(|parquet| self.write_file(&partition, parquet, rows));
+            let written = match p.finish().cloned() {
+                Err(e) => Err(e),
+                Ok(parquet) => match &self.target {
+                    Target::Folder(folder) => self.write_file(folder, &partition, &parquet, rows),
+                    Target::Objects(lake) => {
+                        upload(lake, &self.cfg.file_prefix, self.cfg.part_size.0 as usize, &partition, parquet, rows).await
+                    }
+                },
+            };
             if let Err(e) = written {
                 self.buffered.insert(partition, p);
                 return Err(Transient::new(e));
@@ -379,5 +477,9 @@ impl Sink for ParquetSink {
     }
 }
 
+pub mod store;
+
+#[cfg(test)]
+mod s3_tests;
 #[cfg(test)]
 mod tests;

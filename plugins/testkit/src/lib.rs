@@ -2,6 +2,7 @@
 //! own tests without the engine, and the real servers the tests talk to (each checked before a
 //! test relies on it). A dev-dependency only.
 
+pub mod s3;
 pub mod test_site;
 pub use test_site::TestSite;
 
