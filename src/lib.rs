@@ -10,6 +10,7 @@ pub mod logging;
 pub mod pipeline_tests;
 pub mod plugins;
 pub mod query;
+pub mod replay;
 pub mod runtime;
 pub mod serve;
 pub mod sql;

@@ -87,6 +87,21 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         query_timeout: Duration,
     },
+    /// Feed stored dead letters back into the sink that rejected them (after fixing the cause);
+    /// prints what became of each letter. Exits 1 when any letter was not written.
+    Replay {
+        /// A dead-letter file (`./data/dead_letters/<sink>.jsonl`) or a folder of them.
+        dead_letters: PathBuf,
+        /// The pipeline file whose sink to write with.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// The sink's id.
+        #[arg(long)]
+        into: String,
+        /// Also write the letters not written (with their new reasons) to this file, to replay later.
+        #[arg(long)]
+        rejected: Option<PathBuf>,
+    },
     /// Run a local stand-in for an external API, for demos and tests.
     #[command(subcommand)]
     Simulate(Simulate),
@@ -146,6 +161,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         },
         Command::Query { sql, data, tables, format } => query(&sql, &data, &tables, format).await,
         Command::Serve { data, address, max_points, query_timeout } => serve(data, address, max_points, query_timeout).await,
+        Command::Replay { dead_letters, pipeline, into, rejected } => replay(&dead_letters, &pipeline, &into, rejected.as_deref()).await,
         Command::Simulate(Simulate::WebexMesh {
             listen,
             seed,
@@ -254,6 +270,24 @@ async fn serve(data: String, address: SocketAddr, max_points: u64, query_timeout
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(format!("{e:#}")),
+    }
+}
+
+async fn replay(dead_letters: &std::path::Path, pipeline: &std::path::Path, into: &str, rejected: Option<&std::path::Path>) -> ExitCode {
+    let report = match crate::replay::replay(dead_letters, pipeline, into).await {
+        Ok(report) => report,
+        Err(e) => return failed(format!("replay failed: {e:#}")),
+    };
+    print!("{}", report.render());
+    if let Some(path) = rejected {
+        if let Err(e) = std::fs::write(path, report.still_rejected()) {
+            return failed(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    if report.all_written() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -148,7 +148,7 @@ pub fn sigterm(child: &std::process::Child) {
 pub async fn pg() -> tokio_postgres::Client {
     let (db, conn) = tokio_postgres::connect(&tributary_testkit::test_postgres_url(), tokio_postgres::NoTls)
         .await
-        .expect("PostgreSQL must be running (see ../shared/SERVICES.md)");
+        .expect("PostgreSQL must be running (./scripts/test starts it; see docs/testing.md)");
     tokio::spawn(conn);
     db
 }

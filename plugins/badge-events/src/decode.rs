@@ -1,4 +1,4 @@
-//! The badge API's messages, normalised to one row shape (see `../shared/domain/badge-events.md`).
+//! The badge API's messages, normalised to one row shape (see this plugin's README).
 //!
 //! - `high-score-processor`: JSON with `event`; a `high-score` event expands to one row per score,
 //!   from either list form (`[{"g","s","d"}]` or `[[g, s, d]]`, games as two-letter abbreviations

@@ -1,5 +1,5 @@
 //! One parser for every line srt-live-transmit prints: JSON and CSV statistics lines, the
-//! connect and disconnect messages, and the lines to skip (see `shared/domain/srt-stats.md`).
+//! connect and disconnect messages, and the lines to skip (see this plugin's README).
 //!
 //! The JSON reader is a small single-pass scanner rather than serde: a collector follows
 //! thousands of sessions, so a stats line must cost well under 2 µs (plugins/srt-stats/benches/srt_parser.rs).

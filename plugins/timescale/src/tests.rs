@@ -17,8 +17,9 @@ fn pg_url() -> String {
 }
 
 async fn admin() -> Client {
-    let (client, conn) =
-        tokio_postgres::connect(&pg_url(), NoTls).await.expect("PostgreSQL must be running for these tests (see ../shared/SERVICES.md)");
+    let (client, conn) = tokio_postgres::connect(&pg_url(), NoTls)
+        .await
+        .expect("PostgreSQL must be running for these tests (./scripts/test starts it; see docs/testing.md)");
     tokio::spawn(conn);
     client
 }
