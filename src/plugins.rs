@@ -20,6 +20,7 @@ impl Registry {
                 Box::new(tributary_badge_events::BadgeEventsPlugin),
                 Box::new(tributary_srt_stats::SrtStatsPlugin),
                 Box::new(tributary_webex_mesh::WebexMeshPlugin),
+                Box::new(tributary_parquet::ParquetSourcePlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),

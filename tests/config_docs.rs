@@ -103,6 +103,12 @@ fn documented() -> Vec<Documented> {
             decode: decode::<tributary_parquet::ParquetSinkConfig>,
         },
         Documented {
+            readme: "plugins/parquet/README.md",
+            table: 1,
+            minimal: "{path: /tmp/x, schema: {ts: timestamp}}",
+            decode: decode::<tributary_parquet::ParquetSourceConfig>,
+        },
+        Documented {
             readme: "plugins/site-probe/README.md",
             table: 0,
             minimal: "{targets: []}",

@@ -477,9 +477,14 @@ impl Sink for ParquetSink {
     }
 }
 
+pub mod source;
 pub mod store;
+
+pub use source::{ParquetSourceConfig, ParquetSourcePlugin};
 
 #[cfg(test)]
 mod s3_tests;
+#[cfg(test)]
+mod source_tests;
 #[cfg(test)]
 mod tests;

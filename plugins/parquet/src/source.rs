@@ -1,0 +1,244 @@
+//! `parquet` source: reads a Parquet lake back in (the `date=` layout the sink writes, or any
+//! folder of Parquet files; local or in object storage) — to replay stored data through new SQL
+//! or into another sink. The declared columns are read (cast to their declared types), rows in
+//! `[from, to)` only, in event-time order: `date=` folders in date order, each folder's files
+//! merged by their time column. `read_once` ends after the last folder; `follow` then looks for
+//! new files every `poll_interval` and reads each new file once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::Column;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{cast, lit, Expr};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use serde::Deserialize;
+use tributary_sdk::{BuiltSource, ComponentConfig, ConfigError, DeclaredSchema, OutputSpec, Period, Source, SourceContext, SourcePlugin};
+
+use crate::store::{self, Location, ObjectLocation, StorageOptions};
+
+/// When the source is done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    /// Read what is there, then finish (the pipeline stops when all sources are done).
+    #[default]
+    ReadOnce,
+    /// Keep looking for new files and read each once.
+    Follow,
+}
+
+/// Config of a `parquet` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSourceConfig {
+    /// A folder or object store URL (`s3://bucket/lake/probes`): one table, with or without
+    /// `date=` folders.
+    pub path: String,
+    /// How to reach object storage (as for the sink).
+    #[serde(default)]
+    pub storage: StorageOptions,
+    /// The columns to read and their types; a file lacking one, or holding it with a type that
+    /// does not convert, stops the source with an error naming both.
+    pub schema: DeclaredSchema,
+    /// The event-time column: order and `from`/`to` (default `ts`; must be declared `timestamp`).
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    /// Earliest event time read (RFC 3339), inclusive.
+    pub from: Option<String>,
+    /// Latest event time read (RFC 3339), exclusive.
+    pub to: Option<String>,
+    #[serde(default)]
+    pub mode: ReadMode,
+    /// How often `follow` looks for new files (default 10s).
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Period,
+}
+
+fn default_time_column() -> String {
+    "ts".into()
+}
+fn default_poll_interval() -> Period {
+    Period(Duration::from_secs(10))
+}
+
+pub struct ParquetSourcePlugin;
+
+impl SourcePlugin for ParquetSourcePlugin {
+    fn type_name(&self) -> &'static str {
+        "parquet"
+    }
+
+    fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
+        let cfg: ParquetSourceConfig = config.decode()?;
+        let schema = cfg.schema.arrow_schema();
+        match schema.field_with_name(&cfg.time_column).map(|f| f.data_type().clone()) {
+            Ok(DataType::Timestamp(..)) => {}
+            Ok(other) => {
+                return Err(ConfigError::at("time_column", format!("column `{}` is declared {other}, not timestamp", cfg.time_column)))
+            }
+            Err(_) => return Err(ConfigError::at("time_column", format!("column `{}` is not in `schema`", cfg.time_column))),
+        }
+        let instant = |key: &str, value: &Option<String>| -> Result<Option<i64>, ConfigError> {
+            value
+                .as_deref()
+                .map(|v| {
+                    chrono::DateTime::parse_from_rfc3339(v)
+                        .map(|t| t.timestamp_micros())
+                        .map_err(|e| ConfigError::at(key, format!("`{v}` is not an RFC 3339 time ({e})")))
+                })
+                .transpose()
+        };
+        let (from, to) = (instant("from", &cfg.from)?, instant("to", &cfg.to)?);
+        if let (Some(f), Some(t)) = (from, to) {
+            if f >= t {
+                return Err(ConfigError::at("to", "must be after `from`"));
+            }
+        }
+        let location = match store::parse_location(&cfg.path, &cfg.storage)? {
+            Location::Folder(folder) => ObjectLocation::local(&folder).map_err(|e| ConfigError::at("path", e))?,
+            Location::Objects(objects) => objects,
+        };
+        let source = ParquetSource { cfg, location, schema: schema.clone(), from, to };
+        Ok(BuiltSource { outputs: vec![OutputSpec::main(schema)], source: Box::new(source) })
+    }
+}
+
+pub struct ParquetSource {
+    cfg: ParquetSourceConfig,
+    location: ObjectLocation,
+    schema: SchemaRef,
+    /// `[from, to)` in µs.
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+fn column(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+/// `date=YYYY-MM-DD` of an instant in µs.
+fn date_folder(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map_or_else(|| "date=unknown".into(), |t| t.format("date=%Y-%m-%d").to_string())
+}
+
+impl ParquetSource {
+    /// The groups to read, in order: each `date=` folder in the range (or the table's own folder
+    /// when it has none), with its Parquet files not read yet (name order).
+    async fn pending(&self, read: &HashSet<ObjectPath>) -> anyhow::Result<Vec<(String, Vec<ObjectPath>)>> {
+        let top = self.location.store.list_with_delimiter(Some(&self.location.prefix)).await?;
+        let mut folders: Vec<ObjectPath> =
+            top.common_prefixes.into_iter().filter(|p| p.filename().is_some_and(|f| f.starts_with("date="))).collect();
+        folders.sort();
+        let (first, last) = (self.from.map(date_folder), self.to.map(|t| date_folder(t - 1)));
+        let in_range = |name: &str| {
+            let dated = name != "date=unknown";
+            // Rows without a time fall outside any range.
+            (first.is_none() && last.is_none())
+                || dated && first.as_deref().is_none_or(|f| name >= f) && last.as_deref().is_none_or(|l| name <= l)
+        };
+        let mut groups = Vec::new();
+        let unread = |objects: Vec<object_store::ObjectMeta>| -> Vec<ObjectPath> {
+            let mut files: Vec<ObjectPath> = objects
+                .into_iter()
+                .map(|o| o.location)
+                .filter(|p| p.filename().is_some_and(|f| f.ends_with(".parquet") && !f.starts_with('.')) && !read.contains(p))
+                .collect();
+            files.sort();
+            files
+        };
+        let here = unread(top.objects);
+        if !here.is_empty() {
+            groups.push((self.location.url(), here));
+        }
+        for folder in folders.into_iter().filter(|f| f.filename().is_some_and(in_range)) {
+            let listed = self.location.store.list_with_delimiter(Some(&folder)).await?;
+            let files = unread(listed.objects);
+            if !files.is_empty() {
+                groups.push((folder.to_string(), files));
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Reads one group's files: the declared columns, cast, in range, sorted by time.
+    async fn read_group(&self, session: &SessionContext, files: &[ObjectPath], ctx: &SourceContext) -> anyhow::Result<bool> {
+        let urls: Vec<String> = files.iter().map(|f| format!("{}{}", self.location.store_url, f)).collect();
+        let df = session
+            .read_parquet(urls.clone(), ParquetReadOptions::default())
+            .await
+            .with_context(|| format!("reading {}", urls.join(", ")))?;
+        let available = df.schema().clone();
+        let mut columns = Vec::new();
+        for field in self.schema.fields() {
+            let name = field.name();
+            let found = available
+                .field_with_unqualified_name(name)
+                .map_err(|_| anyhow::anyhow!("column `{name}` (declared in `schema`) is not in {}", urls.join(", ")))?;
+            if !datafusion::arrow::compute::can_cast_types(found.data_type(), field.data_type()) {
+                anyhow::bail!(
+                    "column `{name}` is {} in {}, which does not convert to the declared {}",
+                    found.data_type(),
+                    urls.join(", "),
+                    field.data_type()
+                );
+            }
+            columns.push(cast(column(name), field.data_type().clone()).alias(name));
+        }
+        let mut df = df.select(columns)?;
+        let time = || column(&self.cfg.time_column);
+        let at = |us: i64| lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())));
+        if let Some(from) = self.from {
+            df = df.filter(time().gt_eq(at(from)))?;
+        }
+        if let Some(to) = self.to {
+            df = df.filter(time().lt(at(to)))?;
+        }
+        let mut batches = df.sort(vec![time().sort(true, false)])?.execute_stream().await?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.with_context(|| format!("reading {}", urls.join(", ")))?;
+            if batch.num_rows() > 0 && ctx.send(batch).await.is_err() {
+                return Ok(false);
+            }
+            if ctx.shutdown.is_cancelled() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ParquetSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        // Sorting a folder's rows may take more memory than a pipeline should: past this it spills
+        // to temporary files.
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(256 << 20, 1.0).build_arc()?;
+        let session = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        if !self.location.is_local() {
+            session.register_object_store(&self.location.store_url, self.location.store.clone());
+        }
+        let mut read: HashSet<ObjectPath> = HashSet::new();
+        loop {
+            for (group, files) in self.pending(&read).await.with_context(|| format!("listing {}", self.location.url()))? {
+                tracing::debug!(source = %ctx.id, group, files = files.len(), "reading parquet files");
+                if !self.read_group(&session, &files, &ctx).await? {
+                    return Ok(());
+                }
+                read.extend(files);
+            }
+            if self.cfg.mode == ReadMode::ReadOnce {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.cfg.poll_interval.0) => {}
+            }
+        }
+    }
+}
