@@ -146,6 +146,17 @@ sinks:
         out = out.display()
     );
     let pipeline = common::write(dir.path(), "replay.yaml", &yaml);
+    // `validate` checks the declared columns against the newest file the source would read.
+    let validate = |path: &std::path::Path| Command::new(common::bin()).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    assert!(validate(&pipeline).status.success(), "{}", String::from_utf8_lossy(&validate(&pipeline).stderr));
+    let wrong = common::write(dir.path(), "wrong.yaml", &yaml.replace("ms: float}", "ms: float, region: string}"));
+    let refused = validate(&wrong);
+    assert!(!refused.status.success());
+    let newest = dir.path().join("data/latency/date=2026-11-01/part-0.parquet");
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        format!("{}: sources.history: column `region` (declared in `schema`) is not in file://{}", wrong.display(), newest.display())
+    );
     let run = Command::new(common::bin()).args(["run", pipeline.to_str().unwrap()]).env("RUST_LOG", "warn").output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let written = std::fs::read_to_string(&out).unwrap();

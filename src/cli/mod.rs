@@ -203,7 +203,17 @@ fn failed(message: impl std::fmt::Display) -> ExitCode {
 
 async fn validate(file: &std::path::Path) -> ExitCode {
     match crate::validate_file(file).await {
-        Ok(plan) => {
+        Ok(mut plan) => {
+            // Checks against the outside world (a parquet source's columns against its files).
+            let mut problems = Vec::new();
+            for s in &mut plan.sources {
+                if let Err(e) = s.source.check().await {
+                    problems.push(format!("{}: sources.{}: {e:#}", file.display(), s.id));
+                }
+            }
+            if !problems.is_empty() {
+                return failed(problems.join("\n"));
+            }
             println!(
                 "{}: valid ({} sources, {} transforms, {} sinks)",
                 file.display(),

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Column;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{cast, lit, Expr};
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
@@ -166,31 +166,34 @@ impl ParquetSource {
         Ok(groups)
     }
 
-    /// Reads one group's files: the declared columns, cast, in range, sorted by time.
-    async fn read_group(&self, session: &SessionContext, files: &[ObjectPath], ctx: &SourceContext) -> anyhow::Result<bool> {
+    /// The files as one DataFrame of the declared columns, cast to their declared types; an error
+    /// names a column the files lack or hold with a type that does not convert.
+    async fn declared(&self, session: &SessionContext, files: &[ObjectPath]) -> anyhow::Result<(DataFrame, String)> {
         let urls: Vec<String> = files.iter().map(|f| format!("{}{}", self.location.store_url, f)).collect();
-        let df = session
-            .read_parquet(urls.clone(), ParquetReadOptions::default())
-            .await
-            .with_context(|| format!("reading {}", urls.join(", ")))?;
+        let shown = urls.join(", ");
+        let df = session.read_parquet(urls, ParquetReadOptions::default()).await.with_context(|| format!("reading {shown}"))?;
         let available = df.schema().clone();
         let mut columns = Vec::new();
         for field in self.schema.fields() {
             let name = field.name();
             let found = available
                 .field_with_unqualified_name(name)
-                .map_err(|_| anyhow::anyhow!("column `{name}` (declared in `schema`) is not in {}", urls.join(", ")))?;
+                .map_err(|_| anyhow::anyhow!("column `{name}` (declared in `schema`) is not in {shown}"))?;
             if !datafusion::arrow::compute::can_cast_types(found.data_type(), field.data_type()) {
                 anyhow::bail!(
-                    "column `{name}` is {} in {}, which does not convert to the declared {}",
+                    "column `{name}` is {} in {shown}, which does not convert to the declared {}",
                     found.data_type(),
-                    urls.join(", "),
                     field.data_type()
                 );
             }
             columns.push(cast(column(name), field.data_type().clone()).alias(name));
         }
-        let mut df = df.select(columns)?;
+        Ok((df.select(columns)?, shown))
+    }
+
+    /// Reads one group's files: the declared columns, cast, in range, sorted by time.
+    async fn read_group(&self, session: &SessionContext, files: &[ObjectPath], ctx: &SourceContext) -> anyhow::Result<bool> {
+        let (mut df, shown) = self.declared(session, files).await?;
         let time = || column(&self.cfg.time_column);
         let at = |us: i64| lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())));
         if let Some(from) = self.from {
@@ -201,7 +204,7 @@ impl ParquetSource {
         }
         let mut batches = df.sort(vec![time().sort(true, false)])?.execute_stream().await?;
         while let Some(batch) = batches.next().await {
-            let batch = batch.with_context(|| format!("reading {}", urls.join(", ")))?;
+            let batch = batch.with_context(|| format!("reading {shown}"))?;
             if batch.num_rows() > 0 && ctx.send(batch).await.is_err() {
                 return Ok(false);
             }
@@ -213,9 +216,8 @@ impl ParquetSource {
     }
 }
 
-#[async_trait::async_trait]
-impl Source for ParquetSource {
-    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+impl ParquetSource {
+    fn session(&self) -> anyhow::Result<SessionContext> {
         // Sorting a folder's rows may take more memory than a pipeline should: past this it spills
         // to temporary files.
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(256 << 20, 1.0).build_arc()?;
@@ -223,6 +225,22 @@ impl Source for ParquetSource {
         if !self.location.is_local() {
             session.register_object_store(&self.location.store_url, self.location.store.clone());
         }
+        Ok(session)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ParquetSource {
+    /// The declared columns against the newest file the source would read (none yet: nothing to
+    /// check).
+    async fn check(&mut self) -> anyhow::Result<()> {
+        let groups = self.pending(&HashSet::new()).await.with_context(|| format!("listing {}", self.location.url()))?;
+        let Some(newest) = groups.last().and_then(|(_, files)| files.last()) else { return Ok(()) };
+        self.declared(&self.session()?, std::slice::from_ref(newest)).await.map(|_| ())
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        let session = self.session()?;
         let mut read: HashSet<ObjectPath> = HashSet::new();
         loop {
             for (group, files) in self.pending(&read).await.with_context(|| format!("listing {}", self.location.url()))? {

@@ -91,6 +91,11 @@ impl SourceContext {
 #[async_trait::async_trait]
 pub trait Source: Send {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()>;
+    /// What `tributary validate` checks against the outside world, beyond the config (a declared
+    /// schema against the data it will read, say). Never called by `run`.
+    async fn check(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A built source: its declared outputs and the runnable source.
