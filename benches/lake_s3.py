@@ -51,11 +51,6 @@ def objects(endpoint, prefix):
     return out
 
 
-def delete_all(endpoint, prefix):
-    for key, _ in objects(endpoint, prefix):
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}/{key}", method="DELETE")).read()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bin", required=True, help="a release build of tributary")
@@ -68,18 +63,24 @@ def main():
             work = Path(tmp)
             data = work / "w1.ndjson"
             peers.generate(data, args.events)
+            # The input four times over, uncompressed output: a file of several 8 MiB parts, so
+            # the multipart path is measured too.
+            big = work / "w1x4.ndjson"
+            with open(big, "wb") as out:
+                for _ in range(4):
+                    out.write(data.read_bytes())
             os.sync()
             checkpoint = work / "w1.checkpoint.json"
             local_out = work / "w1-local"
 
-            def pipeline(name, sink_path, storage):
+            def pipeline(name, sink_path, storage, extra="", source=data):
                 path = work / f"{name}.yaml"
                 path.write_text(f"""
 admin: {{enabled: false}}
 sources:
   badges:
     type: file
-    path: {data}
+    path: {source}
     schema: {peers.BADGE_SCHEMA}
     checkpoint_file: {checkpoint}
 transforms:
@@ -91,50 +92,56 @@ sinks:
     type: parquet
     inputs: [scores]
     path: {sink_path}
-{storage}""")
+{extra}{storage}""")
                 return path
 
-            local = pipeline("local", local_out, "")
-            s3 = pipeline("s3", f"s3://{BUCKET}/w1", f"    storage: {{endpoint: '{endpoint}', access_key_id: bench, secret_access_key: bench-secret}}\n")
+            storage = f"    storage: {{endpoint: '{endpoint}', access_key_id: bench, secret_access_key: bench-secret}}\n"
+            # Uncompressed, the file is several 8 MiB parts: the multipart path.
+            plain = "    compression: none\n    max_rows: 4000000\n    max_bytes: 1GiB\n"
+            sides = {}
+            for label, extra, source in (("zstd", "", data), ("×4 uncompressed", plain, big)):
+                key = label.replace("×4 ", "x4-")
+                local = pipeline(f"local-{key}", local_out, "", extra, source)
+                # Each S3 run writes under its own prefix (zstd0/w1, …): nothing to delete between runs.
+                s3 = [(pipeline(f"s3-{key}-{k}", f"s3://{BUCKET}/{key}{k}/w1", storage, extra, source), f"{key}{k}") for k in range(args.rounds)]
+                sides[label] = (local, s3)
 
-            def run_local():
-                shutil.rmtree(local_out, ignore_errors=True)
+            def run(pipeline_path):
                 checkpoint.unlink(missing_ok=True)
-                return peers.timed([args.bin, "run", str(local)], stderr=subprocess.DEVNULL)
+                return peers.timed([args.bin, "run", str(pipeline_path)], stderr=subprocess.DEVNULL)
 
-            def run_s3():
-                delete_all(endpoint, "w1/")
-                checkpoint.unlink(missing_ok=True)
-                return peers.timed([args.bin, "run", str(s3)], stderr=subprocess.DEVNULL)
-
-            runs = {"local disk": [], "S3 (moto)": []}
-            for _ in range(args.rounds):
-                runs["local disk"].append(run_local())
-                runs["S3 (moto)"].append(run_s3())
-            local_files = sorted(p.stat().st_size for p in local_out.rglob("*.parquet"))
-            s3_files = sorted(size for _, size in objects(endpoint, "w1/"))
+            runs, files = {}, {}
+            for label, (local, s3) in sides.items():
+                runs[f"local disk, {label}"], runs[f"S3 (moto), {label}"] = [], []
+                for k in range(args.rounds):
+                    shutil.rmtree(local_out, ignore_errors=True)
+                    runs[f"local disk, {label}"].append(run(local))
+                    runs[f"S3 (moto), {label}"].append(run(s3[k][0]))
+                files[f"local disk, {label}"] = sorted(p.stat().st_size for p in local_out.rglob("*.parquet"))
+                files[f"S3 (moto), {label}"] = sorted(size for _, size in objects(endpoint, f"{s3[-1][1]}/w1/"))
+            last = sides["zstd"][1][-1][1]
             env = {**os.environ, **KEYS, "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
-            read_back = subprocess.run([args.bin, "query", "--data", f"s3://{BUCKET}", "--format", "csv", "SELECT count(*) AS n FROM w1"],
+            read_back = subprocess.run([args.bin, "query", "--data", f"s3://{BUCKET}/{last}", "--format", "csv", "SELECT count(*) AS n FROM w1"],
                                        env=env, check=True, capture_output=True, text=True).stdout.split()[-1]
             t0 = time.time()
-            subprocess.run([args.bin, "query", "--data", f"s3://{BUCKET}", "--format", "csv",
+            subprocess.run([args.bin, "query", "--data", f"s3://{BUCKET}/{last}", "--format", "csv",
                             "SELECT game, count(*), avg(score) FROM w1 GROUP BY game"], env=env, check=True, capture_output=True)
             query_s = time.time() - t0
     finally:
         moto.terminate()
 
     expected = sum(1 for i in range(args.events) if (i * 7919) % 3000 > 1000)
-    print(f"\n## W1 ({args.events:,} events, {expected:,} rows out): Parquet sink on local disk vs S3 (moto), "
-          f"medians of {args.rounds} alternating runs\n")
+    print(f"\n## W1 ({args.events:,} events, {expected:,} rows out; ×4: the input four times over): Parquet sink on "
+          f"local disk vs S3 (moto), medians of {args.rounds} alternating runs\n")
     print("| sink | wall s | CPU s | peak RSS MiB | files (MB) | wall vs local |")
     print("|---|---|---|---|---|---|")
-    base = peers.median([r[0] for r in runs["local disk"]])
-    for name, files in (("local disk", local_files), ("S3 (moto)", s3_files)):
+    for name in runs:
+        base = peers.median([r[0] for r in runs["local disk, " + name.split(", ")[1]]])
         wall, cpu, rss = ([r[i] for r in runs[name]] for i in range(3))
-        sizes = ", ".join(f"{s / 1e6:.1f}" for s in files)
+        sizes = ", ".join(f"{s / 1e6:.1f}" for s in files[name])
         print(f"| {name} | {peers.median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f}) | {peers.median(cpu):.2f} | "
-              f"{peers.median(rss):.0f} ({max(rss):.0f}) | {len(files)} ({sizes}) | {peers.median(wall) / base:.2f}× |")
-    print(f"\nrows read back from the bucket with `tributary query --data s3://{BUCKET}`: {read_back} (expected {expected})")
+              f"{peers.median(rss):.0f} ({max(rss):.0f}) | {len(files[name])} ({sizes}) | {peers.median(wall) / base:.2f}× |")
+    print(f"\nrows read back from the bucket with `tributary query --data s3://{BUCKET}/{last}`: {read_back} (expected {expected})")
     print(f"a GROUP BY over the bucket with `tributary query`: {query_s:.2f} s (process start included)")
     if int(read_back) != expected:
         sys.exit("FAIL: rows read back differ")
