@@ -96,12 +96,10 @@ pub struct TableLayout {
     pub location: ObjectLocation,
     /// JSON-lines files (the dead-letter store) and no Parquet.
     pub json_lines: bool,
-    /// `date=` sub-folders: a `date` partition column.
-    date_partitions: bool,
-    /// Those folders, in date order.
+    /// `date=` sub-folders (a `date` partition column), in date order.
     pub dates: Vec<ObjectPath>,
-    /// The newest Parquet file found, whose schema is the table's: reading it alone instead of
-    /// every file's footer keeps a query from listing the whole table (only the dates it keeps).
+    /// The newest Parquet file found, whose schema is the table's: DataFusion would otherwise list
+    /// the whole table and read every file's footer to infer one, at each registration.
     sample: Option<object_store::ObjectMeta>,
     /// Any Parquet or JSON-lines file at all.
     pub has_files: bool,
@@ -116,7 +114,6 @@ pub async fn layout(location: &ObjectLocation) -> anyhow::Result<TableLayout> {
     dates.sort();
     // `date=unknown` (rows without a time) sorts after every date: the newest is the last dated one.
     let newest_date = dates.iter().rev().find(|p| p.filename() != Some("date=unknown")).or(dates.last()).cloned();
-    let date_partitions = !dates.is_empty();
     let newest_file =
         |objects: &[object_store::ObjectMeta]| objects.iter().filter(|o| is_parquet(&o.location)).max_by_key(|o| o.last_modified).cloned();
     let mut sample = newest_file(&level.objects);
@@ -135,7 +132,7 @@ pub async fn layout(location: &ObjectLocation) -> anyhow::Result<TableLayout> {
     }
     let json_lines = sample.is_none() && level.objects.iter().any(|o| o.location.extension() == Some("jsonl"));
     let has_files = sample.is_some() || json_lines;
-    Ok(TableLayout { location: location.clone(), json_lines, date_partitions, dates, sample, has_files })
+    Ok(TableLayout { location: location.clone(), json_lines, dates, sample, has_files })
 }
 
 /// Register the table (Parquet, with `date=` partitions as a column, or JSON lines) in `ctx`.
@@ -154,7 +151,7 @@ pub async fn register_layout(ctx: &datafusion::prelude::SessionContext, name: &s
         ctx.register_json(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
         return Ok(());
     }
-    let partitions = if layout.date_partitions { vec![("date".to_string(), DataType::Utf8)] } else { vec![] };
+    let partitions = if layout.dates.is_empty() { vec![] } else { vec![("date".to_string(), DataType::Utf8)] };
     let schema = file_schema(ctx, name, layout).await?;
     let mut opts = ParquetReadOptions::default().table_partition_cols(partitions);
     if let Some(schema) = &schema {
