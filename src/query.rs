@@ -46,18 +46,9 @@ pub async fn discover_tables(root: &ObjectLocation, explicit: &[String]) -> anyh
         let (name, path) = t.split_once('=').with_context(|| format!("--table `{t}`: expected NAME=PATH"))?;
         tables.push(Table { name: name.to_string(), location: data_location(path).with_context(|| format!("--table `{t}`"))? });
     }
-    let mut folders = list(root).await.with_context(|| format!("listing {}", root.url()))?.common_prefixes;
-    folders.sort();
-    for folder in folders {
-        let name: String = folder
-            .filename()
-            .unwrap_or_default()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .collect();
-        let location = ObjectLocation { prefix: folder, ..root.clone() };
-        if !tables.iter().any(|t: &Table| t.name == name) && layout(&location).await?.has_files {
-            tables.push(Table { name, location });
+    for table in table_folders(root).await? {
+        if !tables.iter().any(|t: &Table| t.name == table.name) && layout(&table.location).await?.has_files {
+            tables.push(table);
         }
     }
     if tables.is_empty() {
@@ -67,6 +58,25 @@ pub async fn discover_tables(root: &ObjectLocation, explicit: &[String]) -> anyh
         );
     }
     Ok(tables)
+}
+
+/// Every folder under `root` as a table (files or not), in name order: one listing with a
+/// delimiter. `./data/probes` → `probes`; other characters than letters and digits become `_`.
+pub async fn table_folders(root: &ObjectLocation) -> anyhow::Result<Vec<Table>> {
+    let mut folders = list(root).await.with_context(|| format!("listing {}", root.url()))?.common_prefixes;
+    folders.sort();
+    Ok(folders
+        .into_iter()
+        .map(|folder| {
+            let name = folder
+                .filename()
+                .unwrap_or_default()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                .collect();
+            Table { name, location: ObjectLocation { prefix: folder, ..root.clone() } }
+        })
+        .collect())
 }
 
 /// A location as a user wrote it: a local folder as a path, a bucket as its URL.

@@ -238,6 +238,7 @@ async fn charts_read_the_bucket_listing_only_the_dates_a_range_needs() {
     let requests = proxy.requests();
     assert!(requests.iter().any(|r| r.contains("date=2026-11-01/part-0.parquet")), "the day's file was read: {requests:?}");
     assert!(!requests.iter().any(|r| r.contains("date=2026-10-31")), "the other day was neither listed nor read: {requests:?}");
+    assert!(!requests.iter().any(|r| r.contains("lake/names")), "another table was not looked at: {requests:?}");
     assert!(
         requests
             .iter()

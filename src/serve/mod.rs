@@ -93,6 +93,13 @@ impl Lake {
     }
 
     async fn find(&self, name: &str) -> Result<TableDecl, ParamError> {
+        // One listing of the folder names, not every table's layout: a request reads one table.
+        if let Tables::Under(root) = &self.tables {
+            let folders = crate::query::table_folders(root).await.unwrap_or_default();
+            if let Some(t) = folders.into_iter().find(|t| t.name == name) {
+                return Ok(TableDecl { name: t.name, location: t.location, time_column: None });
+            }
+        }
         let decls = self.decls().await;
         decls.iter().find(|d| d.name == name).cloned().ok_or_else(|| {
             let names: Vec<&str> = decls.iter().map(|d| d.name.as_str()).collect();
