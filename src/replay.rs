@@ -7,7 +7,7 @@
 //! runs. With an upsert sink a replay converges: replaying twice leaves the same table.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use datafusion::arrow::array::RecordBatch;
@@ -15,7 +15,9 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::ReaderBuilder;
 use tributary_sdk::dead_letter::rows_as_json;
-use tributary_sdk::{DeadLetter, Sink, SinkContext};
+use tributary_sdk::{DeadLetter, Period, Sink, SinkContext};
+
+use crate::runtime::{Retrying, SinkRetry};
 
 /// Rows written per call to the sink.
 const CHUNK: usize = 1000;
@@ -119,11 +121,12 @@ pub async fn replay(letters: &Path, pipeline: &Path, into: &str) -> anyhow::Resu
     let mut sink = planned.sink;
     let ctx = SinkContext { id: into.to_string(), metrics: std::sync::Arc::new(tributary_sdk::ComponentMetrics::default()) };
     sink.start(&ctx).await.with_context(|| format!("starting sink `{into}`"))?;
-    let budget = planned.retry.max_elapsed.map_or(Duration::from_secs(300), |p| p.0);
+    // The sink's own `retry:`, with a 5-minute `max_elapsed` when it sets none (a command gives up).
+    let retry = SinkRetry { max_elapsed: Some(planned.retry.max_elapsed.unwrap_or(Period(Duration::from_secs(300)))), ..planned.retry };
     for chunk in rows.chunks(CHUNK) {
         let batch = concat_batches(&schema, chunk.iter().map(|(_, row)| row))?;
-        let mut refused = write_all(sink.as_mut(), &ctx, batch, budget).await?;
-        refused.extend(flush(sink.as_mut(), &ctx, budget).await?);
+        let mut refused = write_all(sink.as_mut(), &ctx, batch, &retry).await?;
+        refused.extend(flush(sink.as_mut(), &ctx, &retry).await?);
         for (letter, row) in chunk {
             let json = rows_as_json(row).pop().unwrap_or_default();
             letters[*letter].outcome = match refused.iter().position(|r| r.payload == json) {
@@ -204,47 +207,45 @@ fn decode_row(payload: &str, schema: &SchemaRef) -> anyhow::Result<RecordBatch> 
     }
 }
 
-/// Write `batch`, retrying transient failures (with the rows still unwritten) for up to `budget`;
+/// Write `batch` under the engine's retry of transient failures (with the rows still unwritten);
 /// the rows the sink refused for good.
-async fn write_all(sink: &mut dyn Sink, ctx: &SinkContext, mut batch: RecordBatch, budget: Duration) -> anyhow::Result<Vec<DeadLetter>> {
-    let started = Instant::now();
+async fn write_all(sink: &mut dyn Sink, ctx: &SinkContext, mut batch: RecordBatch, retry: &SinkRetry) -> anyhow::Result<Vec<DeadLetter>> {
     let mut refused = Vec::new();
-    let mut wait = Duration::from_millis(100);
+    let mut retrying = Retrying::new(ctx, retry, "write");
     loop {
         match sink.write(batch.clone(), ctx).await {
             Ok(written) => {
+                retrying.succeeded();
                 refused.extend(written.rejected);
                 return Ok(refused);
             }
             Err(t) => {
                 refused.extend(t.rejected);
-                if started.elapsed() >= budget {
-                    bail!("sink `{}` kept failing for {budget:?}: {:#}", ctx.id, t.error);
-                }
-                tracing::warn!("sink `{}`: {:#}; retrying in {wait:?}", ctx.id, t.error);
                 if let Some(rest) = t.unwritten {
                     batch = rest;
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+                if let Some(reason) = retrying.wait(&t.error).await {
+                    bail!("sink `{}`: {reason}", ctx.id);
+                }
             }
         }
     }
 }
 
-/// Flush, retrying transient failures for up to `budget`; the rows refused at the flush.
-async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, budget: Duration) -> anyhow::Result<Vec<DeadLetter>> {
-    let started = Instant::now();
-    let mut wait = Duration::from_millis(100);
+/// Flush under the engine's retry; the rows refused at the flush.
+async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, retry: &SinkRetry) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut retrying = Retrying::new(ctx, retry, "flush");
     loop {
         match sink.flush(ctx).await {
-            Ok(refused) => return Ok(refused),
-            Err(t) if started.elapsed() < budget => {
-                tracing::warn!("sink `{}`: {:#}; retrying in {wait:?}", ctx.id, t.error);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+            Ok(refused) => {
+                retrying.succeeded();
+                return Ok(refused);
             }
-            Err(t) => bail!("sink `{}` kept failing for {budget:?}: {:#}", ctx.id, t.error),
+            Err(t) => {
+                if let Some(reason) = retrying.wait(&t.error).await {
+                    bail!("sink `{}`: {reason}", ctx.id);
+                }
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod disk_buffer;
 mod sink;
 pub use clock::{Clock, ManualClock, Timer};
 pub use disk_buffer::SourceBuffer;
+pub(crate) use sink::Retrying;
 pub use sink::SinkRetry;
 use tributary_sdk::{
     AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap,

@@ -47,7 +47,7 @@ struct Pending {
 
 /// One episode of transient failures: counts, logs, waits, tells `/health`, and decides when to
 /// give up.
-struct Retrying<'a> {
+pub(crate) struct Retrying<'a> {
     ctx: &'a SinkContext,
     retry: &'a SinkRetry,
     backoff: Backoff,
@@ -58,14 +58,14 @@ struct Retrying<'a> {
 }
 
 impl<'a> Retrying<'a> {
-    fn new(ctx: &'a SinkContext, retry: &'a SinkRetry, what: &'static str) -> Self {
+    pub(crate) fn new(ctx: &'a SinkContext, retry: &'a SinkRetry, what: &'static str) -> Self {
         let backoff = Backoff { initial: retry.initial.0, max: retry.max.0, max_attempts: None };
         Retrying { ctx, retry, backoff, what, since: None, attempt: 0 }
     }
 
     /// After a failed attempt: `None` once the wait before the next attempt is over, or the
     /// give-up reason when `max_elapsed` has passed.
-    async fn wait(&mut self, error: &anyhow::Error) -> Option<String> {
+    pub(crate) async fn wait(&mut self, error: &anyhow::Error) -> Option<String> {
         let m = &self.ctx.metrics;
         let first = self.since.is_none();
         let (since, since_us) = *self.since.get_or_insert_with(|| (tokio::time::Instant::now(), tributary_sdk::now_us()));
@@ -95,7 +95,7 @@ impl<'a> Retrying<'a> {
         None
     }
 
-    fn succeeded(self) {
+    pub(crate) fn succeeded(self) {
         if let Some((since, _)) = self.since {
             self.ctx.metrics.set_failing(None);
             tracing::info!(sink = %self.ctx.id, attempts = self.attempt + 1, after = ?since.elapsed(), "{} succeeded again", self.what);
