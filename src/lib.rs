@@ -44,7 +44,6 @@ pub enum StartError {
 /// `admin` overrides the file's `admin.address`.
 /// The pipeline's `parquet` sinks as chart tables, named after the sinks.
 fn parquet_outputs(file: &PipelineFile) -> Vec<serve::TableDecl> {
-    use tributary_parquet::store::{parse_location, Location, ObjectLocation};
     file.components
         .iter()
         .filter(|c| c.kind == config::Kind::Sink && c.type_name == "parquet")
@@ -52,10 +51,7 @@ fn parquet_outputs(file: &PipelineFile) -> Vec<serve::TableDecl> {
             // The sink's own config (validated already): its place, store options and time column.
             let cfg: tributary_parquet::ParquetSinkConfig =
                 tributary_sdk::ComponentConfig::new(c.id.clone(), c.options.clone()).decode().ok()?;
-            let location = match parse_location(&cfg.path, &cfg.storage).ok()? {
-                Location::Folder(folder) => ObjectLocation::local(&folder).ok()?,
-                Location::Objects(objects) => objects,
-            };
+            let location = tributary_parquet::store::read_location(&cfg.path, &cfg.storage).ok()?;
             Some(serve::TableDecl { name: c.id.clone(), location, time_column: Some(cfg.time_column) })
         })
         .collect()

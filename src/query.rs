@@ -12,7 +12,7 @@ use datafusion::datasource::file_format::FileFormat;
 use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use tributary_parquet::store::{parse_location, Location, ObjectLocation, StorageOptions};
+use tributary_parquet::store::{read_location, ObjectLocation, StorageOptions};
 
 /// Output format of query results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,10 +32,7 @@ pub struct Table {
 /// `--data` or a `--table` path: a folder, or an object store URL (`s3://bucket/prefix`) reached
 /// with the provider's environment (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …).
 pub fn data_location(data: &str) -> anyhow::Result<ObjectLocation> {
-    match parse_location(data, &StorageOptions::default()).map_err(|e| anyhow::anyhow!("`{data}`: {}", e.message))? {
-        Location::Folder(folder) => ObjectLocation::local(&folder).map_err(anyhow::Error::msg),
-        Location::Objects(objects) => Ok(objects),
-    }
+    read_location(data, &StorageOptions::default()).map_err(|e| anyhow::anyhow!("`{data}`: {}", e.message))
 }
 
 /// Tables found under `root` (one listing with a delimiter: its sub-folders), plus explicit
@@ -152,9 +149,7 @@ pub async fn register(ctx: &datafusion::prelude::SessionContext, table: &Table) 
 
 /// Register a table whose place [`layout`] looked at.
 pub async fn register_layout(ctx: &datafusion::prelude::SessionContext, name: &str, layout: &TableLayout) -> anyhow::Result<()> {
-    if !layout.location.is_local() {
-        ctx.register_object_store(&layout.location.store_url, layout.location.store.clone());
-    }
+    layout.location.register_in(ctx);
     let location = &layout.location.url();
     if layout.json_lines {
         let opts = JsonReadOptions { file_extension: ".jsonl", ..Default::default() };

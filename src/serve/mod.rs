@@ -140,9 +140,7 @@ async fn register_dates(ctx: &SessionContext, name: &str, layout: &crate::query:
         layout.dates.iter().filter(|d| d.filename().is_some_and(|f| *f >= *first && *f <= *last && f != "date=unknown")).collect();
     let schema =
         crate::query::file_schema(ctx, name, layout).await?.ok_or_else(|| anyhow::anyhow!("table `{name}` has no Parquet file"))?;
-    if !layout.location.is_local() {
-        ctx.register_object_store(&layout.location.store_url, layout.location.store.clone());
-    }
+    layout.location.register_in(ctx);
     if folders.is_empty() {
         ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
         return Ok(());

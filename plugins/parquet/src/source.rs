@@ -20,7 +20,7 @@ use object_store::path::Path as ObjectPath;
 use serde::Deserialize;
 use tributary_sdk::{BuiltSource, ComponentConfig, ConfigError, DeclaredSchema, OutputSpec, Period, Source, SourceContext, SourcePlugin};
 
-use crate::store::{self, Location, ObjectLocation, StorageOptions};
+use crate::store::{self, ObjectLocation, StorageOptions};
 
 /// When the source is done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -100,10 +100,7 @@ impl SourcePlugin for ParquetSourcePlugin {
                 return Err(ConfigError::at("to", "must be after `from`"));
             }
         }
-        let location = match store::parse_location(&cfg.path, &cfg.storage)? {
-            Location::Folder(folder) => ObjectLocation::local(&folder).map_err(|e| ConfigError::at("path", e))?,
-            Location::Objects(objects) => objects,
-        };
+        let location = store::read_location(&cfg.path, &cfg.storage)?;
         let source = ParquetSource { cfg, location, schema: schema.clone(), from, to };
         Ok(BuiltSource { outputs: vec![OutputSpec::main(schema)], source: Box::new(source) })
     }
@@ -222,9 +219,7 @@ impl ParquetSource {
         // to temporary files.
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(256 << 20, 1.0).build_arc()?;
         let session = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
-        if !self.location.is_local() {
-            session.register_object_store(&self.location.store_url, self.location.store.clone());
-        }
+        self.location.register_in(&session);
         Ok(session)
     }
 }

@@ -90,6 +90,21 @@ impl ObjectLocation {
     pub fn is_local(&self) -> bool {
         self.store_url.scheme() == "file"
     }
+
+    /// Makes the store reachable from `ctx`'s queries (the local file system always is).
+    pub fn register_in(&self, ctx: &datafusion::prelude::SessionContext) {
+        if !self.is_local() {
+            ctx.register_object_store(&self.store_url, self.store.clone());
+        }
+    }
+}
+
+/// `path` as a place to read through object_store: a folder becomes the file system store's.
+pub fn read_location(path: &str, options: &StorageOptions) -> Result<ObjectLocation, ConfigError> {
+    match parse_location(path, options)? {
+        Location::Folder(folder) => ObjectLocation::local(&folder).map_err(|e| ConfigError::at("path", e)),
+        Location::Objects(objects) => Ok(objects),
+    }
 }
 
 /// Parses `path` (a folder, `file://…`, `s3://bucket/prefix`, `s3a://…`, `gs://…`, `az://…`,
