@@ -63,6 +63,67 @@ pub async fn run_file(
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> Result<RunReport, StartError> {
+    start(path, admin, shutdown, opts, None).await
+}
+
+/// [`run_file`], reloading the file on SIGHUP and, with `watch`, whenever its content changes:
+/// only the components whose config changed restart (see `runtime/reload.rs`).
+pub async fn run_file_reloading(
+    path: &Path,
+    admin: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+    watch: bool,
+) -> Result<RunReport, StartError> {
+    let reloads = watch_for_reloads(path.to_path_buf(), watch, shutdown.clone());
+    start(path, admin, shutdown, opts, Some(reloads)).await
+}
+
+/// Validate the file again on SIGHUP (and every second's change, with `watch`) and hand the
+/// result to the running pipeline.
+fn watch_for_reloads(
+    path: std::path::PathBuf,
+    watch: bool,
+    shutdown: CancellationToken,
+) -> tokio::sync::mpsc::Receiver<runtime::ReloadRequest> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        let mut seen = std::fs::read(&path).ok();
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let why = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = hangup.recv() => "SIGHUP",
+                _ = poll.tick(), if watch => {
+                    let now = std::fs::read(&path).ok();
+                    if now.is_none() || now == seen {
+                        continue;
+                    }
+                    "the file changed"
+                }
+            };
+            seen = std::fs::read(&path).ok();
+            tracing::info!(file = %path.display(), "{why}: reloading");
+            let request = match validate_file(&path).await {
+                Ok(plan) => runtime::ReloadRequest::Valid(plan),
+                Err(diagnostics) => runtime::ReloadRequest::Invalid(diagnostics.to_string()),
+            };
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn start(
+    path: &Path,
+    admin: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+    reloads: Option<tokio::sync::mpsc::Receiver<runtime::ReloadRequest>>,
+) -> Result<RunReport, StartError> {
     let file = PipelineFile::load(path)?;
     let plan = graph::plan(&file, &plugins::Registry::builtin()).await?;
     let admin_state = if file.admin.enabled || admin.is_some() {
@@ -80,5 +141,5 @@ pub async fn run_file(
     } else {
         None
     };
-    Ok(runtime::run(plan, admin_state, shutdown, opts).await)
+    Ok(runtime::run_reloadable(plan, admin_state, shutdown, opts, reloads).await)
 }

@@ -70,9 +70,12 @@ async fn bad_input_is_rejected_with_reasons_counted_and_the_server_keeps_serving
     let (status, health) = tokio::task::spawn_blocking(move || get(admin, "/health").unwrap()).await.unwrap();
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    // The pipeline file as started: generation 1, loaded when the run began.
+    let loaded_at = health["config"]["loaded_at"].as_str().unwrap_or_default();
+    assert!(humantime::parse_rfc3339(loaded_at).is_ok(), "loaded_at is an RFC 3339 time: {health}");
     assert_eq!(
         health,
-        serde_json::json!({"status": "ok", "components": {
+        serde_json::json!({"status": "ok", "config": {"generation": 1, "loaded_at": loaded_at}, "components": {
             "ingest": {"kind": "source", "type": "http_server", "errors": 6},
             "out": {"kind": "sink", "type": "file", "errors": 0}
         }})

@@ -46,6 +46,26 @@ pub struct AdminState {
     /// A component failing this long makes `/health` answer `degraded`.
     degraded_after: std::time::Duration,
     tap_access: TapAccess,
+    config: std::sync::Mutex<ConfigGeneration>,
+}
+
+/// Which version of the pipeline file runs: 1 at start, one more per applied reload.
+struct ConfigGeneration {
+    generation: u64,
+    /// RFC 3339, UTC.
+    loaded_at: String,
+    /// Why the last reload was refused (cleared by the next applied one).
+    last_reload_error: Option<String>,
+}
+
+impl Default for ConfigGeneration {
+    fn default() -> Self {
+        ConfigGeneration { generation: 1, loaded_at: now_rfc3339(), last_reload_error: None }
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// Who may tap and how much one tap may take.
@@ -82,6 +102,19 @@ impl AdminState {
     pub fn set_components(&self, infos: Vec<ComponentInfo>) {
         *self.components.write().expect("admin lock") = infos;
     }
+    /// A reload was applied (the generation goes up) or refused (the reason is kept).
+    pub fn record_reload(&self, outcome: Result<(), String>) {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => {
+                c.generation += 1;
+                c.loaded_at = now_rfc3339();
+                c.last_reload_error = None;
+            }
+            Err(e) => c.last_reload_error = Some(e),
+        }
+    }
+
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
@@ -174,7 +207,15 @@ impl AdminState {
         } else {
             "ok"
         };
-        let mut body = serde_json::json!({"status": status, "components": components});
+        let config = {
+            let c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+            let mut config = serde_json::json!({"generation": c.generation, "loaded_at": c.loaded_at});
+            if let Some(e) = &c.last_reload_error {
+                config["last_reload_error"] = e.clone().into();
+            }
+            config
+        };
+        let mut body = serde_json::json!({"status": status, "config": config, "components": components});
         if !failing.is_empty() {
             body["failing"] = failing.into();
         }

@@ -32,6 +32,10 @@ pub enum Command {
         /// How long the drain may take after a stop is requested.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         drain_timeout: Duration,
+        /// Reload the file whenever it changes (SIGHUP always reloads it): only changed
+        /// components restart; an invalid file is logged and the pipeline keeps running.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a pipeline file (config, wiring, SQL, sink schemas) without running it.
     Validate { file: PathBuf },
@@ -191,7 +195,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             };
             simulate_webex_mesh(listen, cfg).await
         }
-        Command::Run { file, duration, admin, drain_timeout } => run(&file, duration, admin, drain_timeout).await,
+        Command::Run { file, duration, admin, drain_timeout, watch } => run(&file, duration, admin, drain_timeout, watch).await,
     }
 }
 
@@ -310,10 +314,17 @@ async fn simulate_webex_mesh(listen: std::net::SocketAddr, cfg: tributary_webex_
     }
 }
 
-async fn run(file: &std::path::Path, duration: Option<Duration>, admin: Option<std::net::SocketAddr>, drain_timeout: Duration) -> ExitCode {
+async fn run(
+    file: &std::path::Path,
+    duration: Option<Duration>,
+    admin: Option<std::net::SocketAddr>,
+    drain_timeout: Duration,
+    watch: bool,
+) -> ExitCode {
     let shutdown = CancellationToken::new();
     spawn_stop_triggers(shutdown.clone(), duration);
-    let report = match crate::run_file(file, admin, shutdown, RunOptions { drain_timeout, ..RunOptions::default() }).await {
+    let opts = RunOptions { drain_timeout, ..RunOptions::default() };
+    let report = match crate::run_file_reloading(file, admin, shutdown, opts, watch).await {
         Ok(report) => report,
         Err(e) => return failed(e),
     };

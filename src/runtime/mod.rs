@@ -18,13 +18,15 @@ use tributary_sdk::output::OutputSpec;
 
 mod clock;
 pub mod disk_buffer;
+mod reload;
 mod sink;
 pub use clock::{Clock, ManualClock, Timer};
 pub use disk_buffer::SourceBuffer;
+pub use reload::ReloadRequest;
 pub(crate) use sink::Retrying;
 pub use sink::SinkRetry;
 use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap,
+    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap, Work,
     DEAD_LETTER_OUTPUT,
 };
 
@@ -123,7 +125,19 @@ impl Wiring {
 
 /// Run `plan` until `shutdown` is cancelled (or every source finishes), then drain.
 pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: CancellationToken, opts: RunOptions) -> RunReport {
+    run_reloadable(plan, admin, shutdown, opts, None).await
+}
+
+/// [`run`], taking new versions of the pipeline from `reloads` while it runs (see `reload.rs`).
+pub async fn run_reloadable(
+    plan: Plan,
+    admin: Option<Arc<AdminState>>,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+    reloads: Option<mpsc::Receiver<ReloadRequest>>,
+) -> RunReport {
     let Plan { sources, transforms, sinks, decls, outputs, dead_letter_dir } = plan;
+    let mut replacers = reload::Replacers::new(&decls, &outputs, &transforms);
     let taps = match opts.taps {
         Some(taps) => taps,
         None => outputs.keys().map(|name| (name.clone(), Arc::new(Tap::default()))).collect(),
@@ -170,7 +184,8 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
         let ctx = SinkContext { id: s.id.clone(), metrics: wiring.metrics[&s.id].clone() };
         let dead = wiring.dead_letters(&s.id);
         let id = s.id.clone();
-        tasks.spawn(async move { (id, sink::run_sink(s.sink, rx, ctx, dead, s.retry).await) });
+        let replace = replacers.sink(&s.id);
+        tasks.spawn(async move { (id, sink::run_sink(s.sink, rx, ctx, dead, s.retry, replace).await) });
     }
     for t in transforms {
         let rx = wiring.receivers.remove(&t.id).expect("channel");
@@ -178,13 +193,14 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
         let dead = wiring.dead_letters(&t.id);
         let metrics = wiring.metrics[&t.id].clone();
         let id = t.id.clone();
+        let replace = replacers.transform(&t.id);
         if let Some(window) = &t.window {
             let late = wiring.output(&t.id, LATE_OUTPUT);
             // Made here, not in the task, so a manual clock's first advance already reaches it.
             let timer = opts.clock.timer(Duration::from_micros((window.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64));
-            tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics, timer).await) });
+            tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics, timer, replace).await) });
         } else {
-            tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics).await) });
+            tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics, replace).await) });
         }
     }
     let mut report = RunReport::default();
@@ -209,15 +225,31 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
                 }
             },
         };
-        let ctx =
-            SourceContext::new(s.id.clone(), outputs, wiring.dead_letters(&s.id), shutdown.child_token(), wiring.metrics[&s.id].clone());
-        let id = s.id.clone();
-        let source = s.source;
-        tasks.spawn(async move { (id, source.run(ctx).await) });
+        let run = SourceRun {
+            id: s.id.clone(),
+            outputs,
+            dead: wiring.dead_letters(&s.id),
+            shutdown: shutdown.clone(),
+            metrics: wiring.metrics[&s.id].clone(),
+        };
+        let (id, source, replace) = (s.id.clone(), s.source, replacers.source(&s.id));
+        tasks.spawn(async move { (id, run.run(source, replace).await) });
     }
     // Only outputs hold senders now, so channels close as their producers finish.
     let metrics = std::mem::take(&mut wiring.metrics);
     drop(wiring);
+    if let Some(reloads) = reloads {
+        // Ends when the sender goes (the CLI stops watching) or the pipeline stops.
+        let (admin, stop) = (admin.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = replacers.serve(reloads, admin.as_deref()) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    } else {
+        drop(replacers);
+    }
 
     supervise(&mut tasks, &metrics, &mut report, admin.as_deref(), &shutdown, opts.drain_timeout).await;
     if let Some(a) = &admin {
@@ -228,6 +260,47 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
 }
 
 type ComponentTasks = JoinSet<(String, anyhow::Result<()>)>;
+
+/// What a source runs with; kept by its task so a reload can start a new version of the source on
+/// the same outputs.
+struct SourceRun {
+    id: String,
+    outputs: HashMap<String, Output>,
+    dead: DeadLetters,
+    shutdown: CancellationToken,
+    metrics: Arc<ComponentMetrics>,
+}
+
+impl SourceRun {
+    async fn run(
+        self,
+        mut source: Box<dyn tributary_sdk::Source>,
+        mut replace: mpsc::UnboundedReceiver<Box<dyn tributary_sdk::Source>>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let stop = self.shutdown.child_token();
+            let ctx = SourceContext::new(self.id.clone(), self.outputs.clone(), self.dead.clone(), stop.clone(), self.metrics.clone());
+            let mut running = source.run(ctx);
+            tokio::select! {
+                result = &mut running => return result,
+                _ = self.shutdown.cancelled() => {
+                    // Only the running source may hold the outputs now, so that downstream sees
+                    // them close when it returns (and flushes).
+                    drop(self);
+                    return running.await;
+                }
+                Some(new) = replace.recv() => {
+                    // The old version stops as on a shutdown (sends what it has, waits for its
+                    // acks); the outputs stay open for the new one.
+                    stop.cancel();
+                    running.await?;
+                    source = new;
+                    tracing::info!(source = %self.id, "reloaded: restarted with the new config");
+                }
+            }
+        }
+    }
+}
 
 /// Wait for every component to finish: a failed one stops the pipeline cleanly (one missing
 /// component cannot deliver what the pipeline promises); once a stop begins, the drain gets
@@ -287,25 +360,53 @@ fn summary_line(d: &crate::config::ComponentDecl, m: &ComponentMetrics) -> Strin
 }
 
 async fn run_transform(
-    t: PlannedTransform,
+    mut t: PlannedTransform,
     mut rx: mpsc::Receiver<Delivery>,
     output: Output,
     dead: DeadLetters,
     metrics: Arc<ComponentMetrics>,
+    mut replace: mpsc::UnboundedReceiver<PlannedTransform>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            biased;
+            Some(new) = replace.recv() => {
+                // What was queued before the reload was accepted under the old SQL: it gets it.
+                for _ in 0..rx.len() {
+                    let Some(delivery) = rx.recv().await else { break };
+                    transform_delivery(&t, delivery, &output, &dead, &metrics).await?;
+                }
+                t = new;
+                tracing::info!(transform = %t.id, "reloaded: rows from here on run the new SQL");
+            }
+            delivery = rx.recv() => {
+                let Some(delivery) = delivery else { break };
+                transform_delivery(&t, delivery, &output, &dead, &metrics).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn transform_delivery(
+    t: &PlannedTransform,
+    delivery: Delivery,
+    output: &Output,
+    dead: &DeadLetters,
+    metrics: &ComponentMetrics,
 ) -> anyhow::Result<()> {
     // `_work` lives until the batch's results are queued downstream (see `InFlight`).
-    while let Some(Delivery { input, batch, work: _work }) = rx.recv().await {
-        metrics.rows_in.add(batch.data.num_rows() as u64);
-        metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
-        metrics.batches_in.inc();
-        match t.sql.execute(input, batch.data.clone()).await {
-            // Filtered out entirely: nothing left to deliver, the acks are released.
-            Ok(out) => send_sharing_acks(&output, out, batch.acks).await?,
-            Err(e) => {
-                let reason = crate::sql::failure_reason(&t.inputs[input].name, &e);
-                tributary_sdk::report_error!(metrics, warn, transform = %t.id, "{reason}");
-                dead.send_rows(&batch.data, &reason, batch.acks).await?;
-            }
+    let Delivery { input, batch, work: _work } = delivery;
+    metrics.rows_in.add(batch.data.num_rows() as u64);
+    metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
+    metrics.batches_in.inc();
+    match t.sql.execute(input, batch.data.clone()).await {
+        // Filtered out entirely: nothing left to deliver, the acks are released.
+        Ok(out) => send_sharing_acks(output, out, batch.acks).await?,
+        Err(e) => {
+            let reason = crate::sql::failure_reason(&t.inputs[input].name, &e);
+            tributary_sdk::report_error!(metrics, warn, transform = %t.id, "{reason}");
+            dead.send_rows(&batch.data, &reason, batch.acks).await?;
         }
     }
     Ok(())
@@ -313,6 +414,7 @@ async fn run_transform(
 
 /// A windowed transform: rows wait in their windows; a timer lets idle inputs close windows;
 /// closing the input flushes open windows as partial.
+#[allow(clippy::too_many_arguments)]
 async fn run_windowed_transform(
     t: PlannedTransform,
     mut rx: mpsc::Receiver<Delivery>,
@@ -321,45 +423,82 @@ async fn run_windowed_transform(
     dead: DeadLetters,
     metrics: Arc<ComponentMetrics>,
     mut timer: Timer,
+    mut replace: mpsc::UnboundedReceiver<PlannedTransform>,
 ) -> anyhow::Result<()> {
-    let plan = t.window.expect("windowed");
-    let mut op = WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, timer.now_us())?;
+    let id = t.id.clone();
+    let mut op = window_operator(t, &timer)?;
     loop {
         // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
         let _work;
         let emission = tokio::select! {
+            biased;
+            Some(new) = replace.recv() => {
+                // A changed window: what was queued goes into the old windows, which then close
+                // as partial (as on a stop); the new SQL starts with empty windows.
+                for _ in 0..rx.len() {
+                    let Some(delivery) = rx.recv().await else { break };
+                    let (emission, _work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
+                    send_emission(&id, emission, &output, &dead, &metrics).await?;
+                }
+                send_emission(&id, op.finish().await?, &output, &dead, &metrics).await?;
+                op = window_operator(new, &timer)?;
+                tracing::info!(transform = %id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
+                _work = Work::default();
+                None
+            }
             delivery = rx.recv() => {
-                let Some(Delivery { input, batch, work }) = delivery else { break };
+                let Some(delivery) = delivery else { break };
+                let (emission, work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
                 _work = work;
-                let now = timer.now_us();
-                metrics.rows_in.add(batch.data.num_rows() as u64);
-                metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
-                metrics.batches_in.inc();
-                let accepted = op.accept(input, batch.data, batch.acks, now)?;
-                if let Some((rows, acks)) = accepted.late {
-                    if late.is_unconnected() {
-                        // Nobody reads `.late`: keep the rows as dead letters rather than drop them.
-                        let reason = format!("arrived after its window closed (behind the watermark); wire `{}.late` to handle late rows", t.id);
-                        dead.send_rows(&rows, &reason, acks).await?;
-                    } else {
-                        late.send(Batch::with_acks(rows, acks)).await?;
-                    }
-                }
-                for (rows, acks, reason) in accepted.rejected {
-                    tributary_sdk::report_error!(metrics, debug, transform = %t.id, rows = rows.num_rows(), "{reason}");
-                    dead.send_rows(&rows, &reason, acks).await?;
-                }
-                op.advance(now).await?
+                emission
             }
             work = timer.tick() => {
                 _work = work;
                 op.advance(timer.now_us()).await?
             }
         };
-        send_emission(&t.id, emission, &output, &dead, &metrics).await?;
+        send_emission(&id, emission, &output, &dead, &metrics).await?;
     }
     let emission = op.finish().await?;
-    send_emission(&t.id, emission, &output, &dead, &metrics).await
+    send_emission(&id, emission, &output, &dead, &metrics).await
+}
+
+fn window_operator(t: PlannedTransform, timer: &Timer) -> anyhow::Result<WindowOperator> {
+    let plan = t.window.expect("windowed");
+    Ok(WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, timer.now_us())?)
+}
+
+/// Put one delivery into its windows: late rows to `.late` (or dead letters), rejected rows to
+/// dead letters; returns the windows it closed and the delivery's in-flight token.
+async fn window_delivery(
+    op: &mut WindowOperator,
+    id: &str,
+    delivery: Delivery,
+    timer: &Timer,
+    late: &Output,
+    dead: &DeadLetters,
+    metrics: &ComponentMetrics,
+) -> anyhow::Result<(Option<Emission>, Work)> {
+    let Delivery { input, batch, work } = delivery;
+    let now = timer.now_us();
+    metrics.rows_in.add(batch.data.num_rows() as u64);
+    metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
+    metrics.batches_in.inc();
+    let accepted = op.accept(input, batch.data, batch.acks, now)?;
+    if let Some((rows, acks)) = accepted.late {
+        if late.is_unconnected() {
+            // Nobody reads `.late`: keep the rows as dead letters rather than drop them.
+            let reason = format!("arrived after its window closed (behind the watermark); wire `{id}.late` to handle late rows");
+            dead.send_rows(&rows, &reason, acks).await?;
+        } else {
+            late.send(Batch::with_acks(rows, acks)).await?;
+        }
+    }
+    for (rows, acks, reason) in accepted.rejected {
+        tributary_sdk::report_error!(metrics, debug, transform = %id, rows = rows.num_rows(), "{reason}");
+        dead.send_rows(&rows, &reason, acks).await?;
+    }
+    Ok((op.advance(now).await?, work))
 }
 
 /// Send closed windows downstream; a failed query dead-letters the windows' rows.

@@ -109,16 +109,12 @@ pub(crate) async fn run_sink(
     mut rx: mpsc::Receiver<Delivery>,
     ctx: SinkContext,
     dead: DeadLetters,
-    retry: SinkRetry,
+    mut retry: SinkRetry,
+    mut replace: mpsc::UnboundedReceiver<super::reload::NewSink>,
 ) -> anyhow::Result<()> {
     sink.start(&ctx).await?;
     let mut pending = Pending::default();
-    // A plugin's zero interval would panic the timer: treat it as "no periodic flush".
-    let mut ticker = sink.flush_interval().filter(|d| !d.is_zero()).map(|d| {
-        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut ticker = flush_ticker(sink.as_ref());
     loop {
         let tick = async {
             match ticker.as_mut() {
@@ -129,13 +125,24 @@ pub(crate) async fn run_sink(
             }
         };
         tokio::select! {
+            biased;
+            Some((new, new_retry)) = replace.recv() => {
+                // What was queued before the reload goes to the old sink, which flushes it.
+                for _ in 0..rx.len() {
+                    let Some(Delivery { batch, work: _work, .. }) = rx.recv().await else { break };
+                    count_in(&ctx, &batch);
+                    write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
+                }
+                flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?;
+                (sink, retry) = (new, new_retry);
+                sink.start(&ctx).await?;
+                ticker = flush_ticker(sink.as_ref());
+                tracing::info!(sink = %ctx.id, "reloaded: rows from here on go to the new config");
+            }
             delivery = rx.recv() => {
                 // `_work` lives until the batch is written (see `InFlight`).
                 let Some(Delivery { batch, work: _work, .. }) = delivery else { break };
-                let m = &ctx.metrics;
-                m.rows_in.add(batch.data.num_rows() as u64);
-                m.bytes_in.add(batch.data.get_array_memory_size() as u64);
-                m.batches_in.inc();
+                count_in(&ctx, &batch);
                 write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
             }
             _ = tick => flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?,
@@ -143,6 +150,22 @@ pub(crate) async fn run_sink(
     }
     flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?;
     Ok(())
+}
+
+fn count_in(ctx: &SinkContext, batch: &Batch) {
+    let m = &ctx.metrics;
+    m.rows_in.add(batch.data.num_rows() as u64);
+    m.bytes_in.add(batch.data.get_array_memory_size() as u64);
+    m.batches_in.inc();
+}
+
+fn flush_ticker(sink: &dyn Sink) -> Option<tokio::time::Interval> {
+    // A plugin's zero interval would panic the timer: treat it as "no periodic flush".
+    sink.flush_interval().filter(|d| !d.is_zero()).map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    })
 }
 
 /// Writes one batch until the sink takes it (or `max_elapsed` passes).

@@ -144,6 +144,11 @@ pub fn sigterm(child: &std::process::Child) {
     assert!(status.success(), "kill -TERM {}", child.id());
 }
 
+pub fn sighup(child: &std::process::Child) {
+    let status = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -HUP {}", child.id());
+}
+
 /// A client of the test PostgreSQL (`TRIBUTARY_TEST_POSTGRES`, default local `test` database).
 pub async fn pg() -> tokio_postgres::Client {
     let (db, conn) = tokio_postgres::connect(&tributary_testkit::test_postgres_url(), tokio_postgres::NoTls)

@@ -7,6 +7,7 @@
 
 mod client;
 mod format;
+mod group;
 mod sink;
 mod source;
 

@@ -2,7 +2,7 @@
 //! downstream has durably written the batch (and its dead letters). Undecodable messages go to the
 //! dead-letter output and are committed with their batch, never retried forever.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,18 +10,18 @@ use anyhow::{bail, Context};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
-    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec,
-    Secret, Source, SourceContext, SourcePlugin,
+    Ack, AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Secret, Source,
+    SourceContext, SourcePlugin,
 };
 
 use crate::client::{client_config, SslConfig};
+use crate::group::{commit, Group, GroupContext};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,9 +66,17 @@ pub struct KafkaSourceConfig {
     /// How long a partial batch waits for more messages (default 200ms).
     #[serde(default = "default_batch_wait")]
     pub batch_wait: HumanDuration,
-    /// Batches sent but not yet acknowledged before consumption pauses (default 64).
+    /// Batches sent but not yet acknowledged before consumption pauses (default 2048). Only their
+    /// offsets are kept here (the rows are in the channels and sinks, bounded there), but it must
+    /// exceed what the sinks buffer before they write (a `parquet` sink's `max_rows`), or
+    /// consumption waits for the sink's `max_age`.
     #[serde(default = "default_max_pending")]
     pub max_pending_batches: usize,
+    /// On a rebalance, how long a member waits for the acks of the revoked partitions' batches
+    /// before it commits what was written and lets the rest go to the new owner (default 10s;
+    /// below librdkafka's `max.poll.interval.ms`).
+    #[serde(default = "default_rebalance_wait")]
+    pub rebalance_wait: HumanDuration,
     /// `api_status_monitor`: seconds added to `timestamp`, for producers whose clock was shifted by
     /// their UTC offset (the original used a naive `utcnow()`); default 0.
     #[serde(default)]
@@ -89,7 +97,10 @@ fn default_batch_wait() -> HumanDuration {
     HumanDuration(Duration::from_millis(200))
 }
 fn default_max_pending() -> usize {
-    64
+    2048
+}
+fn default_rebalance_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 /// The original monitor's message as declared columns.
@@ -130,6 +141,22 @@ impl SourcePlugin for KafkaSourcePlugin {
         if cfg.batch_size == 0 || cfg.max_pending_batches == 0 {
             return Err(ConfigError::at("batch_size", "batch_size and max_pending_batches must be at least 1"));
         }
+        // librdkafka's default; past it the group drops a member that has not come back to poll.
+        let max_poll_ms = match cfg.librdkafka.get("max.poll.interval.ms") {
+            Some(v) => v.expose().parse::<u64>().map_err(|_| {
+                ConfigError::at("librdkafka.max.poll.interval.ms", format!("`{}` is not a number of milliseconds", v.expose()))
+            })?,
+            None => 300_000,
+        };
+        if cfg.rebalance_wait.0 >= Duration::from_millis(max_poll_ms) {
+            return Err(ConfigError::at(
+                "rebalance_wait",
+                format!(
+                    "{:?} must be shorter than max.poll.interval.ms ({max_poll_ms} ms), or the group drops this member mid-rebalance",
+                    cfg.rebalance_wait.0
+                ),
+            ));
+        }
         let (rows, schema) = match (cfg.format, &cfg.schema) {
             (SourceFormat::Json, Some(s)) => {
                 let rows = JsonRows::new(s, Some(&cfg.time_column));
@@ -164,47 +191,8 @@ struct Received {
     payload: Option<Vec<u8>>,
 }
 
-/// A batch sent downstream, waiting for its acknowledgement.
-struct Pending {
-    seq: u64,
-    /// Highest offset per (topic, partition) in the batch.
-    offsets: HashMap<(String, i32), i64>,
-    status: Option<AckStatus>,
-}
-
-/// Offsets become committable in send order: a batch's offsets are committed only when it and
-/// every batch before it were delivered.
-struct CommitTracker {
-    pending: VecDeque<Pending>,
-    next_seq: u64,
-}
-
-impl CommitTracker {
-    fn resolve(&mut self, seq: u64, status: AckStatus) -> anyhow::Result<HashMap<(String, i32), i64>> {
-        let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) else { return Ok(HashMap::new()) };
-        if status == AckStatus::Failed {
-            let mut where_: Vec<String> = p.offsets.iter().map(|((t, part), o)| format!("{t}/{part}@{o}")).collect();
-            where_.sort();
-            bail!(
-                "a batch (up to {}) was not written by every sink; stopping without committing it, so it is consumed again on restart",
-                where_.join(", ")
-            );
-        }
-        p.status = Some(status);
-        let mut ready = HashMap::new();
-        while self.pending.front().is_some_and(|p| p.status == Some(AckStatus::Delivered)) {
-            let p = self.pending.pop_front().expect("front exists");
-            for (k, o) in p.offsets {
-                let e = ready.entry(k).or_insert(o);
-                *e = (*e).max(o);
-            }
-        }
-        Ok(ready)
-    }
-}
-
 impl KafkaSource {
-    fn consumer(&self) -> anyhow::Result<StreamConsumer> {
+    fn consumer(&self, group: &Arc<Group>) -> anyhow::Result<StreamConsumer<GroupContext>> {
         let offset_reset = match self.cfg.start_from {
             StartFrom::Earliest => "earliest",
             StartFrom::Latest => "latest",
@@ -222,48 +210,39 @@ impl KafkaSource {
             &defaults,
             &self.cfg.librdkafka,
         );
-        let consumer: StreamConsumer = cfg.create().context("creating the Kafka consumer")?;
+        let consumer: StreamConsumer<GroupContext> =
+            cfg.create_with_context(GroupContext { group: group.clone() }).context("creating the Kafka consumer")?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", self.cfg.topics.join(", ")))?;
         Ok(consumer)
     }
 
-    fn commit(&self, consumer: &StreamConsumer, ready: &HashMap<(String, i32), i64>, mode: CommitMode) {
-        if ready.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in ready {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
-                tracing::warn!(source = %self.id, error = %e, "cannot record an offset to commit");
+    /// Commit what every sink has written; a batch a sink refused stops the source uncommitted.
+    fn commit_acknowledged(&self, consumer: &StreamConsumer<GroupContext>, group: &Group, mode: CommitMode) -> anyhow::Result<()> {
+        let ready = {
+            let mut t = group.tracker();
+            if let Some(failure) = t.failure() {
+                bail!("{failure}");
             }
-        }
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            // A rebalance moved the partition away: its new owner re-reads from the last commit.
-            tracing::warn!(source = %self.id, error = %e, "offset commit failed; those messages may be consumed again");
-        }
+            t.ready(None)
+        };
+        commit(consumer, &ready, mode, &self.id);
+        Ok(())
     }
 
     /// Decode a batch of messages, send the rows and dead letters under one acknowledgement.
-    async fn emit(
-        &self,
-        ctx: &SourceContext,
-        received: Vec<Received>,
-        tracker: &mut CommitTracker,
-        acks: &mpsc::UnboundedSender<(u64, AckStatus)>,
-    ) -> anyhow::Result<()> {
-        let seq = tracker.next_seq;
-        tracker.next_seq += 1;
+    async fn emit(&self, ctx: &SourceContext, received: Vec<Received>, group: &Arc<Group>) -> anyhow::Result<()> {
+        if received.is_empty() {
+            return Ok(());
+        }
         let mut offsets = HashMap::new();
         for m in &received {
             let e = offsets.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
             *e = (*e).max(m.offset);
         }
-        tracker.pending.push_back(Pending { seq, offsets, status: None });
-        let tx = acks.clone();
-        let ack = Ack::new(move |status| {
-            let _ = tx.send((seq, status));
-        });
+        let seq = group.tracker().start(offsets);
+        let g = group.clone();
+        let ack = Ack::new(move |status| g.resolve(seq, status));
 
         // One message per line: raw newlines in JSON can only be whitespace, so they become spaces.
         let mut text = Vec::with_capacity(received.iter().map(|m| m.payload.as_ref().map_or(1, |p| p.len() + 1)).sum());
@@ -376,72 +355,66 @@ fn now_micros() -> i64 {
 #[async_trait::async_trait]
 impl Source for KafkaSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
-        let consumer = self.consumer()?;
+        let group = Group::new(&self.id, self.cfg.rebalance_wait.0);
+        let consumer = self.consumer(&group)?;
         tracing::info!(source = %self.id, topics = %self.cfg.topics.join(","), group = %self.cfg.group_id, "consuming");
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, AckStatus)>();
-        let mut tracker = CommitTracker { pending: VecDeque::new(), next_seq: 0 };
         let shutdown = ctx.shutdown.clone();
         let mut received: Vec<Received> = Vec::new();
         let mut deadline: Option<Instant> = None;
         loop {
-            let can_poll = tracker.pending.len() < self.cfg.max_pending_batches;
+            let can_poll = group.tracker().len() < self.cfg.max_pending_batches;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some((seq, status)) = ack_rx.recv() => {
-                    let ready = tracker.resolve(seq, status)?;
-                    self.commit(&consumer, &ready, CommitMode::Async);
-                }
+                _ = group.wake.notified() => self.commit_acknowledged(&consumer, &group, CommitMode::Async)?,
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                    self.emit(&ctx, std::mem::take(&mut received), &mut tracker, &ack_tx).await?;
+                    self.emit(&ctx, std::mem::take(&mut received), &group).await?;
                     deadline = None;
                 }
-                m = consumer.recv(), if can_poll => match m {
-                    Ok(m) => {
-                        received.push(Received {
-                            topic: m.topic().to_string(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            payload: m.payload().map(<[u8]>::to_vec),
-                        });
-                        if received.len() >= self.cfg.batch_size {
-                            self.emit(&ctx, std::mem::take(&mut received), &mut tracker, &ack_tx).await?;
-                            deadline = None;
-                        } else if deadline.is_none() {
-                            deadline = Some(Instant::now() + self.cfg.batch_wait.0);
+                m = consumer.recv(), if can_poll => {
+                    // A rebalance runs inside `recv`: what was buffered of revoked partitions is
+                    // left to their new owner, who reads it from the last commit.
+                    let revoked = group.take_revoked();
+                    if !revoked.is_empty() {
+                        received.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+                    }
+                    match m {
+                        Ok(m) => {
+                            received.push(Received {
+                                topic: m.topic().to_string(),
+                                partition: m.partition(),
+                                offset: m.offset(),
+                                payload: m.payload().map(<[u8]>::to_vec),
+                            });
+                            if received.len() >= self.cfg.batch_size {
+                                self.emit(&ctx, std::mem::take(&mut received), &group).await?;
+                                deadline = None;
+                            } else if deadline.is_none() {
+                                deadline = Some(Instant::now() + self.cfg.batch_wait.0);
+                            }
+                        }
+                        Err(e) => {
+                            tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, "Kafka consume error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
-                    Err(e) => {
-                        tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, "Kafka consume error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                }
             }
         }
-        if !received.is_empty() {
-            self.emit(&ctx, received, &mut tracker, &ack_tx).await?;
-        }
+        self.emit(&ctx, received, &group).await?;
         // Let downstream drain and flush, then commit what it acknowledged before leaving.
         ctx.close_outputs();
-        drop(ack_tx);
         let drain_until = Instant::now() + Duration::from_secs(25);
-        let mut ready_all: HashMap<(String, i32), i64> = HashMap::new();
-        while !tracker.pending.is_empty() {
-            match tokio::time::timeout_at(drain_until, ack_rx.recv()).await {
-                Ok(Some((seq, status))) => {
-                    for (k, o) in tracker.resolve(seq, status)? {
-                        let e = ready_all.entry(k).or_insert(o);
-                        *e = (*e).max(o);
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(source = %self.id, pending = tracker.pending.len(), "batches still unacknowledged at shutdown; they will be consumed again");
-                    break;
-                }
+        while group.tracker().unacknowledged() > 0 {
+            if tokio::time::timeout_at(drain_until, group.wake.notified()).await.is_err() {
+                let pending = group.tracker().unacknowledged();
+                tracing::warn!(source = %self.id, pending, "batches still unacknowledged at shutdown; they will be consumed again");
+                break;
             }
         }
-        self.commit(&consumer, &ready_all, CommitMode::Sync);
-        Ok(())
+        let result = self.commit_acknowledged(&consumer, &group, CommitMode::Sync);
+        // Leaving the group revokes everything: nothing is left to wait for.
+        group.close();
+        result
     }
 }

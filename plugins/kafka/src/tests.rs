@@ -48,11 +48,15 @@ fn consume_all(bootstrap: &str, topic: &str, n: usize) -> Vec<(Option<String>, S
 }
 
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    committed_at(bootstrap, group, topic, 0)
+}
+
+fn committed_at(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
+    tpl.add_partition(topic, partition);
     let got = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
-    match got.find_partition(topic, 0).unwrap().offset() {
+    match got.find_partition(topic, partition).unwrap().offset() {
         Offset::Offset(o) => Some(o),
         _ => None,
     }
@@ -385,4 +389,91 @@ async fn sink_hands_back_undelivered_rows_and_reports_refused_ones() {
     assert!(failed.error.to_string().contains("(2 of 3 messages to retry)"), "{}", failed.error);
     assert_eq!(failed.rejected.len(), 1);
     assert!(failed.rejected[0].reason.contains("MessageSizeTooLarge"), "{:?}", failed.rejected);
+}
+
+/// Acks held past `rebalance_wait` (an open window holds them like this): the member gives the
+/// partitions up uncommitted, their next owners read the messages again, and the late acks commit
+/// nothing for partitions the member no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_hands_unacknowledged_partitions_to_their_next_owner() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("split", 2, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for p in 0..2 {
+        let payload = format!(r#"{{"user":"p{p}","score":{p}}}"#);
+        producer
+            .send(FutureRecord::<(), str>::to("split").partition(p).payload(&payload), Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let yaml = format!(
+        "{{bootstrap_servers: '{bootstrap}', topics: [split], group_id: g3, batch_wait: 50ms, rebalance_wait: 1s, schema: {{ts: timestamp, user: string, score: int}}, librdkafka: {{session.timeout.ms: '6000', heartbeat.interval.ms: '500'}}}}"
+    );
+    let start = |id: &str| {
+        let built = KafkaSourcePlugin.build(&ComponentConfig::from_yaml(id, &yaml)).map_err(|e| e.to_string()).unwrap();
+        let (ctx, h) = source_context(id, &[""], 16);
+        (tokio::spawn(built.source.run(ctx)), h)
+    };
+    let users = |d: &tributary_sdk::Delivery| -> Vec<String> {
+        d.batch.data.column_by_name("user").unwrap().as_string::<i32>().iter().map(|u| u.unwrap().to_string()).collect()
+    };
+
+    // Alone in the group, `a` reads both partitions and holds the acks.
+    let (run_a, mut ha) = start("a");
+    let (mut first, mut held) = (Vec::new(), Vec::new());
+    while first.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), ha.outputs.get_mut("").unwrap().recv()).await.expect("rows").unwrap();
+        first.extend(users(&d));
+        held.push(d.batch.acks);
+    }
+    first.sort();
+    assert_eq!(first, ["p0", "p1"]);
+
+    // `b` joins; `a` waits 1 s for its acks, then gives both partitions up uncommitted. Each
+    // member now holds one partition and reads its message again. (The mock broker completes a
+    // rebalance within about a session timeout: 6 s here instead of the default 45.)
+    let (run_b, mut hb) = start("b");
+    let mut again: Vec<(&str, String)> = Vec::new();
+    let mut again_acks = Vec::new();
+    while again.len() < 2 {
+        let (who, d) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                Some(d) = ha.outputs.get_mut("").unwrap().recv() => ("a", d),
+                Some(d) = hb.outputs.get_mut("").unwrap().recv() => ("b", d),
+            }
+        })
+        .await
+        .expect("both messages read again after the rebalance");
+        again.extend(users(&d).into_iter().map(|u| (who, u)));
+        again_acks.push(d.batch.acks);
+    }
+    again.sort_by(|x, y| x.1.cmp(&y.1));
+    let members: std::collections::BTreeSet<&str> = again.iter().map(|(who, _)| *who).collect();
+    assert_eq!(members.len(), 2, "one partition each: {again:?}");
+
+    // The late acks of the first reads commit nothing: those partitions were given up.
+    for acks in held {
+        acks.release();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((committed_at(&bootstrap, "g3", "split", 0), committed_at(&bootstrap, "g3", "split", 1)), (None, None));
+    // The new owners' acks do.
+    for acks in again_acks {
+        acks.release();
+    }
+    let mut offsets = (None, None);
+    for _ in 0..50 {
+        offsets = (committed_at(&bootstrap, "g3", "split", 0), committed_at(&bootstrap, "g3", "split", 1));
+        if offsets == (Some(1), Some(1)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(offsets, (Some(1), Some(1)));
+    ha.shutdown.cancel();
+    hb.shutdown.cancel();
+    run_a.await.unwrap().unwrap();
+    run_b.await.unwrap().unwrap();
 }

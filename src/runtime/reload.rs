@@ -1,0 +1,239 @@
+//! Hot reload: a new version of the pipeline file, already validated, replaces only the components
+//! whose config changed (or whose input schema did, because an upstream transform's SQL changed).
+//! Everything else keeps running: sources keep their connections and offsets, untouched windows keep
+//! their rows.
+//!
+//! A changed transform or sink first handles what is queued in front of it (accepted under the old
+//! config), a sink flushes, a windowed transform emits its open windows as partial; a changed source
+//! stops as on a shutdown (sends what it has, waits for its acks). Then the new version takes over
+//! the same channels. Changes that need new wiring (components added, removed or re-`inputs:`-ed),
+//! an output whose columns change, a changed disk buffer, or a transform turning windowed are
+//! refused with the reason, and the running pipeline continues as it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use tokio::sync::mpsc;
+use tributary_sdk::{Sink, Source};
+
+use super::SinkRetry;
+use crate::admin::AdminState;
+use crate::config::{ComponentDecl, Kind};
+use crate::graph::{Plan, PlannedTransform};
+
+/// What the CLI sends when the file changed (or on SIGHUP).
+pub enum ReloadRequest {
+    /// The new file validated: apply it.
+    Valid(Plan),
+    /// The new file did not validate (the diagnostics, with file:line:col): keep running.
+    Invalid(String),
+}
+
+/// A new version of a sink: the plugin and the engine's retry settings.
+pub(crate) type NewSink = (Box<dyn Sink>, SinkRetry);
+
+/// One channel per component of a kind, through which its task receives new versions.
+struct Slots<T> {
+    senders: HashMap<String, mpsc::UnboundedSender<T>>,
+    /// Receivers not yet handed to their tasks.
+    receivers: HashMap<String, mpsc::UnboundedReceiver<T>>,
+}
+
+impl<T> Slots<T> {
+    fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Slots<T> {
+        let mut slots = Slots { senders: HashMap::new(), receivers: HashMap::new() };
+        for id in ids {
+            let (tx, rx) = mpsc::unbounded_channel();
+            slots.senders.insert(id.to_string(), tx);
+            slots.receivers.insert(id.to_string(), rx);
+        }
+        slots
+    }
+
+    /// The receiving end for `id`'s task.
+    fn take(&mut self, id: &str) -> mpsc::UnboundedReceiver<T> {
+        self.receivers.remove(id).unwrap_or_else(|| mpsc::unbounded_channel().1)
+    }
+
+    fn send(&self, id: &str, new: T) -> Result<(), String> {
+        self.senders[id].send(new).map_err(|_| "the pipeline is stopping".to_string())
+    }
+}
+
+/// The running pipeline's components that can take a new version, and what they run now.
+pub(crate) struct Replacers {
+    sources: Slots<Box<dyn Source>>,
+    transforms: Slots<PlannedTransform>,
+    sinks: Slots<NewSink>,
+    decls: Vec<ComponentDecl>,
+    outputs: BTreeMap<String, SchemaRef>,
+    windowed: BTreeSet<String>,
+}
+
+impl Replacers {
+    pub fn new(decls: &[ComponentDecl], outputs: &BTreeMap<String, SchemaRef>, transforms: &[PlannedTransform]) -> Replacers {
+        let ids = |kind: Kind| decls.iter().filter(move |d| d.kind == kind).map(|d| d.id.as_str());
+        Replacers {
+            sources: Slots::new(ids(Kind::Source)),
+            transforms: Slots::new(ids(Kind::Transform)),
+            sinks: Slots::new(ids(Kind::Sink)),
+            decls: decls.to_vec(),
+            outputs: outputs.clone(),
+            windowed: transforms.iter().filter(|t| t.window.is_some()).map(|t| t.id.clone()).collect(),
+        }
+    }
+
+    /// The receiving ends for each component's task.
+    pub fn source(&mut self, id: &str) -> mpsc::UnboundedReceiver<Box<dyn Source>> {
+        self.sources.take(id)
+    }
+
+    pub fn transform(&mut self, id: &str) -> mpsc::UnboundedReceiver<PlannedTransform> {
+        self.transforms.take(id)
+    }
+
+    pub fn sink(&mut self, id: &str) -> mpsc::UnboundedReceiver<NewSink> {
+        self.sinks.take(id)
+    }
+
+    /// Apply reloads until `requests` closes, recording each outcome in `/health`.
+    pub async fn serve(mut self, mut requests: mpsc::Receiver<ReloadRequest>, admin: Option<&AdminState>) {
+        while let Some(request) = requests.recv().await {
+            let outcome = match request {
+                ReloadRequest::Invalid(diagnostics) => Err(format!("the new file is invalid:\n{diagnostics}")),
+                ReloadRequest::Valid(plan) => self.apply(plan),
+            };
+            match &outcome {
+                Ok(changed) if changed.is_empty() => tracing::info!("reloaded: no component changed"),
+                Ok(changed) => tracing::info!(restarted = %changed.join(","), "reloaded"),
+                Err(e) => tracing::error!("reload refused; the pipeline keeps running as it was: {e}"),
+            }
+            if let Some(admin) = admin {
+                admin.record_reload(outcome.map(|_| ()));
+            }
+        }
+    }
+
+    /// Hand the changed components their new versions; returns their ids, or why nothing was
+    /// changed.
+    pub fn apply(&mut self, plan: Plan) -> Result<Vec<String>, String> {
+        let changed = self.changed(&plan)?;
+        let Plan { sources, transforms, sinks, decls, outputs, .. } = plan;
+        // Downstream first: a changed consumer is in place before a changed producer restarts.
+        for s in sinks.into_iter().filter(|s| changed.contains(&s.id)) {
+            self.sinks.send(&s.id, (s.sink, s.retry))?;
+        }
+        for t in transforms.into_iter().filter(|t| changed.contains(&t.id)) {
+            self.transforms.send(&t.id.clone(), t)?;
+        }
+        for s in sources.into_iter().filter(|s| changed.contains(&s.id)) {
+            self.sources.send(&s.id, s.source)?;
+        }
+        self.decls = decls;
+        self.outputs = outputs;
+        Ok(changed.into_iter().collect())
+    }
+
+    /// Which components must restart for `plan`, or why the change needs a process restart.
+    fn changed(&self, plan: &Plan) -> Result<BTreeSet<String>, String> {
+        let old: HashMap<&str, &ComponentDecl> = self.decls.iter().map(|d| (d.id.as_str(), d)).collect();
+        let new: HashMap<&str, &ComponentDecl> = plan.decls.iter().map(|d| (d.id.as_str(), d)).collect();
+        let restart = "; that needs a restart of the process";
+        if let Some(d) = plan.decls.iter().find(|d| !old.contains_key(d.id.as_str())) {
+            return Err(format!("{} `{}` was added{restart}", d.kind.label(), d.id));
+        }
+        if let Some(d) = self.decls.iter().find(|d| !new.contains_key(d.id.as_str())) {
+            return Err(format!("{} `{}` was removed{restart}", d.kind.label(), d.id));
+        }
+        let mut changed = BTreeSet::new();
+        for d in &plan.decls {
+            let was = old[d.id.as_str()];
+            if was.kind != d.kind {
+                return Err(format!("`{}` moved from {} to {}{restart}", d.id, was.kind.label(), d.kind.label()));
+            }
+            if was.inputs != d.inputs {
+                return Err(format!("the inputs of `{}` changed{restart}", d.id));
+            }
+            if was.type_name != d.type_name || was.options != d.options {
+                changed.insert(d.id.clone());
+            }
+        }
+        // Batches in flight carry the old columns: a consumer cannot switch exactly where they end.
+        for (name, schema) in &plan.outputs {
+            if self.outputs.get(name) != Some(schema) {
+                return Err(format!("output `{name}` changes its columns{restart}"));
+            }
+        }
+        // A source's buffer (memory or disk) is the engine's, set up once at start.
+        for d in plan.decls.iter().filter(|d| d.kind == Kind::Source && changed.contains(&d.id)) {
+            if old[d.id.as_str()].options.get("buffer") != d.options.get("buffer") {
+                return Err(format!("the `buffer` of source `{}` changed{restart}", d.id));
+            }
+        }
+        for t in &plan.transforms {
+            if changed.contains(&t.id) && self.windowed.contains(&t.id) != t.window.is_some() {
+                return Err(format!("transform `{}` turned windowed or unwindowed{restart}", t.id));
+            }
+        }
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PipelineFile;
+
+    const BASE: &str = r#"
+sources:
+  ingest: {type: http_server, address: "127.0.0.1:0", schema: {id: int, score: int, ts: timestamp}}
+transforms:
+  keep: {inputs: [ingest], sql: "SELECT id, score FROM ingest WHERE score > 100"}
+  per_minute:
+    inputs: [ingest]
+    window: {tumbling: 1m}
+    sql: SELECT window_start, count(*) AS n FROM ingest GROUP BY window_start
+sinks:
+  kept: {type: file, inputs: [keep], path: /dev/null}
+  counts: {type: file, inputs: [per_minute], path: /dev/null}
+"#;
+
+    async fn plan(text: &str) -> Plan {
+        let file = PipelineFile::parse("p.yaml", text, &|_| None).unwrap();
+        crate::graph::plan(&file, &crate::plugins::Registry::builtin()).await.unwrap()
+    }
+
+    /// Apply `text` to a pipeline running BASE; the receivers stay in `Replacers`, as if held by
+    /// the running tasks.
+    async fn reload(text: &str) -> Result<Vec<String>, String> {
+        let p = plan(BASE).await;
+        Replacers::new(&p.decls, &p.outputs, &p.transforms).apply(plan(text).await)
+    }
+
+    #[tokio::test]
+    async fn only_changed_components_restart() {
+        assert_eq!(reload(BASE).await.unwrap(), Vec::<String>::new());
+        assert_eq!(reload(&BASE.replace("score > 100", "score > 500")).await.unwrap(), ["keep"]);
+        assert_eq!(
+            reload(&BASE.replace("path: /dev/null}\n  counts", "path: /dev/null, flush_interval: 2s}\n  counts")).await.unwrap(),
+            ["kept"]
+        );
+        let source_changed = BASE.replace("address: \"127.0.0.1:0\",", "address: \"127.0.0.1:0\", max_body_bytes: 1MiB,");
+        assert_eq!(reload(&source_changed).await.unwrap(), ["ingest"]);
+    }
+
+    #[tokio::test]
+    async fn rewiring_and_column_changes_are_refused_with_the_reason() {
+        let added = format!("{BASE}  more: {{type: file, inputs: [keep], path: /dev/null}}\n");
+        assert_eq!(reload(&added).await.unwrap_err(), "sink `more` was added; that needs a restart of the process");
+        let rewired = BASE.replace("inputs: [per_minute]", "inputs: [keep]");
+        assert_eq!(reload(&rewired).await.unwrap_err(), "the inputs of `counts` changed; that needs a restart of the process");
+        let columns = BASE.replace("SELECT id, score FROM", "SELECT id FROM");
+        assert_eq!(reload(&columns).await.unwrap_err(), "output `keep` changes its columns; that needs a restart of the process");
+        let buffered = BASE.replace(
+            "schema: {id: int, score: int, ts: timestamp}}",
+            "schema: {id: int, score: int, ts: timestamp}, buffer: {type: disk, path: /tmp/x}}",
+        );
+        assert_eq!(reload(&buffered).await.unwrap_err(), "the `buffer` of source `ingest` changed; that needs a restart of the process");
+    }
+}
