@@ -23,6 +23,7 @@ mod sink;
 pub use clock::{Clock, ManualClock, Timer};
 pub use disk_buffer::SourceBuffer;
 pub use reload::ReloadRequest;
+use reload::{NewVersion, Upcoming};
 pub(crate) use sink::Retrying;
 pub use sink::SinkRetry;
 use tributary_sdk::{
@@ -365,22 +366,33 @@ async fn run_transform(
     output: Output,
     dead: DeadLetters,
     metrics: Arc<ComponentMetrics>,
-    mut replace: mpsc::UnboundedReceiver<PlannedTransform>,
+    mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
+    let mut upcoming = Upcoming::default();
     loop {
         tokio::select! {
             biased;
             Some(new) = replace.recv() => {
+                upcoming.clear();
+                if !new.takes_over_now() {
+                    tracing::info!(transform = %t.id, "reloaded: the new SQL takes over at the first batch with the new columns");
+                    upcoming.wait_for(new);
+                    continue;
+                }
                 // What was queued before the reload was accepted under the old SQL: it gets it.
                 for _ in 0..rx.len() {
                     let Some(delivery) = rx.recv().await else { break };
                     transform_delivery(&t, delivery, &output, &dead, &metrics).await?;
                 }
-                t = new;
+                t = new.component;
                 tracing::info!(transform = %t.id, "reloaded: rows from here on run the new SQL");
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { break };
+                if let Some(new) = upcoming.due(delivery.input, &delivery.batch.data) {
+                    t = new;
+                    tracing::info!(transform = %t.id, "reloaded: the new columns arrived; rows from here on run the new SQL");
+                }
                 transform_delivery(&t, delivery, &output, &dead, &metrics).await?;
             }
         }
@@ -423,31 +435,37 @@ async fn run_windowed_transform(
     dead: DeadLetters,
     metrics: Arc<ComponentMetrics>,
     mut timer: Timer,
-    mut replace: mpsc::UnboundedReceiver<PlannedTransform>,
+    mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
     let id = t.id.clone();
     let mut op = window_operator(t, &timer)?;
+    let mut upcoming = Upcoming::default();
     loop {
         // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
         let _work;
         let emission = tokio::select! {
             biased;
             Some(new) = replace.recv() => {
-                // A changed window: what was queued goes into the old windows, which then close
-                // as partial (as on a stop); the new SQL starts with empty windows.
-                for _ in 0..rx.len() {
-                    let Some(delivery) = rx.recv().await else { break };
-                    let (emission, _work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
-                    send_emission(&id, emission, &output, &dead, &metrics).await?;
-                }
-                send_emission(&id, op.finish().await?, &output, &dead, &metrics).await?;
-                op = window_operator(new, &timer)?;
-                tracing::info!(transform = %id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
+                upcoming.clear();
                 _work = Work::default();
+                if new.takes_over_now() {
+                    // What was queued goes into the old windows first.
+                    for _ in 0..rx.len() {
+                        let Some(delivery) = rx.recv().await else { break };
+                        let (emission, _work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
+                        send_emission(&id, emission, &output, &dead, &metrics).await?;
+                    }
+                    replace_windows(&id, &mut op, new.component, &timer, &output, &dead, &metrics).await?;
+                } else {
+                    upcoming.wait_for(new);
+                }
                 None
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else { break };
+                if let Some(new) = upcoming.due(delivery.input, &delivery.batch.data) {
+                    replace_windows(&id, &mut op, new, &timer, &output, &dead, &metrics).await?;
+                }
                 let (emission, work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
                 _work = work;
                 emission
@@ -461,6 +479,23 @@ async fn run_windowed_transform(
     }
     let emission = op.finish().await?;
     send_emission(&id, emission, &output, &dead, &metrics).await
+}
+
+/// A changed window: the old windows close as partial (as on a stop); the new SQL starts with
+/// empty windows.
+async fn replace_windows(
+    id: &str,
+    op: &mut WindowOperator,
+    new: PlannedTransform,
+    timer: &Timer,
+    output: &Output,
+    dead: &DeadLetters,
+    metrics: &ComponentMetrics,
+) -> anyhow::Result<()> {
+    send_emission(id, op.finish().await?, output, dead, metrics).await?;
+    *op = window_operator(new, timer)?;
+    tracing::info!(transform = %id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
+    Ok(())
 }
 
 fn window_operator(t: PlannedTransform, timer: &Timer) -> anyhow::Result<WindowOperator> {

@@ -6,13 +6,15 @@
 //! A changed transform or sink first handles what is queued in front of it (accepted under the old
 //! config), a sink flushes, a windowed transform emits its open windows as partial; a changed source
 //! stops as on a shutdown (sends what it has, waits for its acks). Then the new version takes over
-//! the same channels. Changes that need new wiring (components added, removed or re-`inputs:`-ed),
-//! an output whose columns change, a changed disk buffer, or a transform turning windowed are
+//! the same channels. When an output's columns change, its consumers are planned anew and switch at
+//! the first batch with the new columns ([`Upcoming`]). Changes that need new wiring (components
+//! added, removed or re-`inputs:`-ed), a changed `buffer:`, or a transform turning windowed are
 //! refused with the reason, and the running pipeline continues as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 use tributary_sdk::{Sink, Source};
 
@@ -30,7 +32,56 @@ pub enum ReloadRequest {
 }
 
 /// A new version of a sink: the plugin and the engine's retry settings.
-pub(crate) type NewSink = (Box<dyn Sink>, SinkRetry);
+pub(crate) type NewSink = NewVersion<(Box<dyn Sink>, SinkRetry)>;
+
+/// A new version of a transform or sink, with the columns of those of its inputs that change.
+pub(crate) struct NewVersion<T> {
+    pub component: T,
+    /// Per input (in `inputs:` order): the new columns, where the reload changes them.
+    changed_inputs: Vec<Option<SchemaRef>>,
+}
+
+impl<T> NewVersion<T> {
+    /// No input changes its columns: the new version takes over once what is queued is handled.
+    pub fn takes_over_now(&self) -> bool {
+        self.changed_inputs.iter().all(Option::is_none)
+    }
+}
+
+/// A new version waiting for its first batch with the new columns: batches sent before the
+/// producer switched carry the old ones and go to the old version.
+pub(crate) struct Upcoming<T>(Option<NewVersion<T>>);
+
+impl<T> Default for Upcoming<T> {
+    fn default() -> Self {
+        Upcoming(None)
+    }
+}
+
+impl<T> Upcoming<T> {
+    pub fn wait_for(&mut self, new: NewVersion<T>) {
+        self.0 = Some(new);
+    }
+
+    /// A newer reload supersedes the waiting version.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// The waiting version, when `batch` (from input `input`) is the first with its columns.
+    pub fn due(&mut self, input: usize, batch: &RecordBatch) -> Option<T> {
+        let new = self.0.as_ref()?;
+        let expected = new.changed_inputs.get(input)?.as_ref()?;
+        same_columns(expected, &batch.schema()).then(|| self.0.take().expect("checked").component)
+    }
+}
+
+/// Same names and types in the same order (nullability and metadata aside: a plan's declared
+/// schema and the batches it makes can differ there).
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
 
 /// One channel per component of a kind, through which its task receives new versions.
 struct Slots<T> {
@@ -63,7 +114,7 @@ impl<T> Slots<T> {
 /// The running pipeline's components that can take a new version, and what they run now.
 pub(crate) struct Replacers {
     sources: Slots<Box<dyn Source>>,
-    transforms: Slots<PlannedTransform>,
+    transforms: Slots<NewVersion<PlannedTransform>>,
     sinks: Slots<NewSink>,
     decls: Vec<ComponentDecl>,
     outputs: BTreeMap<String, SchemaRef>,
@@ -88,7 +139,7 @@ impl Replacers {
         self.sources.take(id)
     }
 
-    pub fn transform(&mut self, id: &str) -> mpsc::UnboundedReceiver<PlannedTransform> {
+    pub fn transform(&mut self, id: &str) -> mpsc::UnboundedReceiver<NewVersion<PlannedTransform>> {
         self.transforms.take(id)
     }
 
@@ -118,13 +169,20 @@ impl Replacers {
     /// changed.
     pub fn apply(&mut self, plan: Plan) -> Result<Vec<String>, String> {
         let changed = self.changed(&plan)?;
+        let changed_inputs = |id: &str| -> Vec<Option<SchemaRef>> {
+            let decl = plan.decls.iter().find(|d| d.id == id).expect("planned");
+            decl.inputs.iter().map(|name| plan.outputs.get(name).filter(|s| self.outputs.get(name) != Some(*s)).cloned()).collect()
+        };
+        let inputs: HashMap<String, Vec<Option<SchemaRef>>> = changed.iter().map(|id| (id.clone(), changed_inputs(id))).collect();
         let Plan { sources, transforms, sinks, decls, outputs, .. } = plan;
         // Downstream first: a changed consumer is in place before a changed producer restarts.
         for s in sinks.into_iter().filter(|s| changed.contains(&s.id)) {
-            self.sinks.send(&s.id, (s.sink, s.retry))?;
+            let new = NewVersion { changed_inputs: inputs[&s.id].clone(), component: (s.sink, s.retry) };
+            self.sinks.send(&s.id, new)?;
         }
         for t in transforms.into_iter().filter(|t| changed.contains(&t.id)) {
-            self.transforms.send(&t.id.clone(), t)?;
+            let id = t.id.clone();
+            self.transforms.send(&id, NewVersion { changed_inputs: inputs[&id].clone(), component: t })?;
         }
         for s in sources.into_iter().filter(|s| changed.contains(&s.id)) {
             self.sources.send(&s.id, s.source)?;
@@ -158,10 +216,10 @@ impl Replacers {
                 changed.insert(d.id.clone());
             }
         }
-        // Batches in flight carry the old columns: a consumer cannot switch exactly where they end.
+        // A consumer of an output whose columns change is planned anew over them.
         for (name, schema) in &plan.outputs {
             if self.outputs.get(name) != Some(schema) {
-                return Err(format!("output `{name}` changes its columns{restart}"));
+                changed.extend(plan.decls.iter().filter(|d| d.inputs.contains(name)).map(|d| d.id.clone()));
             }
         }
         // A source's buffer (memory or disk) is the engine's, set up once at start.
@@ -220,16 +278,35 @@ sinks:
         );
         let source_changed = BASE.replace("address: \"127.0.0.1:0\",", "address: \"127.0.0.1:0\", max_body_bytes: 1MiB,");
         assert_eq!(reload(&source_changed).await.unwrap(), ["ingest"]);
+        // New columns out of `keep`: its sink is planned anew over them.
+        let columns = BASE.replace("SELECT id, score FROM", "SELECT id FROM");
+        assert_eq!(reload(&columns).await.unwrap(), ["keep", "kept"]);
+    }
+
+    #[test]
+    fn a_waiting_version_takes_over_at_the_first_batch_with_its_columns() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array};
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let batch = |names: &[&str]| {
+            let fields: Vec<Field> = names.iter().map(|n| Field::new(*n, DataType::Int64, true)).collect();
+            let columns: Vec<ArrayRef> = names.iter().map(|_| std::sync::Arc::new(Int64Array::from(vec![1])) as ArrayRef).collect();
+            RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+        let new_columns = batch(&["id"]).schema();
+        let mut upcoming = Upcoming::default();
+        upcoming.wait_for(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)] });
+        assert_eq!(upcoming.due(1, &batch(&["id", "score"])), None, "still the old columns");
+        assert_eq!(upcoming.due(0, &batch(&["id"])), None, "an input whose columns did not change");
+        assert_eq!(upcoming.due(1, &batch(&["id"])), Some("v2"));
+        assert_eq!(upcoming.due(1, &batch(&["id"])), None, "taken over once");
     }
 
     #[tokio::test]
-    async fn rewiring_and_column_changes_are_refused_with_the_reason() {
+    async fn rewiring_and_buffer_changes_are_refused_with_the_reason() {
         let added = format!("{BASE}  more: {{type: file, inputs: [keep], path: /dev/null}}\n");
         assert_eq!(reload(&added).await.unwrap_err(), "sink `more` was added; that needs a restart of the process");
         let rewired = BASE.replace("inputs: [per_minute]", "inputs: [keep]");
         assert_eq!(reload(&rewired).await.unwrap_err(), "the inputs of `counts` changed; that needs a restart of the process");
-        let columns = BASE.replace("SELECT id, score FROM", "SELECT id FROM");
-        assert_eq!(reload(&columns).await.unwrap_err(), "output `keep` changes its columns; that needs a restart of the process");
         let buffered = BASE.replace(
             "schema: {id: int, score: int, ts: timestamp}}",
             "schema: {id: int, score: int, ts: timestamp}, buffer: {type: disk, path: /tmp/x}}",

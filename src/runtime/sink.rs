@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+
+use super::reload::{NewSink, Upcoming};
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, Sink, SinkContext};
 
@@ -110,11 +112,12 @@ pub(crate) async fn run_sink(
     ctx: SinkContext,
     dead: DeadLetters,
     mut retry: SinkRetry,
-    mut replace: mpsc::UnboundedReceiver<super::reload::NewSink>,
+    mut replace: mpsc::UnboundedReceiver<NewSink>,
 ) -> anyhow::Result<()> {
     sink.start(&ctx).await?;
     let mut pending = Pending::default();
     let mut ticker = flush_ticker(sink.as_ref());
+    let mut upcoming = Upcoming::default();
     loop {
         let tick = async {
             match ticker.as_mut() {
@@ -126,22 +129,29 @@ pub(crate) async fn run_sink(
         };
         tokio::select! {
             biased;
-            Some((new, new_retry)) = replace.recv() => {
+            Some(new) = replace.recv() => {
+                upcoming.clear();
+                if !new.takes_over_now() {
+                    tracing::info!(sink = %ctx.id, "reloaded: the new config takes over at the first batch with the new columns");
+                    upcoming.wait_for(new);
+                    continue;
+                }
                 // What was queued before the reload goes to the old sink, which flushes it.
                 for _ in 0..rx.len() {
                     let Some(Delivery { batch, work: _work, .. }) = rx.recv().await else { break };
                     count_in(&ctx, &batch);
                     write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
                 }
-                flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?;
-                (sink, retry) = (new, new_retry);
-                sink.start(&ctx).await?;
+                switch_sink(&mut sink, &mut retry, new.component, &ctx, &dead, &mut pending).await?;
                 ticker = flush_ticker(sink.as_ref());
-                tracing::info!(sink = %ctx.id, "reloaded: rows from here on go to the new config");
             }
             delivery = rx.recv() => {
                 // `_work` lives until the batch is written (see `InFlight`).
-                let Some(Delivery { batch, work: _work, .. }) = delivery else { break };
+                let Some(Delivery { input, batch, work: _work }) = delivery else { break };
+                if let Some(new) = upcoming.due(input, &batch.data) {
+                    switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
+                    ticker = flush_ticker(sink.as_ref());
+                }
                 count_in(&ctx, &batch);
                 write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
             }
@@ -149,6 +159,22 @@ pub(crate) async fn run_sink(
         }
     }
     flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?;
+    Ok(())
+}
+
+/// The old sink writes what it holds; then the new version starts.
+async fn switch_sink(
+    sink: &mut Box<dyn Sink>,
+    retry: &mut SinkRetry,
+    (new, new_retry): (Box<dyn Sink>, SinkRetry),
+    ctx: &SinkContext,
+    dead: &DeadLetters,
+    pending: &mut Pending,
+) -> anyhow::Result<()> {
+    flush(sink.as_mut(), ctx, dead, retry, pending).await?;
+    (*sink, *retry) = (new, new_retry);
+    sink.start(ctx).await?;
+    tracing::info!(sink = %ctx.id, "reloaded: rows from here on go to the new config");
     Ok(())
 }
 
