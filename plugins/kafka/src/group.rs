@@ -183,8 +183,9 @@ impl Group {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect()
     }
 
-    pub fn close(&self) {
-        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Marks the group as being left when dropped: the final revoke commits without waiting.
+    pub fn closing_guard(self: &Arc<Self>) -> ClosingGuard {
+        ClosingGuard(self.clone())
     }
 
     /// Wait (bounded) for the revoked partitions' batches, then return what to commit for them
@@ -234,6 +235,14 @@ impl Group {
             abandoned_batches = abandoned,
             "Kafka partitions revoked"
         );
+    }
+}
+
+pub(crate) struct ClosingGuard(Arc<Group>);
+
+impl Drop for ClosingGuard {
+    fn drop(&mut self) {
+        self.0.closing.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -357,6 +357,9 @@ impl Source for KafkaSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
         let group = Group::new(&self.id, self.cfg.rebalance_wait.0);
         let consumer = self.consumer(&group)?;
+        // Dropped before the consumer (reverse order), however `run` ends (an abort included): the
+        // revoke of the final leave-group then does not wait for acks.
+        let _leaving = group.closing_guard();
         tracing::info!(source = %self.id, topics = %self.cfg.topics.join(","), group = %self.cfg.group_id, "consuming");
         let shutdown = ctx.shutdown.clone();
         let mut received: Vec<Received> = Vec::new();
@@ -412,9 +415,6 @@ impl Source for KafkaSource {
                 break;
             }
         }
-        let result = self.commit_acknowledged(&consumer, &group, CommitMode::Sync);
-        // Leaving the group revokes everything: nothing is left to wait for.
-        group.close();
-        result
+        self.commit_acknowledged(&consumer, &group, CommitMode::Sync)
     }
 }
