@@ -87,6 +87,8 @@ struct Wiring {
     taps: HashMap<String, Arc<Tap>>,
     dead_letter_dir: std::path::PathBuf,
     in_flight: Option<Arc<InFlight>>,
+    /// Every output made, for rewiring on reload.
+    routes: std::cell::RefCell<Vec<((String, String), tributary_sdk::Routes)>>,
 }
 
 impl Wiring {
@@ -106,6 +108,7 @@ impl Wiring {
             }
         }
         let mut out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
+        self.routes.borrow_mut().push(((producer.to_string(), output.to_string()), out.routes()));
         if let Some(in_flight) = &self.in_flight {
             out = out.with_in_flight(in_flight.clone());
         }
@@ -151,6 +154,7 @@ pub async fn run_reloadable(
         taps,
         dead_letter_dir,
         in_flight: opts.in_flight,
+        routes: Default::default(),
     };
     for d in &decls {
         wiring.metrics.insert(d.id.clone(), Arc::new(ComponentMetrics::default()));
@@ -238,6 +242,7 @@ pub async fn run_reloadable(
     }
     // Only outputs hold senders now, so channels close as their producers finish.
     let metrics = std::mem::take(&mut wiring.metrics);
+    replacers.wired(wiring.routes.take(), &wiring.senders);
     drop(wiring);
     if let Some(reloads) = reloads {
         // Ends when the sender goes (the CLI stops watching) or the pipeline stops.
@@ -276,7 +281,7 @@ impl SourceRun {
     async fn run(
         self,
         mut source: Box<dyn tributary_sdk::Source>,
-        mut replace: mpsc::UnboundedReceiver<Box<dyn tributary_sdk::Source>>,
+        mut replace: mpsc::UnboundedReceiver<Option<Box<dyn tributary_sdk::Source>>>,
     ) -> anyhow::Result<()> {
         loop {
             let stop = self.shutdown.child_token();
@@ -292,8 +297,13 @@ impl SourceRun {
                 }
                 Some(new) = replace.recv() => {
                     // The old version stops as on a shutdown (sends what it has, waits for its
-                    // acks); the outputs stay open for the new one.
+                    // acks); the outputs stay open for the new one, if any.
                     stop.cancel();
+                    let Some(new) = new else {
+                        tracing::info!(source = %self.id, "reloaded: removed from the pipeline");
+                        drop(self);
+                        return running.await;
+                    };
                     running.await?;
                     source = new;
                     tracing::info!(source = %self.id, "reloaded: restarted with the new config");
@@ -369,11 +379,19 @@ async fn run_transform(
     mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
     let mut upcoming = Upcoming::default();
+    let mut rewired = None;
     loop {
         tokio::select! {
             biased;
             Some(new) = replace.recv() => {
                 upcoming.clear();
+                let new = match new.rewired() {
+                    Ok(next) => {
+                        rewired = Some(next);
+                        continue;
+                    }
+                    Err(new) => new,
+                };
                 if !new.takes_over_now() {
                     tracing::info!(transform = %t.id, "reloaded: the new SQL takes over at the first batch with the new columns");
                     upcoming.wait_for(new);
@@ -388,7 +406,13 @@ async fn run_transform(
                 tracing::info!(transform = %t.id, "reloaded: rows from here on run the new SQL");
             }
             delivery = rx.recv() => {
-                let Some(delivery) = delivery else { break };
+                let Some(delivery) = delivery else {
+                    // The old inputs let go: the new version reads its new inputs.
+                    let Some((next, next_rx)) = rewired.take() else { break };
+                    (t, rx) = (next, next_rx);
+                    tracing::info!(transform = %t.id, "reloaded: reading its new inputs with the new SQL");
+                    continue;
+                };
                 if let Some(new) = upcoming.due(delivery.input, &delivery.batch.data) {
                     t = new;
                     tracing::info!(transform = %t.id, "reloaded: the new columns arrived; rows from here on run the new SQL");
@@ -440,6 +464,7 @@ async fn run_windowed_transform(
     let id = t.id.clone();
     let mut op = window_operator(t, &timer)?;
     let mut upcoming = Upcoming::default();
+    let mut rewired = None;
     loop {
         // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
         let _work;
@@ -448,7 +473,9 @@ async fn run_windowed_transform(
             Some(new) = replace.recv() => {
                 upcoming.clear();
                 _work = Work::default();
-                if new.takes_over_now() {
+                match new.rewired() {
+                    Ok(next) => rewired = Some(next),
+                    Err(new) if new.takes_over_now() => {
                     // What was queued goes into the old windows first.
                     for _ in 0..rx.len() {
                         let Some(delivery) = rx.recv().await else { break };
@@ -456,13 +483,19 @@ async fn run_windowed_transform(
                         send_emission(&id, emission, &output, &dead, &metrics).await?;
                     }
                     replace_windows(&id, &mut op, new.component, &timer, &output, &dead, &metrics).await?;
-                } else {
-                    upcoming.wait_for(new);
+                    }
+                    Err(new) => upcoming.wait_for(new),
                 }
                 None
             }
             delivery = rx.recv() => {
-                let Some(delivery) = delivery else { break };
+                let Some(delivery) = delivery else {
+                    // The old inputs let go: new windows over the new inputs.
+                    let Some((next, next_rx)) = rewired.take() else { break };
+                    replace_windows(&id, &mut op, next, &timer, &output, &dead, &metrics).await?;
+                    rx = next_rx;
+                    continue;
+                };
                 if let Some(new) = upcoming.due(delivery.input, &delivery.batch.data) {
                     replace_windows(&id, &mut op, new, &timer, &output, &dead, &metrics).await?;
                 }

@@ -7,21 +7,24 @@
 //! config), a sink flushes, a windowed transform emits its open windows as partial; a changed source
 //! stops as on a shutdown (sends what it has, waits for its acks). Then the new version takes over
 //! the same channels. When an output's columns change, its consumers are planned anew and switch at
-//! the first batch with the new columns ([`Upcoming`]). Changes that need new wiring (components
-//! added, removed or re-`inputs:`-ed), a changed `buffer:`, or a transform turning windowed are
-//! refused with the reason, and the running pipeline continues as it was.
+//! the first batch with the new columns ([`Upcoming`]). A component whose `inputs:` changed gets a
+//! new channel: every output is rerouted (`Routes`) from its next batch on, the old version drains
+//! the old channel until the last producer lets go of it, then the new version reads the new one.
+//! A removed component is routed nothing more (a source is stopped) and finishes as on a shutdown.
+//! Added components, a changed `buffer:`, or a transform turning windowed are refused with the
+//! reason, and the running pipeline continues as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
-use tributary_sdk::{Sink, Source};
+use tributary_sdk::{Delivery, Routes, Sink, Source};
 
 use super::SinkRetry;
 use crate::admin::AdminState;
 use crate::config::{ComponentDecl, Kind};
-use crate::graph::{Plan, PlannedTransform};
+use crate::graph::{InputRef, Plan, PlannedTransform};
 
 /// What the CLI sends when the file changed (or on SIGHUP).
 pub enum ReloadRequest {
@@ -39,12 +42,23 @@ pub(crate) struct NewVersion<T> {
     pub component: T,
     /// Per input (in `inputs:` order): the new columns, where the reload changes them.
     changed_inputs: Vec<Option<SchemaRef>>,
+    /// Set when the component's `inputs:` changed: its new channel. The old version handles what
+    /// comes through the old channel until the producers, rewired, have all let go of it.
+    channel: Option<mpsc::Receiver<Delivery>>,
 }
 
 impl<T> NewVersion<T> {
     /// No input changes its columns: the new version takes over once what is queued is handled.
     pub fn takes_over_now(&self) -> bool {
         self.changed_inputs.iter().all(Option::is_none)
+    }
+
+    /// For a rewired component: the new version and the channel it reads once the old one closes.
+    pub fn rewired(self) -> Result<(T, mpsc::Receiver<Delivery>), NewVersion<T>> {
+        match self.channel {
+            Some(rx) => Ok((self.component, rx)),
+            None => Err(self),
+        }
     }
 }
 
@@ -113,12 +127,17 @@ impl<T> Slots<T> {
 
 /// The running pipeline's components that can take a new version, and what they run now.
 pub(crate) struct Replacers {
-    sources: Slots<Box<dyn Source>>,
+    /// `None` stops a removed source.
+    sources: Slots<Option<Box<dyn Source>>>,
     transforms: Slots<NewVersion<PlannedTransform>>,
     sinks: Slots<NewSink>,
     decls: Vec<ComponentDecl>,
     outputs: BTreeMap<String, SchemaRef>,
     windowed: BTreeSet<String>,
+    /// Every output's routes, by (producer, output name).
+    routes: Vec<((String, String), Routes)>,
+    /// Each consumer's current channel (weak: the producers' routes hold it).
+    channels: HashMap<String, mpsc::WeakSender<Delivery>>,
 }
 
 impl Replacers {
@@ -131,11 +150,19 @@ impl Replacers {
             decls: decls.to_vec(),
             outputs: outputs.clone(),
             windowed: transforms.iter().filter(|t| t.window.is_some()).map(|t| t.id.clone()).collect(),
+            routes: Vec::new(),
+            channels: HashMap::new(),
         }
     }
 
+    /// The wiring as the run built it: outputs' routes and consumers' channels.
+    pub fn wired(&mut self, routes: Vec<((String, String), Routes)>, channels: &HashMap<String, mpsc::Sender<Delivery>>) {
+        self.routes = routes;
+        self.channels = channels.iter().map(|(id, tx)| (id.clone(), tx.downgrade())).collect();
+    }
+
     /// The receiving ends for each component's task.
-    pub fn source(&mut self, id: &str) -> mpsc::UnboundedReceiver<Box<dyn Source>> {
+    pub fn source(&mut self, id: &str) -> mpsc::UnboundedReceiver<Option<Box<dyn Source>>> {
         self.sources.take(id)
     }
 
@@ -169,39 +196,88 @@ impl Replacers {
     /// changed.
     pub fn apply(&mut self, plan: Plan) -> Result<Vec<String>, String> {
         let changed = self.changed(&plan)?;
+        let old_inputs: HashMap<&str, &Vec<String>> = self.decls.iter().map(|d| (d.id.as_str(), &d.inputs)).collect();
+        let rewired: BTreeSet<String> =
+            plan.decls.iter().filter(|d| old_inputs.get(d.id.as_str()).is_some_and(|i| **i != d.inputs)).map(|d| d.id.clone()).collect();
+        let removed: Vec<ComponentDecl> = self.decls.iter().filter(|d| !plan.decls.iter().any(|n| n.id == d.id)).cloned().collect();
         let changed_inputs = |id: &str| -> Vec<Option<SchemaRef>> {
             let decl = plan.decls.iter().find(|d| d.id == id).expect("planned");
             decl.inputs.iter().map(|name| plan.outputs.get(name).filter(|s| self.outputs.get(name) != Some(*s)).cloned()).collect()
         };
         let inputs: HashMap<String, Vec<Option<SchemaRef>>> = changed.iter().map(|id| (id.clone(), changed_inputs(id))).collect();
+        // New channels for rewired consumers, held strongly until the routes hold them.
+        let mut new_channels: HashMap<String, mpsc::Sender<Delivery>> = HashMap::new();
+        let mut channel_for = |id: &str| -> Option<mpsc::Receiver<Delivery>> {
+            rewired.contains(id).then(|| {
+                let (tx, rx) = mpsc::channel(super::CHANNEL_CAPACITY);
+                new_channels.insert(id.to_string(), tx);
+                rx
+            })
+        };
+        let wiring: Vec<(String, Vec<InputRef>)> = plan
+            .transforms
+            .iter()
+            .map(|t| (t.id.clone(), t.inputs.clone()))
+            .chain(plan.sinks.iter().map(|s| (s.id.clone(), s.inputs.clone())))
+            .collect();
         let Plan { sources, transforms, sinks, decls, outputs, .. } = plan;
         // Downstream first: a changed consumer is in place before a changed producer restarts.
         for s in sinks.into_iter().filter(|s| changed.contains(&s.id)) {
-            let new = NewVersion { changed_inputs: inputs[&s.id].clone(), component: (s.sink, s.retry) };
+            let new = NewVersion { changed_inputs: inputs[&s.id].clone(), channel: channel_for(&s.id), component: (s.sink, s.retry) };
             self.sinks.send(&s.id, new)?;
         }
         for t in transforms.into_iter().filter(|t| changed.contains(&t.id)) {
             let id = t.id.clone();
-            self.transforms.send(&id, NewVersion { changed_inputs: inputs[&id].clone(), component: t })?;
+            self.transforms.send(&id, NewVersion { changed_inputs: inputs[&id].clone(), channel: channel_for(&id), component: t })?;
         }
         for s in sources.into_iter().filter(|s| changed.contains(&s.id)) {
-            self.sources.send(&s.id, s.source)?;
+            self.sources.send(&s.id, Some(s.source))?;
+        }
+        if !rewired.is_empty() || !removed.is_empty() {
+            for (id, tx) in &new_channels {
+                self.channels.insert(id.clone(), tx.downgrade());
+            }
+            for d in &removed {
+                self.channels.remove(&d.id);
+                if d.kind == Kind::Source {
+                    self.sources.send(&d.id, None)?;
+                }
+            }
+            self.reroute(&wiring);
+            // Only the routes hold the new channels now; the old ones close once their
+            // producers' sends in flight are done.
+            drop(new_channels);
         }
         self.decls = decls;
         self.outputs = outputs;
-        Ok(changed.into_iter().collect())
+        let mut restarted: Vec<String> = changed.into_iter().collect();
+        restarted.extend(removed.iter().map(|d| format!("-{}", d.id)));
+        Ok(restarted)
+    }
+
+    /// Point every output at the consumers that read it now (`wiring`: each consumer's inputs).
+    fn reroute(&mut self, wiring: &[(String, Vec<InputRef>)]) {
+        for ((producer, output), routes) in &self.routes {
+            let mut targets = Vec::new();
+            for (consumer, inputs) in wiring {
+                for (i, r) in inputs.iter().enumerate() {
+                    if &r.component == producer && &r.output == output {
+                        if let Some(tx) = self.channels.get(consumer).and_then(mpsc::WeakSender::upgrade) {
+                            targets.push((tx, i));
+                        }
+                    }
+                }
+            }
+            routes.set(targets);
+        }
     }
 
     /// Which components must restart for `plan`, or why the change needs a process restart.
     fn changed(&self, plan: &Plan) -> Result<BTreeSet<String>, String> {
         let old: HashMap<&str, &ComponentDecl> = self.decls.iter().map(|d| (d.id.as_str(), d)).collect();
-        let new: HashMap<&str, &ComponentDecl> = plan.decls.iter().map(|d| (d.id.as_str(), d)).collect();
         let restart = "; that needs a restart of the process";
         if let Some(d) = plan.decls.iter().find(|d| !old.contains_key(d.id.as_str())) {
             return Err(format!("{} `{}` was added{restart}", d.kind.label(), d.id));
-        }
-        if let Some(d) = self.decls.iter().find(|d| !new.contains_key(d.id.as_str())) {
-            return Err(format!("{} `{}` was removed{restart}", d.kind.label(), d.id));
         }
         let mut changed = BTreeSet::new();
         for d in &plan.decls {
@@ -209,10 +285,7 @@ impl Replacers {
             if was.kind != d.kind {
                 return Err(format!("`{}` moved from {} to {}{restart}", d.id, was.kind.label(), d.kind.label()));
             }
-            if was.inputs != d.inputs {
-                return Err(format!("the inputs of `{}` changed{restart}", d.id));
-            }
-            if was.type_name != d.type_name || was.options != d.options {
+            if was.type_name != d.type_name || was.options != d.options || was.inputs != d.inputs {
                 changed.insert(d.id.clone());
             }
         }
@@ -281,6 +354,11 @@ sinks:
         // New columns out of `keep`: its sink is planned anew over them.
         let columns = BASE.replace("SELECT id, score FROM", "SELECT id FROM");
         assert_eq!(reload(&columns).await.unwrap(), ["keep", "kept"]);
+        // Rewired and removed components.
+        let rewired = BASE.replace("inputs: [per_minute]", "inputs: [keep]");
+        assert_eq!(reload(&rewired).await.unwrap(), ["counts"]);
+        let removed = BASE.replace("  counts: {type: file, inputs: [per_minute], path: /dev/null}\n", "");
+        assert_eq!(reload(&removed).await.unwrap(), ["-counts"]);
     }
 
     #[test]
@@ -294,7 +372,7 @@ sinks:
         };
         let new_columns = batch(&["id"]).schema();
         let mut upcoming = Upcoming::default();
-        upcoming.wait_for(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)] });
+        upcoming.wait_for(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)], channel: None });
         assert_eq!(upcoming.due(1, &batch(&["id", "score"])), None, "still the old columns");
         assert_eq!(upcoming.due(0, &batch(&["id"])), None, "an input whose columns did not change");
         assert_eq!(upcoming.due(1, &batch(&["id"])), Some("v2"));
@@ -302,11 +380,9 @@ sinks:
     }
 
     #[tokio::test]
-    async fn rewiring_and_buffer_changes_are_refused_with_the_reason() {
+    async fn additions_and_buffer_changes_are_refused_with_the_reason() {
         let added = format!("{BASE}  more: {{type: file, inputs: [keep], path: /dev/null}}\n");
         assert_eq!(reload(&added).await.unwrap_err(), "sink `more` was added; that needs a restart of the process");
-        let rewired = BASE.replace("inputs: [per_minute]", "inputs: [keep]");
-        assert_eq!(reload(&rewired).await.unwrap_err(), "the inputs of `counts` changed; that needs a restart of the process");
         let buffered = BASE.replace(
             "schema: {id: int, score: int, ts: timestamp}}",
             "schema: {id: int, score: int, ts: timestamp}, buffer: {type: disk, path: /tmp/x}}",

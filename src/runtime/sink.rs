@@ -118,6 +118,7 @@ pub(crate) async fn run_sink(
     let mut pending = Pending::default();
     let mut ticker = flush_ticker(sink.as_ref());
     let mut upcoming = Upcoming::default();
+    let mut rewired = None;
     loop {
         let tick = async {
             match ticker.as_mut() {
@@ -131,6 +132,13 @@ pub(crate) async fn run_sink(
             biased;
             Some(new) = replace.recv() => {
                 upcoming.clear();
+                let new = match new.rewired() {
+                    Ok(next) => {
+                        rewired = Some(next);
+                        continue;
+                    }
+                    Err(new) => new,
+                };
                 if !new.takes_over_now() {
                     tracing::info!(sink = %ctx.id, "reloaded: the new config takes over at the first batch with the new columns");
                     upcoming.wait_for(new);
@@ -147,7 +155,14 @@ pub(crate) async fn run_sink(
             }
             delivery = rx.recv() => {
                 // `_work` lives until the batch is written (see `InFlight`).
-                let Some(Delivery { input, batch, work: _work }) = delivery else { break };
+                let Some(Delivery { input, batch, work: _work }) = delivery else {
+                    // The old inputs let go: the new version reads its new inputs.
+                    let Some((next, next_rx)) = rewired.take() else { break };
+                    switch_sink(&mut sink, &mut retry, next, &ctx, &dead, &mut pending).await?;
+                    ticker = flush_ticker(sink.as_ref());
+                    rx = next_rx;
+                    continue;
+                };
                 if let Some(new) = upcoming.due(input, &batch.data) {
                     switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
                     ticker = flush_ticker(sink.as_ref());

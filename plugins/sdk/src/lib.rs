@@ -41,7 +41,7 @@ pub use config::{BatchConfig, Batching, ComponentConfig, ConfigError, DeclaredSc
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;
-pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Tap, TrySendError, DEAD_LETTER_OUTPUT};
+pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Routes, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 pub use sink::{Durability, Sink, SinkContext, Transient, Written};
 
 use datafusion::arrow::datatypes::SchemaRef;

@@ -135,10 +135,30 @@ pub trait DurableQueue: Send + Sync {
     fn fill(&self) -> f64;
 }
 
+/// Where an output's batches go: each consumer's channel and the output's index in that
+/// consumer's `inputs:`.
+type Targets = Vec<(mpsc::Sender<Delivery>, usize)>;
+
+/// An output's targets as the engine sees them, to rewire a running pipeline (hot reload). Weak:
+/// it keeps neither the output nor its consumers' channels alive.
+#[derive(Clone)]
+pub struct Routes(std::sync::Weak<std::sync::RwLock<Targets>>);
+
+impl Routes {
+    /// Send the output's batches to `targets` from its next batch on; false when the output is
+    /// gone (its producer finished).
+    pub fn set(&self, targets: Vec<(mpsc::Sender<Delivery>, usize)>) -> bool {
+        let Some(shared) = self.0.upgrade() else { return false };
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = targets;
+        true
+    }
+}
+
 /// One output of a component, fanned out to every consumer wired to it.
 #[derive(Clone)]
 pub struct Output {
-    targets: Vec<(mpsc::Sender<Delivery>, usize)>,
+    /// Shared by the output's clones, so a rewiring reaches all of them.
+    targets: Arc<std::sync::RwLock<Targets>>,
     metrics: Arc<ComponentMetrics>,
     /// Dead-letter outputs don't count as rows_out; they count as dead_letters.
     counts_as_rows_out: bool,
@@ -152,14 +172,24 @@ pub struct Output {
 impl Output {
     /// Wiring is the engine's job; plugins receive ready outputs in their context.
     pub fn new(targets: Vec<(mpsc::Sender<Delivery>, usize)>, metrics: Arc<ComponentMetrics>, counts_as_rows_out: bool) -> Self {
-        Output { targets, metrics, counts_as_rows_out, tap: None, queue: None, in_flight: None }
+        Output { targets: Arc::new(std::sync::RwLock::new(targets)), metrics, counts_as_rows_out, tap: None, queue: None, in_flight: None }
+    }
+
+    /// The engine's handle for rewiring this output.
+    pub fn routes(&self) -> Routes {
+        Routes(Arc::downgrade(&self.targets))
+    }
+
+    /// A snapshot of the targets (a send must not hold the lock while it waits for room).
+    fn targets(&self) -> Targets {
+        self.targets.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// An output that stores what it is sent in `queue` (as the source's output `name`); the
     /// queue forwards it to the consumers. A batch's acks are released once it is durable there.
     pub fn buffered(queue: Arc<dyn DurableQueue>, name: &str, metrics: Arc<ComponentMetrics>) -> Self {
         Output {
-            targets: Vec::new(),
+            targets: Arc::default(),
             metrics,
             counts_as_rows_out: true,
             tap: None,
@@ -194,7 +224,7 @@ impl Output {
 
     /// No consumer is wired to this output.
     pub fn is_unconnected(&self) -> bool {
-        self.targets.is_empty() && self.queue.is_none()
+        self.targets.read().unwrap_or_else(|e| e.into_inner()).is_empty() && self.queue.is_none()
     }
 
     fn count(&self, batch: &Batch) {
@@ -214,7 +244,8 @@ impl Output {
             return queue.append_detached(name, &batch.data, batch.acks).await;
         }
         self.count(&batch);
-        let Some(((last_tx, last_input), rest)) = self.targets.split_last() else {
+        let targets = self.targets();
+        let Some(((last_tx, last_input), rest)) = targets.split_last() else {
             batch.acks.release();
             return Ok(());
         };
@@ -233,9 +264,10 @@ impl Output {
             batch.acks.release();
             return Ok(());
         }
+        let targets = self.targets();
         let reserve = async {
-            let mut permits = Vec::with_capacity(self.targets.len());
-            for (tx, input) in &self.targets {
+            let mut permits = Vec::with_capacity(targets.len());
+            for (tx, input) in &targets {
                 permits.push((tx.reserve().await.map_err(|_| TrySendError::Closed)?, *input));
             }
             Ok::<_, TrySendError>(permits)
