@@ -307,14 +307,15 @@ fn new_columns_reach_the_sink_at_the_batch_that_has_them() {
     }
 }
 
-/// Rewiring: a sink gains an input and another sink is removed, under load. Each row reaches
-/// exactly one sink: the removed one writes what it was sent before it goes, and rows sent after
-/// the reload follow the new wiring.
+/// Rewiring: a sink gains an input, another is removed and a third added, under load. Each row
+/// reaches exactly one of the first two: the removed one writes what it was sent before it goes,
+/// and rows sent after the reload follow the new wiring; the added sink gets what its input sends
+/// from the reload on.
 #[test]
-fn a_sink_gains_an_input_and_another_is_removed_without_losing_a_row() {
+fn sinks_are_rewired_removed_and_added_without_losing_a_row() {
     let dir = tempfile::tempdir().unwrap();
     let (http, admin) = (common::free_addr(), common::free_addr());
-    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let (a, b, c) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"), dir.path().join("c.jsonl"));
     let yaml = |sinks: &str| {
         format!(
             "admin: {{address: \"{admin}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{http}\"\n    schema: {{id: int, score: int}}\ntransforms:\n  high: {{inputs: [ingest], sql: \"SELECT id, score FROM ingest WHERE score > 500\"}}\n  low: {{inputs: [ingest], sql: \"SELECT id, score FROM ingest WHERE score <= 500\"}}\nsinks:\n{sinks}"
@@ -325,7 +326,11 @@ fn a_sink_gains_an_input_and_another_is_removed_without_losing_a_row() {
         a.display(),
         b.display()
     );
-    let after = format!("  a: {{type: file, inputs: [high, low], path: \"{}\", flush_interval: 100ms}}\n", a.display());
+    let after = format!(
+        "  a: {{type: file, inputs: [high, low], path: \"{}\", flush_interval: 100ms}}\n  c: {{type: file, inputs: [high], path: \"{}\", flush_interval: 100ms}}\n",
+        a.display(),
+        c.display()
+    );
     let file = common::write(dir.path(), "rewire.yaml", &yaml(&before));
     let log = dir.path().join("run.log");
     let mut child = Command::new(common::bin())
@@ -362,11 +367,13 @@ fn a_sink_gains_an_input_and_another_is_removed_without_losing_a_row() {
     common::sighup(&child);
     wait_for("generation 2 in /health", || health(admin)["config"]["generation"] == 2);
     phase.store(AFTER, Ordering::SeqCst);
+    let components = health(admin)["components"].clone();
+    assert!(components.get("c").is_some() && components.get("b").is_none(), "/health lists c, not b: {components}");
     let at_reload = sent_count();
     wait_for("1000 events after the reload", || sent_count() >= at_reload + 1000);
     stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
+    for client in clients {
+        client.join().unwrap();
     }
     common::sigterm(&child);
     assert!(child.wait().unwrap().success(), "clean stop");
@@ -380,7 +387,7 @@ fn a_sink_gains_an_input_and_another_is_removed_without_losing_a_row() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
             .collect()
     };
-    let (in_a, in_b) = (ids(&a), ids(&b));
+    let (in_a, in_b, in_c) = (ids(&a), ids(&b), ids(&c));
     let mut all: Vec<i64> = in_a.iter().chain(&in_b).copied().collect();
     all.sort();
     assert_eq!(all, sent.keys().copied().collect::<Vec<_>>(), "every accepted row in exactly one sink");
@@ -395,7 +402,14 @@ fn a_sink_gains_an_input_and_another_is_removed_without_losing_a_row() {
             assert!(in_a.contains(id), "id {id} (low) was sent after the reload: a");
         }
     }
+    // The added sink: high rows only, each once, every one sent after the reload.
+    let in_c_set: BTreeSet<i64> = in_c.iter().copied().collect();
+    assert_eq!(in_c_set.len(), in_c.len(), "c writes each row once");
+    assert!(in_c.iter().all(|id| id % 1000 > 500), "c reads `high` only");
+    let missing: Vec<i64> =
+        sent.iter().filter(|(id, s)| s.started == AFTER && *id % 1000 > 500 && !in_c_set.contains(id)).map(|(id, _)| *id).collect();
+    assert!(missing.is_empty(), "high rows sent after the reload missing from c: {missing:?}");
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("restarted=a,-b"), "a rewired, b removed:\n{log}");
-    eprintln!("{} rows: a {}, b {} (b removed at the reload)", sent.len(), in_a.len(), in_b.len());
+    assert!(log.contains("restarted=a,+c,-b"), "a rewired, c added, b removed:\n{log}");
+    eprintln!("{} rows: a {}, b {} (removed at the reload), c {} (added)", sent.len(), in_a.len(), in_b.len(), in_c.len());
 }

@@ -102,6 +102,16 @@ impl AdminState {
     pub fn set_components(&self, infos: Vec<ComponentInfo>) {
         *self.components.write().expect("admin lock") = infos;
     }
+
+    /// A reload added a component.
+    pub fn add_component(&self, info: ComponentInfo) {
+        self.components.write().expect("admin lock").push(info);
+    }
+
+    /// A reload removed a component.
+    pub fn remove_component(&self, id: &str) {
+        self.components.write().expect("admin lock").retain(|c| c.id != id);
+    }
     /// A reload was applied (the generation goes up) or refused (the reason is kept).
     pub fn record_reload(&self, outcome: Result<(), String>) {
         let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());

@@ -242,7 +242,8 @@ pub async fn run_reloadable(
     }
     // Only outputs hold senders now, so channels close as their producers finish.
     let metrics = std::mem::take(&mut wiring.metrics);
-    replacers.wired(wiring.routes.take(), &wiring.senders);
+    let (spawner, added) = mpsc::unbounded_channel();
+    replacers.wired(wiring.routes.take(), &wiring.senders, spawner, wiring.dead_letter_dir.clone());
     drop(wiring);
     if let Some(reloads) = reloads {
         // Ends when the sender goes (the CLI stops watching) or the pipeline stops.
@@ -257,7 +258,7 @@ pub async fn run_reloadable(
         drop(replacers);
     }
 
-    supervise(&mut tasks, &metrics, &mut report, admin.as_deref(), &shutdown, opts.drain_timeout).await;
+    supervise(&mut tasks, added, &metrics, &mut report, admin.as_deref(), &shutdown, opts.drain_timeout).await;
     if let Some(a) = &admin {
         a.set_stopping();
     }
@@ -318,6 +319,7 @@ impl SourceRun {
 /// `drain_timeout` before what is left is aborted.
 async fn supervise(
     tasks: &mut ComponentTasks,
+    mut added: mpsc::UnboundedReceiver<reload::AddedTask>,
     metrics: &HashMap<String, Arc<ComponentMetrics>>,
     report: &mut RunReport,
     admin: Option<&AdminState>,
@@ -335,11 +337,18 @@ async fn supervise(
     tokio::pin!(deadline);
     loop {
         tokio::select! {
+            // A component a reload added runs under the same supervision.
+            Some(reload::AddedTask { id, task }) = added.recv() => {
+                tasks.spawn(async move { (id, task.await) });
+            }
             joined = tasks.join_next() => match joined {
                 None => return,
                 Some(Ok((id, Ok(())))) => tracing::debug!(component = %id, "finished"),
                 Some(Ok((id, Err(e)))) => {
-                    tributary_sdk::report_error!(metrics[&id], error, component = %id, "failed: {e:#}");
+                    match metrics.get(&id) {
+                        Some(m) => tributary_sdk::report_error!(m, error, component = %id, "failed: {e:#}"),
+                        None => tracing::error!(component = %id, "failed: {e:#}"),
+                    }
                     report.failures.push((id, format!("{e:#}")));
                     shutdown.cancel();
                 }

@@ -10,19 +10,22 @@
 //! the first batch with the new columns ([`Upcoming`]). A component whose `inputs:` changed gets a
 //! new channel: every output is rerouted (`Routes`) from its next batch on, the old version drains
 //! the old channel until the last producer lets go of it, then the new version reads the new one.
-//! A removed component is routed nothing more (a source is stopped) and finishes as on a shutdown.
-//! Added components, a changed `buffer:`, or a transform turning windowed are refused with the
-//! reason, and the running pipeline continues as it was.
+//! A removed component is routed nothing more (a source is stopped) and finishes as on a shutdown;
+//! an added sink is started under the run's supervision. Added sources and transforms, a changed
+//! `buffer:`, or a transform turning windowed are refused with the reason, and the running
+//! pipeline continues as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
-use tributary_sdk::{Delivery, Routes, Sink, Source};
+use tributary_sdk::{
+    ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, Output, Routes, Sink, SinkContext, Source, DEAD_LETTER_OUTPUT,
+};
 
 use super::SinkRetry;
-use crate::admin::AdminState;
+use crate::admin::{AdminState, ComponentInfo};
 use crate::config::{ComponentDecl, Kind};
 use crate::graph::{InputRef, Plan, PlannedTransform};
 
@@ -138,6 +141,15 @@ pub(crate) struct Replacers {
     routes: Vec<((String, String), Routes)>,
     /// Each consumer's current channel (weak: the producers' routes hold it).
     channels: HashMap<String, mpsc::WeakSender<Delivery>>,
+    /// Starts an added component's task under the run's supervision.
+    spawner: Option<mpsc::UnboundedSender<AddedTask>>,
+    dead_letter_dir: std::path::PathBuf,
+}
+
+/// A component a reload added, for the supervisor to run.
+pub(crate) struct AddedTask {
+    pub id: String,
+    pub task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
 }
 
 impl Replacers {
@@ -152,13 +164,41 @@ impl Replacers {
             windowed: transforms.iter().filter(|t| t.window.is_some()).map(|t| t.id.clone()).collect(),
             routes: Vec::new(),
             channels: HashMap::new(),
+            spawner: None,
+            dead_letter_dir: Default::default(),
         }
     }
 
-    /// The wiring as the run built it: outputs' routes and consumers' channels.
-    pub fn wired(&mut self, routes: Vec<((String, String), Routes)>, channels: &HashMap<String, mpsc::Sender<Delivery>>) {
+    /// The wiring as the run built it: outputs' routes and consumers' channels; where added
+    /// components' tasks and dead letters go.
+    pub fn wired(
+        &mut self,
+        routes: Vec<((String, String), Routes)>,
+        channels: &HashMap<String, mpsc::Sender<Delivery>>,
+        spawner: mpsc::UnboundedSender<AddedTask>,
+        dead_letter_dir: std::path::PathBuf,
+    ) {
         self.routes = routes;
         self.channels = channels.iter().map(|(id, tx)| (id.clone(), tx.downgrade())).collect();
+        self.spawner = Some(spawner);
+        self.dead_letter_dir = dead_letter_dir;
+    }
+
+    /// Start a sink the reload added, on `rx`; returns its admin entry.
+    fn start_sink(&mut self, s: crate::graph::PlannedSink, rx: mpsc::Receiver<Delivery>) -> Result<ComponentInfo, String> {
+        let metrics = std::sync::Arc::new(ComponentMetrics::default());
+        let dead_output = Output::new(Vec::new(), metrics.clone(), false);
+        self.routes.push(((s.id.clone(), DEAD_LETTER_OUTPUT.to_string()), dead_output.routes()));
+        let store = std::sync::Arc::new(DeadLetterStore::new(self.dead_letter_dir.join(format!("{}.jsonl", s.id))));
+        let dead = DeadLetters::new(&s.id, dead_output, metrics.clone()).with_store(store);
+        let ctx = SinkContext { id: s.id.clone(), metrics: metrics.clone() };
+        let (tx, replace) = mpsc::unbounded_channel();
+        self.sinks.senders.insert(s.id.clone(), tx);
+        let task = Box::pin(super::sink::run_sink(s.sink, rx, ctx, dead, s.retry, replace));
+        let spawner = self.spawner.as_ref().ok_or("the pipeline is not running")?;
+        spawner.send(AddedTask { id: s.id.clone(), task }).map_err(|_| "the pipeline is stopping".to_string())?;
+        let input = self.channels.get(&s.id).cloned();
+        Ok(ComponentInfo { id: s.id, kind: Kind::Sink, type_name: s.type_name, metrics, input, disk_buffer: false })
     }
 
     /// The receiving ends for each component's task.
@@ -179,7 +219,7 @@ impl Replacers {
         while let Some(request) = requests.recv().await {
             let outcome = match request {
                 ReloadRequest::Invalid(diagnostics) => Err(format!("the new file is invalid:\n{diagnostics}")),
-                ReloadRequest::Valid(plan) => self.apply(plan),
+                ReloadRequest::Valid(plan) => self.apply(plan, admin),
             };
             match &outcome {
                 Ok(changed) if changed.is_empty() => tracing::info!("reloaded: no component changed"),
@@ -194,8 +234,10 @@ impl Replacers {
 
     /// Hand the changed components their new versions; returns their ids, or why nothing was
     /// changed.
-    pub fn apply(&mut self, plan: Plan) -> Result<Vec<String>, String> {
+    pub fn apply(&mut self, plan: Plan, admin: Option<&AdminState>) -> Result<Vec<String>, String> {
         let changed = self.changed(&plan)?;
+        let added: BTreeSet<String> =
+            plan.decls.iter().filter(|d| !self.decls.iter().any(|o| o.id == d.id)).map(|d| d.id.clone()).collect();
         let old_inputs: HashMap<&str, &Vec<String>> = self.decls.iter().map(|d| (d.id.as_str(), &d.inputs)).collect();
         let rewired: BTreeSet<String> =
             plan.decls.iter().filter(|d| old_inputs.get(d.id.as_str()).is_some_and(|i| **i != d.inputs)).map(|d| d.id.clone()).collect();
@@ -208,7 +250,7 @@ impl Replacers {
         // New channels for rewired consumers, held strongly until the routes hold them.
         let mut new_channels: HashMap<String, mpsc::Sender<Delivery>> = HashMap::new();
         let mut channel_for = |id: &str| -> Option<mpsc::Receiver<Delivery>> {
-            rewired.contains(id).then(|| {
+            (rewired.contains(id) || added.contains(id)).then(|| {
                 let (tx, rx) = mpsc::channel(super::CHANNEL_CAPACITY);
                 new_channels.insert(id.to_string(), tx);
                 rx
@@ -221,6 +263,12 @@ impl Replacers {
             .chain(plan.sinks.iter().map(|s| (s.id.clone(), s.inputs.clone())))
             .collect();
         let Plan { sources, transforms, sinks, decls, outputs, .. } = plan;
+        let (added_sinks, sinks): (Vec<_>, Vec<_>) = sinks.into_iter().partition(|s| added.contains(&s.id));
+        let mut started = Vec::new();
+        for s in added_sinks {
+            let rx = channel_for(&s.id).expect("added");
+            started.push((s, rx));
+        }
         // Downstream first: a changed consumer is in place before a changed producer restarts.
         for s in sinks.into_iter().filter(|s| changed.contains(&s.id)) {
             let new = NewVersion { changed_inputs: inputs[&s.id].clone(), channel: channel_for(&s.id), component: (s.sink, s.retry) };
@@ -233,9 +281,15 @@ impl Replacers {
         for s in sources.into_iter().filter(|s| changed.contains(&s.id)) {
             self.sources.send(&s.id, Some(s.source))?;
         }
-        if !rewired.is_empty() || !removed.is_empty() {
+        if !rewired.is_empty() || !removed.is_empty() || !started.is_empty() {
             for (id, tx) in &new_channels {
                 self.channels.insert(id.clone(), tx.downgrade());
+            }
+            for (s, rx) in started {
+                let info = self.start_sink(s, rx)?;
+                if let Some(admin) = admin {
+                    admin.add_component(info);
+                }
             }
             for d in &removed {
                 self.channels.remove(&d.id);
@@ -251,7 +305,13 @@ impl Replacers {
         self.decls = decls;
         self.outputs = outputs;
         let mut restarted: Vec<String> = changed.into_iter().collect();
+        restarted.extend(added.iter().map(|id| format!("+{id}")));
         restarted.extend(removed.iter().map(|d| format!("-{}", d.id)));
+        if let Some(admin) = admin {
+            for d in &removed {
+                admin.remove_component(&d.id);
+            }
+        }
         Ok(restarted)
     }
 
@@ -276,12 +336,12 @@ impl Replacers {
     fn changed(&self, plan: &Plan) -> Result<BTreeSet<String>, String> {
         let old: HashMap<&str, &ComponentDecl> = self.decls.iter().map(|d| (d.id.as_str(), d)).collect();
         let restart = "; that needs a restart of the process";
-        if let Some(d) = plan.decls.iter().find(|d| !old.contains_key(d.id.as_str())) {
-            return Err(format!("{} `{}` was added{restart}", d.kind.label(), d.id));
+        if let Some(d) = plan.decls.iter().find(|d| !old.contains_key(d.id.as_str()) && d.kind != Kind::Sink) {
+            return Err(format!("{} `{}` was added{restart} (a reload can add sinks)", d.kind.label(), d.id));
         }
         let mut changed = BTreeSet::new();
         for d in &plan.decls {
-            let was = old[d.id.as_str()];
+            let Some(was) = old.get(d.id.as_str()) else { continue };
             if was.kind != d.kind {
                 return Err(format!("`{}` moved from {} to {}{restart}", d.id, was.kind.label(), d.kind.label()));
             }
@@ -338,7 +398,7 @@ sinks:
     /// the running tasks.
     async fn reload(text: &str) -> Result<Vec<String>, String> {
         let p = plan(BASE).await;
-        Replacers::new(&p.decls, &p.outputs, &p.transforms).apply(plan(text).await)
+        Replacers::new(&p.decls, &p.outputs, &p.transforms).apply(plan(text).await, None)
     }
 
     #[tokio::test]
@@ -381,8 +441,11 @@ sinks:
 
     #[tokio::test]
     async fn additions_and_buffer_changes_are_refused_with_the_reason() {
-        let added = format!("{BASE}  more: {{type: file, inputs: [keep], path: /dev/null}}\n");
-        assert_eq!(reload(&added).await.unwrap_err(), "sink `more` was added; that needs a restart of the process");
+        let added = BASE.replace("sinks:", "  extra: {inputs: [ingest], sql: SELECT id FROM ingest}\nsinks:");
+        assert_eq!(
+            reload(&added).await.unwrap_err(),
+            "transform `extra` was added; that needs a restart of the process (a reload can add sinks)"
+        );
         let buffered = BASE.replace(
             "schema: {id: int, score: int, ts: timestamp}}",
             "schema: {id: int, score: int, ts: timestamp}, buffer: {type: disk, path: /tmp/x}}",
