@@ -413,3 +413,62 @@ fn sinks_are_rewired_removed_and_added_without_losing_a_row() {
     assert!(log.contains("restarted=a,+c,-b"), "a rewired, c added, b removed:\n{log}");
     eprintln!("{} rows: a {}, b {} (removed at the reload), c {} (added)", sent.len(), in_a.len(), in_b.len(), in_c.len());
 }
+
+/// A reload adds a source, a transform and sinks: they start, are wired, show in `/health`, and
+/// what the untouched part of the pipeline does goes on.
+#[test]
+fn a_reload_adds_a_source_a_transform_and_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, http2, admin) = (common::free_addr(), common::free_addr(), common::free_addr());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let start = format!(
+        "admin: {{address: \"{admin}\"}}\nsources:\n  ingest: {{type: http_server, address: \"{http}\", schema: {{id: int, score: int}}}}\nsinks:\n  a: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 100ms}}\n",
+        path("a.jsonl")
+    );
+    let file = common::write(dir.path(), "add.yaml", &start);
+    let mut child = Command::new(common::bin())
+        .args(["run", "--watch", file.to_str().unwrap()])
+        .env("TRIBUTARY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    let post = |addr: SocketAddr, id: i64| {
+        common::post(addr, "/", &[], format!(r#"{{"id":{id},"score":{}}}"#, id * 10).as_bytes()).map_or(0, |r| r.0)
+    };
+    for id in 0..50 {
+        assert_eq!(post(http, id), 200);
+    }
+    let grown = start.replace(
+        "sinks:\n",
+        &format!(
+            "  other: {{type: http_server, address: \"{http2}\", schema: {{id: int, score: int}}}}\ntransforms:\n  doubled: {{inputs: [ingest], sql: \"SELECT id, score * 2 AS score2 FROM ingest\"}}\nsinks:\n  d: {{type: file, inputs: [doubled], path: \"{}\", flush_interval: 100ms}}\n  e: {{type: file, inputs: [other], path: \"{}\", flush_interval: 100ms}}\n",
+            path("d.jsonl"),
+            path("e.jsonl")
+        ),
+    );
+    std::fs::write(&file, grown).unwrap();
+    wait_for("generation 2 in /health", || health(admin)["config"]["generation"] == 2);
+    let components = health(admin)["components"].clone();
+    for id in ["ingest", "other", "doubled", "a", "d", "e"] {
+        assert!(components.get(id).is_some(), "/health lists {id}: {components}");
+    }
+    wait_for("the added source to listen", || post(http2, 1000) == 200);
+    for id in 50..100 {
+        assert_eq!(post(http, id), 200);
+        assert_eq!(post(http2, 1000 + id), 200);
+    }
+    common::sigterm(&child);
+    assert!(child.wait().unwrap().success(), "clean stop");
+    let rows = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path(name)).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let ids = |rows: &[serde_json::Value]| rows.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(ids(&rows("a.jsonl")), (0..100).collect::<Vec<_>>(), "the untouched sink got every row");
+    let d = rows("d.jsonl");
+    assert_eq!(ids(&d), (50..100).collect::<Vec<_>>(), "the added transform sees rows from the reload on");
+    assert!(d.iter().all(|r| r["score2"].as_i64() == Some(r["id"].as_i64().unwrap() * 20)), "{d:?}");
+    let e = ids(&rows("e.jsonl"));
+    assert_eq!(e, std::iter::once(1000).chain(1050..1100).collect::<Vec<_>>(), "the added source's rows");
+}

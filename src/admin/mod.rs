@@ -103,6 +103,11 @@ impl AdminState {
         *self.components.write().expect("admin lock") = infos;
     }
 
+    /// A reload added an output (of a component it added).
+    pub fn add_tap(&self, name: String, schema: SchemaRef, tap: Arc<Tap>) {
+        self.taps.write().expect("admin lock").insert(name, (schema, tap));
+    }
+
     /// A reload added a component.
     pub fn add_component(&self, info: ComponentInfo) {
         self.components.write().expect("admin lock").push(info);

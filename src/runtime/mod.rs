@@ -243,7 +243,15 @@ pub async fn run_reloadable(
     // Only outputs hold senders now, so channels close as their producers finish.
     let metrics = std::mem::take(&mut wiring.metrics);
     let (spawner, added) = mpsc::unbounded_channel();
-    replacers.wired(wiring.routes.take(), &wiring.senders, spawner, wiring.dead_letter_dir.clone());
+    replacers.wired(
+        wiring.routes.take(),
+        &wiring.senders,
+        spawner,
+        wiring.dead_letter_dir.clone(),
+        shutdown.clone(),
+        opts.clock.clone(),
+        wiring.in_flight.clone(),
+    );
     drop(wiring);
     if let Some(reloads) = reloads {
         // Ends when the sender goes (the CLI stops watching) or the pipeline stops.

@@ -11,9 +11,9 @@
 //! new channel: every output is rerouted (`Routes`) from its next batch on, the old version drains
 //! the old channel until the last producer lets go of it, then the new version reads the new one.
 //! A removed component is routed nothing more (a source is stopped) and finishes as on a shutdown;
-//! an added sink is started under the run's supervision. Added sources and transforms, a changed
-//! `buffer:`, or a transform turning windowed are refused with the reason, and the running
-//! pipeline continues as it was.
+//! added components start under the run's supervision (consumers first; an added source once all
+//! is wired). An added disk-buffered source, a changed `buffer:`, or a transform turning windowed
+//! are refused with the reason, and the running pipeline continues as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -144,6 +144,10 @@ pub(crate) struct Replacers {
     /// Starts an added component's task under the run's supervision.
     spawner: Option<mpsc::UnboundedSender<AddedTask>>,
     dead_letter_dir: std::path::PathBuf,
+    /// What added components run with: the run's stop, clock and in-flight count.
+    shutdown: tokio_util::sync::CancellationToken,
+    clock: super::Clock,
+    in_flight: Option<std::sync::Arc<tributary_sdk::InFlight>>,
 }
 
 /// A component a reload added, for the supervisor to run.
@@ -166,41 +170,111 @@ impl Replacers {
             channels: HashMap::new(),
             spawner: None,
             dead_letter_dir: Default::default(),
+            shutdown: Default::default(),
+            clock: Default::default(),
+            in_flight: None,
         }
     }
 
     /// The wiring as the run built it: outputs' routes and consumers' channels; where added
     /// components' tasks and dead letters go.
+    #[allow(clippy::too_many_arguments)]
     pub fn wired(
         &mut self,
         routes: Vec<((String, String), Routes)>,
         channels: &HashMap<String, mpsc::Sender<Delivery>>,
         spawner: mpsc::UnboundedSender<AddedTask>,
         dead_letter_dir: std::path::PathBuf,
+        shutdown: tokio_util::sync::CancellationToken,
+        clock: super::Clock,
+        in_flight: Option<std::sync::Arc<tributary_sdk::InFlight>>,
     ) {
         self.routes = routes;
         self.channels = channels.iter().map(|(id, tx)| (id.clone(), tx.downgrade())).collect();
         self.spawner = Some(spawner);
         self.dead_letter_dir = dead_letter_dir;
+        self.shutdown = shutdown;
+        self.clock = clock;
+        self.in_flight = in_flight;
+    }
+
+    /// An output of an added component: no targets until the reroute; tappable.
+    fn new_output(
+        &mut self,
+        producer: &str,
+        output: &str,
+        metrics: &std::sync::Arc<ComponentMetrics>,
+        admin: Option<&AdminState>,
+    ) -> Output {
+        let mut out = Output::new(Vec::new(), metrics.clone(), output != DEAD_LETTER_OUTPUT);
+        self.routes.push(((producer.to_string(), output.to_string()), out.routes()));
+        if let Some(in_flight) = &self.in_flight {
+            out = out.with_in_flight(in_flight.clone());
+        }
+        let name = if output.is_empty() { producer.to_string() } else { format!("{producer}.{output}") };
+        match (admin, self.outputs.get(&name)) {
+            (Some(admin), Some(schema)) => {
+                let tap = std::sync::Arc::new(tributary_sdk::Tap::default());
+                admin.add_tap(name, schema.clone(), tap.clone());
+                out.with_tap(tap)
+            }
+            _ => out,
+        }
+    }
+
+    fn new_dead_letters(&mut self, id: &str, metrics: &std::sync::Arc<ComponentMetrics>, admin: Option<&AdminState>) -> DeadLetters {
+        let output = self.new_output(id, DEAD_LETTER_OUTPUT, metrics, admin);
+        let store = std::sync::Arc::new(DeadLetterStore::new(self.dead_letter_dir.join(format!("{id}.jsonl"))));
+        DeadLetters::new(id, output, metrics.clone()).with_store(store)
+    }
+
+    fn spawn(&self, id: &str, task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>) -> Result<(), String> {
+        let spawner = self.spawner.as_ref().ok_or("the pipeline is not running")?;
+        spawner.send(AddedTask { id: id.to_string(), task }).map_err(|_| "the pipeline is stopping".to_string())
+    }
+
+    /// Start a transform the reload added, on `rx`.
+    fn start_transform(
+        &mut self,
+        t: PlannedTransform,
+        rx: mpsc::Receiver<Delivery>,
+        admin: Option<&AdminState>,
+    ) -> Result<ComponentInfo, String> {
+        let metrics = std::sync::Arc::new(ComponentMetrics::default());
+        let output = self.new_output(&t.id, "", &metrics, admin);
+        let dead = self.new_dead_letters(&t.id, &metrics, admin);
+        let (tx, replace) = mpsc::unbounded_channel();
+        self.transforms.senders.insert(t.id.clone(), tx);
+        let id = t.id.clone();
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> = match &t.window {
+            Some(window) => {
+                let late = self.new_output(&t.id, crate::graph::LATE_OUTPUT, &metrics, admin);
+                let timer =
+                    self.clock.timer(std::time::Duration::from_micros((window.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64));
+                self.windowed.insert(id.clone());
+                Box::pin(super::run_windowed_transform(t, rx, output, late, dead, metrics.clone(), timer, replace))
+            }
+            None => Box::pin(super::run_transform(t, rx, output, dead, metrics.clone(), replace)),
+        };
+        self.spawn(&id, task)?;
+        let input = self.channels.get(&id).cloned();
+        Ok(ComponentInfo { id, kind: Kind::Transform, type_name: "sql".into(), metrics, input, disk_buffer: false })
+    }
+
+    /// A source the reload added (memory buffer only), its outputs made (and routable) but not
+    /// running yet.
+    fn prepare_source(&mut self, s: crate::graph::PlannedSource, admin: Option<&AdminState>) -> (AddedTask, ComponentInfo) {
+        let metrics = std::sync::Arc::new(ComponentMetrics::default());
+        let outputs = s.outputs.iter().map(|o| (o.name.clone(), self.new_output(&s.id, &o.name, &metrics, admin))).collect();
+        let dead = self.new_dead_letters(&s.id, &metrics, admin);
+        let (tx, replace) = mpsc::unbounded_channel();
+        self.sources.senders.insert(s.id.clone(), tx);
+        let run = super::SourceRun { id: s.id.clone(), outputs, dead, shutdown: self.shutdown.clone(), metrics: metrics.clone() };
+        let task = AddedTask { id: s.id.clone(), task: Box::pin(run.run(s.source, replace)) };
+        (task, ComponentInfo { id: s.id, kind: Kind::Source, type_name: s.type_name, metrics, input: None, disk_buffer: false })
     }
 
     /// Start a sink the reload added, on `rx`; returns its admin entry.
-    fn start_sink(&mut self, s: crate::graph::PlannedSink, rx: mpsc::Receiver<Delivery>) -> Result<ComponentInfo, String> {
-        let metrics = std::sync::Arc::new(ComponentMetrics::default());
-        let dead_output = Output::new(Vec::new(), metrics.clone(), false);
-        self.routes.push(((s.id.clone(), DEAD_LETTER_OUTPUT.to_string()), dead_output.routes()));
-        let store = std::sync::Arc::new(DeadLetterStore::new(self.dead_letter_dir.join(format!("{}.jsonl", s.id))));
-        let dead = DeadLetters::new(&s.id, dead_output, metrics.clone()).with_store(store);
-        let ctx = SinkContext { id: s.id.clone(), metrics: metrics.clone() };
-        let (tx, replace) = mpsc::unbounded_channel();
-        self.sinks.senders.insert(s.id.clone(), tx);
-        let task = Box::pin(super::sink::run_sink(s.sink, rx, ctx, dead, s.retry, replace));
-        let spawner = self.spawner.as_ref().ok_or("the pipeline is not running")?;
-        spawner.send(AddedTask { id: s.id.clone(), task }).map_err(|_| "the pipeline is stopping".to_string())?;
-        let input = self.channels.get(&s.id).cloned();
-        Ok(ComponentInfo { id: s.id, kind: Kind::Sink, type_name: s.type_name, metrics, input, disk_buffer: false })
-    }
-
     /// The receiving ends for each component's task.
     pub fn source(&mut self, id: &str) -> mpsc::UnboundedReceiver<Option<Box<dyn Source>>> {
         self.sources.take(id)
@@ -212,6 +286,23 @@ impl Replacers {
 
     pub fn sink(&mut self, id: &str) -> mpsc::UnboundedReceiver<NewSink> {
         self.sinks.take(id)
+    }
+
+    /// Start a sink the reload added, on `rx`; returns its admin entry.
+    fn start_sink(
+        &mut self,
+        s: crate::graph::PlannedSink,
+        rx: mpsc::Receiver<Delivery>,
+        admin: Option<&AdminState>,
+    ) -> Result<ComponentInfo, String> {
+        let metrics = std::sync::Arc::new(ComponentMetrics::default());
+        let dead = self.new_dead_letters(&s.id, &metrics, admin);
+        let ctx = SinkContext { id: s.id.clone(), metrics: metrics.clone() };
+        let (tx, replace) = mpsc::unbounded_channel();
+        self.sinks.senders.insert(s.id.clone(), tx);
+        self.spawn(&s.id, Box::pin(super::sink::run_sink(s.sink, rx, ctx, dead, s.retry, replace)))?;
+        let input = self.channels.get(&s.id).cloned();
+        Ok(ComponentInfo { id: s.id, kind: Kind::Sink, type_name: s.type_name, metrics, input, disk_buffer: false })
     }
 
     /// Apply reloads until `requests` closes, recording each outcome in `/health`.
@@ -264,10 +355,17 @@ impl Replacers {
             .collect();
         let Plan { sources, transforms, sinks, decls, outputs, .. } = plan;
         let (added_sinks, sinks): (Vec<_>, Vec<_>) = sinks.into_iter().partition(|s| added.contains(&s.id));
+        let (added_transforms, transforms): (Vec<_>, Vec<_>) = transforms.into_iter().partition(|t| added.contains(&t.id));
+        let (added_sources, sources): (Vec<_>, Vec<_>) = sources.into_iter().partition(|s| added.contains(&s.id));
         let mut started = Vec::new();
         for s in added_sinks {
             let rx = channel_for(&s.id).expect("added");
             started.push((s, rx));
+        }
+        let mut started_transforms = Vec::new();
+        for t in added_transforms {
+            let rx = channel_for(&t.id).expect("added");
+            started_transforms.push((t, rx));
         }
         // Downstream first: a changed consumer is in place before a changed producer restarts.
         for s in sinks.into_iter().filter(|s| changed.contains(&s.id)) {
@@ -281,13 +379,28 @@ impl Replacers {
         for s in sources.into_iter().filter(|s| changed.contains(&s.id)) {
             self.sources.send(&s.id, Some(s.source))?;
         }
-        if !rewired.is_empty() || !removed.is_empty() || !started.is_empty() {
+        if !rewired.is_empty() || !removed.is_empty() || !added.is_empty() {
             for (id, tx) in &new_channels {
                 self.channels.insert(id.clone(), tx.downgrade());
             }
+            // Consumers before producers: a sink is running before the transform feeding it.
+            self.outputs = outputs.clone();
+            let mut infos = Vec::new();
             for (s, rx) in started {
-                let info = self.start_sink(s, rx)?;
-                if let Some(admin) = admin {
+                infos.push(self.start_sink(s, rx, admin)?);
+            }
+            for (t, rx) in started_transforms.into_iter().rev() {
+                infos.push(self.start_transform(t, rx, admin)?);
+            }
+            let prepared: Vec<(AddedTask, ComponentInfo)> = added_sources.into_iter().map(|s| self.prepare_source(s, admin)).collect();
+            // Every output's routes exist now: wire everything, then start the added sources.
+            self.reroute(&wiring);
+            for (task, info) in prepared {
+                self.spawn(&task.id.clone(), task.task)?;
+                infos.push(info);
+            }
+            if let Some(admin) = admin {
+                for info in infos {
                     admin.add_component(info);
                 }
             }
@@ -297,7 +410,6 @@ impl Replacers {
                     self.sources.send(&d.id, None)?;
                 }
             }
-            self.reroute(&wiring);
             // Only the routes hold the new channels now; the old ones close once their
             // producers' sends in flight are done.
             drop(new_channels);
@@ -336,8 +448,9 @@ impl Replacers {
     fn changed(&self, plan: &Plan) -> Result<BTreeSet<String>, String> {
         let old: HashMap<&str, &ComponentDecl> = self.decls.iter().map(|d| (d.id.as_str(), d)).collect();
         let restart = "; that needs a restart of the process";
-        if let Some(d) = plan.decls.iter().find(|d| !old.contains_key(d.id.as_str()) && d.kind != Kind::Sink) {
-            return Err(format!("{} `{}` was added{restart} (a reload can add sinks)", d.kind.label(), d.id));
+        if let Some(s) = plan.sources.iter().find(|s| !old.contains_key(s.id.as_str()) && !matches!(s.buffer, super::SourceBuffer::Memory))
+        {
+            return Err(format!("source `{}` was added with a disk buffer{restart}", s.id));
         }
         let mut changed = BTreeSet::new();
         for d in &plan.decls {
@@ -441,11 +554,11 @@ sinks:
 
     #[tokio::test]
     async fn additions_and_buffer_changes_are_refused_with_the_reason() {
-        let added = BASE.replace("sinks:", "  extra: {inputs: [ingest], sql: SELECT id FROM ingest}\nsinks:");
-        assert_eq!(
-            reload(&added).await.unwrap_err(),
-            "transform `extra` was added; that needs a restart of the process (a reload can add sinks)"
+        let added = BASE.replace(
+            "transforms:",
+            "  more: {type: http_server, address: \"127.0.0.1:0\", schema: {id: int}, buffer: {type: disk, path: /tmp/x}}\ntransforms:",
         );
+        assert_eq!(reload(&added).await.unwrap_err(), "source `more` was added with a disk buffer; that needs a restart of the process");
         let buffered = BASE.replace(
             "schema: {id: int, score: int, ts: timestamp}}",
             "schema: {id: int, score: int, ts: timestamp}, buffer: {type: disk, path: /tmp/x}}",
