@@ -44,6 +44,23 @@ fn health(admin: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_default()
 }
 
+/// `tributary run [--watch] FILE`, its log at info level in `log` (else warnings on stderr), once
+/// its `/health` answers.
+fn start(file: &Path, watch: bool, admin: SocketAddr, log: Option<&Path>) -> std::process::Child {
+    let mut args = vec!["run"];
+    if watch {
+        args.push("--watch");
+    }
+    args.push(file.to_str().unwrap());
+    let (level, stderr) = match log {
+        Some(path) => ("info", Stdio::from(std::fs::File::create(path).unwrap())),
+        None => ("warn", Stdio::inherit()),
+    };
+    let child = Command::new(common::bin()).args(args).env("TRIBUTARY_LOG", level).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
+    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    child
+}
+
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok() {
@@ -63,50 +80,76 @@ struct Sent {
     answered: u8,
 }
 
+/// Clients POSTing one numbered event each, as fast as answers come; each request records its
+/// status and the phase when it started and when it was answered.
+struct Load {
+    phase: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    sent: Arc<Mutex<BTreeMap<i64, Sent>>>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(clients: usize, http: SocketAddr, body: fn(i64) -> String) -> Load {
+        let phase = Arc::new(AtomicU8::new(BEFORE));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicUsize::new(0));
+        let sent: Arc<Mutex<BTreeMap<i64, Sent>>> = Arc::default();
+        let clients = (0..clients)
+            .map(|_| {
+                let (phase, stop, next, sent) = (phase.clone(), stop.clone(), next.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let id = next.fetch_add(1, Ordering::SeqCst) as i64;
+                        let started = phase.load(Ordering::SeqCst);
+                        let status =
+                            common::post(http, "/", &[("Content-Type", "application/json")], body(id).as_bytes()).map_or(0, |r| r.0);
+                        sent.lock().unwrap().insert(id, Sent { status, started, answered: phase.load(Ordering::SeqCst) });
+                    }
+                })
+            })
+            .collect();
+        Load { phase, stop, sent, clients }
+    }
+
+    fn count(&self) -> usize {
+        self.sent.lock().unwrap().len()
+    }
+
+    /// Wait until `n` more requests were answered.
+    fn wait_for_more(&self, n: usize) {
+        let from = self.count();
+        wait_for(&format!("{n} more events"), || self.count() >= from + n);
+    }
+
+    fn phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::SeqCst);
+    }
+
+    fn finish(self) -> BTreeMap<i64, Sent> {
+        self.stop.store(true, Ordering::SeqCst);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
 #[test]
 fn a_changed_predicate_reloads_without_losing_rows_or_open_windows() {
     let dir = tempfile::tempdir().unwrap();
     let (http, admin) = (common::free_addr(), common::free_addr());
     let file = common::write(dir.path(), "reload.yaml", &pipeline(http, admin, dir.path(), "score > 100"));
     let log = dir.path().join("run.log");
-    let mut child = Command::new(common::bin())
-        .args(["run", file.to_str().unwrap()])
-        .env("TRIBUTARY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    let mut child = start(&file, false, admin, Some(&log));
     assert_eq!(health(admin)["config"]["generation"], 1);
 
     // Four clients, one event per POST; event time moves 10 ms per id (no row is late).
-    let phase = Arc::new(AtomicU8::new(BEFORE));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let sent: Arc<Mutex<BTreeMap<i64, Sent>>> = Arc::default();
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (phase, stop, next, sent) = (phase.clone(), stop.clone(), next.clone(), sent.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let id = next.fetch_add(1, Ordering::SeqCst) as i64;
-                    let ts = 1_796_032_800_000 + id * 10; // 2026-11-30T10:00:00Z in ms
-                    let body = format!(
-                        r#"{{"id":{id},"badge":"b{}","score":{},"ts":"{}"}}"#,
-                        id % 5,
-                        id % 1000,
-                        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ts as u64))
-                    );
-                    let started = phase.load(Ordering::SeqCst);
-                    let status = common::post(http, "/", &[("Content-Type", "application/json")], body.as_bytes()).map_or(0, |r| r.0);
-                    let answered = phase.load(Ordering::SeqCst);
-                    sent.lock().unwrap().insert(id, Sent { status, started, answered });
-                }
-            })
-        })
-        .collect();
-    let sent_count = || sent.lock().unwrap().len();
-    wait_for("1000 events sent", || sent_count() >= 1000);
+    let load = Load::start(4, http, |id| {
+        let ts = std::time::UNIX_EPOCH + Duration::from_millis(1_796_032_800_000 + id as u64 * 10); // from 2026-11-30T10:00:00Z
+        format!(r#"{{"id":{id},"badge":"b{}","score":{},"ts":"{}"}}"#, id % 5, id % 1000, humantime::format_rfc3339_millis(ts))
+    });
+    load.wait_for_more(1000);
 
     // An invalid file: refused with its place, the pipeline keeps running the old one.
     std::fs::write(&file, pipeline(http, admin, dir.path(), "no_such_column > 100")).unwrap();
@@ -120,24 +163,18 @@ fn a_changed_predicate_reloads_without_losing_rows_or_open_windows() {
         "the refusal names the file, line and column: {error}"
     );
     assert_eq!(h["config"]["generation"], 1);
-    let before = sent_count();
-    wait_for("events still flowing", || sent_count() >= before + 500);
+    load.wait_for_more(500);
 
     std::fs::write(&file, pipeline(http, admin, dir.path(), "score > 500")).unwrap();
-    phase.store(RELOADING, Ordering::SeqCst);
+    load.phase(RELOADING);
     common::sighup(&child);
     wait_for("generation 2 in /health", || health(admin)["config"]["generation"] == 2);
-    phase.store(AFTER, Ordering::SeqCst);
-    let at_reload = sent_count();
-    wait_for("1000 events after the reload", || sent_count() >= at_reload + 1000);
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
+    load.phase(AFTER);
+    load.wait_for_more(1000);
+    let sent = load.finish();
     common::sigterm(&child);
     assert!(child.wait().unwrap().success(), "clean stop");
 
-    let sent = sent.lock().unwrap();
     let refused: Vec<_> = sent.iter().filter(|(_, s)| s.status != 200).map(|(id, s)| (*id, s.status)).collect();
     assert!(refused.is_empty(), "every POST accepted: {refused:?}");
     let lines = |name: &str| -> Vec<serde_json::Value> {
@@ -199,14 +236,7 @@ fn a_changed_source_restarts_on_the_same_outputs_under_watch() {
         )
     };
     let file = common::write(dir.path(), "watch.yaml", &yaml(""));
-    let mut child = Command::new(common::bin())
-        .args(["run", "--watch", file.to_str().unwrap()])
-        .env("TRIBUTARY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    let mut child = start(&file, true, admin, None);
     let post = |id: i64, token: Option<&str>| {
         let auth = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
@@ -247,50 +277,20 @@ fn new_columns_reach_the_sink_at_the_batch_that_has_them() {
         )
     };
     let file = common::write(dir.path(), "columns.yaml", &yaml("id"));
-    let mut child = Command::new(common::bin())
-        .args(["run", file.to_str().unwrap()])
-        .env("TRIBUTARY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    let mut child = start(&file, false, admin, None);
 
-    let phase = Arc::new(AtomicU8::new(BEFORE));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let sent: Arc<Mutex<BTreeMap<i64, Sent>>> = Arc::default();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (phase, stop, next, sent) = (phase.clone(), stop.clone(), next.clone(), sent.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let id = next.fetch_add(1, Ordering::SeqCst) as i64;
-                    let started = phase.load(Ordering::SeqCst);
-                    let body = format!(r#"{{"id":{id},"score":{}}}"#, id * 2);
-                    let status = common::post(http, "/", &[], body.as_bytes()).map_or(0, |r| r.0);
-                    sent.lock().unwrap().insert(id, Sent { status, started, answered: phase.load(Ordering::SeqCst) });
-                }
-            })
-        })
-        .collect();
-    let sent_count = || sent.lock().unwrap().len();
-    wait_for("500 events sent", || sent_count() >= 500);
+    let load = Load::start(2, http, |id| format!(r#"{{"id":{id},"score":{}}}"#, id * 2));
+    load.wait_for_more(500);
     std::fs::write(&file, yaml("id, score")).unwrap();
-    phase.store(RELOADING, Ordering::SeqCst);
+    load.phase(RELOADING);
     common::sighup(&child);
     wait_for("generation 2 in /health", || health(admin)["config"]["generation"] == 2);
-    phase.store(AFTER, Ordering::SeqCst);
-    let at_reload = sent_count();
-    wait_for("500 events after the reload", || sent_count() >= at_reload + 500);
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
+    load.phase(AFTER);
+    load.wait_for_more(500);
+    let sent = load.finish();
     common::sigterm(&child);
     assert!(child.wait().unwrap().success(), "clean stop");
 
-    let sent = sent.lock().unwrap();
     assert!(sent.values().all(|s| s.status == 200), "every POST accepted");
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let mut ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
@@ -333,52 +333,22 @@ fn sinks_are_rewired_removed_and_added_without_losing_a_row() {
     );
     let file = common::write(dir.path(), "rewire.yaml", &yaml(&before));
     let log = dir.path().join("run.log");
-    let mut child = Command::new(common::bin())
-        .args(["run", file.to_str().unwrap()])
-        .env("TRIBUTARY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    let mut child = start(&file, false, admin, Some(&log));
 
-    let phase = Arc::new(AtomicU8::new(BEFORE));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(0));
-    let sent: Arc<Mutex<BTreeMap<i64, Sent>>> = Arc::default();
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            let (phase, stop, next, sent) = (phase.clone(), stop.clone(), next.clone(), sent.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let id = next.fetch_add(1, Ordering::SeqCst) as i64;
-                    let started = phase.load(Ordering::SeqCst);
-                    let body = format!(r#"{{"id":{id},"score":{}}}"#, id % 1000);
-                    let status = common::post(http, "/", &[], body.as_bytes()).map_or(0, |r| r.0);
-                    sent.lock().unwrap().insert(id, Sent { status, started, answered: phase.load(Ordering::SeqCst) });
-                }
-            })
-        })
-        .collect();
-    let sent_count = || sent.lock().unwrap().len();
-    wait_for("1000 events sent", || sent_count() >= 1000);
+    let load = Load::start(3, http, |id| format!(r#"{{"id":{id},"score":{}}}"#, id % 1000));
+    load.wait_for_more(1000);
     std::fs::write(&file, yaml(&after)).unwrap();
-    phase.store(RELOADING, Ordering::SeqCst);
+    load.phase(RELOADING);
     common::sighup(&child);
     wait_for("generation 2 in /health", || health(admin)["config"]["generation"] == 2);
-    phase.store(AFTER, Ordering::SeqCst);
+    load.phase(AFTER);
     let components = health(admin)["components"].clone();
     assert!(components.get("c").is_some() && components.get("b").is_none(), "/health lists c, not b: {components}");
-    let at_reload = sent_count();
-    wait_for("1000 events after the reload", || sent_count() >= at_reload + 1000);
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.join().unwrap();
-    }
+    load.wait_for_more(1000);
+    let sent = load.finish();
     common::sigterm(&child);
     assert!(child.wait().unwrap().success(), "clean stop");
 
-    let sent = sent.lock().unwrap();
     assert!(sent.values().all(|s| s.status == 200), "every POST accepted");
     let ids = |path: &Path| -> Vec<i64> {
         std::fs::read_to_string(path)
@@ -421,26 +391,19 @@ fn a_reload_adds_a_source_a_transform_and_sinks() {
     let dir = tempfile::tempdir().unwrap();
     let (http, http2, admin) = (common::free_addr(), common::free_addr(), common::free_addr());
     let path = |name: &str| dir.path().join(name).display().to_string();
-    let start = format!(
+    let first = format!(
         "admin: {{address: \"{admin}\"}}\nsources:\n  ingest: {{type: http_server, address: \"{http}\", schema: {{id: int, score: int}}}}\nsinks:\n  a: {{type: file, inputs: [ingest], path: \"{}\", flush_interval: 100ms}}\n",
         path("a.jsonl")
     );
-    let file = common::write(dir.path(), "add.yaml", &start);
-    let mut child = Command::new(common::bin())
-        .args(["run", "--watch", file.to_str().unwrap()])
-        .env("TRIBUTARY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for("the pipeline to answer /health", || health(admin)["status"] == "ok");
+    let file = common::write(dir.path(), "add.yaml", &first);
+    let mut child = start(&file, true, admin, None);
     let post = |addr: SocketAddr, id: i64| {
         common::post(addr, "/", &[], format!(r#"{{"id":{id},"score":{}}}"#, id * 10).as_bytes()).map_or(0, |r| r.0)
     };
     for id in 0..50 {
         assert_eq!(post(http, id), 200);
     }
-    let grown = start.replace(
+    let grown = first.replace(
         "sinks:\n",
         &format!(
             "  other: {{type: http_server, address: \"{http2}\", schema: {{id: int, score: int}}}}\ntransforms:\n  doubled: {{inputs: [ingest], sql: \"SELECT id, score * 2 AS score2 FROM ingest\"}}\nsinks:\n  d: {{type: file, inputs: [doubled], path: \"{}\", flush_interval: 100ms}}\n  e: {{type: file, inputs: [other], path: \"{}\", flush_interval: 100ms}}\n",

@@ -23,7 +23,7 @@ mod sink;
 pub use clock::{Clock, ManualClock, Timer};
 pub use disk_buffer::SourceBuffer;
 pub use reload::ReloadRequest;
-use reload::{NewVersion, Upcoming};
+use reload::{NewVersion, Versions};
 pub(crate) use sink::Retrying;
 pub use sink::SinkRetry;
 use tributary_sdk::{
@@ -395,42 +395,29 @@ async fn run_transform(
     metrics: Arc<ComponentMetrics>,
     mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
-    let mut upcoming = Upcoming::default();
-    let mut rewired = None;
+    let mut versions = Versions::default();
     loop {
         tokio::select! {
             biased;
             Some(new) = replace.recv() => {
-                upcoming.clear();
-                let new = match new.rewired() {
-                    Ok(next) => {
-                        rewired = Some(next);
-                        continue;
-                    }
-                    Err(new) => new,
-                };
-                if !new.takes_over_now() {
-                    tracing::info!(transform = %t.id, "reloaded: the new SQL takes over at the first batch with the new columns");
-                    upcoming.wait_for(new);
-                    continue;
-                }
+                let Some(new) = versions.arrive(new, &t.id) else { continue };
                 // What was queued before the reload was accepted under the old SQL: it gets it.
                 for _ in 0..rx.len() {
                     let Some(delivery) = rx.recv().await else { break };
                     transform_delivery(&t, delivery, &output, &dead, &metrics).await?;
                 }
-                t = new.component;
+                t = new;
                 tracing::info!(transform = %t.id, "reloaded: rows from here on run the new SQL");
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else {
                     // The old inputs let go: the new version reads its new inputs.
-                    let Some((next, next_rx)) = rewired.take() else { break };
+                    let Some((next, next_rx)) = versions.rewired() else { break };
                     (t, rx) = (next, next_rx);
                     tracing::info!(transform = %t.id, "reloaded: reading its new inputs with the new SQL");
                     continue;
                 };
-                if let Some(new) = upcoming.due(delivery.input, &delivery.batch.data) {
+                if let Some(new) = versions.due(delivery.input, &delivery.batch.data) {
                     t = new;
                     tracing::info!(transform = %t.id, "reloaded: the new columns arrived; rows from here on run the new SQL");
                 }
@@ -480,40 +467,34 @@ async fn run_windowed_transform(
 ) -> anyhow::Result<()> {
     let id = t.id.clone();
     let mut op = window_operator(t, &timer)?;
-    let mut upcoming = Upcoming::default();
-    let mut rewired = None;
+    let mut versions = Versions::default();
     loop {
         // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
         let _work;
         let emission = tokio::select! {
             biased;
             Some(new) = replace.recv() => {
-                upcoming.clear();
                 _work = Work::default();
-                match new.rewired() {
-                    Ok(next) => rewired = Some(next),
-                    Err(new) if new.takes_over_now() => {
+                if let Some(new) = versions.arrive(new, &id) {
                     // What was queued goes into the old windows first.
                     for _ in 0..rx.len() {
                         let Some(delivery) = rx.recv().await else { break };
                         let (emission, _work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
                         send_emission(&id, emission, &output, &dead, &metrics).await?;
                     }
-                    replace_windows(&id, &mut op, new.component, &timer, &output, &dead, &metrics).await?;
-                    }
-                    Err(new) => upcoming.wait_for(new),
+                    replace_windows(&id, &mut op, new, &timer, &output, &dead, &metrics).await?;
                 }
                 None
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else {
                     // The old inputs let go: new windows over the new inputs.
-                    let Some((next, next_rx)) = rewired.take() else { break };
+                    let Some((next, next_rx)) = versions.rewired() else { break };
                     replace_windows(&id, &mut op, next, &timer, &output, &dead, &metrics).await?;
                     rx = next_rx;
                     continue;
                 };
-                if let Some(new) = upcoming.due(delivery.input, &delivery.batch.data) {
+                if let Some(new) = versions.due(delivery.input, &delivery.batch.data) {
                     replace_windows(&id, &mut op, new, &timer, &output, &dead, &metrics).await?;
                 }
                 let (emission, work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;

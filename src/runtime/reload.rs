@@ -7,7 +7,7 @@
 //! config), a sink flushes, a windowed transform emits its open windows as partial; a changed source
 //! stops as on a shutdown (sends what it has, waits for its acks). Then the new version takes over
 //! the same channels. When an output's columns change, its consumers are planned anew and switch at
-//! the first batch with the new columns ([`Upcoming`]). A component whose `inputs:` changed gets a
+//! the first batch with the new columns ([`Versions`]). A component whose `inputs:` changed gets a
 //! new channel: every output is rerouted (`Routes`) from its next batch on, the old version drains
 //! the old channel until the last producer lets go of it, then the new version reads the new one.
 //! A removed component is routed nothing more (a source is stopped) and finishes as on a shutdown;
@@ -50,46 +50,50 @@ pub(crate) struct NewVersion<T> {
     channel: Option<mpsc::Receiver<Delivery>>,
 }
 
-impl<T> NewVersion<T> {
-    /// No input changes its columns: the new version takes over once what is queued is handled.
-    pub fn takes_over_now(&self) -> bool {
-        self.changed_inputs.iter().all(Option::is_none)
-    }
-
-    /// For a rewired component: the new version and the channel it reads once the old one closes.
-    pub fn rewired(self) -> Result<(T, mpsc::Receiver<Delivery>), NewVersion<T>> {
-        match self.channel {
-            Some(rx) => Ok((self.component, rx)),
-            None => Err(self),
-        }
-    }
+/// The new versions a running component has been handed and not yet switched to: one waiting for
+/// its first batch with the new columns (batches sent before the producer switched carry the old
+/// ones and go to the old version), or one waiting for the old channel to close (rewired).
+pub(crate) struct Versions<T> {
+    upcoming: Option<NewVersion<T>>,
+    rewired: Option<(T, mpsc::Receiver<Delivery>)>,
 }
 
-/// A new version waiting for its first batch with the new columns: batches sent before the
-/// producer switched carry the old ones and go to the old version.
-pub(crate) struct Upcoming<T>(Option<NewVersion<T>>);
-
-impl<T> Default for Upcoming<T> {
+impl<T> Default for Versions<T> {
     fn default() -> Self {
-        Upcoming(None)
+        Versions { upcoming: None, rewired: None }
     }
 }
 
-impl<T> Upcoming<T> {
-    pub fn wait_for(&mut self, new: NewVersion<T>) {
-        self.0 = Some(new);
-    }
-
-    /// A newer reload supersedes the waiting version.
-    pub fn clear(&mut self) {
-        self.0 = None;
+impl<T> Versions<T> {
+    /// A new version arrived (superseding any waiting one). Returned when it takes over now, once
+    /// the component has handled what is queued; otherwise it waits, and `what` says what for.
+    pub fn arrive(&mut self, new: NewVersion<T>, what: &str) -> Option<T> {
+        self.upcoming = None;
+        match new.channel {
+            Some(rx) => {
+                self.rewired = Some((new.component, rx));
+                tracing::info!(component = %what, "reloaded: the new version takes over once the old inputs let go");
+                None
+            }
+            None if new.changed_inputs.iter().all(Option::is_none) => Some(new.component),
+            None => {
+                tracing::info!(component = %what, "reloaded: the new version takes over at the first batch with the new columns");
+                self.upcoming = Some(new);
+                None
+            }
+        }
     }
 
     /// The waiting version, when `batch` (from input `input`) is the first with its columns.
     pub fn due(&mut self, input: usize, batch: &RecordBatch) -> Option<T> {
-        let new = self.0.as_ref()?;
+        let new = self.upcoming.as_ref()?;
         let expected = new.changed_inputs.get(input)?.as_ref()?;
-        same_columns(expected, &batch.schema()).then(|| self.0.take().expect("checked").component)
+        same_columns(expected, &batch.schema()).then(|| self.upcoming.take().expect("checked").component)
+    }
+
+    /// The old channel closed: the rewired version and the channel it reads, if there is one.
+    pub fn rewired(&mut self) -> Option<(T, mpsc::Receiver<Delivery>)> {
+        self.rewired.take()
     }
 }
 
@@ -544,12 +548,17 @@ sinks:
             RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).unwrap()
         };
         let new_columns = batch(&["id"]).schema();
-        let mut upcoming = Upcoming::default();
-        upcoming.wait_for(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)], channel: None });
-        assert_eq!(upcoming.due(1, &batch(&["id", "score"])), None, "still the old columns");
-        assert_eq!(upcoming.due(0, &batch(&["id"])), None, "an input whose columns did not change");
-        assert_eq!(upcoming.due(1, &batch(&["id"])), Some("v2"));
-        assert_eq!(upcoming.due(1, &batch(&["id"])), None, "taken over once");
+        let mut versions = Versions::default();
+        assert_eq!(
+            versions.arrive(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)], channel: None }, "t"),
+            None
+        );
+        assert_eq!(versions.due(1, &batch(&["id", "score"])), None, "still the old columns");
+        assert_eq!(versions.due(0, &batch(&["id"])), None, "an input whose columns did not change");
+        assert_eq!(versions.due(1, &batch(&["id"])), Some("v2"));
+        assert_eq!(versions.due(1, &batch(&["id"])), None, "taken over once");
+        let now = NewVersion { component: "v3", changed_inputs: vec![None, None], channel: None };
+        assert_eq!(versions.arrive(now, "t"), Some("v3"), "same columns: takes over now");
     }
 
     #[tokio::test]

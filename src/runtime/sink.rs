@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::reload::{NewSink, Upcoming};
+use super::reload::{NewSink, Versions};
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, Sink, SinkContext};
 
@@ -117,8 +117,7 @@ pub(crate) async fn run_sink(
     sink.start(&ctx).await?;
     let mut pending = Pending::default();
     let mut ticker = flush_ticker(sink.as_ref());
-    let mut upcoming = Upcoming::default();
-    let mut rewired = None;
+    let mut versions = Versions::default();
     loop {
         let tick = async {
             match ticker.as_mut() {
@@ -131,39 +130,27 @@ pub(crate) async fn run_sink(
         tokio::select! {
             biased;
             Some(new) = replace.recv() => {
-                upcoming.clear();
-                let new = match new.rewired() {
-                    Ok(next) => {
-                        rewired = Some(next);
-                        continue;
-                    }
-                    Err(new) => new,
-                };
-                if !new.takes_over_now() {
-                    tracing::info!(sink = %ctx.id, "reloaded: the new config takes over at the first batch with the new columns");
-                    upcoming.wait_for(new);
-                    continue;
-                }
+                let Some(new) = versions.arrive(new, &ctx.id) else { continue };
                 // What was queued before the reload goes to the old sink, which flushes it.
                 for _ in 0..rx.len() {
                     let Some(Delivery { batch, work: _work, .. }) = rx.recv().await else { break };
                     count_in(&ctx, &batch);
                     write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
                 }
-                switch_sink(&mut sink, &mut retry, new.component, &ctx, &dead, &mut pending).await?;
+                switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
                 ticker = flush_ticker(sink.as_ref());
             }
             delivery = rx.recv() => {
                 // `_work` lives until the batch is written (see `InFlight`).
                 let Some(Delivery { input, batch, work: _work }) = delivery else {
                     // The old inputs let go: the new version reads its new inputs.
-                    let Some((next, next_rx)) = rewired.take() else { break };
+                    let Some((next, next_rx)) = versions.rewired() else { break };
                     switch_sink(&mut sink, &mut retry, next, &ctx, &dead, &mut pending).await?;
                     ticker = flush_ticker(sink.as_ref());
                     rx = next_rx;
                     continue;
                 };
-                if let Some(new) = upcoming.due(input, &batch.data) {
+                if let Some(new) = versions.due(input, &batch.data) {
                     switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
                     ticker = flush_ticker(sink.as_ref());
                 }
