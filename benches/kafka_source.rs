@@ -110,7 +110,12 @@ sinks:
     let mut t0 = None;
     let counter = |name: &str, component: &str| {
         let prefix = format!("tributary_component_{name}{{component=\"{component}\"");
-        admin.render_metrics().lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok()).unwrap_or(0)
+        admin
+            .render_metrics()
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0)
     };
     loop {
         let sent = counter("rows_out_total", "events");
