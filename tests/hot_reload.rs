@@ -396,7 +396,8 @@ fn a_reload_adds_a_source_a_transform_and_sinks() {
         path("a.jsonl")
     );
     let file = common::write(dir.path(), "add.yaml", &first);
-    let mut child = start(&file, true, admin, None);
+    let log = dir.path().join("run.log");
+    let mut child = start(&file, true, admin, Some(&log));
     let post = |addr: SocketAddr, id: i64| {
         common::post(addr, "/", &[], format!(r#"{{"id":{id},"score":{}}}"#, id * 10).as_bytes()).map_or(0, |r| r.0)
     };
@@ -434,4 +435,13 @@ fn a_reload_adds_a_source_a_transform_and_sinks() {
     assert!(d.iter().all(|r| r["score2"].as_i64() == Some(r["id"].as_i64().unwrap() * 20)), "{d:?}");
     let e = ids(&rows("e.jsonl"));
     assert_eq!(e, std::iter::once(1000).chain(1050..1100).collect::<Vec<_>>(), "the added source's rows");
+    // The run's summary counts the added components too.
+    let log = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        "other (http_server source): 51 rows out",
+        "doubled (sql transform): 50 rows in, 50 rows out",
+        "d (file sink): 50 rows in, 50 written",
+    ] {
+        assert!(log.contains(line), "summary line `{line}` in:\n{log}");
+    }
 }

@@ -243,6 +243,7 @@ pub async fn run_reloadable(
     // Only outputs hold senders now, so channels close as their producers finish.
     let metrics = std::mem::take(&mut wiring.metrics);
     let (spawner, added) = mpsc::unbounded_channel();
+    let added_by_reloads = replacers.added.clone();
     replacers.wired(
         wiring.routes.take(),
         &wiring.senders,
@@ -271,6 +272,8 @@ pub async fn run_reloadable(
         a.set_stopping();
     }
     report.summary = decls.iter().map(|d| summary_line(d, &metrics[&d.id])).collect();
+    let added = std::mem::take(&mut *added_by_reloads.lock().unwrap_or_else(|e| e.into_inner()));
+    report.summary.extend(added.iter().map(|(d, m)| summary_line(d, m)));
     report
 }
 

@@ -152,7 +152,12 @@ pub(crate) struct Replacers {
     shutdown: tokio_util::sync::CancellationToken,
     clock: super::Clock,
     in_flight: Option<std::sync::Arc<tributary_sdk::InFlight>>,
+    /// Components reloads added, for the run's final summary.
+    pub added: AddedComponents,
 }
+
+/// Components reloads added, with their counters (shared with the run for its summary).
+pub(crate) type AddedComponents = std::sync::Arc<std::sync::Mutex<Vec<(ComponentDecl, std::sync::Arc<ComponentMetrics>)>>>;
 
 /// A component a reload added, for the supervisor to run.
 pub(crate) struct AddedTask {
@@ -177,6 +182,7 @@ impl Replacers {
             shutdown: Default::default(),
             clock: Default::default(),
             in_flight: None,
+            added: Default::default(),
         }
     }
 
@@ -403,6 +409,13 @@ impl Replacers {
                 self.spawn(&task.id.clone(), task.task)?;
                 infos.push(info);
             }
+            let mut summary = self.added.lock().unwrap_or_else(|e| e.into_inner());
+            for info in &infos {
+                if let Some(d) = decls.iter().find(|d| d.id == info.id) {
+                    summary.push((d.clone(), info.metrics.clone()));
+                }
+            }
+            drop(summary);
             if let Some(admin) = admin {
                 for info in infos {
                     admin.add_component(info);
