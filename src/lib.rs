@@ -94,16 +94,19 @@ fn watch_for_reloads(
         loop {
             let why = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = hangup.recv() => "SIGHUP",
+                _ = hangup.recv() => {
+                    seen = std::fs::read(&path).ok();
+                    "SIGHUP"
+                }
                 _ = poll.tick(), if watch => {
                     let now = std::fs::read(&path).ok();
                     if now.is_none() || now == seen {
                         continue;
                     }
+                    seen = now;
                     "the file changed"
                 }
             };
-            seen = std::fs::read(&path).ok();
             tracing::info!(file = %path.display(), "{why}: reloading");
             let request = match validate_file(&path).await {
                 Ok(plan) => runtime::ReloadRequest::Valid(plan),

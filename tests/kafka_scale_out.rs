@@ -61,9 +61,13 @@ fn held(log: &Path) -> BTreeSet<i32> {
 }
 
 fn partitions_field(line: &str) -> Vec<i32> {
-    let Some(rest) = line.split(" partitions=").nth(1) else { return vec![] };
-    let list = rest.split_whitespace().next().unwrap_or("");
-    list.split(',').filter_map(|tp| tp.rsplit('/').next()?.parse().ok()).collect()
+    log_list(line, "partitions").filter_map(|tp| tp.rsplit('/').next()?.parse().ok()).collect()
+}
+
+/// The comma-separated entries of a log line's `name=a,b,c` field (none when it lacks it).
+fn log_list<'a>(line: &'a str, name: &str) -> impl Iterator<Item = &'a str> {
+    let value = line.split(&format!(" {name}=")).nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("");
+    value.split(',').filter(|e| !e.is_empty())
 }
 
 /// ids a member wrote (a killed member's last line can be partial: skipped).
@@ -86,11 +90,7 @@ struct Uncommitted {
 
 /// `badges/3@412,badges/7@90` → (partition, next offset) pairs.
 fn offsets_field(line: &str) -> Vec<(i32, i64)> {
-    let Some(rest) = line.split(" offsets=").nth(1) else { return vec![] };
-    rest.split_whitespace()
-        .next()
-        .unwrap_or("")
-        .split(',')
+    log_list(line, "offsets")
         .filter_map(|e| {
             let (tp, next) = e.split_once('@')?;
             Some((tp.rsplit('/').next()?.parse().ok()?, next.parse().ok()?))

@@ -107,24 +107,47 @@ impl Wiring {
                 }
             }
         }
-        let mut out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
+        let out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
         self.routes.borrow_mut().push(((producer.to_string(), output.to_string()), out.routes()));
-        if let Some(in_flight) = &self.in_flight {
-            out = out.with_in_flight(in_flight.clone());
-        }
-        let name = if output.is_empty() { producer.to_string() } else { format!("{producer}.{output}") };
-        match self.taps.get(&name) {
-            Some(tap) => out.with_tap(tap.clone()),
-            None => out,
-        }
+        observed(out, self.in_flight.as_ref(), self.taps.get(&output_name(producer, output)).cloned())
     }
 
-    /// A component's dead letters: to the consumers of `<id>.dead_letter`, or, unwired, to the
-    /// default store `<dead_letters.path>/<id>.jsonl`.
     fn dead_letters(&self, producer: &str) -> DeadLetters {
-        let store = Arc::new(DeadLetterStore::new(self.dead_letter_dir.join(format!("{producer}.jsonl"))));
-        DeadLetters::new(producer, self.output(producer, DEAD_LETTER_OUTPUT), self.metrics[producer].clone()).with_store(store)
+        dead_letters_in(&self.dead_letter_dir, producer, self.output(producer, DEAD_LETTER_OUTPUT), self.metrics[producer].clone())
     }
+}
+
+/// An output by its `inputs:` name: `probes`, `webex.utilization`, `t.late`.
+fn output_name(producer: &str, output: &str) -> String {
+    if output.is_empty() {
+        producer.to_string()
+    } else {
+        format!("{producer}.{output}")
+    }
+}
+
+/// `out`, counting its work in flight and shown to its tap, where the run has them.
+fn observed(mut out: Output, in_flight: Option<&Arc<InFlight>>, tap: Option<Arc<Tap>>) -> Output {
+    if let Some(in_flight) = in_flight {
+        out = out.with_in_flight(in_flight.clone());
+    }
+    match tap {
+        Some(tap) => out.with_tap(tap),
+        None => out,
+    }
+}
+
+/// A component's dead letters: to the consumers of `<id>.dead_letter` (`output`), or, unwired, to
+/// the default store `<dead_letters.path>/<id>.jsonl`.
+fn dead_letters_in(dir: &std::path::Path, id: &str, output: Output, metrics: Arc<ComponentMetrics>) -> DeadLetters {
+    let store = Arc::new(DeadLetterStore::new(dir.join(format!("{id}.jsonl"))));
+    DeadLetters::new(id, output, metrics).with_store(store)
+}
+
+/// A windowed transform's timer, so idle inputs still close windows: a quarter of its idle
+/// timeout, between 10 ms and 1 s.
+fn window_timer(clock: &Clock, window: &crate::graph::WindowPlan) -> Timer {
+    clock.timer(Duration::from_micros((window.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64))
 }
 
 /// Run `plan` until `shutdown` is cancelled (or every source finishes), then drain.
@@ -202,7 +225,7 @@ pub async fn run_reloadable(
         if let Some(window) = &t.window {
             let late = wiring.output(&t.id, LATE_OUTPUT);
             // Made here, not in the task, so a manual clock's first advance already reaches it.
-            let timer = opts.clock.timer(Duration::from_micros((window.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64));
+            let timer = window_timer(&opts.clock, window);
             tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics, timer, replace).await) });
         } else {
             tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics, replace).await) });

@@ -20,9 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
-use tributary_sdk::{
-    ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, Output, Routes, Sink, SinkContext, Source, DEAD_LETTER_OUTPUT,
-};
+use tributary_sdk::{ComponentMetrics, DeadLetters, Delivery, Output, Routes, Sink, SinkContext, Source, DEAD_LETTER_OUTPUT};
 
 use super::SinkRetry;
 use crate::admin::{AdminState, ComponentInfo};
@@ -216,26 +214,23 @@ impl Replacers {
         metrics: &std::sync::Arc<ComponentMetrics>,
         admin: Option<&AdminState>,
     ) -> Output {
-        let mut out = Output::new(Vec::new(), metrics.clone(), output != DEAD_LETTER_OUTPUT);
+        let out = Output::new(Vec::new(), metrics.clone(), output != DEAD_LETTER_OUTPUT);
         self.routes.push(((producer.to_string(), output.to_string()), out.routes()));
-        if let Some(in_flight) = &self.in_flight {
-            out = out.with_in_flight(in_flight.clone());
-        }
-        let name = if output.is_empty() { producer.to_string() } else { format!("{producer}.{output}") };
-        match (admin, self.outputs.get(&name)) {
+        let name = super::output_name(producer, output);
+        let tap = match (admin, self.outputs.get(&name)) {
             (Some(admin), Some(schema)) => {
                 let tap = std::sync::Arc::new(tributary_sdk::Tap::default());
                 admin.add_tap(name, schema.clone(), tap.clone());
-                out.with_tap(tap)
+                Some(tap)
             }
-            _ => out,
-        }
+            _ => None,
+        };
+        super::observed(out, self.in_flight.as_ref(), tap)
     }
 
     fn new_dead_letters(&mut self, id: &str, metrics: &std::sync::Arc<ComponentMetrics>, admin: Option<&AdminState>) -> DeadLetters {
         let output = self.new_output(id, DEAD_LETTER_OUTPUT, metrics, admin);
-        let store = std::sync::Arc::new(DeadLetterStore::new(self.dead_letter_dir.join(format!("{id}.jsonl"))));
-        DeadLetters::new(id, output, metrics.clone()).with_store(store)
+        super::dead_letters_in(&self.dead_letter_dir, id, output, metrics.clone())
     }
 
     fn spawn(&self, id: &str, task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>) -> Result<(), String> {
@@ -259,8 +254,7 @@ impl Replacers {
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> = match &t.window {
             Some(window) => {
                 let late = self.new_output(&t.id, crate::graph::LATE_OUTPUT, &metrics, admin);
-                let timer =
-                    self.clock.timer(std::time::Duration::from_micros((window.spec.idle_timeout / 4).clamp(10_000, 1_000_000) as u64));
+                let timer = super::window_timer(&self.clock, window);
                 self.windowed.insert(id.clone());
                 Box::pin(super::run_windowed_transform(t, rx, output, late, dead, metrics.clone(), timer, replace))
             }
@@ -364,6 +358,8 @@ impl Replacers {
             .chain(plan.sinks.iter().map(|s| (s.id.clone(), s.inputs.clone())))
             .collect();
         let Plan { sources, transforms, sinks, decls, outputs, .. } = plan;
+        // From here on the new columns are the pipeline's (added outputs' taps take them).
+        self.outputs = outputs;
         let (added_sinks, sinks): (Vec<_>, Vec<_>) = sinks.into_iter().partition(|s| added.contains(&s.id));
         let (added_transforms, transforms): (Vec<_>, Vec<_>) = transforms.into_iter().partition(|t| added.contains(&t.id));
         let (added_sources, sources): (Vec<_>, Vec<_>) = sources.into_iter().partition(|s| added.contains(&s.id));
@@ -394,7 +390,6 @@ impl Replacers {
                 self.channels.insert(id.clone(), tx.downgrade());
             }
             // Consumers before producers: a sink is running before the transform feeding it.
-            self.outputs = outputs.clone();
             let mut infos = Vec::new();
             for (s, rx) in started {
                 infos.push(self.start_sink(s, rx, admin)?);
@@ -432,7 +427,6 @@ impl Replacers {
             drop(new_channels);
         }
         self.decls = decls;
-        self.outputs = outputs;
         let mut restarted: Vec<String> = changed.into_iter().collect();
         restarted.extend(added.iter().map(|id| format!("+{id}")));
         restarted.extend(removed.iter().map(|d| format!("-{}", d.id)));

@@ -142,14 +142,18 @@ type Targets = Vec<(mpsc::Sender<Delivery>, usize)>;
 /// An output's targets as the engine sees them, to rewire a running pipeline (hot reload). Weak:
 /// it keeps neither the output nor its consumers' channels alive.
 #[derive(Clone)]
-pub struct Routes(std::sync::Weak<std::sync::RwLock<Targets>>);
+pub struct Routes(std::sync::Weak<SharedTargets>);
+
+/// The current targets, swapped whole on a rewiring: a send takes its snapshot with one reference
+/// count, not a copy of the list.
+type SharedTargets = std::sync::RwLock<Arc<Targets>>;
 
 impl Routes {
     /// Send the output's batches to `targets` from its next batch on; false when the output is
     /// gone (its producer finished).
     pub fn set(&self, targets: Vec<(mpsc::Sender<Delivery>, usize)>) -> bool {
         let Some(shared) = self.0.upgrade() else { return false };
-        *shared.write().unwrap_or_else(|e| e.into_inner()) = targets;
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
         true
     }
 }
@@ -158,7 +162,7 @@ impl Routes {
 #[derive(Clone)]
 pub struct Output {
     /// Shared by the output's clones, so a rewiring reaches all of them.
-    targets: Arc<std::sync::RwLock<Targets>>,
+    targets: Arc<SharedTargets>,
     metrics: Arc<ComponentMetrics>,
     /// Dead-letter outputs don't count as rows_out; they count as dead_letters.
     counts_as_rows_out: bool,
@@ -172,7 +176,14 @@ pub struct Output {
 impl Output {
     /// Wiring is the engine's job; plugins receive ready outputs in their context.
     pub fn new(targets: Vec<(mpsc::Sender<Delivery>, usize)>, metrics: Arc<ComponentMetrics>, counts_as_rows_out: bool) -> Self {
-        Output { targets: Arc::new(std::sync::RwLock::new(targets)), metrics, counts_as_rows_out, tap: None, queue: None, in_flight: None }
+        Output {
+            targets: Arc::new(std::sync::RwLock::new(Arc::new(targets))),
+            metrics,
+            counts_as_rows_out,
+            tap: None,
+            queue: None,
+            in_flight: None,
+        }
     }
 
     /// The engine's handle for rewiring this output.
@@ -181,7 +192,7 @@ impl Output {
     }
 
     /// A snapshot of the targets (a send must not hold the lock while it waits for room).
-    fn targets(&self) -> Targets {
+    fn targets(&self) -> Arc<Targets> {
         self.targets.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -224,7 +235,7 @@ impl Output {
 
     /// No consumer is wired to this output.
     pub fn is_unconnected(&self) -> bool {
-        self.targets.read().unwrap_or_else(|e| e.into_inner()).is_empty() && self.queue.is_none()
+        self.targets().is_empty() && self.queue.is_none()
     }
 
     fn count(&self, batch: &Batch) {
@@ -267,7 +278,7 @@ impl Output {
         let targets = self.targets();
         let reserve = async {
             let mut permits = Vec::with_capacity(targets.len());
-            for (tx, input) in &targets {
+            for (tx, input) in targets.iter() {
                 permits.push((tx.reserve().await.map_err(|_| TrySendError::Closed)?, *input));
             }
             Ok::<_, TrySendError>(permits)
