@@ -1,6 +1,6 @@
 //! The JSON decoder alone, on 1 MiB of badge events (the `file` source's chunk): `JsonRows`, what
-//! every source decodes with, against arrow-json's own decoder with nothing around it (the peer a
-//! hand-written reader would use). And the cost single-event HTTP requests paid before they were
+//! every source decodes with (its one-pass flat decoder, for these lines), against arrow-json's own
+//! decoder with nothing around it (the peer a hand-written reader would use). And the cost single-event HTTP requests paid before they were
 //! batched: a decoder per one-row body, against one pass over the same bodies as NDJSON.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
