@@ -490,7 +490,7 @@ fn rfc3339_micros(s: &[u8]) -> Option<i64> {
     let (hour, minute, second) = (num(&s[11..13])?, num(&s[14..16])?, num(&s[17..19])?);
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&month) || day < 1 || day > month_days[month as usize - 1] || hour > 23 || minute > 59 || second > 59 {
+    if !(1..=12).contains(&month) || !(1..=month_days[month as usize - 1]).contains(&day) || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
     let mut rest = &s[19..];

@@ -378,7 +378,7 @@ mod tests {
             let offset = FixedOffset::east_opt(rng.random_range(-23 * 60..=23 * 60) * 60).unwrap();
             let local = offset.timestamp_opt(secs, nanos).unwrap();
             let digits = rng.random_range(0..=9usize);
-            let fraction = if digits == 0 { String::new() } else { format!(".{:09}", nanos)[..=digits].to_string() };
+            let fraction = if digits == 0 { String::new() } else { format!(".{nanos:09}")[..=digits].to_string() };
             let zone = if offset.local_minus_utc() == 0 && rng.random_bool(0.5) { "Z".to_string() } else { offset.to_string() };
             text.push_str(&format!("{{\"ts\":\"{}{fraction}{zone}\"}}\n", local.format("%Y-%m-%dT%H:%M:%S")));
         }
