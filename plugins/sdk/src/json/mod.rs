@@ -68,13 +68,8 @@ impl JsonRows {
             if let Some(batch) = flat::decode(&self.schema, text) {
                 return (self.fill_time(batch), Vec::new());
             }
-            // The fast path reads a stream of JSON values, newlines or not: it counts only when it
-            // made exactly one row per line (`{…}{…}` on one line is one bad line, not two rows;
-            // found by the fuzzer in tests/hostile.rs).
-            if let Ok(Some(batch)) = self.decode_buffer(text) {
-                if batch.num_rows() == non_blank_lines(text) {
-                    return (self.fill_time(batch), Vec::new());
-                }
+            if let Some(batch) = self.decode_whole(text) {
+                return (self.fill_time(batch), Vec::new());
             }
         }
         let mut good = Vec::new();
@@ -91,6 +86,13 @@ impl JsonRows {
         }
         let batch = concat_batches(&self.schema, &good).expect("same schema");
         (self.fill_time(batch), errors)
+    }
+
+    /// arrow-json over the whole text. It reads a stream of JSON values, newlines or not: the batch
+    /// counts only when it made exactly one row per line (`{…}{…}` on one line is one bad line, not
+    /// two rows; found by the fuzzer in tests/hostile.rs).
+    fn decode_whole(&self, text: &[u8]) -> Option<RecordBatch> {
+        self.decode_buffer(text).ok().flatten().filter(|batch| batch.num_rows() == non_blank_lines(text))
     }
 
     /// Decode a list of JSON values (a request body that was an array, say). All or nothing:
@@ -256,11 +258,10 @@ mod tests {
         assert!(errors[0].reason.starts_with("malformed JSON: trailing characters"), "{}", errors[0].reason);
     }
 
-    /// arrow-json alone on `text`, the way `decode_buffer` uses it (None: it refused the text or did
-    /// not make one row per line).
+    /// arrow-json alone on `text`, as `decode_lines` uses it (None: it refused the text or did not
+    /// make one row per line).
     fn arrow_json(schema: &SchemaRef, text: &[u8]) -> Option<RecordBatch> {
-        let declared = JsonRows { schema: schema.clone(), json_columns: Vec::new(), time_column: None };
-        declared.decode_buffer(text).ok().flatten().filter(|b| b.num_rows() == non_blank_lines(text))
+        JsonRows { schema: schema.clone(), json_columns: Vec::new(), time_column: None }.decode_whole(text)
     }
 
     fn flat_schema() -> SchemaRef {
