@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(tributary::logging::RedactedStderr).with_ansi(ansi).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // The main thread's 8 MiB for every worker (tokio's default is 2 MiB): DataFusion plans and
+    // evaluates expressions recursively, and SQL within the limits (`sql::limits`) still nests.
+    let runtime = tokio::runtime::Builder::new_multi_thread().thread_stack_size(8 << 20).enable_all().build().expect("tokio runtime");
     runtime.block_on(tributary::cli::dispatch(cli))
 }

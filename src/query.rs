@@ -188,6 +188,7 @@ pub fn parquet_format(ctx: &datafusion::prelude::SessionContext) -> ParquetForma
 
 /// Run `sql` over the tables and return the result batches.
 pub async fn run_query(sql: &str, tables: &[Table]) -> anyhow::Result<Vec<RecordBatch>> {
+    crate::sql::limits::check(sql).map_err(anyhow::Error::msg)?;
     let ctx = crate::sql::session();
     for table in tables {
         register(&ctx, table).await?;

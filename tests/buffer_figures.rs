@@ -17,6 +17,12 @@
 //!    record: at restart the intact records are written and the cut is logged with the file and
 //!    byte offset.
 //!
+//! 4. **The buffer's disk fills under load**: its 8 MB tmpfs filled for 3 s while four clients
+//!    post, then freed. Clients get 503 (never 200 for rows not stored), `/health` names the
+//!    buffer and the error, writing resumes by itself; every row answered 200 is written once.
+//! 5. **An idle `kill -9`**: 2,000 rows written by both sinks, quiet, `kill -9`, restart: nothing
+//!    is written twice (the acked position used to be saved only when a later ack came).
+//!
 //! A plain `main` (harness = false), like `fault_figures`. Test-name filters that do not match
 //! `buffer_figures` skip it.
 
@@ -37,7 +43,9 @@ fn main() {
     let Some(args) = harness_args("buffer_figures") else { return };
     let kills = if args.iter().any(|a| a == "--full") { 20 } else { 5 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let figures = rt.block_on(async { vec![kill_under_load(kills).await, sigterm_with_a_stuck_sink().await, cut_mid_record().await] });
+    let figures = rt.block_on(async {
+        vec![kill_under_load(kills).await, sigterm_with_a_stuck_sink().await, cut_mid_record().await, disk_full().await, idle_kill().await]
+    });
     report("buffer figures", "accepted (200)", &figures);
 }
 
@@ -84,13 +92,25 @@ fn reconcile(accepted: &BTreeSet<i64>, written: &BTreeMap<i64, i64>) -> (i64, i6
 }
 
 fn ingest_pipeline(dir: &Path, admin: std::net::SocketAddr, ingest: std::net::SocketAddr, sink: &str) -> std::path::PathBuf {
+    ingest_pipeline_buffered_in(dir, admin, ingest, sink, &dir.join("buffer"), "64MiB")
+}
+
+/// As [`ingest_pipeline`], with the buffer's segments in `buffer`, `max_size` at most.
+fn ingest_pipeline_buffered_in(
+    dir: &Path,
+    admin: std::net::SocketAddr,
+    ingest: std::net::SocketAddr,
+    sink: &str,
+    buffer: &Path,
+    max_size: &str,
+) -> std::path::PathBuf {
     write(
         dir,
         "p.yaml",
         &format!(
-            "admin: {{address: \"{admin}\"}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{ingest}\"\n    accept_timeout: 500ms\n    stop_timeout: 2s\n    schema: {{ts: timestamp, id: int, request: int}}\n    buffer: {{type: disk, max_size: 64MiB, path: \"{buffer}\"}}\nsinks:\n{sink}",
+            "admin: {{address: \"{admin}\"}}\ndead_letters: {{path: \"{dl}\"}}\nsources:\n  ingest:\n    type: http_server\n    address: \"{ingest}\"\n    accept_timeout: 500ms\n    stop_timeout: 2s\n    schema: {{ts: timestamp, id: int, request: int}}\n    buffer: {{type: disk, max_size: {max_size}, path: \"{buffer}\"}}\nsinks:\n{sink}",
             dl = dir.join("dead_letters").display(),
-            buffer = dir.join("buffer").display(),
+            buffer = buffer.display(),
         ),
     )
 }
@@ -292,14 +312,170 @@ async fn cut_mid_record() -> Figure {
         format!("written ids {:?}, expected 0..90", written.keys().collect::<Vec<_>>()),
     );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let cut_line = text.lines().find(|l| l.contains("disk buffer: cut")).unwrap_or("");
-    f.check(
-        cut_line.contains(&segment.display().to_string()) && cut_line.contains(" at byte "),
-        format!("no log line naming the cut: {text}"),
-    );
+    let cut_line = text.lines().find(|l| l.contains("disk buffer: ") && l.contains(" is damaged at byte ")).unwrap_or("");
+    f.check(cut_line.contains(&segment.display().to_string()), format!("no log line naming the damage: {text}"));
     if let Some(at) = cut_line.split(" at byte ").nth(1) {
-        f.notes.push(format!("logged: cut at byte {}", at.split(':').next().unwrap_or("?")));
+        f.notes.push(format!("logged: damaged at byte {}", at.split(':').next().unwrap_or("?")));
     }
     f.notes.push("the 10 rows of the torn record are the expected loss".into());
+    f
+}
+
+/// What one client posted: the ids answered 200, and the count of answers per status.
+type Posted = (BTreeSet<i64>, BTreeMap<u16, i64>);
+
+/// Clients posting NDJSON bodies of unique ids until `stop`.
+fn posting_clients(ingest: std::net::SocketAddr, clients: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Posted>> {
+    let next_id = Arc::new(AtomicI64::new(0));
+    (0..clients)
+        .map(|_| {
+            let (next_id, stop) = (next_id.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut accepted, mut answers) = (BTreeSet::new(), BTreeMap::new());
+                let mut request = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let first = next_id.fetch_add(20, Ordering::Relaxed);
+                    let body: String = (first..first + 20).map(|id| format!("{{\"id\":{id},\"request\":{request}}}\n")).collect();
+                    request += 1;
+                    let status = post(ingest, "/", &[], body.as_bytes()).map(|(s, _)| s).unwrap_or(0);
+                    *answers.entry(status).or_insert(0) += 1;
+                    if status == 200 {
+                        accepted.extend(first..first + 20);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                (accepted, answers)
+            })
+        })
+        .collect()
+}
+
+/// Scenario 4: the buffer's disk fills under load, then space comes back.
+async fn disk_full() -> Figure {
+    let mut f =
+        Figure { scenario: "buffer disk full under load", fault: "8 MB tmpfs filled for 3 s, then freed".into(), ..Default::default() };
+    let Some(disk) = tributary_testkit::Tmpfs::mount(8 << 20) else {
+        f.notes.push("skipped: cannot mount a tmpfs (not root)".into());
+        return f;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, ingest) = (free_addr(), free_addr());
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 200ms\n", out.display());
+    let buffer = disk.path().join("buffer");
+    let pipeline = ingest_pipeline_buffered_in(dir.path(), admin, ingest, &sink, &buffer, "4MiB");
+    let log = dir.path().join("stderr.log");
+    let mut child = run_logged(&pipeline, &[], &log);
+    wait_listening(ingest, &log).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = posting_clients(ingest, 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let filled = tokio::task::spawn_blocking({
+        let path = disk.path().to_path_buf();
+        move || tributary_testkit::tmpfs::fill(&path, "filler", 0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let full_at = Instant::now();
+    let (mut named, mut most_segments) = (String::new(), 0);
+    while full_at.elapsed() < Duration::from_secs(3) {
+        if let Ok((_, body)) = get(admin, "/health") {
+            let h: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if let Some(e) = h["components"]["ingest"]["last_error"].as_str() {
+                named = e.to_string();
+            }
+        }
+        most_segments = most_segments.max(files_ending(&buffer, ".seg").len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = get(admin, "/health").map(|(_, b)| b).unwrap_or_default();
+    stop.store(true, Ordering::Relaxed);
+    let (mut accepted, mut answers) = (BTreeSet::new(), BTreeMap::<u16, i64>::new());
+    for c in clients {
+        let (a, n) = c.join().unwrap();
+        accepted.extend(a);
+        for (status, count) in n {
+            *answers.entry(status).or_insert(0) += count;
+        }
+    }
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    let (written, lost, duplicates) = reconcile(&accepted, &ids_written(&out));
+    (f.sent, f.written, f.lost, f.duplicates) = (accepted.len() as i64, written, lost, duplicates);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let error_lines = logged.lines().filter(|l| l.contains("ERROR")).count();
+    f.notes.push(format!("{} MB filled; answers {answers:?}", filled >> 20));
+    f.notes.push(format!("/health last_error: {named:?}; at most {most_segments} segment files; {error_lines} ERROR lines"));
+    f.check(lost == 0, format!("{lost} rows answered 200 are not in the sink"));
+    f.check(duplicates == 0, format!("{duplicates} rows written twice"));
+    f.check(answers.get(&503).copied().unwrap_or(0) > 0, "no client was refused while the disk was full");
+    f.check(answers.keys().all(|s| *s == 200 || *s == 503), format!("answers other than 200 and 503: {answers:?}"));
+    f.check(
+        named.contains("disk buffer") && named.contains("No space left on device"),
+        format!("/health never named the buffer's error: {named:?}"),
+    );
+    f.check(!after.contains("\"last_error\""), format!("still failing after the space came back: {after}"));
+    f.check(most_segments <= 3, format!("{most_segments} segment files while the disk was full"));
+    f.check(error_lines <= 2, format!("{error_lines} ERROR lines: the failure is logged once, not per request"));
+    f.check(exit.success(), format!("the clean stop exited {exit}"));
+    f
+}
+
+/// Scenario 5: 2,000 rows written by both sinks, a quiet spell, `kill -9`, restart.
+async fn idle_kill() -> Figure {
+    let mut f = Figure { scenario: "idle kill -9", fault: "every ack resolved, 1 s quiet, kill -9, restart".into(), ..Default::default() };
+    let table = format!("buffer_idle_{}", std::process::id());
+    let db = pg().await;
+    db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, ingest) = (free_addr(), free_addr());
+    let out = dir.path().join("out.jsonl");
+    let sinks = format!(
+        "  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 200ms\n  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n",
+        out.display(),
+        tributary_testkit::test_postgres_url()
+    );
+    let pipeline = ingest_pipeline(dir.path(), admin, ingest, &sinks);
+    let log = dir.path().join("stderr.log");
+    let mut child = run_logged(&pipeline, &[], &log);
+    wait_listening(ingest, &log).await;
+    let mut accepted = BTreeSet::new();
+    for request in 0..20i64 {
+        let body: String = (request * 100..request * 100 + 100).map(|id| format!("{{\"id\":{id},\"request\":{request}}}\n")).collect();
+        if let Ok((200, _)) = post(ingest, "/", &[], body.as_bytes()) {
+            accepted.extend(request * 100..request * 100 + 100);
+        }
+    }
+    for _ in 0..100 {
+        if ids_written(&out).len() >= 2000 && pg_count(&db, &table).await >= 2000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = run_logged(&pipeline, &[], &log);
+    wait_listening(ingest, &log).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    let (written, lost, file_duplicates) = reconcile(&accepted, &ids_written(&out));
+    let (rows, distinct): (i64, i64) = {
+        let r = db.query_one(&format!("SELECT count(*), count(DISTINCT id) FROM \"{table}\""), &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    (f.sent, f.written, f.lost, f.duplicates) = (accepted.len() as i64, written, lost, file_duplicates + rows - distinct);
+    f.notes.push(format!("file sink: {file_duplicates} written twice; timescale: {} written twice", rows - distinct));
+    f.check(f.sent == 2000, format!("{} of 2000 rows accepted", f.sent));
+    f.check(lost == 0 && distinct == 2000, format!("{lost} rows missing from the file, {} from the table", 2000 - distinct));
+    f.check(f.duplicates == 0, format!("{} rows written twice after an idle kill", f.duplicates));
+    f.check(exit.success(), format!("the clean stop exited {exit}"));
+    db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
     f
 }

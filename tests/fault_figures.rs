@@ -16,10 +16,22 @@
 //! 4. **`pipelines/badge-events.yaml` soak** with one consumer: the per-minute counts it writes to
 //!    PostgreSQL add up to the entries published.
 //!
+//! 5. **The sink's disk fills** (`parquet` on a tmpfs, no disk buffer): clients get 503, `/health`
+//!    names the sink, and it resumes by itself.
+//! 6. **Deeply nested JSON** among good rows: a 400 naming the limit, the process lives, the good
+//!    rows are written.
+//! 7. **Hostile reloads**: a running pipeline's file replaced by SQL with 10,000 OR terms, then by
+//!    YAML nested 10,000 deep: the reload is refused naming the limit and the pipeline runs on;
+//!    `validate` exits 1 on both.
+//! 8. **Memory per body**: a million empty objects in 3 MB: resident memory before, at the peak
+//!    and after.
+//!
 //! A plain `main` (harness = false): the scenarios share one runtime, run one after another and
 //! print one table. Test-name filters that do not match `fault_figures` skip it.
 
 mod common;
+#[path = "fault_figures/hostile.rs"]
+mod hostile;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -53,6 +65,10 @@ fn main() {
             kafka_cut_and_kill(&d).await,
             redis_restart_under_stream().await,
             badge_events_soak(&d).await,
+            hostile::disk_full_without_buffer().await,
+            hostile::deep_nesting().await,
+            hostile::hostile_reloads().await,
+            hostile::memory_per_body().await,
         ]
     });
     report("fault figures", "sent", &figures);

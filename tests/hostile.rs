@@ -57,7 +57,7 @@ fn mutate(seed: &[u8], seeds: &[Vec<u8>], u: &mut Unstructured) -> arbitrary::Re
     let mut v = seed.to_vec();
     for _ in 0..u.int_in_range(1..=6)? {
         let at = u.choose_index(v.len() + 1)?;
-        match u.int_in_range(0..=8)? {
+        match u.int_in_range(0..=9)? {
             0 if !v.is_empty() => {
                 let i = at.min(v.len() - 1);
                 v[i] = u.arbitrary()?;
@@ -83,6 +83,30 @@ fn mutate(seed: &[u8], seeds: &[Vec<u8>], u: &mut Unstructured) -> arbitrary::Re
                 let from = u.choose_index(other.len() + 1)?;
                 v.splice(at..at, other[from..].iter().copied());
             }
+            8 => {
+                // The depth dictionary: nesting and chains up to 40,000 deep, past every parser's
+                // recursion (JSON, YAML block and flow, SQL), balanced or not.
+                const NESTS: [(&str, &str); 9] = [
+                    ("[", "]"),
+                    ("{\"a\":", "}"),
+                    ("(", ")"),
+                    ("- ", ""),
+                    ("a:\n ", ""),
+                    ("NOT ", ""),
+                    ("-", ""),
+                    ("{\"s\":[", "]}"),
+                    ("[{", "}]"),
+                ];
+                const CHAINS: [&str; 5] = [" OR x = 1", " AND y < 2", " + 1", " || 'a'", " UNION ALL SELECT 1"];
+                let n = u.int_in_range(1..=40_000)?;
+                if u.ratio(1, 3)? {
+                    v.splice(at..at, u.choose(&CHAINS)?.repeat(n).into_bytes());
+                } else {
+                    let (open, close) = u.choose(&NESTS)?;
+                    let nested = format!("{}{}", open.repeat(n), if u.arbitrary()? { close.repeat(n) } else { String::new() });
+                    v.splice(at..at, nested.into_bytes());
+                }
+            }
             _ => {
                 let bytes: Vec<u8> = u.arbitrary()?;
                 v.splice(at..at, bytes);
@@ -90,6 +114,16 @@ fn mutate(seed: &[u8], seeds: &[Vec<u8>], u: &mut Unstructured) -> arbitrary::Re
         }
     }
     Ok(v)
+}
+
+/// The files of `tests/corpus/<target>`: cases that once crashed or misbehaved, replayed as seeds.
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten().map(|e| e.path()).collect();
+    files.sort();
+    assert!(!files.is_empty(), "no corpus in {}", dir.display());
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -110,6 +144,7 @@ fn http_seeds() -> Vec<Vec<u8>> {
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
+    .chain(corpus("http"))
     .collect()
 }
 
@@ -117,7 +152,7 @@ fn http_seeds() -> Vec<Vec<u8>> {
 fn fuzz_http_body_decoder() {
     let rows = http_rows();
     fuzz("http body", &http_seeds(), |input| {
-        let _ = tributary_http_server::decode_body(&rows, input);
+        let _ = rows.decode_document(input);
     });
 }
 
@@ -226,15 +261,58 @@ fn fuzz_pipeline_yaml_loader() {
             seeds.push(std::fs::read(e.path()).unwrap());
         }
     }
+    seeds.extend(corpus("yaml"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let registry = tributary::plugins::Registry::builtin();
     let env = |name: &str| (name == "HOME").then(|| "/root".to_string());
-    fuzz("pipeline yaml", &seeds, |input| {
-        // Any YAML is a config error or a plan, never a panic.
-        if let Ok(file) = tributary::config::PipelineFile::parse("fuzz.yaml", &text(input), &env) {
-            let _ = rt.block_on(tributary::graph::plan(&file, &registry));
-        }
-    });
+    // Planning recurses over the SQL's tree: on the 8 MiB the binary's threads have.
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            fuzz("pipeline yaml", &seeds, |input| {
+                // Any YAML is a config error or a plan, never a panic.
+                if let Ok(file) = tributary::config::PipelineFile::parse("fuzz.yaml", &text(input), &env) {
+                    let _ = rt.block_on(tributary::graph::plan(&file, &registry));
+                }
+            })
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// SQL against the limits and the planner: refused with a message, or planned; never a crash.
+#[test]
+fn fuzz_sql_planner() {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("site", DataType::Utf8, true),
+        Field::new("latency_ms", DataType::Int64, true),
+    ]));
+    let mut seeds: Vec<Vec<u8>> = [
+        "SELECT site, latency_ms FROM probes WHERE latency_ms > 500",
+        "SELECT site, count(*) AS n, avg(latency_ms) AS avg_ms FROM probes GROUP BY site",
+        "SELECT * FROM probes WHERE site IN ('a', 'b') AND (latency_ms BETWEEN 1 AND 9 OR site LIKE 'x%')",
+        "SELECT CASE WHEN latency_ms > 1 THEN 'slow' ELSE 'ok' END AS s, -(-latency_ms) AS m FROM probes",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    seeds.extend(corpus("sql"));
+    let inputs = vec![("probes".to_string(), schema as datafusion::arrow::datatypes::SchemaRef)];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // DataFusion recurses over the tree it plans: on the 8 MiB the binary's threads have.
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            fuzz("sql planner", &seeds, |input| {
+                let _ = rt.block_on(tributary::sql::SqlTransform::plan(&text(input), &inputs));
+            })
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 /// The known hostile inputs and fuzzer-made bodies against a running binary, between good rows.
@@ -340,6 +418,15 @@ fn hostile_yaml_is_a_config_error_not_a_crash() {
         ("huge number", b"sources:\n  a: {type: demo, kind: probes, rate: 1e400}\n".to_vec()),
         ("tab indentation", b"sources:\n\ta: {type: demo}\n".to_vec()),
         ("zero period", b"sources:\n  a: {type: demo, kind: probes}\nsinks:\n  f: {type: file, inputs: [a], path: x, flush_interval: 0s}\n".to_vec()),
+        ("block nesting 10,000 deep", format!("sources:\n  a: {{type: demo, kind: probes}}\ndeep:\n{}1\n", "- ".repeat(10_000)).into_bytes()),
+        (
+            "a WHERE of 10,000 OR terms",
+            format!(
+                "sources:\n  probes: {{type: demo, kind: probes}}\ntransforms:\n  t:\n    inputs: [probes]\n    sql: \"SELECT * FROM probes WHERE {}\"\n",
+                (0..10_000).map(|i| format!("site = 's{i}'")).collect::<Vec<_>>().join(" OR ")
+            )
+            .into_bytes(),
+        ),
     ];
     for (what, yaml) in &cases {
         std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();

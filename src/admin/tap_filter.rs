@@ -43,6 +43,8 @@ const FUNCTIONS: &[&str] = &[
 
 /// `Ok` when `predicate` is a single expression with no subquery and only [`FUNCTIONS`].
 pub fn check(predicate: &str) -> Result<(), String> {
+    // Before the parser builds (and the visitor below walks) a tree as deep as the predicate.
+    crate::sql::limits::check(predicate)?;
     let mut parser = Parser::new(&GenericDialect {}).try_with_sql(predicate).map_err(|e| e.to_string())?;
     let expr = parser.parse_expr().map_err(|e| e.to_string())?;
     if parser.peek_token().token != Token::EOF {

@@ -201,7 +201,15 @@ impl PipelineFile {
 
     /// Parse pipeline text; `env` resolves `${VAR}`.
     pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Diagnostics> {
-        let spans = SpanIndex::build(text);
+        let spans = SpanIndex::build(text).map_err(|too_deep| {
+            Diagnostics(vec![Diagnostic {
+                file: file.into(),
+                line: too_deep.at.line,
+                col: too_deep.at.col,
+                path: String::new(),
+                message: format!("YAML nested deeper than {} levels (the limit)", spans::MAX_YAML_NESTING),
+            }])
+        })?;
         let mut p = PipelineFile {
             file: file.to_string(),
             components: vec![],

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
 
 /// A 1-based line and column.
@@ -71,7 +71,7 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+impl Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
@@ -90,16 +90,37 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Mappings and sequences nested deeper than this are refused before anything recursive reads
+/// the document (yaml-rust2's loader, serde_yaml's and our own walks recurse per level: 10,000
+/// levels overflowed the stack and aborted `validate`, and a reload aborted the running pipeline).
+pub const MAX_YAML_NESTING: usize = 64;
+
+/// A document nested deeper than [`MAX_YAML_NESTING`], and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooDeep {
+    pub at: Position,
+}
+
 impl SpanIndex {
-    /// Index a document; a document that does not parse gives an empty index (serde_yaml reports
-    /// the syntax error with its own position).
-    pub fn build(text: &str) -> Self {
+    /// Index a document, reading its events one by one (never recursively). A document that does
+    /// not parse gives an empty index (serde_yaml reports the syntax error with its own position);
+    /// one nested too deep is refused.
+    pub fn build(text: &str) -> Result<Self, TooDeep> {
         let mut b = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut b, false).is_err() {
-            return SpanIndex::default();
+        loop {
+            match parser.next_token() {
+                Ok((Event::StreamEnd, _)) => break,
+                Ok((ev, mark)) => {
+                    b.on_event(ev, mark);
+                    if b.stack.len() > MAX_YAML_NESTING {
+                        return Err(TooDeep { at: Position { line: mark.line(), col: mark.col() + 1 } });
+                    }
+                }
+                Err(_) => return Ok(SpanIndex::default()),
+            }
         }
-        SpanIndex { positions: b.positions }
+        Ok(SpanIndex { positions: b.positions })
     }
 
     /// Position of `path`, or of its nearest ancestor that has one.
@@ -124,7 +145,7 @@ mod tests {
 
     #[test]
     fn finds_keys_and_sequence_items_with_one_based_positions() {
-        let idx = SpanIndex::build(DOC);
+        let idx = SpanIndex::build(DOC).unwrap();
         assert_eq!(idx.find("sources"), Some(Position { line: 1, col: 1 }));
         assert_eq!(idx.find("sources.probes.type"), Some(Position { line: 3, col: 5 }));
         assert_eq!(idx.find("sources.probes.targets[0].sla_ms"), Some(Position { line: 5, col: 18 }));
@@ -135,8 +156,19 @@ mod tests {
 
     #[test]
     fn unknown_paths_fall_back_to_the_nearest_ancestor() {
-        let idx = SpanIndex::build(DOC);
+        let idx = SpanIndex::build(DOC).unwrap();
         assert_eq!(idx.find("sources.probes.nope.deeper"), Some(Position { line: 2, col: 3 }));
         assert_eq!(idx.find("nothing"), None);
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_where_it_goes_too_deep() {
+        // A block mapping starts at its first key's `:`.
+        let block: String = (0..10_000).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        assert_eq!(SpanIndex::build(&block).err(), Some(TooDeep { at: Position { line: 65, col: 68 } }));
+        let compact = format!("{}1", "- ".repeat(100_000));
+        assert_eq!(SpanIndex::build(&compact).err(), Some(TooDeep { at: Position { line: 1, col: 1 + 2 * 64 } }));
+        let flow = format!("a: {}{}", "[".repeat(MAX_YAML_NESTING - 1), "]".repeat(MAX_YAML_NESTING - 1));
+        assert!(SpanIndex::build(&flow).is_ok(), "the root mapping and 63 sequences are 64 levels");
     }
 }

@@ -7,6 +7,7 @@
 //! between executions).
 
 mod json_path;
+pub mod limits;
 pub mod window;
 
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,7 @@ fn joined_tables(plan: &LogicalPlan) -> Option<(String, String)> {
 impl SqlTransform {
     /// Plan `sql` over `inputs` (table name, schema). Errors are DataFusion's messages.
     pub async fn plan(sql: &str, inputs: &[(String, SchemaRef)]) -> DfResult<Self> {
+        limits::check(sql).map_err(datafusion::error::DataFusionError::Plan)?;
         let ctx = session();
         let mut slots = Vec::new();
         for (name, schema) in inputs {

@@ -27,8 +27,6 @@ use tributary_sdk::http::{decode_off_reactor, Ingest, OpenConnections};
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::TrySendError;
 
-use crate::decode_body;
-
 /// Bodies up to this size that hold one line are batched; larger ones are decoded on their own.
 pub const MAX_BATCHED_BODY: usize = 64 << 10;
 /// Batches of more bytes than this are decoded on the blocking pool, not on an async worker.
@@ -139,7 +137,7 @@ async fn hand_on(batch: Vec<Waiting>, ingest: Arc<Ingest>, rows: Arc<JsonRows>) 
     let bad: std::collections::HashSet<usize> = bad_lines.into_iter().map(|e| e.line - 1).collect();
     for (i, w) in batch.into_iter().enumerate() {
         if bad.contains(&i) {
-            let reason = decode_body(&rows, &w.body).err().unwrap_or_else(|| "the row could not be decoded".into());
+            let reason = rows.decode_document(&w.body).err().map_or_else(|| "the row could not be decoded".into(), |e| e.to_string());
             let _ = w.answer.send(ingest.reject(StatusCode::BAD_REQUEST, reason));
         } else {
             accepted.push(w);

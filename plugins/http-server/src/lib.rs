@@ -18,13 +18,12 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use coalesce::{is_single_line_object, Coalescer};
-use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use tributary_sdk::config::{BatchConfig, Batching, ByteSize};
 use tributary_sdk::http::{
     decode_off_reactor, default_body_timeout, default_header_timeout, default_stop_timeout, serve, Ingest, OpenConnections, ServeLimits,
 };
-use tributary_sdk::json::JsonRows;
+use tributary_sdk::json::{DocumentError, JsonRows};
 use tributary_sdk::{
     BuiltSource, ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, OutputSpec, Period, Secret, Source, SourceContext,
     SourcePlugin,
@@ -153,39 +152,17 @@ async fn ingest_rows(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         return shared.coalescer.submit(&shared.ingest, bytes).await;
     }
     let decoding = shared.clone();
-    match decode_off_reactor(move || decode_body(&decoding.rows, &bytes)).await.and_then(|decoded| decoded) {
-        Ok(batch) => shared.ingest.accept(batch).await,
-        Err(reason) => shared.ingest.reject(StatusCode::BAD_REQUEST, reason),
-    }
-}
-
-/// An object, an array of objects, or NDJSON. All rows or none.
-pub fn decode_body(rows: &JsonRows, body: &[u8]) -> Result<RecordBatch, String> {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    match start.map(|i| body[i]) {
-        None => Ok(RecordBatch::new_empty(rows.schema().clone())),
-        Some(b'[') => {
-            let values: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("malformed JSON array: {e}"))?;
-            rows.decode_values(&values)
-        }
-        Some(_) => {
-            // A single (possibly pretty-printed) object is one row; otherwise one object per line.
-            if let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_slice::<serde_json::Value>(body) {
-                return rows.decode_values(std::slice::from_ref(&v));
-            }
-            let (batch, errors) = rows.decode_lines(body);
-            match errors.first() {
-                None => Ok(batch),
-                Some(first) if errors.len() == 1 => Err(first.to_string()),
-                Some(first) => Err(format!("{first} (and {} more bad lines)", errors.len() - 1)),
-            }
-        }
+    match decode_off_reactor(move || decoding.rows.decode_document(&bytes)).await {
+        Ok(Ok(batch)) => shared.ingest.accept(batch).await,
+        Ok(Err(DocumentError::TooLarge(reason))) => shared.ingest.reject(StatusCode::PAYLOAD_TOO_LARGE, reason),
+        Ok(Err(DocumentError::Invalid(reason))) | Err(reason) => shared.ingest.reject(StatusCode::BAD_REQUEST, reason),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tributary_sdk::json::MAX_DECODED_PER_BYTE;
 
     fn rows() -> JsonRows {
         JsonRows::new(&serde_yaml::from_str::<DeclaredSchema>("{ts: timestamp, user: string, score: int}").unwrap(), Some("ts"))
@@ -194,21 +171,96 @@ mod tests {
     #[test]
     fn accepts_object_array_and_ndjson_bodies() {
         let r = rows();
-        assert_eq!(decode_body(&r, b"{\n  \"user\": \"a\",\n  \"score\": 1\n}").unwrap().num_rows(), 1);
-        assert_eq!(decode_body(&r, br#"[{"user":"a","score":1},{"user":"b","score":2}]"#).unwrap().num_rows(), 2);
+        assert_eq!(r.decode_document(b"{\n  \"user\": \"a\",\n  \"score\": 1\n}").unwrap().num_rows(), 1);
+        assert_eq!(r.decode_document(br#"[{"user":"a","score":1},{"user":"b","score":2}]"#).unwrap().num_rows(), 2);
         assert_eq!(
-            decode_body(&r, b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":2}\n{\"user\":\"c\"}\n").unwrap().num_rows(),
+            r.decode_document(b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":2}\n{\"user\":\"c\"}\n").unwrap().num_rows(),
             3
         );
-        assert_eq!(decode_body(&r, b"  \n").unwrap().num_rows(), 0);
+        assert_eq!(r.decode_document(b"  \n").unwrap().num_rows(), 0);
     }
 
     #[test]
     fn reports_the_first_bad_line_and_how_many_more() {
-        let err = decode_body(&rows(), b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":\"lots\"}\n{oops\n").unwrap_err();
+        let err =
+            rows().decode_document(b"{\"user\":\"a\",\"score\":1}\n{\"user\":\"b\",\"score\":\"lots\"}\n{oops\n").unwrap_err().to_string();
         assert!(err.starts_with("line 2: ") && err.contains("score") && err.ends_with("(and 1 more bad lines)"), "{err}");
-        let err = decode_body(&rows(), b"[{\"user\":1}").unwrap_err();
+        let err = rows().decode_document(b"[{\"user\":1}").unwrap_err().to_string();
         assert!(err.starts_with("malformed JSON array: EOF while parsing a list"), "{err}");
+    }
+
+    fn invalid(body: &[u8]) -> String {
+        match rows().decode_document(body) {
+            Err(DocumentError::Invalid(m)) => m,
+            other => panic!("expected a 400 for {:?}, got {other:?}", String::from_utf8_lossy(&body[..body.len().min(80)])),
+        }
+    }
+
+    /// Nesting past the limit is refused naming it, wherever it is: in a declared string column
+    /// (where arrow-json's error message recursed until the stack overflowed), under an unknown
+    /// key, at the top, in an array element, in a pretty-printed object.
+    #[test]
+    fn deep_nesting_is_a_400_naming_the_limit() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let limit = "JSON nested deeper than 64 levels (the limit)";
+        assert_eq!(invalid(format!("{{\"user\":{}}}", deep(30_000)).as_bytes()), format!("line 1: {limit}"));
+        assert_eq!(invalid(format!("{{\"user\":\"a\"}}\n{{\"other\":{}}}\n", deep(30_000)).as_bytes()), format!("line 2: {limit}"));
+        assert_eq!(invalid(deep(30_000).as_bytes()), format!("malformed JSON array: {limit} at line 1"));
+        assert_eq!(invalid(format!("{{\n\"user\":\n{}}}", deep(100)).as_bytes()), format!("line 3: {limit}"));
+        // 63 levels inside the object are fine for an undeclared key.
+        let ok = format!("{{\"user\":\"a\",\"other\":{}}}", deep(63));
+        assert_eq!(rows().decode_document(ok.as_bytes()).unwrap().num_rows(), 1);
+    }
+
+    /// Exact numbers or a 400 naming the column and the value, on every path: the one-pass
+    /// decoder, arrow-json over a whole body, an array, a pretty-printed object.
+    #[test]
+    fn integers_are_exact_or_refused() {
+        for (body, expected) in [
+            (
+                &b"{\"score\":-9223372036854775809}"[..],
+                "line 1: column \"score\": -9223372036854775809 is outside the 64-bit integer range",
+            ),
+            (b"{\"score\":1.5}", "line 1: column \"score\": 1.5 is not a whole number"),
+            (
+                b"{\"user\":\"a\",\"score\":1}\n{\"score\":\"2\",\"x\":[1]}\n{\"score\":1.5}",
+                "line 3: column \"score\": 1.5 is not a whole number",
+            ),
+            (b"[{\"score\":1},{\"score\":2.5e0}]", "element 1: column \"score\": 2.5e0 is not a whole number"),
+            (
+                b"{\n \"score\": 99999999999999999999\n}",
+                "line 1: column \"score\": 99999999999999999999 is outside the 64-bit integer range",
+            ),
+            (
+                b"{\"ts\":1e300}",
+                "line 1: column \"ts\": 1e300 is outside the supported time range (microseconds since 1970, years -262143 to 262142)",
+            ),
+            (b"{\"user\":\"a\x01b\"}", "line 1: raw control character U+0001 inside a string (JSON requires it escaped, as \\u0001)"),
+        ] {
+            assert_eq!(invalid(body), expected, "{}", String::from_utf8_lossy(body));
+        }
+        let whole = rows().decode_document(b"[{\"score\":1.0},{\"score\":1e2},{\"score\":-9223372036854775808}]").unwrap();
+        let scores = whole.column(2).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        assert_eq!(scores.values().to_vec(), [1, 100, i64::MIN]);
+    }
+
+    /// An array of a million empty objects is decoded as lines, not as a million one-row batches
+    /// (1.37 GB); a body whose rows would take more than the documented multiple is a 413.
+    #[test]
+    fn rows_cost_a_bounded_multiple_of_the_body() {
+        let body = format!("[{}{{}}]", "{},".repeat(999_999));
+        let batch = rows().decode_document(body.as_bytes()).unwrap();
+        assert_eq!(batch.num_rows(), 1_000_000);
+        assert!(batch.get_array_memory_size() <= MAX_DECODED_PER_BYTE * body.len(), "{} bytes", batch.get_array_memory_size());
+        let wide: DeclaredSchema =
+            serde_yaml::from_str(&format!("{{{}}}", (0..40).map(|i| format!("c{i}: int")).collect::<Vec<_>>().join(", "))).unwrap();
+        match JsonRows::new(&wide, None).decode_document("{}\n".repeat(10_000).as_bytes()) {
+            Err(DocumentError::TooLarge(m)) => assert_eq!(
+                m,
+                "its 10000 rows would take 3600000 bytes decoded, more than 16 times the body's 30000 bytes (the limit); send fewer, fuller rows per request"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A large body is decoded off the async workers: the runtime keeps serving other tasks (the
@@ -225,7 +277,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let decoded = decode_off_reactor(move || decode_body(&rows(), &body)).await.unwrap().unwrap();
+        let decoded = decode_off_reactor(move || rows().decode_document(&body)).await.unwrap().unwrap();
         let ran = ticks.load(std::sync::atomic::Ordering::Relaxed);
         ticker.abort();
         assert_eq!(decoded.num_rows(), 100_000);

@@ -4,7 +4,9 @@
 
 pub mod s3;
 pub mod test_site;
+pub mod tmpfs;
 pub use test_site::TestSite;
+pub use tmpfs::Tmpfs;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -72,6 +72,19 @@ pub struct TimescaleSink {
     batching: Batching,
     /// Backoff for connecting at start; writes are retried by the engine.
     backoff: Backoff,
+    /// An append whose COMMIT was sent and never answered: the first rows of the buffer.
+    in_doubt: Option<InDoubt>,
+}
+
+/// A transaction whose COMMIT may or may not have happened (its answer was lost with the
+/// connection), decided on the next attempt with `txid_status`, which PostgreSQL provides for
+/// exactly this. Retrying without asking wrote the rows twice.
+#[derive(Debug, Clone, Copy)]
+struct InDoubt {
+    xid: i64,
+    /// Its backend, ended if the transaction is still open when asked.
+    pid: i32,
+    rows: usize,
 }
 
 impl TimescaleSink {
@@ -99,7 +112,7 @@ impl TimescaleSink {
         let backoff =
             Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
         let buffer = RowBuffer::new(schema.clone(), batching.max_rows);
-        TimescaleSink { id, cfg, schema, pg, tls, client: None, table: None, buffer, batching, backoff }
+        TimescaleSink { id, cfg, schema, pg, tls, client: None, table: None, buffer, batching, backoff, in_doubt: None }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -122,7 +135,7 @@ impl TimescaleSink {
                 Some(c) if !c.is_closed() => c,
                 _ => self.connect().await.map_err(Failure::Unavailable)?,
             };
-            let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part).await;
+            let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part, &mut self.in_doubt).await;
             Ok::<_, Failure>((client, r))
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -137,6 +150,36 @@ impl TimescaleSink {
         }
     }
 
+    /// Whether the transaction of an unanswered COMMIT committed. One still in progress (its
+    /// backend is stuck behind the cut) has its backend ended, which ends it one way or the other.
+    async fn committed(&mut self, doubt: InDoubt) -> Result<bool, Failure> {
+        let timeout = self.cfg.timeout.0;
+        let ask = async {
+            let client = match self.client.take() {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect().await.map_err(Failure::Unavailable)?,
+            };
+            for _ in 0..20 {
+                let status: Option<String> = client.query_one("SELECT txid_status($1)", &[&doubt.xid]).await.map_err(classify)?.get(0);
+                match status.as_deref() {
+                    Some("committed") => return Ok((client, true)),
+                    // NULL: too old to know, which a retry within minutes never meets.
+                    Some("aborted") | None => return Ok((client, false)),
+                    _ => {
+                        client.execute("SELECT pg_terminate_backend($1)", &[&doubt.pid]).await.map_err(classify)?;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            Err(Failure::Unavailable(anyhow::anyhow!("transaction {} is still in progress", doubt.xid)))
+        };
+        let (client, committed) = tokio::time::timeout(timeout, ask)
+            .await
+            .map_err(|_| Failure::Unavailable(anyhow::anyhow!("no answer from PostgreSQL within {timeout:?}")))??;
+        self.client = Some(client);
+        Ok(committed)
+    }
+
     /// Writes everything buffered. Rows the database rejects are isolated by halving the batch and
     /// come back as dead letters with the database's error; the rest is written. When the server
     /// is unavailable, what is not written yet stays buffered (parts already committed do not) and
@@ -145,6 +188,27 @@ impl TimescaleSink {
         let Some(mut rows) = self.buffer.take()? else {
             return Ok(Vec::new());
         };
+        if let Some(doubt) = self.in_doubt {
+            match self.committed(doubt).await {
+                Ok(committed) => {
+                    self.in_doubt = None;
+                    if committed {
+                        // Written by the attempt whose answer was lost: not again.
+                        tracing::info!(sink = %self.id, rows = doubt.rows, "an unanswered COMMIT had committed; its rows are not written again");
+                        let written = doubt.rows.min(rows.num_rows());
+                        rows = rows.slice(written, rows.num_rows() - written);
+                    }
+                }
+                Err(f) => {
+                    self.buffer.push(rows);
+                    let e = match f {
+                        Failure::Unavailable(e) => e,
+                        Failure::Rejected(reason) => anyhow::anyhow!(reason),
+                    };
+                    return Err(Transient::new(e.context("PostgreSQL unavailable (deciding whether an unanswered COMMIT committed)")));
+                }
+            }
+        }
         let mut rejected = Vec::new();
         if self.cfg.mode == WriteMode::Upsert {
             rows = last_row_per_key(&rows, &self.cfg.key)?;
@@ -213,6 +277,8 @@ impl Sink for TimescaleSink {
     }
 
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
+        // The rows leave the sink (as dead letters): nothing of the buffer is in doubt any more.
+        self.in_doubt = None;
         self.buffer.take().ok().flatten().into_iter().collect()
     }
 
@@ -223,7 +289,14 @@ impl Sink for TimescaleSink {
 
 /// One attempt: binary COPY into the table (append), or into a session-temporary stage that is
 /// merged with `INSERT … ON CONFLICT` in the same transaction (upsert).
-async fn write_once(client: &mut Client, table: &PreparedTable, cfg: &TimescaleSinkConfig, part: &RecordBatch) -> Result<(), Failure> {
+/// An append's COMMIT is sent with `in_doubt` set to its transaction, cleared once answered.
+async fn write_once(
+    client: &mut Client,
+    table: &PreparedTable,
+    cfg: &TimescaleSinkConfig,
+    part: &RecordBatch,
+    in_doubt: &mut Option<InDoubt>,
+) -> Result<(), Failure> {
     let (payload, unencodable) = encode(part, table);
     if let Some(reason) = unencodable {
         return Err(Failure::Rejected(reason));
@@ -239,7 +312,14 @@ async fn write_once(client: &mut Client, table: &PreparedTable, cfg: &TimescaleS
             let tx = client.transaction().await.map_err(classify)?;
             let sink = tx.copy_in(&format!("COPY {} ({cols}) FROM STDIN (FORMAT binary)", table.qualified)).await.map_err(classify)?;
             send_copy(sink, payload).await?;
-            tx.commit().await.map_err(classify)
+            let row = tx.query_one("SELECT txid_current(), pg_backend_pid()", &[]).await.map_err(classify)?;
+            *in_doubt = Some(InDoubt { xid: row.get(0), pid: row.get(1), rows: part.num_rows() });
+            let committed = tx.commit().await.map_err(classify);
+            if !matches!(committed, Err(Failure::Unavailable(_))) {
+                // Answered: committed, or refused at commit (and so rolled back).
+                *in_doubt = None;
+            }
+            committed
         }
         WriteMode::Upsert => {
             let tx = client.transaction().await.map_err(classify)?;

@@ -334,9 +334,9 @@ async fn upsert_loses_and_duplicates_nothing_when_the_backend_is_terminated() {
 }
 
 #[tokio::test]
-async fn append_loses_nothing_when_the_backend_is_terminated() {
-    let (_rows, distinct, retries) = survives_backend_terminations("", &unique_table("ts_kill_append")).await;
-    assert_eq!(distinct, 3000);
+async fn append_loses_and_duplicates_nothing_when_the_backend_is_terminated() {
+    let (rows, distinct, retries) = survives_backend_terminations("", &unique_table("ts_kill_append")).await;
+    assert_eq!((rows, distinct), (3000, 3000));
     assert!(retries > 0, "terminations should have forced reconnects");
 }
 
@@ -605,4 +605,104 @@ async fn a_restart_with_other_settings_changes_the_hypertable() {
         .collect();
     assert_eq!(jobs, vec![("policy_compression".into(), "2 days".into()), ("policy_retention".into(), "14 days".into())]);
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+}
+
+/// A TCP proxy to the real server that, once armed, forwards the next `COMMIT` and closes both
+/// sides before the server's answer can come back: the sink cannot know whether it committed.
+struct CommitEatingProxy {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    eaten: Arc<std::sync::atomic::AtomicUsize>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl CommitEatingProxy {
+    async fn start(port: u16, target: String) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let eaten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, n) = (armed.clone(), eaten.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let replies = {
+                    let mute = mute.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n) = server_read.read(&mut buf).await {
+                            if n == 0 || mute.load(SeqCst) || client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                };
+                let (a, n) = (a.clone(), n.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(len) = client_read.read(&mut buf).await {
+                        if len == 0 {
+                            break;
+                        }
+                        let commit = buf[..len].windows(6).any(|w| w == b"COMMIT");
+                        if commit && a.swap(false, SeqCst) {
+                            mute.store(true, SeqCst);
+                            n.fetch_add(1, SeqCst);
+                            let _ = server_write.write_all(&buf[..len]).await;
+                            // The server commits; its answer is dropped with the connection.
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            replies.abort();
+                            return;
+                        }
+                        if server_write.write_all(&buf[..len]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CommitEatingProxy { armed, eaten, _accept: accept }
+    }
+}
+
+/// A COMMIT whose answer is lost: the retry asks the server whether that transaction committed
+/// (`txid_status`) instead of writing the rows again. Before, the rows were in the table twice.
+#[tokio::test]
+async fn an_append_whose_commit_answer_was_lost_is_written_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let port = tributary_testkit::free_port();
+    let (target, conn) = tributary_testkit::test_postgres_via(port);
+    let proxy = CommitEatingProxy::start(port, target).await;
+    // In clear text, so the proxy can see the COMMIT.
+    let conn = if conn.contains("://") {
+        format!("{conn}{}sslmode=disable", if conn.contains('?') { '&' } else { '?' })
+    } else {
+        format!("{conn} sslmode=disable")
+    };
+    let table = unique_table("ts_in_doubt");
+    let cfg = ComponentConfig::from_yaml("pg", &format!("{{connection: '{conn}', table: {table}, timeout: 2s}}"));
+    let mut sink = TimescaleSinkPlugin.build(&cfg, &[("in".into(), probe_schema())]).map_err(|e| e.to_string()).unwrap();
+    let ctx = sink_context("pg");
+    sink.start(&ctx).await.unwrap();
+    proxy.armed.store(true, SeqCst);
+    sink.write(probe_rows(0..5, "doubt"), &ctx).await.unwrap();
+    let lost = sink.flush(&ctx).await.err().map(|e| e.to_string());
+    assert!(lost.is_some(), "the COMMIT's answer never came");
+    assert_eq!(proxy.eaten.load(SeqCst), 1, "{lost:?}");
+    sink.write(probe_rows(5..8, "after"), &ctx).await.unwrap();
+    assert_eq!(flush_retrying(sink.as_mut(), &ctx, 100).await, vec![]);
+    let db = admin().await;
+    let counts: Vec<(String, i64)> = db
+        .query(&format!("SELECT site, count(*) FROM \"{table}\" GROUP BY site ORDER BY site"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
+    assert_eq!(counts, vec![("after".to_string(), 3), ("doubt".to_string(), 5)], "the committed rows once, the next rows after them");
 }

@@ -23,19 +23,22 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{AckSet, Batch, Closed, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, TrySendError};
 
-use segment::{decode_rows, encode_rows, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC};
+use segment::{
+    decode_rows, encode_rows, keep_intact, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC,
+};
 
 /// `buffer:` on any source.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -96,9 +99,15 @@ impl SourceBuffer {
 const FORWARD_ROWS: usize = 8192;
 /// Bytes of records read from disk per step of the forwarder.
 const READ_BYTES: usize = 8 << 20;
-/// How often the acked position is saved at most: after a crash, rows written within this long
-/// before it (and rows not yet acknowledged) are sent again.
+/// How often the acked position is saved (when it moved): after a crash, rows written within this
+/// long before it (and rows not yet acknowledged) are sent again.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+/// After a failed write (a full disk), nothing touches the disk for this long, doubling up to
+/// [`RETRY_MAX`]; appenders waiting for an answer meanwhile are told at once (HTTP: 503).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A write failure is logged at most this often (each is counted in `errors_total`).
+const LOG_FAILURE_EVERY: Duration = Duration::from_secs(10);
 /// Bytes one group commit writes at most before it fsyncs and answers.
 const GROUP_BYTES: usize = 8 << 20;
 
@@ -120,7 +129,10 @@ struct Ledger {
     reserved: u64,
     /// Every forwarded record up to this sequence number is written by every sink.
     committed: Option<u64>,
-    checkpoint_saved: (Option<u64>, Instant),
+    /// The committed sequence number last saved in `acked`.
+    checkpoint_saved: Option<u64>,
+    /// Saving it failed last time (logged once until it works again).
+    checkpoint_failing: bool,
     /// The writer has stopped: no more records will come.
     closed: bool,
 }
@@ -159,9 +171,6 @@ impl Shared {
             }
         }
         self.metrics.buffer_bytes.set(l.used);
-        if l.checkpoint_saved.1.elapsed() >= CHECKPOINT_EVERY {
-            save_checkpoint(&self.id, &self.dir, &mut l);
-        }
         drop(l);
         self.space.notify_waiters();
     }
@@ -170,14 +179,38 @@ impl Shared {
 /// `acked` holds the committed sequence number, so a restart does not replay what was written
 /// (not fsynced: an older value only means more duplicates, never a loss).
 fn save_checkpoint(id: &str, dir: &Path, l: &mut Ledger) {
-    if let Some(seq) = l.committed.filter(|c| Some(*c) != l.checkpoint_saved.0) {
+    if let Some(seq) = l.committed.filter(|c| Some(*c) != l.checkpoint_saved) {
         let tmp = dir.join("acked.tmp");
         let saved = std::fs::write(&tmp, seq.to_string()).and_then(|()| std::fs::rename(&tmp, dir.join("acked")));
-        if let Err(e) = saved {
-            tracing::warn!(source = %id, "cannot save the buffer's acked position in {}: {e}", dir.display());
+        match saved {
+            Ok(()) => {
+                l.checkpoint_saved = Some(seq);
+                l.checkpoint_failing = false;
+            }
+            // Once per spell (a full disk would repeat it every CHECKPOINT_EVERY).
+            Err(e) if !l.checkpoint_failing => {
+                l.checkpoint_failing = true;
+                tracing::warn!(source = %id, "cannot save the buffer's acked position in {}: {e}", dir.display());
+            }
+            Err(_) => {}
         }
     }
-    l.checkpoint_saved = (l.committed, Instant::now());
+}
+
+/// Save the committed position every [`CHECKPOINT_EVERY`] while it moves, until the buffer is
+/// gone. Saved by the clock rather than by the next ack: the last acks before a quiet spell were
+/// never saved, and an idle `kill -9` then re-sent what every sink had written.
+async fn save_checkpoints(shared: Weak<Shared>) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let mut l = shared.lock();
+        if l.committed != l.checkpoint_saved {
+            save_checkpoint(&shared.id, &shared.dir, &mut l);
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -218,7 +251,7 @@ enum Prepared {
 /// the forwarder that nothing more will come.
 pub struct Appender {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Append>,
+    tx: Sender<Append>,
 }
 
 impl Appender {
@@ -294,8 +327,9 @@ impl DurableQueue for Appender {
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                // A disk that cannot be written: the client is told to retry later.
-                tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
+                // A disk that cannot be written: the client is told to retry later (the writer
+                // logs the failure once; each refusal is counted).
+                tributary_sdk::report_error!(self.shared.metrics, debug, source = %self.shared.id, "disk buffer: cannot write to {}: {e}", self.shared.dir.display());
                 Err(TrySendError::Full)
             }
             Err(_) => Err(TrySendError::Closed),
@@ -338,16 +372,23 @@ impl DurableQueue for Appender {
 /// The file being appended to, owned by the writer thread.
 struct Active {
     file: File,
+    /// Bytes durable in it: a failed write is cut back to here.
     len: u64,
+    /// A failed write could not be cut off: append no more to this file.
+    torn: bool,
 }
 
+/// A new segment file holding the magic, fsynced with its folder. A file that could not be
+/// made whole is removed (a full disk used to leave thousands of empty segments).
 fn create_segment(dir: &Path, first_seq: u64) -> std::io::Result<Active> {
     let path = segment_path(dir, first_seq);
     let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
-    file.write_all(MAGIC)?;
-    file.sync_data()?;
-    File::open(dir)?.sync_all()?;
-    Ok(Active { file, len: MAGIC.len() as u64 })
+    let made = file.write_all(MAGIC).and_then(|()| file.sync_data()).and_then(|()| File::open(dir)?.sync_all());
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(Active { file, len: MAGIC.len() as u64, torn: false })
 }
 
 /// A new segment after the current one, which is sealed: created, and counted in the ledger.
@@ -362,11 +403,36 @@ fn start_segment(shared: &Shared, first_seq: u64) -> std::io::Result<Active> {
     Ok(active)
 }
 
-fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>, mut active: Active, mut next_seq: u64) {
+/// The writer is failing: since when, why, and when it tries again.
+struct Failure {
+    since_us: i64,
+    error: String,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+fn write_loop(shared: Arc<Shared>, rx: Receiver<Append>, mut active: Active, mut next_seq: u64) {
     let mut buf = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        let mut bytes = group[0].payload.len();
+    // Detached appends (their acks wait) that a failed write keeps for the next try.
+    let mut carried: Vec<Append> = Vec::new();
+    let mut failure: Option<Failure> = None;
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        let mut group = std::mem::take(&mut carried);
+        let mut open = true;
+        if let Some(f) = &failure {
+            open = back_off(&shared, &rx, f, &mut group);
+        }
+        if group.is_empty() {
+            if !open {
+                break;
+            }
+            match rx.recv() {
+                Ok(a) => group.push(a),
+                Err(_) => break,
+            }
+        }
+        let mut bytes: usize = group.iter().map(|a| a.payload.len()).sum();
         while bytes < GROUP_BYTES {
             match rx.try_recv() {
                 Ok(a) => {
@@ -376,54 +442,187 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>, mut 
                 Err(_) => break,
             }
         }
-        let reserved: u64 = group.iter().map(|a| record_len(&a.payload)).sum();
-        let result = write_group(&shared, &mut active, &mut next_seq, &group, &mut buf).map_err(|e| e.to_string());
-        if result.is_err() {
-            // Records of a failed write are never forwarded: start a clean segment after them.
-            match start_segment(&shared, next_seq) {
-                Ok(fresh) => active = fresh,
-                Err(e) => tracing::error!(source = %shared.id, "disk buffer: cannot start a new segment: {e}"),
+        let first_seq = next_seq;
+        let (durable, error) = match write_group(&shared, &mut active, &mut next_seq, &group, &mut buf) {
+            Ok(()) => (group.len(), None),
+            Err((durable, e)) => {
+                // Records past the last durable one are cut off and their numbers reused, so no
+                // record is ever written behind a torn one.
+                next_seq = first_seq + durable as u64;
+                roll_back(&shared, &mut active);
+                reclaim_written_active(&shared, &mut active, next_seq);
+                (durable, Some(e.to_string()))
             }
-            next_seq += 1;
+        };
+        match &error {
+            None => {
+                if failure.take().is_some() {
+                    shared.metrics.set_failing(None);
+                    tracing::debug!(source = %shared.id, "disk buffer: writing to {} again", shared.dir.display());
+                }
+            }
+            Some(e) => {
+                if let Some(f) = failure.as_mut() {
+                    f.backoff = (f.backoff * 2).min(RETRY_MAX);
+                    f.retry_at = Instant::now() + f.backoff;
+                    f.error = e.clone();
+                    shared.metrics.errors.inc();
+                    shared.metrics.set_failing(Some((f.since_us, failing_text(&shared, e))));
+                } else {
+                    let since_us = tributary_sdk::now_us();
+                    // Logged once per LOG_FAILURE_EVERY: a disk at its limit may fail, recover and
+                    // fail again many times a second.
+                    if last_logged.is_none_or(|at: Instant| at.elapsed() >= LOG_FAILURE_EVERY) {
+                        last_logged = Some(Instant::now());
+                        tributary_sdk::report_error!(shared.metrics, error, source = %shared.id, "disk buffer: cannot write to {}: {e}; clients are refused (503) and stored rows wait until it can be written again", shared.dir.display());
+                    } else {
+                        tributary_sdk::report_error!(shared.metrics, debug, source = %shared.id, "disk buffer: cannot write to {}: {e}", shared.dir.display());
+                    }
+                    shared.metrics.set_failing(Some((since_us, failing_text(&shared, e))));
+                    failure = Some(Failure { since_us, error: e.clone(), retry_at: Instant::now() + RETRY_FIRST, backoff: RETRY_FIRST });
+                }
+            }
+        }
+        shared.metrics.buffer_fsyncs.inc();
+        let mut answered = 0;
+        for (i, a) in group.into_iter().enumerate() {
+            match (a.done, &error) {
+                (done, _) if i < durable => {
+                    answered += record_len(&a.payload);
+                    match done {
+                        Done::Reply(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Done::Acks(acks) => acks.release(),
+                    }
+                }
+                (Done::Reply(reply), Some(e)) => {
+                    answered += record_len(&a.payload);
+                    let _ = reply.send(Err(e.clone()));
+                }
+                (Done::Acks(acks), _) if open => carried.push(Append { output: a.output, payload: a.payload, done: Done::Acks(acks) }),
+                (Done::Acks(acks), _) => {
+                    // The source is gone and the disk still refuses: not acknowledged.
+                    answered += record_len(&a.payload);
+                    acks.fail();
+                }
+                (Done::Reply(reply), None) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
         }
         {
             let mut l = shared.lock();
-            l.reserved -= reserved;
+            l.reserved -= answered;
             shared.metrics.buffer_bytes.set(l.used);
         }
-        shared.metrics.buffer_fsyncs.inc();
         shared.written.notify_waiters();
         shared.space.notify_waiters();
-        for a in group {
-            match a.done {
-                Done::Reply(reply) => {
-                    let _ = reply.send(result.clone());
-                }
-                Done::Acks(acks) if result.is_ok() => acks.release(),
-                Done::Acks(acks) => {
-                    tracing::error!(source = %shared.id, "disk buffer: cannot write to {}: {}; the rows are not acknowledged", shared.dir.display(), result.as_ref().err().map_or("", |e| e.as_str()));
-                    acks.fail();
-                }
-            }
-        }
     }
     shared.lock().closed = true;
     shared.written.notify_waiters();
     shared.space.notify_waiters();
 }
 
-/// Write and fsync one group, rotating segments as they fill; publish what became durable.
-fn write_group(shared: &Shared, active: &mut Active, next_seq: &mut u64, group: &[Append], buf: &mut Vec<u8>) -> std::io::Result<()> {
+fn failing_text(shared: &Shared, error: &str) -> String {
+    format!("disk buffer {}: {error}", shared.dir.display())
+}
+
+/// Wait until `failure.retry_at` without touching the disk: appenders waiting for an answer are
+/// refused at once, detached appends join `group` for the retry. `false` once every appender is
+/// gone.
+fn back_off(shared: &Shared, rx: &Receiver<Append>, failure: &Failure, group: &mut Vec<Append>) -> bool {
+    loop {
+        let now = Instant::now();
+        if now >= failure.retry_at {
+            return true;
+        }
+        match rx.recv_timeout(failure.retry_at - now) {
+            Ok(Append { payload, done: Done::Reply(reply), .. }) => {
+                shared.lock().reserved -= record_len(&payload);
+                let _ = reply.send(Err(failure.error.clone()));
+                shared.space.notify_waiters();
+            }
+            Ok(detached) => group.push(detached),
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
+/// Cut the active segment back to its last durable record after a failed write. A segment that
+/// cannot be cut is left as it is (its ledger length stops before the torn bytes, so nothing
+/// reads them) and the next write starts a new one.
+fn roll_back(shared: &Shared, active: &mut Active) {
+    active.torn = match active.file.set_len(active.len) {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(source = %shared.id, "disk buffer: cannot cut a failed write off its segment ({e}); the next write starts a new one");
+            true
+        }
+    };
+}
+
+/// After a failed write: when every record of the active segment is written by every sink, its
+/// space is given back at once: the file is cut back to its magic and renamed for the next
+/// sequence number, becoming the next segment in its place. (Cut, not removed: the forwarder may
+/// still hold it open, and a removed file's space returns only once nobody does.) Otherwise a
+/// segment is reclaimed only once a later one exists, and a buffer whose active segment had
+/// filled the disk never could.
+fn reclaim_written_active(shared: &Shared, active: &mut Active, next_seq: u64) {
+    let magic = MAGIC.len() as u64;
+    let (old, new) = {
+        let mut l = shared.lock();
+        let all_written = next_seq == 0 || l.committed.is_some_and(|c| c + 1 >= next_seq);
+        let Some(last) = l.segments.back_mut().filter(|last| all_written && !last.sealed && last.durable_len > magic) else { return };
+        let freed = last.durable_len - magic;
+        let new = segment_path(&shared.dir, next_seq);
+        let old = std::mem::replace(&mut last.path, new.clone());
+        (last.first_seq, last.durable_len) = (next_seq, magic);
+        l.used -= freed;
+        shared.metrics.buffer_bytes.set(l.used);
+        (old, new)
+    };
+    let reused = active
+        .file
+        .set_len(magic)
+        .and_then(|()| active.file.sync_data())
+        .and_then(|()| std::fs::rename(&old, &new))
+        .and_then(|()| File::open(&shared.dir)?.sync_all());
+    match reused {
+        Ok(()) => (active.len, active.torn) = (magic, false),
+        Err(e) => {
+            tracing::warn!(source = %shared.id, "disk buffer: cannot reuse the written segment {}: {e}; the next write starts a new one", old.display());
+            active.torn = true;
+        }
+    }
+    shared.space.notify_waiters();
+}
+
+/// Write and fsync one group, rotating segments as they fill; publish what became durable. On
+/// failure: how many of the group's records (from the first) are durable, and the error.
+fn write_group(
+    shared: &Shared,
+    active: &mut Active,
+    next_seq: &mut u64,
+    group: &[Append],
+    buf: &mut Vec<u8>,
+) -> Result<(), (usize, std::io::Error)> {
     buf.clear();
-    for a in group {
+    if active.torn {
+        *active = start_segment(shared, *next_seq).map_err(|e| (0, e))?;
+    }
+    let mut durable = 0;
+    for (i, a) in group.iter().enumerate() {
         if active.len + buf.len() as u64 >= shared.segment_size {
-            flush(shared, active, buf)?;
-            *active = start_segment(shared, *next_seq)?;
+            flush(shared, active, buf).map_err(|e| (durable, e))?;
+            durable = i;
+            *active = start_segment(shared, *next_seq).map_err(|e| (durable, e))?;
         }
         write_record(buf, *next_seq, a.output, &a.payload);
         *next_seq += 1;
     }
-    flush(shared, active, buf)
+    flush(shared, active, buf).map_err(|e| (durable, e))
 }
 
 fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> std::io::Result<()> {
@@ -458,8 +657,10 @@ struct Cursor {
     /// The segment being read.
     first_seq: u64,
     reader: SegmentReader,
-    /// A record in it did not verify: move on once a later segment exists.
+    /// A record in it did not verify and none after it does: move on once a later segment exists.
     damaged: bool,
+    /// The last record read from it.
+    last_seq: Option<u64>,
 }
 
 /// A disk buffer opened for one source: the outputs to give the source, and the task that
@@ -487,19 +688,18 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
     let mut replay_rows = 0;
     for (first_seq, path) in paths {
         let scanned = scan(&path, last_seq).map_err(|e| anyhow::anyhow!("cannot read the disk buffer segment {}: {e}", path.display()))?;
-        if let Some(d) = &scanned.damage {
+        if !scanned.damage.is_empty() {
+            let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let places: Vec<String> = scanned.damage.iter().map(|d| format!("byte {}: {}", d.offset, d.reason)).collect();
             tracing::warn!(
                 source = %id,
-                "disk buffer: cut {} at byte {}: {} ({} bytes dropped; the {} intact records before it are kept)",
+                "disk buffer: {} is damaged at {}; its {} intact records are kept ({} bytes dropped)",
                 path.display(),
-                d.offset,
-                d.reason,
-                std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0).saturating_sub(d.offset),
-                scanned.seqs.len()
+                places.join("; "),
+                scanned.seqs.len(),
+                file_len.saturating_sub(scanned.intact_len())
             );
-            let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(scanned.intact_len)?;
-            file.sync_all()?;
+            keep_intact(&path, &scanned.intact)?;
         }
         let newest = scanned.seqs.last().copied();
         if newest.is_none() || newest <= checkpoint {
@@ -510,7 +710,7 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
         }
         replay_rows += scanned.rows;
         last_seq = newest;
-        segments.push_back(Segment { first_seq, path, durable_len: scanned.intact_len, sealed: true });
+        segments.push_back(Segment { first_seq, path, durable_len: scanned.intact_len(), sealed: true });
     }
     let next_seq = last_seq.max(checkpoint).map_or(0, |s| s + 1);
     if !segments.is_empty() {
@@ -532,7 +732,8 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
             used,
             reserved: 0,
             committed: checkpoint,
-            checkpoint_saved: (checkpoint, Instant::now()),
+            checkpoint_saved: checkpoint,
+            checkpoint_failing: false,
             closed: false,
         }),
         written: Notify::new(),
@@ -540,7 +741,7 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
         metrics,
         _lock: lock,
     });
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = std::sync::mpsc::channel();
     let writer_shared = shared.clone();
     std::thread::Builder::new().name(format!("buffer-{id}")).spawn(move || write_loop(writer_shared, rx, active, next_seq))?;
     Ok(OpenedBuffer {
@@ -565,6 +766,7 @@ impl Forwarder {
             let shared = self.shared.clone();
             AckedProgress::new(move |seq: u64| shared.commit(seq))
         };
+        tokio::spawn(save_checkpoints(Arc::downgrade(&self.shared)));
         let shared = self.shared.clone();
         loop {
             let notified = shared.written.notified();
@@ -638,8 +840,9 @@ impl Forwarder {
                 }
             }
             match cursor.reader.next_record() {
-                Ok(Some(r)) if self.skip_through.is_some_and(|s| r.seq <= s) => {}
+                Ok(Some(r)) if self.skip_through.is_some_and(|s| r.seq <= s) => cursor.last_seq = Some(r.seq),
                 Ok(Some(r)) => {
+                    cursor.last_seq = Some(r.seq);
                     bytes += r.payload.len();
                     match decode_rows(&r.payload) {
                         Ok(rows) => out.push(Forwardable { seq: r.seq, output: r.output, rows }),
@@ -650,9 +853,17 @@ impl Forwarder {
                 }
                 Ok(None) => break,
                 Err(d) => {
-                    // Durable bytes that no longer verify: the disk changed under us.
-                    tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: segment damaged at byte {}: {}; the rest of it is skipped", d.offset, d.reason);
-                    cursor.damaged = true;
+                    // Durable bytes that no longer verify: the disk changed under us. Only the
+                    // damaged record is lost: reading resumes at the next one that verifies.
+                    match cursor.reader.skip_damage(durable_len, cursor.last_seq) {
+                        Ok(Some(at)) => {
+                            tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: segment damaged at byte {}: {}; reading resumes at byte {at}", d.offset, d.reason);
+                        }
+                        _ => {
+                            tributary_sdk::report_error!(self.shared.metrics, error, source = %self.shared.id, "disk buffer: segment damaged at byte {}: {}; no intact record follows it", d.offset, d.reason);
+                            cursor.damaged = true;
+                        }
+                    }
                 }
             }
         }
@@ -662,7 +873,7 @@ impl Forwarder {
     fn open_cursor(&mut self, first_seq: u64, path: &Path) -> bool {
         match SegmentReader::open(path) {
             Ok(reader) => {
-                self.cursor = Some(Cursor { first_seq, reader, damaged: false });
+                self.cursor = Some(Cursor { first_seq, reader, damaged: false, last_seq: None });
                 true
             }
             Err(e) => {

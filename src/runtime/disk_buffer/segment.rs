@@ -11,7 +11,9 @@
 //! | n | the rows: one Arrow IPC stream (schema + one batch) |
 //!
 //! Records are only appended, and a record counts only once its checksum verifies, so a crash
-//! mid-write leaves at most a torn tail, which [`scan`] finds and the buffer cuts off.
+//! mid-write leaves at most a torn tail, which [`scan`] finds and the buffer cuts off. Damage in the
+//! middle (a flipped byte) costs only the damaged record: reading resumes at the next offset where
+//! a whole record verifies, as Kafka's and Vector's logs resynchronise.
 
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
@@ -163,6 +165,38 @@ impl SegmentReader {
         let _ = self.file.seek(SeekFrom::Start(offset));
         self.offset = offset;
     }
+
+    /// After damage at the reader's offset: move to the next offset below `limit` where a whole
+    /// record with a sequence number above `after` verifies, and return it (`None`: there is none,
+    /// and the reader stays put). A candidate must hold an Arrow IPC stream (which starts with the
+    /// continuation marker) and its checksum must match, so bytes inside a payload are not taken
+    /// for a record.
+    pub fn skip_damage(&mut self, limit: u64, after: Option<u64>) -> std::io::Result<Option<u64>> {
+        let from = self.offset + 1;
+        if from >= limit {
+            return Ok(None);
+        }
+        let mut region = vec![0u8; (limit - from) as usize];
+        self.file.seek(SeekFrom::Start(from))?;
+        let read = self.file.read_exact(&mut region);
+        self.resync(self.offset);
+        read?;
+        let found = (0..region.len().saturating_sub(HEADER_LEN)).find(|&at| {
+            let header = &region[at..at + HEADER_LEN];
+            let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+            let seq = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            let Some(payload) = region.get(at + HEADER_LEN..at + HEADER_LEN + len) else { return false };
+            payload.starts_with(&[0xff; 4])
+                && after.is_none_or(|a| seq > a)
+                && checksum(seq, u16::from_le_bytes(header[16..18].try_into().unwrap()), payload)
+                    == u32::from_le_bytes(header[4..8].try_into().unwrap())
+        });
+        Ok(found.map(|at| {
+            let offset = from + at as u64;
+            self.resync(offset);
+            offset
+        }))
+    }
 }
 
 /// What [`scan`] found in one segment.
@@ -170,51 +204,70 @@ impl SegmentReader {
 pub struct Scanned {
     /// Sequence numbers of the intact records, in file order.
     pub seqs: Vec<u64>,
+    /// Byte ranges of the intact records, in file order.
+    pub intact: Vec<std::ops::Range<u64>>,
     /// Rows per intact record (for the replay count).
     pub rows: u64,
-    /// Length of the intact prefix.
-    pub intact_len: u64,
-    pub damage: Option<Damage>,
+    /// Every stretch of damage, at the offset where it starts.
+    pub damage: Vec<Damage>,
 }
 
-/// Every intact record of a segment, up to the first damage. Sequence numbers must increase
-/// and be above `after`; a record that breaks that is damage too.
+impl Scanned {
+    /// Bytes of the segment once only its intact records are kept.
+    pub fn intact_len(&self) -> u64 {
+        MAGIC.len() as u64 + self.intact.iter().map(|r| r.end - r.start).sum::<u64>()
+    }
+}
+
+/// Every intact record of a segment, resuming after damage at the next record that verifies.
+/// Sequence numbers must increase and be above `after`; a record that breaks that is damage too.
 pub fn scan(path: &Path, after: Option<u64>) -> std::io::Result<Scanned> {
     let mut reader = SegmentReader::open(path)?;
-    let mut scanned = Scanned { seqs: Vec::new(), rows: 0, intact_len: reader.offset(), damage: None };
+    let file_len = reader.len;
+    let mut scanned = Scanned { seqs: Vec::new(), intact: Vec::new(), rows: 0, damage: Vec::new() };
     let mut last = after;
     loop {
-        match reader.next_record() {
+        let start = reader.offset();
+        let damage = match reader.next_record() {
             Ok(None) => break,
             Ok(Some(r)) if last.is_some_and(|l| r.seq <= l) => {
-                scanned.damage = Some(Damage {
-                    offset: reader.offset() - (HEADER_LEN + r.payload.len()) as u64,
-                    reason: format!("sequence number {} out of order", r.seq),
-                });
-                break;
+                Damage { offset: start, reason: format!("sequence number {} out of order", r.seq) }
             }
-            Ok(Some(r)) => {
-                scanned.rows += match decode_rows(&r.payload) {
-                    Ok(rows) => rows.num_rows() as u64,
-                    Err(e) => {
-                        scanned.damage = Some(Damage {
-                            offset: reader.offset() - (HEADER_LEN + r.payload.len()) as u64,
-                            reason: format!("unreadable rows: {e}"),
-                        });
-                        break;
-                    }
-                };
-                last = Some(r.seq);
-                scanned.seqs.push(r.seq);
-                scanned.intact_len = reader.offset();
-            }
-            Err(d) => {
-                scanned.damage = Some(d);
-                break;
-            }
+            Ok(Some(r)) => match decode_rows(&r.payload) {
+                Ok(rows) => {
+                    scanned.rows += rows.num_rows() as u64;
+                    last = Some(r.seq);
+                    scanned.seqs.push(r.seq);
+                    scanned.intact.push(start..reader.offset());
+                    continue;
+                }
+                Err(e) => Damage { offset: start, reason: format!("unreadable rows: {e}") },
+            },
+            Err(d) => d,
+        };
+        scanned.damage.push(damage);
+        reader.resync(start);
+        if reader.skip_damage(file_len, last)?.is_none() {
+            break;
         }
     }
     Ok(scanned)
+}
+
+/// Rewrite a damaged segment with only its intact records (same bytes, same order), replacing
+/// it atomically.
+pub fn keep_intact(path: &Path, intact: &[std::ops::Range<u64>]) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = std::fs::read(path)?;
+    let tmp = path.with_extension("seg.tmp");
+    let mut out = File::create(&tmp)?;
+    out.write_all(MAGIC)?;
+    for r in intact {
+        out.write_all(&bytes[r.start as usize..r.end as usize])?;
+    }
+    out.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]
@@ -258,8 +311,8 @@ mod tests {
         assert_eq!(reader.next_record().unwrap().unwrap().seq, 8);
         assert!(reader.next_record().unwrap().is_none());
         let scanned = scan(&path, None).unwrap();
-        assert_eq!((scanned.seqs, scanned.rows, scanned.damage), (vec![7, 8], 5, None));
-        assert_eq!(scanned.intact_len, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(scanned.intact_len(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!((scanned.seqs, scanned.rows, scanned.damage), (vec![7, 8], 5, vec![]));
     }
 
     #[test]
@@ -273,8 +326,8 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(full - 10).unwrap();
         let scanned = scan(&path, None).unwrap();
         assert_eq!(scanned.seqs, vec![1]);
-        assert_eq!(scanned.intact_len, second_start);
-        let damage = scanned.damage.unwrap();
+        assert_eq!(scanned.intact_len(), second_start);
+        let [damage] = &scanned.damage[..] else { panic!("{:?}", scanned.damage) };
         assert_eq!(damage.offset, second_start);
         assert!(damage.reason.starts_with("torn record: "), "{}", damage.reason);
         assert_eq!(first_end.seqs, vec![1, 2]);
@@ -290,7 +343,35 @@ mod tests {
         std::fs::File::create(&path).unwrap().write_all(&bytes).unwrap();
         let scanned = scan(&path, None).unwrap();
         assert_eq!(scanned.seqs, vec![1]);
-        assert_eq!(scanned.damage.unwrap().reason, "checksum mismatch");
+        assert_eq!(scanned.damage.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), ["checksum mismatch"]);
+    }
+
+    /// Damage in the middle costs the damaged record only: the intact records after it are found
+    /// again (a torn record followed by whole ones is what a full disk used to leave), and
+    /// `keep_intact` leaves a segment that reads clean.
+    #[test]
+    fn records_after_damage_are_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), &[(1, rows(3)), (2, rows(4)), (3, rows(5)), (4, rows(6))]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = MAGIC.len() + HEADER_LEN + encode_rows(&rows(3)).unwrap().len();
+        let third = second + HEADER_LEN + encode_rows(&rows(4)).unwrap().len();
+        // The second record's payload torn off after 40 bytes (its header still claims it all),
+        // then the third and fourth records written behind it.
+        let torn: Vec<u8> = [&bytes[..second + HEADER_LEN + 40], &bytes[third..]].concat();
+        std::fs::write(&path, &torn).unwrap();
+        let scanned = scan(&path, None).unwrap();
+        assert_eq!(scanned.seqs, vec![1, 3, 4]);
+        assert_eq!(scanned.rows, 3 + 5 + 6);
+        assert_eq!(scanned.damage.len(), 1);
+        assert_eq!(scanned.damage[0].offset, second as u64);
+        keep_intact(&path, &scanned.intact).unwrap();
+        let clean = scan(&path, None).unwrap();
+        assert_eq!((clean.seqs, clean.damage), (vec![1, 3, 4], vec![]));
+        // A flipped byte in a record's payload: that record alone is lost.
+        bytes[second + HEADER_LEN + 30] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(scan(&path, None).unwrap().seqs, vec![1, 3, 4]);
     }
 
     #[test]
@@ -298,7 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = segment(dir.path(), &[(5, rows(1)), (6, rows(1))]);
         let scanned = scan(&path, Some(5)).unwrap();
-        assert_eq!(scanned.seqs, Vec::<u64>::new());
-        assert_eq!(scanned.damage.unwrap(), Damage { offset: MAGIC.len() as u64, reason: "sequence number 5 out of order".into() });
+        assert_eq!(scanned.seqs, vec![6]);
+        assert_eq!(scanned.damage, vec![Damage { offset: MAGIC.len() as u64, reason: "sequence number 5 out of order".into() }]);
     }
 }

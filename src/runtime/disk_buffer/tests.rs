@@ -292,3 +292,87 @@ fn merging_stops_at_another_output_or_schema() {
         vec![(0, vec![1, 2], "v".into(), 2), (0, vec![3], "value".into(), 3), (1, vec![4], "v".into(), 4), (0, vec![5], "v".into(), 5)]
     );
 }
+
+/// The last acks before a quiet spell are saved by the clock: an idle `kill -9` then re-sends
+/// nothing (the position used to be saved only when a later ack arrived).
+#[tokio::test]
+async fn the_acked_position_is_saved_without_a_later_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = start(&config(dir.path(), 1 << 20, WhenFull::Block));
+    for i in 0..3 {
+        b.queue.append("", &rows([i]), DURABLE).await.unwrap();
+    }
+    assert_eq!(receive(&mut b.rx, 3, true).await, vec![0, 1, 2]);
+    tokio::time::sleep(CHECKPOINT_EVERY * 4).await;
+    assert_eq!(std::fs::read_to_string(dir.path().join("acked")).unwrap(), "2", "records 0..=2 are written");
+}
+
+/// The disk fills while rows arrive: appends are refused (never answered as stored), the failure
+/// shows in the source's metrics naming the buffer, no segment storm, and once space returns
+/// writing resumes by itself; every acknowledged row arrives, in order, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_appends_then_resumes_without_losing_what_it_acknowledged() {
+    let Some(disk) = tributary_testkit::Tmpfs::mount(4 << 20) else { return };
+    let folder = disk.path().join("buffer");
+    let mut b = start(&config(&folder, 64 << 20, WhenFull::Block));
+    // Leave about 300 KB: a few of the ~80 KB records below fit.
+    disk.fill("filler", 300_000).unwrap();
+    let filler = disk.path().join("filler");
+    let (mut acknowledged, mut refused, mut next) = (Vec::new(), 0, 0i64);
+    while refused < 20 {
+        match b.queue.append("", &rows(next..next + 10_000), Duration::from_millis(100)).await {
+            Ok(()) => acknowledged.push(next),
+            Err(e) => {
+                assert_eq!(e, TrySendError::Full);
+                refused += 1;
+            }
+        }
+        next += 10_000;
+    }
+    let (since, why) = b.metrics.failing().expect("the buffer reports that it fails");
+    assert!(since > 0 && why.starts_with(&format!("disk buffer {}: ", folder.display())), "{why}");
+    assert!(why.contains("No space left on device"), "{why}");
+    assert!(segments(&folder).len() <= 2, "no segment storm: {:?}", segments(&folder));
+    std::fs::remove_file(&filler).unwrap();
+    // Space again: within the back-off the writer tries again by itself.
+    let resumed = loop {
+        match b.queue.append("", &rows(next..next + 10_000), Duration::from_millis(100)).await {
+            Ok(()) => break next,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+        next += 10_000;
+    };
+    acknowledged.push(resumed);
+    assert!(b.metrics.failing().is_none(), "recovered");
+    let expected: Vec<i64> = acknowledged.iter().flat_map(|first| *first..first + 10_000).collect();
+    assert_eq!(receive(&mut b.rx, expected.len(), true).await, expected);
+    assert!(acknowledged.len() >= 3, "some records fit before the disk was full: {acknowledged:?}");
+}
+
+/// A buffer allowed more than its disk holds: its active segment fills the disk with rows every
+/// sink has written. The failed write gives that segment's space back (it could only be
+/// reclaimed once a later segment existed, and none could be created), so writing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_segment_that_filled_the_disk_with_written_rows_is_reclaimed() {
+    let Some(disk) = tributary_testkit::Tmpfs::mount(1 << 20) else { return };
+    let folder = disk.path().join("buffer");
+    // 64 MiB allowed: 8 MiB segments on a 1 MiB disk.
+    let mut b = start(&config(&folder, 64 << 20, WhenFull::Block));
+    let (mut acknowledged, mut refused, mut next) = (Vec::new(), 0, 0i64);
+    while acknowledged.len() < 130 && refused < 200 {
+        match b.queue.append("", &rows(next..next + 2_000), Duration::from_millis(100)).await {
+            Ok(()) => {
+                acknowledged.push(next);
+                assert_eq!(receive(&mut b.rx, 2_000, true).await, (next..next + 2_000).collect::<Vec<_>>());
+            }
+            Err(_) => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        next += 2_000;
+    }
+    // 130 records of ~16 KB: twice the disk, in segments that would not have rotated by size.
+    assert_eq!(acknowledged.len(), 130, "{refused} appends refused; the buffer never got its space back");
+    assert!(b.metrics.failing().is_none(), "recovered");
+}

@@ -318,8 +318,8 @@ impl<'a> Cursor<'a> {
                     self.i = at + 1;
                     return Some(());
                 }
-                b'\n' => return None,
-                _ => {} // a backslash
+                b'\\' => {}
+                _ => return None, // a control character
             }
             let (c, width) = match *self.b.get(at + 1)? {
                 b'"' => ('"', 2),
@@ -455,11 +455,11 @@ fn starts_with(text: &[u8], prefix: &[u8]) -> bool {
     text.len() >= prefix.len() && text.iter().zip(prefix).all(|(a, b)| a == b)
 }
 
-/// Index of the first `"`, `\\` or newline in `s`: where a string's plain run ends. A newline
-/// inside a string splits the line in two for everyone counting lines (the file source numbers
-/// them; the other decoders see two bad lines), so the caller declines it. Eight bytes at a time
+/// Index of the first `"`, `\\` or control character in `s`: where a string's plain run ends. A
+/// raw control character is not JSON (it must be escaped), and a newline inside a string splits
+/// the line in two for everyone counting lines, so the caller declines both. Eight bytes at a time
 /// (telemetry strings are short; memchr's setup costs more than it saves below 32 bytes), then
-/// memchr for long ones.
+/// memchr for long ones, whose run is checked for control characters after.
 fn find_string_end(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -467,17 +467,20 @@ fn find_string_end(s: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i + 8 <= s.len() && i < 32 {
         let word = u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-        // High bit set in each zero byte (and maybe above the first one; the lowest is exact).
+        // High bit set in each matching byte (and maybe above the first one; the lowest is exact):
+        // a quote, a backslash, or a byte below 0x20 (`w - 0x20…` borrows into the high bit of
+        // exactly those bytes that are below 0x20 and have no high bit of their own).
         let found = (zero_bytes(word ^ (ONES * u64::from(b'"')))
             | zero_bytes(word ^ (ONES * u64::from(b'\\')))
-            | zero_bytes(word ^ (ONES * u64::from(b'\n'))))
+            | (word.wrapping_sub(ONES * 0x20) & !word))
             & HIGH;
         if found != 0 {
             return Some(i + found.trailing_zeros() as usize / 8);
         }
         i += 8;
     }
-    memchr::memchr3(b'"', b'\\', b'\n', &s[i..]).map(|p| i + p)
+    let end = i + memchr::memchr2(b'"', b'\\', &s[i..])?;
+    Some(s[i..end].iter().position(|b| *b < 0x20).map_or(end, |p| i + p))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as microseconds since the epoch (a fraction's digits

@@ -5,6 +5,7 @@
 //! when that fails is the buffer decoded line by line, so one bad line is reported precisely and
 //! never costs the good lines around it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
@@ -15,6 +16,11 @@ use datafusion::arrow::json::reader::{Decoder, ReaderBuilder};
 use crate::config::DeclaredSchema;
 
 mod flat;
+mod numbers;
+pub mod shape;
+
+use numbers::WholeNumbers;
+pub use numbers::{exact_integer, Inexact};
 
 /// A line that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +45,31 @@ pub struct JsonRows {
     json_columns: Vec<String>,
     /// Null values of this timestamp column are filled with the ingestion time.
     time_column: Option<String>,
+    /// The integer and timestamp columns, judged exactly where arrow-json would round.
+    whole_numbers: Option<WholeNumbers>,
 }
+
+/// Why a JSON document (a request body) gave no rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentError {
+    /// Not JSON, or not rows of the declared schema: the reason names the line or element.
+    Invalid(String),
+    /// Its rows would take more memory than [`MAX_DECODED_PER_BYTE`] allows.
+    TooLarge(String),
+}
+
+impl std::fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DocumentError::Invalid(m) | DocumentError::TooLarge(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The rows decoded from a document take at most this many bytes per byte of it, besides the
+/// string bytes they copy from it: a body of many empty objects for a wide schema would otherwise
+/// take hundreds of times its size.
+pub const MAX_DECODED_PER_BYTE: usize = 16;
 
 impl JsonRows {
     pub fn new(declared: &DeclaredSchema, time_column: Option<&str>) -> Self {
@@ -47,7 +77,8 @@ impl JsonRows {
         let time_column = time_column
             .filter(|c| matches!(schema.field_with_name(c).map(|f| f.data_type()), Ok(DataType::Timestamp(..))))
             .map(str::to_string);
-        JsonRows { schema, json_columns: declared.json_columns(), time_column }
+        let whole_numbers = WholeNumbers::new(&schema);
+        JsonRows { schema, json_columns: declared.json_columns(), time_column, whole_numbers }
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -91,8 +122,74 @@ impl JsonRows {
     /// arrow-json over the whole text. It reads a stream of JSON values, newlines or not: the batch
     /// counts only when it made exactly one row per line (`{…}{…}` on one line is one bad line, not
     /// two rows; found by the fuzzer in tests/hostile.rs).
+    ///
+    /// Only a text whose shape is safe reaches arrow-json (it prints an unexpected value
+    /// recursively), and its integers are judged exactly afterwards; otherwise the line-by-line
+    /// path names the line.
     fn decode_whole(&self, text: &[u8]) -> Option<RecordBatch> {
-        self.decode_buffer(text).ok().flatten().filter(|batch| batch.num_rows() == non_blank_lines(text))
+        shape::check(text).ok()?;
+        let batch = self.decode_buffer(text).ok().flatten().filter(|batch| batch.num_rows() == non_blank_lines(text))?;
+        if let Some(whole) = &self.whole_numbers {
+            whole.check(text).ok()?;
+        }
+        Some(batch)
+    }
+
+    /// Fixed bytes one decoded row takes (values, offsets and validity; string bytes aside).
+    fn row_width(&self) -> usize {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Boolean => 2,
+                DataType::Utf8 => 5,
+                _ => 9,
+            })
+            .sum()
+    }
+
+    /// A request body: one object (pretty-printed or not), an array of objects, or NDJSON. All
+    /// rows or none; the error names the first bad line or element.
+    pub fn decode_document(&self, body: &[u8]) -> Result<RecordBatch, DocumentError> {
+        let start = body.iter().position(|b| !b.is_ascii_whitespace());
+        let (lines, element_numbers) = match start.map(|i| body[i]) {
+            None => return Ok(RecordBatch::new_empty(self.schema.clone())),
+            Some(b'[') => {
+                let invalid = |m: String| DocumentError::Invalid(format!("malformed JSON array: {m}"));
+                let elements =
+                    shape::array_elements(body).map_err(|e| invalid(format!("{} at line {}", e.reason, shape::line_of(body, e.offset))))?;
+                serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| invalid(e.to_string()))?;
+                (Cow::Owned(one_per_line(body, &elements)), true)
+            }
+            // One pretty-printed object is one row.
+            // (serde's check first: on NDJSON it stops at the second line, where the shape check would read
+            // it all.)
+            Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+                shape::check(body).map_err(|e| DocumentError::Invalid(format!("line {}: {}", shape::line_of(body, e.offset), e.reason)))?;
+                (Cow::Owned(one_per_line(body, std::slice::from_ref(&(0..body.len())))), false)
+            }
+            Some(_) => (Cow::Borrowed(body), false),
+        };
+        let rows = non_blank_lines(&lines);
+        let need = rows.saturating_mul(self.row_width());
+        if need > MAX_DECODED_PER_BYTE.saturating_mul(body.len()) {
+            return Err(DocumentError::TooLarge(format!(
+                "its {rows} rows would take {need} bytes decoded, more than {MAX_DECODED_PER_BYTE} times the body's {} bytes (the limit); send fewer, fuller rows per request",
+                body.len()
+            )));
+        }
+        let (batch, errors) = self.decode_lines(&lines);
+        let name = |e: &LineError| if element_numbers { format!("element {}: {}", e.line - 1, e.reason) } else { e.to_string() };
+        match errors.as_slice() {
+            [] => Ok(batch),
+            [only] => Err(DocumentError::Invalid(name(only))),
+            [first, rest @ ..] => Err(DocumentError::Invalid(format!(
+                "{} (and {} more bad {})",
+                name(first),
+                rest.len(),
+                if element_numbers { "elements" } else { "lines" }
+            ))),
+        }
     }
 
     /// Decode a list of JSON values (a request body that was an array, say). All or nothing:
@@ -128,6 +225,10 @@ impl JsonRows {
     }
 
     fn decode_line(&self, line: &[u8]) -> Result<RecordBatch, String> {
+        shape::check(line).map_err(|e| e.reason)?;
+        if let Some(whole) = &self.whole_numbers {
+            whole.check(line)?;
+        }
         let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}"))?;
         let serde_json::Value::Object(mut obj) = value else {
             return Err(format!("expected a JSON object, got {}", json_kind(&value)));
@@ -160,6 +261,17 @@ impl JsonRows {
         cols[idx] = Arc::new(filled);
         RecordBatch::try_new(self.schema.clone(), cols).expect("same schema")
     }
+}
+
+/// Each range of `text` on a line of its own, its line breaks made spaces (outside strings they are
+/// whitespace; inside, [`shape`] has refused them).
+fn one_per_line(text: &[u8], ranges: &[std::ops::Range<usize>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + ranges.len());
+    for r in ranges {
+        out.extend(text[r.clone()].iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Lines holding more than whitespace. The newlines are found with SIMD (`memchr`); a line's first
@@ -261,7 +373,8 @@ mod tests {
     /// arrow-json alone on `text`, as `decode_lines` uses it (None: it refused the text or did not
     /// make one row per line).
     fn arrow_json(schema: &SchemaRef, text: &[u8]) -> Option<RecordBatch> {
-        JsonRows { schema: schema.clone(), json_columns: Vec::new(), time_column: None }.decode_whole(text)
+        JsonRows { schema: schema.clone(), json_columns: Vec::new(), time_column: None, whole_numbers: WholeNumbers::new(schema) }
+            .decode_whole(text)
     }
 
     fn flat_schema() -> SchemaRef {
@@ -400,6 +513,8 @@ mod tests {
             r#"[{"n":1}]"#,                     // not an object
             r#"{"n":1"#,                        // truncated
             "{\"s\":\"a\nb\"}",                 // a newline inside a string
+            "{\"s\":\"tab\tinside\"}",          // a raw control character in a string
+            "{\"s\":\"a long string, past the first 32 bytes: \u{1f}\"}",
         ] {
             assert!(super::flat::decode(&schema, text.as_bytes()).is_none(), "{text}");
         }
