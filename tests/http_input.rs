@@ -244,7 +244,7 @@ async fn concurrent_single_event_requests_are_batched_and_answered_one_by_one() 
         alone.push(post_async(addr, &[], body.to_vec()).await);
     }
     assert!(alone.iter().all(|(status, _)| *status == 400), "{alone:?}");
-    assert!(alone[0].1.starts_with(r#"{"error":"element 0: "#) && alone[0].1.contains("lots"), "{alone:?}");
+    assert!(alone[0].1.starts_with(r#"{"error":"line 1: "#) && alone[0].1.contains("lots"), "{alone:?}");
     assert!(alone[1].1.starts_with(r#"{"error":"line 1: malformed JSON: expected value"#), "{alone:?}");
     assert!(alone[2].1.starts_with(r#"{"error":"line 1: malformed JSON: trailing characters"#), "{alone:?}");
 

@@ -43,7 +43,7 @@ impl Tmpfs {
 pub fn fill(dir: &Path, file: &str, leave: u64) -> std::io::Result<u64> {
     use std::io::Write;
     let mut f = std::fs::File::create(dir.join(file))?;
-    let chunk = vec![0u8; 64 << 10];
+    let chunk = vec![0u8; 1 << 20];
     let mut written = 0u64;
     loop {
         let free = free_bytes(dir);
