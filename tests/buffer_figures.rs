@@ -49,19 +49,6 @@ fn main() {
     report("buffer figures", "accepted (200)", &figures);
 }
 
-/// `tributary run` with extra arguments, its stderr captured in `log`.
-fn run_logged(pipeline: &Path, extra: &[&str], log: &Path) -> std::process::Child {
-    std::process::Command::new(bin())
-        .arg("run")
-        .arg(pipeline)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
 /// Wait until the pipeline listens on `addr`; if it never does, show what it logged.
 async fn wait_listening(addr: std::net::SocketAddr, log: &Path) {
     for _ in 0..400 {
@@ -420,7 +407,8 @@ async fn disk_full() -> Figure {
         format!("/health never named the buffer's error: {named:?}"),
     );
     f.check(!after.contains("\"last_error\""), format!("still failing after the space came back: {after}"));
-    f.check(most_segments <= 3, format!("{most_segments} segment files while the disk was full"));
+    // At most max_size / segment size (4 MiB / 512 KiB) + the active one; the storm made 6,134.
+    f.check(most_segments <= 9, format!("{most_segments} segment files while the disk was full"));
     f.check(error_lines <= 2, format!("{error_lines} ERROR lines: the failure is logged once, not per request"));
     f.check(exit.success(), format!("the clean stop exited {exit}"));
     f

@@ -78,6 +78,19 @@ pub fn run_bin(path: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// `tributary run` with extra arguments, its stderr appended to `log`.
+pub fn run_logged(pipeline: &Path, extra: &[&str], log: &Path) -> std::process::Child {
+    std::process::Command::new(bin())
+        .arg("run")
+        .arg(pipeline)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// A minimal blocking HTTP/1.1 POST, so tests need no HTTP client crate: returns (status, body).
 pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};

@@ -6,19 +6,6 @@ use super::{health, rss_mb, wait_until};
 use crate::common::figures::Figure;
 use crate::common::*;
 
-/// `tributary run <file> [extra]` with stderr kept in `log`.
-fn run_logged(pipeline: &std::path::Path, extra: &[&str], log: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(bin())
-        .arg("run")
-        .arg(pipeline)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
 /// An `http_server` source `ingest` on `address` (body limit `max_body`) and the rest of a pipeline.
 fn ingest(admin: std::net::SocketAddr, address: std::net::SocketAddr, max_body: &str, rest: &str) -> String {
     format!(
@@ -28,6 +15,27 @@ fn ingest(admin: std::net::SocketAddr, address: std::net::SocketAddr, max_body: 
 
 fn rows(seqs: std::ops::Range<i64>) -> String {
     seqs.map(|n| format!("{{\"seq\":{n},\"site\":\"s{}\",\"ts\":\"2026-12-04T10:00:00Z\"}}\n", n % 3)).collect()
+}
+
+/// A running `http_server` → `file` pipeline.
+struct ToFile {
+    _dir: tempfile::TempDir,
+    address: std::net::SocketAddr,
+    out: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+/// Start an `http_server` (body limit `max_body`) → `file` pipeline and wait until it listens.
+async fn start_to_file(max_body: &str) -> ToFile {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, address) = (free_addr(), free_addr());
+    let out = dir.path().join("out.jsonl");
+    let sink =
+        format!("sinks:\n  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 100ms\n", out.display());
+    let pipeline = write(dir.path(), "p.yaml", &ingest(admin, address, max_body, &sink));
+    let child = run_logged(&pipeline, &[], &dir.path().join("stderr.log"));
+    wait_for_port(address).await;
+    ToFile { _dir: dir, address, out, child }
 }
 
 /// seq → lines of the file sink holding it.
@@ -114,22 +122,7 @@ pub async fn disk_full_without_buffer() -> Figure {
 /// at the top) between good rows.
 pub async fn deep_nesting() -> Figure {
     let mut f = Figure { scenario: "deeply nested JSON", fault: "bodies nested 30,000 deep among good rows".into(), ..Default::default() };
-    let dir = tempfile::tempdir().unwrap();
-    let (admin, address) = (free_addr(), free_addr());
-    let out = dir.path().join("out.jsonl");
-    let pipeline = write(
-        dir.path(),
-        "p.yaml",
-        &ingest(
-            admin,
-            address,
-            "10MiB",
-            &format!("sinks:\n  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 100ms\n", out.display()),
-        ),
-    );
-    let log = dir.path().join("stderr.log");
-    let mut child = run_logged(&pipeline, &[], &log);
-    wait_for_port(address).await;
+    let ToFile { _dir, address, out, mut child } = start_to_file("10MiB").await;
     let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
     let hostile = [
         format!("{{\"seq\":-1,\"site\":{}}}", deep(30_000)),
@@ -238,22 +231,7 @@ pub async fn memory_per_body() -> Figure {
         fault: "1,000,000 empty objects (3 MB) as an array, then as NDJSON".into(),
         ..Default::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (admin, address) = (free_addr(), free_addr());
-    let out = dir.path().join("out.jsonl");
-    let pipeline = write(
-        dir.path(),
-        "p.yaml",
-        &ingest(
-            admin,
-            address,
-            "8MiB",
-            &format!("sinks:\n  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 100ms\n", out.display()),
-        ),
-    );
-    let log = dir.path().join("stderr.log");
-    let mut child = run_logged(&pipeline, &[], &log);
-    wait_for_port(address).await;
+    let ToFile { _dir, address, out, mut child } = start_to_file("8MiB").await;
     let pid = child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_mb(pid);
