@@ -1,14 +1,18 @@
 //! `tributary query`: DataFusion SQL over Parquet output. Every folder under the data directory
-//! is a table named after it (`./data/probes` → `probes`), with `date=` partitions as a column. A
+//! is a table named after it (`./data/probes` → `probes`), with `date=` partitions as a column; a
+//! Delta table (a folder with a `_delta_log`) is the files its log holds. A
 //! folder of JSON-lines files (`*.jsonl`, such as the default dead-letter store
 //! `./data/dead_letters`) is a table too. The data folder may be an object store prefix
 //! (`s3://bucket/lake`): the same layout, listed level by level, never the whole bucket.
+
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -110,12 +114,19 @@ pub struct TableLayout {
     sample: Option<object_store::ObjectMeta>,
     /// Any Parquet or JSON-lines file at all.
     pub has_files: bool,
+    /// A Delta table (a `_delta_log` folder): the files its log says it holds, which are the
+    /// table, whatever else the folder holds (files a failed commit left, files a later one
+    /// removed).
+    pub delta_files: Option<Vec<ObjectPath>>,
 }
 
 /// Look at a table's place: one listing of its level; when the Parquet files are in `date=`
 /// folders, one listing of the newest; in other sub-folders, a listing below until the first file.
 pub async fn layout(location: &ObjectLocation) -> anyhow::Result<TableLayout> {
     let level = list(location).await.with_context(|| format!("listing {}", location.url()))?;
+    if level.common_prefixes.iter().any(|p| p.filename() == Some("_delta_log")) {
+        return delta_layout(location).await;
+    }
     let mut dates: Vec<ObjectPath> =
         level.common_prefixes.iter().filter(|p| p.filename().is_some_and(|f| f.starts_with("date="))).cloned().collect();
     dates.sort();
@@ -139,7 +150,23 @@ pub async fn layout(location: &ObjectLocation) -> anyhow::Result<TableLayout> {
     }
     let json_lines = sample.is_none() && level.objects.iter().any(|o| o.location.extension() == Some("jsonl"));
     let has_files = sample.is_some() || json_lines;
-    Ok(TableLayout { location: location.clone(), json_lines, dates, sample, has_files })
+    Ok(TableLayout { location: location.clone(), json_lines, dates, sample, has_files, delta_files: None })
+}
+
+/// A Delta table's files, from its log (no `date` column: its files' folders are not partitions
+/// the log declares).
+async fn delta_layout(location: &ObjectLocation) -> anyhow::Result<TableLayout> {
+    let files = tributary_parquet::delta::table_files(location).await?.unwrap_or_default();
+    let sample = files.last().map(|(path, size)| object_store::ObjectMeta {
+        location: path.clone(),
+        last_modified: chrono::Utc::now(),
+        size: *size,
+        e_tag: None,
+        version: None,
+    });
+    let has_files = !files.is_empty();
+    let delta_files = Some(files.into_iter().map(|(path, _)| path).collect());
+    Ok(TableLayout { location: location.clone(), json_lines: false, dates: Vec::new(), sample, has_files, delta_files })
 }
 
 /// Register the table (Parquet, with `date=` partitions as a column, or JSON lines) in `ctx`.
@@ -156,6 +183,9 @@ pub async fn register_layout(ctx: &datafusion::prelude::SessionContext, name: &s
         ctx.register_json(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
         return Ok(());
     }
+    if let Some(files) = &layout.delta_files {
+        return register_files(ctx, name, layout, files).await;
+    }
     let partitions = if layout.dates.is_empty() { vec![] } else { vec![("date".to_string(), DataType::Utf8)] };
     let schema = file_schema(ctx, name, layout).await?;
     let mut opts = ParquetReadOptions::default().table_partition_cols(partitions);
@@ -163,6 +193,24 @@ pub async fn register_layout(ctx: &datafusion::prelude::SessionContext, name: &s
         opts = opts.schema(schema);
     }
     ctx.register_parquet(name, location, opts).await.with_context(|| format!("table `{name}` at {location}"))?;
+    Ok(())
+}
+
+/// Register exactly `files` (of a Delta table) as the table.
+async fn register_files(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    layout: &TableLayout,
+    files: &[ObjectPath],
+) -> anyhow::Result<()> {
+    let schema = file_schema(ctx, name, layout).await?.with_context(|| format!("table `{name}` has no Parquet file"))?;
+    let urls = files
+        .iter()
+        .map(|f| ListingTableUrl::parse(format!("{}{f}", layout.location.store_url)))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options = ListingOptions::new(Arc::new(parquet_format(ctx))).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?)).with_context(|| format!("table `{name}`"))?;
     Ok(())
 }
 

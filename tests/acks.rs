@@ -85,6 +85,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
             inputs: vec![input("big")],
             sink,
             retry: Default::default(),
+            exactly_once: None,
         }],
         outputs: Default::default(),
         decls: vec![
@@ -237,13 +238,21 @@ async fn failure_model_run(script: &[Step], retry: tributary::runtime::SinkRetry
         }],
         transforms: vec![],
         sinks: vec![
-            PlannedSink { id: "db".into(), type_name: "test".into(), inputs: vec![input("src")], sink: Box::new(db), retry },
+            PlannedSink {
+                id: "db".into(),
+                type_name: "test".into(),
+                inputs: vec![input("src")],
+                sink: Box::new(db),
+                retry,
+                exactly_once: None,
+            },
             PlannedSink {
                 id: "store".into(),
                 type_name: "test".into(),
                 inputs: vec![dead_letter_input],
                 sink: Box::new(store),
                 retry: Default::default(),
+                exactly_once: None,
             },
         ],
         outputs: Default::default(),

@@ -22,6 +22,13 @@
 //!    buffer and the error, writing resumes by itself; every row answered 200 is written once.
 //! 5. **An idle `kill -9`**: 2,000 rows written by both sinks, quiet, `kill -9`, restart: nothing
 //!    is written twice (the acked position used to be saved only when a later ack came).
+//! 6. **`kill -9` under load, exactly once**: scenario 1 into a timescale `append` table with
+//!    `delivery: exactly_once`: nothing lost and, asserted, nothing written twice.
+//! 7. **The same into a Delta table** (`format: delta`), read back by the `deltalake` Python
+//!    package.
+//! 8. **PostgreSQL cut, and COMMIT answers lost**, exactly once: four clients post while a proxy
+//!    loses the answers to 3 COMMITs (the server commits, the sink never hears), cuts the database
+//!    for 5 s (60 s with `--full`), then loses 3 more: nothing lost, nothing written twice.
 //!
 //! A plain `main` (harness = false), like `fault_figures`. Test-name filters that do not match
 //! `buffer_figures` skip it.
@@ -41,10 +48,21 @@ use rand::Rng;
 
 fn main() {
     let Some(args) = harness_args("buffer_figures") else { return };
-    let kills = if args.iter().any(|a| a == "--full") { 20 } else { 5 };
+    let full = args.iter().any(|a| a == "--full");
+    let kills = if full { 20 } else { 5 };
+    let cut = Duration::from_secs(if full { 60 } else { 5 });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let figures = rt.block_on(async {
-        vec![kill_under_load(kills).await, sigterm_with_a_stuck_sink().await, cut_mid_record().await, disk_full().await, idle_kill().await]
+        vec![
+            kill_under_load(kills, Into::File).await,
+            sigterm_with_a_stuck_sink().await,
+            cut_mid_record().await,
+            disk_full().await,
+            idle_kill().await,
+            kill_under_load(kills, Into::TimescaleExactlyOnce).await,
+            kill_under_load(kills, Into::DeltaExactlyOnce).await,
+            database_cut_with_lost_commits(cut).await,
+        ]
     });
     report("buffer figures", "accepted (200)", &figures);
 }
@@ -60,6 +78,53 @@ async fn wait_listening(addr: std::net::SocketAddr, log: &Path) {
     panic!("nothing listens on {addr}; the pipeline logged:\n{}", std::fs::read_to_string(log).unwrap_or_default());
 }
 
+/// Clients posting NDJSON bodies (each row with a new id) as fast as they are answered.
+struct Load {
+    accepted: Arc<Mutex<BTreeSet<i64>>>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` threads, each body of a random number of rows in `rows`.
+    fn start(ingest: std::net::SocketAddr, clients: usize, rows: std::ops::RangeInclusive<i64>) -> Load {
+        let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+        let next_id = Arc::new(AtomicI64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let (accepted, next_id, stop, rows) = (accepted.clone(), next_id.clone(), stop.clone(), rows.clone());
+                std::thread::spawn(move || {
+                    let mut rng = rand::rng();
+                    let mut requests = 0i64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = rng.random_range(rows.clone());
+                        let first = next_id.fetch_add(n, Ordering::Relaxed);
+                        let body: String = (first..first + n).map(|id| format!("{{\"id\":{id},\"request\":{requests}}}\n")).collect();
+                        requests += 1;
+                        match post(ingest, "/", &[], body.as_bytes()) {
+                            Ok((200, _)) => accepted.lock().unwrap().extend(first..first + n),
+                            // Down (being killed or restarting), or busy: those ids were not accepted.
+                            _ => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { accepted, stop, clients }
+    }
+
+    /// Stops the clients; the ids answered 200.
+    fn stop(self) -> BTreeSet<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        let accepted = self.accepted.lock().unwrap();
+        accepted.clone()
+    }
+}
+
 /// id → how many lines of the file sink carry it.
 fn ids_written(path: &Path) -> BTreeMap<i64, i64> {
     let mut seen = BTreeMap::new();
@@ -69,6 +134,21 @@ fn ids_written(path: &Path) -> BTreeMap<i64, i64> {
         }
     }
     seen
+}
+
+/// id → how many rows of the Delta table at `path` carry it, as the `deltalake` Python package
+/// (a second implementation of the protocol) reads the table.
+fn ids_in_delta(path: &Path) -> BTreeMap<i64, i64> {
+    let script = "import sys, collections, deltalake\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3");
+    assert!(out.status.success(), "reading the Delta table with the deltalake package: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (id, n) = l.split_once(' ').expect("id count");
+            (id.parse().expect("an id"), n.parse().expect("a count"))
+        })
+        .collect()
 }
 
 /// Accepted ids against what the sink holds: (distinct written, lost, duplicates).
@@ -102,44 +182,58 @@ fn ingest_pipeline_buffered_in(
     )
 }
 
-/// Scenario 1: `kill -9` at random moments while eight clients post.
-async fn kill_under_load(kills: usize) -> Figure {
+/// Where scenarios 1 and 6 write.
+#[derive(Clone, Copy, PartialEq)]
+enum Into {
+    /// A file sink, at-least-once.
+    File,
+    /// A timescale `append` table with `delivery: exactly_once`.
+    TimescaleExactlyOnce,
+    /// A Delta table (`parquet` sink, `format: delta`) with `delivery: exactly_once`, read back
+    /// by the `deltalake` Python package.
+    DeltaExactlyOnce,
+}
+
+/// Scenarios 1 and 6: `kill -9` at random moments while eight clients post.
+async fn kill_under_load(kills: usize, into: Into) -> Figure {
     let mut f = Figure {
-        scenario: "kill -9 under HTTP load",
+        scenario: match into {
+            Into::File => "kill -9 under HTTP load",
+            Into::TimescaleExactlyOnce => "kill -9 under HTTP load, exactly once",
+            Into::DeltaExactlyOnce => "kill -9 under HTTP load, exactly once into Delta",
+        },
         fault: format!("{kills} × kill -9 at a random moment, then SIGTERM"),
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let (admin, ingest) = (free_addr(), free_addr());
     let out = dir.path().join("out.jsonl");
-    let sink = format!("  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 200ms\n", out.display());
+    let table = format!("buffer_exactly_once_{}", std::process::id());
+    let db = pg().await;
+    let sink = match into {
+        Into::File => format!("  out:\n    type: file\n    inputs: [ingest]\n    path: \"{}\"\n    flush_interval: 200ms\n", out.display()),
+        Into::TimescaleExactlyOnce => {
+            db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'"))
+                .await
+                .ok();
+            format!(
+                "  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n",
+                tributary_testkit::test_postgres_url()
+            )
+        }
+        Into::DeltaExactlyOnce => format!(
+            "  lake:\n    type: parquet\n    format: delta\n    inputs: [ingest]\n    path: \"{}\"\n    max_age: 200ms\n",
+            dir.path().join("lake").display()
+        ),
+    };
     let pipeline = ingest_pipeline(dir.path(), admin, ingest, &sink);
+    if into != Into::File {
+        let text = std::fs::read_to_string(&pipeline).unwrap();
+        std::fs::write(&pipeline, format!("delivery: exactly_once\n{text}")).unwrap();
+    }
     let log = dir.path().join("stderr.log");
 
-    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
-    let next_id = Arc::new(AtomicI64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (accepted, next_id, stop) = (accepted.clone(), next_id.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut rng = rand::rng();
-                let mut requests = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    let n = rng.random_range(1..=20);
-                    let first = next_id.fetch_add(n, Ordering::Relaxed);
-                    let body: String = (first..first + n).map(|id| format!("{{\"id\":{id},\"request\":{requests}}}\n")).collect();
-                    requests += 1;
-                    match post(ingest, "/", &[], body.as_bytes()) {
-                        Ok((200, _)) => accepted.lock().unwrap().extend(first..first + n),
-                        // Down (being killed or restarting), or busy: those ids were not accepted.
-                        _ => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let load = Load::start(ingest, 8, 1..=20);
     let mut rng = rand::rng();
     let mut child = run_logged(&pipeline, &[], &log);
     for _ in 0..kills {
@@ -151,21 +245,38 @@ async fn kill_under_load(kills: usize) -> Figure {
     }
     wait_listening(ingest, &log).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    let accepted = load.stop();
     sigterm(&child);
     let exit = child.wait().unwrap();
-    let accepted = accepted.lock().unwrap().clone();
-    let (written, lost, duplicates) = reconcile(&accepted, &ids_written(&out));
+    let written = match into {
+        Into::File => ids_written(&out),
+        Into::TimescaleExactlyOnce => {
+            let rows = db.query(&format!("SELECT id, count(*) FROM \"{table}\" GROUP BY id"), &[]).await.unwrap();
+            rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))).collect()
+        }
+        Into::DeltaExactlyOnce => ids_in_delta(&dir.path().join("lake")),
+    };
+    let (written, lost, duplicates) = reconcile(&accepted, &written);
     f.sent = accepted.len() as i64;
     (f.written, f.lost, f.duplicates) = (written, lost, duplicates);
     f.check(exit.success(), format!("the clean stop exited {exit}"));
     f.check(f.sent > 1000, format!("only {} rows accepted: the load never ran", f.sent));
     f.check(lost == 0, format!("{lost} rows answered 200 are not in the sink"));
-    let replayed = std::fs::read_to_string(&log).unwrap_or_default().matches("disk buffer: replaying").count();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let replayed = logged.matches("disk buffer: replaying").count();
     f.notes.push(format!("{replayed} of {kills} restarts replayed stored rows"));
+    if into != Into::File {
+        f.check(duplicates == 0, format!("{duplicates} rows written twice with delivery: exactly_once"));
+        let skipped: u64 = logged
+            .lines()
+            .filter_map(|l| l.split("replay_skipped_rows=").nth(1))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+            .sum();
+        f.notes.push(format!("{skipped} replayed rows skipped as already written"));
+        db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'"))
+            .await
+            .ok();
+    }
     f
 }
 
@@ -249,6 +360,80 @@ async fn sigterm_with_a_stuck_sink() -> Figure {
     f.check(lost == 0, format!("{lost} rows answered 200 are not in the table"));
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
     f
+}
+
+/// Scenario 8: exactly once into timescale through a proxy that loses COMMIT answers and is cut.
+async fn database_cut_with_lost_commits(cut: Duration) -> Figure {
+    let mut f = Figure {
+        scenario: "PostgreSQL cut + lost COMMIT answers, exactly once",
+        fault: format!("3 COMMIT answers lost, PostgreSQL cut {} s, 3 more lost", cut.as_secs()),
+        ..Default::default()
+    };
+    let table = format!("buffer_in_doubt_{}", std::process::id());
+    let db = pg().await;
+    let forget = format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'");
+    db.batch_execute(&forget).await.ok();
+    let (mut proxy, via_proxy) = CuttableProxy::to_test_postgres().await;
+    // In clear text, so that the proxy sees the COMMITs (the test server offers TLS).
+    let via_proxy = match via_proxy.contains("://") {
+        true => format!("{via_proxy}{}sslmode=disable", if via_proxy.contains('?') { '&' } else { '?' }),
+        false => format!("{via_proxy} sslmode=disable"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, ingest) = (free_addr(), free_addr());
+    let sink = format!("  db:\n    type: timescale\n    inputs: [ingest]\n    connection: \"{via_proxy}\"\n    table: {table}\n    batch: {{max_age: 200ms}}\n    timeout: 2s\n");
+    let pipeline = ingest_pipeline(dir.path(), admin, ingest, &sink);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, format!("delivery: exactly_once\n{text}")).unwrap();
+    let log = dir.path().join("stderr.log");
+
+    let mut child = run_logged(&pipeline, &[], &log);
+    wait_listening(ingest, &log).await;
+    let load = Load::start(ingest, 4, 10..=10);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.check(lose_commit_answers(&proxy, 3).await, "the first 3 COMMITs never came");
+    proxy.cut();
+    tokio::time::sleep(cut).await;
+    proxy.open().await;
+    f.check(lose_commit_answers(&proxy, 3).await, "3 COMMITs after the cut never came");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = load.stop();
+    // What the cut held back (up to the buffer's 64 MiB) is written before the clean stop.
+    let t0 = Instant::now();
+    while pg_count(&db, &table).await < accepted.len() as i64 && t0.elapsed() < Duration::from_secs(240) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    f.notes.push(format!("caught up {:.0} s after the load stopped", t0.elapsed().as_secs_f64()));
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    let rows = db.query(&format!("SELECT id, count(*) FROM \"{table}\" GROUP BY id"), &[]).await.unwrap();
+    let written: BTreeMap<i64, i64> = rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))).collect();
+    let (distinct, lost, duplicates) = reconcile(&accepted, &written);
+    (f.sent, f.written, f.lost, f.duplicates) = (accepted.len() as i64, distinct, lost, duplicates);
+    f.check(exit.success(), format!("the clean stop exited {exit}"));
+    f.check(f.sent > 1000, format!("only {} rows accepted: the load never ran", f.sent));
+    f.check(lost == 0, format!("{lost} rows answered 200 are not in the table"));
+    f.check(duplicates == 0, format!("{duplicates} rows written twice with delivery: exactly_once"));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let decided = logged.matches("an unanswered COMMIT had committed").count();
+    f.notes.push(format!("{decided} of 6 unanswered COMMITs were of rows, found committed (txid_status) and not written again"));
+    f.check(decided > 0, "no unanswered COMMIT of rows was decided: the proxy lost no answer that mattered");
+    let _ = child.kill();
+    db.batch_execute(&forget).await.ok();
+    f
+}
+
+/// Loses the answers to the next `n` COMMITs; false if they do not all come within 90 s (after a
+/// long cut the sink's retries are up to 30 s apart).
+async fn lose_commit_answers(proxy: &CuttableProxy, n: usize) -> bool {
+    proxy.lose_commit_answers(n);
+    for _ in 0..900 {
+        if proxy.commit_answers_to_lose() == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Scenario 3: a stopped run's segment truncated inside its last record.

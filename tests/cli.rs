@@ -179,6 +179,32 @@ fn quickstart_runs_flushes_and_is_queryable() {
     assert!(stderr(&q).contains("nope"), "{}", stderr(&q));
 }
 
+/// A Delta table (`format: delta`) written by a run, read by `tributary query` as its log says:
+/// a Parquet file in its folder that no commit added (what a crash between upload and commit
+/// leaves) is not part of the table.
+#[test]
+fn query_reads_a_delta_table_as_its_log_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (1..=40).map(|n| format!("{{\"ts\":\"2026-12-0{}T10:00:00Z\",\"n\":{n}}}\n", 1 + n % 3)).collect();
+    write(dir.path(), "in.jsonl", &lines);
+    write(
+        dir.path(),
+        "p.yaml",
+        "sources:\n  scores: {type: file, path: in.jsonl, schema: {ts: timestamp, n: int}}\nsinks:\n  lake: {type: parquet, format: delta, inputs: [scores], path: data/scores}\n",
+    );
+    let o = tributary(&["run", "p.yaml"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("data/scores/_delta_log/00000000000000000001.json").exists(), "one commit after the table's creation");
+    let committed = files_ending(&dir.path().join("data/scores"), ".parquet");
+    assert_eq!(committed.len(), 3, "one file per date: {committed:?}");
+    // An uploaded file no commit took: not in the table.
+    std::fs::copy(&committed[0], dir.path().join("data/scores/date=2026-12-02/part-orphan.parquet")).unwrap();
+
+    let q = tributary(&["query", "SELECT count(*) AS rows, sum(n) AS total FROM scores", "--format", "csv"], dir.path());
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "rows,total\n40,820\n");
+}
+
 /// SIGTERM while clients post: every request answered 200 is in the Parquet output, nothing else
 /// is, the process exits 0, and no temporary file is left.
 #[test]

@@ -139,7 +139,7 @@ impl AdminState {
         let comps = self.components.read().expect("admin lock");
         let mut out = String::new();
         type Get = fn(&ComponentMetrics) -> u64;
-        let counters: [(&str, &str, Get); 13] = [
+        let counters: [(&str, &str, Get); 14] = [
             ("rows_in_total", "Rows received by the component.", |m| m.rows_in.get()),
             ("rows_out_total", "Rows sent by the component to its main or named outputs.", |m| m.rows_out.get()),
             ("rows_written_total", "Rows a sink durably wrote (dead-lettered rows not included).", |m| m.rows_written.get()),
@@ -154,6 +154,7 @@ impl AdminState {
                 m.dropped.get()
             }),
             ("buffer_fsyncs_total", "Disk buffer fsyncs (one serves every append waiting at the time).", |m| m.buffer_fsyncs.get()),
+            ("replay_skipped_rows_total", "Replayed rows an exactly-once sink had written already (their position was stored with them): dropped before the sink.", |m| m.replay_skipped.get()),
             ("buffer_replayed_rows_total", "Rows a disk buffer replayed at start (stored by an earlier run, not yet written by every sink).", |m| m.buffer_replayed.get()),
         ];
         for (name, help, get) in counters {

@@ -176,6 +176,8 @@ pub struct PipelineFile {
     pub components: Vec<ComponentDecl>,
     pub admin: AdminConfig,
     pub dead_letters: DeadLetterConfig,
+    /// `delivery:` at the top level (each sink may override it).
+    pub delivery: Guarantee,
     /// Values substituted from the environment, redacted from every message.
     pub secrets: Vec<String>,
     /// `tests:` as written (not interpolated): fixtures for `tributary test`.
@@ -183,7 +185,20 @@ pub struct PipelineFile {
     spans: SpanIndex,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "admin", "dead_letters", "tests"];
+const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "delivery", "admin", "dead_letters", "tests"];
+
+/// `delivery:` — what a sink promises about rows that a crash, an outage or a reload makes the
+/// engine send again (top level for every sink; a sink's own `delivery:` overrides it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Nothing acknowledged is lost; after a crash some rows may be written twice (the default).
+    #[default]
+    AtLeastOnce,
+    /// Nothing acknowledged is lost and nothing is written twice: the sink stores the sources'
+    /// positions with its rows. `validate` refuses a path that cannot provide it.
+    ExactlyOnce,
+}
 
 impl PipelineFile {
     pub fn load(path: &Path) -> Result<Self, Diagnostics> {
@@ -215,6 +230,7 @@ impl PipelineFile {
             components: vec![],
             admin: AdminConfig::default(),
             dead_letters: DeadLetterConfig::default(),
+            delivery: Guarantee::default(),
             secrets: vec![],
             tests: None,
             spans,
@@ -260,6 +276,9 @@ impl PipelineFile {
         }
         if let Some(dead_letters) = p.section(&mut root, "dead_letters", &mut errors) {
             p.dead_letters = dead_letters;
+        }
+        if let Some(delivery) = p.section(&mut root, "delivery", &mut errors) {
+            p.delivery = delivery;
         }
         for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
             match root.remove(kind.section()) {

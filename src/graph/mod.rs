@@ -2,6 +2,7 @@
 //! cycles rejected, SQL planned against its input schemas, sinks checked against theirs.
 //! Nothing here touches the network, so `validate` runs it anywhere.
 
+mod delivery;
 pub mod mermaid;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use tributary_sdk::dead_letter::dead_letter_schema;
 use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPUT};
 
-use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Kind, PipelineFile};
+use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Guarantee, Kind, PipelineFile};
 use crate::plugins::Registry;
 use crate::runtime::{SinkRetry, SourceBuffer};
 use crate::sql::window::{self, WindowConfig, WindowSpec};
@@ -63,6 +64,16 @@ pub struct PlannedSink {
     pub sink: Box<dyn Sink>,
     /// `retry:` — the engine's, not the plugin's: how transient failures are retried.
     pub retry: SinkRetry,
+    /// `delivery: exactly_once` (its own or the pipeline's), checked against every path into it;
+    /// `None` for at-least-once.
+    pub exactly_once: Option<ExactlyOnce>,
+}
+
+/// An exactly-once sink's inputs, as the planner found them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExactlyOnce {
+    /// The sources whose positions reach the sink (its streams), in name order.
+    pub streams: Vec<std::sync::Arc<str>>,
 }
 
 /// A validated pipeline, ready to run.
@@ -130,7 +141,9 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
     let order = topo_order(file, &inputs).map_err(|d| Diagnostics(vec![d]))?;
     let transforms = p.plan_transforms(&order, &inputs, &sqls).await;
     p.check()?;
-    let sinks = p.build_sinks(&inputs);
+    let mut sinks = p.build_sinks(&inputs);
+    p.check()?;
+    p.check_exactly_once(&mut sinks, &sources, &transforms);
     p.check()?;
     Ok(Plan {
         sources,
@@ -330,12 +343,42 @@ impl Planner<'_> {
                     }
                 },
             };
+            let guarantee = match delivery::sink_guarantee(&c.id, &mut options, file.delivery) {
+                Ok(guarantee) => guarantee,
+                Err(e) => {
+                    self.errors.push(file.component_diag(c, &e));
+                    continue;
+                }
+            };
+            // Its streams are filled in once every path into it is known (`check_exactly_once`).
+            let exactly_once = (guarantee == Guarantee::ExactlyOnce).then(ExactlyOnce::default);
             match plugin.build(&ComponentConfig::new(c.id.clone(), options), &schemas) {
-                Ok(sink) => sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink, retry }),
+                Ok(sink) => {
+                    sinks.push(PlannedSink { id: c.id.clone(), type_name: c.type_name.clone(), inputs: refs, sink, retry, exactly_once })
+                }
                 Err(e) => self.errors.push(file.component_diag(c, &e)),
             }
         }
         sinks
+    }
+}
+
+impl Planner<'_> {
+    /// Step 5: every exactly-once sink can be written exactly once on every path into it, and
+    /// learns its streams. A problem is reported where `delivery: exactly_once` was asked for:
+    /// the sink's own, or the top level.
+    fn check_exactly_once(&mut self, sinks: &mut [PlannedSink], sources: &[PlannedSource], transforms: &[PlannedTransform]) {
+        let file = self.file;
+        for sink in sinks.iter_mut().filter(|s| s.exactly_once.is_some()) {
+            match delivery::streams(sink, sources, transforms) {
+                Ok(streams) => sink.exactly_once = Some(ExactlyOnce { streams }),
+                Err(why) => {
+                    let own = file.get(&sink.id).and_then(|c| c.options.get("delivery")).is_some();
+                    let at = if own { format!("sinks.{}.delivery", sink.id) } else { "delivery".to_string() };
+                    self.errors.push(file.diag(&at, why));
+                }
+            }
+        }
     }
 }
 

@@ -142,3 +142,61 @@ async fn a_source_buffer_is_the_engines_option_and_is_checked() {
         "{errs:?}"
     );
 }
+
+/// An `http_server` with a disk buffer, and `{sinks}` after it.
+fn exactly_once_pipeline(top: &str, buffer: &str, rest: &str) -> String {
+    format!(
+        "{top}sources:\n  ingest:\n    type: http_server\n    address: 127.0.0.1:0\n    schema: {{ts: timestamp, id: int}}\n{buffer}{rest}"
+    )
+}
+
+const DISK: &str = "    buffer: {type: disk}\n";
+const DB: &str = "sinks:\n  db: {type: timescale, inputs: [ingest], connection: 'host=localhost', table: t}\n";
+
+#[tokio::test]
+async fn exactly_once_plans_a_disk_buffered_source_into_timescale() {
+    let p = check(&exactly_once_pipeline("delivery: exactly_once\n", DISK, DB)).await.unwrap();
+    assert_eq!(p.sinks[0].exactly_once, Some(ExactlyOnce { streams: vec!["ingest".into()] }));
+    let p = check(&exactly_once_pipeline("", DISK, DB)).await.unwrap();
+    assert!(p.sinks[0].exactly_once.is_none(), "at-least-once is the default");
+    // A Delta table stores positions too; plain Parquet files do not (refused below).
+    let delta = "sinks:\n  lake: {type: parquet, format: delta, inputs: [ingest], path: /tmp/lake}\n";
+    let p = check(&exactly_once_pipeline("delivery: exactly_once\n", DISK, delta)).await.unwrap();
+    assert_eq!(p.sinks[0].exactly_once, Some(ExactlyOnce { streams: vec!["ingest".into()] }));
+    // Through a SQL transform without a window, too.
+    let sql = "transforms:\n  keep:\n    inputs: [ingest]\n    sql: SELECT * FROM ingest WHERE id > 0\nsinks:\n  db: {type: timescale, inputs: [keep], connection: 'host=localhost', table: t}\n";
+    assert!(check(&exactly_once_pipeline("delivery: exactly_once\n", DISK, sql)).await.unwrap().sinks[0].exactly_once.is_some());
+}
+
+#[tokio::test]
+async fn exactly_once_is_refused_naming_what_cannot_give_it() {
+    let eo = "delivery: exactly_once\n";
+    let errs = check(&exactly_once_pipeline(eo, "", DB)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (http_server) cannot replay what it sent; give it `buffer: {type: disk}`, whose positions the sink stores; or set `delivery: at_least_once` on it"]);
+
+    let lake = "sinks:\n  lake: {type: parquet, inputs: [ingest], path: /tmp/lake}\n";
+    let errs = check(&exactly_once_pipeline(eo, DISK, lake)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `lake` cannot be written exactly once: the `parquet` sink does not store positions with its rows (exactly-once sinks: `timescale`, `parquet` with `format: delta`); or set `delivery: at_least_once` on it"]);
+    // The sink's own `delivery:` overrides the pipeline's.
+    let lake_at_least_once = "sinks:\n  lake: {type: parquet, inputs: [ingest], path: /tmp/lake, delivery: at_least_once}\n";
+    assert!(check(&exactly_once_pipeline(eo, DISK, lake_at_least_once)).await.unwrap().sinks[0].exactly_once.is_none());
+
+    let windowed = "transforms:\n  per_minute:\n    inputs: [ingest]\n    window: {tumbling: 1m}\n    sql: SELECT window_start, count(*) AS n FROM ingest GROUP BY window_start\nsinks:\n  db: {type: timescale, inputs: [per_minute], connection: 'host=localhost', table: t, time_column: window_start}\n";
+    let errs = check(&exactly_once_pipeline(eo, DISK, windowed)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: transform `per_minute` is windowed, and window state is not yet checkpointed with positions (a restart would count its rows again); or set `delivery: at_least_once` on it"]);
+
+    let two_paths = "transforms:\n  a:\n    inputs: [ingest]\n    sql: SELECT * FROM ingest WHERE id > 0\n  b:\n    inputs: [ingest]\n    sql: SELECT * FROM ingest WHERE id <= 0\nsinks:\n  db: {type: timescale, inputs: [a, b], connection: 'host=localhost', table: t}\n";
+    let errs = check(&exactly_once_pipeline(eo, DISK, two_paths)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` reaches it by 2 paths (through `a`, `b`), and one position per source cannot say which path's rows were written; or set `delivery: at_least_once` on it"]);
+
+    let dead = "sinks:\n  db: {type: timescale, inputs: [ingest], connection: 'host=localhost', table: t}\n  errors: {type: timescale, inputs: [db.dead_letter], connection: 'host=localhost', table: e, delivery: exactly_once}\n";
+    let errs = check(&exactly_once_pipeline("", DISK, dead)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:9:95: sinks.errors.delivery: sink `errors` cannot be written exactly once: its input `db.dead_letter` carries dead letters, which have no position in a source's stream; or set `delivery: at_least_once` on it"]);
+
+    let file = "delivery: exactly_once\nsources:\n  ingest:\n    type: file\n    path: /tmp/in.jsonl\n    schema: {ts: timestamp, id: int}\n    buffer: {type: disk}\n";
+    let errs = check(&format!("{file}{DB}")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (file) saves its own place once its rows are acknowledged, so after a crash it sends again rows its disk buffer had stored; its own positions are not stored by sinks yet; or set `delivery: at_least_once` on it"]);
+
+    let errs = check(&exactly_once_pipeline("delivery: twice\n", DISK, DB)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: unknown variant `twice`, expected `at_least_once` or `exactly_once`"]);
+}

@@ -213,7 +213,13 @@ pub async fn run_reloadable(
         let dead = wiring.dead_letters(&s.id);
         let id = s.id.clone();
         let replace = replacers.sink(&s.id);
-        tasks.spawn(async move { (id, sink::run_sink(s.sink, rx, ctx, dead, s.retry, replace).await) });
+        tasks.spawn(async move {
+            (
+                id,
+                sink::run_sink(reload::SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once }, rx, ctx, dead, replace)
+                    .await,
+            )
+        });
     }
     for t in transforms {
         let rx = wiring.receivers.remove(&t.id).expect("channel");
@@ -468,7 +474,20 @@ async fn transform_delivery(
     metrics.batches_in.inc();
     match t.sql.execute(input, batch.data.clone()).await {
         // Filtered out entirely: nothing left to deliver, the acks are released.
-        Ok(out) => send_sharing_acks(output, out, batch.acks).await?,
+        Ok(out) => match batch.position {
+            None => send_sharing_acks(output, out, batch.acks).await?,
+            // One batch out per batch in, carrying its position: a sink that stored the position
+            // with the first of several would drop the rest as written when they are replayed.
+            Some(position) => match one_batch(t.sql.output_schema(), out) {
+                Ok(None) => batch.acks.release(),
+                Ok(Some(rows)) => output.send(Batch::with_acks(rows, batch.acks).at(Some(position))).await?,
+                Err(e) => {
+                    let reason = format!("the results of transform `{}` could not be joined into one batch: {e}", t.id);
+                    tributary_sdk::report_error!(metrics, warn, transform = %t.id, "{reason}");
+                    dead.send_rows(&batch.data, &reason, batch.acks).await?;
+                }
+            },
+        },
         Err(e) => {
             let reason = crate::sql::failure_reason(&t.inputs[input].name, &e);
             tributary_sdk::report_error!(metrics, warn, transform = %t.id, "{reason}");
@@ -619,6 +638,19 @@ async fn send_emission(
 }
 
 /// Send `batches`, the last one carrying `acks` and the others a share; nothing to send → done.
+/// A query's result batches as one (no copy for one batch); `None` when it has no rows.
+fn one_batch(
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    mut batches: Vec<RecordBatch>,
+) -> Result<Option<RecordBatch>, datafusion::arrow::error::ArrowError> {
+    batches.retain(|b| b.num_rows() > 0);
+    match batches.len() {
+        0 => Ok(None),
+        1 => Ok(batches.pop()),
+        _ => datafusion::arrow::compute::concat_batches(&schema, &batches).map(Some),
+    }
+}
+
 async fn send_sharing_acks(output: &Output, batches: Vec<RecordBatch>, acks: AckSet) -> Result<(), tributary_sdk::Closed> {
     let n = batches.len();
     if n == 0 {

@@ -25,7 +25,7 @@ use tributary_sdk::{ComponentMetrics, DeadLetters, Delivery, Output, Routes, Sin
 use super::SinkRetry;
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::{ComponentDecl, Kind};
-use crate::graph::{InputRef, Plan, PlannedTransform};
+use crate::graph::{ExactlyOnce, InputRef, Plan, PlannedTransform};
 
 /// What the CLI sends when the file changed (or on SIGHUP).
 pub enum ReloadRequest {
@@ -35,8 +35,15 @@ pub enum ReloadRequest {
     Invalid(String),
 }
 
-/// A new version of a sink: the plugin and the engine's retry settings.
-pub(crate) type NewSink = NewVersion<(Box<dyn Sink>, SinkRetry)>;
+/// A new version of a sink: the plugin, the engine's retry settings and its delivery.
+pub(crate) type NewSink = NewVersion<SinkVersion>;
+
+/// What a sink's task runs: the plugin, with the engine's settings for it.
+pub(crate) struct SinkVersion {
+    pub sink: Box<dyn Sink>,
+    pub retry: SinkRetry,
+    pub exactly_once: Option<ExactlyOnce>,
+}
 
 /// A new version of a transform or sink, with the columns of those of its inputs that change.
 pub(crate) struct NewVersion<T> {
@@ -304,7 +311,8 @@ impl Replacers {
         let ctx = SinkContext { id: s.id.clone(), metrics: metrics.clone() };
         let (tx, replace) = mpsc::unbounded_channel();
         self.sinks.senders.insert(s.id.clone(), tx);
-        self.spawn(&s.id, Box::pin(super::sink::run_sink(s.sink, rx, ctx, dead, s.retry, replace)))?;
+        let version = SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
+        self.spawn(&s.id, Box::pin(super::sink::run_sink(version, rx, ctx, dead, replace)))?;
         let input = self.channels.get(&s.id).cloned();
         Ok(ComponentInfo { id: s.id, kind: Kind::Sink, type_name: s.type_name, metrics, input, disk_buffer: false })
     }
@@ -375,7 +383,11 @@ impl Replacers {
         }
         // Downstream first: a changed consumer is in place before a changed producer restarts.
         for s in sinks.into_iter().filter(|s| changed.contains(&s.id)) {
-            let new = NewVersion { changed_inputs: inputs[&s.id].clone(), channel: channel_for(&s.id), component: (s.sink, s.retry) };
+            let new = NewVersion {
+                changed_inputs: inputs[&s.id].clone(),
+                channel: channel_for(&s.id),
+                component: SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once },
+            };
             self.sinks.send(&s.id, new)?;
         }
         for t in transforms.into_iter().filter(|t| changed.contains(&t.id)) {

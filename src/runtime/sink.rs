@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::reload::{NewSink, Versions};
+use super::reload::{NewSink, SinkVersion, Versions};
+use crate::graph::ExactlyOnce;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, Sink, SinkContext};
+use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, Positions, Sink, SinkContext};
 
 /// `retry:` on any sink: how the engine retries a write or flush that failed transiently.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -107,14 +108,14 @@ impl<'a> Retrying<'a> {
 
 /// The sink's task: writes every delivered batch, flushes on its interval and at the end.
 pub(crate) async fn run_sink(
-    mut sink: Box<dyn Sink>,
+    first: SinkVersion,
     mut rx: mpsc::Receiver<Delivery>,
     ctx: SinkContext,
     dead: DeadLetters,
-    mut retry: SinkRetry,
     mut replace: mpsc::UnboundedReceiver<NewSink>,
 ) -> anyhow::Result<()> {
-    sink.start(&ctx).await?;
+    let SinkVersion { mut sink, mut retry, exactly_once } = first;
+    let mut replay = start(sink.as_mut(), exactly_once.as_ref(), &ctx).await?;
     let mut pending = Pending::default();
     let mut ticker = flush_ticker(sink.as_ref());
     let mut versions = Versions::default();
@@ -135,9 +136,11 @@ pub(crate) async fn run_sink(
                 for _ in 0..rx.len() {
                     let Some(Delivery { batch, work: _work, .. }) = rx.recv().await else { break };
                     count_in(&ctx, &batch);
-                    write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
+                    if let Some(batch) = unless_written(&ctx, replay.as_mut(), batch) {
+                        write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
+                    }
                 }
-                switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
+                replay = switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
                 ticker = flush_ticker(sink.as_ref());
             }
             delivery = rx.recv() => {
@@ -145,17 +148,19 @@ pub(crate) async fn run_sink(
                 let Some(Delivery { input, batch, work: _work }) = delivery else {
                     // The old inputs let go: the new version reads its new inputs.
                     let Some((next, next_rx)) = versions.rewired() else { break };
-                    switch_sink(&mut sink, &mut retry, next, &ctx, &dead, &mut pending).await?;
+                    replay = switch_sink(&mut sink, &mut retry, next, &ctx, &dead, &mut pending).await?;
                     ticker = flush_ticker(sink.as_ref());
                     rx = next_rx;
                     continue;
                 };
                 if let Some(new) = versions.due(input, &batch.data) {
-                    switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
+                    replay = switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
                     ticker = flush_ticker(sink.as_ref());
                 }
                 count_in(&ctx, &batch);
-                write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
+                if let Some(batch) = unless_written(&ctx, replay.as_mut(), batch) {
+                    write(sink.as_mut(), &ctx, &dead, &retry, batch, &mut pending).await?;
+                }
             }
             _ = tick => flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?,
         }
@@ -164,20 +169,69 @@ pub(crate) async fn run_sink(
     Ok(())
 }
 
-/// The old sink writes what it holds; then the new version starts.
+/// Starts a sink version; an exactly-once one then reports what earlier runs (or the version
+/// before a reload) wrote.
+async fn start(sink: &mut dyn Sink, exactly_once: Option<&ExactlyOnce>, ctx: &SinkContext) -> anyhow::Result<Option<Replay>> {
+    sink.start(ctx).await?;
+    let Some(exactly_once) = exactly_once else { return Ok(None) };
+    // Checked by `validate`, and a reload plans its new versions the same way.
+    let Some(store) = sink.positions() else {
+        anyhow::bail!("delivery: exactly_once, but this sink does not store positions with its rows");
+    };
+    let written =
+        store.committed(ctx, &exactly_once.streams).await.map_err(|e| e.context("reading the positions written with the rows"))?;
+    tracing::info!(sink = %ctx.id, "exactly once: replayed rows up to {written} are already written and will be skipped");
+    Ok(Some(Replay { written, skipped: 0 }))
+}
+
+/// What an exactly-once sink had written when it started, and the replayed rows skipped since
+/// the last batch it wrote.
+struct Replay {
+    written: Positions,
+    skipped: u64,
+}
+
+/// `batch`, unless it is a replayed batch the sink wrote before the restart: then its acks are
+/// released, and it goes no further. `replay` is `None` for an at-least-once sink, which is not
+/// given positions to store.
+fn unless_written(ctx: &SinkContext, replay: Option<&mut Replay>, mut batch: Batch) -> Option<Batch> {
+    let Some(replay) = replay else {
+        batch.position = None;
+        return Some(batch);
+    };
+    match &batch.position {
+        Some(position) if replay.written.covers(position) => {
+            let rows = batch.data.num_rows() as u64;
+            ctx.metrics.replay_skipped.add(rows);
+            replay.skipped += rows;
+            batch.acks.release();
+            None
+        }
+        _ => {
+            if replay.skipped > 0 {
+                tracing::info!(sink = %ctx.id, replay_skipped_rows = replay.skipped, "exactly once: replayed rows the sink had written were skipped");
+                replay.skipped = 0;
+            }
+            Some(batch)
+        }
+    }
+}
+
+/// The old sink writes what it holds; then the new version starts (and, exactly once, reads the
+/// positions the old one stored: a reload neither loses nor repeats rows).
 async fn switch_sink(
     sink: &mut Box<dyn Sink>,
     retry: &mut SinkRetry,
-    (new, new_retry): (Box<dyn Sink>, SinkRetry),
+    new: SinkVersion,
     ctx: &SinkContext,
     dead: &DeadLetters,
     pending: &mut Pending,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Replay>> {
     flush(sink.as_mut(), ctx, dead, retry, pending).await?;
-    (*sink, *retry) = (new, new_retry);
-    sink.start(ctx).await?;
+    (*sink, *retry) = (new.sink, new.retry);
+    let replay = start(sink.as_mut(), new.exactly_once.as_ref(), ctx).await?;
     tracing::info!(sink = %ctx.id, "reloaded: rows from here on go to the new config");
-    Ok(())
+    Ok(replay)
 }
 
 fn count_in(ctx: &SinkContext, batch: &Batch) {
@@ -205,12 +259,15 @@ async fn write(
     batch: Batch,
     pending: &mut Pending,
 ) -> Result<(), Closed> {
-    let Batch { data, acks } = batch;
+    let Batch { data, acks, position } = batch;
     let total = data.num_rows() as u64;
     let mut todo = data;
     let mut refused = 0;
     let mut retrying = Retrying::new(ctx, retry, "write");
     let written = loop {
+        if let (Some(p), Some(store)) = (&position, sink.positions()) {
+            store.reached(p);
+        }
         match sink.write(todo.clone(), ctx).await {
             Ok(written) => break written,
             Err(failure) => {

@@ -159,6 +159,13 @@ impl WindowSpec {
             _ => self.earliest_end(t) <= w,
         }
     }
+
+    /// Whether a late row at `t` still has a window open at watermark `w`: a hopping window
+    /// emitted some of its windows and not all. The row counts in those (as Flink and Arroyo
+    /// assign a late row per window) and goes to `.late` for the ones it missed.
+    fn has_open_window(&self, t: i64, w: i64) -> bool {
+        matches!(self.kind, WindowKind::Hopping { .. }) && self.latest_end(t) > w
+    }
 }
 
 /// An input table as windowed SQL sees it: its columns plus `window_start` and `window_end`.
@@ -342,8 +349,12 @@ impl WindowOperator {
                 continue;
             }
             clock.max_seen = Some(clock.max_seen.map_or(t, |m| m.max(t)));
-            if self.watermark.is_some_and(|w| self.spec.is_late(t, w)) {
+            if let Some(w) = self.watermark.filter(|&w| self.spec.is_late(t, w)) {
                 late.push(i as u32);
+                if self.spec.has_open_window(t, w) {
+                    keep.push(i as u32);
+                    ts.push(t);
+                }
             } else {
                 keep.push(i as u32);
                 ts.push(t);

@@ -275,3 +275,39 @@ async fn event_times_far_ahead_of_the_clock_or_before_1970_are_rejected_not_wind
         .collect();
     assert_eq!(counts, [("a".to_string(), 12), ("hostile".to_string(), 1)], "six batches' real rows, and the skewed one");
 }
+
+/// A row that falls in one emitted hopping window and one still open is counted in the open one
+/// and goes to `.late` for the one it missed (Flink's and Arroyo's rule); a row whose windows were
+/// all emitted is only late. It used to go to `.late` alone, counted in neither window.
+#[tokio::test]
+async fn a_hopping_row_late_for_one_window_counts_in_the_windows_still_open() {
+    let mut op = operator(
+        "{hopping: 2m, slide: 1m, allowed_lateness: 30s}",
+        "SELECT window_start, count(*) AS n, sum(ms) AS total FROM probes GROUP BY window_start ORDER BY window_start",
+    )
+    .await;
+    // Watermark 10:01:40 − 30 s = 10:01:10: [09:59, 10:01) is emitted.
+    let (e, _) = push(&mut op, &[(100, "a", 1)]).await;
+    assert!(e.is_none(), "no row in [09:59, 10:01)");
+    // 10:00:20 is in [09:59, 10:01) (emitted) and [10:00, 10:02) (open); 09:59:50 only in
+    // [09:58, 10:00) and [09:59, 10:01), both emitted.
+    let (_, late) = push(&mut op, &[(20, "a", 10), (-10, "a", 100)]).await;
+    assert_eq!(
+        table(&[late.expect("both rows missed a window")]),
+        "+----------------------+------+-----+\n\
+         | ts                   | site | ms  |\n\
+         +----------------------+------+-----+\n\
+         | 2026-11-22T10:00:20Z | a    | 10  |\n\
+         | 2026-11-22T09:59:50Z | a    | 100 |\n\
+         +----------------------+------+-----+"
+    );
+    assert_eq!(
+        emitted(op.finish().await.unwrap()),
+        "+----------------------+---+-------+---------+\n\
+         | window_start         | n | total | partial |\n\
+         +----------------------+---+-------+---------+\n\
+         | 2026-11-22T10:00:00Z | 2 | 11    | true    |\n\
+         | 2026-11-22T10:01:00Z | 1 | 1     | true    |\n\
+         +----------------------+---+-------+---------+"
+    );
+}

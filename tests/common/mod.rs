@@ -204,17 +204,19 @@ pub fn expand_grafana_sql(sql: &str, from_s: i64, to_s: i64, interval_s: i64, va
 }
 
 /// A TCP proxy to `target` on `port` that can be cut (listener and every forwarded connection
-/// closed, like a lost network) and restored.
+/// closed, like a lost network) and restored, and can lose the answers to PostgreSQL COMMITs.
 pub struct CuttableProxy {
     pub port: u16,
     target: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     forwarded: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// COMMITs whose answers are still to be lost.
+    lose_commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CuttableProxy {
     pub fn new(port: u16, target: String) -> Self {
-        CuttableProxy { port, target, tasks: Vec::new(), forwarded: Default::default() }
+        CuttableProxy { port, target, tasks: Vec::new(), forwarded: Default::default(), lose_commits: Default::default() }
     }
 
     /// An open proxy to the test PostgreSQL and the connection string that goes through it.
@@ -228,14 +230,14 @@ impl CuttableProxy {
 
     pub async fn open(&mut self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        let (target, forwarded) = (self.target.clone(), self.forwarded.clone());
+        let (target, forwarded, lose_commits) = (self.target.clone(), self.forwarded.clone(), self.lose_commits.clone());
         self.tasks.push(tokio::spawn(async move {
             loop {
-                let (mut client, _) = listener.accept().await.unwrap();
-                let target = target.clone();
+                let (client, _) = listener.accept().await.unwrap();
+                let (target, lose_commits) = (target.clone(), lose_commits.clone());
                 forwarded.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(&target).await {
+                        forward_losing_commit_answers(client, server, lose_commits).await;
                     }
                 }));
             }
@@ -245,6 +247,75 @@ impl CuttableProxy {
     pub fn cut(&mut self) {
         self.tasks.drain(..).for_each(|t| t.abort());
         self.forwarded.lock().unwrap().drain(..).for_each(|t| t.abort());
+    }
+
+    /// The next `n` COMMITs reach the server, which commits, and then their connection is closed
+    /// before the answer reaches the client: it cannot know whether its transaction committed.
+    /// The client must not use TLS (`sslmode=disable`): the proxy reads the COMMITs.
+    pub fn lose_commit_answers(&self, n: usize) {
+        self.lose_commits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// COMMITs whose answers are still to be lost.
+    pub fn commit_answers_to_lose(&self) -> usize {
+        self.lose_commits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Both directions; once a chunk from the client holds a simple-protocol `COMMIT` (what
+/// tokio-postgres sends) while answers are to be lost, it is forwarded, the server is given a
+/// moment to commit, and the connection is closed with the answer unsent.
+async fn forward_losing_commit_answers(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    lose_commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let silenced = std::sync::Arc::new(AtomicBool::new(false));
+    let answers = {
+        let silenced = silenced.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match server_rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if silenced.load(Ordering::SeqCst) || client_tx.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let requests = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            let commit = chunk.windows(7).any(|w| w == b"COMMIT\0");
+            let lose = commit && lose_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            if lose {
+                silenced.store(true, Ordering::SeqCst);
+            }
+            if server_tx.write_all(chunk).await.is_err() {
+                return;
+            }
+            if lose {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+        }
+    };
+    // Whichever ends first closes both halves (dropped with the other future).
+    tokio::select! {
+        () = answers => {}
+        () = requests => {}
     }
 }
 

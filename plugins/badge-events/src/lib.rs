@@ -138,6 +138,10 @@ async fn emit(id: &str, ctx: &SourceContext, messages: &[Message], acks: AckSet)
 
 #[async_trait::async_trait]
 impl Source for BadgeEventsSource {
+    /// `mode: stream` XACKs once the rows are acknowledged.
+    fn resends_after_a_crash(&self) -> bool {
+        matches!(self.cfg, BadgeEventsConfig::Stream(_))
+    }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         match self.cfg {
             BadgeEventsConfig::Pubsub(cfg) => pubsub::PubsubReader { id: self.id, cfg }.run(&ctx).await,

@@ -196,6 +196,10 @@ impl FileSource {
 
 #[async_trait::async_trait]
 impl Source for FileSource {
+    /// The checkpoint is saved once the lines are acknowledged.
+    fn resends_after_a_crash(&self) -> bool {
+        true
+    }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let path = &self.cfg.path;
         let mut file = tokio::fs::File::open(path).await.with_context(|| format!("cannot open {}", path.display()))?;

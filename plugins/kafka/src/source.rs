@@ -354,6 +354,10 @@ fn now_micros() -> i64 {
 
 #[async_trait::async_trait]
 impl Source for KafkaSource {
+    /// Offsets are committed once the rows are acknowledged.
+    fn resends_after_a_crash(&self) -> bool {
+        true
+    }
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
         let group = Group::new(&self.id, self.cfg.rebalance_wait.0);
         let consumer = self.consumer(&group)?;

@@ -45,6 +45,18 @@ pub enum Compression {
     None,
 }
 
+/// What the files make up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Files in folders: a reader lists them.
+    #[default]
+    Parquet,
+    /// A Delta Lake table: each flush's files are one commit to its `_delta_log`, with the
+    /// positions of its rows (exactly once).
+    Delta,
+}
+
 /// Config of a `parquet` sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +64,9 @@ pub struct ParquetSinkConfig {
     /// Folder of this sink's files (created if missing), or an object store URL:
     /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
     pub path: String,
+    /// `parquet` (default): files in folders. `delta`: a Delta Lake table at `path`.
+    #[serde(default)]
+    pub format: Format,
     /// How to reach the object store (endpoint, region, credentials, retries); see the README.
     #[serde(default)]
     pub storage: store::StorageOptions,
@@ -155,9 +170,13 @@ impl SinkPlugin for ParquetSinkPlugin {
         if cfg.part_size.0 < 5 << 20 {
             return Err(ConfigError::at("part_size", "must be at least 5MiB (the smallest part S3 takes)"));
         }
-        let target = match store::parse_location(&cfg.path, &cfg.storage)? {
-            store::Location::Folder(folder) => Target::Folder(folder),
-            store::Location::Objects(lake) => Target::Objects(lake),
+        let target = match (cfg.format, store::parse_location(&cfg.path, &cfg.storage)?) {
+            (Format::Parquet, store::Location::Folder(folder)) => Target::Files(Files::Folder(folder)),
+            (Format::Parquet, store::Location::Objects(lake)) => Target::Files(Files::Objects(lake)),
+            (Format::Delta, _) => {
+                let location = store::read_location(&cfg.path, &cfg.storage)?;
+                Target::Delta(Box::new(delta::DeltaLog::new(location, &schema).map_err(|e| ConfigError::at("format", e))?))
+            }
         };
         if cfg.file_prefix.is_empty() || cfg.file_prefix.contains(['/', '\\']) || cfg.file_prefix.starts_with('.') {
             return Err(ConfigError::at("file_prefix", "must be a plain file name prefix"));
@@ -185,6 +204,8 @@ struct Partition {
     rows: usize,
     /// The rows' Arrow size (what `max_bytes` counts).
     bytes: usize,
+    /// `format: delta`: the file, once uploaded and until committed.
+    uploaded: Option<deltalake_core::kernel::Add>,
 }
 
 enum PartitionFile {
@@ -197,7 +218,7 @@ impl Partition {
     fn new(schema: SchemaRef, props: WriterProperties) -> Self {
         // The schema was checked by a writer at build: creating one cannot fail for it.
         let writer = ArrowWriter::try_new(Vec::new(), schema, Some(props)).expect("the schema was checked at build");
-        Partition { file: PartitionFile::Encoding(Box::new(writer)), rows: 0, bytes: 0 }
+        Partition { file: PartitionFile::Encoding(Box::new(writer)), rows: 0, bytes: 0, uploaded: None }
     }
 
     fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
@@ -233,8 +254,15 @@ impl Partition {
     }
 }
 
-/// Where the files go.
+/// What the files make up.
 enum Target {
+    Files(Files),
+    /// Boxed: the table's state is large next to a path.
+    Delta(Box<delta::DeltaLog>),
+}
+
+/// Where plain files go.
+enum Files {
     Folder(PathBuf),
     Objects(store::ObjectLocation),
 }
@@ -338,7 +366,7 @@ async fn upload(
     partition: &str,
     parquet: Bytes,
     rows: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ObjectPath> {
     let mut path = lake.prefix.clone();
     if !partition.is_empty() {
         path = path.join(partition);
@@ -367,6 +395,44 @@ async fn upload(
         }
     }
     tracing::debug!(object = %shown, rows, bytes = size, "parquet object complete");
+    Ok(path)
+}
+
+/// `format: delta`'s flush: uploads the partitions not uploaded yet (a retry after a failed commit
+/// does not upload them again), then commits them all, with the rows' positions, as one table
+/// version. Nothing is visible before the commit; the buffer is emptied only after it.
+async fn commit_to_delta(
+    table: &mut delta::DeltaLog,
+    buffered: &mut BTreeMap<String, Partition>,
+    cfg: &ParquetSinkConfig,
+) -> anyhow::Result<()> {
+    let mut files = Vec::with_capacity(buffered.len());
+    for (partition, p) in buffered.iter_mut() {
+        let add = match &p.uploaded {
+            Some(add) => add.clone(),
+            None => {
+                let parquet = p.finish()?.clone();
+                let size = parquet.len();
+                let lake = table.location();
+                let path = upload(lake, &cfg.file_prefix, cfg.part_size.0 as usize, partition, parquet, p.rows).await?;
+                if lake.is_local() {
+                    // The commit that follows makes the rows acknowledged: the file is on disk first.
+                    delta::sync_local(&path);
+                }
+                let relative: Vec<_> =
+                    path.prefix_match(&lake.prefix).into_iter().flatten().map(|part| part.as_ref().to_string()).collect();
+                let add = delta::add_action(&relative.join("/"), size, p.rows);
+                p.uploaded = Some(add.clone());
+                add
+            }
+        };
+        files.push(add);
+    }
+    if files.is_empty() && !table.has_staged() {
+        return Ok(());
+    }
+    table.commit(&files).await?;
+    buffered.clear();
     Ok(())
 }
 
@@ -408,9 +474,12 @@ fn sync_dir(dir: &Path) {
 #[async_trait::async_trait]
 impl Sink for ParquetSink {
     async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        if let Target::Delta(table) = &mut self.target {
+            return table.open(&ctx.id).await;
+        }
         // An object store needs nothing made: a key's prefixes exist once it does, and an upload an
         // interrupted run left unfinished was never visible (a bucket lifecycle rule removes its parts).
-        let Target::Folder(folder) = &self.target else { return Ok(()) };
+        let Target::Files(Files::Folder(folder)) = &self.target else { return Ok(()) };
         std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
         let removed = self.remove_stale_temporaries(folder);
         if removed > 0 {
@@ -422,6 +491,10 @@ impl Sink for ParquetSink {
     /// Buffers the rows by date; files are written by `flush` (on `max_age`, or at once when a
     /// partition reaches `max_rows`/`max_bytes`).
     async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        if batch.num_rows() == 0 {
+            // Nothing to file (a Delta table still commits the position such a batch reached).
+            return Ok(Written::with(Durability::Buffered, Vec::new()));
+        }
         let mut full = false;
         match self.time_index {
             None => full |= self.buffer(String::new(), &batch).map_err(Transient::new)?,
@@ -441,14 +514,18 @@ impl Sink for ParquetSink {
     /// One file per buffered partition. A partition written is dropped from the buffer at once,
     /// so a retry after a failure writes only the rest (no duplicate files).
     async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
+        if let Target::Delta(table) = &mut self.target {
+            return commit_to_delta(table, &mut self.buffered, &self.cfg).await.map(|()| Vec::new()).map_err(Transient::new);
+        }
+        let Target::Files(files) = &self.target else { return Ok(Vec::new()) };
         while let Some((partition, mut p)) = self.buffered.pop_first() {
             let rows = p.rows;
             let written = match p.finish().cloned() {
                 Err(e) => Err(e),
-                Ok(parquet) => match &self.target {
-                    Target::Folder(folder) => self.write_file(folder, &partition, &parquet, rows),
-                    Target::Objects(lake) => {
-                        upload(lake, &self.cfg.file_prefix, self.cfg.part_size.0 as usize, &partition, parquet, rows).await
+                Ok(parquet) => match files {
+                    Files::Folder(folder) => self.write_file(folder, &partition, &parquet, rows),
+                    Files::Objects(lake) => {
+                        upload(lake, &self.cfg.file_prefix, self.cfg.part_size.0 as usize, &partition, parquet, rows).await.map(drop)
                     }
                 },
             };
@@ -464,7 +541,19 @@ impl Sink for ParquetSink {
         Some(self.cfg.max_age.0)
     }
 
+    /// Only a Delta table stores positions, in the commits that add the rows.
+    fn positions(&mut self) -> Option<&mut dyn tributary_sdk::PositionStore> {
+        match self.target {
+            Target::Delta(_) => Some(self),
+            Target::Files(_) => None,
+        }
+    }
+
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
+        if let Target::Delta(table) = &mut self.target {
+            // Their files, if uploaded, were never committed: no reader sees them.
+            table.forget_staged();
+        }
         let mut rows = Vec::new();
         for (partition, p) in std::mem::take(&mut self.buffered) {
             match p.into_rows(&self.schema) {
@@ -477,11 +566,30 @@ impl Sink for ParquetSink {
     }
 }
 
+#[async_trait::async_trait]
+impl tributary_sdk::PositionStore for ParquetSink {
+    async fn committed(&mut self, _ctx: &SinkContext, streams: &[std::sync::Arc<str>]) -> anyhow::Result<tributary_sdk::Positions> {
+        match &self.target {
+            Target::Delta(table) => table.committed(streams).await,
+            Target::Files(_) => anyhow::bail!("plain Parquet files store no positions"),
+        }
+    }
+
+    fn reached(&mut self, position: &tributary_sdk::Position) {
+        if let Target::Delta(table) = &mut self.target {
+            table.reached(position);
+        }
+    }
+}
+
+pub mod delta;
 pub mod source;
 pub mod store;
 
 pub use source::{ParquetSourceConfig, ParquetSourcePlugin};
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod s3_tests;
 #[cfg(test)]

@@ -35,7 +35,7 @@ fn sink(endpoint: &str, path: &str, extra: &str, storage: &str) -> Box<dyn Sink>
 }
 
 /// The store the sink writes to, to read back what is there.
-fn store(endpoint: &str, bucket: &str) -> store::ObjectLocation {
+pub(super) fn store(endpoint: &str, bucket: &str) -> store::ObjectLocation {
     let options = store::StorageOptions {
         endpoint: Some(endpoint.into()),
         region: Some(REGION.into()),

@@ -226,6 +226,10 @@ impl ParquetSource {
 
 #[async_trait::async_trait]
 impl Source for ParquetSource {
+    /// A file is recorded as read once its rows are acknowledged.
+    fn resends_after_a_crash(&self) -> bool {
+        true
+    }
     /// The declared columns against the newest file the source would read (none yet: nothing to
     /// check).
     async fn check(&mut self) -> anyhow::Result<()> {

@@ -7,11 +7,11 @@ use tributary_sdk::config::event_time_type;
 
 use super::*;
 
-fn schema() -> SchemaRef {
+pub(super) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("ts", event_time_type(), true), Field::new("n", DataType::Int64, false)]))
 }
 
-fn batch(ts: &[Option<&str>], n: &[i64]) -> RecordBatch {
+pub(super) fn batch(ts: &[Option<&str>], n: &[i64]) -> RecordBatch {
     let ts: TimestampMicrosecondArray = ts
         .iter()
         .map(|t| t.map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_micros()))

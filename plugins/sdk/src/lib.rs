@@ -20,6 +20,7 @@ pub mod in_flight;
 pub mod json;
 pub mod metrics;
 pub mod output;
+pub mod position;
 pub mod progress;
 pub mod redact;
 pub mod retry;
@@ -42,7 +43,8 @@ pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Routes, Tap, TrySendError, DEAD_LETTER_OUTPUT};
-pub use sink::{Durability, Sink, SinkContext, Transient, Written};
+pub use position::{Position, Positions};
+pub use sink::{Durability, PositionStore, Sink, SinkContext, Transient, Written};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -95,6 +97,13 @@ pub trait Source: Send {
     /// schema against the data it will read, say). Never called by `run`.
     async fn check(&mut self) -> anyhow::Result<()> {
         Ok(())
+    }
+    /// Whether it sends again, after a crash, rows acknowledged just before it: a source that
+    /// saves its own place (Kafka offsets, a file checkpoint, `XACK`) once its rows are
+    /// acknowledged. Its disk buffer would store those rows twice, so `delivery: exactly_once`
+    /// refuses it (its own place is not stored by the sinks yet).
+    fn resends_after_a_crash(&self) -> bool {
+        false
     }
 }
 

@@ -57,6 +57,9 @@ pub struct ComponentMetrics {
     pub buffer_fsyncs: Counter,
     /// Disk buffer: rows of a previous run read back from disk and sent on at start.
     pub buffer_replayed: Counter,
+    /// Exactly-once sink: replayed rows dropped before the sink because it had written them
+    /// already (their position was stored with them).
+    pub replay_skipped: Counter,
     /// Disk buffer: bytes on disk not yet reclaimed (records whose acks have not all resolved).
     pub buffer_bytes: Gauge,
     /// While a sink retries a transient failure: since when (µs since the epoch) and the last

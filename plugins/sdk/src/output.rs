@@ -11,20 +11,28 @@ use tokio::sync::mpsc;
 use crate::ack::AckSet;
 use crate::in_flight::{InFlight, Work};
 use crate::metrics::ComponentMetrics;
+use crate::position::Position;
 
 /// Rows flowing between components, with the delivery obligations they carry.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub data: RecordBatch,
     pub acks: AckSet,
+    /// Set by a replayable source (see [`crate::position`]); kept by transforms that emit one
+    /// batch per batch, so an exactly-once sink can store it with the rows.
+    pub position: Option<Position>,
 }
 
 impl Batch {
     pub fn new(data: RecordBatch) -> Self {
-        Batch { data, acks: AckSet::none() }
+        Batch { data, acks: AckSet::none(), position: None }
     }
     pub fn with_acks(data: RecordBatch, acks: AckSet) -> Self {
-        Batch { data, acks }
+        Batch { data, acks, position: None }
+    }
+    pub fn at(mut self, position: Option<Position>) -> Self {
+        self.position = position;
+        self
     }
 }
 

@@ -20,6 +20,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::dead_letter::DeadLetter;
 use crate::metrics::ComponentMetrics;
+use crate::position::{Position, Positions};
 
 /// What a running sink gets from the engine.
 pub struct SinkContext {
@@ -126,4 +127,21 @@ pub trait Sink: Send {
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
         Vec::new()
     }
+    /// `Some` for a sink that stores positions in the same transaction as its rows, which makes
+    /// it exactly-once (`delivery: exactly_once`). Usually `Some(self)`.
+    fn positions(&mut self) -> Option<&mut dyn PositionStore> {
+        None
+    }
+}
+
+/// What an exactly-once sink does besides writing rows (see [`crate::position`]).
+#[async_trait::async_trait]
+pub trait PositionStore: Send {
+    /// The positions of `streams` already written with rows, read after each `start`: the engine
+    /// drops replayed batches at or below them. `streams` are the sources whose positions reach
+    /// this sink (a store that cannot list what it holds looks these up).
+    async fn committed(&mut self, ctx: &SinkContext, streams: &[Arc<str>]) -> anyhow::Result<Positions>;
+    /// The rows of the next `write` take the stream to `position`. Stored atomically with those
+    /// rows, when they become durable (in the same transaction, or the same commit).
+    fn reached(&mut self, position: &Position);
 }

@@ -135,6 +135,9 @@ struct ProxyState {
     throttled: AtomicUsize,
     hold_completions: AtomicBool,
     held: AtomicUsize,
+    /// PUTs to keys holding this are forwarded, and then answered 503 as if the answer was lost.
+    lose_answers: Mutex<Option<String>>,
+    lost: AtomicUsize,
 }
 
 impl S3Proxy {
@@ -149,6 +152,8 @@ impl S3Proxy {
             throttled: AtomicUsize::new(0),
             hold_completions: AtomicBool::new(false),
             held: AtomicUsize::new(0),
+            lose_answers: Mutex::new(None),
+            lost: AtomicUsize::new(0),
         });
         let app = axum::Router::new().fallback(forward).with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -179,6 +184,18 @@ impl S3Proxy {
         self.state.held.load(Ordering::SeqCst)
     }
 
+    /// Every PUT whose key holds `key_part` from now on (`None`: none) reaches the server, which
+    /// stores it, but its client is answered `503 SlowDown`: the answer to a write that happened
+    /// was lost on the way.
+    pub fn lose_answers_to_puts(&self, key_part: Option<&str>) {
+        *self.state.lose_answers.lock().unwrap() = key_part.map(str::to_string);
+    }
+
+    /// Answers lost so far.
+    pub fn lost(&self) -> usize {
+        self.state.lost.load(Ordering::SeqCst)
+    }
+
     /// Every request seen, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.state.requests.lock().unwrap().clone()
@@ -189,6 +206,9 @@ impl S3Proxy {
     }
 }
 
+const SLOW_DOWN: &str =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+
 async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
@@ -198,8 +218,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     };
     if parts.method == Method::PUT && state.throttle_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         state.throttled.fetch_add(1, Ordering::SeqCst);
-        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], xml).into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], SLOW_DOWN).into_response();
     }
     if parts.method == Method::POST && target.contains("uploadId=") && state.hold_completions.load(Ordering::SeqCst) {
         state.held.fetch_add(1, Ordering::SeqCst);
@@ -216,6 +235,11 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         return StatusCode::BAD_GATEWAY.into_response();
     };
     let status = answer.status();
+    let lose = state.lose_answers.lock().unwrap().clone();
+    if parts.method == Method::PUT && status.is_success() && lose.is_some_and(|part| percent_decoded(&target).contains(&part)) {
+        state.lost.fetch_add(1, Ordering::SeqCst);
+        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], SLOW_DOWN).into_response();
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in answer.headers() {
         if name != "content-length" && name != "transfer-encoding" && name != "connection" {

@@ -3,6 +3,7 @@
 //! table and merges it with `INSERT … ON CONFLICT DO UPDATE`, so replays never duplicate rows.
 
 mod pgtype;
+mod positions;
 mod sink;
 mod table;
 mod tls;

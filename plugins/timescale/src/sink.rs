@@ -3,6 +3,7 @@
 //! a fresh connection), and isolates rows the database rejects.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,9 +18,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_sdk::buffer::RowBuffer;
 use tributary_sdk::dead_letter::letters_for_rows;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{Batching, DeadLetter, Durability, Sink, SinkContext, Transient, Written};
+use tributary_sdk::{Batching, DeadLetter, Durability, Position, PositionStore, Positions, Sink, SinkContext, Transient, Written};
 
 use crate::pgtype::{ColumnEncoder, COPY_HEADER, COPY_TRAILER};
+use crate::positions::PositionTable;
 use crate::table::{prepare, quote_ident, PreparedTable};
 use crate::{TimescaleSinkConfig, WriteMode};
 
@@ -74,6 +76,41 @@ pub struct TimescaleSink {
     backoff: Backoff,
     /// An append whose COMMIT was sent and never answered: the first rows of the buffer.
     in_doubt: Option<InDoubt>,
+    /// `delivery: exactly_once`: where positions go, once `committed` was asked.
+    positions: Option<PositionTable>,
+    staged: Staged,
+}
+
+/// Positions of buffered rows, each with the row count (since the sink started) its batch ends
+/// at: an append commits a position with the part of the buffer that holds its batch's last row.
+#[derive(Default)]
+struct Staged {
+    /// The position the next `write` reaches.
+    next: Option<Position>,
+    /// Oldest first: (rows up to the end of the batch, its position).
+    ends: Vec<(u64, Position)>,
+    /// Rows passed to `write` so far.
+    rows: u64,
+    /// Rows before the buffer's first: written or dead-lettered.
+    done: u64,
+}
+
+impl Staged {
+    fn wrote(&mut self, rows: usize) {
+        self.rows += rows as u64;
+        if let Some(p) = self.next.take() {
+            self.ends.push((self.rows, p));
+        }
+    }
+    /// The positions whose batches end by row `end`.
+    fn through(&self, end: u64) -> Vec<Position> {
+        self.ends.iter().take_while(|(e, _)| *e <= end).map(|(_, p)| p.clone()).collect()
+    }
+    /// Rows up to `end` are handled: their positions are stored (or not needed any more).
+    fn handled(&mut self, end: u64) {
+        self.done = self.done.max(end);
+        self.ends.retain(|(e, _)| *e > end);
+    }
 }
 
 /// A transaction whose COMMIT may or may not have happened (its answer was lost with the
@@ -112,7 +149,21 @@ impl TimescaleSink {
         let backoff =
             Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
         let buffer = RowBuffer::new(schema.clone(), batching.max_rows);
-        TimescaleSink { id, cfg, schema, pg, tls, client: None, table: None, buffer, batching, backoff, in_doubt: None }
+        TimescaleSink {
+            id,
+            cfg,
+            schema,
+            pg,
+            tls,
+            client: None,
+            table: None,
+            buffer,
+            batching,
+            backoff,
+            in_doubt: None,
+            positions: None,
+            staged: Staged::default(),
+        }
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -128,14 +179,15 @@ impl TimescaleSink {
 
     /// One attempt on the kept connection (or a new one), bounded by `timeout`. A connection
     /// that failed is dropped so the next attempt starts afresh.
-    async fn write_part(&mut self, part: &RecordBatch) -> Result<(), Failure> {
+    async fn write_part(&mut self, part: &RecordBatch, positions: &[Position]) -> Result<(), Failure> {
         let timeout = self.cfg.timeout.0;
         let attempt = async {
             let mut client = match self.client.take() {
                 Some(c) if !c.is_closed() => c,
                 _ => self.connect().await.map_err(Failure::Unavailable)?,
             };
-            let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part, &mut self.in_doubt).await;
+            let stored = self.positions.as_ref().map(|table| (table, positions));
+            let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part, stored, &mut self.in_doubt).await;
             Ok::<_, Failure>((client, r))
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -186,7 +238,7 @@ impl TimescaleSink {
     /// the rejections found so far go with the transient failure.
     async fn write_buffer(&mut self) -> Result<Vec<DeadLetter>, Transient> {
         let Some(mut rows) = self.buffer.take()? else {
-            return Ok(Vec::new());
+            return self.write_positions_only().await.map(|()| Vec::new());
         };
         if let Some(doubt) = self.in_doubt {
             match self.committed(doubt).await {
@@ -197,6 +249,7 @@ impl TimescaleSink {
                         tracing::info!(sink = %self.id, rows = doubt.rows, "an unanswered COMMIT had committed; its rows are not written again");
                         let written = doubt.rows.min(rows.num_rows());
                         rows = rows.slice(written, rows.num_rows() - written);
+                        self.staged.handled(self.staged.done + written as u64);
                     }
                 }
                 Err(f) => {
@@ -210,32 +263,86 @@ impl TimescaleSink {
             }
         }
         let mut rejected = Vec::new();
-        if self.cfg.mode == WriteMode::Upsert {
+        let upsert = self.cfg.mode == WriteMode::Upsert;
+        if upsert {
             rows = last_row_per_key(&rows, &self.cfg.key)?;
         }
-        let mut pending = vec![rows];
-        while let Some(part) = pending.pop() {
-            match self.write_part(&part).await {
-                Ok(()) => {}
+        // Rows before the first rejected one: positions are stored only up to there, so a row
+        // refused here is not taken for written before its dead letter is stored (the next
+        // flush, after the engine stored it, stores them).
+        let mut clean_until = u64::MAX;
+        let mut pending = vec![(self.staged.done, rows)];
+        while let Some((start, part)) = pending.pop() {
+            let end = start + part.num_rows() as u64;
+            // An upsert's parts are not in row order (one row per key was kept): all positions
+            // go with its last part.
+            let positions = match upsert {
+                false => self.staged.through(end.min(clean_until)),
+                true if pending.is_empty() && clean_until == u64::MAX => self.staged.through(self.staged.rows),
+                true => Vec::new(),
+            };
+            match self.write_part(&part, &positions).await {
+                Ok(()) => {
+                    if upsert {
+                        self.staged.handled(if pending.is_empty() { self.staged.rows } else { self.staged.done });
+                    } else {
+                        self.staged.handled(end.min(clean_until));
+                        self.staged.done = end;
+                    }
+                }
                 Err(Failure::Rejected(reason)) if part.num_rows() > 1 => {
                     let mid = part.num_rows() / 2;
-                    pending.push(part.slice(mid, part.num_rows() - mid));
-                    pending.push(part.slice(0, mid));
+                    pending.push((start + mid as u64, part.slice(mid, part.num_rows() - mid)));
+                    pending.push((start, part.slice(0, mid)));
                     tracing::debug!(sink = %self.id, %reason, rows = part.num_rows(), "rejected; splitting to find the bad rows");
                 }
                 Err(Failure::Rejected(reason)) => {
+                    clean_until = clean_until.min(start);
+                    if !upsert {
+                        self.staged.done = end;
+                    }
                     rejected.extend(letters_for_rows(&part, &format!("rejected by PostgreSQL: {reason}")));
                 }
                 Err(Failure::Unavailable(e)) => {
                     self.buffer.push(part);
-                    for rest in pending.into_iter().rev() {
+                    for (_, rest) in pending.into_iter().rev() {
                         self.buffer.push(rest);
                     }
                     return Err(Transient::new(e.context("PostgreSQL unavailable")).with_rejected(rejected));
                 }
             }
         }
+        if upsert {
+            self.staged.done = self.staged.rows;
+        }
         Ok(rejected)
+    }
+
+    /// Positions whose rows are all handled but were not stored with them (every row of their
+    /// batch was refused, or came after a refused one): stored on their own.
+    async fn write_positions_only(&mut self) -> Result<(), Transient> {
+        let positions = self.staged.through(self.staged.done);
+        let Some(table) = self.positions.as_ref().filter(|_| !positions.is_empty()) else { return Ok(()) };
+        let client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await.map_err(Transient::new)?,
+        };
+        let stored = async {
+            let mut client = client;
+            let tx = client.transaction().await?;
+            table.store(&tx, &positions).await?;
+            tx.commit().await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        match tokio::time::timeout(self.cfg.timeout.0, stored).await {
+            Ok(Ok(client)) => {
+                self.client = Some(client);
+                self.staged.handled(self.staged.done);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Transient::new(anyhow::Error::new(e).context("storing positions"))),
+            Err(_) => Err(Transient::new(anyhow::anyhow!("no answer from PostgreSQL within {:?} (storing positions)", self.cfg.timeout.0))),
+        }
     }
 }
 
@@ -268,6 +375,7 @@ impl Sink for TimescaleSink {
     }
 
     async fn write(&mut self, batch: RecordBatch, _ctx: &SinkContext) -> Result<Written, Transient> {
+        self.staged.wrote(batch.num_rows());
         let full = self.buffer.push(batch);
         Ok(Written::with(if full { Durability::BufferFull } else { Durability::Buffered }, Vec::new()))
     }
@@ -277,13 +385,36 @@ impl Sink for TimescaleSink {
     }
 
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
-        // The rows leave the sink (as dead letters): nothing of the buffer is in doubt any more.
+        // The rows leave the sink (as dead letters): nothing of the buffer is in doubt any more,
+        // and their positions need not be stored (the engine acknowledges them as dead letters).
         self.in_doubt = None;
+        self.staged.handled(self.staged.rows);
         self.buffer.take().ok().flatten().into_iter().collect()
     }
 
     fn flush_interval(&self) -> Option<Duration> {
         Some(self.batching.max_age)
+    }
+
+    fn positions(&mut self) -> Option<&mut dyn PositionStore> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl PositionStore for TimescaleSink {
+    async fn committed(&mut self, _ctx: &SinkContext, _streams: &[Arc<str>]) -> anyhow::Result<Positions> {
+        // The table holds every stream's row: read whole.
+        let table = PositionTable::new(&self.cfg, &self.id);
+        let client = self.client.as_ref().context("not started")?;
+        table.create(client).await.context("creating tributary_positions")?;
+        let written = table.read(client).await.context("reading tributary_positions")?;
+        self.positions = Some(table);
+        Ok(written)
+    }
+
+    fn reached(&mut self, position: &Position) {
+        self.staged.next = Some(position.clone());
     }
 }
 
@@ -295,6 +426,7 @@ async fn write_once(
     table: &PreparedTable,
     cfg: &TimescaleSinkConfig,
     part: &RecordBatch,
+    positions: Option<(&PositionTable, &[Position])>,
     in_doubt: &mut Option<InDoubt>,
 ) -> Result<(), Failure> {
     let (payload, unencodable) = encode(part, table);
@@ -312,6 +444,9 @@ async fn write_once(
             let tx = client.transaction().await.map_err(classify)?;
             let sink = tx.copy_in(&format!("COPY {} ({cols}) FROM STDIN (FORMAT binary)", table.qualified)).await.map_err(classify)?;
             send_copy(sink, payload).await?;
+            if let Some((table, positions)) = positions {
+                table.store(&tx, positions).await.map_err(classify)?;
+            }
             let row = tx.query_one("SELECT txid_current(), pg_backend_pid()", &[]).await.map_err(classify)?;
             *in_doubt = Some(InDoubt { xid: row.get(0), pid: row.get(1), rows: part.num_rows() });
             let committed = tx.commit().await.map_err(classify);
@@ -346,6 +481,9 @@ async fn write_once(
             ))
             .await
             .map_err(classify)?;
+            if let Some((table, positions)) = positions {
+                table.store(&tx, positions).await.map_err(classify)?;
+            }
             tx.commit().await.map_err(classify)
         }
     }

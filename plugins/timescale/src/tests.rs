@@ -706,3 +706,64 @@ async fn an_append_whose_commit_answer_was_lost_is_written_once() {
     db.batch_execute(&format!("DROP TABLE \"{table}\"")).await.unwrap();
     assert_eq!(counts, vec![("after".to_string(), 3), ("doubt".to_string(), 5)], "the committed rows once, the next rows after them");
 }
+
+fn at(seq: u64) -> tributary_sdk::Position {
+    tributary_sdk::Position { stream: "http_in".into(), epoch: 42, seq }
+}
+
+/// `delivery: exactly_once`: each flush stores the positions its rows reach in the same
+/// transaction, a restarted sink reads them back, and a batch whose rows were refused still gets
+/// its position stored (on its own), after the rows before it.
+#[tokio::test]
+async fn positions_are_committed_with_the_rows_and_read_back_by_the_next_start() {
+    let table = unique_table("ts_positions");
+    let id = format!("eo_{table}");
+    let ctx = sink_context(&id);
+    let db = admin().await;
+    let stored = || async {
+        let rows = db
+            .query(&format!("SELECT stream, epoch, seq FROM tributary_positions WHERE sink = '{id}'"), &[])
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, i64>(2))).collect::<Vec<_>>());
+        rows.unwrap_or_default()
+    };
+    let mut sink = build_as(&id, &table, "", probe_schema());
+    sink.start(&ctx).await.unwrap();
+    let first = sink.positions().expect("timescale stores positions").committed(&ctx, &[]).await.unwrap();
+    assert!(first.is_empty(), "a new sink has written nothing: {first}");
+    sink.positions().unwrap().reached(&at(3));
+    sink.write(probe_rows(0..4, "a"), &ctx).await.unwrap();
+    sink.positions().unwrap().reached(&at(7));
+    sink.write(probe_rows(4..6, "a"), &ctx).await.unwrap();
+    assert_eq!(stored().await, vec![], "nothing before the flush");
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
+    assert_eq!(stored().await, vec![("http_in".to_string(), 42, 7)]);
+
+    // A row the table refuses (NULL in the NOT NULL time column): the rows around it are written
+    // with the position before it; the rest is stored by the next flush, on its own.
+    let bad = {
+        let rows = probe_rows(6..9, "b");
+        let mut cols = rows.columns().to_vec();
+        cols[0] = Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(1_795_255_206_000_000), None, Some(1_795_255_208_000_000)]).with_timezone("UTC"),
+        );
+        let nullable =
+            Arc::new(Schema::new(probe_schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()));
+        RecordBatch::try_new(nullable, cols).unwrap()
+    };
+    drop(sink);
+    let nullable_schema = bad.schema();
+    let mut sink = build_as(&id, &table, "", nullable_schema);
+    sink.start(&ctx).await.unwrap();
+    assert_eq!(sink.positions().unwrap().committed(&ctx, &[]).await.unwrap().to_string(), "http_in #7 (epoch 2a)");
+    sink.positions().unwrap().reached(&at(8));
+    sink.write(bad, &ctx).await.unwrap();
+    let refused = sink.flush(&ctx).await.unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(stored().await, vec![("http_in".to_string(), 42, 7)], "not past a refused row before its dead letter is stored");
+    assert_eq!(sink.flush(&ctx).await.unwrap(), vec![]);
+    assert_eq!(stored().await, vec![("http_in".to_string(), 42, 8)]);
+    let count: i64 = db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await.unwrap().get(0);
+    db.batch_execute(&format!("DROP TABLE \"{table}\"; DELETE FROM tributary_positions WHERE sink = '{id}'")).await.unwrap();
+    assert_eq!(count, 8, "6 rows, then 2 of the 3");
+}

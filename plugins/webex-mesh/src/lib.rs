@@ -48,6 +48,10 @@ pub struct WebexMeshSource {
 
 #[async_trait::async_trait]
 impl Source for WebexMeshSource {
+    /// A backfill window is recorded once its rows are acknowledged.
+    fn resends_after_a_crash(&self) -> bool {
+        !self.cfg.backfill.0.is_zero()
+    }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let cfg = self.cfg;
         let http =

@@ -34,7 +34,9 @@ use serde::Deserialize;
 use tokio::sync::{oneshot, Notify};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::progress::AckedProgress;
-use tributary_sdk::{AckSet, Batch, Closed, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, TrySendError};
+use tributary_sdk::{
+    AckSet, Batch, Closed, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, Position, TrySendError,
+};
 
 use segment::{
     decode_rows, encode_rows, keep_intact, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC,
@@ -645,6 +647,9 @@ fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> std::io::Re
 /// The consumer side: reads durable records in order and sends them on.
 pub struct Forwarder {
     shared: Arc<Shared>,
+    /// The positions of what it sends (see [`Position`]): the source id, and this folder's epoch.
+    stream: Arc<str>,
+    epoch: u64,
     /// Records up to here were committed by an earlier run: skipped.
     skip_through: Option<u64>,
     /// Records below this sequence number were stored by an earlier run (counted as replayed).
@@ -679,6 +684,7 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
         anyhow::bail!("the disk buffer folder {} is in use by another Tributary process", dir.display());
     }
     let checkpoint: Option<u64> = std::fs::read_to_string(dir.join("acked")).ok().and_then(|s| s.trim().parse().ok());
+    let epoch = epoch(&dir)?;
 
     let mut paths: Vec<(u64, PathBuf)> =
         std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).filter_map(|e| segment_first_seq(&e.path()).map(|s| (s, e.path()))).collect();
@@ -686,7 +692,13 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
     let mut segments = VecDeque::new();
     let mut last_seq: Option<u64> = None;
     let mut replay_rows = 0;
+    // Removed once the new active segment exists: until then their names keep the numbers used.
+    let mut written = Vec::new();
     for (first_seq, path) in paths {
+        // A segment's name is its first sequence number, so the numbers below it were given out
+        // even when the segment is empty (a reclaimed one): they are never given out again, or an
+        // exactly-once sink would take new rows for ones it wrote.
+        last_seq = last_seq.max(first_seq.checked_sub(1));
         let scanned = scan(&path, last_seq).map_err(|e| anyhow::anyhow!("cannot read the disk buffer segment {}: {e}", path.display()))?;
         if !scanned.damage.is_empty() {
             let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -704,7 +716,7 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
         let newest = scanned.seqs.last().copied();
         if newest.is_none() || newest <= checkpoint {
             // Empty, or every record in it already written.
-            std::fs::remove_file(&path)?;
+            written.push(path);
             last_seq = last_seq.max(newest);
             continue;
         }
@@ -716,7 +728,16 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
     if !segments.is_empty() {
         tracing::info!(source = %id, segments = segments.len(), "disk buffer: replaying what an earlier run stored and did not finish writing (up to {replay_rows} rows) before new input");
     }
+    // An empty segment already named for the next number (a reclaimed one) is made afresh: the
+    // new one keeps its name, and with it the floor.
+    let next_path = segment_path(&dir, next_seq);
+    if written.contains(&next_path) {
+        std::fs::remove_file(&next_path)?;
+    }
     let active = create_segment(&dir, next_seq)?;
+    for path in written.iter().filter(|p| **p != next_path) {
+        std::fs::remove_file(path)?;
+    }
     segments.push_back(Segment { first_seq: next_seq, path: segment_path(&dir, next_seq), durable_len: active.len, sealed: false });
     let used = segments.iter().map(|s| s.durable_len).sum();
     metrics.buffer_bytes.set(used);
@@ -746,8 +767,27 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
     std::thread::Builder::new().name(format!("buffer-{id}")).spawn(move || write_loop(writer_shared, rx, active, next_seq))?;
     Ok(OpenedBuffer {
         queue: Arc::new(Appender { shared: shared.clone(), tx }),
-        forwarder: Forwarder { shared, skip_through: checkpoint, first_new_seq: next_seq, cursor: None },
+        forwarder: Forwarder { shared, stream: id.into(), epoch, skip_through: checkpoint, first_new_seq: next_seq, cursor: None },
     })
+}
+
+/// This folder's epoch (see [`Position::epoch`]), made when the folder is: a buffer folder made
+/// afresh numbers its records from 0 again, and a sink must not take them for the old ones.
+fn epoch(dir: &Path) -> anyhow::Result<u64> {
+    let path = dir.join("epoch");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(epoch) = u64::from_str_radix(text.trim(), 16) {
+            return Ok(epoch);
+        }
+    }
+    let epoch: u64 = rand::random();
+    let tmp = dir.join("epoch.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("{epoch:016x}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(epoch)
 }
 
 /// A record read back, with its rows.
@@ -789,10 +829,13 @@ impl Forwarder {
             // Counted per record: a merged batch may hold an earlier run's rows and this run's.
             let replayed: usize = records.iter().filter(|r| r.seq < self.first_new_seq).map(|r| r.rows.num_rows()).sum();
             self.shared.metrics.buffer_replayed.add(replayed as u64);
-            for (output, rows, last_seq) in merge(records) {
+            for (output, rows, last_seq) in merge(records, self.first_new_seq) {
                 let acks = AckSet::single(progress.track(last_seq));
+                let position = Position { stream: self.stream.clone(), epoch: self.epoch, seq: last_seq };
                 let sent = match outputs.get(output as usize) {
-                    Some((out, schema)) if rows.schema().fields() == schema.fields() => out.send(Batch::with_acks(rows, acks)).await,
+                    Some((out, schema)) if rows.schema().fields() == schema.fields() => {
+                        out.send(Batch::with_acks(rows, acks).at(Some(position))).await
+                    }
                     _ => {
                         let why = "stored in the disk buffer by an earlier run whose source had other outputs or another schema";
                         tributary_sdk::report_error!(self.shared.metrics, warn, source = %self.shared.id, rows = rows.num_rows(), "{why}: sent to the dead letters");
@@ -885,8 +928,10 @@ impl Forwarder {
 }
 
 /// Consecutive records of one output and schema merged into batches of up to [`FORWARD_ROWS`] rows, each
-/// with the sequence number of its last record.
-fn merge(records: Vec<Forwardable>) -> Vec<(u16, RecordBatch, u64)> {
+/// with the sequence number of its last record. Records an earlier run stored (below
+/// `first_new_seq`) go one by one: an exactly-once sink wrote some of them, up to a record, and
+/// drops a replayed batch whole or not at all.
+fn merge(records: Vec<Forwardable>, first_new_seq: u64) -> Vec<(u16, RecordBatch, u64)> {
     let mut out: Vec<(u16, RecordBatch, u64)> = Vec::new();
     let mut run: Vec<Forwardable> = Vec::new();
     let flush = |run: &mut Vec<Forwardable>, out: &mut Vec<(u16, RecordBatch, u64)>| {
@@ -912,7 +957,8 @@ fn merge(records: Vec<Forwardable>) -> Vec<(u16, RecordBatch, u64)> {
     for r in records {
         // Same output and same columns: a record an earlier run stored under another schema
         // must not be merged into (and relabelled as) this run's rows.
-        let same = run.last().is_some_and(|l| l.output == r.output && l.rows.schema() == r.rows.schema());
+        let same = r.seq >= first_new_seq
+            && run.last().is_some_and(|l| l.seq >= first_new_seq && l.output == r.output && l.rows.schema() == r.rows.schema());
         if !same || rows_in_run + r.rows.num_rows() > FORWARD_ROWS {
             flush(&mut run, &mut out);
             rows_in_run = 0;

@@ -145,6 +145,55 @@ async fn what_was_not_acked_is_replayed_first_after_a_restart_and_what_was_is_no
     assert_eq!(second.metrics.buffer_replayed.get(), 3);
 }
 
+/// Every batch carries the position of its last record; a restart keeps the folder's epoch and
+/// never gives out a number again, even once every segment was reclaimed (an exactly-once sink
+/// would take a reused number for rows it wrote); a folder made afresh has a new epoch.
+#[tokio::test]
+async fn positions_never_repeat_in_a_folder_and_a_new_folder_has_a_new_epoch() {
+    async fn next_position(r: &mut Running) -> Position {
+        let d = tokio::time::timeout(Duration::from_secs(10), r.rx.recv()).await.unwrap().unwrap();
+        d.batch.acks.release();
+        d.batch.position.expect("a disk buffer's batches carry positions")
+    }
+    async fn stop(r: Running) {
+        drop(r.queue);
+        r.forwarder.await.unwrap().unwrap();
+        // The writer thread lets go of the folder's lock once everything is gone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, WhenFull::Block);
+    let mut first = start(&cfg);
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        first.queue.append("", &rows([i]), DURABLE).await.unwrap();
+        seen.push(next_position(&mut first).await);
+    }
+    assert_eq!(seen.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(seen.iter().all(|p| &*p.stream == "src" && p.epoch == seen[0].epoch));
+    stop(first).await;
+    // As a full disk leaves it: the written active segment was cut to its magic and renamed for
+    // the next number, and the checkpoint was not saved. Only the name says 0..=2 were given out.
+    for old in segments(dir.path()) {
+        std::fs::remove_file(old).unwrap();
+    }
+    std::fs::write(segment_path(dir.path(), 3), MAGIC).unwrap();
+    std::fs::remove_file(dir.path().join("acked")).unwrap();
+
+    let mut second = start(&cfg);
+    second.queue.append("", &rows([3]), DURABLE).await.unwrap();
+    let after = next_position(&mut second).await;
+    assert_eq!((after.epoch, after.seq), (seen[0].epoch, 3), "the same folder goes on numbering");
+    stop(second).await;
+
+    let fresh = tempfile::tempdir().unwrap();
+    let mut third = start(&config(fresh.path(), 1 << 20, WhenFull::Block));
+    third.queue.append("", &rows([0]), DURABLE).await.unwrap();
+    let new = next_position(&mut third).await;
+    assert_eq!(new.seq, 0);
+    assert_ne!(new.epoch, seen[0].epoch, "a new folder is a new epoch");
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_the_intact_records_are_replayed() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,11 +335,20 @@ fn merging_stops_at_another_output_or_schema() {
         Forwardable { seq: 5, output: 0, rows: rows([5]) },
     ];
     let merged: Vec<(u16, Vec<i64>, String, u64)> =
-        merge(records).into_iter().map(|(o, b, seq)| (o, values(&b), b.schema().field(0).name().clone(), seq)).collect();
+        merge(records, 0).into_iter().map(|(o, b, seq)| (o, values(&b), b.schema().field(0).name().clone(), seq)).collect();
     assert_eq!(
         merged,
         vec![(0, vec![1, 2], "v".into(), 2), (0, vec![3], "value".into(), 3), (1, vec![4], "v".into(), 4), (0, vec![5], "v".into(), 5)]
     );
+}
+
+/// Records an earlier run stored are replayed one by one, so an exactly-once sink that wrote up
+/// to one of them can drop exactly those; this run's records merge again from the first one.
+#[test]
+fn replayed_records_are_not_merged() {
+    let records = (1..=5).map(|seq| Forwardable { seq, output: 0, rows: rows([seq as i64]) }).collect();
+    let merged: Vec<(Vec<i64>, u64)> = merge(records, 4).into_iter().map(|(_, b, seq)| (values(&b), seq)).collect();
+    assert_eq!(merged, vec![(vec![1], 1), (vec![2], 2), (vec![3], 3), (vec![4, 5], 5)]);
 }
 
 /// The last acks before a quiet spell are saved by the clock: an idle `kill -9` then re-sends

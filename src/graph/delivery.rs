@@ -1,0 +1,84 @@
+//! `delivery: exactly_once`: which sinks ask for it, and whether every path into them can give it.
+//!
+//! A sink is exactly-once when it stores positions with its rows, and every row reaching it
+//! carries a position that says which rows are written: it comes from a source that can replay
+//! (a disk buffer), through transforms that emit one batch per batch (SQL without a window), by
+//! one path per source.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tributary_sdk::{ComponentConfig, ConfigError};
+
+use super::{InputRef, PlannedSink, PlannedSource, PlannedTransform};
+use crate::config::Guarantee;
+use crate::runtime::SourceBuffer;
+
+/// A sink's `delivery:` option, taken out of its config (the plugin never sees it); `default` is
+/// the top-level one.
+pub(super) fn sink_guarantee(id: &str, options: &mut serde_yaml::Value, default: Guarantee) -> Result<Guarantee, ConfigError> {
+    match options.as_mapping_mut().and_then(|m| m.remove("delivery")) {
+        None => Ok(default),
+        Some(value) => ComponentConfig::new(id.to_string(), value).decode::<Guarantee>().map_err(|e| e.within("delivery")),
+    }
+}
+
+/// The sources whose positions reach `sink` when it can be written exactly once, or why it cannot.
+pub(super) fn streams(sink: &mut PlannedSink, sources: &[PlannedSource], transforms: &[PlannedTransform]) -> Result<Vec<Arc<str>>, String> {
+    let streams = if sink.sink.positions().is_none() {
+        Err(format!(
+            "the `{}` sink does not store positions with its rows (exactly-once sinks: `timescale`, `parquet` with `format: delta`)",
+            sink.type_name
+        ))
+    } else {
+        path_streams(&sink.inputs, sources, transforms)
+    };
+    streams.map_err(|why| format!("sink `{}` cannot be written exactly once: {why}; or set `delivery: at_least_once` on it", sink.id))
+}
+
+fn path_streams(inputs: &[InputRef], sources: &[PlannedSource], transforms: &[PlannedTransform]) -> Result<Vec<Arc<str>>, String> {
+    let transforms: HashMap<&str, &PlannedTransform> = transforms.iter().map(|t| (t.id.as_str(), t)).collect();
+    // Per source, the inputs through which it reaches the sink.
+    let mut reached: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut todo: Vec<(&InputRef, &str)> = inputs.iter().map(|r| (r, r.name.as_str())).collect();
+    while let Some((r, via)) = todo.pop() {
+        if r.output == tributary_sdk::DEAD_LETTER_OUTPUT {
+            return Err(format!("its input `{}` carries dead letters, which have no position in a source's stream", r.name));
+        }
+        if let Some(t) = transforms.get(r.component.as_str()) {
+            if t.window.is_some() {
+                return Err(format!(
+                    "transform `{}` is windowed, and window state is not yet checkpointed with positions (a restart would count its rows again)",
+                    t.id
+                ));
+            }
+            todo.extend(t.inputs.iter().map(|i| (i, via)));
+            continue;
+        }
+        let Some(source) = sources.iter().find(|s| s.id == r.component) else { continue };
+        if source.source.resends_after_a_crash() {
+            return Err(format!(
+                "source `{}` ({}) saves its own place once its rows are acknowledged, so after a crash it sends again rows its disk buffer had stored; its own positions are not stored by sinks yet",
+                source.id, source.type_name
+            ));
+        }
+        if source.buffer == SourceBuffer::Memory {
+            return Err(format!(
+                "source `{}` ({}) cannot replay what it sent; give it `buffer: {{type: disk}}`, whose positions the sink stores",
+                source.id, source.type_name
+            ));
+        }
+        reached.entry(source.id.as_str()).or_default().push(via);
+    }
+    if let Some((source, via)) = reached.iter().find(|(_, via)| via.len() > 1) {
+        let paths = via.len();
+        let mut via = via.clone();
+        via.sort();
+        via.dedup();
+        return Err(format!(
+            "source `{source}` reaches it by {paths} paths (through {}), and one position per source cannot say which path's rows were written",
+            via.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(reached.into_keys().map(Arc::from).collect())
+}
