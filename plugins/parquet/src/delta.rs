@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -24,7 +25,8 @@ use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::table::state::DeltaTableState;
 use deltalake_core::{DeltaTable, DeltaTableBuilder};
 use object_store::path::Path as ObjectPath;
-use tributary_sdk::{Position, Positions};
+use tributary_sdk::retry::Backoff;
+use tributary_sdk::{ComponentMetrics, Position, Positions};
 use url::Url;
 
 use crate::store::ObjectLocation;
@@ -73,8 +75,27 @@ impl DeltaLog {
     }
 
     /// Opens the table, making it when there is none yet; an existing table must have this
-    /// sink's columns.
-    pub async fn open(&mut self, sink_id: &str) -> anyhow::Result<()> {
+    /// sink's columns. Retried for about a minute while the store cannot be reached (a stack
+    /// started at once brings its object store up after its pipelines); other columns fail at
+    /// once.
+    pub async fn open(&mut self, sink_id: &str, metrics: &ComponentMetrics) -> anyhow::Result<()> {
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(8) };
+        let this = &*self;
+        let opened = backoff
+            .retry(
+                || this.load_or_create(sink_id),
+                |e| e.downcast_ref::<OtherColumns>().is_none(),
+                |_, e, _| {
+                    metrics.retries.inc();
+                    tracing::warn!(table = %this.url, error = %format!("{e:#}"), "the Delta table cannot be opened yet; retrying");
+                },
+            )
+            .await?;
+        self.table = Some(opened);
+        Ok(())
+    }
+
+    async fn load_or_create(&self, sink_id: &str) -> anyhow::Result<Opened> {
         let state = load(&self.location, &self.url).await?;
         let (log_store, state) = match state {
             Some(found) => found,
@@ -93,15 +114,10 @@ impl DeltaLog {
         };
         let found = state.schema();
         if found.fields().map(|f| (f.name(), f.data_type())).ne(self.schema.fields().map(|f| (f.name(), f.data_type()))) {
-            anyhow::bail!(
-                "the Delta table {} has the columns {}, but this sink writes {}",
-                self.url,
-                columns(found.fields()),
-                columns(self.schema.fields())
-            );
+            let (table, found, ours) = (self.url.to_string(), columns(found.fields()), columns(self.schema.fields()));
+            return Err(OtherColumns { table, found, ours }.into());
         }
-        self.table = Some(Opened { log_store, state, app: format!("tributary/{sink_id}") });
-        Ok(())
+        Ok(Opened { log_store, state, app: format!("tributary/{sink_id}") })
     }
 
     /// The positions of `streams` the table's commits recorded.
@@ -186,6 +202,22 @@ impl DeltaLog {
         }
     }
 }
+
+/// The table exists with other columns than the sink's: no retry makes it fit.
+#[derive(Debug)]
+struct OtherColumns {
+    table: String,
+    found: String,
+    ours: String,
+}
+
+impl std::fmt::Display for OtherColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the Delta table {} has the columns {}, but this sink writes {}", self.table, self.found, self.ours)
+    }
+}
+
+impl std::error::Error for OtherColumns {}
 
 impl Opened {
     fn app_ids(&self, stream: &str) -> (String, String) {

@@ -92,6 +92,7 @@ async fn a_delta_table_with_other_columns_is_refused_at_start() {
     let cfg = ComponentConfig::from_yaml("lake", &format!("{{path: '{}', format: delta}}", path.display()));
     let mut sink = ParquetSinkPlugin.build(&cfg, &[("src".into(), other)]).map_err(|e| e.to_string()).unwrap();
     let err = format!("{:#}", sink.start(&ctx).await.unwrap_err());
+    assert_eq!(ctx.metrics.retries.get(), 0, "other columns are not retried");
     assert_eq!(
         err,
         format!(

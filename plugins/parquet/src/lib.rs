@@ -475,7 +475,7 @@ fn sync_dir(dir: &Path) {
 impl Sink for ParquetSink {
     async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
         if let Target::Delta(table) = &mut self.target {
-            return table.open(&ctx.id).await;
+            return table.open(&ctx.id, &ctx.metrics).await;
         }
         // An object store needs nothing made: a key's prefixes exist once it does, and an upload an
         // interrupted run left unfinished was never visible (a bucket lifecycle rule removes its parts).
