@@ -4,6 +4,7 @@
 //! ```text
 //! cargo test --test buffer_figures               # 5 kills (what CI runs)
 //! cargo test --test buffer_figures -- --full     # the documented figures: 20 kills
+//! cargo test --test buffer_figures -- --only=window   # one scenario (its key: see `main`)
 //! ```
 //!
 //! 1. **`kill -9` under load**: eight clients post NDJSON (1–20 rows, unique ids) as fast as they
@@ -30,6 +31,13 @@
 //!    loses the answers to 3 COMMITs (the server commits, the sink never hears), cuts the database
 //!    for 5 s (60 s with `--full`), then loses 3 more: nothing lost, nothing written twice.
 //!
+//! 9. **A window killed mid-window**, exactly once: badge-style events (one per millisecond of
+//!    event time, four channels) counted per channel per minute into a timescale table, killed
+//!    10 times (3 in CI) under load. Every row lists the ids it counted: each id answered 200 is in
+//!    exactly one row, that of its own minute and channel, so every count equals a run never
+//!    killed; no (minute, channel) row is written twice. With `--full`, the same at least once
+//!    beside it (its duplicates are expected, and counted).
+//!
 //! A plain `main` (harness = false), like `fault_figures`. Test-name filters that do not match
 //! `buffer_figures` skip it.
 
@@ -46,23 +54,42 @@ use common::figures::{harness_args, report, Figure};
 use common::*;
 use rand::Rng;
 
+/// One scenario's run, not started yet.
+type Scenario = std::pin::Pin<Box<dyn std::future::Future<Output = Figure>>>;
+
 fn main() {
     let Some(args) = harness_args("buffer_figures") else { return };
     let full = args.iter().any(|a| a == "--full");
     let kills = if full { 20 } else { 5 };
     let cut = Duration::from_secs(if full { 60 } else { 5 });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // `--only=WORD`: just the scenarios whose key has WORD (kill, sigterm, cut, disk, idle,
+    // timescale, delta, commits, window).
+    let only = args.iter().find_map(|a| a.strip_prefix("--only=")).map(str::to_string);
     let figures = rt.block_on(async {
-        vec![
-            kill_under_load(kills, Into::File).await,
-            sigterm_with_a_stuck_sink().await,
-            cut_mid_record().await,
-            disk_full().await,
-            idle_kill().await,
-            kill_under_load(kills, Into::TimescaleExactlyOnce).await,
-            kill_under_load(kills, Into::DeltaExactlyOnce).await,
-            database_cut_with_lost_commits(cut).await,
-        ]
+        let scenarios: Vec<(&str, Scenario)> = vec![
+            ("kill", Box::pin(kill_under_load(kills, Into::File))),
+            ("sigterm", Box::pin(sigterm_with_a_stuck_sink())),
+            ("cut", Box::pin(cut_mid_record())),
+            ("disk", Box::pin(disk_full())),
+            ("idle", Box::pin(idle_kill())),
+            ("timescale", Box::pin(kill_under_load(kills, Into::TimescaleExactlyOnce))),
+            ("delta", Box::pin(kill_under_load(kills, Into::DeltaExactlyOnce))),
+            ("commits", Box::pin(database_cut_with_lost_commits(cut))),
+            ("window", Box::pin(windowed_kills(if full { 10 } else { 3 }, true))),
+        ];
+        // The same windows at least once, beside it: documented figures only.
+        let scenarios = match full {
+            true => scenarios.into_iter().chain([("window", Box::pin(windowed_kills(10, false)) as Scenario)]).collect(),
+            false => scenarios,
+        };
+        let mut figures = Vec::new();
+        for (key, scenario) in scenarios {
+            if only.as_deref().is_none_or(|o| key.contains(o)) {
+                figures.push(scenario.await);
+            }
+        }
+        figures
     });
     report("buffer figures", "accepted (200)", &figures);
 }
@@ -86,8 +113,13 @@ struct Load {
 }
 
 impl Load {
-    /// `clients` threads, each body of a random number of rows in `rows`.
+    /// `clients` threads, each body of a random number of rows in `rows`: `{"id", "request"}`.
     fn start(ingest: std::net::SocketAddr, clients: usize, rows: std::ops::RangeInclusive<i64>) -> Load {
+        Load::start_with(ingest, clients, rows, |id, request| format!("{{\"id\":{id},\"request\":{request}}}\n"))
+    }
+
+    /// As [`start`](Self::start), each row made by `line(id, request)`.
+    fn start_with(ingest: std::net::SocketAddr, clients: usize, rows: std::ops::RangeInclusive<i64>, line: fn(i64, i64) -> String) -> Load {
         let accepted = Arc::new(Mutex::new(BTreeSet::new()));
         let next_id = Arc::new(AtomicI64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -100,7 +132,7 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         let n = rng.random_range(rows.clone());
                         let first = next_id.fetch_add(n, Ordering::Relaxed);
-                        let body: String = (first..first + n).map(|id| format!("{{\"id\":{id},\"request\":{requests}}}\n")).collect();
+                        let body: String = (first..first + n).map(|id| line(id, requests)).collect();
                         requests += 1;
                         match post(ingest, "/", &[], body.as_bytes()) {
                             Ok((200, _)) => accepted.lock().unwrap().extend(first..first + n),
@@ -234,17 +266,7 @@ async fn kill_under_load(kills: usize, into: Into) -> Figure {
     let log = dir.path().join("stderr.log");
 
     let load = Load::start(ingest, 8, 1..=20);
-    let mut rng = rand::rng();
-    let mut child = run_logged(&pipeline, &[], &log);
-    for _ in 0..kills {
-        wait_listening(ingest, &log).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-        child = run_logged(&pipeline, &[], &log);
-    }
-    wait_listening(ingest, &log).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut child = kill_repeatedly(&pipeline, &log, ingest, kills, 300..2500).await;
     let accepted = load.stop();
     sigterm(&child);
     let exit = child.wait().unwrap();
@@ -278,6 +300,29 @@ async fn kill_under_load(kills: usize, into: Into) -> Figure {
             .ok();
     }
     f
+}
+
+/// Runs `pipeline`, `kill -9`s it `kills` times, each after a random pause in `pause_ms` once it
+/// listens on `ingest`, and restarts it; returns the last run, listening for a second.
+async fn kill_repeatedly(
+    pipeline: &Path,
+    log: &Path,
+    ingest: std::net::SocketAddr,
+    kills: usize,
+    pause_ms: std::ops::Range<u64>,
+) -> std::process::Child {
+    let mut rng = rand::rng();
+    let mut child = run_logged(pipeline, &[], log);
+    for _ in 0..kills {
+        wait_listening(ingest, log).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(pause_ms.clone()))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        child = run_logged(pipeline, &[], log);
+    }
+    wait_listening(ingest, log).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    child
 }
 
 /// Scenario 2: SIGTERM while PostgreSQL is cut and one client holds half a request header.
@@ -650,5 +695,124 @@ async fn idle_kill() -> Figure {
     f.check(f.duplicates == 0, format!("{} rows written twice after an idle kill", f.duplicates));
     f.check(exit.success(), format!("the clean stop exited {exit}"));
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await.unwrap();
+    f
+}
+
+/// 2026-01-01T00:00:00Z in milliseconds: event time of id 0 (id `i` happened `i` ms later).
+const WINDOW_EPOCH_MS: i64 = 1_767_225_600_000;
+const CHANNELS: i64 = 4;
+
+/// A badge-style event: its event time follows its id, its channel is `id % 4`.
+fn event_line(id: i64, _request: i64) -> String {
+    let ts = chrono::DateTime::from_timestamp_millis(WINDOW_EPOCH_MS + id).expect("in range");
+    format!("{{\"ts\":\"{}\",\"channel\":\"c{}\",\"id\":{id}}}\n", ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), id % CHANNELS)
+}
+
+/// Scenario 9: a per-minute, per-channel count, exactly once, killed mid-window.
+async fn windowed_kills(kills: usize, exactly_once: bool) -> Figure {
+    let mut f = Figure {
+        scenario: if exactly_once {
+            "windowed counts killed mid-window, exactly once"
+        } else {
+            "windowed counts killed mid-window, at least once"
+        },
+        fault: format!("{kills} × kill -9 at a random moment, then SIGTERM"),
+        ..Default::default()
+    };
+    let table = format!("buffer_window_{}", std::process::id());
+    let db = pg().await;
+    let forget = format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'");
+    db.batch_execute(&forget).await.ok();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, ingest) = (free_addr(), free_addr());
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "delivery: {delivery}\nadmin: {{address: \"{admin}\"}}\ndead_letters: {{path: \"{dl}\"}}\n\
+             sources:\n  ingest:\n    type: http_server\n    address: \"{ingest}\"\n    accept_timeout: 500ms\n    stop_timeout: 2s\n    schema: {{ts: timestamp, channel: string, id: int}}\n    buffer: {{type: disk, max_size: 256MiB, path: \"{buffer}\"}}\n\
+             transforms:\n  per_minute:\n    inputs: [ingest]\n    window: {{tumbling: 1m, allowed_lateness: 1m}}\n    sql: SELECT window_start, channel, count(*) AS n, string_agg(CAST(id AS VARCHAR), ',') AS ids FROM ingest GROUP BY window_start, channel\n\
+             sinks:\n  db:\n    type: timescale\n    inputs: [per_minute]\n    connection: \"{url}\"\n    table: {table}\n    time_column: window_start\n    batch: {{max_age: 200ms}}\n",
+            dl = dir.path().join("dead_letters").display(),
+            buffer = dir.path().join("buffer").display(),
+            url = tributary_testkit::test_postgres_url(),
+            delivery = if exactly_once { "exactly_once" } else { "at_least_once" },
+        ),
+    );
+    let log = dir.path().join("stderr.log");
+
+    let load = Load::start_with(ingest, 8, 1..=20, event_line);
+    let mut child = kill_repeatedly(&pipeline, &log, ingest, kills, 1000..4000).await;
+    let accepted = load.stop();
+    // One event three minutes past the last: the watermark passes every minute the load reached.
+    let last = accepted.iter().next_back().copied().unwrap_or(0);
+    let closer = last + 180_000;
+    let (status, _) = post(ingest, "/", &[], event_line(closer, 0).as_bytes()).unwrap();
+    f.check(status == 200, format!("the closing event was answered {status}"));
+    let minutes = |id: i64| (id / 60_000, id % CHANNELS);
+    let expected_rows: BTreeSet<(i64, i64)> = accepted.iter().map(|&id| minutes(id)).collect();
+    // Until every accepted event is counted somewhere (what the kills left in the buffer is
+    // written first).
+    let select = format!("SELECT window_start, channel, n, ids FROM \"{table}\"");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(120) {
+        let rows = db.query(&select, &[]).await.unwrap_or_default();
+        let counted: BTreeSet<i64> =
+            rows.iter().flat_map(|r| r.get::<_, String>(3).split(',').map(|i| i.parse::<i64>().unwrap()).collect::<Vec<_>>()).collect();
+        if accepted.is_subset(&counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    let rows = db.query(&select, &[]).await.unwrap();
+
+    let mut written: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut rows_per_window: BTreeMap<(i64, i64), usize> = BTreeMap::new();
+    let (mut misplaced, mut miscounted) = (0, 0);
+    for r in &rows {
+        let start: std::time::SystemTime = r.get(0);
+        let start_ms = start.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - WINDOW_EPOCH_MS;
+        let channel: String = r.get(1);
+        let (n, ids): (i64, String) = (r.get(2), r.get(3));
+        let key = (start_ms / 60_000, channel.trim_start_matches('c').parse::<i64>().unwrap());
+        *rows_per_window.entry(key).or_insert(0) += 1;
+        let ids: Vec<i64> = ids.split(',').map(|i| i.parse().unwrap()).collect();
+        miscounted += (ids.len() as i64 != n) as i64;
+        for id in ids {
+            misplaced += (minutes(id) != key) as i64;
+            *written.entry(id).or_insert(0) += 1;
+        }
+    }
+    let (distinct, lost, duplicates) = reconcile(&accepted, &written);
+    (f.sent, f.written, f.lost, f.duplicates) = (accepted.len() as i64, distinct, lost, duplicates);
+    let twice = rows_per_window.values().filter(|&&n| n > 1).count();
+    f.notes.push(format!("{} (minute, channel) rows for {} expected", rows.len(), expected_rows.len()));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    f.notes.push(format!("{} of {kills} restarts replayed stored rows", logged.matches("disk buffer: replaying").count()));
+    // Each start after the first learned from the sink where its windows stopped.
+    let resumed = logged.matches("exactly once: the sinks it feeds wrote its windows through 2026-01-01T").count();
+    if exactly_once {
+        f.notes.push(format!("{resumed} of {kills} restarts resumed after the last window the sink wrote"));
+    }
+    f.notes.push(format!("{twice} (minute, channel) rows written more than once"));
+    f.check(exit.success(), format!("the clean stop exited {exit}"));
+    f.check(f.sent > 10_000, format!("only {} events accepted: the load never ran", f.sent));
+    f.check(lost == 0, format!("{lost} events answered 200 are in no window"));
+    if !exactly_once {
+        db.batch_execute(&forget).await.ok();
+        return f;
+    }
+    f.check(resumed > 0, "no restart was told where the sink's windows stopped");
+    f.check(duplicates == 0, format!("{duplicates} events counted twice"));
+    f.check(twice == 0, format!("{twice} (minute, channel) rows written more than once"));
+    f.check(misplaced == 0, format!("{misplaced} events counted in another minute or channel"));
+    f.check(miscounted == 0, format!("{miscounted} rows whose count is not the number of ids they list"));
+    f.check(
+        rows_per_window.keys().all(|k| expected_rows.contains(k) || k.0 == minutes(closer).0),
+        "a (minute, channel) row no accepted event belongs to",
+    );
+    db.batch_execute(&forget).await.ok();
     f
 }

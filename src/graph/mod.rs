@@ -52,6 +52,9 @@ pub struct WindowPlan {
     pub inputs: Vec<(String, SchemaRef)>,
     /// Schema of `<id>.late`.
     pub late_schema: SchemaRef,
+    /// It feeds an exactly-once sink: its emissions carry positions (set by the planner's
+    /// `check_exactly_once`).
+    pub exactly_once: bool,
 }
 
 /// Name of a windowed transform's output for rows that arrived after their window closed.
@@ -139,11 +142,11 @@ pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diag
     let inputs = p.resolve_inputs(&sqls);
     p.check()?;
     let order = topo_order(file, &inputs).map_err(|d| Diagnostics(vec![d]))?;
-    let transforms = p.plan_transforms(&order, &inputs, &sqls).await;
+    let mut transforms = p.plan_transforms(&order, &inputs, &sqls).await;
     p.check()?;
     let mut sinks = p.build_sinks(&inputs);
     p.check()?;
-    p.check_exactly_once(&mut sinks, &sources, &transforms);
+    p.check_exactly_once(&mut sinks, &sources, &mut transforms);
     p.check()?;
     Ok(Plan {
         sources,
@@ -263,7 +266,7 @@ impl Planner<'_> {
                 Some(w) => match WindowSpec::from_config(w).and_then(|spec| {
                     window::check_inputs(&spec, &tables)?;
                     let late_schema = window::late_schema(&tables)?;
-                    Ok(WindowPlan { spec, inputs: tables.clone(), late_schema })
+                    Ok(WindowPlan { spec, inputs: tables.clone(), late_schema, exactly_once: false })
                 }) {
                     Ok(p) => Some(p),
                     Err(msg) => {
@@ -367,7 +370,7 @@ impl Planner<'_> {
     /// Step 5: every exactly-once sink can be written exactly once on every path into it, and
     /// learns its streams. A problem is reported where `delivery: exactly_once` was asked for:
     /// the sink's own, or the top level.
-    fn check_exactly_once(&mut self, sinks: &mut [PlannedSink], sources: &[PlannedSource], transforms: &[PlannedTransform]) {
+    fn check_exactly_once(&mut self, sinks: &mut [PlannedSink], sources: &[PlannedSource], transforms: &mut [PlannedTransform]) {
         let file = self.file;
         for sink in sinks.iter_mut().filter(|s| s.exactly_once.is_some()) {
             match delivery::streams(sink, sources, transforms) {
@@ -377,6 +380,13 @@ impl Planner<'_> {
                     let at = if own { format!("sinks.{}.delivery", sink.id) } else { "delivery".to_string() };
                     self.errors.push(file.diag(&at, why));
                 }
+            }
+        }
+        let streams: std::collections::BTreeSet<&str> =
+            sinks.iter().filter_map(|s| s.exactly_once.as_ref()).flat_map(|e| e.streams.iter().map(|s| &**s)).collect();
+        for t in transforms {
+            if let Some(window) = &mut t.window {
+                window.exactly_once = streams.contains(t.id.as_str());
             }
         }
     }

@@ -166,7 +166,16 @@ async fn exactly_once_plans_a_disk_buffered_source_into_timescale() {
     // Through a SQL transform without a window, too.
     let sql = "transforms:\n  keep:\n    inputs: [ingest]\n    sql: SELECT * FROM ingest WHERE id > 0\nsinks:\n  db: {type: timescale, inputs: [keep], connection: 'host=localhost', table: t}\n";
     assert!(check(&exactly_once_pipeline("delivery: exactly_once\n", DISK, sql)).await.unwrap().sinks[0].exactly_once.is_some());
+    // Through a window: its emissions are a stream of their own, and it is told to emit positions.
+    let p = check(&exactly_once_pipeline("delivery: exactly_once\n", DISK, WINDOWED)).await.unwrap();
+    assert_eq!(p.sinks[0].exactly_once, Some(ExactlyOnce { streams: vec!["per_minute".into()] }));
+    assert!(p.transforms[0].window.as_ref().unwrap().exactly_once);
+    let p = check(&exactly_once_pipeline("", DISK, WINDOWED)).await.unwrap();
+    assert!(!p.transforms[0].window.as_ref().unwrap().exactly_once, "at least once, a window emits no positions");
 }
+
+/// Badge-style counts per minute from the disk-buffered `ingest`, into timescale.
+const WINDOWED: &str = "transforms:\n  per_minute:\n    inputs: [ingest]\n    window: {tumbling: 1m}\n    sql: SELECT window_start, count(*) AS n FROM ingest GROUP BY window_start\nsinks:\n  db: {type: timescale, inputs: [per_minute], connection: 'host=localhost', table: t, time_column: window_start}\n";
 
 #[tokio::test]
 async fn exactly_once_is_refused_naming_what_cannot_give_it() {
@@ -181,13 +190,25 @@ async fn exactly_once_is_refused_naming_what_cannot_give_it() {
     let lake_at_least_once = "sinks:\n  lake: {type: parquet, inputs: [ingest], path: /tmp/lake, delivery: at_least_once}\n";
     assert!(check(&exactly_once_pipeline(eo, DISK, lake_at_least_once)).await.unwrap().sinks[0].exactly_once.is_none());
 
-    let windowed = "transforms:\n  per_minute:\n    inputs: [ingest]\n    window: {tumbling: 1m}\n    sql: SELECT window_start, count(*) AS n FROM ingest GROUP BY window_start\nsinks:\n  db: {type: timescale, inputs: [per_minute], connection: 'host=localhost', table: t, time_column: window_start}\n";
-    let errs = check(&exactly_once_pipeline(eo, DISK, windowed)).await.unwrap_err();
-    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: transform `per_minute` is windowed, and window state is not yet checkpointed with positions (a restart would count its rows again); or set `delivery: at_least_once` on it"]);
+    // A window's own inputs must replay (its open windows are rebuilt from them), by one window.
+    let errs = check(&exactly_once_pipeline(eo, "", WINDOWED)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (http_server) cannot replay what it sent; give it `buffer: {type: disk}`, whose positions the sink stores; or set `delivery: at_least_once` on it"]);
+    let late = WINDOWED.replace(
+        "inputs: [per_minute], connection: 'host=localhost', table: t, time_column: window_start",
+        "inputs: [per_minute.late], connection: 'host=localhost', table: t",
+    );
+    let errs = check(&exactly_once_pipeline(eo, DISK, &late)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: its input `per_minute.late` carries late rows, which are in no emitted window and have no position; or set `delivery: at_least_once` on it"]);
+    let two_windows = "transforms:\n  per_second:\n    inputs: [ingest]\n    window: {tumbling: 1s}\n    sql: SELECT window_end AS ts, count(*) AS id FROM ingest GROUP BY window_end\n  per_minute:\n    inputs: [per_second]\n    window: {tumbling: 1m}\n    sql: SELECT window_start, sum(id) AS n FROM per_second GROUP BY window_start\nsinks:\n  db: {type: timescale, inputs: [per_minute], connection: 'host=localhost', table: t, time_column: window_start}\n";
+    let errs = check(&exactly_once_pipeline(eo, DISK, two_windows)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: windowed transform `per_minute` reads windowed transform `per_second`: one window per path can be exactly once; or set `delivery: at_least_once` on it"]);
+    let twice = "transforms:\n  per_minute:\n    inputs: [ingest]\n    window: {tumbling: 1m}\n    sql: SELECT window_start, count(*) AS n FROM ingest GROUP BY window_start\n  again:\n    inputs: [per_minute]\n    sql: SELECT * FROM per_minute\nsinks:\n  db: {type: timescale, inputs: [per_minute, again], connection: 'host=localhost', table: t, time_column: window_start}\n";
+    let errs = check(&exactly_once_pipeline(eo, DISK, twice)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: windowed transform `per_minute` reaches it by 2 paths (through `again`, `per_minute`), and one position per stream cannot say which path's rows were written; or set `delivery: at_least_once` on it"]);
 
     let two_paths = "transforms:\n  a:\n    inputs: [ingest]\n    sql: SELECT * FROM ingest WHERE id > 0\n  b:\n    inputs: [ingest]\n    sql: SELECT * FROM ingest WHERE id <= 0\nsinks:\n  db: {type: timescale, inputs: [a, b], connection: 'host=localhost', table: t}\n";
     let errs = check(&exactly_once_pipeline(eo, DISK, two_paths)).await.unwrap_err();
-    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` reaches it by 2 paths (through `a`, `b`), and one position per source cannot say which path's rows were written; or set `delivery: at_least_once` on it"]);
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` reaches it by 2 paths (through `a`, `b`), and one position per stream cannot say which path's rows were written; or set `delivery: at_least_once` on it"]);
 
     let dead = "sinks:\n  db: {type: timescale, inputs: [ingest], connection: 'host=localhost', table: t}\n  errors: {type: timescale, inputs: [db.dead_letter], connection: 'host=localhost', table: e, delivery: exactly_once}\n";
     let errs = check(&exactly_once_pipeline("", DISK, dead)).await.unwrap_err();

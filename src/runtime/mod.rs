@@ -20,6 +20,7 @@ mod clock;
 pub mod disk_buffer;
 mod reload;
 mod sink;
+mod windowed;
 pub use clock::{Clock, ManualClock, Timer};
 pub use disk_buffer::SourceBuffer;
 pub use reload::ReloadRequest;
@@ -27,14 +28,13 @@ use reload::{NewVersion, Versions};
 pub(crate) use sink::Retrying;
 pub use sink::SinkRetry;
 use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap, Work,
+    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap,
     DEAD_LETTER_OUTPUT,
 };
 
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::Kind;
 use crate::graph::{InputRef, Plan, PlannedTransform, LATE_OUTPUT};
-use crate::sql::window::{Emission, WindowOperator};
 
 /// Batches buffered in front of each transform and sink.
 pub const CHANNEL_CAPACITY: usize = 16;
@@ -206,6 +206,17 @@ pub async fn run_reloadable(
         );
     }
 
+    // Exactly-once sinks tell the windowed transforms they read where they stopped.
+    let mut sinks_written: HashMap<String, Vec<windowed::SinkWritten>> = HashMap::new();
+    let mut publish_written: HashMap<String, tokio::sync::watch::Sender<Option<tributary_sdk::Positions>>> = HashMap::new();
+    for s in &sinks {
+        for stream in s.exactly_once.iter().flat_map(|e| e.streams.iter()) {
+            if transforms.iter().any(|t| t.id == **stream && t.window.as_ref().is_some_and(|w| w.exactly_once)) {
+                let tx = publish_written.entry(s.id.clone()).or_insert_with(|| tokio::sync::watch::channel(None).0);
+                sinks_written.entry(stream.to_string()).or_default().push(tx.subscribe());
+            }
+        }
+    }
     let mut tasks = ComponentTasks::new();
     for s in sinks {
         let rx = wiring.receivers.remove(&s.id).expect("channel");
@@ -213,13 +224,9 @@ pub async fn run_reloadable(
         let dead = wiring.dead_letters(&s.id);
         let id = s.id.clone();
         let replace = replacers.sink(&s.id);
-        tasks.spawn(async move {
-            (
-                id,
-                sink::run_sink(reload::SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once }, rx, ctx, dead, replace)
-                    .await,
-            )
-        });
+        let first = reload::SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
+        let publish = publish_written.remove(&s.id);
+        tasks.spawn(async move { (id, sink::run_sink(first, rx, ctx, dead, replace, publish).await) });
     }
     for t in transforms {
         let rx = wiring.receivers.remove(&t.id).expect("channel");
@@ -232,7 +239,9 @@ pub async fn run_reloadable(
             let late = wiring.output(&t.id, LATE_OUTPUT);
             // Made here, not in the task, so a manual clock's first advance already reaches it.
             let timer = window_timer(&opts.clock, window);
-            tasks.spawn(async move { (id, run_windowed_transform(t, rx, output, late, dead, metrics, timer, replace).await) });
+            let sinks_written = sinks_written.remove(&t.id).unwrap_or_default();
+            let outputs = windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics, sinks_written };
+            tasks.spawn(async move { (id, windowed::run_windowed_transform(t, rx, outputs, timer, replace).await) });
         } else {
             tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics, replace).await) });
         }
@@ -492,146 +501,6 @@ async fn transform_delivery(
             let reason = crate::sql::failure_reason(&t.inputs[input].name, &e);
             tributary_sdk::report_error!(metrics, warn, transform = %t.id, "{reason}");
             dead.send_rows(&batch.data, &reason, batch.acks).await?;
-        }
-    }
-    Ok(())
-}
-
-/// A windowed transform: rows wait in their windows; a timer lets idle inputs close windows;
-/// closing the input flushes open windows as partial.
-#[allow(clippy::too_many_arguments)]
-async fn run_windowed_transform(
-    t: PlannedTransform,
-    mut rx: mpsc::Receiver<Delivery>,
-    output: Output,
-    late: Output,
-    dead: DeadLetters,
-    metrics: Arc<ComponentMetrics>,
-    mut timer: Timer,
-    mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
-) -> anyhow::Result<()> {
-    let id = t.id.clone();
-    let mut op = window_operator(t, &timer)?;
-    let mut versions = Versions::default();
-    loop {
-        // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
-        let _work;
-        let emission = tokio::select! {
-            biased;
-            Some(new) = replace.recv() => {
-                _work = Work::default();
-                if let Some(new) = versions.arrive(new, &id) {
-                    // What was queued goes into the old windows first.
-                    for _ in 0..rx.len() {
-                        let Some(delivery) = rx.recv().await else { break };
-                        let (emission, _work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
-                        send_emission(&id, emission, &output, &dead, &metrics).await?;
-                    }
-                    replace_windows(&id, &mut op, new, &timer, &output, &dead, &metrics).await?;
-                }
-                None
-            }
-            delivery = rx.recv() => {
-                let Some(delivery) = delivery else {
-                    // The old inputs let go: new windows over the new inputs.
-                    let Some((next, next_rx)) = versions.rewired() else { break };
-                    replace_windows(&id, &mut op, next, &timer, &output, &dead, &metrics).await?;
-                    rx = next_rx;
-                    continue;
-                };
-                if let Some(new) = versions.due(delivery.input, &delivery.batch.data) {
-                    replace_windows(&id, &mut op, new, &timer, &output, &dead, &metrics).await?;
-                }
-                let (emission, work) = window_delivery(&mut op, &id, delivery, &timer, &late, &dead, &metrics).await?;
-                _work = work;
-                emission
-            }
-            work = timer.tick() => {
-                _work = work;
-                op.advance(timer.now_us()).await?
-            }
-        };
-        send_emission(&id, emission, &output, &dead, &metrics).await?;
-    }
-    let emission = op.finish().await?;
-    send_emission(&id, emission, &output, &dead, &metrics).await
-}
-
-/// A changed window: the old windows close as partial (as on a stop); the new SQL starts with
-/// empty windows.
-async fn replace_windows(
-    id: &str,
-    op: &mut WindowOperator,
-    new: PlannedTransform,
-    timer: &Timer,
-    output: &Output,
-    dead: &DeadLetters,
-    metrics: &ComponentMetrics,
-) -> anyhow::Result<()> {
-    send_emission(id, op.finish().await?, output, dead, metrics).await?;
-    *op = window_operator(new, timer)?;
-    tracing::info!(transform = %id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
-    Ok(())
-}
-
-fn window_operator(t: PlannedTransform, timer: &Timer) -> anyhow::Result<WindowOperator> {
-    let plan = t.window.expect("windowed");
-    Ok(WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, timer.now_us())?)
-}
-
-/// Put one delivery into its windows: late rows to `.late` (or dead letters), rejected rows to
-/// dead letters; returns the windows it closed and the delivery's in-flight token.
-async fn window_delivery(
-    op: &mut WindowOperator,
-    id: &str,
-    delivery: Delivery,
-    timer: &Timer,
-    late: &Output,
-    dead: &DeadLetters,
-    metrics: &ComponentMetrics,
-) -> anyhow::Result<(Option<Emission>, Work)> {
-    let Delivery { input, batch, work } = delivery;
-    let now = timer.now_us();
-    metrics.rows_in.add(batch.data.num_rows() as u64);
-    metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
-    metrics.batches_in.inc();
-    let accepted = op.accept(input, batch.data, batch.acks, now)?;
-    if let Some((rows, acks)) = accepted.late {
-        if late.is_unconnected() {
-            // Nobody reads `.late`: keep the rows as dead letters rather than drop them.
-            let reason = format!("arrived after its window closed (behind the watermark); wire `{id}.late` to handle late rows");
-            dead.send_rows(&rows, &reason, acks).await?;
-        } else {
-            late.send(Batch::with_acks(rows, acks)).await?;
-        }
-    }
-    for (rows, acks, reason) in accepted.rejected {
-        tributary_sdk::report_error!(metrics, debug, transform = %id, rows = rows.num_rows(), "{reason}");
-        dead.send_rows(&rows, &reason, acks).await?;
-    }
-    Ok((op.advance(now).await?, work))
-}
-
-/// Send closed windows downstream; a failed query dead-letters the windows' rows.
-async fn send_emission(
-    id: &str,
-    emission: Option<Emission>,
-    output: &Output,
-    dead: &DeadLetters,
-    metrics: &ComponentMetrics,
-) -> anyhow::Result<()> {
-    let Some(Emission { result, acks }) = emission else { return Ok(()) };
-    match result {
-        Ok(batches) => send_sharing_acks(output, batches, acks).await?,
-        Err(failed) => {
-            let n = failed.len();
-            let mut acks = Some(acks);
-            for (k, (rows, reason)) in failed.into_iter().enumerate() {
-                // One error per failed query (a window's rows are one query).
-                tributary_sdk::report_error!(metrics, warn, transform = %id, "{reason}");
-                let a = if k + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
-                dead.send_rows(&rows, &reason, a).await?;
-            }
         }
     }
     Ok(())

@@ -263,7 +263,16 @@ impl Replacers {
                 let late = self.new_output(&t.id, crate::graph::LATE_OUTPUT, &metrics, admin);
                 let timer = super::window_timer(&self.clock, window);
                 self.windowed.insert(id.clone());
-                Box::pin(super::run_windowed_transform(t, rx, output, late, dead, metrics.clone(), timer, replace))
+                // Exactly once when it feeds such a sink; added now, no sink has written its windows.
+                let outputs = super::windowed::WindowOutputs {
+                    id: id.clone(),
+                    output,
+                    late,
+                    dead,
+                    metrics: metrics.clone(),
+                    sinks_written: Vec::new(),
+                };
+                Box::pin(super::windowed::run_windowed_transform(t, rx, outputs, timer, replace))
             }
             None => Box::pin(super::run_transform(t, rx, output, dead, metrics.clone(), replace)),
         };
@@ -312,7 +321,7 @@ impl Replacers {
         let (tx, replace) = mpsc::unbounded_channel();
         self.sinks.senders.insert(s.id.clone(), tx);
         let version = SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
-        self.spawn(&s.id, Box::pin(super::sink::run_sink(version, rx, ctx, dead, replace)))?;
+        self.spawn(&s.id, Box::pin(super::sink::run_sink(version, rx, ctx, dead, replace, None)))?;
         let input = self.channels.get(&s.id).cloned();
         Ok(ComponentInfo { id: s.id, kind: Kind::Sink, type_name: s.type_name, metrics, input, disk_buffer: false })
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::reload::{NewSink, SinkVersion, Versions};
 use crate::graph::ExactlyOnce;
@@ -106,16 +106,22 @@ impl<'a> Retrying<'a> {
     }
 }
 
-/// The sink's task: writes every delivered batch, flushes on its interval and at the end.
+/// The sink's task: writes every delivered batch, flushes on its interval and at the end;
+/// `publish_written` gets the positions an exactly-once sink had written when it started.
 pub(crate) async fn run_sink(
     first: SinkVersion,
     mut rx: mpsc::Receiver<Delivery>,
     ctx: SinkContext,
     dead: DeadLetters,
     mut replace: mpsc::UnboundedReceiver<NewSink>,
+    publish_written: Option<watch::Sender<Option<Positions>>>,
 ) -> anyhow::Result<()> {
     let SinkVersion { mut sink, mut retry, exactly_once } = first;
     let mut replay = start(sink.as_mut(), exactly_once.as_ref(), &ctx).await?;
+    // The windowed transforms it reads wait for this before they emit (see `windowed.rs`).
+    if let Some(publish) = publish_written {
+        publish.send_replace(Some(replay.as_ref().map(|r| r.written.clone()).unwrap_or_default()));
+    }
     let mut pending = Pending::default();
     let mut ticker = flush_ticker(sink.as_ref());
     let mut versions = Versions::default();

@@ -263,6 +263,9 @@ pub struct Accepted {
     /// Rows for the dead-letter output (no event time, or one outside the accepted range), with
     /// a share of the acks and the reason.
     pub rejected: Vec<(RecordBatch, AckSet, String)>,
+    /// Replayed rows whose every window was written before the restart (see
+    /// [`WindowOperator::resume`]): dropped, their share of the acks released.
+    pub written_before: usize,
 }
 
 /// Closed windows: what the SQL made of their rows, or — when it failed — the rows handed to it
@@ -270,6 +273,17 @@ pub struct Accepted {
 pub struct Emission {
     pub result: Result<Vec<RecordBatch>, Vec<(RecordBatch, String)>>,
     pub acks: AckSet,
+    /// Every window ending at or before this (microseconds) has now been emitted: the position
+    /// an exactly-once sink stores with these rows (`i64::MAX` for the partial flush).
+    pub through: i64,
+}
+
+/// What a reload hands from the old operator to the new one (exactly once): the rows of open
+/// windows, still holding their acks, and how far the old one emitted.
+pub struct OpenWindows {
+    rows: Vec<(String, RecordBatch, AckSet)>,
+    watermark: Option<i64>,
+    emitted_through: i64,
 }
 
 pub struct WindowOperator {
@@ -282,6 +296,12 @@ pub struct WindowOperator {
     watermark: Option<i64>,
     /// Windows ending at or before this were emitted.
     emitted_through: i64,
+    /// Windows ending at or before this were written by every exactly-once sink before a restart
+    /// (`i64::MIN` without one): their replayed rows are dropped, not counted again.
+    resumed_through: i64,
+    /// Where other exactly-once sinks stopped (above `resumed_through`): emissions end there
+    /// once, so each sink can skip, whole, what it wrote.
+    resume_points: Vec<i64>,
     key_converter: Option<RowConverter>,
 }
 
@@ -310,8 +330,53 @@ impl WindowOperator {
             chunks: Vec::new(),
             watermark: None,
             emitted_through: i64::MIN,
+            resumed_through: i64::MIN,
+            resume_points: Vec::new(),
             key_converter,
         })
+    }
+
+    /// After a restart, exactly once: `written` holds, per exactly-once sink fed by this
+    /// transform, the end of the last window it wrote (`None`: nothing yet). The rows replayed
+    /// from the source's buffer rebuild the open windows; windows every sink wrote are not
+    /// emitted again, and an emission stops at each sink's point, so no emission is half written.
+    pub fn resume(&mut self, written: &[Option<i64>]) {
+        let mut points: Vec<i64> = written.iter().map(|w| w.unwrap_or(i64::MIN)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let Some(&lowest) = points.first() else { return };
+        self.resumed_through = lowest;
+        self.emitted_through = self.emitted_through.max(lowest);
+        self.resume_points = points.split_off(1);
+    }
+
+    /// A reload, exactly once: the open windows' rows (acks still held) for the next version.
+    pub fn into_open_windows(self) -> OpenWindows {
+        let rows = self.chunks.into_iter().map(|c| (self.input_names[c.input].clone(), c.rows, c.acks)).collect();
+        OpenWindows { rows, watermark: self.watermark, emitted_through: self.emitted_through }
+    }
+
+    /// Whether a new version over `inputs` can take over the open windows' rows: every input
+    /// they came from is still there, with the same columns.
+    pub fn hands_over_to(&self, inputs: &[(String, SchemaRef)]) -> bool {
+        self.chunks.iter().all(|c| inputs.iter().any(|(n, s)| *n == self.input_names[c.input] && s.fields() == c.rows.schema().fields()))
+    }
+
+    /// Take over `open` from the version before a reload (checked with
+    /// [`hands_over_to`](Self::hands_over_to)): its rows go into this version's windows, none of
+    /// which ends at or before what the old one emitted. Rows late for the new windows (they
+    /// start earlier) come back as when first accepted.
+    pub fn take_over(&mut self, open: OpenWindows, now: i64) -> DfResult<Vec<Accepted>> {
+        self.watermark = open.watermark;
+        self.emitted_through = self.emitted_through.max(open.emitted_through);
+        let mut out = Vec::new();
+        for (name, rows, acks) in open.rows {
+            let input = self.input_names.iter().position(|n| *n == name).ok_or_else(|| {
+                DataFusionError::Internal(format!("input `{name}` is not an input of the new version (hands_over_to was not asked)"))
+            })?;
+            out.push(self.accept(input, rows, acks, now)?);
+        }
+        Ok(out)
     }
 
     pub fn output_schema(&self) -> SchemaRef {
@@ -336,6 +401,7 @@ impl WindowOperator {
         let times = cast(rows.column(clock.time_idx), &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
         let (mut keep, mut late, mut no_time, mut out_of_range) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut written_before = Vec::new();
         let latest_allowed = tributary_sdk::now_us().saturating_add(self.spec.max_future);
         let mut ts = Vec::with_capacity(rows.num_rows());
         for i in 0..rows.num_rows() {
@@ -349,7 +415,15 @@ impl WindowOperator {
                 continue;
             }
             clock.max_seen = Some(clock.max_seen.map_or(t, |m| m.max(t)));
-            if let Some(w) = self.watermark.filter(|&w| self.spec.is_late(t, w)) {
+            let fixed = !matches!(self.spec.kind, WindowKind::Session { .. });
+            if fixed && self.spec.latest_end(t) <= self.resumed_through {
+                written_before.push(i as u32);
+                continue;
+            }
+            // A replayed row whose first windows were written before the restart was not late
+            // then: it counts in the rest, and is not sent to `.late` now.
+            let replayed = fixed && self.spec.earliest_end(t) <= self.resumed_through;
+            if let Some(w) = self.watermark.filter(|&w| !replayed && self.spec.is_late(t, w)) {
                 late.push(i as u32);
                 if self.spec.has_open_window(t, w) {
                     keep.push(i as u32);
@@ -371,7 +445,12 @@ impl WindowOperator {
             + no_time_rows.is_some() as usize
             + out_of_range_rows.is_some() as usize
             + keep_rows.is_some() as usize;
+        pieces += !written_before.is_empty() as usize;
         let mut shares = share(acks, pieces).into_iter();
+        if !written_before.is_empty() {
+            out.written_before = written_before.len();
+            shares.next().expect("one share per piece").release();
+        }
         if let Some(r) = late_rows {
             out.late = Some((self.to_late_schema(input, r)?, shares.next().expect("one share per piece")));
         }
@@ -397,11 +476,15 @@ impl WindowOperator {
     /// Move the watermark to what the inputs allow at `now` and emit every window it passed.
     pub async fn advance(&mut self, now: i64) -> DfResult<Option<Emission>> {
         let Some(w) = self.combined_watermark(now) else { return Ok(None) };
-        if self.watermark.is_some_and(|old| old >= w) {
+        let w = self.watermark.map_or(w, |old| old.max(w));
+        self.watermark = Some(w);
+        if self.emitted_through >= w {
             return Ok(None);
         }
-        self.watermark = Some(w);
-        self.emit(w, false).await
+        // Up to the next point where an exactly-once sink stopped before a restart, if one
+        // comes first; the rest on the next call.
+        let limit = self.resume_points.iter().copied().find(|&r| r > self.emitted_through && r < w).unwrap_or(w);
+        self.emit(limit, false).await
     }
 
     /// Shutdown: emit every open window, marked partial.
@@ -479,8 +562,11 @@ impl WindowOperator {
                 self.chunks.push(chunk);
                 continue;
             }
-            let emitted = with_window(&chunk.rows, &rows)?;
-            per_input[chunk.input].push(emitted);
+            // Sessions written before a restart are rebuilt from replayed rows, and dropped.
+            let emitted: Vec<(u32, i64, i64)> = rows.iter().copied().filter(|&(_, _, end)| end > self.resumed_through).collect();
+            if !emitted.is_empty() {
+                per_input[chunk.input].push(with_window(&chunk.rows, &emitted)?);
+            }
             let kept: Vec<u32> = match self.spec.kind {
                 WindowKind::Session { .. } => {
                     let mut gone = vec![false; chunk.ts.len()];
@@ -507,12 +593,15 @@ impl WindowOperator {
                 contents.push((i, concat_batches(&schema, &batches)?));
             }
         }
+        if contents.is_empty() {
+            return Ok(Some(Emission { result: Ok(Vec::new()), acks, through: limit }));
+        }
         let sql_input: Vec<(usize, Vec<RecordBatch>)> = contents.iter().map(|(i, b)| (*i, vec![b.clone()])).collect();
         let result = self.sql.execute_with(&sql_input).await;
         let result = result.and_then(|batches| batches.into_iter().map(|b| with_partial(b, partial)).collect()).map_err(|e| {
             contents.into_iter().map(|(i, rows)| (rows, format!("windowed SQL failed on input `{}`: {e}", self.input_names[i]))).collect()
         });
-        Ok(Some(Emission { result, acks }))
+        Ok(Some(Emission { result, acks, through: limit }))
     }
 
     fn assign_fixed(&self, c: &Chunk, limit: i64) -> Vec<(u32, i64, i64)> {
