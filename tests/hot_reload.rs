@@ -445,3 +445,88 @@ fn a_reload_adds_a_source_a_transform_and_sinks() {
         assert!(log.contains(line), "summary line `{line}` in:\n{log}");
     }
 }
+
+/// `delivery: exactly_once`: a reload that changes a window's SQL hands its open windows' rows to
+/// the new version. Each (minute, badge) row is written once, whole, never as a partial flush; an
+/// at-least-once reload emits the open minute as partial and counts the rest again in a second
+/// row for the same minute.
+#[test]
+fn an_exactly_once_window_hands_its_open_windows_to_the_reloaded_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin) = (common::free_addr(), common::free_addr());
+    let table = format!("reload_window_{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::pg());
+    let forget = format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'");
+    rt.block_on(db.batch_execute(&forget)).ok();
+    let pipeline = |counted: &str| {
+        format!(
+            r#"delivery: exactly_once
+admin: {{address: "{admin}"}}
+sources:
+  ingest:
+    type: http_server
+    address: "{http}"
+    schema: {{id: int, badge: string, ts: timestamp}}
+    buffer: {{type: disk, path: "{buffer}"}}
+transforms:
+  per_badge:
+    inputs: [ingest]
+    window: {{tumbling: 1m, allowed_lateness: 1m}}
+    sql: SELECT window_start, badge, count({counted}) AS n FROM ingest GROUP BY window_start, badge
+sinks:
+  counts: {{type: timescale, inputs: [per_badge], connection: "{url}", table: {table}, time_column: window_start, batch: {{max_age: 200ms}}}}
+"#,
+            buffer = dir.path().join("buffer").display(),
+            url = tributary_testkit::test_postgres_url(),
+        )
+    };
+    let file = common::write(dir.path(), "reload.yaml", &pipeline("*"));
+    let log = dir.path().join("run.log");
+    let mut child = start(&file, false, admin, Some(&log));
+    // 10 ms of event time per id: a minute every 6,000 events, so the reload lands mid-minute.
+    fn event(id: i64) -> String {
+        let ts = std::time::UNIX_EPOCH + Duration::from_millis(1_796_032_800_000 + id as u64 * 10);
+        format!(r#"{{"id":{id},"badge":"b{}","ts":"{}"}}"#, id % 3, humantime::format_rfc3339_millis(ts))
+    }
+    let load = Load::start(4, http, event);
+    load.wait_for_more(8000);
+    std::fs::write(&file, pipeline("id")).unwrap();
+    common::sighup(&child);
+    wait_for("generation 2 in /health", || health(admin)["config"]["generation"] == 2);
+    load.wait_for_more(4000);
+    let sent = load.finish();
+    let refused: Vec<_> = sent.iter().filter(|(_, s)| s.status != 200).map(|(id, s)| (*id, s.status)).collect();
+    assert!(refused.is_empty(), "every POST accepted: {refused:?}");
+    // An event three minutes on closes every minute the load reached.
+    let last = *sent.keys().next_back().unwrap();
+    assert_eq!(common::post(http, "/", &[], event(last + 18_000).as_bytes()).unwrap().0, 200);
+    let minute = |id: i64| id * 10 / 60_000;
+    let mut expected: BTreeMap<(i64, String), i64> = BTreeMap::new();
+    for id in sent.keys() {
+        *expected.entry((minute(*id), format!("b{}", id % 3))).or_default() += 1;
+    }
+    let query = format!("SELECT window_start, badge, n, partial FROM \"{table}\" ORDER BY window_start, badge");
+    let read = || -> Vec<(i64, String, i64, bool)> {
+        let rows = rt.block_on(db.query(&query, &[])).unwrap_or_default();
+        rows.iter()
+            .map(|r| {
+                let start: std::time::SystemTime = r.get(0);
+                let ms = start.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 1_796_032_800_000;
+                (ms / 60_000, r.get(1), r.get(2), r.get(3))
+            })
+            .collect()
+    };
+    wait_for("every accepted event counted", || read().iter().map(|r| r.2).sum::<i64>() >= sent.len() as i64);
+    common::sigterm(&child);
+    assert!(child.wait().unwrap().success(), "clean stop");
+    let rows = read();
+    let partial: Vec<_> = rows.iter().filter(|r| r.3).collect();
+    assert!(partial.is_empty(), "no window was flushed as partial by the reload: {partial:?}");
+    let counted: BTreeMap<(i64, String), i64> = rows.iter().map(|r| ((r.0, r.1.clone()), r.2)).collect();
+    assert_eq!(counted.len(), rows.len(), "a (minute, badge) row written twice: {rows:?}");
+    assert_eq!(counted, expected, "every minute counted once, whole, across the reload");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("reloaded, exactly once: the open windows' rows went into the new version's windows"), "{log}");
+    rt.block_on(db.batch_execute(&forget)).ok();
+}
