@@ -640,6 +640,11 @@ async fn disk_full() -> Figure {
     // At most max_size / segment size (4 MiB / 512 KiB) + the active one; the storm made 6,134.
     f.check(most_segments <= 9, format!("{most_segments} segment files while the disk was full"));
     f.check(error_lines <= 2, format!("{error_lines} ERROR lines: the failure is logged once, not per request"));
+    if !f.problems.is_empty() {
+        // What the run said, to tell a loss from a miscount.
+        let said: Vec<&str> = logged.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).take(20).collect();
+        f.notes.push(format!("its ERROR and WARN lines: {said:?}"));
+    }
     f.check(exit.success(), format!("the clean stop exited {exit}"));
     f
 }

@@ -137,6 +137,10 @@ struct Ledger {
     checkpoint_failing: bool,
     /// The writer has stopped: no more records will come.
     closed: bool,
+    /// Failed writes cut off so far. The bytes of a failed write may have been read ahead by the
+    /// forwarder before they were cut, and the same offsets then hold other records: a forwarder
+    /// that sees this change forgets what it read ahead.
+    cuts: u64,
 }
 
 struct Shared {
@@ -556,6 +560,9 @@ fn back_off(shared: &Shared, rx: &Receiver<Append>, failure: &Failure, group: &m
 /// cannot be cut is left as it is (its ledger length stops before the torn bytes, so nothing
 /// reads them) and the next write starts a new one.
 fn roll_back(shared: &Shared, active: &mut Active) {
+    // Counted before the cut: the forwarder must not take read-ahead torn bytes for what is
+    // written at their offsets next.
+    shared.lock().cuts += 1;
     active.torn = match active.file.set_len(active.len) {
         Ok(()) => false,
         Err(e) => {
@@ -652,6 +659,8 @@ pub struct Forwarder {
     epoch: u64,
     /// Records up to here were committed by an earlier run: skipped.
     skip_through: Option<u64>,
+    /// The writer's [`Ledger::cuts`] when the cursor last forgot its read-ahead.
+    cuts_seen: u64,
     /// Records below this sequence number were stored by an earlier run (counted as replayed).
     first_new_seq: u64,
     /// Where reading resumes.
@@ -756,6 +765,7 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
             checkpoint_saved: checkpoint,
             checkpoint_failing: false,
             closed: false,
+            cuts: 0,
         }),
         written: Notify::new(),
         space: Notify::new(),
@@ -767,7 +777,15 @@ pub fn open(id: &str, cfg: &DiskBufferConfig, outputs: &[OutputSpec], metrics: A
     std::thread::Builder::new().name(format!("buffer-{id}")).spawn(move || write_loop(writer_shared, rx, active, next_seq))?;
     Ok(OpenedBuffer {
         queue: Arc::new(Appender { shared: shared.clone(), tx }),
-        forwarder: Forwarder { shared, stream: id.into(), epoch, skip_through: checkpoint, first_new_seq: next_seq, cursor: None },
+        forwarder: Forwarder {
+            shared,
+            stream: id.into(),
+            epoch,
+            skip_through: checkpoint,
+            cuts_seen: 0,
+            first_new_seq: next_seq,
+            cursor: None,
+        },
     })
 }
 
@@ -858,6 +876,12 @@ impl Forwarder {
             // The cursor's segment: how far it is durable, and the next one once it is sealed.
             let (durable_len, next) = {
                 let l = self.shared.lock();
+                if l.cuts != self.cuts_seen {
+                    self.cuts_seen = l.cuts;
+                    if let Some(c) = self.cursor.as_mut() {
+                        c.reader.forget_read_ahead();
+                    }
+                }
                 let at = self.cursor.as_ref().and_then(|c| l.segments.iter().position(|s| s.first_seq == c.first_seq));
                 match at {
                     Some(i) => {

@@ -160,6 +160,14 @@ impl SegmentReader {
         Ok(Some(Record { seq, output, payload }))
     }
 
+    /// Drop the bytes read ahead of the next record: the writer cut a failed write off the file,
+    /// and what it writes at those offsets next is not what was read.
+    pub fn forget_read_ahead(&mut self) {
+        // Seeking discards the buffer.
+        let _ = self.file.seek(SeekFrom::Start(self.offset));
+        self.len = self.file.get_ref().metadata().map(|m| m.len()).unwrap_or(self.offset);
+    }
+
     /// Leave the reader at the damaged record: a caller that stops there sees its offset.
     fn resync(&mut self, offset: u64) {
         let _ = self.file.seek(SeekFrom::Start(offset));
@@ -275,6 +283,8 @@ mod tests {
     use std::io::Write;
     use std::sync::Arc;
 
+    use std::fs::OpenOptions;
+
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
@@ -313,6 +323,33 @@ mod tests {
         let scanned = scan(&path, None).unwrap();
         assert_eq!(scanned.intact_len(), std::fs::metadata(&path).unwrap().len());
         assert_eq!((scanned.seqs, scanned.rows, scanned.damage), (vec![7, 8], 5, vec![]));
+    }
+
+    /// A failed write's bytes read ahead, then cut off, and other records written at their
+    /// offsets (the full disk of buffer_figures scenario 4): forgetting the read-ahead makes the
+    /// reader return the new record, not the cut one (before: a 503'd request's rows were
+    /// forwarded under the number of a 200'd one, whose rows were lost).
+    #[test]
+    fn a_cut_write_read_ahead_is_forgotten_and_what_replaced_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), &[(1, rows(1)), (2, rows(5))]);
+        let durable = std::fs::metadata(&path).unwrap().len() - record_len(&encode_rows(&rows(5)).unwrap());
+        let mut reader = SegmentReader::open(&path).unwrap();
+        assert_eq!(reader.next_record().unwrap().unwrap().seq, 1, "reading record 1 reads record 2's bytes ahead");
+        // Record 2's write failed: cut off, and record 2 written again with other rows.
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.set_len(durable).unwrap();
+        let mut buf = Vec::new();
+        write_record(&mut buf, 2, 0, &encode_rows(&rows(2)).unwrap());
+        (&file).write_all(&buf).unwrap();
+        reader.forget_read_ahead();
+        let second = reader.next_record().unwrap().unwrap();
+        assert_eq!((second.seq, decode_rows(&second.payload).unwrap()), (2, rows(2)));
+        assert!(reader.next_record().unwrap().is_none());
+    }
+
+    fn record_len(payload: &[u8]) -> u64 {
+        (HEADER_LEN + payload.len()) as u64
     }
 
     #[test]
