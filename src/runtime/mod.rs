@@ -240,8 +240,8 @@ pub async fn run_reloadable(
             // Made here, not in the task, so a manual clock's first advance already reaches it.
             let timer = window_timer(&opts.clock, window);
             let sinks_written = sinks_written.remove(&t.id).unwrap_or_default();
-            let outputs = windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics, sinks_written };
-            tasks.spawn(async move { (id, windowed::run_windowed_transform(t, rx, outputs, timer, replace).await) });
+            let out = windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics };
+            tasks.spawn(async move { (id, windowed::run_windowed_transform(t, rx, out, sinks_written, timer, replace).await) });
         } else {
             tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics, replace).await) });
         }

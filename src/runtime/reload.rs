@@ -263,16 +263,9 @@ impl Replacers {
                 let late = self.new_output(&t.id, crate::graph::LATE_OUTPUT, &metrics, admin);
                 let timer = super::window_timer(&self.clock, window);
                 self.windowed.insert(id.clone());
-                // Exactly once when it feeds such a sink; added now, no sink has written its windows.
-                let outputs = super::windowed::WindowOutputs {
-                    id: id.clone(),
-                    output,
-                    late,
-                    dead,
-                    metrics: metrics.clone(),
-                    sinks_written: Vec::new(),
-                };
-                Box::pin(super::windowed::run_windowed_transform(t, rx, outputs, timer, replace))
+                let out = super::windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics: metrics.clone() };
+                // Added now: no sink has written its windows.
+                Box::pin(super::windowed::run_windowed_transform(t, rx, out, Vec::new(), timer, replace))
             }
             None => Box::pin(super::run_transform(t, rx, output, dead, metrics.clone(), replace)),
         };

@@ -28,46 +28,41 @@ const EMISSION_EPOCH: u64 = 0;
 /// What an exactly-once sink fed by the window had written when it started (`None` until then).
 pub(super) type SinkWritten = watch::Receiver<Option<Positions>>;
 
-/// The outputs a windowed transform sends to, and whether it emits exactly once.
+/// What a windowed transform sends to.
 pub(super) struct WindowOutputs {
     pub id: String,
     pub output: Output,
     pub late: Output,
     pub dead: DeadLetters,
     pub metrics: Arc<ComponentMetrics>,
-    /// One per exactly-once sink it feeds (at the first start; a window added by a reload has
-    /// nothing written yet).
-    pub sinks_written: Vec<SinkWritten>,
 }
 
-/// The running task's view: [`WindowOutputs`] with the position stream, once known.
+/// The running task's view: its outputs, and (exactly once) the stream of the positions its
+/// emissions carry.
 struct Emitter {
-    id: String,
-    output: Output,
-    late: Output,
-    dead: DeadLetters,
-    metrics: Arc<ComponentMetrics>,
-    /// `Some` exactly once: the stream of the positions its emissions carry.
+    out: WindowOutputs,
     stream: Option<Arc<str>>,
 }
 
+/// `sinks_written`: one per exactly-once sink it feeds, at the first start (a window added by a
+/// reload has nothing written yet).
 pub(super) async fn run_windowed_transform(
     t: PlannedTransform,
     mut rx: mpsc::Receiver<Delivery>,
-    outputs: WindowOutputs,
+    out: WindowOutputs,
+    sinks_written: Vec<SinkWritten>,
     mut timer: Timer,
     mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
-    let WindowOutputs { id, output, late, dead, metrics, sinks_written } = outputs;
     let exactly_once = t.window.as_ref().is_some_and(|w| w.exactly_once);
-    let stream = exactly_once.then(|| Arc::<str>::from(id.as_str()));
-    let w = Emitter { id, output, late, dead, metrics, stream };
+    let stream = exactly_once.then(|| Arc::<str>::from(out.id.as_str()));
+    let w = Emitter { out, stream };
     let mut op = window_operator(t, &timer)?;
     if let Some(stream) = w.stream.as_ref().filter(|_| !sinks_written.is_empty()) {
-        let written = written_by_sinks(&w.id, stream, sinks_written).await?;
+        let written = written_by_sinks(&w.out.id, stream, sinks_written).await?;
         op.resume(&written);
         let through: Vec<String> = written.iter().map(|w| w.map_or("nothing".into(), format_micros)).collect();
-        tracing::info!(transform = %w.id, "exactly once: the sinks it feeds wrote its windows through {}; replayed rows of those windows are skipped", through.join(", "));
+        tracing::info!(transform = %w.out.id, "exactly once: the sinks it feeds wrote its windows through {}; replayed rows of those windows are skipped", through.join(", "));
     }
     let mut versions = Versions::default();
     loop {
@@ -77,7 +72,7 @@ pub(super) async fn run_windowed_transform(
             biased;
             Some(new) = replace.recv() => {
                 _work = Work::default();
-                if let Some(new) = versions.arrive(new, &w.id) {
+                if let Some(new) = versions.arrive(new, &w.out.id) {
                     // What was queued goes into the old windows first.
                     for _ in 0..rx.len() {
                         let Some(delivery) = rx.recv().await else { break };
@@ -115,7 +110,7 @@ pub(super) async fn run_windowed_transform(
         // Their acks fail: the buffer keeps the rows, and the next start rebuilds the windows.
         drop(op);
         if held > 0 {
-            tracing::info!(transform = %w.id, rows = held, "exactly once: open windows are not flushed as partial; their rows stay in the source's disk buffer and rebuild the windows at the next start");
+            tracing::info!(transform = %w.out.id, rows = held, "exactly once: open windows are not flushed as partial; their rows stay in the source's disk buffer and rebuild the windows at the next start");
         }
         return Ok(());
     }
@@ -156,9 +151,9 @@ impl Emitter {
     async fn deliver(&self, op: &mut WindowOperator, delivery: Delivery, timer: &Timer) -> anyhow::Result<(Option<Emission>, Work)> {
         let Delivery { input, batch, work } = delivery;
         let now = timer.now_us();
-        self.metrics.rows_in.add(batch.data.num_rows() as u64);
-        self.metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
-        self.metrics.batches_in.inc();
+        self.out.metrics.rows_in.add(batch.data.num_rows() as u64);
+        self.out.metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
+        self.out.metrics.batches_in.inc();
         let accepted = op.accept(input, batch.data, batch.acks, now)?;
         self.route(accepted).await?;
         Ok((op.advance(now).await?, work))
@@ -166,19 +161,20 @@ impl Emitter {
 
     /// Late rows to `.late` (or dead letters), rejected rows to dead letters.
     async fn route(&self, accepted: Accepted) -> anyhow::Result<()> {
-        self.metrics.replay_skipped.add(accepted.written_before as u64);
+        self.out.metrics.replay_skipped.add(accepted.written_before as u64);
         if let Some((rows, acks)) = accepted.late {
-            if self.late.is_unconnected() {
+            if self.out.late.is_unconnected() {
                 // Nobody reads `.late`: keep the rows as dead letters rather than drop them.
-                let reason = format!("arrived after its window closed (behind the watermark); wire `{}.late` to handle late rows", self.id);
-                self.dead.send_rows(&rows, &reason, acks).await?;
+                let reason =
+                    format!("arrived after its window closed (behind the watermark); wire `{}.late` to handle late rows", self.out.id);
+                self.out.dead.send_rows(&rows, &reason, acks).await?;
             } else {
-                self.late.send(Batch::with_acks(rows, acks)).await?;
+                self.out.late.send(Batch::with_acks(rows, acks)).await?;
             }
         }
         for (rows, acks, reason) in accepted.rejected {
-            tributary_sdk::report_error!(self.metrics, debug, transform = %self.id, rows = rows.num_rows(), "{reason}");
-            self.dead.send_rows(&rows, &reason, acks).await?;
+            tributary_sdk::report_error!(self.out.metrics, debug, transform = %self.out.id, rows = rows.num_rows(), "{reason}");
+            self.out.dead.send_rows(&rows, &reason, acks).await?;
         }
         Ok(())
     }
@@ -194,21 +190,23 @@ impl Emitter {
                     // One batch carrying the position: a sink that stored it with the first of
                     // several would skip the rest as written when they are emitted again.
                     let position = Position { stream: stream.clone(), epoch: EMISSION_EPOCH, seq: u64::try_from(through).unwrap_or(0) };
-                    match one_batch(schema, batches).map_err(|e| anyhow::anyhow!("joining the results of transform `{}`: {e}", self.id))? {
-                        Some(rows) => self.output.send(Batch::with_acks(rows, acks).at(Some(position))).await?,
+                    match one_batch(schema, batches)
+                        .map_err(|e| anyhow::anyhow!("joining the results of transform `{}`: {e}", self.out.id))?
+                    {
+                        Some(rows) => self.out.output.send(Batch::with_acks(rows, acks).at(Some(position))).await?,
                         None => acks.release(),
                     }
                 }
-                _ => send_sharing_acks(&self.output, batches, acks).await?,
+                _ => send_sharing_acks(&self.out.output, batches, acks).await?,
             },
             Err(failed) => {
                 let n = failed.len();
                 let mut acks = Some(acks);
                 for (k, (rows, reason)) in failed.into_iter().enumerate() {
                     // One error per failed query (a window's rows are one query).
-                    tributary_sdk::report_error!(self.metrics, warn, transform = %self.id, "{reason}");
+                    tributary_sdk::report_error!(self.out.metrics, warn, transform = %self.out.id, "{reason}");
                     let a = if k + 1 == n { acks.take().unwrap_or_default() } else { acks.clone().unwrap_or_default() };
-                    self.dead.send_rows(&rows, &reason, a).await?;
+                    self.out.dead.send_rows(&rows, &reason, a).await?;
                 }
             }
         }
@@ -227,14 +225,14 @@ impl Emitter {
                 for accepted in op.take_over(old.into_open_windows(), timer.now_us())? {
                     self.route(accepted).await?;
                 }
-                tracing::info!(transform = %self.id, "reloaded, exactly once: the open windows' rows went into the new version's windows");
+                tracing::info!(transform = %self.out.id, "reloaded, exactly once: the open windows' rows went into the new version's windows");
                 return Ok(());
             }
-            tracing::warn!(transform = %self.id, "reloaded: an input of the open windows is gone or has new columns, so they are emitted as partial, outside exactly once");
+            tracing::warn!(transform = %self.out.id, "reloaded: an input of the open windows is gone or has new columns, so they are emitted as partial, outside exactly once");
         }
         self.send(op.finish().await?).await?;
         *op = next;
-        tracing::info!(transform = %self.id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
+        tracing::info!(transform = %self.out.id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
         Ok(())
     }
 }

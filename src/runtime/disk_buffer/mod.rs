@@ -39,7 +39,7 @@ use tributary_sdk::{
 };
 
 use segment::{
-    decode_rows, encode_rows, keep_intact, scan, segment_first_seq, segment_path, write_record, SegmentReader, HEADER_LEN, MAGIC,
+    decode_rows, encode_rows, keep_intact, record_len, scan, segment_first_seq, segment_path, write_record, SegmentReader, MAGIC,
 };
 
 /// `buffer:` on any source.
@@ -240,10 +240,6 @@ enum Done {
     Reply(oneshot::Sender<Result<(), String>>),
     /// The batch's acknowledgements: released when durable, failed when the write failed.
     Acks(AckSet),
-}
-
-fn record_len(payload: &[u8]) -> u64 {
-    (HEADER_LEN + payload.len()) as u64
 }
 
 /// A batch made ready for the writer.

@@ -65,6 +65,11 @@ fn checksum(seq: u64, output: u16, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Bytes a record of `payload` takes in a segment, header included.
+pub fn record_len(payload: &[u8]) -> u64 {
+    (HEADER_LEN + payload.len()) as u64
+}
+
 /// Append one record to `buf`.
 pub fn write_record(buf: &mut Vec<u8>, seq: u64, output: u16, payload: &[u8]) {
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -346,10 +351,6 @@ mod tests {
         let second = reader.next_record().unwrap().unwrap();
         assert_eq!((second.seq, decode_rows(&second.payload).unwrap()), (2, rows(2)));
         assert!(reader.next_record().unwrap().is_none());
-    }
-
-    fn record_len(payload: &[u8]) -> u64 {
-        (HEADER_LEN + payload.len()) as u64
     }
 
     #[test]
