@@ -171,10 +171,8 @@ fn ids_written(path: &Path) -> BTreeMap<i64, i64> {
 /// id → how many rows of the Delta table at `path` carry it, as the `deltalake` Python package
 /// (a second implementation of the protocol) reads the table.
 fn ids_in_delta(path: &Path) -> BTreeMap<i64, i64> {
-    let script = "import sys, collections, deltalake\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
-    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3");
-    assert!(out.status.success(), "reading the Delta table with the deltalake package: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
+    let script = "import collections\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
+    tributary_testkit::read_delta_with_python(path, script)
         .lines()
         .map(|l| {
             let (id, n) = l.split_once(' ').expect("id count");

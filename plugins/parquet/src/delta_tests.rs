@@ -75,10 +75,8 @@ async fn a_flush_is_one_delta_commit_holding_its_rows_and_their_positions() {
     assert_eq!(committed(&mut next, &["http", "badges"]).await, "http #4 (epoch 7)");
 
     // A second implementation reads the same rows: the `deltalake` package (delta-rs's Python).
-    let script = "import sys, deltalake\nt = deltalake.DeltaTable(sys.argv[1])\nprint(t.version(), sorted(t.to_pyarrow_table().column('n').to_pylist()))";
-    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output().expect("python3");
-    assert!(out.status.success(), "the deltalake package (pip install deltalake): {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2 [1, 2, 3]");
+    let script = "t = deltalake.DeltaTable(sys.argv[1])\nprint(t.version(), sorted(t.to_pyarrow_table().column('n').to_pylist()))";
+    assert_eq!(tributary_testkit::read_delta_with_python(&path, script).trim(), "2 [1, 2, 3]");
 }
 
 #[tokio::test]

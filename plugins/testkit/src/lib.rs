@@ -285,6 +285,26 @@ pub fn free_udp_port() -> u16 {
     }
 }
 
+/// Runs `script` (Python, with `sys` and `deltalake` imported and the table's path in
+/// `sys.argv[1]`) against the Delta table at `path` with the `deltalake` package, delta-rs's
+/// Python binding: a second implementation of the protocol. Returns what it printed.
+///
+/// The script ends with `os._exit(0)` once its output is flushed: the package sometimes aborts at
+/// interpreter shutdown ("terminate called without an active exception", delta-io/delta-rs#2184,
+/// seen in CI here) after printing the right answer, and that teardown is not what is tested.
+pub fn read_delta_with_python(path: &std::path::Path, script: &str) -> String {
+    let script = format!("import os, sys, deltalake\n{script}\nsys.stdout.flush()\nos._exit(0)");
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "reading the Delta table {} with the deltalake package (`./scripts/test` installs it; by hand: \
+         python3 -m pip install deltalake pyarrow): {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `rotel-agent`, the OpenTelemetry collector in PyPI's `rotel` wheel, used as a real OTLP
 /// receiver: `ROTEL_AGENT`, or found through python3. Missing is a failure, not a skip
 /// (`./scripts/test` installs it).
