@@ -154,7 +154,7 @@ impl AdminState {
                 m.dropped.get()
             }),
             ("buffer_fsyncs_total", "Disk buffer fsyncs (one serves every append waiting at the time).", |m| m.buffer_fsyncs.get()),
-            ("replay_skipped_rows_total", "Replayed rows an exactly-once sink had written already (their position was stored with them): dropped before the sink.", |m| m.replay_skipped.get()),
+            ("replay_skipped_rows_total", "Replayed rows an exactly-once sink had written already (their position was stored with them): dropped before the sink; for a Kafka source, messages every exactly-once sink had written, not sent again.", |m| m.replay_skipped.get()),
             ("buffer_replayed_rows_total", "Rows a disk buffer replayed at start (stored by an earlier run, not yet written by every sink).", |m| m.buffer_replayed.get()),
         ];
         for (name, help, get) in counters {

@@ -2,14 +2,14 @@
 //!
 //! A sink is exactly-once when it stores positions with its rows, and every row reaching it
 //! carries a position that says which rows are written, by one path per stream. A stream is a
-//! source that can replay (a disk buffer), whose batches keep their position through SQL without
+//! source that can replay (a disk buffer, or a Kafka source's partitions), whose batches keep their position through SQL without
 //! a window (one batch out per batch in); or a windowed transform, whose emissions carry "every
 //! window ending by here" and whose own inputs all replay (see `runtime/windowed.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use tributary_sdk::{ComponentConfig, ConfigError};
+use tributary_sdk::{ComponentConfig, ConfigError, Replay};
 
 use super::{InputRef, PlannedSink, PlannedSource, PlannedTransform, LATE_OUTPUT};
 use crate::config::Guarantee;
@@ -109,20 +109,23 @@ fn window_inputs_replay(
     Ok(())
 }
 
-/// Whether `source` sends again, after a crash, exactly what it sent before and was not written:
-/// through a disk buffer, whose positions a sink stores.
+/// Whether `source` sends again, after a crash, exactly what it sent before and was not written,
+/// with positions a sink can store: its own (Kafka offsets), or its disk buffer's.
 fn replays(source: &PlannedSource) -> Result<(), String> {
-    if source.source.resends_after_a_crash() {
-        return Err(format!(
+    match (source.source.replay(), &source.buffer) {
+        (Replay::FromItsOwnPlace, _) => Err(format!(
             "source `{}` ({}) saves its own place once its rows are acknowledged, so after a crash it sends again rows its disk buffer had stored; its own positions are not stored by sinks yet",
             source.id, source.type_name
-        ));
-    }
-    if source.buffer == SourceBuffer::Memory {
-        return Err(format!(
+        )),
+        (Replay::WithPositions, SourceBuffer::Disk(_)) => Err(format!(
+            "source `{}` ({}) has positions of its own, which sinks store; its disk buffer would send again after a crash rows it had stored, so remove `buffer: {{type: disk}}`",
+            source.id, source.type_name
+        )),
+        (Replay::WithPositions, SourceBuffer::Memory) => Ok(()),
+        (Replay::Nothing, SourceBuffer::Memory) => Err(format!(
             "source `{}` ({}) cannot replay what it sent; give it `buffer: {{type: disk}}`, whose positions the sink stores",
             source.id, source.type_name
-        ));
+        )),
+        (Replay::Nothing, SourceBuffer::Disk(_)) => Ok(()),
     }
-    Ok(())
 }

@@ -174,6 +174,19 @@ async fn exactly_once_plans_a_disk_buffered_source_into_timescale() {
     assert!(!p.transforms[0].window.as_ref().unwrap().exactly_once, "at least once, a window emits no positions");
 }
 
+#[tokio::test]
+async fn exactly_once_takes_a_kafka_source_by_its_own_positions_and_refuses_its_disk_buffer() {
+    let kafka = "delivery: exactly_once\nsources:\n  events:\n    type: kafka\n    bootstrap_servers: 127.0.0.1:9\n    topics: [e]\n    group_id: g\n    schema: {ts: timestamp, id: int}\n";
+    let db = DB.replace("[ingest]", "[events]");
+    let p = check(&format!("{kafka}{db}")).await.unwrap();
+    assert_eq!(p.sinks[0].exactly_once, Some(ExactlyOnce { streams: vec!["events".into()] }));
+    // Into a window, too: its offsets are committed only once the window's rows are written.
+    let windowed = WINDOWED.replace("ingest", "events");
+    assert!(check(&format!("{kafka}{windowed}")).await.unwrap().transforms[0].window.as_ref().unwrap().exactly_once);
+    let errs = check(&format!("{kafka}    buffer: {{type: disk}}\n{db}")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `events` (kafka) has positions of its own, which sinks store; its disk buffer would send again after a crash rows it had stored, so remove `buffer: {type: disk}`; or set `delivery: at_least_once` on it"]);
+}
+
 /// Badge-style counts per minute from the disk-buffered `ingest`, into timescale.
 const WINDOWED: &str = "transforms:\n  per_minute:\n    inputs: [ingest]\n    window: {tumbling: 1m}\n    sql: SELECT window_start, count(*) AS n FROM ingest GROUP BY window_start\nsinks:\n  db: {type: timescale, inputs: [per_minute], connection: 'host=localhost', table: t, time_column: window_start}\n";
 

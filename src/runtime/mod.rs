@@ -217,6 +217,18 @@ pub async fn run_reloadable(
             }
         }
     }
+    // Sources with positions of their own ask the exactly-once sinks they reach where to start.
+    let mut position_queries: HashMap<String, mpsc::UnboundedReceiver<tributary_sdk::PositionQuery>> = HashMap::new();
+    let mut sink_positions: HashMap<String, Vec<mpsc::UnboundedSender<tributary_sdk::PositionQuery>>> = HashMap::new();
+    for s in &sinks {
+        for stream in s.exactly_once.iter().flat_map(|e| e.streams.iter()) {
+            if sources.iter().any(|src| src.id == **stream && src.source.replay() == tributary_sdk::Replay::WithPositions) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                position_queries.insert(s.id.clone(), rx);
+                sink_positions.entry(stream.to_string()).or_default().push(tx);
+            }
+        }
+    }
     let mut tasks = ComponentTasks::new();
     for s in sinks {
         let rx = wiring.receivers.remove(&s.id).expect("channel");
@@ -225,8 +237,8 @@ pub async fn run_reloadable(
         let id = s.id.clone();
         let replace = replacers.sink(&s.id);
         let first = reload::SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
-        let publish = publish_written.remove(&s.id);
-        tasks.spawn(async move { (id, sink::run_sink(first, rx, ctx, dead, replace, publish).await) });
+        let (publish, queries) = (publish_written.remove(&s.id), position_queries.remove(&s.id));
+        tasks.spawn(async move { (id, sink::run_sink(first, rx, ctx, dead, replace, publish, queries).await) });
     }
     for t in transforms {
         let rx = wiring.receivers.remove(&t.id).expect("channel");
@@ -274,6 +286,7 @@ pub async fn run_reloadable(
             dead: wiring.dead_letters(&s.id),
             shutdown: shutdown.clone(),
             metrics: wiring.metrics[&s.id].clone(),
+            sink_positions: tributary_sdk::SinkPositions::new(sink_positions.remove(&s.id).unwrap_or_default()),
         };
         let (id, source, replace) = (s.id.clone(), s.source, replacers.source(&s.id));
         tasks.spawn(async move { (id, run.run(source, replace).await) });
@@ -325,6 +338,7 @@ struct SourceRun {
     dead: DeadLetters,
     shutdown: CancellationToken,
     metrics: Arc<ComponentMetrics>,
+    sink_positions: tributary_sdk::SinkPositions,
 }
 
 impl SourceRun {
@@ -335,7 +349,8 @@ impl SourceRun {
     ) -> anyhow::Result<()> {
         loop {
             let stop = self.shutdown.child_token();
-            let ctx = SourceContext::new(self.id.clone(), self.outputs.clone(), self.dead.clone(), stop.clone(), self.metrics.clone());
+            let ctx = SourceContext::new(self.id.clone(), self.outputs.clone(), self.dead.clone(), stop.clone(), self.metrics.clone())
+                .with_sink_positions(self.sink_positions.clone());
             let mut running = source.run(ctx);
             tokio::select! {
                 result = &mut running => return result,

@@ -282,7 +282,16 @@ impl Replacers {
         let dead = self.new_dead_letters(&s.id, &metrics, admin);
         let (tx, replace) = mpsc::unbounded_channel();
         self.sources.senders.insert(s.id.clone(), tx);
-        let run = super::SourceRun { id: s.id.clone(), outputs, dead, shutdown: self.shutdown.clone(), metrics: metrics.clone() };
+        // A source a reload adds is not wired to the sinks' positions (run_reloadable does that
+        // at start): a Kafka source added so writes at least once until the next start.
+        let run = super::SourceRun {
+            id: s.id.clone(),
+            outputs,
+            dead,
+            shutdown: self.shutdown.clone(),
+            metrics: metrics.clone(),
+            sink_positions: Default::default(),
+        };
         let task = AddedTask { id: s.id.clone(), task: Box::pin(run.run(s.source, replace)) };
         (task, ComponentInfo { id: s.id, kind: Kind::Source, type_name: s.type_name, metrics, input: None, disk_buffer: false })
     }
@@ -314,7 +323,7 @@ impl Replacers {
         let (tx, replace) = mpsc::unbounded_channel();
         self.sinks.senders.insert(s.id.clone(), tx);
         let version = SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
-        self.spawn(&s.id, Box::pin(super::sink::run_sink(version, rx, ctx, dead, replace, None)))?;
+        self.spawn(&s.id, Box::pin(super::sink::run_sink(version, rx, ctx, dead, replace, None, None)))?;
         let input = self.channels.get(&s.id).cloned();
         Ok(ComponentInfo { id: s.id, kind: Kind::Sink, type_name: s.type_name, metrics, input, disk_buffer: false })
     }

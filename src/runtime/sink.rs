@@ -3,6 +3,7 @@
 //! the destination refused go to the sink's dead letters carrying the batch's acks; only
 //! `retry.max_elapsed` makes the engine give up, through the same dead-letter path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -10,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 use super::reload::{NewSink, SinkVersion, Versions};
 use crate::graph::ExactlyOnce;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, Positions, Sink, SinkContext};
+use tributary_sdk::{
+    AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, PositionQuery, Positions, Sink, SinkContext,
+};
 
 /// `retry:` on any sink: how the engine retries a write or flush that failed transiently.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -107,7 +110,9 @@ impl<'a> Retrying<'a> {
 }
 
 /// The sink's task: writes every delivered batch, flushes on its interval and at the end;
-/// `publish_written` gets the positions an exactly-once sink had written when it started.
+/// `publish_written` gets the positions an exactly-once sink had written when it started, and
+/// `queries` asks it, while it runs, for the positions of streams a source is about to replay
+/// (see `tributary_sdk::SinkPositions`).
 pub(crate) async fn run_sink(
     first: SinkVersion,
     mut rx: mpsc::Receiver<Delivery>,
@@ -115,6 +120,7 @@ pub(crate) async fn run_sink(
     dead: DeadLetters,
     mut replace: mpsc::UnboundedReceiver<NewSink>,
     publish_written: Option<watch::Sender<Option<Positions>>>,
+    mut queries: Option<mpsc::UnboundedReceiver<PositionQuery>>,
 ) -> anyhow::Result<()> {
     let SinkVersion { mut sink, mut retry, exactly_once } = first;
     let mut replay = start(sink.as_mut(), exactly_once.as_ref(), &ctx).await?;
@@ -148,6 +154,16 @@ pub(crate) async fn run_sink(
                 }
                 replay = switch_sink(&mut sink, &mut retry, new, &ctx, &dead, &mut pending).await?;
                 ticker = flush_ticker(sink.as_ref());
+            }
+            // Before deliveries: the asking source sends nothing until it has the answer.
+            Some(query) = async { queries.as_mut()?.recv().await }, if queries.is_some() => {
+                flush(sink.as_mut(), &ctx, &dead, &retry, &mut pending).await?;
+                let answer = stored_positions(sink.as_mut(), &ctx, &retry, &query.streams).await;
+                if let (Ok(written), Some(replay)) = (&answer, replay.as_mut()) {
+                    written.iter().for_each(|p| replay.written.advance(&p));
+                }
+                // The source may have stopped meanwhile; then nobody needs the answer.
+                let _ = query.answer.send(answer);
             }
             delivery = rx.recv() => {
                 // `_work` lives until the batch is written (see `InFlight`).
@@ -188,6 +204,28 @@ async fn start(sink: &mut dyn Sink, exactly_once: Option<&ExactlyOnce>, ctx: &Si
         store.committed(ctx, &exactly_once.streams).await.map_err(|e| e.context("reading the positions written with the rows"))?;
     tracing::info!(sink = %ctx.id, "exactly once: replayed rows up to {written} are already written and will be skipped");
     Ok(Some(Replay { written, skipped: 0 }))
+}
+
+/// The positions of `streams` the sink stored (everything it held was just flushed), read again
+/// until the destination answers or `retry.max_elapsed` passes.
+async fn stored_positions(sink: &mut dyn Sink, ctx: &SinkContext, retry: &SinkRetry, streams: &[Arc<str>]) -> anyhow::Result<Positions> {
+    let Some(store) = sink.positions() else {
+        anyhow::bail!("sink `{}` was asked for positions but does not store them", ctx.id);
+    };
+    let mut retrying = Retrying::new(ctx, retry, "reading the stored positions");
+    loop {
+        match store.committed(ctx, streams).await {
+            Ok(written) => {
+                retrying.succeeded();
+                return Ok(written);
+            }
+            Err(e) => {
+                if let Some(reason) = retrying.wait(&e).await {
+                    anyhow::bail!("sink `{}`: {reason}", ctx.id);
+                }
+            }
+        }
+    }
 }
 
 /// What an exactly-once sink had written when it started, and the replayed rows skipped since

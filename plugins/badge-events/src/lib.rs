@@ -30,7 +30,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{
-    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, OutputSpec, Source, SourceContext, SourcePlugin,
+    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, OutputSpec, Replay, Source, SourceContext, SourcePlugin,
 };
 
 pub use config::{BadgeEventsConfig, HttpConfig, HttpMode, Mode, PubsubConfig, StreamConfig};
@@ -139,8 +139,11 @@ async fn emit(id: &str, ctx: &SourceContext, messages: &[Message], acks: AckSet)
 #[async_trait::async_trait]
 impl Source for BadgeEventsSource {
     /// `mode: stream` XACKs once the rows are acknowledged.
-    fn resends_after_a_crash(&self) -> bool {
-        matches!(self.cfg, BadgeEventsConfig::Stream(_))
+    fn replay(&self) -> Replay {
+        match self.cfg {
+            BadgeEventsConfig::Stream(_) => Replay::FromItsOwnPlace,
+            _ => Replay::Nothing,
+        }
     }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         match self.cfg {

@@ -12,8 +12,8 @@ use tributary_sdk::http::decode_off_reactor;
 use tributary_sdk::json::{JsonRows, LineError};
 use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{
-    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Source, SourceContext,
-    SourcePlugin,
+    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Replay, Source,
+    SourceContext, SourcePlugin,
 };
 
 use crate::checkpoint::{Checkpoint, CheckpointSaver, FileIdentity};
@@ -197,8 +197,8 @@ impl FileSource {
 #[async_trait::async_trait]
 impl Source for FileSource {
     /// The checkpoint is saved once the lines are acknowledged.
-    fn resends_after_a_crash(&self) -> bool {
-        true
+    fn replay(&self) -> Replay {
+        Replay::FromItsOwnPlace
     }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let path = &self.cfg.path;

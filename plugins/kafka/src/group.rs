@@ -150,6 +150,9 @@ pub(crate) struct Group {
     pub wake: tokio::sync::Notify,
     /// Partitions revoked since the source loop last looked: it drops what it buffered of them.
     revoked: Mutex<Vec<PartitionKey>>,
+    /// Partitions assigned since the source loop last looked (exactly once: it asks the sinks
+    /// where they stopped in them).
+    assigned: Mutex<Vec<PartitionKey>>,
     rebalance_wait: Duration,
     /// Set once the source stops: the revoke of the final leave-group does not wait.
     closing: std::sync::atomic::AtomicBool,
@@ -163,6 +166,7 @@ impl Group {
             acked: Condvar::new(),
             wake: tokio::sync::Notify::new(),
             revoked: Mutex::new(Vec::new()),
+            assigned: Mutex::new(Vec::new()),
             rebalance_wait,
             closing: Default::default(),
         })
@@ -181,6 +185,10 @@ impl Group {
 
     pub fn take_revoked(&self) -> HashSet<PartitionKey> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect()
+    }
+
+    pub fn take_assigned(&self) -> Vec<PartitionKey> {
+        std::mem::take(&mut *self.assigned.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Marks the group as being left when dropped: the final revoke commits without waiting.
@@ -329,6 +337,8 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                let parts: Vec<PartitionKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                self.group.assigned.lock().unwrap_or_else(|e| e.into_inner()).extend(parts);
                 tracing::info!(source = %self.group.source_id, partitions = %partition_list(tpl), "Kafka partitions assigned")
             }
             Rebalance::Revoke(_) => {}

@@ -2,7 +2,7 @@
 //! downstream has durably written the batch (and its dead letters). Undecodable messages go to the
 //! dead-letter output and are committed with their batch, never retried forever.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +16,13 @@ use tokio::time::Instant;
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
-    Ack, AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Secret, Source,
-    SourceContext, SourcePlugin,
+    Ack, AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Position, Replay,
+    Secret, Source, SourceContext, SourcePlugin,
 };
 
 use crate::client::{client_config, SslConfig};
-use crate::group::{commit, Group, GroupContext};
+use crate::group::{commit, Group, GroupContext, PartitionKey};
+use crate::replay::{self, SinkCuts};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -230,8 +231,42 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Decode a batch of messages, send the rows and dead letters under one acknowledgement.
+    /// Send what was received: in one batch, or exactly once, in one batch per partition stamped
+    /// with its last offset (see `replay.rs`).
     async fn emit(&self, ctx: &SourceContext, received: Vec<Received>, group: &Arc<Group>) -> anyhow::Result<()> {
+        if ctx.sink_positions.is_empty() {
+            return self.emit_batch(ctx, received, group, None).await;
+        }
+        let mut by_partition: BTreeMap<PartitionKey, Vec<Received>> = BTreeMap::new();
+        for m in received {
+            by_partition.entry((m.topic.clone(), m.partition)).or_default().push(m);
+        }
+        for (key, messages) in by_partition {
+            // A partition's messages arrive in offset order.
+            let last = messages.last().map_or(0, |m| m.offset);
+            self.emit_batch(ctx, messages, group, Some(replay::position(&self.id, &key, last))).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the exactly-once sinks where they stopped in `partitions`.
+    async fn ask_sinks(&self, ctx: &SourceContext, cuts: &mut SinkCuts, partitions: &[PartitionKey]) -> anyhow::Result<()> {
+        let streams: Vec<Arc<str>> = partitions.iter().map(|k| replay::stream(&self.id, k)).collect();
+        let written = ctx.sink_positions.written(&streams).await.context("asking the exactly-once sinks where they stopped")?;
+        cuts.learn(&self.id, partitions, &written);
+        let said: Vec<String> = written.iter().map(|w| w.to_string()).collect();
+        tracing::info!(source = %self.id, partitions = partitions.len(), sinks_wrote = %said.join("; "), "exactly once: replayed messages the sinks wrote are skipped");
+        Ok(())
+    }
+
+    /// Decode a batch of messages, send the rows and dead letters under one acknowledgement.
+    async fn emit_batch(
+        &self,
+        ctx: &SourceContext,
+        received: Vec<Received>,
+        group: &Arc<Group>,
+        position: Option<Position>,
+    ) -> anyhow::Result<()> {
         if received.is_empty() {
             return Ok(());
         }
@@ -280,7 +315,7 @@ impl KafkaSource {
         if batch.num_rows() == 0 {
             ack.release();
         } else {
-            ctx.output("").send(Batch::with_acks(batch, AckSet::single(ack))).await?;
+            ctx.output("").send(Batch::with_acks(batch, AckSet::single(ack)).at(position)).await?;
         }
         Ok(())
     }
@@ -354,9 +389,9 @@ fn now_micros() -> i64 {
 
 #[async_trait::async_trait]
 impl Source for KafkaSource {
-    /// Offsets are committed once the rows are acknowledged.
-    fn resends_after_a_crash(&self) -> bool {
-        true
+    /// Offsets are committed once the rows are acknowledged, and are positions sinks can store.
+    fn replay(&self) -> Replay {
+        Replay::WithPositions
     }
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
         let group = Group::new(&self.id, self.cfg.rebalance_wait.0);
@@ -368,6 +403,11 @@ impl Source for KafkaSource {
         let shutdown = ctx.shutdown.clone();
         let mut received: Vec<Received> = Vec::new();
         let mut deadline: Option<Instant> = None;
+        // Exactly once: where the sinks stopped, per partition; and partitions assigned since the
+        // sinks were last asked.
+        let exactly_once = !ctx.sink_positions.is_empty();
+        let mut cuts = SinkCuts::default();
+        let mut unasked: BTreeSet<PartitionKey> = BTreeSet::new();
         loop {
             let can_poll = group.tracker().len() < self.cfg.max_pending_batches;
             tokio::select! {
@@ -384,9 +424,33 @@ impl Source for KafkaSource {
                     let revoked = group.take_revoked();
                     if !revoked.is_empty() {
                         received.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+                        revoked.iter().for_each(|k| cuts.forget(k));
+                    }
+                    // What the sinks said of a partition before it was (re)assigned is stale: its
+                    // last owner may have written more since.
+                    for k in group.take_assigned() {
+                        cuts.forget(&k);
+                        unasked.insert(k);
                     }
                     match m {
                         Ok(m) => {
+                            let key = (m.topic().to_string(), m.partition());
+                            if exactly_once {
+                                if !cuts.knows(&key) {
+                                    unasked.insert(key.clone());
+                                    let partitions: Vec<PartitionKey> = std::mem::take(&mut unasked).into_iter().collect();
+                                    self.ask_sinks(&ctx, &mut cuts, &partitions).await?;
+                                }
+                                if cuts.written_everywhere(&key, m.offset()) {
+                                    ctx.metrics.replay_skipped.add(1);
+                                    continue;
+                                }
+                                let last = received.iter().rev().find(|r| r.topic == key.0 && r.partition == key.1).map(|r| r.offset);
+                                if last.is_some_and(|last| cuts.cut_between(&key, last, m.offset())) {
+                                    self.emit(&ctx, std::mem::take(&mut received), &group).await?;
+                                    deadline = None;
+                                }
+                            }
                             received.push(Received {
                                 topic: m.topic().to_string(),
                                 partition: m.partition(),

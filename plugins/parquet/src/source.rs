@@ -18,7 +18,9 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use serde::Deserialize;
-use tributary_sdk::{BuiltSource, ComponentConfig, ConfigError, DeclaredSchema, OutputSpec, Period, Source, SourceContext, SourcePlugin};
+use tributary_sdk::{
+    BuiltSource, ComponentConfig, ConfigError, DeclaredSchema, OutputSpec, Period, Replay, Source, SourceContext, SourcePlugin,
+};
 
 use crate::store::{self, ObjectLocation, StorageOptions};
 
@@ -227,8 +229,8 @@ impl ParquetSource {
 #[async_trait::async_trait]
 impl Source for ParquetSource {
     /// A file is recorded as read once its rows are acknowledged.
-    fn resends_after_a_crash(&self) -> bool {
-        true
+    fn replay(&self) -> Replay {
+        Replay::FromItsOwnPlace
     }
     /// The declared columns against the newest file the source would read (none yet: nothing to
     /// check).

@@ -43,7 +43,7 @@ pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Routes, Tap, TrySendError, DEAD_LETTER_OUTPUT};
-pub use position::{Position, Positions};
+pub use position::{Position, PositionQuery, Positions, SinkPositions};
 pub use sink::{Durability, PositionStore, Sink, SinkContext, Transient, Written};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -57,6 +57,9 @@ pub struct SourceContext {
     /// Cancelled when the pipeline stops: finish the current batch, send it, return.
     pub shutdown: CancellationToken,
     pub metrics: Arc<ComponentMetrics>,
+    /// For a source that stamps its own positions ([`Replay::WithPositions`]) on an exactly-once
+    /// path: the sinks to ask where its streams were written. Empty otherwise.
+    pub sink_positions: SinkPositions,
 }
 
 impl SourceContext {
@@ -67,7 +70,12 @@ impl SourceContext {
         shutdown: CancellationToken,
         metrics: Arc<ComponentMetrics>,
     ) -> Self {
-        SourceContext { id, outputs, dead_letters, shutdown, metrics }
+        SourceContext { id, outputs, dead_letters, shutdown, metrics, sink_positions: SinkPositions::default() }
+    }
+
+    pub fn with_sink_positions(mut self, sink_positions: SinkPositions) -> Self {
+        self.sink_positions = sink_positions;
+        self
     }
 
     /// One of the outputs the source declared (`""` is the main output).
@@ -98,13 +106,28 @@ pub trait Source: Send {
     async fn check(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
-    /// Whether it sends again, after a crash, rows acknowledged just before it: a source that
-    /// saves its own place (Kafka offsets, a file checkpoint, `XACK`) once its rows are
-    /// acknowledged. Its disk buffer would store those rows twice, so `delivery: exactly_once`
-    /// refuses it (its own place is not stored by the sinks yet).
-    fn resends_after_a_crash(&self) -> bool {
-        false
+    /// What it sends again after a crash (see [`Replay`]).
+    fn replay(&self) -> Replay {
+        Replay::Nothing
     }
+}
+
+/// What a source sends again after a crash, which decides whether `delivery: exactly_once` can
+/// hold on its paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Nothing by itself (a poll, a push): a disk buffer in front of it replays what it stored,
+    /// with the buffer's positions.
+    Nothing,
+    /// It saves its own place (a file checkpoint, `XACK`) once its rows are acknowledged, and
+    /// sends again rows acknowledged just before a crash, with no position: a disk buffer would
+    /// store them twice, so exactly once refuses it.
+    FromItsOwnPlace,
+    /// It stamps its batches with positions of its own streams, named `<source id>/…` (Kafka:
+    /// one stream per partition, the offset as the sequence), and asks the sinks through
+    /// [`SourceContext::sink_positions`] where to cut its batches: exactly once without a disk
+    /// buffer.
+    WithPositions,
 }
 
 /// A built source: its declared outputs and the runnable source.

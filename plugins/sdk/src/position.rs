@@ -73,6 +73,48 @@ impl std::fmt::Display for Positions {
     }
 }
 
+/// A source's line to the exactly-once sinks its positions reach: it asks them which of its
+/// streams' positions they have written (a Kafka source, for the partitions it was just assigned).
+/// Each sink first makes durable what it holds, then answers from what it stored, so the answer is
+/// what a replay must not write again.
+#[derive(Clone, Default)]
+pub struct SinkPositions {
+    sinks: Vec<tokio::sync::mpsc::UnboundedSender<PositionQuery>>,
+}
+
+/// One question to one sink: the positions of `streams` it has written.
+pub struct PositionQuery {
+    pub streams: Vec<Arc<str>>,
+    pub answer: tokio::sync::oneshot::Sender<anyhow::Result<Positions>>,
+}
+
+impl SinkPositions {
+    pub fn new(sinks: Vec<tokio::sync::mpsc::UnboundedSender<PositionQuery>>) -> Self {
+        SinkPositions { sinks }
+    }
+
+    /// No exactly-once sink reads this source's positions: nothing to stamp, nothing to ask.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Per sink, what it has written of `streams`.
+    pub async fn written(&self, streams: &[Arc<str>]) -> anyhow::Result<Vec<Positions>> {
+        let mut answers = Vec::with_capacity(self.sinks.len());
+        for sink in &self.sinks {
+            let (answer, reply) = tokio::sync::oneshot::channel();
+            sink.send(PositionQuery { streams: streams.to_vec(), answer })
+                .map_err(|_| anyhow::anyhow!("an exactly-once sink stopped before it said which positions it had written"))?;
+            answers.push(reply);
+        }
+        let mut written = Vec::with_capacity(answers.len());
+        for reply in answers {
+            written.push(reply.await.map_err(|_| anyhow::anyhow!("an exactly-once sink stopped before it answered"))??);
+        }
+        Ok(written)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

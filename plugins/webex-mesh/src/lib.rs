@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use tributary_sdk::progress::AckedProgress;
-use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Source, SourceContext, SourcePlugin};
+use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Replay, Source, SourceContext, SourcePlugin};
 
 use client::{ApiClient, RateLimiter};
 use config::WebexMeshConfig;
@@ -49,8 +49,12 @@ pub struct WebexMeshSource {
 #[async_trait::async_trait]
 impl Source for WebexMeshSource {
     /// A backfill window is recorded once its rows are acknowledged.
-    fn resends_after_a_crash(&self) -> bool {
-        !self.cfg.backfill.0.is_zero()
+    fn replay(&self) -> Replay {
+        if self.cfg.backfill.0.is_zero() {
+            Replay::Nothing
+        } else {
+            Replay::FromItsOwnPlace
+        }
     }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let cfg = self.cfg;

@@ -1,0 +1,182 @@
+//! `delivery: exactly_once` from a Kafka source, through SQL, into two exactly-once sinks that
+//! write at different paces (a timescale `append` table every 100 ms, a Delta table every 1.5 s):
+//! `kill -9` mid-stream, three times. After each kill the group resumes from its last commit,
+//! which trails both sinks; the timescale table is ahead of the Delta table. Every message must be
+//! in each once.
+//!
+//! With `delivery: at_least_once` the same run writes the rows between the Delta table's last
+//! commit and the kill into the timescale table again (the control below shows it does).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+const TOTAL: i64 = 6000;
+const KILLS: usize = 3;
+
+struct Run {
+    dir: tempfile::TempDir,
+    table: String,
+    admin: std::net::SocketAddr,
+    pipeline: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Run {
+    fn new(bootstrap: &str, topic: &str, delivery: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let table = format!("kafka_eo_{delivery}_{}", std::process::id());
+        let admin = common::free_addr();
+        let yaml = format!(
+            r#"delivery: {delivery}
+admin: {{address: "{admin}"}}
+sources:
+  readings:
+    type: kafka
+    bootstrap_servers: "{bootstrap}"
+    topics: [{topic}]
+    group_id: {table}
+    batch_size: 100
+    batch_wait: 50ms
+    schema: {{id: int, site: string, ts: timestamp}}
+    # The killed member holds its partitions until its session times out (default 45 s).
+    librdkafka: {{session.timeout.ms: "6000", heartbeat.interval.ms: "500"}}
+transforms:
+  named:
+    inputs: [readings]
+    sql: SELECT id, upper(site) AS site, ts FROM readings WHERE id >= 0
+sinks:
+  db: {{type: timescale, inputs: [named], connection: "{url}", table: {table}, batch: {{max_age: 100ms}}}}
+  lake: {{type: parquet, format: delta, inputs: [named], path: "{lake}", max_age: 1500ms}}
+"#,
+            url = tributary_testkit::test_postgres_url(),
+            lake = dir.path().join("lake").display(),
+        );
+        let pipeline = common::write(dir.path(), "pipeline.yaml", &yaml);
+        let log = dir.path().join("run.log");
+        Run { dir, table, admin, pipeline, log }
+    }
+
+    fn start(&self) -> Child {
+        common::run_logged(&self.pipeline, &[], &self.log)
+    }
+
+    /// Replayed messages or rows not written again, so far in this process (the source's and the
+    /// sinks' `replay_skipped_rows_total`).
+    fn skipped(&self) -> f64 {
+        let Ok((200, text)) = common::get(self.admin, "/metrics") else { return 0.0 };
+        ["readings", "db", "lake"].iter().filter_map(|c| common::metric(&text, "tributary_component_replay_skipped_rows_total", c)).sum()
+    }
+}
+
+/// id → how many rows of the timescale table carry it.
+async fn ids_in_table(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, i64> {
+    let rows = db.query(&format!("SELECT id, count(*) FROM \"{table}\" GROUP BY id"), &[]).await.unwrap_or_default();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+fn ids_in_delta(path: &Path) -> BTreeMap<i64, i64> {
+    let script = "import collections\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
+    tributary_testkit::read_delta_with_python(path, script)
+        .lines()
+        .map(|l| {
+            let (id, n) = l.split_once(' ').expect("id count");
+            (id.parse().expect("an id"), n.parse().expect("a count"))
+        })
+        .collect()
+}
+
+async fn produce(bootstrap: String, topic: String) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for id in 0..TOTAL {
+        let payload = format!(r#"{{"id":{id},"site":"s{}","ts":"2026-12-05T10:00:00Z"}}"#, id % 7);
+        let key = (id % 13).to_string();
+        producer.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(5)).await.map_err(|(e, _)| e).unwrap();
+        if id % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Runs the pipeline while `TOTAL` messages are produced, kills it `KILLS` times as the table
+/// grows, then lets a last run finish. Returns the table's and the Delta table's id counts, and
+/// how many replayed rows were skipped.
+async fn killed_run(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    delivery: &str,
+) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>, f64) {
+    let topic = format!("readings_{delivery}");
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let run = Run::new(&bootstrap, &topic, delivery);
+    let db = common::pg().await;
+    db.batch_execute(&format!("DROP TABLE IF EXISTS \"{0}\"; DELETE FROM tributary_positions WHERE target = 'public.{0}'", run.table))
+        .await
+        .ok();
+    let producing = tokio::spawn(produce(bootstrap, topic));
+
+    let mut skipped = 0.0;
+    let mut child = run.start();
+    for kill in 1..=KILLS {
+        // Kill once this run has written more rows, while messages are still produced.
+        let target = common::pg_count(&db, &run.table).await + 700;
+        let t0 = Instant::now();
+        while common::pg_count(&db, &run.table).await < target && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        skipped += run.skipped();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("{delivery}: kill {kill} at {} rows in the table", common::pg_count(&db, &run.table).await);
+        child = run.start();
+    }
+    producing.await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (table, lake) = (ids_in_table(&db, &run.table).await, ids_in_delta(&run.dir.path().join("lake")));
+        if (table.len() as i64 == TOTAL && lake.len() as i64 == TOTAL) || t0.elapsed() > Duration::from_secs(90) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    skipped += run.skipped();
+    common::sigterm(&child);
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&run.log).unwrap_or_default();
+    assert!(status.success(), "a clean stop exits 0: {status:?}\n{log}");
+    (ids_in_table(&db, &run.table).await, ids_in_delta(&run.dir.path().join("lake")), skipped)
+}
+
+fn problems(what: &str, ids: &BTreeMap<i64, i64>) -> (Vec<i64>, i64) {
+    let missing: Vec<i64> = (0..TOTAL).filter(|id| !ids.contains_key(id)).collect();
+    let twice: i64 = ids.values().map(|n| n - 1).sum();
+    eprintln!("{what}: {} ids, {} missing, {twice} written twice", ids.len(), missing.len());
+    (missing, twice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_kafka_pipeline_writes_every_message_once_into_both_sinks() {
+    let mock = MockCluster::new(1).unwrap();
+
+    let (table, lake, skipped) = killed_run(&mock, "exactly_once").await;
+    let (missing, twice) = problems("exactly_once, timescale", &table);
+    assert!(missing.is_empty() && twice == 0, "timescale: missing {:?}…, {twice} written twice", &missing[..missing.len().min(10)]);
+    let (missing, twice) = problems("exactly_once, delta", &lake);
+    assert!(missing.is_empty() && twice == 0, "delta: missing {:?}…, {twice} written twice", &missing[..missing.len().min(10)]);
+    eprintln!("exactly_once: {skipped} replayed messages or rows skipped");
+    assert!(skipped > 0.0, "the kills left replays to skip");
+
+    // The control: at least once, the table gets the Delta table's lag again after each kill.
+    let (table, lake, _) = killed_run(&mock, "at_least_once").await;
+    let (missing, twice) = problems("at_least_once, timescale", &table);
+    assert!(missing.is_empty(), "at least once loses nothing either");
+    assert!(twice > 0, "the kills replayed rows the table had written");
+    assert!(problems("at_least_once, delta", &lake).0.is_empty());
+}
