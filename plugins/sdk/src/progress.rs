@@ -22,6 +22,9 @@ struct State<P> {
     /// Positions not committed yet, oldest first, with their ack's outcome once known.
     pending: VecDeque<(u64, P, Option<AckStatus>)>,
     commit: Box<dyn FnMut(P) + Send>,
+    /// The hold was logged: once per run, not once per failed ack (a stop that keeps thousands of
+    /// rows for the next run fails thousands of acks).
+    hold_logged: bool,
 }
 
 impl<P: Send + 'static> AckedProgress<P> {
@@ -29,7 +32,9 @@ impl<P: Send + 'static> AckedProgress<P> {
     /// become safe at once). It runs where the last ack was released, so it must be quick and must
     /// not block on the pipeline: writing a small state file is fine.
     pub fn new(commit: impl FnMut(P) + Send + 'static) -> Self {
-        AckedProgress { state: Arc::new(Mutex::new(State { next_seq: 0, pending: VecDeque::new(), commit: Box::new(commit) })) }
+        AckedProgress {
+            state: Arc::new(Mutex::new(State { next_seq: 0, pending: VecDeque::new(), commit: Box::new(commit), hold_logged: false })),
+        }
     }
 
     /// The ack for the rows read up to `position`. Attach it to every batch and dead letter those
@@ -65,7 +70,8 @@ fn resolve<P>(state: &Mutex<State<P>>, seq: u64, status: AckStatus) {
     while s.pending.front().is_some_and(|p| p.2 == Some(AckStatus::Delivered)) {
         ready = s.pending.pop_front().map(|p| p.1);
     }
-    if s.pending.front().is_some_and(|p| p.2 == Some(AckStatus::Failed)) && status == AckStatus::Failed {
+    if !s.hold_logged && s.pending.front().is_some_and(|p| p.2 == Some(AckStatus::Failed)) {
+        s.hold_logged = true;
         tracing::warn!("rows were not written by every sink; progress stays before them, so a restart reads them again");
     }
     if let Some(position) = ready {
@@ -119,5 +125,41 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), [1]);
         assert!(progress.is_held());
         assert_eq!(progress.uncommitted(), 3);
+    }
+
+    /// Counts WARN events.
+    struct Warnings(Arc<std::sync::atomic::AtomicUsize>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_hold_is_logged_once_however_many_acks_fail() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let warnings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Warnings(warnings.clone()));
+        let count = || warnings.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::subscriber::with_default(subscriber, || {
+            // The first ack fails, then a thousand behind it (a stop that keeps its rows for the
+            // next run): one line.
+            let (progress, _) = recorder();
+            let first = progress.track(0);
+            let rest: Vec<Ack> = (1..=1000).map(|p| progress.track(p)).collect();
+            drop(first);
+            drop(rest);
+            assert_eq!(count(), 1);
+            // Failures behind a pending ack hold nothing until it resolves; then the hold is logged.
+            let (progress, _) = recorder();
+            let pending = progress.track(0);
+            drop((1..=1000).map(|p| progress.track(p)).collect::<Vec<_>>());
+            assert_eq!(count(), 1, "nothing held yet");
+            pending.release();
+            assert!(progress.is_held());
+            assert_eq!(count(), 2);
+        });
     }
 }
