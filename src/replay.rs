@@ -17,7 +17,8 @@ use datafusion::arrow::json::ReaderBuilder;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::{DeadLetter, Period, Sink, SinkContext};
 
-use crate::runtime::{Retrying, SinkRetry};
+use crate::graph::SinkRetry;
+use crate::runtime::Retrying;
 
 /// Rows written per call to the sink.
 const CHUNK: usize = 1000;

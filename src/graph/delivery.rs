@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tributary_sdk::{ComponentConfig, ConfigError, Replay};
 
+use super::SourceBuffer;
 use super::{InputRef, PlannedSink, PlannedSource, PlannedTransform, LATE_OUTPUT};
 use crate::config::Guarantee;
-use crate::runtime::SourceBuffer;
 
 /// A sink's `delivery:` option, taken out of its config (the plugin never sees it); `default` is
 /// the top-level one.

@@ -3,6 +3,7 @@
 //! Nothing here touches the network, so `validate` runs it anywhere.
 
 mod delivery;
+mod engine_keys;
 pub mod mermaid;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,9 +15,9 @@ use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPU
 
 use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Guarantee, Kind, PipelineFile};
 use crate::plugins::Registry;
-use crate::runtime::{SinkRetry, SourceBuffer};
 use crate::sql::window::{self, WindowConfig, WindowSpec};
 use crate::sql::SqlTransform;
+pub use engine_keys::{DiskBufferConfig, SinkRetry, SourceBuffer, WhenFull};
 
 /// An `inputs:` entry resolved to a component and one of its outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tributary_sdk::{HumanDuration, InFlight, Tap};
 
 use crate::config::{Diagnostics, PipelineFile};
-use crate::graph::{self, Plan};
+use crate::graph::{self, Plan, SourceBuffer};
 use crate::plugins::Registry;
-use crate::runtime::{self, Clock, ManualClock, RunOptions, SourceBuffer};
+use crate::runtime::{self, Clock, ManualClock, RunOptions};
 
 mod compare;
 mod fixtures;

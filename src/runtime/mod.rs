@@ -20,21 +20,20 @@ mod clock;
 pub mod disk_buffer;
 mod reload;
 mod sink;
+mod versions;
 mod windowed;
 pub use clock::{Clock, ManualClock, Timer};
-pub use disk_buffer::SourceBuffer;
 pub use reload::ReloadRequest;
-use reload::{NewVersion, Versions};
 pub(crate) use sink::Retrying;
-pub use sink::SinkRetry;
 use tributary_sdk::{
     AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap,
     DEAD_LETTER_OUTPUT,
 };
+use versions::{NewVersion, SinkVersion, Versions};
 
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::Kind;
-use crate::graph::{InputRef, Plan, PlannedTransform, LATE_OUTPUT};
+use crate::graph::{InputRef, Plan, PlannedTransform, SourceBuffer, LATE_OUTPUT};
 
 /// Batches buffered in front of each transform and sink.
 pub const CHANNEL_CAPACITY: usize = 16;
@@ -236,7 +235,7 @@ pub async fn run_reloadable(
         let dead = wiring.dead_letters(&s.id);
         let id = s.id.clone();
         let replace = replacers.sink(&s.id);
-        let first = reload::SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
+        let first = SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
         let (publish, queries) = (publish_written.remove(&s.id), position_queries.remove(&s.id));
         tasks.spawn(async move { (id, sink::run_sink(first, rx, ctx, dead, replace, publish, queries).await) });
     }

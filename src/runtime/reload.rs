@@ -17,15 +17,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::mpsc;
-use tributary_sdk::{ComponentMetrics, DeadLetters, Delivery, Output, Routes, Sink, SinkContext, Source, DEAD_LETTER_OUTPUT};
+use tributary_sdk::{ComponentMetrics, DeadLetters, Delivery, Output, Routes, SinkContext, Source, DEAD_LETTER_OUTPUT};
 
-use super::SinkRetry;
+use super::versions::{NewSink, NewVersion, SinkVersion};
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::{ComponentDecl, Kind};
-use crate::graph::{ExactlyOnce, InputRef, Plan, PlannedTransform};
+use crate::graph::{InputRef, Plan, PlannedTransform, SourceBuffer};
 
 /// What the CLI sends when the file changed (or on SIGHUP).
 pub enum ReloadRequest {
@@ -33,80 +32,6 @@ pub enum ReloadRequest {
     Valid(Plan),
     /// The new file did not validate (the diagnostics, with file:line:col): keep running.
     Invalid(String),
-}
-
-/// A new version of a sink: the plugin, the engine's retry settings and its delivery.
-pub(crate) type NewSink = NewVersion<SinkVersion>;
-
-/// What a sink's task runs: the plugin, with the engine's settings for it.
-pub(crate) struct SinkVersion {
-    pub sink: Box<dyn Sink>,
-    pub retry: SinkRetry,
-    pub exactly_once: Option<ExactlyOnce>,
-}
-
-/// A new version of a transform or sink, with the columns of those of its inputs that change.
-pub(crate) struct NewVersion<T> {
-    pub component: T,
-    /// Per input (in `inputs:` order): the new columns, where the reload changes them.
-    changed_inputs: Vec<Option<SchemaRef>>,
-    /// Set when the component's `inputs:` changed: its new channel. The old version handles what
-    /// comes through the old channel until the producers, rewired, have all let go of it.
-    channel: Option<mpsc::Receiver<Delivery>>,
-}
-
-/// The new versions a running component has been handed and not yet switched to: one waiting for
-/// its first batch with the new columns (batches sent before the producer switched carry the old
-/// ones and go to the old version), or one waiting for the old channel to close (rewired).
-pub(crate) struct Versions<T> {
-    upcoming: Option<NewVersion<T>>,
-    rewired: Option<(T, mpsc::Receiver<Delivery>)>,
-}
-
-impl<T> Default for Versions<T> {
-    fn default() -> Self {
-        Versions { upcoming: None, rewired: None }
-    }
-}
-
-impl<T> Versions<T> {
-    /// A new version arrived (superseding any waiting one). Returned when it takes over now, once
-    /// the component has handled what is queued; otherwise it waits, and `what` says what for.
-    pub fn arrive(&mut self, new: NewVersion<T>, what: &str) -> Option<T> {
-        self.upcoming = None;
-        match new.channel {
-            Some(rx) => {
-                self.rewired = Some((new.component, rx));
-                tracing::info!(component = %what, "reloaded: the new version takes over once the old inputs let go");
-                None
-            }
-            None if new.changed_inputs.iter().all(Option::is_none) => Some(new.component),
-            None => {
-                tracing::info!(component = %what, "reloaded: the new version takes over at the first batch with the new columns");
-                self.upcoming = Some(new);
-                None
-            }
-        }
-    }
-
-    /// The waiting version, when `batch` (from input `input`) is the first with its columns.
-    pub fn due(&mut self, input: usize, batch: &RecordBatch) -> Option<T> {
-        let new = self.upcoming.as_ref()?;
-        let expected = new.changed_inputs.get(input)?.as_ref()?;
-        same_columns(expected, &batch.schema()).then(|| self.upcoming.take().expect("checked").component)
-    }
-
-    /// The old channel closed: the rewired version and the channel it reads, if there is one.
-    pub fn rewired(&mut self) -> Option<(T, mpsc::Receiver<Delivery>)> {
-        self.rewired.take()
-    }
-}
-
-/// Same names and types in the same order (nullability and metadata aside: a plan's declared
-/// schema and the batches it makes can differ there).
-fn same_columns(a: &Schema, b: &Schema) -> bool {
-    a.fields().len() == b.fields().len()
-        && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
 /// One channel per component of a kind, through which its task receives new versions.
@@ -482,8 +407,7 @@ impl Replacers {
     fn changed(&self, plan: &Plan) -> Result<BTreeSet<String>, String> {
         let old: HashMap<&str, &ComponentDecl> = self.decls.iter().map(|d| (d.id.as_str(), d)).collect();
         let restart = "; that needs a restart of the process";
-        if let Some(s) = plan.sources.iter().find(|s| !old.contains_key(s.id.as_str()) && !matches!(s.buffer, super::SourceBuffer::Memory))
-        {
+        if let Some(s) = plan.sources.iter().find(|s| !old.contains_key(s.id.as_str()) && !matches!(s.buffer, SourceBuffer::Memory)) {
             return Err(format!("source `{}` was added with a disk buffer{restart}", s.id));
         }
         let mut changed = BTreeSet::new();
@@ -566,29 +490,6 @@ sinks:
         assert_eq!(reload(&rewired).await.unwrap(), ["counts"]);
         let removed = BASE.replace("  counts: {type: file, inputs: [per_minute], path: /dev/null}\n", "");
         assert_eq!(reload(&removed).await.unwrap(), ["-counts"]);
-    }
-
-    #[test]
-    fn a_waiting_version_takes_over_at_the_first_batch_with_its_columns() {
-        use datafusion::arrow::array::{ArrayRef, Int64Array};
-        use datafusion::arrow::datatypes::{DataType, Field};
-        let batch = |names: &[&str]| {
-            let fields: Vec<Field> = names.iter().map(|n| Field::new(*n, DataType::Int64, true)).collect();
-            let columns: Vec<ArrayRef> = names.iter().map(|_| std::sync::Arc::new(Int64Array::from(vec![1])) as ArrayRef).collect();
-            RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).unwrap()
-        };
-        let new_columns = batch(&["id"]).schema();
-        let mut versions = Versions::default();
-        assert_eq!(
-            versions.arrive(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)], channel: None }, "t"),
-            None
-        );
-        assert_eq!(versions.due(1, &batch(&["id", "score"])), None, "still the old columns");
-        assert_eq!(versions.due(0, &batch(&["id"])), None, "an input whose columns did not change");
-        assert_eq!(versions.due(1, &batch(&["id"])), Some("v2"));
-        assert_eq!(versions.due(1, &batch(&["id"])), None, "taken over once");
-        let now = NewVersion { component: "v3", changed_inputs: vec![None, None], channel: None };
-        assert_eq!(versions.arrive(now, "t"), Some("v3"), "same columns: takes over now");
     }
 
     #[tokio::test]

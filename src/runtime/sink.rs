@@ -4,45 +4,13 @@
 //! `retry.max_elapsed` makes the engine give up, through the same dead-letter path.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::reload::{NewSink, SinkVersion, Versions};
-use crate::graph::ExactlyOnce;
+use super::versions::{NewSink, SinkVersion, Versions};
+use crate::graph::{ExactlyOnce, SinkRetry};
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{
-    AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, Period, PositionQuery, Positions, Sink, SinkContext,
-};
-
-/// `retry:` on any sink: how the engine retries a write or flush that failed transiently.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkRetry {
-    /// First wait (default `100ms`); doubles per attempt, with jitter.
-    #[serde(default = "default_initial")]
-    pub initial: Period,
-    /// Longest wait between attempts (default `30s`).
-    #[serde(default = "default_max")]
-    pub max: Period,
-    /// Give up after failing this long and send the rows to the sink's dead letters. Unset (the
-    /// default): never give up; the pipeline waits for the destination under backpressure.
-    #[serde(default)]
-    pub max_elapsed: Option<Period>,
-}
-
-fn default_initial() -> Period {
-    Period(Duration::from_millis(100))
-}
-fn default_max() -> Period {
-    Period(Duration::from_secs(30))
-}
-
-impl Default for SinkRetry {
-    fn default() -> Self {
-        SinkRetry { initial: default_initial(), max: default_max(), max_elapsed: None }
-    }
-}
+use tributary_sdk::{AckSet, Batch, Closed, DeadLetter, DeadLetters, Delivery, Durability, PositionQuery, Positions, Sink, SinkContext};
 
 /// Acks (and the row count) of rows the sink holds until its next successful flush.
 #[derive(Default)]

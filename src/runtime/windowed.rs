@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tributary_sdk::{Batch, ComponentMetrics, DeadLetters, Delivery, Output, Position, Positions, Work};
 
-use super::reload::{NewVersion, Versions};
+use super::versions::{NewVersion, Versions};
 use super::{one_batch, send_sharing_acks, Timer};
 use crate::graph::PlannedTransform;
 use crate::sql::window::{Accepted, Emission, WindowOperator};

@@ -2,9 +2,9 @@
 //! under the faults a disk buffer exists for; counts printed as a table, every "0 lost" asserted.
 //!
 //! ```text
-//! cargo test --test buffer_figures               # 5 kills (what CI runs)
-//! cargo test --test buffer_figures -- --full     # the documented figures: 20 kills
-//! cargo test --test buffer_figures -- --only=window   # one scenario (its key: see `main`)
+//! cargo test --test figures buffer_figures               # 5 kills (what CI runs)
+//! cargo test --test figures buffer_figures -- --full     # the documented figures: 20 kills
+//! cargo test --test figures buffer_figures -- --only=window   # one scenario (its key: see `main`)
 //! ```
 //!
 //! 1. **`kill -9` under load**: eight clients post NDJSON (1–20 rows, unique ids) as fast as they
@@ -38,10 +38,10 @@
 //!    killed; no (minute, channel) row is written twice. With `--full`, the same at least once
 //!    beside it (its duplicates are expected, and counted).
 //!
-//! A plain `main` (harness = false), like `fault_figures`. Test-name filters that do not match
+//! Run by the `figures` binary's plain `main` (harness = false), after `fault_figures`. Test-name filters that do not match
 //! `buffer_figures` skip it.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -57,7 +57,7 @@ use rand::Rng;
 /// One scenario's run, not started yet.
 type Scenario = std::pin::Pin<Box<dyn std::future::Future<Output = Figure>>>;
 
-fn main() {
+pub fn run() {
     let Some(args) = harness_args("buffer_figures") else { return };
     let full = args.iter().any(|a| a == "--full");
     let kills = if full { 20 } else { 5 };

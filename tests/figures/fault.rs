@@ -2,8 +2,8 @@
 //! printed as a table and every "0 lost" asserted.
 //!
 //! ```text
-//! cargo test --test fault_figures               # short faults (what CI runs): 10 s cut, 40 s soak
-//! cargo test --test fault_figures -- --full     # the documented figures: 60 s cut, 3-minute soak
+//! cargo test --test figures fault_figures              # short faults (what CI runs): 10 s cut, 40 s soak
+//! cargo test --test figures fault_figures -- --full    # the documented figures: 60 s cut, 3-minute soak
 //! ```
 //!
 //! 1. **PostgreSQL cut under load**: HTTP ingest → timescale through a TCP proxy that is cut while
@@ -26,12 +26,11 @@
 //! 8. **Memory per body**: a million empty objects in 3 MB: resident memory before, at the peak
 //!    and after.
 //!
-//! A plain `main` (harness = false): the scenarios share one runtime, run one after another and
+//! Run by the `figures` binary's plain `main` (harness = false): the scenarios share one runtime, run one after another and
 //! print one table. Test-name filters that do not match `fault_figures` skip it.
 
-mod common;
-#[path = "fault_figures/hostile.rs"]
-mod hostile;
+use crate::common;
+use crate::hostile_reloads as hostile;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,7 +49,7 @@ struct Durations {
     soak: Duration,
 }
 
-fn main() {
+pub fn run() {
     let Some(args) = harness_args("fault_figures") else { return };
     let full = args.iter().any(|a| a == "--full");
     let d = if full {
@@ -75,13 +74,13 @@ fn main() {
 }
 
 /// Resident memory of a process in MB (0 when it is gone).
-fn rss_mb(pid: u32) -> f64 {
+pub(crate) fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
     kb / 1024.0
 }
 
-async fn wait_until(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         if done().await {
@@ -100,7 +99,7 @@ async fn distinct_and_rows(db: &tokio_postgres::Client, table: &str, column: &st
     }
 }
 
-async fn health(admin: std::net::SocketAddr) -> (u16, serde_json::Value) {
+pub(crate) async fn health(admin: std::net::SocketAddr) -> (u16, serde_json::Value) {
     let (status, body) = tokio::task::spawn_blocking(move || get(admin, "/health")).await.unwrap().unwrap_or((0, String::new()));
     (status, serde_json::from_str(&body).unwrap_or_default())
 }

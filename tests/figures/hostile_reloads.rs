@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{health, rss_mb, wait_until};
 use crate::common::figures::Figure;
 use crate::common::*;
+use crate::fault::{health, rss_mb, wait_until};
 
 /// An `http_server` source `ingest` on `address` (body limit `max_body`) and the rest of a pipeline.
 fn ingest(admin: std::net::SocketAddr, address: std::net::SocketAddr, max_body: &str, rest: &str) -> String {

@@ -219,7 +219,7 @@ struct FailureModelRun {
 }
 
 /// src → db (scripted) and db.dead_letter → store, with one batch of rows 1..=4.
-async fn failure_model_run(script: &[Step], retry: tributary::runtime::SinkRetry) -> FailureModelRun {
+async fn failure_model_run(script: &[Step], retry: tributary::graph::SinkRetry) -> FailureModelRun {
     let (tx, rx) = oneshot::channel();
     let source = AckingSource { batches: vec![rows(&[1, 2, 3, 4])], outcomes: vec![tx], sent: Arc::new(Mutex::new(0)) };
     let taken = Arc::new(Mutex::new(Vec::new()));
@@ -270,7 +270,7 @@ async fn failure_model_run(script: &[Step], retry: tributary::runtime::SinkRetry
     FailureModelRun { outcome: rx.await.unwrap(), taken, stored, open, shutdown, running, metrics: admin }
 }
 
-fn quick_retry(max_elapsed: Option<&str>) -> tributary::runtime::SinkRetry {
+fn quick_retry(max_elapsed: Option<&str>) -> tributary::graph::SinkRetry {
     let yaml = match max_elapsed {
         Some(d) => format!("{{initial: 20ms, max: 50ms, max_elapsed: {d}}}"),
         None => "{initial: 20ms, max: 50ms}".to_string(),

@@ -8,7 +8,7 @@
 //! shipped file. Channel, game and badge names are unique per run, so earlier runs' data in the
 //! shared VictoriaMetrics and PostgreSQL cannot make a query pass.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

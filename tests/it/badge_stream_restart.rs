@@ -2,7 +2,7 @@
 //! restarted: every entry reaches the sink (duplicates allowed, none missing) and the consumer
 //! group's pending list ends empty, because entries are XACKed only after the sink wrote them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The `tributary` binary as a user runs it: validate, graph, query, run with the quickstart, and a
 //! SIGTERM in the middle of HTTP ingest.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -138,6 +138,10 @@ fn documented() -> Vec<Documented> {
             minimal: "{connection: 'host=x', table: t}",
             decode: decode::<tributary_timescale::TimescaleSinkConfig>,
         },
+        // The keys the engine reads on every component, documented in docs/pipelines.md.
+        Documented { readme: "docs/pipelines.md", table: 0, minimal: "{}", decode: decode::<tributary::graph::DiskBufferConfig> },
+        Documented { readme: "docs/pipelines.md", table: 1, minimal: "{}", decode: decode::<tributary::graph::SinkRetry> },
+        Documented { readme: "docs/pipelines.md", table: 2, minimal: "{}", decode: decode::<tributary::sql::window::WindowConfig> },
         Documented {
             readme: "plugins/webex-mesh/README.md",
             table: 0,
@@ -251,6 +255,24 @@ fn every_config_field_is_documented_with_its_real_default() {
             }
         }
     }
+    // The other direction: every key a table documents is a field of a struct it covers (a table
+    // may cover several, one per `mode:`, which the source reads itself).
+    let mut covered: std::collections::BTreeMap<(&str, usize), BTreeSet<String>> = Default::default();
+    for d in documented() {
+        let minimal: Value = serde_yaml::from_str(d.minimal).unwrap();
+        if let Ok(base) = (d.decode)(&ComponentConfig::new("c", minimal)) {
+            covered.entry((d.readme, d.table)).or_default().extend(fields(&base));
+        }
+    }
+    for ((readme, table), own) in &covered {
+        for row in config_table(&root().join(readme), *table) {
+            for key in row.keys.iter().map(|k| k.split(['.', '[']).next().unwrap()) {
+                if !own.contains(key) && !ENGINE_KEYS.contains(&key) && key != "mode" {
+                    problems.push(format!("{readme} table #{table}: `{key}` is documented but no config field has that name"));
+                }
+            }
+        }
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // Fifteen tables (143 fields, 93 literal defaults today): the check cannot pass by finding none.
     assert!(fields_checked > 130 && defaults_checked > 85, "{fields_checked} fields and {defaults_checked} defaults checked");
@@ -284,4 +306,82 @@ fn the_check_finds_a_missing_field_and_a_wrong_default() {
     ))
     .unwrap();
     assert_ne!(normalized(&explicit), normalized(&base), "`/events` is not the default path, so the comparison must tell");
+}
+
+/// The README's plugin table, as (type, kinds, the README it links).
+fn plugin_table() -> Vec<(String, String, String)> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table = readme.split("| type | kind | docs |").nth(1).expect("the README's plugin table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            let link = cells[2].split("](").nth(1).and_then(|r| r.split(')').next()).unwrap_or("").to_string();
+            (cells[0].trim_matches('`').to_string(), cells[1].to_string(), link)
+        })
+        .collect()
+}
+
+/// The README's plugin table lists exactly the plugins this build registers, each with the kinds
+/// it is registered as, and links a README whose config table this file checks.
+#[test]
+fn the_plugin_table_is_the_registry() {
+    let registry = tributary::plugins::Registry::builtin();
+    let mut registered: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for t in registry.source_types() {
+        registered.entry(t.to_string()).or_default().push("source");
+    }
+    for t in registry.sink_types() {
+        registered.entry(t.to_string()).or_default().push("sink");
+    }
+    registered.insert("sql".into(), vec!["transform"]);
+    let checked: BTreeSet<&str> = documented().iter().map(|d| d.readme).collect();
+    let mut listed = std::collections::BTreeMap::new();
+    for (type_name, kinds, link) in plugin_table() {
+        if type_name != "sql" {
+            assert!(checked.contains(link.as_str()), "`{type_name}` links {link}, whose config table config_docs does not check");
+        }
+        listed.insert(type_name, kinds.split(", ").map(str::to_string).collect::<Vec<_>>());
+    }
+    let registered: std::collections::BTreeMap<String, Vec<String>> =
+        registered.into_iter().map(|(t, k)| (t, k.into_iter().map(str::to_string).collect())).collect();
+    assert_eq!(listed, registered, "the README's plugin table (left) against the registry (right)");
+}
+
+/// The backticked names in the first column of the table whose header starts with `header`.
+fn first_column_names(file: &str, header: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let table = text.split(&format!("\n{header}")).nth(1).unwrap_or_else(|| panic!("{file}: no table `{header}`"));
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .flat_map(|l| backticked(l.trim_matches('|').split(" | ").next().unwrap()))
+        .collect()
+}
+
+/// Every delivery table names every plugin of its kind that this build registers, so a new
+/// plugin cannot ship without saying what an ack means for it.
+#[test]
+fn the_delivery_tables_cover_every_registered_plugin() {
+    let registry = tributary::plugins::Registry::builtin();
+    let mut missing = Vec::new();
+    let tables = [
+        ("README.md", "| source |", registry.source_types()),
+        ("README.md", "| sink |", registry.sink_types()),
+        ("docs/delivery.md", "| source |", registry.source_types()),
+        ("docs/delivery.md", "| sink |", registry.sink_types()),
+        ("docs/delivery.md", "| component | exactly once |", [registry.source_types(), registry.sink_types()].concat()),
+    ];
+    for (file, header, types) in tables {
+        let named = first_column_names(file, header);
+        for t in types {
+            if !named.contains(t) {
+                missing.push(format!("{file}, table `{header}`: no row names `{t}`"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
 }

@@ -3,7 +3,7 @@
 //! away the entries stay pending (not XACKed), `/health` names the failing sink, and once the
 //! database is back every row is written and every entry acknowledged.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -93,3 +93,48 @@ fn the_readme_test_command_is_what_ci_runs() {
     assert!(ci.lines().any(|l| l.trim() == "./scripts/test"), "{ci}");
     assert!(Path::new(&root().join("scripts/test")).exists());
 }
+
+/// The value a documented `${NAME}` stands for when the examples are checked: something of the
+/// kind the name says (a libpq string, a URL), since `validate` reads it as such.
+fn example_env(name: &str) -> Option<String> {
+    let value = if name.contains("CONNECTION") || name.starts_with("PG") {
+        "host=127.0.0.1 user=postgres dbname=test"
+    } else if name.contains("URL") || name.contains("ENDPOINT") {
+        "http://127.0.0.1:9"
+    } else if name.contains("BROKERS") || name.contains("ADDR") {
+        "127.0.0.1:9"
+    } else {
+        "example-value"
+    };
+    Some(value.to_string())
+}
+
+/// Every whole pipeline in the docs (a ```yaml block with `sources:` and `sinks:` at its top
+/// level) passes `validate`: a reader copies them as they are.
+#[tokio::test]
+async fn every_documented_pipeline_validates() {
+    let registry = tributary::plugins::Registry::builtin();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+            let yaml = block.split("```").next().unwrap();
+            let top_level = |key: &str| yaml.lines().any(|l| l == key);
+            if !(top_level("sources:") && top_level("sinks:")) {
+                continue;
+            }
+            checked += 1;
+            let name = format!("{} (yaml block {})", file.strip_prefix(root()).unwrap().display(), i + 1);
+            let planned = match tributary::config::PipelineFile::parse(&name, yaml, &example_env) {
+                Ok(parsed) => tributary::graph::plan(&parsed, &registry).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = planned {
+                failures.push(format!("{name}:\n{e}"));
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} documented pipelines found");
+    assert!(failures.is_empty(), "documented pipelines that `validate` refuses:\n\n{}", failures.join("\n\n"));
+}

@@ -10,9 +10,9 @@ use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tokio_util::sync::CancellationToken;
 use tributary::config::{ComponentDecl, Kind};
+use tributary::graph::{DiskBufferConfig, SinkRetry, SourceBuffer, WhenFull};
 use tributary::graph::{ExactlyOnce, InputRef, Plan, PlannedSink, PlannedSource};
-use tributary::runtime::disk_buffer::{DiskBufferConfig, WhenFull};
-use tributary::runtime::{run, RunOptions, SinkRetry, SourceBuffer};
+use tributary::runtime::{run, RunOptions};
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::{
     DeadLetter, Durability, OutputSpec, Position, PositionStore, Positions, Sink, SinkContext, Source, SourceContext, Transient, Written,

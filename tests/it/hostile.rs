@@ -12,13 +12,13 @@
 //!    be 0), good rows lost around them (must be 0).
 //!
 //! ```text
-//! cargo test --test hostile                                   # 3 s per fuzz target (CI)
-//! FUZZ_SECONDS=600 cargo test --test hostile -- --nocapture   # 10 minutes per target
+//! cargo test --test it hostile::                                   # 3 s per fuzz target (CI)
+//! FUZZ_SECONDS=600 cargo test --test it hostile:: -- --nocapture   # 10 minutes per target
 //! ```
-//! A failing fuzz case prints arbtest's seed; `ARBTEST_SEED=0x… cargo test --test hostile NAME`
+//! A failing fuzz case prints arbtest's seed; `ARBTEST_SEED=0x… cargo test --test it hostile::NAME`
 //! replays it.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

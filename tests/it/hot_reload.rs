@@ -4,7 +4,7 @@
 //! windows: its counts are exact across the reload. An invalid file first is refused with its
 //! line and column, and the pipeline keeps running.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

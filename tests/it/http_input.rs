@@ -1,7 +1,7 @@
 //! Bad HTTP input gets the right status and reason, is counted in /metrics, and the pipeline keeps
 //! serving; a stalled sink turns into 503 (backpressure) and nothing answered 200 is lost.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 

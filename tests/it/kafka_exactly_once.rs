@@ -7,7 +7,7 @@
 //! With `delivery: at_least_once` the same run writes the rows between the Delta table's last
 //! commit and the kill into the timescale table again (the control below shows it does).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

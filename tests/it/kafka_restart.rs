@@ -2,7 +2,7 @@
 //! the Kafka topic ends up in the sink — duplicates allowed, none missing — because offsets are
 //! committed only after the sink has durably written the rows.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! a Kafka broker accepts the revoking member's commit; the members log each refusal with its
 //! offsets, and the test reads them from the logs.)
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! - `tributary query --data s3://…` and the chart server read the bucket with the same answers
 //!   as over the same lake on disk, listing only the `date=` partitions a range needs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,7 +148,7 @@ sinks:
     eprintln!("killed with {parts} parts uploaded and the completion held; the restart wrote {ROWS} rows once");
 }
 
-/// The fixture lake (tests/common/lake.rs) on disk and the same files in `bucket` under `lake/`.
+/// The fixture lake (tests/it/common/lake.rs) on disk and the same files in `bucket` under `lake/`.
 async fn mirrored_fixture(moto: &MotoServer, bucket: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     common::lake::write_fixture(dir.path());

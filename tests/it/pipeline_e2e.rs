@@ -1,6 +1,6 @@
 //! End to end in process: real sources → SQL → Parquet, read back and compared row for row.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tokio_util::sync::CancellationToken;

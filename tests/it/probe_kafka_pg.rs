@@ -2,9 +2,8 @@
 //! `pipelines/probe-producer.yaml` (site_probe → Kafka `statuses`, original message format) and
 //! `pipelines/probe-consumer.yaml` (Kafka → PostgreSQL upsert), through librdkafka's MockCluster.
 
-mod common;
+use crate::common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
@@ -18,18 +17,29 @@ async fn producer_and_consumer_pipelines_deliver_statuses_to_postgres() {
     mock.create_topic(&topic, 1, 1).unwrap();
     let db = common::pg().await;
 
-    // The pipeline files read these (each has a default for real deployments).
-    std::env::set_var("KAFKA_BROKERS", mock.bootstrap_servers());
-    std::env::set_var("KAFKA_STATUS_TOPIC", &topic);
-    std::env::set_var("PROBE_SITE", &site.http);
-    std::env::set_var("API_READ_INTERVAL", "300ms");
-    std::env::set_var("PG_CONNECTION", tributary_testkit::test_postgres_url());
-
-    std::env::set_var("TRIBUTARY_ADMIN", common::free_addr().to_string());
-    let (producer, stop_producer) = common::spawn_pipeline(Path::new("pipelines/probe-producer.yaml"));
+    // The pipeline files read these (each has a default for real deployments). They go to the
+    // two `tributary run` processes only: this test shares its process with the others.
+    let vars = [
+        ("KAFKA_BROKERS", mock.bootstrap_servers()),
+        ("KAFKA_STATUS_TOPIC", topic.clone()),
+        ("PROBE_SITE", site.http.clone()),
+        ("API_READ_INTERVAL", "300ms".to_string()),
+        ("PG_CONNECTION", tributary_testkit::test_postgres_url()),
+    ];
+    let run = |pipeline: &str| {
+        std::process::Command::new(common::bin())
+            .args(["run", pipeline])
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("TRIBUTARY_ADMIN", common::free_addr().to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let producer = run("pipelines/probe-producer.yaml");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    std::env::set_var("TRIBUTARY_ADMIN", common::free_addr().to_string());
-    let (consumer, stop_consumer) = common::spawn_pipeline(Path::new("pipelines/probe-consumer.yaml"));
+    let consumer = run("pipelines/probe-consumer.yaml");
 
     let count = || async {
         db.query_one("SELECT count(DISTINCT endpoint) FROM api_status WHERE site = $1", &[&site.http])
@@ -43,10 +53,12 @@ async fn producer_and_consumer_pipelines_deliver_statuses_to_postgres() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop_producer.cancel();
-    stop_consumer.cancel();
-    let (p, c) = (producer.await.unwrap(), consumer.await.unwrap());
-    assert!(p.failures.is_empty() && c.failures.is_empty(), "{:?} {:?}", p.failures, c.failures);
+    // A stop drains and exits 0; a failure on the way would exit 1 and say why on stderr.
+    for (name, child) in [("producer", producer), ("consumer", consumer)] {
+        common::sigterm(&child);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the {name} exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
 
     // The test site has neither endpoint: both probes answer 404, which travels through Kafka in
     // the original format and lands as the original consumer would have stored it.

@@ -4,7 +4,7 @@
 //! letter that a legitimate constraint still refuses; the table is then exactly what it would have
 //! been without the bad deploy, and a second replay (upsert) leaves it unchanged.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

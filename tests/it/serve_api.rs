@@ -1,7 +1,7 @@
 //! `/api/tables` and `/api/series` over a fixture lake whose binned values are worked out by hand
-//! (tests/common/lake.rs), through the real HTTP server.
+//! (tests/it/common/lake.rs), through the real HTTP server.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

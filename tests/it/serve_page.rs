@@ -1,7 +1,7 @@
 //! The chart page in a real browser: `tributary serve` over the fixture lake, loaded in headless
 //! Chromium (Debian's `chromium`; `scripts/test` installs it), checked from the rendered DOM.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

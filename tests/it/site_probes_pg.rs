@@ -1,7 +1,7 @@
 //! Site probes against real local endpoints → SQL → the timescale sink on the machine's real
 //! PostgreSQL; the rows are read back column by column.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

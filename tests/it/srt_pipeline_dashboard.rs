@@ -2,7 +2,7 @@
 //! sessions (TX listener, RX caller) fed by UDP, writes PostgreSQL, Parquet and OTLP (to a
 //! rotel-agent); then every query of `dashboards/srt.json` runs against the filled database.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

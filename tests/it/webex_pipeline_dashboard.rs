@@ -3,7 +3,7 @@
 //! says, a second run over overlapping windows adds no duplicates, and every panel and variable
 //! query of the `dashboards/webex-mesh-*.json` dashboards answers with rows.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! an upsert sink), `tributary tap` against a live pipeline, and `tributary test` on every
 //! pipeline in `pipelines/` plus a failing test's diff.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -323,7 +323,7 @@ impl KafkaSource {
 
 /// The API status monitor's messages (one JSON object per line of `text`) as rows, exactly as the
 /// source decodes them, and the dead letters for the lines it cannot use. Public for the fuzz
-/// targets in `tests/hostile.rs`.
+/// targets in `tests/it/hostile.rs`.
 pub fn decode_api_status_messages(text: &[u8], timestamp_offset_secs: i64) -> (RecordBatch, Vec<DeadLetter>) {
     let (raw, errors) = JsonRows::new(&api_status_declared(), None).decode_lines(text);
     let (rows, mut letters) = api_status_rows(&raw, timestamp_offset_secs);

@@ -17,6 +17,53 @@ use tributary_sdk::{single_input_schema, BatchConfig, Batching, ComponentConfig,
 
 pub use sink::TimescaleSink;
 
+/// `mode` and `key` together, resolved against the input at build: an upsert always has key
+/// columns, and each is a column of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Append,
+    Upsert { key: Vec<KeyColumn> },
+}
+
+/// A key column: its name and its index in the input schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumn {
+    pub name: String,
+    pub index: usize,
+}
+
+impl Write {
+    /// Whether `name` is one of the upsert key's columns.
+    pub fn is_key(&self, name: &str) -> bool {
+        matches!(self, Write::Upsert { key } if key.iter().any(|k| k.name == name))
+    }
+}
+
+/// An input column and the PostgreSQL type the sink gives it when it creates or extends the table
+/// (`udt` as `information_schema` names it, `sql` as DDL writes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputColumn {
+    pub name: String,
+    pub data_type: DataType,
+    pub udt: &'static str,
+    pub sql: &'static str,
+}
+
+/// What `build` resolved from the config and the input schema, once: every input column with its
+/// type, in input order, and how rows land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub columns: Vec<InputColumn>,
+    pub write: Write,
+}
+
+/// A config checked against its input: the connection parsed, and the [`Layout`].
+pub struct Resolved {
+    pub pg: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+    pub layout: Layout,
+}
+
 /// How rows reach the table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,9 +139,9 @@ fn default_timeout() -> Period {
 }
 
 impl TimescaleSinkConfig {
-    /// Checks against the input schema, before anything connects; returns the parsed connection
-    /// and its TLS connector, which the sink uses.
-    fn validate(&self, schema: &SchemaRef) -> Result<(tokio_postgres::Config, MakeRustlsConnect), ConfigError> {
+    /// Checks against the input schema, before anything connects, and resolves what the sink uses:
+    /// the parsed connection, its TLS connector and the [`Layout`].
+    fn resolve(&self, schema: &SchemaRef) -> Result<Resolved, ConfigError> {
         if self.table.is_empty() {
             return Err(ConfigError::at("table", "must not be empty"));
         }
@@ -111,8 +158,9 @@ impl TimescaleSinkConfig {
                 ))
             }
         }
+        let mut columns = Vec::with_capacity(schema.fields().len());
         for f in schema.fields() {
-            if pgtype::pg_type_for(f.data_type()).is_none() {
+            let Some((udt, sql)) = pgtype::pg_type_for(f.data_type()) else {
                 return Err(ConfigError::at(
                     "inputs",
                     format!(
@@ -121,28 +169,31 @@ impl TimescaleSinkConfig {
                         f.data_type()
                     ),
                 ));
-            }
+            };
+            columns.push(InputColumn { name: f.name().clone(), data_type: f.data_type().clone(), udt, sql });
         }
-        match self.mode {
+        let write = match self.mode {
             WriteMode::Upsert if self.key.is_empty() => {
                 return Err(ConfigError::at("key", "upsert mode needs the key columns that identify a row"))
             }
             WriteMode::Append if !self.key.is_empty() => {
                 return Err(ConfigError::at("key", "only used in upsert mode (set `mode: upsert`)"))
             }
-            _ => {}
-        }
-        for k in &self.key {
-            if schema.field_with_name(k).is_err() {
-                return Err(ConfigError::at("key", format!("the input has no column `{k}`; columns are {}", names())));
+            WriteMode::Append => Write::Append,
+            WriteMode::Upsert => {
+                let key = self.key.iter().map(|k| match schema.index_of(k) {
+                    Ok(index) => Ok(KeyColumn { name: k.clone(), index }),
+                    Err(_) => Err(ConfigError::at("key", format!("the input has no column `{k}`; columns are {}", names()))),
+                });
+                Write::Upsert { key: key.collect::<Result<_, _>>()? }
             }
-        }
+        };
         let (connection, tls) = tls::split(self.connection.expose()).map_err(|e| ConfigError::at("connection", e))?;
         let pg = connection
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::at("connection", format!("not a valid PostgreSQL connection string: {e}")))?;
         let tls = tls::connector(&tls).map_err(|e| ConfigError::at("connection", e))?;
-        Ok((pg, tls))
+        Ok(Resolved { pg, tls, layout: Layout { columns, write } })
     }
 }
 
@@ -155,9 +206,9 @@ impl SinkPlugin for TimescaleSinkPlugin {
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: TimescaleSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;
-        let (pg, tls) = cfg.validate(&schema)?;
+        let resolved = cfg.resolve(&schema)?;
         let batching = cfg.batch.resolve(DEFAULT_BATCHING)?;
-        Ok(Box::new(TimescaleSink::new(config.id.clone(), cfg, batching, schema, pg, tls)))
+        Ok(Box::new(TimescaleSink::new(config.id.clone(), cfg, batching, schema, resolved)))
     }
 }
 

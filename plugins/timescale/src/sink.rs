@@ -23,7 +23,7 @@ use tributary_sdk::{Batching, DeadLetter, Durability, Position, PositionStore, P
 use crate::pgtype::{ColumnEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::positions::PositionTable;
 use crate::table::{prepare, quote_ident, PreparedTable};
-use crate::{TimescaleSinkConfig, WriteMode};
+use crate::{KeyColumn, Layout, Resolved, TimescaleSinkConfig, Write};
 
 /// Why a write did not happen.
 enum Failure {
@@ -64,7 +64,7 @@ fn is_transient(e: &anyhow::Error) -> bool {
 pub struct TimescaleSink {
     id: String,
     cfg: TimescaleSinkConfig,
-    schema: SchemaRef,
+    layout: Layout,
     pg: tokio_postgres::Config,
     /// TLS as `sslmode` says (see [`crate::tls`]).
     tls: MakeRustlsConnect,
@@ -125,15 +125,9 @@ struct InDoubt {
 }
 
 impl TimescaleSink {
-    /// `pg` and `tls` come from the config's validation (the connection string, parsed once).
-    pub fn new(
-        id: String,
-        cfg: TimescaleSinkConfig,
-        batching: Batching,
-        schema: SchemaRef,
-        mut pg: tokio_postgres::Config,
-        tls: MakeRustlsConnect,
-    ) -> Self {
+    /// `resolved` is the config checked against `schema`, the sink's input.
+    pub fn new(id: String, cfg: TimescaleSinkConfig, batching: Batching, schema: SchemaRef, resolved: Resolved) -> Self {
+        let Resolved { mut pg, tls, layout } = resolved;
         if pg.get_application_name().is_none() {
             pg.application_name(format!("tributary/{id}"));
         }
@@ -148,11 +142,11 @@ impl TimescaleSink {
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let backoff =
             Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: Some(cfg.connect_attempts.max(1)) };
-        let buffer = RowBuffer::new(schema.clone(), batching.max_rows);
+        let buffer = RowBuffer::new(schema, batching.max_rows);
         TimescaleSink {
             id,
             cfg,
-            schema,
+            layout,
             pg,
             tls,
             client: None,
@@ -187,7 +181,8 @@ impl TimescaleSink {
                 _ => self.connect().await.map_err(Failure::Unavailable)?,
             };
             let stored = self.positions.as_ref().map(|table| (table, positions));
-            let r = write_once(&mut client, self.table.as_ref().expect("started"), &self.cfg, part, stored, &mut self.in_doubt).await;
+            let r =
+                write_once(&mut client, self.table.as_ref().expect("started"), &self.layout.write, part, stored, &mut self.in_doubt).await;
             Ok::<_, Failure>((client, r))
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -263,9 +258,9 @@ impl TimescaleSink {
             }
         }
         let mut rejected = Vec::new();
-        let upsert = self.cfg.mode == WriteMode::Upsert;
-        if upsert {
-            rows = last_row_per_key(&rows, &self.cfg.key)?;
+        let upsert = matches!(self.layout.write, Write::Upsert { .. });
+        if let Write::Upsert { key } = &self.layout.write {
+            rows = last_row_per_key(&rows, key)?;
         }
         // Rows before the first rejected one: positions are stored only up to there, so a row
         // refused here is not taken for written before its dead letter is stored (the next
@@ -359,7 +354,7 @@ impl Sink for TimescaleSink {
             .retry(
                 || async {
                     let client = this.connect().await?;
-                    let table = prepare(&client, &this.cfg, &this.schema, &this.id).await?;
+                    let table = prepare(&client, &this.cfg, &this.layout, &this.id).await?;
                     Ok::<_, anyhow::Error>((client, table))
                 },
                 is_transient,
@@ -424,7 +419,7 @@ impl PositionStore for TimescaleSink {
 async fn write_once(
     client: &mut Client,
     table: &PreparedTable,
-    cfg: &TimescaleSinkConfig,
+    write: &Write,
     part: &RecordBatch,
     positions: Option<(&PositionTable, &[Position])>,
     in_doubt: &mut Option<InDoubt>,
@@ -435,8 +430,8 @@ async fn write_once(
     }
     let cols: Vec<String> = table.columns.iter().map(|(n, _)| quote_ident(n)).collect();
     let cols = cols.join(", ");
-    match cfg.mode {
-        WriteMode::Append => {
+    match write {
+        Write::Append => {
             // An explicit transaction: tokio-postgres reports a COPY complete on its
             // CommandComplete, which the server sends *before* the implicit commit at Sync — a
             // backend terminated in between loses rows that were reported written (seen in the
@@ -456,7 +451,7 @@ async fn write_once(
             }
             committed
         }
-        WriteMode::Upsert => {
+        Write::Upsert { key } => {
             let tx = client.transaction().await.map_err(classify)?;
             tx.batch_execute(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS tributary_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -466,11 +461,11 @@ async fn write_once(
             .map_err(classify)?;
             let sink = tx.copy_in(&format!("COPY tributary_stage ({cols}) FROM STDIN (FORMAT binary)")).await.map_err(classify)?;
             send_copy(sink, payload).await?;
-            let keys: Vec<String> = cfg.key.iter().map(|k| quote_ident(k)).collect();
+            let keys: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
             let updates: Vec<String> = table
                 .columns
                 .iter()
-                .filter(|(n, _)| !cfg.key.contains(n))
+                .filter(|(n, _)| !write.is_key(n))
                 .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
                 .collect();
             let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
@@ -499,11 +494,8 @@ async fn send_copy(sink: tokio_postgres::CopyInSink<Bytes>, payload: Bytes) -> R
 /// The binary COPY payload of `part`; the reason of the first row that cannot be encoded (such a
 /// row is rejected like a database refusal, so halving isolates it).
 fn encode(part: &RecordBatch, table: &PreparedTable) -> (Bytes, Option<String>) {
-    let encoders: Vec<ColumnEncoder> = table
-        .columns
-        .iter()
-        .map(|(name, udt)| ColumnEncoder::new(name, part.column_by_name(name).expect("validated").clone(), udt))
-        .collect();
+    let encoders: Vec<ColumnEncoder> =
+        table.columns.iter().zip(part.columns()).map(|((name, udt), column)| ColumnEncoder::new(name, column.clone(), udt)).collect();
     let mut out = BytesMut::with_capacity(COPY_HEADER.len() + part.num_rows() * (2 + encoders.len() * 16));
     out.extend_from_slice(COPY_HEADER);
     for row in 0..part.num_rows() {
@@ -519,8 +511,8 @@ fn encode(part: &RecordBatch, table: &PreparedTable) -> (Bytes, Option<String>) 
 }
 
 /// Upserts cannot touch one key twice in a statement: keep the last row per key.
-fn last_row_per_key(rows: &RecordBatch, key: &[String]) -> anyhow::Result<RecordBatch> {
-    let columns: Vec<_> = key.iter().map(|k| rows.column_by_name(k).expect("validated").clone()).collect();
+fn last_row_per_key(rows: &RecordBatch, key: &[KeyColumn]) -> anyhow::Result<RecordBatch> {
+    let columns: Vec<_> = key.iter().map(|k| rows.column(k.index).clone()).collect();
     let converter = RowConverter::new(columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
     let encoded = converter.convert_columns(&columns)?;
     let mut last = HashMap::with_capacity(rows.num_rows());

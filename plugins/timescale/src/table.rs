@@ -2,14 +2,13 @@
 //! or check an existing one and add missing nullable columns.
 
 use anyhow::{bail, Context};
-use datafusion::arrow::datatypes::SchemaRef;
 use tokio_postgres::Client;
 
-use crate::pgtype::{compatible, pg_type_for};
-use crate::{TimescaleSinkConfig, WriteMode};
+use crate::pgtype::compatible;
+use crate::{Layout, TimescaleSinkConfig, Write};
 
 /// What the sink learned about the table: its quoted name and the PostgreSQL type of each input
-/// column, in input order.
+/// column, in input order (`columns[i]` is the input's column `i`).
 #[derive(Debug, Clone)]
 pub struct PreparedTable {
     pub qualified: String,
@@ -47,11 +46,11 @@ pub async fn with_ddl_lock<T>(client: &Client, ddl: impl std::future::Future<Out
 }
 
 /// Make the table fit the input, one sink at a time per database (see [`DDL_LOCK`]).
-pub async fn prepare(client: &Client, cfg: &TimescaleSinkConfig, schema: &SchemaRef, sink_id: &str) -> anyhow::Result<PreparedTable> {
-    with_ddl_lock(client, prepare_locked(client, cfg, schema, sink_id)).await
+pub async fn prepare(client: &Client, cfg: &TimescaleSinkConfig, layout: &Layout, sink_id: &str) -> anyhow::Result<PreparedTable> {
+    with_ddl_lock(client, prepare_locked(client, cfg, layout, sink_id)).await
 }
 
-async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &SchemaRef, sink_id: &str) -> anyhow::Result<PreparedTable> {
+async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, layout: &Layout, sink_id: &str) -> anyhow::Result<PreparedTable> {
     let qualified = format!("{}.{}", quote_ident(&cfg.schema), quote_ident(&cfg.table));
     let shown = format!("{}.{}", cfg.schema, cfg.table);
     let existing: Vec<(String, String)> = client
@@ -68,13 +67,12 @@ async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &Sch
 
     let mut columns = Vec::new();
     if existing.is_empty() {
-        let defs: Vec<String> = schema
-            .fields()
+        let defs: Vec<String> = layout
+            .columns
             .iter()
-            .map(|f| {
-                let (_, sql) = pg_type_for(f.data_type()).expect("validated");
-                let not_null = if *f.name() == cfg.time_column { " NOT NULL" } else { "" };
-                format!("{} {sql}{not_null}", quote_ident(f.name()))
+            .map(|c| {
+                let not_null = if c.name == cfg.time_column { " NOT NULL" } else { "" };
+                format!("{} {}{not_null}", quote_ident(&c.name), c.sql)
             })
             .collect();
         // Checked first: concurrent `CREATE SCHEMA IF NOT EXISTS` can still collide in the catalog.
@@ -90,23 +88,20 @@ async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &Sch
             .await
             .with_context(|| format!("creating table {shown}"))?;
         tracing::info!(sink = sink_id, table = %shown, "created table from the input schema");
-        for f in schema.fields() {
-            columns.push((f.name().clone(), pg_type_for(f.data_type()).expect("validated").0.to_string()));
-        }
+        columns.extend(layout.columns.iter().map(|c| (c.name.clone(), c.udt.to_string())));
     } else {
         let mut problems = Vec::new();
-        for f in schema.fields() {
-            match existing.iter().find(|(n, _)| n == f.name()) {
-                Some((_, udt)) if compatible(f.data_type(), udt) => columns.push((f.name().clone(), udt.clone())),
-                Some((_, udt)) => problems.push(format!("column `{}` is {udt} in {shown} but the input has {}", f.name(), f.data_type())),
+        for c in &layout.columns {
+            match existing.iter().find(|(n, _)| *n == c.name) {
+                Some((_, udt)) if compatible(&c.data_type, udt) => columns.push((c.name.clone(), udt.clone())),
+                Some((_, udt)) => problems.push(format!("column `{}` is {udt} in {shown} but the input has {}", c.name, c.data_type)),
                 None => {
-                    let (udt, sql) = pg_type_for(f.data_type()).expect("validated");
                     client
-                        .batch_execute(&format!("ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {} {sql}", quote_ident(f.name())))
+                        .batch_execute(&format!("ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {} {}", quote_ident(&c.name), c.sql))
                         .await
-                        .with_context(|| format!("adding column `{}` to {shown}", f.name()))?;
-                    tracing::info!(sink = sink_id, table = %shown, column = %f.name(), "added missing nullable column");
-                    columns.push((f.name().clone(), udt.to_string()));
+                        .with_context(|| format!("adding column `{}` to {shown}", c.name))?;
+                    tracing::info!(sink = sink_id, table = %shown, column = %c.name, "added missing nullable column");
+                    columns.push((c.name.clone(), c.udt.to_string()));
                 }
             }
         }
@@ -120,7 +115,7 @@ async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &Sch
     // A hypertable's unique indexes must contain its time column: a table upserted on other
     // columns (a dimension such as "badges by id"), or one whose own key lacks it (`id bigserial
     // PRIMARY KEY`), stays a plain table.
-    let keyed_off_time = cfg.mode == WriteMode::Upsert && !cfg.key.contains(&cfg.time_column);
+    let keyed_off_time = matches!(layout.write, Write::Upsert { .. }) && !layout.write.is_key(&cfg.time_column);
     let already_hypertable = timescale == Timescale::Available && is_hypertable(client, cfg).await?;
     let blocking_indexes = if timescale == Timescale::Available && !already_hypertable {
         unique_indexes_without(client, &qualified, &cfg.time_column).await?
@@ -173,13 +168,14 @@ async fn prepare_locked(client: &Client, cfg: &TimescaleSinkConfig, schema: &Sch
             .await
             .with_context(|| format!("creating the time index on {shown}"))?;
     }
-    if cfg.mode == WriteMode::Upsert {
+    if let Write::Upsert { key } = &layout.write {
         let index = quote_ident(&format!("{}_upsert_key", cfg.table));
-        let keys: Vec<String> = cfg.key.iter().map(|k| quote_ident(k)).collect();
+        let names: Vec<&str> = key.iter().map(|k| k.name.as_str()).collect();
+        let keys: Vec<String> = names.iter().map(|k| quote_ident(k)).collect();
         client
             .batch_execute(&format!("CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {qualified} ({})", keys.join(", ")))
             .await
-            .with_context(|| format!("creating the unique index on ({}) that upserts need", cfg.key.join(", ")))?;
+            .with_context(|| format!("creating the unique index on ({}) that upserts need", names.join(", ")))?;
     }
     Ok(PreparedTable { qualified, columns })
 }

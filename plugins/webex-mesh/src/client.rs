@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_sdk::retry::Backoff;
 use tributary_sdk::{error_chain, ComponentMetrics};
 
+use crate::error_body::webex_message;
 use crate::oauth::{Auth, AuthError};
 
 /// At most `limit` requests per endpoint in any `per` window; callers wait for a free slot.
@@ -82,31 +83,6 @@ impl std::fmt::Display for CallError {
 impl From<AuthError> for CallError {
     fn from(e: AuthError) -> Self {
         CallError { status: None, tracking_id: None, message: e.to_string(), auth: Some(e) }
-    }
-}
-
-/// The human part of a Webex error body (`message` and each `errors[].description`), or the
-/// start of whatever else came back.
-pub fn webex_message(body: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        let mut parts: Vec<String> = Vec::new();
-        if let Some(m) = v["message"].as_str() {
-            parts.push(m.to_string());
-        }
-        for d in v["errors"].as_array().into_iter().flatten().filter_map(|e| e["description"].as_str()) {
-            if !parts.iter().any(|p| p == d) {
-                parts.push(d.to_string());
-            }
-        }
-        if !parts.is_empty() {
-            return parts.join("; ");
-        }
-    }
-    let text = String::from_utf8_lossy(body);
-    if text.is_empty() {
-        "(empty body)".into()
-    } else {
-        tributary_sdk::truncate(&text, 200).to_string()
     }
 }
 

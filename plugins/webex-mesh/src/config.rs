@@ -1,11 +1,12 @@
 //! `webex_mesh` source configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tributary_sdk::{ConfigError, HumanDuration, Period, Secret};
+use url::Url;
 
 use crate::datasets::Dataset;
 
@@ -146,24 +147,95 @@ fn default_refresh_margin() -> HumanDuration {
     HumanDuration(Duration::from_secs(86_400))
 }
 
-impl WebexMeshConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        url::Url::parse(&self.base_url).map_err(|e| ConfigError::at("base_url", format!("`{}` is not a URL: {e}", self.base_url)))?;
-        let a = &self.auth;
-        match (&a.access_token, &a.client_id, &a.client_secret) {
-            (Some(_), _, _) => {}
-            (_, Some(id), Some(secret)) if !id.is_empty() && !secret.expose().is_empty() => {
-                let uri = url::Url::parse(&a.redirect_uri)
-                    .map_err(|e| ConfigError::at("auth.redirect_uri", format!("`{}` is not a URL: {e}", a.redirect_uri)))?;
-                if a.listen.is_none() && uri.port_or_known_default().is_none() {
-                    return Err(ConfigError::at("auth.redirect_uri", "has no port to serve the callback on; set auth.listen"));
-                }
-                if a.scopes.is_empty() {
-                    return Err(ConfigError::at("auth.scopes", "needs at least one scope"));
-                }
-            }
-            _ => return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token")),
+/// `auth`, resolved at build into one of the two ways to get a token.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// `access_token`: used as is, never refreshed.
+    Token(Secret),
+    /// `client_id` + `client_secret`: an OAuth Webex Integration.
+    Integration(Box<Integration>),
+}
+
+/// An OAuth Webex Integration with its URLs parsed and its callback address known.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `<base_url>/authorize`, where the admin's browser is sent.
+    pub authorize_endpoint: Url,
+    /// `<base_url>/access_token`, where codes and refresh tokens become access tokens.
+    pub token_endpoint: Url,
+    /// As configured: Webex compares it with the registered one character for character, so it
+    /// is sent as written, not as `Url` would normalise it (`http://host:1` → `http://host:1/`).
+    pub redirect_uri: String,
+    /// Where the callback server listens: `auth.listen`, else the redirect URI's host and port.
+    pub callback: SocketAddr,
+    /// The redirect URI's path, which the callback server answers.
+    pub callback_path: String,
+    pub scopes: Vec<String>,
+    pub token_file: PathBuf,
+    pub refresh_margin: HumanDuration,
+}
+
+/// The config checked, with what the source uses parsed once.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub base_url: Url,
+    pub credentials: Credentials,
+}
+
+fn parse_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    Url::parse(text).map_err(|e| ConfigError::at(key, format!("`{text}` is not a URL: {e}")))
+}
+
+impl AuthConfig {
+    fn resolve(&self, base_url: &str) -> Result<Credentials, ConfigError> {
+        // `access_token: ${WEBEX_ACCESS_TOKEN:-}` left empty means "use the OAuth integration".
+        if let Some(token) = self.access_token.as_ref().filter(|t| !t.expose().is_empty()) {
+            return Ok(Credentials::Token(token.clone()));
         }
+        let (Some(client_id), Some(client_secret)) = (&self.client_id, &self.client_secret) else {
+            return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token"));
+        };
+        if client_id.is_empty() || client_secret.expose().is_empty() {
+            return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token"));
+        }
+        let redirect_uri = parse_url("auth.redirect_uri", &self.redirect_uri)?;
+        let callback = match (self.listen, redirect_uri.port_or_known_default()) {
+            (Some(listen), _) => listen,
+            (None, Some(port)) => {
+                let ip = match redirect_uri.host_str() {
+                    Some("localhost") | None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    Some(h) => h.trim_matches(|c| c == '[' || c == ']').parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                };
+                SocketAddr::new(ip, port)
+            }
+            (None, None) => return Err(ConfigError::at("auth.redirect_uri", "has no port to serve the callback on; set auth.listen")),
+        };
+        if self.scopes.is_empty() {
+            return Err(ConfigError::at("auth.scopes", "needs at least one scope"));
+        }
+        let base = base_url.trim_end_matches('/');
+        Ok(Credentials::Integration(Box::new(Integration {
+            client_id: client_id.clone(),
+            client_secret: client_secret.clone(),
+            authorize_endpoint: parse_url("base_url", &format!("{base}/authorize"))?,
+            token_endpoint: parse_url("base_url", &format!("{base}/access_token"))?,
+            callback_path: redirect_uri.path().to_string(),
+            redirect_uri: self.redirect_uri.clone(),
+            callback,
+            scopes: self.scopes.clone(),
+            token_file: self.token_file.clone(),
+            refresh_margin: self.refresh_margin,
+        })))
+    }
+}
+
+impl WebexMeshConfig {
+    /// Checks the config and resolves what the source uses from it.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let base_url = parse_url("base_url", &self.base_url)?;
+        let credentials = self.auth.resolve(&self.base_url)?;
         if self.lookback.0 < self.interval.0 {
             return Err(ConfigError::at(
                 "lookback",
@@ -191,6 +263,6 @@ impl WebexMeshConfig {
         if self.datasets.is_empty() {
             return Err(ConfigError::at("datasets", "needs at least one dataset"));
         }
-        Ok(())
+        Ok(Resolved { base_url, credentials })
     }
 }

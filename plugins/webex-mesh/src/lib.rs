@@ -6,6 +6,7 @@
 pub mod client;
 pub mod config;
 pub mod datasets;
+mod error_body;
 pub mod oauth;
 pub mod poll;
 pub mod simulator;
@@ -18,7 +19,7 @@ use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Replay, Source, SourceContext, SourcePlugin};
 
 use client::{ApiClient, RateLimiter};
-use config::WebexMeshConfig;
+use config::{Credentials, Resolved, WebexMeshConfig};
 use oauth::{Auth, AuthError, OAuth};
 use poll::{BackfillState, Harvest, Poller};
 
@@ -29,21 +30,20 @@ impl SourcePlugin for WebexMeshPlugin {
         "webex_mesh"
     }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
-        let mut cfg: WebexMeshConfig = config.decode()?;
-        // `access_token: ${WEBEX_ACCESS_TOKEN:-}` left empty means "use the OAuth integration".
-        cfg.auth.access_token = cfg.auth.access_token.filter(|t| !t.expose().is_empty());
-        cfg.validate()?;
+        let cfg: WebexMeshConfig = config.decode()?;
+        let resolved = cfg.resolve()?;
         let outputs = datasets::output_schemas()
             .into_iter()
             .map(|(name, schema)| if name.is_empty() { OutputSpec::main(schema) } else { OutputSpec::named(name, schema) })
             .collect();
-        Ok(BuiltSource { outputs, source: Box::new(WebexMeshSource { id: config.id.clone(), cfg }) })
+        Ok(BuiltSource { outputs, source: Box::new(WebexMeshSource { id: config.id.clone(), cfg, resolved }) })
     }
 }
 
 pub struct WebexMeshSource {
     id: String,
     cfg: WebexMeshConfig,
+    resolved: Resolved,
 }
 
 #[async_trait::async_trait]
@@ -57,22 +57,21 @@ impl Source for WebexMeshSource {
         }
     }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
-        let cfg = self.cfg;
+        let (cfg, Resolved { base_url, credentials }) = (self.cfg, self.resolved);
         let http =
             reqwest::Client::builder().timeout(cfg.timeout.0).user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION"))).build()?;
-        let oauth = match &cfg.auth.access_token {
-            Some(_) => None,
-            None => Some(Arc::new(OAuth::new(&self.id, &cfg.base_url, &cfg.auth, http.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)),
+        let (auth, oauth) = match credentials {
+            Credentials::Token(token) => (Auth::Static(token), None),
+            Credentials::Integration(integration) => {
+                let oauth = Arc::new(OAuth::new(&self.id, *integration, http.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+                (Auth::OAuth(oauth.clone()), Some(oauth))
+            }
         };
-        let auth = Arc::new(match (&oauth, &cfg.auth.access_token) {
-            (Some(o), _) => Auth::OAuth(o.clone()),
-            (None, Some(t)) => Auth::Static(t.clone()),
-            (None, None) => unreachable!("validated: access_token or client credentials"),
-        });
+        let auth = Arc::new(auth);
         let client = ApiClient::new(
             &self.id,
             http,
-            &cfg.base_url,
+            base_url.as_str(),
             auth.clone(),
             RateLimiter::new(cfg.rate_limit.requests, cfg.rate_limit.per.0),
             cfg.max_attempts,

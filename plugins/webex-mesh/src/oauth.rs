@@ -3,7 +3,7 @@
 //! forced refresh after a 401. Tokens are never logged: they live in [`Secret`]s.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::Secret;
 
-use crate::config::AuthConfig;
+use crate::config::Integration;
 
 /// Access and refresh tokens with their expiry times, as kept in the token file.
 #[derive(Clone, Serialize, Deserialize)]
@@ -128,11 +128,7 @@ impl Auth {
 pub struct OAuth {
     source_id: String,
     http: reqwest::Client,
-    client_id: String,
-    client_secret: Secret,
-    authorize_endpoint: String,
-    token_endpoint: String,
-    cfg: AuthConfig,
+    cfg: Integration,
     tokens: Mutex<Option<TokenSet>>,
 }
 
@@ -180,19 +176,9 @@ struct Callback {
 }
 
 impl OAuth {
-    pub fn new(source_id: &str, base_url: &str, cfg: &AuthConfig, http: reqwest::Client) -> Result<OAuth, AuthError> {
+    pub fn new(source_id: &str, cfg: Integration, http: reqwest::Client) -> Result<OAuth, AuthError> {
         let tokens = load_tokens(&cfg.token_file)?;
-        let base = base_url.trim_end_matches('/');
-        Ok(OAuth {
-            source_id: source_id.into(),
-            http,
-            client_id: cfg.client_id.clone().unwrap_or_default(),
-            client_secret: cfg.client_secret.clone().unwrap_or_else(|| Secret::new("")),
-            authorize_endpoint: format!("{base}/authorize"),
-            token_endpoint: format!("{base}/access_token"),
-            cfg: cfg.clone(),
-            tokens: Mutex::new(tokens),
-        })
+        Ok(OAuth { source_id: source_id.into(), http, cfg, tokens: Mutex::new(tokens) })
     }
 
     /// Tokens that can still produce an access token, without a login.
@@ -201,9 +187,9 @@ impl OAuth {
     }
 
     pub fn authorize_url(&self, state: &str) -> String {
-        let mut url = url::Url::parse(&self.authorize_endpoint).expect("validated base_url");
+        let mut url = self.cfg.authorize_endpoint.clone();
         url.query_pairs_mut()
-            .append_pair("client_id", &self.client_id)
+            .append_pair("client_id", &self.cfg.client_id)
             .append_pair("response_type", "code")
             .append_pair("redirect_uri", &self.cfg.redirect_uri)
             .append_pair("scope", &self.cfg.scopes.join(" "))
@@ -242,8 +228,8 @@ impl OAuth {
         }
         let form = [
             ("grant_type", "refresh_token"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose()),
+            ("client_id", self.cfg.client_id.as_str()),
+            ("client_secret", self.cfg.client_secret.expose()),
             ("refresh_token", t.refresh_token.expose()),
         ];
         let fresh = self.grant(&form, Some(t)).await?;
@@ -257,8 +243,8 @@ impl OAuth {
     pub async fn exchange_code(&self, code: &str) -> Result<(), AuthError> {
         let form = [
             ("grant_type", "authorization_code"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose()),
+            ("client_id", self.cfg.client_id.as_str()),
+            ("client_secret", self.cfg.client_secret.expose()),
             ("code", code),
             ("redirect_uri", self.cfg.redirect_uri.as_str()),
         ];
@@ -272,19 +258,19 @@ impl OAuth {
     async fn grant(&self, form: &[(&str, &str)], previous: Option<&TokenSet>) -> Result<TokenSet, AuthError> {
         let resp = self
             .http
-            .post(&self.token_endpoint)
+            .post(self.cfg.token_endpoint.clone())
             .form(form)
             .send()
             .await
-            .map_err(|e| AuthError::Unavailable(format!("POST {}: {e}", self.token_endpoint)))?;
+            .map_err(|e| AuthError::Unavailable(format!("POST {}: {e}", self.cfg.token_endpoint)))?;
         let status = resp.status().as_u16();
         let tracking_id = resp.headers().get("TrackingID").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = resp.bytes().await.map_err(|e| AuthError::Unavailable(format!("POST {}: {e}", self.token_endpoint)))?;
+        let body = resp.bytes().await.map_err(|e| AuthError::Unavailable(format!("POST {}: {e}", self.cfg.token_endpoint)))?;
         if !(200..300).contains(&status) {
-            return Err(AuthError::Refused { status, message: crate::client::webex_message(&body), tracking_id });
+            return Err(AuthError::Refused { status, message: crate::error_body::webex_message(&body), tracking_id });
         }
         let reply: TokenReply = serde_json::from_slice(&body)
-            .map_err(|e| AuthError::Unavailable(format!("POST {}: unexpected token response ({e})", self.token_endpoint)))?;
+            .map_err(|e| AuthError::Unavailable(format!("POST {}: unexpected token response ({e})", self.cfg.token_endpoint)))?;
         let now = Utc::now();
         let secs = |s: u64| chrono::Duration::seconds(s.min(i64::MAX as u64 / 1000) as i64);
         let (refresh_token, refresh_token_expires_at) = match (reply.refresh_token, previous) {
@@ -305,16 +291,7 @@ impl OAuth {
 
     /// Where the callback server listens: `auth.listen`, else the redirect URI's host and port.
     pub fn callback_address(&self) -> SocketAddr {
-        if let Some(a) = self.cfg.listen {
-            return a;
-        }
-        let uri = url::Url::parse(&self.cfg.redirect_uri).expect("validated redirect_uri");
-        let port = uri.port_or_known_default().expect("validated redirect_uri port");
-        let ip = match uri.host_str() {
-            Some("localhost") | None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Some(h) => h.trim_matches(|c| c == '[' || c == ']').parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        };
-        SocketAddr::new(ip, port)
+        self.cfg.callback
     }
 
     /// Logs the authorize URL and serves the redirect URI until a code was exchanged (or
@@ -325,7 +302,7 @@ impl OAuth {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| AuthError::File(format!("cannot serve the OAuth callback on {addr}: {e}")))?;
-        let path = url::Url::parse(&self.cfg.redirect_uri).expect("validated").path().to_string();
+        let path = self.cfg.callback_path.clone();
         tracing::warn!(
             source = %self.source_id,
             "{why}. Open this URL as a Webex org admin to authorize Tributary (the callback is served on {addr}{path}): {}",

@@ -30,71 +30,14 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use serde::Deserialize;
 use tokio::sync::{oneshot, Notify};
-use tributary_sdk::config::ByteSize;
 use tributary_sdk::progress::AckedProgress;
-use tributary_sdk::{
-    AckSet, Batch, Closed, ComponentMetrics, ConfigError, DeadLetters, DurableQueue, Output, OutputSpec, Position, TrySendError,
-};
+use tributary_sdk::{AckSet, Batch, Closed, ComponentMetrics, DeadLetters, DurableQueue, Output, OutputSpec, Position, TrySendError};
 
+use crate::graph::{DiskBufferConfig, WhenFull};
 use segment::{
     decode_rows, encode_rows, keep_intact, record_len, scan, segment_first_seq, segment_path, write_record, SegmentReader, MAGIC,
 };
-
-/// `buffer:` on any source.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceBuffer {
-    /// Rows wait in memory channels (the default): a crash loses what a non-replayable source
-    /// had accepted and not yet written.
-    #[default]
-    Memory,
-    /// Rows are fsynced to disk before the source is told they are accepted.
-    Disk(DiskBufferConfig),
-}
-
-/// `buffer: {type: disk, …}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskBufferConfig {
-    /// Disk space the buffer may use (default `1GiB`, at least `1MiB`).
-    #[serde(default = "default_max_size")]
-    pub max_size: ByteSize,
-    /// What happens when it is full: `block` (default; the source waits, HTTP clients get 503
-    /// with `Retry-After`) or `drop_newest` (new rows are dropped and counted in `dropped_total`).
-    #[serde(default)]
-    pub when_full: WhenFull,
-    /// Folder of the segment files (default `data/buffers/<source id>`). One pipeline at a time.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    #[default]
-    Block,
-    DropNewest,
-}
-
-fn default_max_size() -> ByteSize {
-    ByteSize(1 << 30)
-}
-
-const MIN_SIZE: u64 = 1 << 20;
-
-impl SourceBuffer {
-    /// Checked before anything runs.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let SourceBuffer::Disk(d) = self {
-            if d.max_size.0 < MIN_SIZE {
-                return Err(ConfigError::at("max_size", format!("must be at least 1MiB, got {} bytes", d.max_size.0)));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Rows merged into one forwarded batch at most (small appends, such as one HTTP event each,
 /// travel on together).

@@ -305,22 +305,6 @@ async fn one_process_per_buffer_folder() {
     assert_eq!(err.to_string(), format!("the disk buffer folder {} is in use by another Tributary process", dir.path().display()));
 }
 
-#[test]
-fn the_buffer_option_is_checked() {
-    let parse = |yaml: &str| {
-        serde_yaml::from_str::<SourceBuffer>(yaml)
-            .map_err(|e| e.to_string())
-            .and_then(|b| b.validate().map(|()| b).map_err(|e| e.to_string()))
-    };
-    assert_eq!(parse("{type: memory}"), Ok(SourceBuffer::Memory));
-    assert_eq!(
-        parse("{type: disk, max_size: 64MiB, when_full: drop_newest}"),
-        Ok(SourceBuffer::Disk(DiskBufferConfig { max_size: ByteSize(64 << 20), when_full: WhenFull::DropNewest, path: None }))
-    );
-    assert_eq!(parse("{type: disk, max_size: 1000}").unwrap_err(), "max_size: must be at least 1MiB, got 1000 bytes");
-    assert!(parse("{type: disk, when_full: wait}").unwrap_err().contains("unknown variant `wait`, expected `block` or `drop_newest`"));
-}
-
 /// Small records travel on together, but never across outputs or schemas (a record of an earlier
 /// run's schema merged into this run's rows would be relabelled, then misrouted).
 #[test]

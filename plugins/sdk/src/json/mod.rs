@@ -121,7 +121,7 @@ impl JsonRows {
 
     /// arrow-json over the whole text. It reads a stream of JSON values, newlines or not: the batch
     /// counts only when it made exactly one row per line (`{…}{…}` on one line is one bad line, not
-    /// two rows; found by the fuzzer in tests/hostile.rs).
+    /// two rows; found by the fuzzer in tests/it/hostile.rs).
     ///
     /// Only a text whose shape is safe reaches arrow-json (it prints an unexpected value
     /// recursively), and its integers are judged exactly afterwards; otherwise the line-by-line

@@ -2,7 +2,7 @@
 //! `DOCKER_HOST`). The containers replay srt-live-transmit output: connect messages on stderr,
 //! JSON statistics on stdout.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

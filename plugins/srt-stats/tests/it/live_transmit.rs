@@ -1,7 +1,7 @@
 //! `mode: sessions` with the real srt-live-transmit (Debian's srt-tools): a supervised TX
 //! listener and RX caller on 127.0.0.1, fed by a UDP sender, read by a UDP sink.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

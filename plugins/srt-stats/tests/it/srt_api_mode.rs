@@ -2,7 +2,7 @@
 //! endpoints: `POST /v1/login` → `{"jwt", "exp"}`, `GET /v1/get_tx` / `GET /v1/get_rx` with a
 //! bearer token, 401 `{"msg": "Token has expired"}` once a token has served its requests.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! mode 0600 and reused after a restart, refresh ahead of expiry, the expired and the refused
 //! refresh token, and 401 → refresh → retry. Tokens never reach the log.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -12,11 +12,13 @@ use common::{login_like_a_browser, oauth_config, simulator, Logs};
 use tokio_util::sync::CancellationToken;
 use tributary_sdk::ComponentMetrics;
 use tributary_webex_mesh::client::{ApiClient, RateLimiter};
+use tributary_webex_mesh::config::Credentials;
 use tributary_webex_mesh::oauth::{load_tokens, save_tokens, Auth, AuthError, OAuth};
 use tributary_webex_mesh::simulator::SimConfig;
 
 fn oauth(cfg: &tributary_webex_mesh::config::WebexMeshConfig) -> Arc<OAuth> {
-    Arc::new(OAuth::new("mesh", &cfg.base_url, &cfg.auth, reqwest::Client::new()).unwrap())
+    let Credentials::Integration(integration) = cfg.resolve().unwrap().credentials else { panic!("an OAuth config") };
+    Arc::new(OAuth::new("mesh", *integration, reqwest::Client::new()).unwrap())
 }
 
 #[tokio::test]

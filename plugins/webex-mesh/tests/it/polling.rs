@@ -1,7 +1,7 @@
 //! The source against the simulator: every endpoint of a poll, 429 + Retry-After, a failing
 //! endpoint that does not stop the others, and the call log.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -55,7 +55,7 @@ pub fn oauth_config(sim: &SimHandle, dir: &std::path::Path, extra: &str) -> Webe
         dir.join("tokens.json").display()
     );
     let cfg: WebexMeshConfig = ComponentConfig::from_yaml("mesh", &yaml).decode().unwrap();
-    cfg.validate().unwrap();
+    cfg.resolve().unwrap();
     cfg
 }
 

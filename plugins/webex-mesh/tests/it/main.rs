@@ -1,0 +1,5 @@
+//! This plugin's integration tests, as modules of one test binary (one link instead of one per file).
+
+mod common;
+mod oauth;
+mod polling;
