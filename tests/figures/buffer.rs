@@ -168,19 +168,6 @@ fn ids_written(path: &Path) -> BTreeMap<i64, i64> {
     seen
 }
 
-/// id → how many rows of the Delta table at `path` carry it, as the `deltalake` Python package
-/// (a second implementation of the protocol) reads the table.
-fn ids_in_delta(path: &Path) -> BTreeMap<i64, i64> {
-    let script = "import collections\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
-    tributary_testkit::read_delta_with_python(path, script)
-        .lines()
-        .map(|l| {
-            let (id, n) = l.split_once(' ').expect("id count");
-            (id.parse().expect("an id"), n.parse().expect("a count"))
-        })
-        .collect()
-}
-
 /// Accepted ids against what the sink holds: (distinct written, lost, duplicates).
 fn reconcile(accepted: &BTreeSet<i64>, written: &BTreeMap<i64, i64>) -> (i64, i64, i64) {
     let lost = accepted.iter().filter(|id| !written.contains_key(id)).count() as i64;

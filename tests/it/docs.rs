@@ -135,6 +135,8 @@ async fn every_documented_pipeline_validates() {
             }
         }
     }
-    assert!(checked >= 10, "only {checked} documented pipelines found");
     assert!(failures.is_empty(), "documented pipelines that `validate` refuses:\n\n{}", failures.join("\n\n"));
+    // Eight today (the others are fragments: a source, or a sink, alone): the check cannot pass
+    // by finding none.
+    assert!(checked >= 8, "only {checked} documented pipelines found");
 }

@@ -10,7 +10,6 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -82,17 +81,6 @@ async fn ids_in_table(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64,
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
-fn ids_in_delta(path: &Path) -> BTreeMap<i64, i64> {
-    let script = "import collections\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
-    tributary_testkit::read_delta_with_python(path, script)
-        .lines()
-        .map(|l| {
-            let (id, n) = l.split_once(' ').expect("id count");
-            (id.parse().expect("an id"), n.parse().expect("a count"))
-        })
-        .collect()
-}
-
 async fn produce(bootstrap: String, topic: String) {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
     for id in 0..TOTAL {
@@ -140,7 +128,7 @@ async fn killed_run(
     producing.await.unwrap();
     let t0 = Instant::now();
     loop {
-        let (table, lake) = (ids_in_table(&db, &run.table).await, ids_in_delta(&run.dir.path().join("lake")));
+        let (table, lake) = (ids_in_table(&db, &run.table).await, common::ids_in_delta(&run.dir.path().join("lake")));
         if (table.len() as i64 == TOTAL && lake.len() as i64 == TOTAL) || t0.elapsed() > Duration::from_secs(90) {
             break;
         }
@@ -151,7 +139,7 @@ async fn killed_run(
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(&run.log).unwrap_or_default();
     assert!(status.success(), "a clean stop exits 0: {status:?}\n{log}");
-    (ids_in_table(&db, &run.table).await, ids_in_delta(&run.dir.path().join("lake")), skipped)
+    (ids_in_table(&db, &run.table).await, common::ids_in_delta(&run.dir.path().join("lake")), skipped)
 }
 
 fn problems(what: &str, ids: &BTreeMap<i64, i64>) -> (Vec<i64>, i64) {

@@ -356,3 +356,16 @@ pub async fn pg_count(db: &tokio_postgres::Client, table: &str) -> i64 {
         Err(_) => 0, // not created yet
     }
 }
+
+/// id → how many rows of the Delta table at `path` carry it, as the `deltalake` Python package
+/// (a second implementation of the protocol) reads the table.
+pub fn ids_in_delta(path: &Path) -> std::collections::BTreeMap<i64, i64> {
+    let script = "import collections\nids = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().column('id').to_pylist()\nfor id, n in collections.Counter(ids).items(): print(id, n)";
+    tributary_testkit::read_delta_with_python(path, script)
+        .lines()
+        .map(|l| {
+            let (id, n) = l.split_once(' ').expect("id count");
+            (id.parse().expect("an id"), n.parse().expect("a count"))
+        })
+        .collect()
+}
