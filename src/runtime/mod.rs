@@ -216,16 +216,25 @@ pub async fn run_reloadable(
             }
         }
     }
-    // Sources with positions of their own ask the exactly-once sinks they reach where to start.
+    // Sources with positions of their own ask the exactly-once sinks they reach where to start:
+    // one query channel per sink, shared by every such source that reaches it.
     let mut position_queries: HashMap<String, mpsc::UnboundedReceiver<tributary_sdk::PositionQuery>> = HashMap::new();
     let mut sink_positions: HashMap<String, Vec<mpsc::UnboundedSender<tributary_sdk::PositionQuery>>> = HashMap::new();
     for s in &sinks {
-        for stream in s.exactly_once.iter().flat_map(|e| e.streams.iter()) {
-            if sources.iter().any(|src| src.id == **stream && src.source.replay() == tributary_sdk::Replay::WithPositions) {
-                let (tx, rx) = mpsc::unbounded_channel();
-                position_queries.insert(s.id.clone(), rx);
-                sink_positions.entry(stream.to_string()).or_default().push(tx);
-            }
+        let asking: Vec<&str> = s
+            .exactly_once
+            .iter()
+            .flat_map(|e| e.streams.iter())
+            .filter(|stream| sources.iter().any(|src| src.id == ***stream && src.source.replay() == tributary_sdk::Replay::WithPositions))
+            .map(|stream| &**stream)
+            .collect();
+        if asking.is_empty() {
+            continue;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        position_queries.insert(s.id.clone(), rx);
+        for stream in asking {
+            sink_positions.entry(stream.to_string()).or_default().push(tx.clone());
         }
     }
     let mut tasks = ComponentTasks::new();

@@ -168,3 +168,52 @@ async fn a_killed_kafka_pipeline_writes_every_message_once_into_both_sinks() {
     assert!(twice > 0, "the kills replayed rows the table had written");
     assert!(problems("at_least_once, delta", &lake).0.is_empty());
 }
+
+/// Two kafka sources into one exactly-once sink: each asks that sink where it stopped in its own
+/// partitions, over one query channel the sink serves for both (a channel per source, kept per
+/// sink, left the first source asking a sink that no longer listened: it failed at its first
+/// message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kafka_sources_ask_one_sink_where_they_stopped() {
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let table = format!("kafka_eo_two_sources_{}", std::process::id());
+    let db = common::pg().await;
+    db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'"))
+        .await
+        .ok();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for (topic, first) in [("two_a", 0), ("two_b", 1000)] {
+        mock.create_topic(topic, 2, 1).unwrap();
+        for id in first..first + 50 {
+            let payload = format!(r#"{{"id":{id},"site":"s","ts":"2026-12-05T10:00:00Z"}}"#);
+            let key = id.to_string();
+            producer.send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(5)).await.map_err(|(e, _)| e).unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = |topic: &str| {
+        format!(
+            "    type: kafka\n    bootstrap_servers: \"{bootstrap}\"\n    topics: [{topic}]\n    group_id: {table}_{topic}\n    \
+             batch_wait: 50ms\n    schema: {{id: int, site: string, ts: timestamp}}\n"
+        )
+    };
+    let yaml = format!(
+        "delivery: exactly_once\nadmin: {{enabled: false}}\nsources:\n  a:\n{}  b:\n{}sinks:\n  db: {{type: timescale, inputs: [a, b], \
+         connection: \"{}\", table: {table}, batch: {{max_age: 100ms}}}}\n",
+        source("two_a"),
+        source("two_b"),
+        tributary_testkit::test_postgres_url(),
+    );
+    let (run, stop) = common::spawn_pipeline(&common::write(dir.path(), "pipeline.yaml", &yaml));
+    let t0 = Instant::now();
+    while common::pg_count(&db, &table).await < 100 && t0.elapsed() < Duration::from_secs(30) && !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let report = run.await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let ids = ids_in_table(&db, &table).await;
+    let expected: BTreeMap<i64, i64> = (0..50).chain(1000..1050).map(|id| (id, 1)).collect();
+    assert_eq!(ids, expected);
+}
