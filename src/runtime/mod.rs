@@ -14,8 +14,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tributary_sdk::output::OutputSpec;
 
+mod build;
 mod clock;
 pub mod disk_buffer;
 mod reload;
@@ -25,15 +25,12 @@ mod windowed;
 pub use clock::{Clock, ManualClock, Timer};
 pub use reload::ReloadRequest;
 pub(crate) use sink::Retrying;
-use tributary_sdk::{
-    AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SinkContext, SourceContext, Tap,
-    DEAD_LETTER_OUTPUT,
-};
-use versions::{NewVersion, SinkVersion, Versions};
+use tributary_sdk::{AckSet, Batch, ComponentMetrics, DeadLetterStore, DeadLetters, Delivery, InFlight, Output, SourceContext, Tap};
+use versions::{NewVersion, Versions};
 
-use crate::admin::{AdminState, ComponentInfo};
+use crate::admin::AdminState;
 use crate::config::Kind;
-use crate::graph::{InputRef, Plan, PlannedTransform, SourceBuffer, LATE_OUTPUT};
+use crate::graph::{Plan, PlannedTransform};
 
 /// Batches buffered in front of each transform and sink.
 pub const CHANNEL_CAPACITY: usize = 16;
@@ -72,47 +69,6 @@ pub struct RunReport {
 impl RunReport {
     pub fn ok(&self) -> bool {
         self.failures.is_empty() && !self.timed_out
-    }
-}
-
-struct Wiring {
-    /// Channel senders per consumer, taken when outputs are built.
-    senders: HashMap<String, mpsc::Sender<Delivery>>,
-    receivers: HashMap<String, mpsc::Receiver<Delivery>>,
-    /// (consumer id, its inputs)
-    consumers: Vec<(String, Vec<InputRef>)>,
-    metrics: HashMap<String, Arc<ComponentMetrics>>,
-    /// Per output (`probes`, `webex.utilization`, `t.late`): observers for `tributary tap`.
-    taps: HashMap<String, Arc<Tap>>,
-    dead_letter_dir: std::path::PathBuf,
-    in_flight: Option<Arc<InFlight>>,
-    /// Every output made, for rewiring on reload.
-    routes: std::cell::RefCell<Vec<((String, String), tributary_sdk::Routes)>>,
-}
-
-impl Wiring {
-    fn output(&self, producer: &str, output: &str) -> Output {
-        self.output_counted(producer, output, output != DEAD_LETTER_OUTPUT)
-    }
-
-    /// `counts_as_rows_out: false` for the forwarder of a disk buffer: the source's own output
-    /// counted the rows when it stored them.
-    fn output_counted(&self, producer: &str, output: &str, counts_as_rows_out: bool) -> Output {
-        let mut targets = Vec::new();
-        for (consumer, inputs) in &self.consumers {
-            for (i, r) in inputs.iter().enumerate() {
-                if r.component == producer && r.output == output {
-                    targets.push((self.senders[consumer].clone(), i));
-                }
-            }
-        }
-        let out = Output::new(targets, self.metrics[producer].clone(), counts_as_rows_out);
-        self.routes.borrow_mut().push(((producer.to_string(), output.to_string()), out.routes()));
-        observed(out, self.in_flight.as_ref(), self.taps.get(&output_name(producer, output)).cloned())
-    }
-
-    fn dead_letters(&self, producer: &str) -> DeadLetters {
-        dead_letters_in(&self.dead_letter_dir, producer, self.output(producer, DEAD_LETTER_OUTPUT), self.metrics[producer].clone())
     }
 }
 
@@ -155,6 +111,7 @@ pub async fn run(plan: Plan, admin: Option<Arc<AdminState>>, shutdown: Cancellat
 }
 
 /// [`run`], taking new versions of the pipeline from `reloads` while it runs (see `reload.rs`).
+/// The start is the first of them: the plan applied to a pipeline with no component.
 pub async fn run_reloadable(
     plan: Plan,
     admin: Option<Arc<AdminState>>,
@@ -162,177 +119,41 @@ pub async fn run_reloadable(
     opts: RunOptions,
     reloads: Option<mpsc::Receiver<ReloadRequest>>,
 ) -> RunReport {
-    let Plan { sources, transforms, sinks, decls, outputs, dead_letter_dir } = plan;
-    let mut replacers = reload::Replacers::new(&decls, &outputs, &transforms);
-    let taps = match opts.taps {
-        Some(taps) => taps,
-        None => outputs.keys().map(|name| (name.clone(), Arc::new(Tap::default()))).collect(),
-    };
-    let mut wiring = Wiring {
-        senders: HashMap::new(),
-        receivers: HashMap::new(),
-        consumers: Vec::new(),
-        metrics: HashMap::new(),
-        taps,
-        dead_letter_dir,
+    let (supervisor, started_tasks) = mpsc::unbounded_channel();
+    let context = build::RunContext {
+        dead_letter_dir: plan.dead_letter_dir.clone(),
+        shutdown: shutdown.clone(),
+        clock: opts.clock,
         in_flight: opts.in_flight,
-        routes: Default::default(),
+        taps: opts.taps.unwrap_or_default(),
     };
-    for d in &decls {
-        wiring.metrics.insert(d.id.clone(), Arc::new(ComponentMetrics::default()));
-    }
-    for (id, inputs) in transforms.iter().map(|t| (&t.id, &t.inputs)).chain(sinks.iter().map(|s| (&s.id, &s.inputs))) {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        wiring.senders.insert(id.clone(), tx);
-        wiring.receivers.insert(id.clone(), rx);
-        wiring.consumers.push((id.clone(), inputs.clone()));
-    }
-    if let Some(admin) = &admin {
-        let infos = decls
-            .iter()
-            .map(|d| ComponentInfo {
-                id: d.id.clone(),
-                kind: d.kind,
-                type_name: d.type_name.clone(),
-                metrics: wiring.metrics[&d.id].clone(),
-                input: wiring.senders.get(&d.id).map(|s| s.downgrade()),
-                disk_buffer: sources.iter().any(|s| s.id == d.id && matches!(s.buffer, SourceBuffer::Disk(_))),
-            })
-            .collect();
-        admin.set_components(infos);
-        admin.set_taps(
-            outputs.iter().filter_map(|(name, schema)| Some((name.clone(), (schema.clone(), wiring.taps.get(name)?.clone())))).collect(),
-        );
-    }
-
-    // Exactly-once sinks tell the windowed transforms they read where they stopped.
-    let mut sinks_written: HashMap<String, Vec<windowed::SinkWritten>> = HashMap::new();
-    let mut publish_written: HashMap<String, tokio::sync::watch::Sender<Option<tributary_sdk::Positions>>> = HashMap::new();
-    for s in &sinks {
-        for stream in s.exactly_once.iter().flat_map(|e| e.streams.iter()) {
-            if transforms.iter().any(|t| t.id == **stream && t.window.as_ref().is_some_and(|w| w.exactly_once)) {
-                let tx = publish_written.entry(s.id.clone()).or_insert_with(|| tokio::sync::watch::channel(None).0);
-                sinks_written.entry(stream.to_string()).or_default().push(tx.subscribe());
-            }
-        }
-    }
-    // Sources with positions of their own ask the exactly-once sinks they reach where to start:
-    // one query channel per sink, shared by every such source that reaches it.
-    let mut position_queries: HashMap<String, mpsc::UnboundedReceiver<tributary_sdk::PositionQuery>> = HashMap::new();
-    let mut sink_positions: HashMap<String, Vec<mpsc::UnboundedSender<tributary_sdk::PositionQuery>>> = HashMap::new();
-    for s in &sinks {
-        let asking: Vec<&str> = s
-            .exactly_once
-            .iter()
-            .flat_map(|e| e.streams.iter())
-            .filter(|stream| sources.iter().any(|src| src.id == ***stream && src.source.replay() == tributary_sdk::Replay::WithPositions))
-            .map(|stream| &**stream)
-            .collect();
-        if asking.is_empty() {
-            continue;
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        position_queries.insert(s.id.clone(), rx);
-        for stream in asking {
-            sink_positions.entry(stream.to_string()).or_default().push(tx.clone());
-        }
-    }
-    let mut tasks = ComponentTasks::new();
-    for s in sinks {
-        let rx = wiring.receivers.remove(&s.id).expect("channel");
-        let ctx = SinkContext { id: s.id.clone(), metrics: wiring.metrics[&s.id].clone() };
-        let dead = wiring.dead_letters(&s.id);
-        let id = s.id.clone();
-        let replace = replacers.sink(&s.id);
-        let first = SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once };
-        let (publish, queries) = (publish_written.remove(&s.id), position_queries.remove(&s.id));
-        tasks.spawn(async move { (id, sink::run_sink(first, rx, ctx, dead, replace, publish, queries).await) });
-    }
-    for t in transforms {
-        let rx = wiring.receivers.remove(&t.id).expect("channel");
-        let output = wiring.output(&t.id, "");
-        let dead = wiring.dead_letters(&t.id);
-        let metrics = wiring.metrics[&t.id].clone();
-        let id = t.id.clone();
-        let replace = replacers.transform(&t.id);
-        if let Some(window) = &t.window {
-            let late = wiring.output(&t.id, LATE_OUTPUT);
-            // Made here, not in the task, so a manual clock's first advance already reaches it.
-            let timer = window_timer(&opts.clock, window);
-            let sinks_written = sinks_written.remove(&t.id).unwrap_or_default();
-            let out = windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics };
-            tasks.spawn(async move { (id, windowed::run_windowed_transform(t, rx, out, sinks_written, timer, replace).await) });
-        } else {
-            tasks.spawn(async move { (id, run_transform(t, rx, output, dead, metrics, replace).await) });
-        }
-    }
+    let mut topology = reload::Topology::empty(build::Builder::new(context, supervisor));
+    let started = topology.started.clone();
     let mut report = RunReport::default();
-    for s in sources {
-        let outputs: HashMap<String, Output> = match &s.buffer {
-            SourceBuffer::Memory => s.outputs.iter().map(|o: &OutputSpec| (o.name.clone(), wiring.output(&s.id, &o.name))).collect(),
-            SourceBuffer::Disk(cfg) => match disk_buffer::open(&s.id, cfg, &s.outputs, wiring.metrics[&s.id].clone()) {
-                Ok(opened) => {
-                    let downstream = s.outputs.iter().map(|o| (wiring.output_counted(&s.id, &o.name, false), o.schema.clone())).collect();
-                    let (id, dead) = (s.id.clone(), wiring.dead_letters(&s.id));
-                    tasks.spawn(async move { (id, opened.forwarder.run(downstream, dead).await) });
-                    s.outputs
-                        .iter()
-                        .map(|o| (o.name.clone(), Output::buffered(opened.queue.clone(), &o.name, wiring.metrics[&s.id].clone())))
-                        .collect()
-                }
-                Err(e) => {
-                    tracing::error!(component = %s.id, "failed: {e:#}");
-                    report.failures.push((s.id.clone(), format!("{e:#}")));
-                    shutdown.cancel();
-                    continue;
-                }
-            },
-        };
-        let run = SourceRun {
-            id: s.id.clone(),
-            outputs,
-            dead: wiring.dead_letters(&s.id),
-            shutdown: shutdown.clone(),
-            metrics: wiring.metrics[&s.id].clone(),
-            sink_positions: tributary_sdk::SinkPositions::new(sink_positions.remove(&s.id).unwrap_or_default()),
-        };
-        let (id, source, replace) = (s.id.clone(), s.source, replacers.source(&s.id));
-        tasks.spawn(async move { (id, run.run(source, replace).await) });
+    if let Err(refused) = topology.apply(plan, admin.as_deref()) {
+        tracing::error!("failed to start: {refused}");
+        report.failures.push((refused.component.unwrap_or_else(|| "pipeline".into()), refused.reason));
+        shutdown.cancel();
     }
-    // Only outputs hold senders now, so channels close as their producers finish.
-    let metrics = std::mem::take(&mut wiring.metrics);
-    let (spawner, added) = mpsc::unbounded_channel();
-    let added_by_reloads = replacers.added.clone();
-    replacers.wired(
-        wiring.routes.take(),
-        &wiring.senders,
-        spawner,
-        wiring.dead_letter_dir.clone(),
-        shutdown.clone(),
-        opts.clock.clone(),
-        wiring.in_flight.clone(),
-    );
-    drop(wiring);
     if let Some(reloads) = reloads {
         // Ends when the sender goes (the CLI stops watching) or the pipeline stops.
         let (admin, stop) = (admin.clone(), shutdown.clone());
         tokio::spawn(async move {
             tokio::select! {
-                _ = replacers.serve(reloads, admin.as_deref()) => {}
+                _ = topology.serve(reloads, admin.as_deref()) => {}
                 _ = stop.cancelled() => {}
             }
         });
     } else {
-        drop(replacers);
+        drop(topology);
     }
 
-    supervise(&mut tasks, added, &metrics, &mut report, admin.as_deref(), &shutdown, opts.drain_timeout).await;
+    supervise(started_tasks, &started, &mut report, admin.as_deref(), &shutdown, opts.drain_timeout).await;
     if let Some(a) = &admin {
         a.set_stopping();
     }
-    report.summary = decls.iter().map(|d| summary_line(d, &metrics[&d.id])).collect();
-    let added = std::mem::take(&mut *added_by_reloads.lock().unwrap_or_else(|e| e.into_inner()));
-    report.summary.extend(added.iter().map(|(d, m)| summary_line(d, m)));
+    let started = std::mem::take(&mut *started.lock().unwrap_or_else(|e| e.into_inner()));
+    report.summary = started.iter().map(|(d, m)| summary_line(d, m)).collect();
     report
 }
 
@@ -390,14 +211,18 @@ impl SourceRun {
 /// component cannot deliver what the pipeline promises); once a stop begins, the drain gets
 /// `drain_timeout` before what is left is aborted.
 async fn supervise(
-    tasks: &mut ComponentTasks,
-    mut added: mpsc::UnboundedReceiver<reload::AddedTask>,
-    metrics: &HashMap<String, Arc<ComponentMetrics>>,
+    mut started_tasks: mpsc::UnboundedReceiver<build::StartedTask>,
+    started: &reload::Started,
     report: &mut RunReport,
     admin: Option<&AdminState>,
     shutdown: &CancellationToken,
     drain_timeout: Duration,
 ) {
+    let mut tasks = ComponentTasks::new();
+    // The start's tasks are all queued by now; a reload's arrive while the run goes on.
+    while let Ok(build::StartedTask { id, task }) = started_tasks.try_recv() {
+        tasks.spawn(async move { (id, task.await) });
+    }
     let deadline = async {
         shutdown.cancelled().await;
         if let Some(a) = admin {
@@ -410,14 +235,15 @@ async fn supervise(
     loop {
         tokio::select! {
             // A component a reload added runs under the same supervision.
-            Some(reload::AddedTask { id, task }) = added.recv() => {
+            Some(build::StartedTask { id, task }) = started_tasks.recv() => {
                 tasks.spawn(async move { (id, task.await) });
             }
             joined = tasks.join_next() => match joined {
                 None => return,
                 Some(Ok((id, Ok(())))) => tracing::debug!(component = %id, "finished"),
                 Some(Ok((id, Err(e)))) => {
-                    match metrics.get(&id) {
+                    let metrics = started.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().find(|(d, _)| d.id == id).map(|(_, m)| m.clone());
+                    match metrics {
                         Some(m) => tributary_sdk::report_error!(m, error, component = %id, "failed: {e:#}"),
                         None => tracing::error!(component = %id, "failed: {e:#}"),
                     }

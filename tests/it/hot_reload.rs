@@ -384,8 +384,9 @@ fn sinks_are_rewired_removed_and_added_without_losing_a_row() {
     eprintln!("{} rows: a {}, b {} (removed at the reload), c {} (added)", sent.len(), in_a.len(), in_b.len(), in_c.len());
 }
 
-/// A reload adds a source, a transform and sinks: they start, are wired, show in `/health`, and
-/// what the untouched part of the pipeline does goes on.
+/// A reload adds a source (with a disk buffer), a transform and sinks: they start, are wired, show
+/// in `/health` and `/metrics`, and what the untouched part of the pipeline does goes on. The added
+/// source starts exactly as it would at start: its rows go through its buffer on disk.
 #[test]
 fn a_reload_adds_a_source_a_transform_and_sinks() {
     let dir = tempfile::tempdir().unwrap();
@@ -407,7 +408,8 @@ fn a_reload_adds_a_source_a_transform_and_sinks() {
     let grown = first.replace(
         "sinks:\n",
         &format!(
-            "  other: {{type: http_server, address: \"{http2}\", schema: {{id: int, score: int}}}}\ntransforms:\n  doubled: {{inputs: [ingest], sql: \"SELECT id, score * 2 AS score2 FROM ingest\"}}\nsinks:\n  d: {{type: file, inputs: [doubled], path: \"{}\", flush_interval: 100ms}}\n  e: {{type: file, inputs: [other], path: \"{}\", flush_interval: 100ms}}\n",
+            "  other: {{type: http_server, address: \"{http2}\", schema: {{id: int, score: int}}, buffer: {{type: disk, path: \"{}\"}}}}\ntransforms:\n  doubled: {{inputs: [ingest], sql: \"SELECT id, score * 2 AS score2 FROM ingest\"}}\nsinks:\n  d: {{type: file, inputs: [doubled], path: \"{}\", flush_interval: 100ms}}\n  e: {{type: file, inputs: [other], path: \"{}\", flush_interval: 100ms}}\n",
+            path("other-buffer"),
             path("d.jsonl"),
             path("e.jsonl")
         ),
@@ -419,6 +421,9 @@ fn a_reload_adds_a_source_a_transform_and_sinks() {
         assert!(components.get(id).is_some(), "/health lists {id}: {components}");
     }
     wait_for("the added source to listen", || post(http2, 1000) == 200);
+    let (_, metrics) = common::get(admin, "/metrics").unwrap();
+    assert!(metrics.contains("tributary_component_disk_buffer_bytes{component=\"other\""), "{metrics}");
+    assert!(std::fs::read_dir(path("other-buffer")).unwrap().count() > 1, "the added source stores in its buffer folder");
     for id in 50..100 {
         assert_eq!(post(http, id), 200);
         assert_eq!(post(http2, 1000 + id), 200);
