@@ -5,6 +5,8 @@
 //!
 //! - influx → VictoriaMetrics `/api/v2/write` (`TRIBUTARY_TEST_VICTORIAMETRICS`, default
 //!   `http://127.0.0.1:8428`); baseline: line protocol formatted up front.
+//! - prometheus_remote_write → VictoriaMetrics `/api/v1/write`; baseline: snappy-compressed
+//!   `WriteRequest`s encoded up front (the series grouped as the sink groups them).
 //! - otlp (HTTP/protobuf) → `rotel-agent` with its blackhole exporter on a free port; baseline:
 //!   `ExportMetricsServiceRequest`s encoded up front.
 //!
@@ -95,7 +97,11 @@ async fn raw_posts(url: &str, content_type: &str, bodies: Vec<Vec<u8>>, points: 
     let client = reqwest::Client::new();
     let start = Instant::now();
     for body in bodies {
-        let answer = client.post(url).header("content-type", content_type).body(body).send().await.unwrap();
+        let mut post = client.post(url).header("content-type", content_type);
+        if url.ends_with("/api/v1/write") {
+            post = post.header("content-encoding", "snappy").header("x-prometheus-remote-write-version", "0.1.0");
+        }
+        let answer = post.body(body).send().await.unwrap();
         assert!(answer.status().is_success(), "{url}: {}", answer.status());
     }
     points as f64 / start.elapsed().as_secs_f64()
@@ -111,6 +117,28 @@ fn line_protocol(measurement: &str, base: i64, rows: usize) -> Vec<Vec<u8>> {
                 body.push_str(&format!("{measurement},site={site},channel={ch} latency_ms={lat},status={status}i {}\n", ts * 1000));
             }
             body.into_bytes()
+        })
+        .collect()
+}
+
+fn remote_write_requests(prefix: &str, base: i64, rows: usize) -> Vec<Vec<u8>> {
+    use std::collections::BTreeMap;
+    use tributary_prometheus::wire::{Label, Sample, TimeSeries, WriteRequest};
+    (0..rows)
+        .step_by(BATCH)
+        .map(|start| {
+            let mut series: BTreeMap<Vec<Label>, Vec<Sample>> = BTreeMap::new();
+            for i in start..(start + BATCH).min(rows) {
+                let (ts, site, ch, lat, status) = row(base, i);
+                for (name, value) in [("latency_ms", lat), ("status", status as f64)] {
+                    let labels = [("__name__", format!("{prefix}_{name}")), ("channel", ch.clone()), ("site", site.clone())]
+                        .into_iter()
+                        .map(|(name, value)| Label { name: name.into(), value })
+                        .collect();
+                    series.entry(labels).or_default().push(Sample { value, timestamp: ts / 1000 });
+                }
+            }
+            WriteRequest { timeseries: series.into_iter().map(|(labels, samples)| TimeSeries { labels, samples }).collect() }.body()
         })
         .collect()
 }
@@ -170,6 +198,13 @@ fn main() {
         let yaml = format!("{{url: '{vm}', bucket: bench, measurement: bench_sink_{run}, tags: [site, channel], fields: [latency_ms, status], batch: {{max_rows: {BATCH}}}}}");
         let influx = through_sink(&tributary_influx::InfluxSinkPlugin, &yaml, base, rows).await;
 
+        // prometheus_remote_write → VictoriaMetrics.
+        let raw_rw = raw_posts(&format!("{vm}/api/v1/write"), "application/x-protobuf", remote_write_requests(&format!("bench_rw_raw_{run}"), base, rows), rows * 2).await;
+        let yaml = format!(
+            "{{endpoint: '{vm}/api/v1/write', batch: {{max_rows: {BATCH}}}, metrics: [{{name: bench_rw_sink_{run}_latency_ms, value: latency_ms, labels: [site, channel]}}, {{name: bench_rw_sink_{run}_status, value: status, labels: [site, channel]}}]}}"
+        );
+        let remote_write = through_sink(&tributary_prometheus::RemoteWriteSinkPlugin, &yaml, base, rows).await;
+
         // otlp → rotel-agent (blackhole exporter).
         let (port, grpc) = (free_port(), free_port());
         let mut rotel = std::process::Command::new(rotel_agent())
@@ -193,6 +228,8 @@ fn main() {
         println!("metrics sinks, {rows} rows × 2 values = {} points, batches of {BATCH} rows:", rows * 2);
         println!("  influx → VictoriaMetrics: baseline raw line-protocol POSTs {raw_influx:>10.0} points/s");
         println!("                            influx sink                      {influx:>10.0} points/s  ({:.0}% of baseline)", influx / raw_influx * 100.0);
+        println!("  remote write → VictoriaMetrics: baseline raw snappy POSTs {raw_rw:>10.0} points/s");
+        println!("                            remote-write sink                {remote_write:>10.0} points/s  ({:.0}% of baseline)", remote_write / raw_rw * 100.0);
         println!("  otlp/HTTP → rotel-agent:  baseline raw protobuf POSTs      {raw_otlp:>10.0} points/s");
         println!("                            otlp sink                        {otlp:>10.0} points/s  ({:.0}% of baseline)", otlp / raw_otlp * 100.0);
     });

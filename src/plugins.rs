@@ -21,6 +21,7 @@ impl Registry {
                 Box::new(tributary_srt_stats::SrtStatsPlugin),
                 Box::new(tributary_webex_mesh::WebexMeshPlugin),
                 Box::new(tributary_parquet::ParquetSourcePlugin),
+                Box::new(tributary_prometheus::ScrapeSourcePlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),
@@ -30,6 +31,7 @@ impl Registry {
                 Box::new(tributary_kafka::KafkaSinkPlugin),
                 Box::new(tributary_influx::InfluxSinkPlugin),
                 Box::new(tributary_otlp::OtlpSinkPlugin),
+                Box::new(tributary_prometheus::RemoteWriteSinkPlugin),
             ],
         }
     }
@@ -39,6 +41,12 @@ impl Registry {
     }
     pub fn sink(&self, type_name: &str) -> Option<&dyn SinkPlugin> {
         self.sinks.iter().find(|p| p.type_name() == type_name).map(|p| p.as_ref())
+    }
+    pub fn sources(&self) -> impl Iterator<Item = &dyn SourcePlugin> {
+        self.sources.iter().map(|p| p.as_ref())
+    }
+    pub fn sinks(&self) -> impl Iterator<Item = &dyn SinkPlugin> {
+        self.sinks.iter().map(|p| p.as_ref())
     }
     pub fn source_types(&self) -> Vec<&'static str> {
         self.sources.iter().map(|p| p.type_name()).collect()

@@ -27,7 +27,7 @@ use super::DemoKind;
 pub fn schema_for(kind: DemoKind) -> SchemaRef {
     match kind {
         DemoKind::Probes => probe_schema(),
-        DemoKind::MeshUtilization => datasets::schema(Dataset::Utilization.output()),
+        DemoKind::MeshUtilization => Dataset::Utilization.schema(),
         DemoKind::Srt => stats_schema(),
         DemoKind::Badges => badge_schema(),
     }
@@ -181,7 +181,7 @@ impl Generator {
         let body = bodies::utilization(&self.mesh, Shapes::Spec, now - Duration::minutes(10), now);
         let poll_ts = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let ctx = Ctx { org_id: &self.mesh.org.id, poll_ts: &poll_ts, trigger_query: "All" };
-        datasets::buckets(Dataset::Utilization, &body, &ctx).map(|parsed| parsed.rows).unwrap_or_default()
+        datasets::rows(Dataset::Utilization, &body, &ctx).map(|parsed| parsed.rows).unwrap_or_default()
     }
 
     fn srt(&mut self, ts: &[i64]) -> Vec<StatsRow> {

@@ -57,6 +57,9 @@ impl SourcePlugin for DemoSourcePlugin {
     fn type_name(&self) -> &'static str {
         "demo"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        &[tributary_sdk::delivery::MEASURED]
+    }
 
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: DemoConfig = config.decode()?;

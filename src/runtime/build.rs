@@ -219,6 +219,9 @@ impl Builder {
         schemas: &Schemas,
     ) -> Result<ComponentInfo, String> {
         let metrics = Arc::new(ComponentMetrics::default());
+        for warning in s.sink.warnings() {
+            tracing::warn!(sink = %s.id, "{warning}");
+        }
         let dead = self.dead_letters(&s.id, &metrics, schemas);
         let ctx = SinkContext { id: s.id.clone(), metrics: metrics.clone() };
         let (tx, replace) = mpsc::unbounded_channel();

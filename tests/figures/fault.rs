@@ -430,7 +430,6 @@ async fn badge_events_soak(d: &Durations) -> Figure {
     let stream = format!("badge-soak-{run}");
     let channel_table = format!("badge_channel_minutes_{run}");
     let dir = tempfile::tempdir().unwrap();
-    let rotel = tributary_testkit::RotelReceiver::start().await;
     let admin = free_addr();
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/badge-events.yaml")).unwrap();
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
@@ -445,7 +444,9 @@ async fn badge_events_soak(d: &Durations) -> Figure {
                 let table = format!("{}_{run}", sink["table"].as_str().unwrap());
                 sink["table"] = table.into();
             }
-            "otlp" => sink["endpoint"] = format!("http://127.0.0.1:{}/v1/metrics", rotel.http).into(),
+            "prometheus_remote_write" => {
+                sink["endpoint"] = format!("{}/api/v1/write", tributary_testkit::test_victoriametrics_url()).into()
+            }
             "parquet" => sink["path"] = dir.path().join("badge_events").to_str().unwrap().into(),
             _ => {}
         }

@@ -1,12 +1,13 @@
 //! `pipelines/badge-events.yaml` end to end: badge events XADDed to a Redis Stream go through its
-//! SQL into PostgreSQL (its timescale sinks) and, through the influx sink, into VictoriaMetrics;
-//! then every panel and variable query of `dashboards/badges.json` runs against VictoriaMetrics
-//! with Grafana's macros expanded, and must succeed with the values the events imply.
+//! SQL into PostgreSQL (its timescale sinks) and, through its remote-write sinks, into the real
+//! VictoriaMetrics; then every panel and variable query of `dashboards/badges.json` runs against
+//! VictoriaMetrics with Grafana's macros expanded, and must answer with exactly the values the
+//! events imply. The events leave a minute empty, and the range starts on a minute boundary: the
+//! per-minute panels must show no point for the empty minute (nor one after the last), and the
+//! stat panels must count the range's first minute.
 //!
-//! Debian's VictoriaMetrics 1.79 has no OTLP endpoint, so the pipeline's otlp sinks are swapped
-//! for influx sinks writing the same metric names (`measurement_field`); everything else is the
-//! shipped file. Channel, game and badge names are unique per run, so earlier runs' data in the
-//! shared VictoriaMetrics and PostgreSQL cannot make a query pass.
+//! Channel, game and badge names are unique per run, so earlier runs' data in the shared
+//! VictoriaMetrics and PostgreSQL cannot make a query pass.
 
 use crate::common;
 
@@ -40,8 +41,8 @@ fn encode(q: &str) -> String {
         .collect()
 }
 
-/// The shipped pipeline with this run's stream, a scratch Parquet folder, and influx sinks (same
-/// metric names) in place of the otlp ones.
+/// The shipped pipeline with this run's stream, a scratch Parquet folder, and the test's
+/// VictoriaMetrics as the remote-write receiver; everything else as shipped.
 fn pipeline(stream: &str, data: &std::path::Path) -> String {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/badge-events.yaml")).unwrap();
     let mut doc: Yaml = serde_yaml::from_str(&text).unwrap();
@@ -51,35 +52,12 @@ fn pipeline(stream: &str, data: &std::path::Path) -> String {
     doc["sources"]["badges"]["consumer"] = Yaml::from("dashboard-test");
     let sinks = doc["sinks"].as_mapping_mut().unwrap();
     sinks.get_mut("events_parquet").unwrap()["path"] = Yaml::from(data.to_str().unwrap());
-    let otlp: Vec<Yaml> = sinks.iter().filter(|(_, s)| s["type"] == "otlp").map(|(k, _)| k.clone()).collect();
-    assert_eq!(otlp.len(), 2, "the pipeline's otlp sinks");
-    for key in otlp {
-        let sink = sinks.remove(&key).unwrap();
-        let (measurement, tag) = match sink["inputs"][0].as_str().unwrap() {
-            "channel_minutes" => ("badge_channel", "channel"),
-            "game_minutes" => ("badge_game", "game"),
-            other => panic!("unexpected otlp input {other}"),
-        };
-        // badge_channel_events ← measurement badge_channel, field events: the otlp metric names.
-        let fields: Vec<String> = sink["metrics"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                let name = m["name"].as_str().unwrap();
-                let field = name.strip_prefix(&format!("{measurement}_")).unwrap_or_else(|| panic!("{name} is not {measurement}_<field>"));
-                assert_eq!(m["value"].as_str().unwrap(), field, "metric {name} reads column {field}");
-                field.to_string()
-            })
-            .collect();
-        let influx = format!(
-            "{{type: influx, inputs: [{input}], url: 'http://{vm}', bucket: badges, measurement: {measurement}, tags: [{tag}], fields: [{fields}], time_column: window_start}}",
-            input = sink["inputs"][0].as_str().unwrap(),
-            vm = vm_addr(),
-            fields = fields.join(", ")
-        );
-        sinks.insert(key, serde_yaml::from_str(&influx).unwrap());
+    let mut remote_write = 0;
+    for (_, sink) in sinks.iter_mut().filter(|(_, s)| s["type"] == "prometheus_remote_write") {
+        sink["endpoint"] = Yaml::from(format!("{}/api/v1/write", tributary_testkit::test_victoriametrics_url()));
+        remote_write += 1;
     }
+    assert_eq!(remote_write, 2, "the pipeline's remote-write sinks");
     doc.as_mapping_mut().unwrap().remove("tests");
     serde_yaml::to_string(&doc).unwrap()
 }
@@ -137,12 +115,14 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
         (base_s * 1000 + 20_000, hs.clone(), score(&badge(2), &pong, 250, 60)),
         (base_s * 1000 + 30_000, chat.clone(), format!(r#"{{"event":"hello","user_uuid":"{u}","mac_address":"mac-{u}"}}"#, u = badge(3))),
         (base_s * 1000 + 70_000, hs.clone(), score(&badge(1), &pong, 300, 55)),
+        // Minute 2 has no events.
+        (base_s * 1000 + 185_000, hs.clone(), score(&badge(2), &pong, 120, 40)),
     ];
     for (ms, channel, payload) in &entries {
         let _: String =
             conn.xadd(&stream, format!("{ms}-0"), &[("channel", channel.as_str()), ("payload", payload.as_str())]).await.unwrap();
     }
-    let last_id = format!("{}-0", entries[3].0);
+    let last_id = format!("{}-0", entries[4].0);
 
     let dir = tempfile::tempdir().unwrap();
     let path = common::write(dir.path(), "badge-events.yaml", &pipeline(&stream, &dir.path().join("data/badge_events")));
@@ -173,7 +153,10 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
         .await
         .unwrap();
     let got: Vec<(String, i64, i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
-    assert_eq!(got, [(chat.clone(), base_s, 1, 1), (hs.clone(), base_s, 3, 2), (hs.clone(), base_s + 60, 1, 1)]);
+    assert_eq!(
+        got,
+        [(chat.clone(), base_s, 1, 1), (hs.clone(), base_s, 3, 2), (hs.clone(), base_s + 60, 1, 1), (hs.clone(), base_s + 180, 1, 1)]
+    );
     let rows = db
         .query("SELECT game, extract(epoch FROM window_start)::bigint, top_score, top_user, scores FROM badge_game_minutes WHERE game IN ($1, $2) ORDER BY 2, 1", &[&pong, &snake])
         .await
@@ -181,7 +164,12 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
     let got: Vec<(String, i64, i64, String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
     assert_eq!(
         got,
-        [(pong.clone(), base_s, 250, badge(2), 2), (snake.clone(), base_s, 40, badge(1), 1), (pong.clone(), base_s + 60, 300, badge(1), 1)]
+        [
+            (pong.clone(), base_s, 250, badge(2), 2),
+            (snake.clone(), base_s, 40, badge(1), 1),
+            (pong.clone(), base_s + 60, 300, badge(1), 1),
+            (pong.clone(), base_s + 180, 120, badge(2), 1)
+        ]
     );
     let rows = db
         .query("SELECT user_uuid, mac_address, extract(epoch FROM last_seen)::bigint, last_event FROM badge_registrations WHERE user_uuid LIKE $1 ORDER BY 1", &[&format!("u-{run}-%")])
@@ -192,22 +180,24 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
         got,
         [
             (badge(1), format!("mac-{}", badge(1)), base_s + 70, "high-score".to_string()),
-            (badge(2), format!("mac-{}", badge(2)), base_s + 20, "high-score".to_string()),
+            (badge(2), format!("mac-{}", badge(2)), base_s + 185, "high-score".to_string()),
             (badge(3), format!("mac-{}", badge(3)), base_s + 30, "hello".to_string()),
         ],
         "one row per badge, the latest event wins"
     );
-    // The Parquet copy of the raw events: 5 rows (the first entry holds two scores), 4 of them scores.
+    // The Parquet copy of the raw events: 6 rows (the first entry holds two scores), 5 of them scores.
     let table =
         common::query(&dir.path().join("data"), "SELECT count(*) AS n, count(game) AS scores, sum(score) AS points FROM badge_events")
             .await;
     assert_eq!(
         table,
-        "+---+--------+--------+\n| n | scores | points |\n+---+--------+--------+\n| 5 | 4      | 690    |\n+---+--------+--------+"
+        "+---+--------+--------+\n| n | scores | points |\n+---+--------+--------+\n| 6 | 5      | 810    |\n+---+--------+--------+"
     );
 
-    // VictoriaMetrics: series become searchable shortly after ingestion.
-    let (start, end) = (base_s - 60, base_s + 240);
+    // VictoriaMetrics: series become searchable shortly after ingestion. The range starts on the
+    // first event minute's boundary and ends with the last; the per-minute panels are read one
+    // minute past it, where no point may appear.
+    let (start, end) = (base_s, base_s + 240);
     let range_s = end - start;
     let vars: BTreeMap<&str, String> = [("channel", format!("{hs}|{chat}")), ("game", format!("{pong}|{snake}"))].into();
     let dashboard: Value =
@@ -225,7 +215,8 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
                 let answer = if target["instant"] == true {
                     vm_get(&format!("/api/v1/query?query={q}&time={end}"))
                 } else {
-                    vm_get(&format!("/api/v1/query_range?query={q}&start={start}&end={end}&step=60"))
+                    assert_eq!(panel["interval"], "1m", "{title}: per-minute panels ask for at least one-minute steps");
+                    vm_get(&format!("/api/v1/query_range?query={q}&start={start}&end={}&step=60", end + 60))
                 };
                 assert_eq!(answer["status"], "success", "{title}: {answer}");
                 if answer["data"]["result"].as_array().unwrap().is_empty() {
@@ -242,30 +233,42 @@ async fn badge_pipeline_fills_postgres_and_victoriametrics_and_every_dashboard_q
     }
     assert_eq!(answers.len(), dashboard["panels"].as_array().unwrap().len());
     let single = |title: &str| by_label(&answers[title], "")[""];
-    assert_eq!(single("Events in range"), 5.0);
-    assert_eq!(single("Scores posted in range"), 4.0);
+    assert_eq!(single("Events in range"), 6.0, "every minute of the range, its first included");
+    assert_eq!(single("Scores posted in range"), 5.0);
     assert_eq!(single("Best score in range"), 300.0);
     assert_eq!(single("Most active badges in a minute"), 2.0);
     assert_eq!(by_label(&answers["Top score per game"], "game"), [(pong.clone(), 300.0), (snake.clone(), 40.0)].into());
-    let series = |title: &str, label: &str| -> Vec<String> {
-        answers[title]["data"]["result"].as_array().unwrap().iter().map(|s| s["metric"][label].as_str().unwrap().to_string()).collect()
+    // Each series' points as (seconds after base, value): a minute is stamped at its end.
+    let points = |title: &str, label: &str| -> BTreeMap<String, Vec<(i64, String)>> {
+        answers[title]["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let values =
+                    s["values"].as_array().unwrap().iter().map(|v| (v[0].as_i64().unwrap() - base_s, v[1].as_str().unwrap().to_string()));
+                (s["metric"][label].as_str().unwrap().to_string(), values.collect())
+            })
+            .collect()
     };
-    let mut channels = series("Events per minute by channel", "channel");
-    channels.sort();
-    assert_eq!(channels, [chat.clone(), hs.clone()]);
-    let hs_points: Vec<(i64, String)> = answers["Events per minute by channel"]["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["metric"]["channel"] == hs.as_str())
-        .unwrap()["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| (v[0].as_i64().unwrap(), v[1].as_str().unwrap().to_string()))
-        .take(2)
-        .collect();
-    assert_eq!(hs_points, [(base_s, "3".to_string()), (base_s + 60, "1".to_string())], "per-minute events at each window start");
+    let p = |pairs: &[(i64, &str)]| pairs.iter().map(|(t, v)| (*t, v.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        points("Events per minute by channel", "channel"),
+        [(chat.clone(), p(&[(60, "1")])), (hs.clone(), p(&[(60, "3"), (120, "1"), (240, "1")]))].into(),
+        "no point for the empty minute, none after the last"
+    );
+    assert_eq!(
+        points("Distinct badges per minute by channel", "channel"),
+        [(chat.clone(), p(&[(60, "1")])), (hs.clone(), p(&[(60, "2"), (120, "1"), (240, "1")]))].into()
+    );
+    assert_eq!(
+        points("Scores per minute by game", "game"),
+        [(pong.clone(), p(&[(60, "2"), (120, "1"), (240, "1")])), (snake.clone(), p(&[(60, "1")]))].into()
+    );
+    assert_eq!(
+        points("Top score per game over time", "game"),
+        [(pong.clone(), p(&[(60, "250"), (120, "300"), (240, "120")])), (snake.clone(), p(&[(60, "40")]))].into()
+    );
 
     // Template variables: label_values(metric, label) lists this run's values.
     for var in dashboard["templating"]["list"].as_array().unwrap() {

@@ -361,3 +361,21 @@ fn serve_on_a_taken_address_fails_at_once_naming_it() {
     let err = stderr(&o);
     assert!(err.contains(&format!("cannot serve on {addr}: ")) && err.contains("(pick another with --address)"), "{err}");
 }
+
+/// Valid, but VictoriaMetrics would answer 200 and drop every delta histogram: `validate` passes
+/// and says so.
+#[test]
+fn validate_warns_of_delta_points_to_a_cumulative_only_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        &format!("{DEMO}sinks:\n  vm:\n    type: otlp\n    inputs: [probes]\n    endpoint: http://127.0.0.1:8428/opentelemetry/api/v1/push\n    aggregation_temporality: delta\n    metrics: [{{name: probe_ttfb, kind: histogram, value: ttfb_ms}}]\n"),
+    );
+    let o = tributary(&["validate", "p.yaml"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "warning: p.yaml: sinks.vm: aggregation_temporality: delta sends delta sums and histograms (probe_ttfb), which VictoriaMetrics (up to v1.131; its `vm_protoparser_rows_dropped_total` counts them) answers with success and drops; use `cumulative`\n"
+    );
+}

@@ -73,6 +73,18 @@ fn documented() -> Vec<Documented> {
             decode: decode::<tributary_http_server::HttpServerConfig>,
         },
         Documented {
+            readme: "plugins/prometheus/README.md",
+            table: 0,
+            minimal: "{targets: ['http://x/metrics']}",
+            decode: decode::<tributary_prometheus::scrape::ScrapeConfig>,
+        },
+        Documented {
+            readme: "plugins/prometheus/README.md",
+            table: 1,
+            minimal: "{endpoint: 'http://x/api/v1/write', metrics: [{name: m, value: v}]}",
+            decode: decode::<tributary_prometheus::RemoteWriteConfig>,
+        },
+        Documented {
             readme: "plugins/influx/README.md",
             table: 0,
             minimal: "{url: 'http://x', bucket: b, measurement: m}",
@@ -384,4 +396,84 @@ fn the_delivery_tables_cover_every_registered_plugin() {
         }
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// A delivery table's rows: `(type, variant, cells)`, merged into one row naming each component
+/// where the cells are the same.
+fn delivery_table(header: &[&str], rows: Vec<(&str, &str, Vec<&str>)>) -> String {
+    let mut merged: Vec<(Vec<String>, Vec<&str>)> = Vec::new();
+    for (type_name, variant, cells) in rows {
+        let label = if variant.is_empty() { format!("`{type_name}`") } else { format!("`{type_name}` {variant}") };
+        match merged.iter_mut().find(|(_, c)| *c == cells) {
+            Some((labels, _)) => labels.push(label),
+            None => merged.push((vec![label], cells)),
+        }
+    }
+    let mut out = format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
+    for (labels, cells) in merged {
+        out += &format!("| {} | {} |\n", labels.join(", "), cells.join(" | "));
+    }
+    out
+}
+
+/// The delivery tables, as each plugin's `delivery()` declares them: (file, table name, text).
+fn rendered_delivery_tables() -> Vec<(&'static str, &'static str, String)> {
+    let registry = tributary::plugins::Registry::builtin();
+    let sources = |cells: fn(&tributary_sdk::delivery::SourceDelivery) -> Vec<&'static str>| {
+        registry.sources().flat_map(|p| p.delivery().iter().map(move |d| (p.type_name(), d.variant, cells(d)))).collect::<Vec<_>>()
+    };
+    let sinks =
+        registry.sinks().flat_map(|p| p.delivery().iter().map(move |d| (p.type_name(), d.variant, vec![d.durable_when, d.duplicates])));
+    let sinks = delivery_table(&["sink", "durable when", "duplicates"], sinks.collect());
+    vec![
+        (
+            "README.md",
+            "sources",
+            delivery_table(
+                &["source", "guarantee", "a crash loses", "duplicates"],
+                sources(|d| vec![d.guarantee, d.crash_loses, d.duplicates]),
+            ),
+        ),
+        ("README.md", "sinks", sinks.clone()),
+        (
+            "docs/delivery.md",
+            "sources",
+            delivery_table(
+                &["source", "guarantee", "how", "duplicates", "a crash loses"],
+                sources(|d| vec![d.guarantee, d.how, d.duplicates, d.crash_loses]),
+            ),
+        ),
+        ("docs/delivery.md", "sinks", sinks),
+    ]
+}
+
+/// The delivery tables are generated from the plugins' declarations, between
+/// `<!-- generated: NAME -->` and `<!-- end generated -->`. `TRIBUTARY_BLESS=1` rewrites them.
+#[test]
+fn the_delivery_tables_are_the_plugins_declarations() {
+    let bless = std::env::var_os("TRIBUTARY_BLESS").is_some();
+    let mut stale = Vec::new();
+    for (file, name, table) in rendered_delivery_tables() {
+        let path = root().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let begin = format!("<!-- generated: {name} -->\n");
+        let start = text.find(&begin).unwrap_or_else(|| panic!("{file}: no `{}`", begin.trim())) + begin.len();
+        let end = start + text[start..].find("<!-- end generated -->").unwrap_or_else(|| panic!("{file}: `{name}` is not closed"));
+        if text[start..end] != table {
+            if bless {
+                std::fs::write(&path, format!("{}{table}{}", &text[..start], &text[end..])).unwrap();
+            }
+            stale.push(format!("{file}, table `{name}`: expected\n{table}"));
+        }
+    }
+    assert!(bless || stale.is_empty(), "run with TRIBUTARY_BLESS=1 to rewrite:\n{}", stale.join("\n"));
+}
+
+#[test]
+fn identical_delivery_rows_merge_and_variants_are_named() {
+    let table = delivery_table(
+        &["source", "guarantee"],
+        vec![("a", "", vec!["once"]), ("b", "`mode: x`", vec!["twice"]), ("c", "`mode: y`", vec!["once"])],
+    );
+    assert_eq!(table, "| source | guarantee |\n|---|---|\n| `a`, `c` `mode: y` | once |\n| `b` `mode: x` | twice |\n");
 }

@@ -103,6 +103,26 @@ impl SourcePlugin for BadgeEventsPlugin {
     fn type_name(&self) -> &'static str {
         "badge_events"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        use tributary_sdk::delivery::SourceDelivery;
+        &[
+            SourceDelivery {
+                variant: "`mode: stream`",
+                guarantee: "at-least-once",
+                how: "`XACK` only after the acks resolve; at start the consumer re-reads its own pending entries; entries of other consumers idle for `claim_idle` are claimed (never its own in-flight ones)",
+                duplicates: "entries written but not yet XACKed are read again after a restart",
+                crash_loses: "nothing acknowledged",
+            },
+            SourceDelivery {
+                variant: "`mode: pubsub`",
+                guarantee: "at-most-once",
+                how: "Redis Pub/Sub keeps nothing",
+                duplicates: "none",
+                crash_loses: "messages in memory; messages published while disconnected; while the pipeline is busy, messages beyond `max_buffered` are dropped and counted in `dropped_total`",
+            },
+            SourceDelivery { variant: "`mode: http`", ..tributary_sdk::delivery::HTTP_RECEIVER },
+        ]
+    }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg = BadgeEventsConfig::from_component(config)?;
         Ok(BuiltSource {

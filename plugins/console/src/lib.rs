@@ -49,6 +49,10 @@ impl SinkPlugin for ConsoleSinkPlugin {
     fn type_name(&self) -> &'static str {
         "console"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        use tributary_sdk::delivery::SinkDelivery;
+        &[SinkDelivery { variant: "", durable_when: "written to stdout", duplicates: "none" }]
+    }
     fn build(&self, config: &ComponentConfig, _inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ConsoleSinkConfig = config.decode()?;
         Ok(Box::new(ConsoleSink { id: config.id.clone(), cfg, since_last: 0, total: 0, out: Box::new(std::io::stdout()) }))

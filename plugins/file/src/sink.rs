@@ -31,6 +31,10 @@ impl SinkPlugin for FileSinkPlugin {
     fn type_name(&self) -> &'static str {
         "file"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        use tributary_sdk::delivery::SinkDelivery;
+        &[SinkDelivery { variant: "", durable_when: "fsync at each flush (`flush_interval`)", duplicates: "none from retries" }]
+    }
     fn build(&self, config: &ComponentConfig, _inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: FileSinkConfig = config.decode()?;
         Ok(Box::new(FileSink { cfg, out: None }))

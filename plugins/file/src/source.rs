@@ -74,6 +74,16 @@ impl SourcePlugin for FileSourcePlugin {
     fn type_name(&self) -> &'static str {
         "file"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        use tributary_sdk::delivery::SourceDelivery;
+        &[SourceDelivery {
+            variant: "",
+            guarantee: "at-least-once",
+            how: "the offset of the lines every sink wrote is saved in `checkpoint_file` (with the file's path, device, inode and a fingerprint of its first KiB), in read order as acks resolve; a restart resumes there when it is the same file, and reads a rotated or rewritten file from the start",
+            duplicates: "lines read after the last saved offset, after a crash",
+            crash_loses: "nothing acknowledged",
+        }]
+    }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: FileSourceConfig = config.decode()?;
         if cfg.chunk_size.0 < 1024 {

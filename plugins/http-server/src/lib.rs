@@ -91,6 +91,9 @@ impl SourcePlugin for HttpServerPlugin {
     fn type_name(&self) -> &'static str {
         "http_server"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        &[tributary_sdk::delivery::HTTP_RECEIVER]
+    }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: HttpServerConfig = config.decode()?;
         if !cfg.path.starts_with('/') {

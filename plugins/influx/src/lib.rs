@@ -139,6 +139,9 @@ impl SinkPlugin for InfluxSinkPlugin {
     fn type_name(&self) -> &'static str {
         "influx"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        &[tributary_sdk::delivery::RECEIVER_2XX]
+    }
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: InfluxSinkConfig = config.decode()?;
         if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {

@@ -61,6 +61,14 @@ impl SinkPlugin for KafkaSinkPlugin {
     fn type_name(&self) -> &'static str {
         "kafka"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        use tributary_sdk::delivery::SinkDelivery;
+        &[SinkDelivery {
+            variant: "",
+            durable_when: "every message's delivery report came back (`acks: all`)",
+            duplicates: "messages retried after a timeout may be written twice (the producer is not idempotent by default; set `librdkafka: {enable.idempotence: 'true'}`)",
+        }]
+    }
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: KafkaSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;

@@ -134,6 +134,16 @@ impl SourcePlugin for KafkaSourcePlugin {
     fn type_name(&self) -> &'static str {
         "kafka"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        use tributary_sdk::delivery::SourceDelivery;
+        &[SourceDelivery {
+            variant: "",
+            guarantee: "at-least-once; exactly once with `delivery: exactly_once` into exactly-once sinks",
+            how: "offsets committed per partition only after the acks resolve; on a rebalance the member losing a partition waits up to `rebalance_wait` for its batches' acks and commits what was written before the partition moves",
+            duplicates: "rows written but not yet committed are read again after a restart, or by a partition's next owner",
+            crash_loses: "nothing acknowledged",
+        }]
+    }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: KafkaSourceConfig = config.decode()?;
         if cfg.topics.is_empty() {

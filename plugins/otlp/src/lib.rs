@@ -159,7 +159,32 @@ fn default_timeout() -> Period {
     Period(Duration::from_secs(10))
 }
 
+/// OTLP receivers that store cumulative points only, by the path of their endpoint.
+const CUMULATIVE_ONLY: [(&str, &str); 2] = [
+    ("/opentelemetry/api/v1/push", "VictoriaMetrics (up to v1.131; its `vm_protoparser_rows_dropped_total` counts them)"),
+    ("/api/v1/otlp/v1/metrics", "Prometheus (unless its experimental delta-to-cumulative feature is on)"),
+];
+
 impl OtlpSinkConfig {
+    /// The metrics sent as delta points: histograms and counters of increases, when the sink sends
+    /// what it aggregates as deltas.
+    fn delta_metrics(&self) -> Vec<&str> {
+        if self.aggregation_temporality != Temporality::Delta {
+            return Vec::new();
+        }
+        let delta =
+            |m: &&MetricConfig| m.kind == MetricKind::Histogram || (m.kind == MetricKind::Counter && m.temporality == Temporality::Delta);
+        self.metrics.iter().filter(delta).map(|m| m.name.as_str()).collect()
+    }
+
+    /// The known cumulative-only receiver the endpoint names, when delta points go to it.
+    fn delta_dropped_by(&self) -> Option<&'static str> {
+        let path = self.endpoint.split_once("://").map_or("", |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+        let path = path.split(['?', '#']).next().unwrap_or_default().trim_end_matches('/');
+        let receiver = CUMULATIVE_ONLY.iter().find(|(p, _)| path == *p).map(|(_, r)| *r)?;
+        (!self.delta_metrics().is_empty()).then_some(receiver)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
             return Err(ConfigError::at("endpoint", format!("`{}` is not an http(s) URL", self.endpoint)));
@@ -195,6 +220,9 @@ pub struct OtlpSinkPlugin;
 impl SinkPlugin for OtlpSinkPlugin {
     fn type_name(&self) -> &'static str {
         "otlp"
+    }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        &[tributary_sdk::delivery::RECEIVER_2XX]
     }
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: OtlpSinkConfig = config.decode()?;
@@ -282,6 +310,13 @@ impl Sink for OtlpSink {
 
     fn flush_interval(&self) -> Option<Duration> {
         Some(self.batching.max_age)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.cfg.delta_dropped_by().map(|receiver| format!(
+            "aggregation_temporality: delta sends delta sums and histograms ({}), which {receiver} answers with success and drops; use `cumulative`",
+            self.cfg.delta_metrics().join(", ")
+        )).into_iter().collect()
     }
 
     fn take_buffered(&mut self) -> Vec<RecordBatch> {

@@ -409,3 +409,34 @@ async fn retryable_answers_are_retried_until_accepted_with_the_configured_header
     let Some(metric::Data::Gauge(g)) = &request.resource_metrics[0].scope_metrics[0].metrics[0].data else { panic!() };
     assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(2.5)));
 }
+
+/// Delta points towards a receiver known to drop them is a warning (`validate` prints it, a run
+/// logs it); cumulative, a forwarder, or delta with nothing aggregated is not.
+#[test]
+fn delta_towards_a_cumulative_only_receiver_is_a_warning() {
+    let warnings = |yaml: &str| {
+        let sink =
+            OtlpSinkPlugin.build(&ComponentConfig::from_yaml("otlp", yaml), &[("in".into(), schema())]).map_err(|e| e.to_string()).unwrap();
+        sink.warnings()
+    };
+    let metrics = "[{name: a, kind: gauge, value: score}, {name: h, kind: histogram, value: score}, {name: c, kind: counter, value: events, temporality: delta}]";
+    assert_eq!(
+        warnings(&format!("{{endpoint: 'http://vm:8428/opentelemetry/api/v1/push', aggregation_temporality: delta, metrics: {metrics}}}")),
+        ["aggregation_temporality: delta sends delta sums and histograms (h, c), which VictoriaMetrics (up to v1.131; its `vm_protoparser_rows_dropped_total` counts them) answers with success and drops; use `cumulative`"]
+    );
+    assert_eq!(
+        warnings(&format!("{{endpoint: 'http://prom:9090/api/v1/otlp/v1/metrics/', aggregation_temporality: delta, metrics: {metrics}}}")),
+        ["aggregation_temporality: delta sends delta sums and histograms (h, c), which Prometheus (unless its experimental delta-to-cumulative feature is on) answers with success and drops; use `cumulative`"]
+    );
+    assert!(warnings(&format!("{{endpoint: 'http://vm:8428/opentelemetry/api/v1/push', metrics: {metrics}}}")).is_empty(), "cumulative");
+    assert!(
+        warnings(&format!("{{endpoint: 'http://collector:4318/v1/metrics', aggregation_temporality: delta, metrics: {metrics}}}"))
+            .is_empty(),
+        "a forwarder"
+    );
+    assert!(
+        warnings("{endpoint: 'http://vm:8428/opentelemetry/api/v1/push', aggregation_temporality: delta, metrics: [{name: a, kind: gauge, value: score}]}")
+            .is_empty(),
+        "nothing aggregated: gauges are sent as they are"
+    );
+}

@@ -134,6 +134,21 @@ impl SinkPlugin for ParquetSinkPlugin {
     fn type_name(&self) -> &'static str {
         "parquet"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        use tributary_sdk::delivery::SinkDelivery;
+        &[
+            SinkDelivery {
+                variant: "",
+                durable_when: "the file is fsynced and renamed (in a bucket: its PUT or multipart upload completed); a failed file leaves no temporary file and keeps its rows",
+                duplicates: "none from retries; a `.tmp` file a `kill -9` left is removed at the next start (its rows were never acknowledged)",
+            },
+            SinkDelivery {
+                variant: "with `format: delta`",
+                durable_when: "the Delta commit holding the flush's files is written (on local disk: the files, the commit and `_delta_log` fsynced)",
+                duplicates: "none from retries, and none after a crash with `delivery: exactly_once`; files a crash left uncommitted are not in the table (`VACUUM` removes them)",
+            },
+        ]
+    }
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: ParquetSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;

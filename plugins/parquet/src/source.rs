@@ -75,6 +75,16 @@ impl SourcePlugin for ParquetSourcePlugin {
     fn type_name(&self) -> &'static str {
         "parquet"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        use tributary_sdk::delivery::SourceDelivery;
+        &[SourceDelivery {
+            variant: "",
+            guarantee: "at-least-once by reading again",
+            how: "no acknowledgements or checkpoints: a restart reads the time range again from its start, in event-time order",
+            duplicates: "everything read before a crash, after it (an upsert sink converges)",
+            crash_loses: "nothing: the files stay",
+        }]
+    }
 
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: ParquetSourceConfig = config.decode()?;

@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod columns;
 pub mod config;
 pub mod dead_letter;
+pub mod delivery;
 pub mod event;
 pub mod http;
 pub mod in_flight;
@@ -24,6 +25,7 @@ pub mod position;
 pub mod progress;
 pub mod redact;
 pub mod retry;
+pub mod schedule;
 pub mod sink;
 pub mod tls;
 
@@ -139,12 +141,16 @@ pub struct BuiltSource {
 /// Builds sources of one `type:` from config. Building never touches the network.
 pub trait SourcePlugin: Send + Sync {
     fn type_name(&self) -> &'static str;
+    /// What its acknowledgement means: its rows of the delivery tables.
+    fn delivery(&self) -> &'static [delivery::SourceDelivery];
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError>;
 }
 
 /// Builds sinks of one `type:` from config and the schemas of its `inputs:` (in order).
 pub trait SinkPlugin: Send + Sync {
     fn type_name(&self) -> &'static str;
+    /// When its writes count as durable: its rows of the delivery tables.
+    fn delivery(&self) -> &'static [delivery::SinkDelivery];
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError>;
 }
 

@@ -127,6 +127,11 @@ pub trait Sink: Send {
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
         Vec::new()
     }
+    /// Config that is valid but loses data at the receiver it names (delta points sent to a
+    /// cumulative-only one, say): `tributary validate` prints these, and a run logs them at start.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// `Some` for a sink that stores positions in the same transaction as its rows, which makes
     /// it exactly-once (`delivery: exactly_once`). Usually `Some(self)`.
     fn positions(&mut self) -> Option<&mut dyn PositionStore> {

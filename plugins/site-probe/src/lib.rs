@@ -17,7 +17,8 @@ use tributary_sdk::{BuiltSource, ComponentConfig, ConfigError, OutputSpec, Sourc
 
 pub use config::{SiteProbeConfig, Target};
 pub use probe::{probe, ProbeLimits, ProbeRow};
-pub use schedule::{Lateness, SiteProbeSource};
+pub use schedule::SiteProbeSource;
+pub use tributary_sdk::schedule::Lateness;
 
 /// The output schema: one row per probe.
 pub fn probe_schema() -> SchemaRef {
@@ -87,6 +88,9 @@ pub struct SiteProbePlugin;
 impl SourcePlugin for SiteProbePlugin {
     fn type_name(&self) -> &'static str {
         "site_probe"
+    }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        &[tributary_sdk::delivery::MEASURED]
     }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: SiteProbeConfig = config.decode()?;

@@ -58,6 +58,9 @@ impl SourcePlugin for SrtStatsPlugin {
     fn type_name(&self) -> &'static str {
         "srt_stats"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SourceDelivery] {
+        &[tributary_sdk::delivery::MEASURED]
+    }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg = SrtStatsConfig::from_component(config)?;
         Ok(BuiltSource {

@@ -203,6 +203,14 @@ impl SinkPlugin for TimescaleSinkPlugin {
     fn type_name(&self) -> &'static str {
         "timescale"
     }
+    fn delivery(&self) -> &'static [tributary_sdk::delivery::SinkDelivery] {
+        use tributary_sdk::delivery::SinkDelivery;
+        &[SinkDelivery {
+            variant: "",
+            durable_when: "the transaction commits (COPY or staged upsert); a silent server times out (`timeout`) and is retried",
+            duplicates: "none from retries: `append` asks the server whether a COMMIT whose answer was lost committed (`txid_status` of the transaction's id, taken before the COMMIT; a transaction still open has its backend ended first) and writes the rows again only if it did not; `upsert` is idempotent on `key`",
+        }]
+    }
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: TimescaleSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;

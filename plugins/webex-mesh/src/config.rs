@@ -194,12 +194,11 @@ impl AuthConfig {
         if let Some(token) = self.access_token.as_ref().filter(|t| !t.expose().is_empty()) {
             return Ok(Credentials::Token(token.clone()));
         }
-        let (Some(client_id), Some(client_secret)) = (&self.client_id, &self.client_secret) else {
+        // Empty values (`${WEBEX_CLIENT_ID:-}` unset) count as missing.
+        let present = (self.client_id.as_ref().filter(|id| !id.is_empty()), self.client_secret.as_ref().filter(|s| !s.expose().is_empty()));
+        let (Some(client_id), Some(client_secret)) = present else {
             return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token"));
         };
-        if client_id.is_empty() || client_secret.expose().is_empty() {
-            return Err(ConfigError::at("auth", "needs client_id and client_secret (an OAuth Webex Integration) or access_token"));
-        }
         let redirect_uri = parse_url("auth.redirect_uri", &self.redirect_uri)?;
         let callback = match (self.listen, redirect_uri.port_or_known_default()) {
             (Some(listen), _) => listen,

@@ -219,13 +219,7 @@ impl Poller {
                 }
             };
             let ctx = Ctx { org_id: &job.org, poll_ts: &ts, trigger_query: "All" };
-            let parsed = match job.dataset {
-                Dataset::ClusterAvailability => datasets::availability(&reply.body, &ctx, false),
-                Dataset::NodeAvailability => datasets::availability(&reply.body, &ctx, true),
-                d if d.is_test_results() => datasets::test_results(d, &reply.body, &ctx),
-                d => datasets::buckets(d, &reply.body, &ctx),
-            };
-            match parsed {
+            match datasets::rows(job.dataset, &reply.body, &ctx) {
                 Ok(p) => {
                     self.log_call(
                         harvest,

@@ -86,7 +86,7 @@ fn utilization_example_from_the_spec() {
         "items": [{"timestamp": "2022-03-23T10:30:00Z", "clusters": [
             {"clusterId": "Q0xVU1RFUi8x=", "clusterName": "sanjose", "utilizationMetrics": {"peakCpu": 54.54, "avgCpu": 4.27, "activeCalls": 5, "activePrivateCalls": 1}},
             {"clusterId": "Q0xVU1RFUi8y", "clusterName": "bangalore", "utilizationMetrics": {"peakCpu": 62, "avgCpu": 3.64, "activeCalls": 0.0, "activePrivateCalls": 0}}]}]}]});
-    let rows = datasets::buckets(Dataset::Utilization, &body, &ctx("other")).unwrap().rows;
+    let rows = datasets::rows(Dataset::Utilization, &body, &ctx("other")).unwrap().rows;
     assert_eq!(rows.len(), 2);
     assert_eq!(
         Value::Object(rows[0].clone()),
@@ -122,7 +122,7 @@ fn legacy_and_spec_shapes_give_the_same_rows() {
     let both = |f: &dyn Fn(Shapes) -> Value, parse: &dyn Fn(&Value) -> Vec<Row>| (parse(&f(Shapes::Spec)), parse(&f(Shapes::Legacy)));
 
     let (spec, legacy) =
-        both(&|s| bodies::utilization(&m, s, from, to), &|b| datasets::buckets(Dataset::Utilization, b, &ctx(&org)).unwrap().rows);
+        both(&|s| bodies::utilization(&m, s, from, to), &|b| datasets::rows(Dataset::Utilization, b, &ctx(&org)).unwrap().rows);
     assert_eq!(spec.len(), 36 * 4, "6 hours of 10-minute buckets for 4 clusters");
     assert_eq!(spec, legacy);
     for ds in [Dataset::CloudOverflow, Dataset::CallRedirects] {
@@ -133,22 +133,23 @@ fn legacy_and_spec_shapes_give_the_same_rows() {
                 bodies::call_redirects(&m, s, from, to)
             }
         };
-        let (spec, legacy) = both(&f, &|b| datasets::buckets(ds, b, &ctx(&org)).unwrap().rows);
+        let (spec, legacy) = both(&f, &|b| datasets::rows(ds, b, &ctx(&org)).unwrap().rows);
         assert_eq!(spec, legacy, "{ds:?}");
     }
     let all: Vec<String> = crate::config::DEVICE_TYPES.iter().map(|s| s.to_string()).collect();
     let (spec, legacy) =
-        both(&|s| bodies::client_types(&m, s, from, to, &all), &|b| datasets::buckets(Dataset::ClientTypes, b, &ctx(&org)).unwrap().rows);
+        both(&|s| bodies::client_types(&m, s, from, to, &all), &|b| datasets::rows(Dataset::ClientTypes, b, &ctx(&org)).unwrap().rows);
     assert_eq!(spec.len(), 36 * 4 * 5);
     assert_eq!(spec, legacy);
 
-    let (spec, legacy) =
-        both(&|s| bodies::cluster_availability(&m, s, from, to), &|b| datasets::availability(b, &ctx(&org), false).unwrap().rows);
+    let (spec, legacy) = both(&|s| bodies::cluster_availability(&m, s, from, to), &|b| {
+        datasets::rows(Dataset::ClusterAvailability, b, &ctx(&org)).unwrap().rows
+    });
     assert_eq!(spec.len(), 7 * 4, "hour-aligned segments 08:00 .. 14:00 for 4 clusters");
     assert_eq!(spec, legacy);
     let cluster = &m.org.clusters[0];
     let (spec, legacy) = both(&|s| bodies::node_availability(&m, s, &cluster.id, from, to).unwrap(), &|b| {
-        datasets::availability(b, &ctx(&org), true).unwrap().rows
+        datasets::rows(Dataset::NodeAvailability, b, &ctx(&org)).unwrap().rows
     });
     assert_eq!(spec.len(), 7 * cluster.nodes.len());
     assert_eq!(spec, legacy);
@@ -165,9 +166,8 @@ fn legacy_and_spec_shapes_give_the_same_rows() {
         (Dataset::MediaHealth, bodies::TestKind::MediaHealth),
         (Dataset::NetworkTests, bodies::TestKind::Network),
     ] {
-        let (spec, legacy) = both(&|s| bodies::test_results(&m, s, kind, span.0, span.1, "All"), &|b| {
-            datasets::test_results(ds, b, &ctx(&org)).unwrap().rows
-        });
+        let (spec, legacy) =
+            both(&|s| bodies::test_results(&m, s, kind, span.0, span.1, "All"), &|b| datasets::rows(ds, b, &ctx(&org)).unwrap().rows);
         assert!(!spec.is_empty(), "{ds:?}");
         assert!(legacy.iter().all(|r| r["ip_address"].as_str().is_some_and(|ip| ip.starts_with("10."))), "{ds:?}");
         assert!(spec.iter().all(|r| r["ip_address"].is_null()), "{ds:?}");
@@ -184,7 +184,7 @@ fn test_results_rows_carry_every_failure_reason() {
             "result": [{"type": "BandwidthTest", "results": [
                 {"serviceType": "WebexCloud", "testResult": "Failed", "failureDetails": {"possibleFailureReason": ["slow [1402]", "slower [1405]"], "possibleRemediation": ["check the link"]}},
                 {"serviceType": "ThirdPartyCloud", "testResult": "Success"}]}]}]}]}]}]});
-    let rows = datasets::test_results(Dataset::NetworkTests, &body, &ctx("O")).unwrap().rows;
+    let rows = datasets::rows(Dataset::NetworkTests, &body, &ctx("O")).unwrap().rows;
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["test_timestamp"], json!("2022-03-15T15:53:00Z"));
     assert_eq!(rows[0]["failure_reason"], json!("slow [1402]\nslower [1405]"));
@@ -196,21 +196,21 @@ fn test_results_rows_carry_every_failure_reason() {
     let mhm = json!({"orgId": "O", "items": [{"clusters": [{"clusterId": "C", "nodes": [{"nodeId": "N", "hostName": "h", "mhmTestResults": [
         {"timestamp": "2022-03-15T15:53:00Z", "id": "T", "testResults": [{"testName": "SIP Signalling", "testResult": "Success"}]}]}]}]}]});
     let periodic = Ctx { trigger_query: "Periodic", ..ctx("O") };
-    assert_eq!(datasets::test_results(Dataset::MediaHealth, &mhm, &periodic).unwrap().rows[0]["trigger_type"], json!("Periodic"));
-    assert_eq!(datasets::test_results(Dataset::MediaHealth, &mhm, &ctx("O")).unwrap().rows[0]["trigger_type"], Value::Null);
+    assert_eq!(datasets::rows(Dataset::MediaHealth, &mhm, &periodic).unwrap().rows[0]["trigger_type"], json!("Periodic"));
+    assert_eq!(datasets::rows(Dataset::MediaHealth, &mhm, &ctx("O")).unwrap().rows[0]["trigger_type"], Value::Null);
 }
 
 #[test]
 fn bad_bodies_are_errors_and_bad_elements_are_skipped() {
     assert_eq!(
-        datasets::buckets(Dataset::Utilization, &json!("oops"), &ctx("O")).unwrap_err(),
+        datasets::rows(Dataset::Utilization, &json!("oops"), &ctx("O")).unwrap_err(),
         "expected a JSON object or array, got a string"
     );
-    assert_eq!(datasets::buckets(Dataset::Utilization, &json!({"message": "x"}), &ctx("O")).unwrap_err(), "the response has no `items`");
+    assert_eq!(datasets::rows(Dataset::Utilization, &json!({"message": "x"}), &ctx("O")).unwrap_err(), "the response has no `items`");
     let body = json!({"items": [{"timestamp": "yesterday", "clusters": []}, {"timestamp": "2022-03-23T10:30:00Z", "clusters": [{"clusterId": "C", "utilizationMetrics": {"peakCpu": "n/a", "avgCpu": 1}}]}]});
-    let parsed = datasets::buckets(Dataset::Utilization, &body, &ctx("O")).unwrap();
+    let parsed = datasets::rows(Dataset::Utilization, &body, &ctx("O")).unwrap();
     assert_eq!(parsed.skipped, 1);
-    assert_eq!(parsed.first_problem.as_deref(), Some("a bucket without a valid timestamp: \"yesterday\""));
+    assert_eq!(parsed.first_problem.as_deref(), Some("a bucket without a valid `timestamp`: \"yesterday\""));
     assert_eq!(parsed.rows.len(), 1);
     assert_eq!(parsed.rows[0]["peak_cpu"], Value::Null, "a wrong type is a null, not a lost row");
 }
@@ -255,4 +255,73 @@ fn backfill_walks_back_in_windows_and_resumes() {
     assert!(windows.windows(2).all(|w| w[0].0 == w[1].1), "contiguous");
     assert_eq!(windows[5].0, Utc.with_ymd_and_hms(2026, 10, 22, 12, 0, 0).unwrap());
     assert_eq!(state.next_window("ORG", now + chrono::Duration::days(1), &cfg), None, "done stays done");
+}
+
+/// The tables are data: a column that reads a level its walk lacks would be silently null.
+#[test]
+fn every_column_reads_a_level_of_its_walk_and_is_named_once() {
+    for table in datasets::tables::ALL {
+        let levels: Vec<_> = table.walk.iter().map(|s| s.level).collect();
+        let mut names = std::collections::HashSet::new();
+        for column in table.columns {
+            assert!(names.insert(column.name), "`{}` declares `{}` twice", table.output, column.name);
+            if let Some(level) = column.from.level() {
+                assert!(levels.contains(&level), "`{}.{}` reads `{level}`, which its walk {levels:?} lacks", table.output, column.name);
+            }
+        }
+    }
+}
+
+/// The clusters' response fills two outputs; a schedule's days join, `upgradePending` as text
+/// is a boolean, and a cluster without an ID is skipped once.
+#[test]
+fn cluster_rows_from_the_spec_shape() {
+    let body = json!({"items": [
+        {"clusterId": "Qz0=", "clusterName": "sanjose", "releaseChannel": "stable",
+         "upgradeSchedule": {"scheduleDays": ["sunday", "monday"], "scheduleTime": "02:00", "scheduleTimeZone": "UTC", "upgradePending": "True", "nextUpgradeTime": "2026-11-29T02:00:00.000Z"},
+         "nodes": [{"nodeId": "Tg==", "hostNameOrIp": "n1.example", "deploymentType": "ova", "location": {"countryCode": "US", "city": "San Jose", "timeZone": "America/Los_Angeles"}}]},
+        {"clusterName": "no id", "nodes": [{"nodeId": "X"}]}]});
+    let (details, nodes, found) = datasets::clusters(&body, &ctx("O")).unwrap();
+    assert_eq!(
+        Value::Object(details.rows[0].clone()),
+        json!({"poll_timestamp": "2026-11-22T10:00:00Z", "organization_id": "O", "cluster_id": "Qz0", "cluster_name": "sanjose", "node_id": "Tg",
+               "release_channel": "stable", "upgrade_schedule_days": "sunday,monday", "upgrade_schedule_time": "02:00",
+               "upgrade_schedule_timezone": "UTC", "upgrade_pending": true, "next_upgrade_timestamp": "2026-11-29T02:00:00Z"})
+    );
+    assert_eq!(
+        Value::Object(nodes.rows[0].clone()),
+        json!({"poll_timestamp": "2026-11-22T10:00:00Z", "organization_id": "O", "cluster_id": "Qz0", "node_id": "Tg", "host_name": "n1.example",
+               "deployment_type": "ova", "country_code": "US", "city": "San Jose", "timezone": "America/Los_Angeles"})
+    );
+    assert_eq!((details.rows.len(), nodes.rows.len()), (1, 1));
+    assert_eq!((details.skipped, details.first_problem.as_deref()), (1, Some("a cluster without a valid `clusterId`: null")));
+    assert_eq!(nodes.skipped, 0, "reported once, with the details");
+    assert_eq!(found, [("Qz0=".to_string(), "sanjose".to_string())]);
+    for (output, rows) in [("cluster_details", &details.rows), ("node_details", &nodes.rows)] {
+        assert_eq!(datasets::to_batch(output, rows).unwrap().num_rows(), 1);
+    }
+}
+
+/// One row per port, under `udp` then `tcp`, the protocol read from the key.
+#[test]
+fn reachability_rows_take_the_protocol_from_the_key() {
+    let body = json!({"orgId": "O", "from": "2026-11-22T09:00:00Z", "to": "2026-11-22T10:00:00Z", "items": [{"clusters": [{"clusterId": "C", "clusterName": "c", "nodes": [{
+        "nodeId": "N", "hostName": "h", "ipAddress": "10.0.0.1", "testResults": [{"destinationCluster": "AWS", "stunResults": [
+            {"timestamp": "2026-11-22T09:30:00Z", "id": "T", "triggerType": "Periodic",
+             "udp": [{"port": 5004, "reachable": true, "ipAddress": "1.1.1.1"}], "tcp": [{"port": 5004, "reachable": false, "ipAddress": "1.1.1.2"}]},
+            {"timestamp": null, "udp": [{"port": 1}]}]}]}]}]}]});
+    let parsed = datasets::rows(Dataset::Reachability, &body, &ctx("O")).unwrap();
+    let ports: Vec<_> =
+        parsed.rows.iter().map(|r| (r["protocol"].clone(), r["reachability"].clone(), r["destination_ip_address"].clone())).collect();
+    assert_eq!(ports, [(json!("udp"), json!(true), json!("1.1.1.1")), (json!("tcp"), json!(false), json!("1.1.1.2"))]);
+    assert_eq!(
+        Value::Object(parsed.rows[0].clone()),
+        json!({"poll_timestamp": "2026-11-22T10:00:00Z", "from_timestamp": "2026-11-22T09:00:00Z", "to_timestamp": "2026-11-22T10:00:00Z",
+               "organization_id": "O", "cluster_id": "C", "cluster_name": "c", "node_id": "N", "host_name": "h", "ip_address": "10.0.0.1",
+               "destination_cluster": "AWS", "test_timestamp": "2026-11-22T09:30:00Z", "test_id": "T", "trigger_type": "Periodic",
+               "protocol": "udp", "port": 5004, "reachability": true, "destination_ip_address": "1.1.1.1"})
+    );
+    assert_eq!(parsed.first_problem.as_deref(), Some("a reachability result without a valid `timestamp`: null"));
+    assert_eq!(datasets::to_batch("reachability", &parsed.rows).unwrap().num_rows(), 2);
+    assert_eq!(datasets::to_batch("reachability_typo", &parsed.rows).unwrap_err(), "no output `reachability_typo`");
 }

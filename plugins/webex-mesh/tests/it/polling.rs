@@ -12,7 +12,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use tributary_sdk::{ComponentConfig, SourcePlugin};
 use tributary_testkit::{source_context, SourceHarness};
-use tributary_webex_mesh::datasets::OUTPUTS;
+use tributary_webex_mesh::datasets::output_schemas;
 use tributary_webex_mesh::simulator::{SimConfig, SimHandle};
 use tributary_webex_mesh::WebexMeshPlugin;
 
@@ -27,7 +27,7 @@ async fn poll_once(sim: &SimHandle, extra: &str, expected_calls: usize) -> (Hash
         dir.path().join("state.json").display()
     );
     let built = WebexMeshPlugin.build(&ComponentConfig::from_yaml("mesh", &yaml)).unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<&str> = OUTPUTS.iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = output_schemas().iter().map(|(n, _)| *n).collect();
     let (ctx, mut harness) = source_context("mesh", &names, 64);
     let task = tokio::spawn(built.source.run(ctx));
     let mut got: HashMap<String, Vec<RecordBatch>> = HashMap::new();
@@ -151,7 +151,7 @@ async fn backfill_progress_is_saved_only_once_every_sink_wrote_its_rows() {
         state_file.display()
     );
     let built = WebexMeshPlugin.build(&ComponentConfig::from_yaml("mesh", &yaml)).unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<&str> = OUTPUTS.iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = output_schemas().iter().map(|(n, _)| *n).collect();
     let (ctx, mut harness) = source_context("mesh", &names, 256);
     let task = tokio::spawn(built.source.run(ctx));
 
