@@ -20,8 +20,8 @@ use tributary_sdk::dead_letter::letters_for_rows;
 use tributary_sdk::delivery::SinkDelivery;
 use tributary_sdk::retry::WriteError;
 use tributary_sdk::{
-    single_input_schema, BatchConfig, Batching, BuiltSource, ComponentConfig, ConfigError, DeadLetter, Durability, OutputSpec, Period,
-    Secret, Sink, SinkContext, SinkPlugin, SourcePlugin, Transient, Written,
+    error_chain, single_input_schema, BatchConfig, Batching, BuiltSource, ComponentConfig, ConfigError, DeadLetter, Durability, OutputSpec,
+    Period, Secret, Sink, SinkContext, SinkPlugin, SourcePlugin, Transient, Written,
 };
 
 use series::Layout;
@@ -200,16 +200,6 @@ impl Client {
         let message = format!("HTTP {status}: {}", text.trim().chars().take(500).collect::<String>());
         Err(if status.is_server_error() || status.as_u16() == 429 { WriteError::Transient(message) } else { WriteError::Refused(message) })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// A request built from buffered rows and not yet accepted, kept as built for the retry.

@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tributary_sdk::config::{event_time_type, ByteSize};
 use tributary_sdk::schedule::{every, offset_for, Slot};
-use tributary_sdk::{Batch, CancellationToken, ConfigError, Period, Source, SourceContext};
+use tributary_sdk::{error_chain, Batch, CancellationToken, ConfigError, Period, Source, SourceContext};
 
 use crate::exposition::{self, Format};
-use crate::{error_chain, HttpUrl};
+use crate::HttpUrl;
 
 /// Config of a `prometheus_scrape` source.
 #[derive(Debug, Clone, Deserialize)]
