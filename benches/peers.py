@@ -12,6 +12,8 @@ Workloads (each peer runs only where it is installed; a missing one is a row say
   H1  one JSON event per POST, `wrk -t2 -c64` (and `-c8`) → http_server → SQL → Parquet vs nginx
       answering the same POSTs with a fixed body (the machine's HTTP ceiling). Requests/s, p99.
   H2  1,000-event NDJSON bodies, `wrk -c8`: events/s.
+  O1  OTLP/HTTP protobuf metrics (100 points per request), `wrk -c8`: the otlp source (disk buffer,
+      Parquet) vs rotel-agent (blackhole exporter) on the same body. Points/s.
 
 Peers: `pip install duckdb pyarrow`, `apt-get install nginx-light wrk`. Measure on an idle machine:
 client and server share its cores, as they would for the peer.
@@ -194,9 +196,9 @@ def to_ms(value):
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(port, body_file, connections, seconds, script):
+def wrk(port, body_file, connections, seconds, script, path="/"):
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}/"], env={**os.environ, "BODY_FILE": str(body_file)},
+                          f"http://127.0.0.1:{port}{path}"], env={**os.environ, "BODY_FILE": str(body_file)},
                          check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = to_ms(re.search(r"\s99%\s+([\d.]+(?:us|ms|s))", out).group(1))
@@ -279,6 +281,93 @@ http {{
     return results
 
 
+# ---------------------------------------------------------------------------------------- O1
+
+OTLP_POINTS = 100
+
+
+def otlp_body(path):
+    """One OTLP/HTTP metrics request: a gauge of OTLP_POINTS points, two attributes each, under the
+    resource an SDK sends (what a collector's exporter batches look like, small)."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    for k, v in (("service.name", "door-controller"), ("telemetry.sdk.language", "python"), ("site", "hq")):
+        rm.resource.attributes.append(KeyValue(key=k, value=AnyValue(string_value=v)))
+    metric = rm.scope_metrics.add().metrics.add()
+    metric.name = "room_temp"
+    for i in range(OTLP_POINTS):
+        p = metric.gauge.data_points.add()
+        p.time_unix_nano = 1_764_000_000_000_000_000 + i
+        p.as_double = 20.0 + i / 10
+        p.attributes.append(KeyValue(key="room", value=AnyValue(string_value=f"r{i}")))
+        p.attributes.append(KeyValue(key="floor", value=AnyValue(int_value=i % 5)))
+    path.write_bytes(request.SerializeToString())
+
+
+def rotel_agent():
+    if os.environ.get("ROTEL_AGENT"):
+        return os.environ["ROTEL_AGENT"]
+    try:
+        import rotel
+        path = Path(rotel.__file__).parent / "rotel-agent"
+        return str(path) if path.exists() else None
+    except ImportError:
+        return None
+
+
+def otlp(bin_path, work, seconds):
+    """O1: OTLP/HTTP protobuf metrics, the same body from the same client (wrk -c8) into the otlp
+    source (answered once fsynced in its disk buffer, written to Parquet) and into rotel-agent
+    (answered once in its memory, to its blackhole exporter)."""
+    results = {}
+    if not shutil.which("wrk") or not have("opentelemetry.proto"):
+        return results
+    body = work / "otlp.pb"
+    otlp_body(body)
+    script = work / "otlp.lua"
+    script.write_text(WRK_SCRIPT.replace("application/json", "application/x-protobuf"))
+    port, out = free_port(), work / "otlp-tributary"
+    pipeline = work / "otlp.yaml"
+    pipeline.write_text(f"""
+admin: {{enabled: false}}
+sources:
+  otel:
+    type: otlp
+    http_address: "127.0.0.1:{port}"
+    accept_timeout: 5s
+    buffer: {{type: disk, path: {work}/otlp-buffer}}
+sinks:
+  lake:
+    type: parquet
+    inputs: [otel.metrics]
+    path: {out}
+""")
+    server = subprocess.Popen([bin_path, "run", str(pipeline)], stderr=open(work / "otlp-tributary.log", "w"))
+    try:
+        wait_for_port(port)
+        results["tributary"] = wrk(port, body, 8, seconds, script, "/v1/metrics")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    r = results["tributary"]
+    results["tributary rows"] = {"answered_200": (r["requests"] - r["non_2xx"]) * OTLP_POINTS, "written": parquet_rows(out)}
+    agent = rotel_agent()
+    if agent:
+        http_port, grpc_port = free_port(), free_port()
+        server = subprocess.Popen([agent, "start", "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
+                                   "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}", "--exporter", "blackhole"],
+                                  stdout=subprocess.DEVNULL, stderr=open(work / "rotel.log", "w"))
+        try:
+            wait_for_port(http_port)
+            results["rotel"] = wrk(http_port, body, 8, seconds, script, "/v1/metrics")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    return results
+
+
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -296,13 +385,28 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="W1 runs per side, alternating (default 5)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--only", choices=["w1", "http", "otlp"], action="append",
+                        help="run only these workloads (repeatable; default: all)")
     args = parser.parse_args()
     bin_path = args.bin or build()
     with tempfile.TemporaryDirectory(prefix="tributary-peers-") as tmp:
         work = Path(tmp)
-        size_mb, expected, w1_rows = w1(bin_path, work, args.events, args.rounds)
-        h = http(bin_path, work, args.seconds)
+        runs = lambda name: not args.only or name in args.only
+        size_mb, expected, w1_rows = w1(bin_path, work, args.events, args.rounds) if runs("w1") else (0, 0, None)
+        h = http(bin_path, work, args.seconds) if runs("http") else None
+        o = otlp(bin_path, work, args.seconds) if runs("otlp") else None
 
+    if w1_rows is not None:
+        w1_table(args, size_mb, expected, w1_rows)
+    if h is not None:
+        http_table(h)
+    if o is not None:
+        otlp_table(o)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h, "otlp": o}, indent=2, default=str))
+
+
+def w1_table(args, size_mb, expected, w1_rows):
     print(f"\n## W1: {args.events:,} badge events NDJSON ({size_mb:.0f} MB) → WHERE score > 1000 → Parquet zstd"
           f" ({expected:,} rows expected)\n")
     print(f"Medians of {args.rounds} alternating runs per side (the range in brackets).\n")
@@ -317,6 +421,9 @@ def main():
         ratio = f"{median(wall) / median([r[0] for r in duck]):.2f}×" if duck else "—"
         print(f"| {name} | {median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f}) | {median(cpu):.2f} | {median(rss):.0f} ({max(rss):.0f}) "
               f"| {n if n is not None else '?'} | {ratio} |")
+
+
+def http_table(h):
     print("\n## HTTP → SQL → Parquet (wrk -t2)\n")
     if not h:
         print("wrk is not installed (apt-get install wrk)")
@@ -334,8 +441,24 @@ def main():
         print(f"\nrows answered 200: {r['answered_200']:,}; rows in the Parquet output: {r['written']}")
         if r["written"] is not None and r["written"] < r["answered_200"]:
             sys.exit("FAIL: fewer rows written than answered 200")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h}, indent=2, default=str))
+
+
+def otlp_table(o):
+    print(f"\n## O1: OTLP/HTTP protobuf metrics, {OTLP_POINTS} points per request (wrk -t2 -c8)\n")
+    if not o:
+        print("wrk or the opentelemetry-proto Python package is not installed")
+    else:
+        t, r = o["tributary"], o.get("rotel")
+        print("| receiver | points/s | p99 ms | non-2xx | vs rotel |")
+        print("|---|---|---|---|---|")
+        ratio = f"{t['rps'] / r['rps'] * 100:.0f}%" if r else "rotel not installed"
+        print(f"| tributary otlp source → disk buffer → Parquet | {t['rps'] * OTLP_POINTS:,.0f} | {t['p99_ms']:.2f} | {t['non_2xx']} | {ratio} |")
+        if r:
+            print(f"| rotel-agent → blackhole | {r['rps'] * OTLP_POINTS:,.0f} | {r['p99_ms']:.2f} | {r['non_2xx']} | 100% |")
+        rows = o["tributary rows"]
+        print(f"\npoints answered 200: {rows['answered_200']:,}; rows in the Parquet output: {rows['written']}")
+        if rows["written"] is not None and rows["written"] < rows["answered_200"]:
+            sys.exit("FAIL: fewer OTLP points written than answered 200")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ impl Registry {
                 Box::new(tributary_webex_mesh::WebexMeshPlugin),
                 Box::new(tributary_parquet::ParquetSourcePlugin),
                 Box::new(tributary_prometheus::ScrapeSourcePlugin),
+                Box::new(tributary_otlp::OtlpSourcePlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),

@@ -109,6 +109,12 @@ fn documented() -> Vec<Documented> {
             decode: decode::<tributary_otlp::OtlpSinkConfig>,
         },
         Documented {
+            readme: "plugins/otlp/README.md",
+            table: 2,
+            minimal: "{http_address: '127.0.0.1:4318'}",
+            decode: decode::<tributary_otlp::OtlpSourceConfig>,
+        },
+        Documented {
             readme: "plugins/parquet/README.md",
             table: 0,
             minimal: "{path: /tmp/x}",

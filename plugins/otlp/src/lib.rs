@@ -14,6 +14,9 @@
 
 mod export;
 mod points;
+mod receive;
+
+pub use receive::{OtlpSourceConfig, OtlpSourcePlugin};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
