@@ -50,7 +50,7 @@ pub struct OtlpSourceConfig {
     /// Require `Authorization: Bearer <token>` on both (use `${ENV}`).
     pub token: Option<Secret>,
     /// Largest accepted request (default 4MiB, as the Collector's gRPC receiver), after gzip is
-    /// undone; larger is 413 / RESOURCE_EXHAUSTED.
+    /// undone; larger is HTTP 413, gRPC OUT_OF_RANGE.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: ByteSize,
     /// How long a request waits for room in the pipeline before 503 / UNAVAILABLE (default 1s).
@@ -276,7 +276,7 @@ impl Receiver {
             // As the Collector answers for a signal no pipeline takes: the client learns its
             // records went nowhere instead of hearing a plain success.
             self.metrics.dropped.add(rows.num_rows() as u64);
-            let output = ["metrics", "logs", "spans"][S::OUTPUT];
+            let output = [METRICS, LOGS, SPANS][S::OUTPUT];
             let message = format!("nothing reads `{}.{output}`: its {records} {} were dropped", self.id, S::RECORDS);
             return Answer::Accepted { rejected: records, message };
         }
