@@ -273,8 +273,8 @@ impl Receiver {
         }
         let output = &self.outputs[S::OUTPUT];
         if output.is_unconnected() {
-            // As the Collector answers for a signal no pipeline takes: the client learns its
-            // records went nowhere instead of hearing a plain success.
+            // The client learns its records went nowhere instead of hearing a plain success (the
+            // Collector does not serve a signal no pipeline takes; one port serves all three here).
             self.metrics.dropped.add(rows.num_rows() as u64);
             let output = [METRICS, LOGS, SPANS][S::OUTPUT];
             let message = format!("nothing reads `{}.{output}`: its {records} {} were dropped", self.id, S::RECORDS);
