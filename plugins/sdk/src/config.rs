@@ -196,6 +196,10 @@ impl Secret {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
+    /// Whether an `Authorization` header value is `Bearer <this secret>`.
+    pub fn matches_bearer(&self, authorization: Option<&str>) -> bool {
+        authorization.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|given| self.matches(given))
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -62,8 +62,7 @@ impl Ingest {
     /// The request body, or the response refusing it (401, 413).
     pub async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, Response> {
         if let Some(token) = &self.token {
-            let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            if !given.is_some_and(|g| token.matches(g)) {
+            if !token.matches_bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
                 return Err(self.reject(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()));
             }
         }

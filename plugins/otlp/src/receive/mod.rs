@@ -256,7 +256,7 @@ pub struct Receiver {
 impl Receiver {
     /// Whether an `Authorization` header value carries the token (always, without one).
     fn authorized(&self, authorization: Option<&str>) -> bool {
-        self.token.as_ref().is_none_or(|token| authorization.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|g| token.matches(g)))
+        self.token.as_ref().is_none_or(|token| token.matches_bearer(authorization))
     }
 
     /// Hand converted rows to the pipeline and wait for their ack.
