@@ -289,26 +289,16 @@ impl KafkaSource {
         let g = group.clone();
         let ack = Ack::new(move |status| g.resolve(seq, status));
 
-        // One message per line: raw newlines in JSON can only be whitespace, so they become spaces.
-        let mut text = Vec::with_capacity(received.iter().map(|m| m.payload.as_ref().map_or(1, |p| p.len() + 1)).sum());
-        let mut letters = Vec::new();
-        for m in &received {
-            match &m.payload {
-                Some(p) if !p.trim_ascii().is_empty() => {
-                    text.extend(p.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }));
-                }
-                _ => letters.push(DeadLetter {
-                    payload: String::new(),
-                    reason: format!("{}/{}@{}: empty message", m.topic, m.partition, m.offset),
-                }),
-            }
-            text.push(b'\n');
-        }
-        let (batch, errors) = self.rows.decode_lines(&text);
-        for e in errors {
-            let m = &received[e.line - 1];
-            letters.push(DeadLetter { payload: e.raw, reason: format!("{}/{}@{}: {}", m.topic, m.partition, m.offset, e.reason) });
-        }
+        let decoded = self.rows.decode_messages(received.iter().map(|m| m.payload.as_deref().unwrap_or_default()));
+        let mut letters: Vec<DeadLetter> = decoded
+            .bad
+            .into_iter()
+            .map(|e| {
+                let m = &received[e.message];
+                DeadLetter { payload: e.raw, reason: format!("{}/{}@{}: {}", m.topic, m.partition, m.offset, e.reason) }
+            })
+            .collect();
+        let batch = decoded.rows;
         let batch = match self.cfg.format {
             SourceFormat::Json => batch,
             SourceFormat::ApiStatusMonitor => {

@@ -27,6 +27,7 @@ pub mod redact;
 pub mod retry;
 pub mod schedule;
 pub mod sink;
+pub mod template;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -91,6 +92,21 @@ impl SourceContext {
     pub fn close_outputs(&mut self) {
         self.outputs.clear();
         self.dead_letters = self.dead_letters.unconnected();
+    }
+
+    /// Sends what a batch of messages decoded to: the rows to the main output and the messages
+    /// that did not decode to the dead letters (counted as errors), under one acknowledgement, so
+    /// the messages are acknowledged once both are written.
+    pub async fn send_decoded(&self, rows: RecordBatch, undecodable: Vec<DeadLetter>, acks: AckSet) -> Result<(), Closed> {
+        if let Some(first) = undecodable.first() {
+            crate::report_error!(self.metrics, debug, count = undecodable.len(), source = %self.id, first_reason = %first.reason, "undecodable messages");
+            self.dead_letters.send(undecodable, acks.clone()).await?;
+        }
+        if rows.num_rows() == 0 {
+            acks.release();
+            return Ok(());
+        }
+        self.output("").send(Batch::with_acks(rows, acks)).await
     }
 
     /// Send rows without an acknowledgement to the main output.

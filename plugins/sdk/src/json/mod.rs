@@ -8,9 +8,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::reader::{Decoder, ReaderBuilder};
 
 use crate::config::DeclaredSchema;
@@ -35,6 +36,36 @@ impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "line {}: {}", self.line, self.reason)
     }
+}
+
+/// What [`JsonRows::decode_messages`] made of a list of messages.
+#[derive(Debug)]
+pub struct MessageRows {
+    pub rows: RecordBatch,
+    /// For each row, the index of its message.
+    pub from: Vec<usize>,
+    /// The messages that gave no row, in order.
+    pub bad: Vec<MessageError>,
+}
+
+impl MessageRows {
+    /// The rows with one more column, last: each row's message's label (its topic or subject).
+    /// `schema` is [`JsonRows::schema_with_label`]'s.
+    pub fn labelled<'a>(&self, schema: &SchemaRef, label: impl Fn(usize) -> &'a str) -> Result<RecordBatch, ArrowError> {
+        let labels: ArrayRef = Arc::new(StringArray::from_iter_values(self.from.iter().map(|&i| label(i))));
+        let mut columns = self.rows.columns().to_vec();
+        columns.push(labels);
+        RecordBatch::try_new(schema.clone(), columns)
+    }
+}
+
+/// A message that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageError {
+    /// Its index in the list decoded.
+    pub message: usize,
+    pub reason: String,
+    pub raw: String,
 }
 
 /// Decodes JSON objects into batches of one declared schema.
@@ -117,6 +148,50 @@ impl JsonRows {
         }
         let batch = concat_batches(&self.schema, &good).expect("same schema");
         (self.fill_time(batch), errors)
+    }
+
+    /// The declared schema plus a text column `name`, last, for each message's label (a broker's
+    /// topic or subject); the error says when the declared schema has that column already.
+    pub fn schema_with_label(&self, name: &str, option: &str) -> Result<SchemaRef, String> {
+        if self.schema.field_with_name(name).is_ok() {
+            return Err(format!("the schema already has a column `{name}`; name the {option} column otherwise"));
+        }
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(name, DataType::Utf8, false));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// One JSON object per message, as brokers deliver them (Kafka, NATS, MQTT). A newline inside
+    /// a message can only be JSON whitespace, so it becomes a space and each message stays one
+    /// line; an empty message is an error of its own. Returns the rows of the good messages in
+    /// order, which message each row came from, and the bad messages by index.
+    pub fn decode_messages<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> MessageRows {
+        let mut text = Vec::new();
+        let mut bad = Vec::new();
+        let mut count = 0;
+        for (i, p) in payloads.into_iter().enumerate() {
+            count += 1;
+            if p.trim_ascii().is_empty() {
+                bad.push(MessageError { message: i, reason: "empty message".into(), raw: String::new() });
+            } else {
+                text.extend(p.iter().map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b }));
+            }
+            text.push(b'\n');
+        }
+        let (rows, errors) = self.decode_lines(&text);
+        bad.extend(errors.into_iter().map(|e| MessageError { message: e.line - 1, reason: e.reason, raw: e.raw }));
+        bad.sort_by_key(|e| e.message);
+        let mut failed = bad.iter().map(|e| e.message).peekable();
+        let from = (0..count)
+            .filter(|i| {
+                let is_bad = failed.peek() == Some(i);
+                if is_bad {
+                    failed.next();
+                }
+                !is_bad
+            })
+            .collect();
+        MessageRows { rows, from, bad }
     }
 
     /// arrow-json over the whole text. It reads a stream of JSON values, newlines or not: the batch
@@ -338,6 +413,24 @@ mod tests {
     fn rows() -> JsonRows {
         let declared: DeclaredSchema = serde_yaml::from_str("{ts: timestamp, user: string, score: int, extra: json}").unwrap();
         JsonRows::new(&declared, Some("ts"))
+    }
+
+    #[test]
+    fn messages_keep_their_index_and_a_newline_inside_one_is_whitespace() {
+        let messages: [&[u8]; 5] = [
+            b"{\"user\":\"a\",\n\"score\":1}",
+            b"  ",
+            b"{\"user\":\"b\",\"score\":\"high\"}",
+            b"{\"user\":\"c\",\"score\":3}\r\n",
+            b"{\"user\":\"d\"",
+        ];
+        let decoded = rows().decode_messages(messages);
+        let users: Vec<_> = decoded.rows.column(1).as_string::<i32>().iter().flatten().collect();
+        assert_eq!(users, ["a", "c"]);
+        assert_eq!(decoded.from, [0, 3]);
+        let bad: Vec<(usize, &str)> = decoded.bad.iter().map(|e| (e.message, e.raw.as_str())).collect();
+        assert_eq!(bad, [(1, ""), (2, r#"{"user":"b","score":"high"}"#), (4, r#"{"user":"d""#)]);
+        assert_eq!(decoded.bad[0].reason, "empty message");
     }
 
     #[test]
