@@ -23,6 +23,9 @@ impl Registry {
                 Box::new(tributary_parquet::ParquetSourcePlugin),
                 Box::new(tributary_prometheus::ScrapeSourcePlugin),
                 Box::new(tributary_otlp::OtlpSourcePlugin),
+                Box::new(tributary_nats::NatsSourcePlugin),
+                Box::new(tributary_mqtt::MqttSourcePlugin),
+                Box::new(tributary_amqp::AmqpSourcePlugin),
             ],
             sinks: vec![
                 Box::new(tributary_parquet::ParquetSinkPlugin),
@@ -33,6 +36,9 @@ impl Registry {
                 Box::new(tributary_influx::InfluxSinkPlugin),
                 Box::new(tributary_otlp::OtlpSinkPlugin),
                 Box::new(tributary_prometheus::RemoteWriteSinkPlugin),
+                Box::new(tributary_nats::NatsSinkPlugin),
+                Box::new(tributary_mqtt::MqttSinkPlugin),
+                Box::new(tributary_amqp::AmqpSinkPlugin),
             ],
         }
     }

@@ -23,7 +23,7 @@ async fn a_valid_pipeline_plans_every_component_with_schemas() {
 #[tokio::test]
 async fn unknown_types_list_the_valid_ones() {
     let errs = check("sources:\n  a: {type: dmeo}\n").await.unwrap_err();
-    assert_eq!(errs, ["p.yaml:2:7: sources.a.type: unknown source type `dmeo`, expected one of `demo`, `file`, `http_server`, `site_probe`, `kafka`, `badge_events`, `srt_stats`, `webex_mesh`, `parquet`, `prometheus_scrape`, `otlp`"]);
+    assert_eq!(errs, ["p.yaml:2:7: sources.a.type: unknown source type `dmeo`, expected one of `demo`, `file`, `http_server`, `site_probe`, `kafka`, `badge_events`, `srt_stats`, `webex_mesh`, `parquet`, `prometheus_scrape`, `otlp`, `nats`, `mqtt`, `amqp`"]);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo test --test figures fault_figures              # short faults (what CI runs): 10 s cut, 40 s soak
 //! cargo test --test figures fault_figures -- --full    # the documented figures: 60 s cut, 3-minute soak
+//! cargo test --test figures fault_figures -- --brokers # also the broker restarts (not passing yet)
 //! ```
 //!
 //! 1. **PostgreSQL cut under load**: HTTP ingest → timescale through a TCP proxy that is cut while
@@ -25,6 +26,8 @@
 //!    `validate` exits 1 on both.
 //! 8. **Memory per body**: a million empty objects in 3 MB: resident memory before, at the peak
 //!    and after.
+//! 9. **NATS restarted under the JetStream source**, and 10. **Mosquitto restarted under the MQTT
+//!    source** (see `brokers.rs`), with `-- --brokers` only: both still lose messages.
 //!
 //! Run by the `figures` binary's plain `main` (harness = false): the scenarios share one runtime, run one after another and
 //! print one table. Test-name filters that do not match `fault_figures` skip it.
@@ -58,7 +61,7 @@ pub fn run() {
         Durations { cut: Duration::from_secs(10), soak: Duration::from_secs(40) }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let figures = rt.block_on(async {
+    let mut figures = rt.block_on(async {
         vec![
             postgres_cut_under_load(&d).await,
             kafka_cut_and_kill(&d).await,
@@ -70,6 +73,12 @@ pub fn run() {
             hostile::memory_per_body().await,
         ]
     });
+    // Not in the CI run yet: both found losses that are not fixed (see brokers.rs).
+    if args.iter().any(|a| a == "--brokers") {
+        figures.extend(rt.block_on(async {
+            vec![crate::brokers::nats_restart_under_jetstream().await, crate::brokers::mosquitto_restart_under_mqtt().await]
+        }));
+    }
     report("fault figures", "sent", &figures);
 }
 
@@ -307,30 +316,32 @@ fn committed_offsets(bootstrap: &str, partitions: i32) -> BTreeMap<i32, i64> {
 
 /// A Redis server of this scenario's own, keeping its data in `dir` (append-only file), so it can
 /// be stopped and started again without touching the shared one.
-struct OwnRedis {
+/// A server of a figure's own on its own port, stopped (SIGTERM) and started again with the same
+/// command, so its data folder carries over.
+pub(crate) struct OwnServer {
     port: u16,
-    dir: std::path::PathBuf,
+    program: &'static str,
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
-impl OwnRedis {
-    async fn start(port: u16, dir: &std::path::Path) -> OwnRedis {
-        let mut r = OwnRedis { port, dir: dir.to_path_buf(), child: None };
-        r.restart().await;
-        r
+impl OwnServer {
+    pub(crate) async fn start(program: &'static str, args: Vec<String>, port: u16) -> OwnServer {
+        let mut server = OwnServer { port, program, args, child: None };
+        server.restart().await;
+        server
     }
-    async fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
+    pub(crate) async fn restart(&mut self) {
+        let child = std::process::Command::new(self.program)
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("redis-server (Debian's redis-server package) must be installed");
+            .unwrap_or_else(|e| panic!("{} must be installed (./scripts/test installs it): {e}", self.program));
         self.child = Some(child);
         wait_for_port(format!("127.0.0.1:{}", self.port).parse().unwrap()).await;
     }
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
@@ -338,7 +349,7 @@ impl OwnRedis {
     }
 }
 
-impl Drop for OwnRedis {
+impl Drop for OwnServer {
     fn drop(&mut self) {
         self.stop();
     }
@@ -354,7 +365,13 @@ async fn redis_restart_under_stream() -> Figure {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = tributary_testkit::free_port();
-    let mut redis_server = OwnRedis::start(port, dir.path()).await;
+    let args =
+        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([dir.path().display().to_string()])
+            .collect();
+    let mut redis_server = OwnServer::start("redis-server", args, port).await;
     let url = format!("redis://127.0.0.1:{port}");
     let connect = || async { redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap() };
     let mut conn = connect().await;
@@ -407,7 +424,7 @@ async fn redis_restart_under_stream() -> Figure {
 }
 
 /// score → how many times a row with it was written to the file sink.
-fn lines_by_score(path: &std::path::Path) -> BTreeMap<i64, i64> {
+pub(crate) fn lines_by_score(path: &std::path::Path) -> BTreeMap<i64, i64> {
     let mut seen = BTreeMap::new();
     for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {

@@ -6,6 +6,7 @@
 #[path = "../it/common/mod.rs"]
 mod common;
 
+mod brokers;
 mod buffer;
 mod fault;
 mod hostile_reloads;

@@ -73,6 +73,42 @@ fn documented() -> Vec<Documented> {
             decode: decode::<tributary_http_server::HttpServerConfig>,
         },
         Documented {
+            readme: "plugins/amqp/README.md",
+            table: 0,
+            minimal: "{url: 'amqp://127.0.0.1:5672/%2f', queue: q, schema: {v: int}}",
+            decode: decode::<tributary_amqp::AmqpSourceConfig>,
+        },
+        Documented {
+            readme: "plugins/amqp/README.md",
+            table: 1,
+            minimal: "{url: 'amqp://127.0.0.1:5672/%2f', routing_key: k}",
+            decode: decode::<tributary_amqp::AmqpSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/mqtt/README.md",
+            table: 0,
+            minimal: "{url: 'mqtt://127.0.0.1:1883', topics: [a], schema: {v: int}}",
+            decode: decode::<tributary_mqtt::MqttSourceConfig>,
+        },
+        Documented {
+            readme: "plugins/mqtt/README.md",
+            table: 1,
+            minimal: "{url: 'mqtt://127.0.0.1:1883', topic: t}",
+            decode: decode::<tributary_mqtt::MqttSinkConfig>,
+        },
+        Documented {
+            readme: "plugins/nats/README.md",
+            table: 0,
+            minimal: "{url: 'nats://127.0.0.1:4222', schema: {id: int}}",
+            decode: decode::<tributary_nats::NatsSourceConfig>,
+        },
+        Documented {
+            readme: "plugins/nats/README.md",
+            table: 1,
+            minimal: "{url: 'nats://127.0.0.1:4222', subject: s}",
+            decode: decode::<tributary_nats::NatsSinkConfig>,
+        },
+        Documented {
             readme: "plugins/prometheus/README.md",
             table: 0,
             minimal: "{targets: ['http://x/metrics']}",

@@ -21,6 +21,8 @@ mod kafka_exactly_once;
 mod kafka_restart;
 mod kafka_scale_out;
 mod lake_s3;
+mod mqtt_scale_out;
+mod nats_scale_out;
 mod otlp_source;
 mod pipeline_e2e;
 mod probe_kafka_pg;

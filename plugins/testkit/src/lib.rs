@@ -117,6 +117,27 @@ const DOCKER_API: NeededServer = NeededServer {
     start: "podman system service --time=0 unix:///tmp/podman.sock &",
 };
 
+const NATS: NeededServer = NeededServer {
+    name: "NATS with JetStream",
+    variable: "TRIBUTARY_TEST_NATS",
+    default: "nats://127.0.0.1:4222",
+    start: "nats-server -js -a 127.0.0.1 -p 4222 -sd /tmp/tributary-nats &",
+};
+
+const MQTT: NeededServer = NeededServer {
+    name: "Mosquitto (MQTT)",
+    variable: "TRIBUTARY_TEST_MQTT",
+    default: "mqtt://127.0.0.1:1883",
+    start: "mosquitto -p 1883 -d",
+};
+
+const AMQP: NeededServer = NeededServer {
+    name: "RabbitMQ (AMQP)",
+    variable: "TRIBUTARY_TEST_AMQP",
+    default: "amqp://127.0.0.1:5672/%2f",
+    start: "rabbitmq-server -detached",
+};
+
 impl NeededServer {
     /// The configured address, checked: panics with [`NeededServer::unreachable`]'s text.
     fn checked(&self) -> String {
@@ -172,6 +193,9 @@ fn server_endpoint(value: &str) -> Endpoint {
         let default_port = match scheme {
             "postgres" | "postgresql" => 5432,
             "redis" => 6379,
+            "nats" => 4222,
+            "mqtt" => 1883,
+            "amqp" => 5672,
             "https" => 443,
             _ => 80,
         };
@@ -231,6 +255,23 @@ pub fn test_redis_url() -> String {
 /// `http://127.0.0.1:8428`; checked.
 pub fn test_victoriametrics_url() -> String {
     VICTORIA_METRICS.checked()
+}
+
+/// The NATS server (with JetStream) the tests use: `TRIBUTARY_TEST_NATS`, default
+/// `nats://127.0.0.1:4222`; checked.
+pub fn test_nats_url() -> String {
+    NATS.checked()
+}
+
+/// The MQTT broker the tests use: `TRIBUTARY_TEST_MQTT`, default `mqtt://127.0.0.1:1883`; checked.
+pub fn test_mqtt_url() -> String {
+    MQTT.checked()
+}
+
+/// The RabbitMQ the tests use (user guest): `TRIBUTARY_TEST_AMQP`, default
+/// `amqp://127.0.0.1:5672/%2f`; checked.
+pub fn test_amqp_url() -> String {
+    AMQP.checked()
 }
 
 /// The Docker Engine API the tests use: `DOCKER_HOST`, default Podman's `unix:///tmp/podman.sock`;

@@ -1,0 +1,119 @@
+//! Against the real RabbitMQ on `127.0.0.1:5672` (`TRIBUTARY_TEST_AMQP` points elsewhere); each
+//! test declares queues of its own and deletes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tributary_sdk::{ComponentConfig, Delivery, SinkPlugin, SourcePlugin};
+use tributary_testkit::{sink_context, source_context, test_amqp_url};
+
+use crate::{AmqpSinkPlugin, AmqpSourcePlugin};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), tributary_sdk::now_us())
+}
+
+async fn channel() -> (Connection, Channel) {
+    let connection = Connection::connect(&test_amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
+/// Messages ready in `queue` (not the ones delivered and unacknowledged).
+async fn ready(channel: &Channel, queue: &str) -> u32 {
+    let options = QueueDeclareOptions { passive: true, ..Default::default() };
+    channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap().message_count()
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a batch within 10 s").expect("the source is running")
+}
+
+#[test]
+fn credentials_stay_out_of_the_url() {
+    let e = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("q", "{url: 'amqp://guest:guest@h:5672/%2f', queue: q, schema: {v: int}}"));
+    assert_eq!(e.err().unwrap().to_string(), "url: put credentials in `user` and `password` (from `${ENV}`), not in the URL");
+    let e = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("q", "{url: 'rabbit://h', queue: q, schema: {v: int}}"));
+    assert_eq!(e.err().unwrap().to_string(), "url: `rabbit://h` is not an AMQP broker address; expected `amqp://host:port/vhost`");
+    assert_eq!(
+        crate::broker_uri("amqp://h:5672/%2f", &Some("ops".into()), &Some(tributary_sdk::Secret::new("p@ss/w"))).unwrap(),
+        "amqp://ops:p%40ss%2Fw@h:5672/%2f"
+    );
+}
+
+#[tokio::test]
+async fn messages_are_acknowledged_after_the_write_and_a_failed_batch_comes_back() {
+    let queue = unique("readings");
+    let (_c, ch) = channel().await;
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    for body in [r#"{"co2":410}"#, "{oops", r#"{"co2":430}"#] {
+        ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let yaml = format!("{{url: '{}', queue: {queue}, schema: {{co2: int}}, batch_wait: 100ms}}", test_amqp_url());
+    let built = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("readings", &yaml)).unwrap();
+    let (ctx, mut h) = source_context("readings", &[""], 8);
+    let task = tokio::spawn(built.source.run(ctx));
+    let mut out = h.outputs.remove("").unwrap();
+
+    let letters = next(&mut h.dead_letters).await;
+    let reason = letters.batch.data.column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
+    assert!(reason.starts_with(&format!("queue {queue} ({queue}): malformed JSON")), "{reason}");
+    let first = next(&mut out).await;
+    let co2: Vec<i64> = first.batch.data.column(0).as_primitive::<Int64Type>().values().to_vec();
+    assert_eq!(co2, [410, 430]);
+    assert_eq!(first.batch.data.column(1).as_string::<i32>().value(0), queue);
+    assert_eq!(ready(&ch, &queue).await, 0, "all three delivered, none acknowledged yet");
+
+    // The sink failed: the batch goes back to the queue and comes again.
+    drop(first);
+    drop(letters);
+    let again = next(&mut out).await;
+    let co2: Vec<i64> = again.batch.data.column(0).as_primitive::<Int64Type>().values().to_vec();
+    assert_eq!(co2, [410, 430]);
+    let letters = next(&mut h.dead_letters).await;
+    again.batch.acks.release();
+    letters.batch.acks.release();
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(ready(&ch, &queue).await, 0, "acknowledged: nothing comes back after the consumer left");
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sink_publishes_confirmed_json_and_unroutable_rows_become_dead_letters() {
+    let room = unique("room");
+    let (_c, ch) = channel().await;
+    let bound = format!("{room}-r1");
+    ch.queue_declare(bound.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("room", DataType::Utf8, true), Field::new("co2", DataType::Int64, false)]));
+    let rows = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(vec![Some("r1"), Some("r2"), None])), Arc::new(Int64Array::from(vec![410, 420, 430]))],
+    )
+    .unwrap();
+    let yaml = format!("{{url: '{}', routing_key: '{room}-{{room}}'}}", test_amqp_url());
+    let mut sink = AmqpSinkPlugin.build(&ComponentConfig::from_yaml("out", &yaml), &[("co2".into(), schema)]).unwrap();
+    let ctx = sink_context("out");
+    let written = sink.write(rows, &ctx).await.unwrap();
+    let rejected: Vec<(&str, String)> = written.rejected.iter().map(|d| (d.payload.as_str(), d.reason.clone())).collect();
+    assert_eq!(
+        rejected,
+        [
+            (r#"{"co2":430}"#, format!("column `room` is null, and the name `{room}-{{room}}` needs it")),
+            (r#"{"room":"r2","co2":420}"#, format!("no queue is bound to exchange `` for routing key `{room}-r2`")),
+        ]
+    );
+    let got = ch.basic_get(bound.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
+    assert_eq!(String::from_utf8(got.delivery.data.clone()).unwrap(), r#"{"room":"r1","co2":410}"#);
+    assert_eq!(got.delivery.properties.delivery_mode(), &Some(2), "persistent");
+    ch.queue_delete(bound.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}

@@ -1,0 +1,161 @@
+//! Broker figures: a message broker of the figure's own (its own port and data folder) stopped
+//! under a running `tributary` and started again. Every message published must reach the sink,
+//! and the broker must end with nothing unacknowledged.
+//!
+//! - **NATS restarted under the JetStream source**: `nats-server -js` with a file store.
+//! - **Mosquitto restarted under the MQTT source**: QoS 1, a persistent session, `persistence true`.
+//!
+//! Not in the CI run (`fault_figures -- --brokers` runs them): the first run, on 2026-12-07, found
+//! losses that are not fixed yet. NATS: 1 of 2,000 messages left pending on the consumer after the
+//! restart (`num_pending` 1 for 60 s; the source's no-wait fetches did not return it) and 1
+//! duplicate. Mosquitto: the 1,000 messages published right after the restart never reached the
+//! source, which looks like the restored broker having no session or subscription for it by the
+//! time they were published.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::figures::Figure;
+use crate::common::*;
+use crate::fault::{health, lines_by_score, wait_until, OwnServer};
+
+const TOTAL: i64 = 2000;
+
+fn scores(range: std::ops::RangeInclusive<i64>) -> impl Iterator<Item = String> {
+    range.map(|n| format!(r#"{{"score":{n}}}"#))
+}
+
+fn file_sink(out: &Path) -> String {
+    format!("sinks:\n  out:\n    type: file\n    inputs: [events]\n    path: {}\n    flush_interval: 100ms\n", out.display())
+}
+
+/// Counts what the file sink holds against `TOTAL` published.
+fn count(f: &mut Figure, out: &Path) {
+    let seen = lines_by_score(out);
+    f.sent = TOTAL;
+    f.written = seen.len() as i64;
+    f.lost = (1..=TOTAL).filter(|s| !seen.contains_key(s)).count() as i64;
+    f.duplicates = seen.values().map(|n| n - 1).sum::<i64>();
+}
+
+pub async fn nats_restart_under_jetstream() -> Figure {
+    let mut f = Figure {
+        scenario: "NATS restarted under the JetStream source",
+        fault: "nats-server stopped 5 s, started again".into(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = tributary_testkit::free_port();
+    let store = dir.path().join("jetstream");
+    let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", &store.display().to_string()].map(String::from).to_vec();
+    let mut server = OwnServer::start("nats-server", args, port).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let config = async_nats::jetstream::stream::Config { name: "FIG".into(), subjects: vec!["fig.>".into()], ..Default::default() };
+    js.create_stream(config).await.unwrap();
+    let out = dir.path().join("out.jsonl");
+    let admin = free_addr();
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{address: \"{admin}\", degraded_after: 2s}}\nsources:\n  events:\n    type: nats\n    url: {url}\n    stream: FIG\n    consumer: c\n    schema: {{score: int}}\n    batch_size: 100\n    ack_wait: 5s\n{}",
+            file_sink(&out)
+        ),
+    );
+    let mut child = run_bin(&pipeline);
+    wait_for_port(admin).await;
+    let publish = async |js: &async_nats::jetstream::Context, range| {
+        for body in scores(range) {
+            js.publish("fig.a", body.into()).await.unwrap().await.unwrap();
+        }
+    };
+    publish(&js, 1..=TOTAL / 2).await;
+    let half = wait_until(Duration::from_secs(30), async || lines_by_score(&out).len() as i64 >= TOTAL / 2).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status_down, _) = health(admin).await;
+    server.restart().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    publish(&js, TOTAL / 2 + 1..=TOTAL).await;
+    let settled = async || {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js.get_stream("FIG").await.ok()?.get_consumer("c").await.ok()?;
+        let info = consumer.info().await.ok()?;
+        Some((info.num_ack_pending, info.num_pending))
+    };
+    let caught_up =
+        wait_until(Duration::from_secs(60), async || lines_by_score(&out).len() as i64 >= TOTAL && settled().await == Some((0, 0))).await;
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    count(&mut f, &out);
+    let left = settled().await;
+    f.notes = vec![
+        format!("first half written before the stop: {half}"),
+        format!("/health while NATS was down: {status_down}"),
+        format!("unacknowledged, pending after: {left:?}; exit {}", exit.code().unwrap_or(-1)),
+    ];
+    f.check(f.lost == 0 && caught_up, format!("{} messages missing", f.lost));
+    f.check(left == Some((0, 0)), format!("the consumer still holds {left:?}"));
+    f.check(exit.success(), format!("exit {exit:?}"));
+    f
+}
+
+pub async fn mosquitto_restart_under_mqtt() -> Figure {
+    let mut f = Figure {
+        scenario: "Mosquitto restarted under the MQTT source",
+        fault: "mosquitto stopped 5 s, started again".into(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = tributary_testkit::free_port();
+    let conf = write(
+        dir.path(),
+        "mosquitto.conf",
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n", dir.path().display()),
+    );
+    let mut server = OwnServer::start("mosquitto", vec!["-c".into(), conf.display().to_string()], port).await;
+    let out = dir.path().join("out.jsonl");
+    let admin = free_addr();
+    let pipeline = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{address: \"{admin}\", degraded_after: 2s}}\nsources:\n  events:\n    type: mqtt\n    url: mqtt://127.0.0.1:{port}\n    topics: [fig/#]\n    qos: 1\n    protocol: \"5\"\n    client_id: figure-source\n    schema: {{score: int}}\n{}",
+            file_sink(&out)
+        ),
+    );
+    let mut child = run_bin(&pipeline);
+    wait_for_port(admin).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // subscribed
+    let publish = |range| {
+        let lines: Vec<String> = scores(range).collect();
+        let mut publisher = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", "fig/a", "-l"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub (Debian's mosquitto-clients)");
+        use std::io::Write;
+        publisher.stdin.take().unwrap().write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+        publisher.wait().unwrap()
+    };
+    let first = publish(1..=TOTAL / 2);
+    let half = wait_until(Duration::from_secs(30), async || lines_by_score(&out).len() as i64 >= TOTAL / 2).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status_down, _) = health(admin).await;
+    server.restart().await;
+    let second = publish(TOTAL / 2 + 1..=TOTAL);
+    let caught_up = wait_until(Duration::from_secs(60), async || lines_by_score(&out).len() as i64 >= TOTAL).await;
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    count(&mut f, &out);
+    f.notes = vec![
+        format!("first half written before the stop: {half}"),
+        format!("/health while Mosquitto was down: {status_down}"),
+        format!("publishers: {first}, {second}; exit {}", exit.code().unwrap_or(-1)),
+    ];
+    f.check(first.success() && second.success(), "mosquitto_pub failed");
+    f.check(f.lost == 0 && caught_up, format!("{} messages missing", f.lost));
+    f.check(exit.success(), format!("exit {exit:?}"));
+    f
+}
