@@ -302,6 +302,7 @@ impl NatsSource {
         let mut next_batch = 0u64;
         let mut keep_alive = tokio::time::interval(self.cfg.ack_wait.0 / 3);
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_keep_alive = tokio::time::Instant::now();
         let shutdown = ctx.shutdown.clone();
         loop {
             while let Ok((batch, status)) = done_rx.try_recv() {
@@ -320,9 +321,14 @@ impl NatsSource {
                 }
                 continue;
             }
+            if last_keep_alive.elapsed() >= self.cfg.ack_wait.0 / 3 {
+                keep_in_progress(&in_flight).await;
+                last_keep_alive = tokio::time::Instant::now();
+            }
+            // Nothing but the stop may cancel a fetch: messages the server already handed to a
+            // dropped fetch wait `ack_wait` before anyone gets them again.
             let fetched = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = keep_alive.tick() => { keep_in_progress(&in_flight).await; continue }
                 fetched = fetch(&pull, self.cfg.batch_size, self.cfg.batch_wait.0) => fetched,
             };
             let messages = match fetched {
