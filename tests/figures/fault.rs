@@ -29,7 +29,7 @@
 //! 9. **NATS restarted under the JetStream source** (see `brokers.rs`): every message published
 //!    reaches the sink, and the consumer ends with nothing pending.
 //! 10. **Mosquitto restarted under the MQTT source**, with `-- --brokers` only: it still loses
-//!    messages.
+//!     messages.
 //!
 //! Run by the `figures` binary's plain `main` (harness = false): the scenarios share one runtime, run one after another and
 //! print one table. Test-name filters that do not match `fault_figures` skip it.
