@@ -123,8 +123,10 @@ impl Source for AmqpSource {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let shutdown = ctx.shutdown.clone();
         let mut in_flight = 0usize;
+        // Closed cleanly at the end, so the last acknowledgements reach the broker first.
+        let mut open: Option<Connection> = None;
         'connection: while !shutdown.is_cancelled() {
-            let (_connection, mut consumer) = match self.consume().await {
+            let (connection, mut consumer) = match self.consume().await {
                 Ok(c) => {
                     ctx.metrics.set_failing(None);
                     tracing::info!(source = %self.id, url = %self.cfg.url, queue = %self.cfg.queue, "consuming (AMQP)");
@@ -136,6 +138,7 @@ impl Source for AmqpSource {
                     continue;
                 }
             };
+            open = Some(connection);
             let mut received: Vec<Received> = Vec::new();
             let mut deadline: Option<Instant> = None;
             loop {
@@ -187,6 +190,9 @@ impl Source for AmqpSource {
                     break;
                 }
             }
+        }
+        if let Some(connection) = open {
+            let _ = connection.close(200, "stopping".into()).await;
         }
         Ok(())
     }
