@@ -123,8 +123,11 @@ impl Source for AmqpSource {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let shutdown = ctx.shutdown.clone();
         let mut in_flight = 0usize;
-        // Closed cleanly at the end, so the last acknowledgements reach the broker first.
+        // Closed cleanly at the end, so the last acknowledgements reach the broker first; the
+        // consumer is kept until then too (acknowledging through a dropped consumer's deliveries
+        // failed in a run of the tests, and the broker delivered them again).
         let mut open: Option<Connection> = None;
+        let mut kept: Option<lapin::Consumer> = None;
         'connection: while !shutdown.is_cancelled() {
             let (connection, mut consumer) = match self.consume().await {
                 Ok(c) => {
@@ -172,6 +175,7 @@ impl Source for AmqpSource {
                     self.emit(&ctx, std::mem::take(&mut received), &done_tx).await?;
                 }
                 if shutdown.is_cancelled() {
+                    kept = Some(consumer);
                     break 'connection;
                 }
             }
@@ -194,6 +198,7 @@ impl Source for AmqpSource {
         if let Some(connection) = open {
             let _ = connection.close(200, "stopping".into()).await;
         }
+        drop(kept);
         Ok(())
     }
 }

@@ -82,7 +82,6 @@ async fn messages_are_acknowledged_after_the_write_and_a_failed_batch_comes_back
     let letters = next(&mut h.dead_letters).await;
     again.batch.acks.release();
     letters.batch.acks.release();
-    tokio::time::sleep(Duration::from_millis(500)).await; // the acknowledgements go out
     h.shutdown.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(ready(&ch, &queue).await, 0, "acknowledged: nothing comes back after the consumer left");
