@@ -14,6 +14,10 @@ Workloads (each peer runs only where it is installed; a missing one is a row say
   H2  1,000-event NDJSON bodies, `wrk -c8`: events/s.
   O1  OTLP/HTTP protobuf metrics (100 points per request), `wrk -c8`: the otlp source (disk buffer,
       Parquet) vs rotel-agent (blackhole exporter) on the same body. Points/s.
+  L1  a 1M-row lookup table (Parquet) enriching 1M events (Parquet) with a LEFT JOIN → Parquet:
+      `tributary run` with a `parquet` source and a `tables:` file table vs DuckDB's hash join of
+      the same two files (`COPY (SELECT … LEFT JOIN …) TO …`). Events/s, and the table's memory
+      as the `table loaded` log line gives it. Medians of `--rounds` alternating runs.
 
 Peers: `pip install duckdb pyarrow`, `apt-get install nginx-light wrk`. Measure on an idle machine:
 client and server share its cores, as they would for the peer.
@@ -178,6 +182,93 @@ sinks:
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+# ---------------------------------------------------------------------------------------- L1
+
+L1_SQL = "SELECT e.ts, e.target, e.ms, s.site, s.region FROM events e LEFT JOIN sites s ON e.target = s.target"
+
+
+def l1_files(work, events, table_rows):
+    """The events (ts, target, ms) and the table (target, site, region), as DuckDB writes them."""
+    import duckdb
+    events_dir = work / "l1-events"
+    events_dir.mkdir(exist_ok=True)
+    table = work / "l1-sites.parquet"
+    duckdb.sql(f"COPY (SELECT 'target-' || i AS target, 'site-' || (i % 5000) AS site, "
+               f"['emea', 'amer', 'apac', 'latam'][1 + i % 4] AS region FROM range({table_rows}) t(i)) "
+               f"TO '{table}' (FORMAT parquet)")
+    duckdb.sql(f"COPY (SELECT TIMESTAMPTZ '2026-12-07 00:00:00+00' + i * INTERVAL 1 MILLISECOND AS ts, "
+               f"'target-' || ((i * 7919) % {table_rows + table_rows // 10}) AS target, (i % 997)::DOUBLE AS ms "
+               f"FROM range({events}) t(i)) TO '{events_dir}/part-0.parquet' (FORMAT parquet)")
+    return events_dir, table
+
+
+def l1(bin_path, work, events, table_rows, rounds):
+    if not have("duckdb"):
+        return None
+    import duckdb
+    events_dir, table = l1_files(work, events, table_rows)
+    os.sync()
+    out = work / "l1-tributary"
+    pipeline = work / "l1.yaml"
+    pipeline.write_text(f"""
+admin: {{enabled: false}}
+tables:
+  sites: {{type: file, path: {table}}}
+sources:
+  events:
+    type: parquet
+    path: {events_dir}
+    schema: {{ts: timestamp, target: string, ms: float}}
+transforms:
+  enriched:
+    inputs: [events]
+    sql: {L1_SQL}
+sinks:
+  lake:
+    type: parquet
+    inputs: [enriched]
+    path: {out}
+""")
+    log_path = work / "l1-tributary.log"
+
+    def tributary():
+        shutil.rmtree(out, ignore_errors=True)
+        with open(log_path, "w") as log:
+            return timed([bin_path, "run", str(pipeline)], stderr=log, stdout=log), out
+
+    target = work / "l1-duckdb.parquet"
+    duck_sql = (L1_SQL.replace("FROM events e", f"FROM read_parquet('{events_dir}/*.parquet') e")
+                .replace("JOIN sites s", f"JOIN read_parquet('{table}') s"))
+    script = f'import duckdb; duckdb.sql("""COPY ({duck_sql}) TO \'{target}\' (FORMAT parquet, COMPRESSION zstd)""")'
+    sides = [["Tributary (parquet → SQL LEFT JOIN table → parquet)", tributary],
+             [f"DuckDB {duckdb.__version__} COPY … LEFT JOIN", lambda: (timed([sys.executable, "-c", script]), target)]]
+    runs = {name: [] for name, _ in sides}
+    written = {}
+    for _ in range(rounds):
+        for name, run in sides:
+            t, path = run()
+            runs[name].append(t)
+            written[name] = path
+    loaded = re.search(r"table loaded.*?rows=(\d+).*?bytes=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", log_path.read_text()))
+    memory = (int(loaded.group(1)), int(loaded.group(2))) if loaded else None
+    return {"rows": [(name, runs[name], parquet_rows(written[name])) for name, _ in sides], "table": memory,
+            "events": events, "table_rows": table_rows}
+
+
+def l1_table(args, l):
+    print(f"\n## L1: {l['table_rows']:,}-row lookup table enriching {l['events']:,} events (Parquet → LEFT JOIN → Parquet)\n")
+    if l["table"]:
+        rows, size = l["table"]
+        print(f"The table in memory: {rows:,} rows, {size / 2**20:.1f} MiB ({size / rows:.0f} bytes per row).\n")
+    print("| side | wall s | events/s | CPU s | peak RSS MiB | rows | wall vs DuckDB |")
+    print("|---|---|---|---|---|---|---|")
+    duck = next(runs for name, runs, _ in l["rows"] if name.startswith("DuckDB"))
+    for name, runs, n in l["rows"]:
+        wall, cpu, rss = ([r[i] for r in runs] for i in range(3))
+        print(f"| {name} | {median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f}) | {l['events'] / median(wall):,.0f} | {median(cpu):.2f} "
+              f"| {median(rss):.0f} | {n} | {median(wall) / median([r[0] for r in duck]):.2f}× |")
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -385,7 +476,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="W1 runs per side, alternating (default 5)")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--only", choices=["w1", "http", "otlp"], action="append",
+    parser.add_argument("--table-rows", type=int, default=1_000_000, help="L1 lookup table rows (default 1,000,000)")
+    parser.add_argument("--only", choices=["w1", "http", "otlp", "l1"], action="append",
                         help="run only these workloads (repeatable; default: all)")
     args = parser.parse_args()
     bin_path = args.bin or build()
@@ -395,6 +487,7 @@ def main():
         size_mb, expected, w1_rows = w1(bin_path, work, args.events, args.rounds) if runs("w1") else (0, 0, None)
         h = http(bin_path, work, args.seconds) if runs("http") else None
         o = otlp(bin_path, work, args.seconds) if runs("otlp") else None
+        lk = l1(bin_path, work, args.events, args.table_rows, args.rounds) if runs("l1") else None
 
     if w1_rows is not None:
         w1_table(args, size_mb, expected, w1_rows)
@@ -402,8 +495,13 @@ def main():
         http_table(h)
     if o is not None:
         otlp_table(o)
+    if runs("l1"):
+        if lk is None:
+            print("\n## L1: DuckDB is not installed (pip install duckdb): it writes the files and is the peer")
+        else:
+            l1_table(args, lk)
     if args.json:
-        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h, "otlp": o}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h, "otlp": o, "l1": lk}, indent=2, default=str))
 
 
 def w1_table(args, size_mb, expected, w1_rows):

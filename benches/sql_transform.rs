@@ -49,11 +49,12 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let input = batch();
     let tables = [("probes".to_string(), schema())];
-    let trivial = rt.block_on(SqlTransform::plan("SELECT site FROM probes", &tables)).unwrap();
+    let trivial = rt.block_on(SqlTransform::plan("SELECT site FROM probes", &tables, &[])).unwrap();
     let work = rt
         .block_on(SqlTransform::plan(
             "SELECT ts, site, region, ms, ms - sla AS over_sla_ms, cpu FROM probes WHERE ms > sla AND ok",
             &tables,
+            &[],
         ))
         .unwrap();
 

@@ -73,7 +73,7 @@ async fn windowed(total: u64, shuffled: bool) -> (f64, usize, usize) {
     let config: WindowConfig = serde_yaml::from_str("{tumbling: 1m, allowed_lateness: 30s}").unwrap();
     let spec = WindowSpec::from_config(&config).unwrap();
     let late = window::late_schema(&tables).unwrap();
-    let sql = SqlTransform::plan(WINDOW_SQL, &[("events".to_string(), window::windowed_input_schema(&schema()))]).await.unwrap();
+    let sql = SqlTransform::plan(WINDOW_SQL, &[("events".to_string(), window::windowed_input_schema(&schema()))], &[]).await.unwrap();
     let mut op = WindowOperator::new(spec, sql, &tables, late, 0).unwrap();
     let (mut groups, mut held, mut late_rows) = (0, 0, 0);
     let started = Instant::now();

@@ -14,6 +14,7 @@ pub mod replay;
 pub mod runtime;
 pub mod serve;
 pub mod sql;
+pub mod tables;
 pub mod tap;
 
 use std::net::SocketAddr;

@@ -291,7 +291,7 @@ async fn tap(
         None => None,
         Some(pred) => {
             let planned = match tap_filter::check(pred) {
-                Ok(()) => SqlTransform::plan(&format!("SELECT * FROM tapped WHERE {pred}"), &[("tapped".into(), schema.clone())])
+                Ok(()) => SqlTransform::plan(&format!("SELECT * FROM tapped WHERE {pred}"), &[("tapped".into(), schema.clone())], &[])
                     .await
                     .map_err(|e| e.to_string()),
                 Err(why) => Err(why),

@@ -229,6 +229,10 @@ async fn validate(file: &std::path::Path) -> ExitCode {
                 let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
                 println!("  {name}: {}", cols.join(", "));
             }
+            for t in &plan.tables {
+                let cols: Vec<String> = t.table.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+                println!("  table {}: {}", t.name(), cols.join(", "));
+            }
             for s in &plan.sinks {
                 for warning in s.sink.warnings() {
                     eprintln!("warning: {}: sinks.{}: {warning}", file.display(), s.id);

@@ -169,11 +169,21 @@ impl Default for DeadLetterConfig {
     }
 }
 
+/// One entry of `tables:`: a named reference table that every SQL transform can read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDecl {
+    pub name: String,
+    /// Its options (`type:` included), interpolated; decoded when the pipeline is planned.
+    pub options: Value,
+}
+
 /// A loaded pipeline file.
 #[derive(Debug)]
 pub struct PipelineFile {
     pub file: String,
     pub components: Vec<ComponentDecl>,
+    /// `tables:`, in file order.
+    pub tables: Vec<TableDecl>,
     pub admin: AdminConfig,
     pub dead_letters: DeadLetterConfig,
     /// `delivery:` at the top level (each sink may override it).
@@ -185,7 +195,7 @@ pub struct PipelineFile {
     spans: SpanIndex,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "delivery", "admin", "dead_letters", "tests"];
+const TOP_LEVEL_KEYS: &[&str] = &["sources", "transforms", "sinks", "tables", "delivery", "admin", "dead_letters", "tests"];
 
 /// `delivery:` — what a sink promises about rows that a crash, an outage or a reload makes the
 /// engine send again (top level for every sink; a sink's own `delivery:` overrides it).
@@ -228,6 +238,7 @@ impl PipelineFile {
         let mut p = PipelineFile {
             file: file.to_string(),
             components: vec![],
+            tables: vec![],
             admin: AdminConfig::default(),
             dead_letters: DeadLetterConfig::default(),
             delivery: Guarantee::default(),
@@ -294,6 +305,17 @@ impl PipelineFile {
                     errors.push(p.diag(kind.section(), format!("`{}` must be a mapping of component ids to components", kind.section())))
                 }
             }
+        }
+        match root.remove("tables") {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(m)) => {
+                for (name, body) in m {
+                    if let Some(t) = p.table(name, body, &mut errors) {
+                        p.tables.push(t);
+                    }
+                }
+            }
+            Some(_) => errors.push(p.diag("tables", "`tables` must be a mapping of table names to tables".into())),
         }
         if errors.is_empty() && !p.components.iter().any(|c| c.kind == Kind::Source) {
             errors.push(p.diag("sources", "a pipeline needs at least one source".into()));
@@ -373,6 +395,33 @@ impl PipelineFile {
             },
         };
         Some(ComponentDecl { id, kind, type_name, inputs, options: Value::Mapping(body) })
+    }
+
+    fn table(&self, name: Value, body: Value, errors: &mut Vec<Diagnostic>) -> Option<TableDecl> {
+        let Some(name) = name.as_str().map(str::to_string) else {
+            errors.push(self.diag("tables", "table names must be strings".into()));
+            return None;
+        };
+        let at = format!("tables.{name}");
+        if !valid_id(&name) {
+            errors.push(self.diag(
+                &at,
+                format!("invalid table name `{name}`: use lowercase letters, digits and `_`, starting with a letter or `_` (it is an SQL table name)"),
+            ));
+            return None;
+        }
+        if let Some(c) = self.get(&name) {
+            errors.push(self.diag(
+                &at,
+                format!("table name `{name}` is already the id of the {} `{name}`; SQL could not tell them apart", c.kind.label()),
+            ));
+            return None;
+        }
+        if !matches!(body, Value::Mapping(_)) {
+            errors.push(self.diag(&at, format!("the table `{name}` must be a mapping with `type:` (`file` or `postgres`)")));
+            return None;
+        }
+        Some(TableDecl { name, options: body })
     }
 
     /// The engine's own top-level section `key` (`admin:`, `dead_letters:`), decoded; a problem is

@@ -24,7 +24,7 @@ fn shape_errors_have_positions() {
     assert_eq!(
         errs,
         [
-            "p.yaml:4:1: sinkz: unknown key `sinkz`, expected one of `sources`, `transforms`, `sinks`, `delivery`, `admin`, `dead_letters`, `tests`",
+            "p.yaml:4:1: sinkz: unknown key `sinkz`, expected one of `sources`, `transforms`, `sinks`, `tables`, `delivery`, `admin`, `dead_letters`, `tests`",
             "p.yaml:2:3: sources.gen: missing field `type`",
             "p.yaml:3:3: sources.Bad-Id: invalid component id `Bad-Id`: use lowercase letters, digits and `_`, starting with a letter or `_` (ids are SQL table names)",
         ]

@@ -7,6 +7,7 @@ mod engine_keys;
 pub mod mermaid;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use serde::Deserialize;
@@ -16,7 +17,8 @@ use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPU
 use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Guarantee, Kind, PipelineFile};
 use crate::plugins::Registry;
 use crate::sql::window::{self, WindowConfig, WindowSpec};
-use crate::sql::SqlTransform;
+use crate::sql::{LookupTable, SqlTransform};
+use crate::tables::PlannedTable;
 pub use engine_keys::{DiskBufferConfig, SinkRetry, SourceBuffer, WhenFull};
 
 /// An `inputs:` entry resolved to a component and one of its outputs.
@@ -92,6 +94,8 @@ pub struct Plan {
     pub decls: Vec<ComponentDecl>,
     /// Where dead letters of unwired `<id>.dead_letter` outputs are stored (`dead_letters.path`).
     pub dead_letter_dir: std::path::PathBuf,
+    /// `tables:`, planned (not loaded).
+    pub tables: Vec<PlannedTable>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -139,24 +143,24 @@ fn output_name(component: &str, output: &str) -> String {
 pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diagnostics> {
     let mut p = Planner { file, registry, errors: Vec::new(), outputs: BTreeMap::new() };
     let (sources, sqls) = p.declare();
+    let tables = p.plan_tables().await;
     p.check()?;
     let inputs = p.resolve_inputs(&sqls);
     p.check()?;
     let order = topo_order(file, &inputs).map_err(|d| Diagnostics(vec![d]))?;
-    let mut transforms = p.plan_transforms(&order, &inputs, &sqls).await;
+    let lookups: Vec<Arc<LookupTable>> = tables.iter().map(|t| t.table.clone()).collect();
+    let mut transforms = p.plan_transforms(&order, &inputs, &sqls, &lookups).await;
     p.check()?;
     let mut sinks = p.build_sinks(&inputs);
     p.check()?;
+    let mut decls = file.components.clone();
+    for (sink, decl) in tables.iter().filter_map(table_sink) {
+        sinks.push(sink);
+        decls.push(decl);
+    }
     p.check_exactly_once(&mut sinks, &sources, &mut transforms);
     p.check()?;
-    Ok(Plan {
-        sources,
-        transforms,
-        sinks,
-        outputs: p.outputs,
-        decls: file.components.clone(),
-        dead_letter_dir: file.dead_letters.path.clone(),
-    })
+    Ok(Plan { sources, transforms, sinks, outputs: p.outputs, decls, dead_letter_dir: file.dead_letters.path.clone(), tables })
 }
 
 /// The state of one `plan`: problems found so far, and every output known so far with its schema.
@@ -225,6 +229,22 @@ impl Planner<'_> {
         (sources, sqls)
     }
 
+    /// 1b. Tables: options checked, schemas known (a file's read from it unless declared).
+    async fn plan_tables(&mut self) -> Vec<PlannedTable> {
+        let mut tables = Vec::new();
+        for decl in &self.file.tables {
+            match crate::tables::plan(decl, &self.outputs).await {
+                Ok(t) => tables.push(t),
+                Err(e) => {
+                    let inner = tributary_sdk::config::path_to_string(&e.path);
+                    let at = if inner.is_empty() { format!("tables.{}", decl.name) } else { format!("tables.{}.{inner}", decl.name) };
+                    self.errors.push(self.file.diag(&at, e.message));
+                }
+            }
+        }
+        tables
+    }
+
     /// 2. Inputs name existing outputs (a transform's, a source's, `<id>.late` of a windowed one).
     fn resolve_inputs(&mut self, sqls: &HashMap<String, SqlTransformConfig>) -> HashMap<String, Vec<InputRef>> {
         let file = self.file;
@@ -255,6 +275,7 @@ impl Planner<'_> {
         order: &[String],
         inputs: &HashMap<String, Vec<InputRef>>,
         sqls: &HashMap<String, SqlTransformConfig>,
+        lookups: &[Arc<LookupTable>],
     ) -> Vec<PlannedTransform> {
         let file = self.file;
         let mut transforms = Vec::new();
@@ -280,7 +301,7 @@ impl Planner<'_> {
                 None => tables.clone(),
                 Some(_) => tables.iter().map(|(n, s)| (n.clone(), window::windowed_input_schema(s))).collect(),
             };
-            match SqlTransform::plan(&cfg.sql, &sql_tables).await {
+            match SqlTransform::plan(&cfg.sql, &sql_tables, lookups).await {
                 Ok(sql) if window.is_none() && sql.joined_inputs().is_some() => {
                     let (a, b) = sql.joined_inputs().expect("checked");
                     self.errors.push(file.diag(
@@ -317,7 +338,8 @@ impl Planner<'_> {
                     transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql, window });
                 }
                 Err(e) => {
-                    let available: Vec<String> = sql_tables.iter().map(|(n, _)| format!("`{n}`")).collect();
+                    let available: Vec<String> =
+                        sql_tables.iter().map(|(n, _)| n).chain(lookups.iter().map(|t| &t.name)).map(|n| format!("`{n}`")).collect();
                     self.errors.push(file.diag(
                         &format!("transforms.{id}.sql"),
                         format!("SQL does not plan: {} (tables: {})", clean_df_error(&e.to_string()), available.join(", ")),
@@ -391,6 +413,30 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// The engine's sink that keeps a `latest` table, named after it, and its declaration (so runs,
+/// reloads, graphs and metrics see it like any sink).
+fn table_sink(t: &PlannedTable) -> Option<(PlannedSink, ComponentDecl)> {
+    let key = t.kept_by.clone()?;
+    let (component, output) = key.input.split_once('.').unwrap_or((key.input.as_str(), ""));
+    let input = InputRef { name: key.input.clone(), component: component.to_string(), output: output.to_string() };
+    let decl = ComponentDecl {
+        id: t.name().to_string(),
+        kind: Kind::Sink,
+        type_name: crate::tables::LATEST_TABLE_SINK.to_string(),
+        inputs: vec![key.input.clone()],
+        options: t.decl.options.clone(),
+    };
+    let sink = PlannedSink {
+        id: t.name().to_string(),
+        type_name: crate::tables::LATEST_TABLE_SINK.to_string(),
+        inputs: vec![input],
+        sink: Box::new(crate::tables::LatestTableSink { table: t.table.clone(), key }),
+        retry: SinkRetry::default(),
+        exactly_once: None,
+    };
+    Some((sink, decl))
 }
 
 fn unknown_type(file: &PipelineFile, c: &ComponentDecl, valid: &[&str]) -> Diagnostic {

@@ -234,3 +234,48 @@ async fn exactly_once_is_refused_naming_what_cannot_give_it() {
     let errs = check(&exactly_once_pipeline("delivery: twice\n", DISK, DB)).await.unwrap_err();
     assert_eq!(errs, ["p.yaml:1:1: delivery: unknown variant `twice`, expected `at_least_once` or `exactly_once`"]);
 }
+
+#[tokio::test]
+async fn tables_join_any_transform_without_a_window_and_sql_is_planned_against_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = dir.path().join("sites.csv");
+    std::fs::write(&sites, "site,region\na,emea\n").unwrap();
+    let tables = format!("tables:\n  sites: {{type: file, path: {}}}\n", sites.display());
+    let enrich = "SELECT p.site, s.region FROM probes p LEFT JOIN sites s ON p.site = s.site";
+    let p = check(&format!("{SOURCES}{tables}transforms:\n  t:\n    inputs: [probes]\n    sql: {enrich}\n")).await.unwrap();
+    assert_eq!(p.tables.iter().map(|t| t.name()).collect::<Vec<_>>(), ["sites"]);
+    let columns: Vec<String> = p.outputs["t"].fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+    assert_eq!(columns, ["site Utf8", "region Utf8"]);
+    // Windowed too.
+    let windowed = "SELECT p.window_start, s.region, count(*) AS n FROM probes p JOIN sites s ON p.site = s.site GROUP BY 1, 2";
+    check(&format!("{SOURCES}{tables}transforms:\n  t:\n    inputs: [probes]\n    window: {{tumbling: 1m}}\n    sql: {windowed}\n"))
+        .await
+        .unwrap();
+    // A column the table does not have, named with the tables the SQL could read.
+    let errs = check(&format!(
+        "{SOURCES}{tables}transforms:\n  t:\n    inputs: [probes]\n    sql: SELECT p.site, s.country FROM probes p JOIN sites s ON p.site = s.site\n"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("p.yaml:8:5: transforms.t.sql: SQL does not plan: Schema error: No field named s.country."), "{}", errs[0]);
+    assert!(errs[0].ends_with("(tables: `probes`, `sites`)"), "{}", errs[0]);
+}
+
+#[tokio::test]
+async fn table_declarations_are_checked_where_they_are_written() {
+    let errs = check(&format!("{SOURCES}tables:\n  sites: {{type: file, path: /nonexistent/sites.csv}}\n")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:4:23: tables.sites.path: `/nonexistent/sites.csv` is not a file"]);
+    let errs = check(&format!("{SOURCES}tables:\n  probes: {{type: file, path: x.csv}}\n")).await.unwrap_err();
+    assert_eq!(
+        errs,
+        ["p.yaml:4:3: tables.probes: table name `probes` is already the id of the source `probes`; SQL could not tell them apart"]
+    );
+    let errs = check(&format!("{SOURCES}tables:\n  Sites: {{type: file, path: x.csv}}\n")).await.unwrap_err();
+    assert_eq!(
+        errs,
+        ["p.yaml:4:3: tables.Sites: invalid table name `Sites`: use lowercase letters, digits and `_`, starting with a letter or `_` (it is an SQL table name)"]
+    );
+    let errs = check(&format!("{SOURCES}tables:\n  sites: {{type: file}}\n")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:4:3: tables.sites: missing field `path`"]);
+}

@@ -175,6 +175,8 @@ const TAP_CAPACITY: usize = 1 << 16;
 async fn run_case(mut plan: Plan, case: &TestCase, base: &Path) -> anyhow::Result<TestResult> {
     let outputs = plan.outputs.clone();
     let sink_ids: Vec<String> = plan.sinks.iter().map(|s| s.id.clone()).collect();
+    // `expect:` may name a table: its rows as the test ends.
+    let tables: Vec<(String, Arc<crate::sql::LookupTable>)> = plan.tables.iter().map(|t| (t.name().to_string(), t.table.clone())).collect();
     // `inputs:` name of each source output → (source id, output name), and the source's feed.
     let mut source_outputs: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut feeds: HashMap<String, mpsc::UnboundedSender<Feed>> = HashMap::new();
@@ -192,7 +194,8 @@ async fn run_case(mut plan: Plan, case: &TestCase, base: &Path) -> anyhow::Resul
     let captured = Captured::default();
     // Captured rows store no positions: a test runs at least once, so open windows flush as
     // partial at its end whatever `delivery:` says.
-    for s in &mut plan.sinks {
+    // The engine's own sinks (those keeping `latest` tables) stay: the tables must fill.
+    for s in plan.sinks.iter_mut().filter(|s| s.type_name != crate::tables::LATEST_TABLE_SINK) {
         s.sink = Box::new(CapturingSink { id: s.id.clone(), captured: captured.clone() });
         s.exactly_once = None;
     }
@@ -245,6 +248,9 @@ async fn run_case(mut plan: Plan, case: &TestCase, base: &Path) -> anyhow::Resul
     }
     for id in &sink_ids {
         seen.entry(id.clone()).or_default();
+    }
+    for (name, table) in tables {
+        seen.insert(name, table.snapshot().batches.clone());
     }
     let mut failures = Vec::new();
     for (name, expected) in &case.expect {

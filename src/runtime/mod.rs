@@ -130,6 +130,12 @@ pub async fn run_reloadable(
     let mut topology = reload::Topology::empty(build::Builder::new(context, supervisor));
     let started = topology.started.clone();
     let mut report = RunReport::default();
+    // Tables load before anything starts, so the first rows are already enriched.
+    if let Err((table, reason)) = crate::tables::start(&plan.tables, &shutdown).await {
+        tracing::error!("failed to start: {reason}");
+        report.failures.push((table, reason));
+        return report;
+    }
     if let Err(refused) = topology.apply(plan, admin.as_deref()) {
         tracing::error!("failed to start: {refused}");
         report.failures.push((refused.component.unwrap_or_else(|| "pipeline".into()), refused.reason));

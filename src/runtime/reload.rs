@@ -69,13 +69,22 @@ pub(crate) struct Topology {
     decls: Vec<ComponentDecl>,
     outputs: BTreeMap<String, SchemaRef>,
     windowed: BTreeSet<String>,
+    /// `tables:` as the run loaded them (a reloaded plan's tables read these).
+    tables: Vec<crate::tables::PlannedTable>,
     pub started: Started,
 }
 
 impl Topology {
     /// A pipeline with no component: its first plan starts everything.
     pub fn empty(builder: Builder) -> Topology {
-        Topology { builder, decls: Vec::new(), outputs: BTreeMap::new(), windowed: BTreeSet::new(), started: Default::default() }
+        Topology {
+            builder,
+            decls: Vec::new(),
+            outputs: BTreeMap::new(),
+            windowed: BTreeSet::new(),
+            tables: Vec::new(),
+            started: Default::default(),
+        }
     }
 
     /// Apply reloads until `requests` closes, recording each outcome in `/health`.
@@ -98,8 +107,15 @@ impl Topology {
 
     /// Hand the changed components their new versions and start the added ones; returns their
     /// ids (`+id` added, `-id` removed), or why nothing was changed.
-    pub fn apply(&mut self, plan: Plan, admin: Option<&AdminState>) -> Result<Vec<String>, Refused> {
+    pub fn apply(&mut self, mut plan: Plan, admin: Option<&AdminState>) -> Result<Vec<String>, Refused> {
         let changed = self.changed(&plan)?;
+        // The start's tables were loaded before it (`run_reloadable`); a reload's read them.
+        let tables = std::mem::take(&mut plan.tables);
+        if self.decls.is_empty() {
+            self.tables = tables;
+        } else {
+            crate::tables::adopt(&self.tables, &tables)?;
+        }
         let added: BTreeSet<String> =
             plan.decls.iter().filter(|d| !self.decls.iter().any(|o| o.id == d.id)).map(|d| d.id.clone()).collect();
         let old_inputs: HashMap<&str, &Vec<String>> = self.decls.iter().map(|d| (d.id.as_str(), &d.inputs)).collect();
@@ -320,6 +336,47 @@ sinks:
             "  less: {inputs: [keep], sql: SELECT id FROM keep}\nsinks:\n  fewer: {type: file, inputs: [less], path: /dev/null}",
         );
         assert_eq!(reload(&added).await.unwrap(), ["+fewer", "+less"]);
+    }
+
+    #[tokio::test]
+    async fn a_reload_reads_the_running_tables_and_refuses_to_change_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("sites.csv");
+        std::fs::write(&csv, "id,site\n1,ams\n").unwrap();
+        let with_table = format!("{BASE}tables:\n  sites: {{type: file, path: {}}}\n", csv.display())
+            .replace("SELECT id, score FROM ingest WHERE score > 100", "SELECT i.id, s.site FROM ingest i JOIN sites s ON i.id = s.id");
+        let (supervisor, _tasks) = mpsc::unbounded_channel();
+        let context = super::super::build::RunContext {
+            dead_letter_dir: dir.path().to_path_buf(),
+            shutdown: Default::default(),
+            clock: Default::default(),
+            in_flight: None,
+            taps: Default::default(),
+        };
+        let mut running = Topology::empty(Builder::new(context, supervisor));
+        let start = plan(&with_table).await;
+        let loaded = start.tables[0].table.clone();
+        loaded.replace(Vec::new());
+        running.apply(start, None).unwrap();
+
+        let same = plan(&with_table).await;
+        let reloaded = same.tables[0].table.clone();
+        assert_ne!(reloaded.snapshot().version, loaded.snapshot().version, "planned, not loaded");
+        running.apply(same, None).unwrap();
+        assert_eq!(reloaded.snapshot().version, loaded.snapshot().version, "the reloaded plan reads the running table");
+        loaded.replace(Vec::new());
+        assert_eq!(reloaded.snapshot().version, loaded.snapshot().version, "and its refreshes");
+
+        let changed = with_table.replace("sites: {type: file,", "sites: {type: file, refresh: 1m,");
+        assert_eq!(
+            running.apply(plan(&changed).await, None).unwrap_err().to_string(),
+            "the reload changes the table `sites`; changing `tables:` needs a restart"
+        );
+        let removed = BASE.to_string();
+        assert_eq!(
+            running.apply(plan(&removed).await, None).unwrap_err().to_string(),
+            "the reload adds or removes the table `sites`; changing `tables:` needs a restart"
+        );
     }
 
     #[tokio::test]

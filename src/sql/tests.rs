@@ -35,6 +35,7 @@ async fn plans_once_and_executes_each_batch_independently() {
     let t = SqlTransform::plan(
         "SELECT site, ms * 2 AS double_ms FROM probes WHERE ms > 100 ORDER BY ms DESC",
         &[("probes".into(), probes_schema())],
+        &[],
     )
     .await
     .unwrap();
@@ -53,6 +54,7 @@ async fn aggregates_reexecute_from_scratch() {
     let t = SqlTransform::plan(
         "SELECT site, count(*) AS n, max(ms) AS worst FROM probes GROUP BY site ORDER BY site",
         &[("probes".into(), probes_schema())],
+        &[],
     )
     .await
     .unwrap();
@@ -76,6 +78,7 @@ async fn named_outputs_are_schema_qualified_tables_and_joins_see_both_inputs() {
                 Arc::new(Schema::new(vec![Field::new("site", DataType::Utf8, false), Field::new("reason", DataType::Utf8, false)])),
             ),
         ],
+        &[],
     )
     .await
     .unwrap();
@@ -95,7 +98,7 @@ async fn named_outputs_are_schema_qualified_tables_and_joins_see_both_inputs() {
 
 #[tokio::test]
 async fn unknown_columns_fail_to_plan_naming_the_column() {
-    let err = SqlTransform::plan("SELECT sight FROM probes", &[("probes".into(), probes_schema())]).await.err().unwrap().to_string();
+    let err = SqlTransform::plan("SELECT sight FROM probes", &[("probes".into(), probes_schema())], &[]).await.err().unwrap().to_string();
     assert!(err.contains("sight") && err.contains("probes.site"), "{err}");
 }
 
@@ -104,6 +107,7 @@ async fn json_path_returns_the_first_match_as_text() {
     let t = SqlTransform::plan(
         "SELECT json_path(body, '$.status') AS status, json_path(body, '$.items[*].id') AS first_id FROM probes",
         &[("probes".into(), probes_schema())],
+        &[],
     )
     .await
     .unwrap();
@@ -122,7 +126,8 @@ async fn json_path_returns_the_first_match_as_text() {
         table(&out),
         "+------------+----------+\n| status     | first_id |\n+------------+----------+\n| ok         | 7        |\n|            |          |\n|            |          |\n| {\"code\":1} |          |\n+------------+----------+"
     );
-    let bad = SqlTransform::plan("SELECT json_path(body, '$[') AS x FROM probes", &[("probes".into(), probes_schema())]).await.unwrap();
+    let bad =
+        SqlTransform::plan("SELECT json_path(body, '$[') AS x FROM probes", &[("probes".into(), probes_schema())], &[]).await.unwrap();
     let err = bad.execute(0, probes(&["a"], &[1], &[Some("{}")])).await.unwrap_err().to_string();
     assert!(err.contains("json_path: invalid JSONPath `$[`"), "{err}");
 }

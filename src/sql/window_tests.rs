@@ -37,7 +37,7 @@ async fn operator(window: &str, sql: &str) -> WindowOperator {
     let spec = WindowSpec::from_config(&cfg).unwrap();
     let inputs = vec![("probes".to_string(), schema())];
     check_inputs(&spec, &inputs).unwrap();
-    let planned = SqlTransform::plan(sql, &[("probes".into(), windowed_input_schema(&schema()))]).await.unwrap();
+    let planned = SqlTransform::plan(sql, &[("probes".into(), windowed_input_schema(&schema()))], &[]).await.unwrap();
     WindowOperator::new(spec, planned, &inputs, late_schema(&inputs).unwrap(), 0).unwrap()
 }
 

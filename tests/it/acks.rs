@@ -66,7 +66,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
     let (tx_dropped, rx_dropped) = oneshot::channel();
     let sent = Arc::new(Mutex::new(0));
     let source = AckingSource { batches: vec![rows(&[5, 50]), rows(&[1, 2])], outcomes: vec![tx_kept, tx_dropped], sent: sent.clone() };
-    let sql = SqlTransform::plan("SELECT ts, n FROM src WHERE n > 3", &[("src".into(), schema())]).await.unwrap();
+    let sql = SqlTransform::plan("SELECT ts, n FROM src WHERE n > 3", &[("src".into(), schema())], &[]).await.unwrap();
     let sink_cfg = ComponentConfig::from_yaml("lake", &format!("{{path: {}, max_age: 1h}}", dir.path().display()));
     let sink =
         tributary_parquet::ParquetSinkPlugin.build(&sink_cfg, &[("big".into(), sql.output_schema())]).map_err(|e| e.to_string()).unwrap();
@@ -94,6 +94,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
             decl("lake", Kind::Sink, "parquet", &["big"]),
         ],
         dead_letter_dir: dir.path().join("dead_letters"),
+        tables: vec![],
     };
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(run(plan, None, shutdown.clone(), RunOptions::default()));
@@ -263,6 +264,7 @@ async fn failure_model_run(script: &[Step], retry: tributary::graph::SinkRetry) 
         ],
         // db's dead letters are wired to the store; nothing else here makes any.
         dead_letter_dir: std::env::temp_dir().join("tributary-acks-unused"),
+        tables: vec![],
     };
     let admin = Arc::new(tributary::admin::AdminState::new(std::time::Duration::from_millis(200)));
     let shutdown = CancellationToken::new();

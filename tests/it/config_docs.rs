@@ -197,6 +197,24 @@ fn documented() -> Vec<Documented> {
         Documented { readme: "docs/pipelines.md", table: 1, minimal: "{}", decode: decode::<tributary::graph::SinkRetry> },
         Documented { readme: "docs/pipelines.md", table: 2, minimal: "{}", decode: decode::<tributary::sql::window::WindowConfig> },
         Documented {
+            readme: "docs/pipelines.md",
+            table: 3,
+            minimal: "{path: x.csv}",
+            decode: decode::<tributary::tables::FileTableConfig>,
+        },
+        Documented {
+            readme: "docs/pipelines.md",
+            table: 4,
+            minimal: "{connection: host=db, query: SELECT 1, schema: {n: int}}",
+            decode: decode::<tributary::tables::PostgresTableConfig>,
+        },
+        Documented {
+            readme: "docs/pipelines.md",
+            table: 5,
+            minimal: "{input: srt, key: [session]}",
+            decode: decode::<tributary::tables::LatestTableConfig>,
+        },
+        Documented {
             readme: "plugins/webex-mesh/README.md",
             table: 0,
             minimal: "{auth: {client_id: a, client_secret: b, token_file: /tmp/t}}",

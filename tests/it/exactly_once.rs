@@ -140,6 +140,7 @@ async fn one_run(dir: &std::path::Path, db: &Arc<Mutex<Database>>, (first, count
         outputs: Default::default(),
         decls: vec![decl("src", Kind::Source, &[]), decl("db", Kind::Sink, &["src"])],
         dead_letter_dir: dir.join("dead_letters"),
+        tables: vec![],
     };
     let shutdown = CancellationToken::new();
     let opts = RunOptions { drain_timeout: Duration::from_millis(300), ..Default::default() };

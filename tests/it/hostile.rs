@@ -306,7 +306,7 @@ fn fuzz_sql_planner() {
         .stack_size(8 << 20)
         .spawn(move || {
             fuzz("sql planner", &seeds, |input| {
-                let _ = rt.block_on(tributary::sql::SqlTransform::plan(&text(input), &inputs));
+                let _ = rt.block_on(tributary::sql::SqlTransform::plan(&text(input), &inputs, &[]));
             })
         })
         .unwrap()

@@ -23,6 +23,7 @@ mod kafka_scale_out;
 mod lake_s3;
 mod mqtt_scale_out;
 mod nats_scale_out;
+mod operations_dashboard;
 mod otlp_source;
 mod pipeline_e2e;
 mod probe_kafka_pg;

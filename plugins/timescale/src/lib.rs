@@ -4,6 +4,7 @@
 
 mod pgtype;
 mod positions;
+mod query;
 mod sink;
 mod table;
 mod tls;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_sdk::{single_input_schema, BatchConfig, Batching, ComponentConfig, ConfigError, Period, Secret, Sink, SinkPlugin};
 
+pub use query::PgQuery;
 pub use sink::TimescaleSink;
 
 /// `mode` and `key` together, resolved against the input at build: an upsert always has key
