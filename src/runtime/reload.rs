@@ -294,19 +294,25 @@ sinks:
         crate::graph::plan(&file, &crate::plugins::Registry::builtin()).await.unwrap()
     }
 
-    /// Apply `text` to a pipeline running BASE. Its tasks stay queued for a supervisor that never
-    /// runs them, with their version slots held, as if running.
-    async fn reload(text: &str) -> Result<Vec<String>, String> {
-        let (supervisor, _tasks) = mpsc::unbounded_channel();
-        let dir = tempfile::tempdir().unwrap();
+    /// A pipeline with no component, its dead letters under `dir`. The tasks it starts stay queued
+    /// in the receiver for a supervisor that never runs them, with their version slots held.
+    fn idle_topology(dir: &std::path::Path) -> (Topology, mpsc::UnboundedReceiver<super::super::build::StartedTask>) {
+        let (supervisor, tasks) = mpsc::unbounded_channel();
         let context = super::super::build::RunContext {
-            dead_letter_dir: dir.path().to_path_buf(),
+            dead_letter_dir: dir.to_path_buf(),
             shutdown: Default::default(),
             clock: Default::default(),
             in_flight: None,
             taps: Default::default(),
         };
-        let mut running = Topology::empty(Builder::new(context, supervisor));
+        (Topology::empty(Builder::new(context, supervisor)), tasks)
+    }
+
+    /// Apply `text` to a pipeline running BASE. Its tasks stay queued for a supervisor that never
+    /// runs them, with their version slots held, as if running.
+    async fn reload(text: &str) -> Result<Vec<String>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut running, _tasks) = idle_topology(dir.path());
         let started = running.apply(plan(BASE).await, None).unwrap();
         assert_eq!(started, ["+counts", "+ingest", "+keep", "+kept", "+per_minute"], "the start adds everything");
         running.apply(plan(text).await, None).map_err(|e| e.to_string())
@@ -345,15 +351,7 @@ sinks:
         std::fs::write(&csv, "id,site\n1,ams\n").unwrap();
         let with_table = format!("{BASE}tables:\n  sites: {{type: file, path: {}}}\n", csv.display())
             .replace("SELECT id, score FROM ingest WHERE score > 100", "SELECT i.id, s.site FROM ingest i JOIN sites s ON i.id = s.id");
-        let (supervisor, _tasks) = mpsc::unbounded_channel();
-        let context = super::super::build::RunContext {
-            dead_letter_dir: dir.path().to_path_buf(),
-            shutdown: Default::default(),
-            clock: Default::default(),
-            in_flight: None,
-            taps: Default::default(),
-        };
-        let mut running = Topology::empty(Builder::new(context, supervisor));
+        let (mut running, _tasks) = idle_topology(dir.path());
         let start = plan(&with_table).await;
         let loaded = start.tables[0].table.clone();
         loaded.replace(Vec::new());

@@ -7,7 +7,6 @@ use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use serde_yaml::Value as Yaml;
 use tokio::net::UdpSocket;
 use tributary_testkit::free_udp_port;
@@ -109,35 +108,17 @@ async fn operations_pipeline_joins_three_domains_by_site_and_every_dashboard_que
         db.query_one("SELECT max(mesh_total_nodes) FROM site_health WHERE site = $1 AND mesh_clusters = 1", &[&ams]).await.unwrap().get(0);
     assert_eq!(total, 3);
 
-    let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/operations.json")).unwrap())
-            .unwrap();
-    let all_sites: Vec<String> = ["ams", "sjc", "blr", "syd"].iter().map(|s| format!("{s}-{run}")).collect();
-    let vars = [("site", all_sites.clone())];
-    let variable = &dashboard["templating"]["list"][0];
-    let sql = common::expand_grafana_sql(variable["query"].as_str().unwrap(), from_s, to_s, 10, &vars);
-    let listed: Vec<String> = db.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).filter(|s: &String| s.ends_with(&run)).collect();
+    let listed: Vec<String> =
+        common::sql_dashboard_variable(&db, "operations.json", (from_s, to_s)).await.into_iter().filter(|s| s.ends_with(&run)).collect();
     // Sydney has a cluster only: no probes or links, so no row of its own.
     assert_eq!(listed, [format!("ams-{run}"), format!("blr-{run}"), format!("sjc-{run}")]);
-    let panels = dashboard["panels"].as_array().unwrap();
+    let all_sites: Vec<String> = ["ams", "sjc", "blr", "syd"].iter().map(|s| format!("{s}-{run}")).collect();
+    let panels = common::sql_dashboard_panels(&db, "operations.json", (from_s, to_s), &[("site", all_sites)]).await;
     assert_eq!(panels.len(), 7);
-    for panel in panels {
-        let title = panel["title"].as_str().unwrap();
-        assert_eq!(panel["datasource"]["uid"], "timescaledb", "{title}");
-        for target in panel["targets"].as_array().unwrap() {
-            let sql = common::expand_grafana_sql(target["rawSql"].as_str().unwrap(), from_s, to_s, 10, &vars);
-            let rows = db.query(&sql, &[]).await.unwrap_or_else(|e| panic!("panel `{title}`: {e}\n{sql}"));
-            assert!(!rows.is_empty(), "panel `{title}` returned no rows\n{sql}");
-            if title == "Sites now" {
-                let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                assert_eq!(
-                    got,
-                    [(format!("ams-{run}"), "emea".into()), (format!("blr-{run}"), "apac".into()), (format!("sjc-{run}"), "amer".into())]
-                );
-                // Bangalore's only target is a page that does not exist: every probe fails.
-                let blr_health: String = rows[1].get(2);
-                assert_eq!(blr_health, "down");
-            }
-        }
-    }
+    let (_, now) = panels.iter().find(|(title, _)| title == "Sites now").unwrap();
+    let got: Vec<(String, String)> = now.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(format!("ams-{run}"), "emea".into()), (format!("blr-{run}"), "apac".into()), (format!("sjc-{run}"), "amer".into())]);
+    // Bangalore's only target is a page that does not exist: every probe fails.
+    let blr_health: String = now[1].get(2);
+    assert_eq!(blr_health, "down");
 }

@@ -6,7 +6,6 @@ use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use serde_yaml::Value as Yaml;
 use tokio::net::UdpSocket;
 use tributary_testkit::{free_udp_port, RotelReceiver};
@@ -125,29 +124,17 @@ async fn srt_pipeline_fills_postgres_parquet_and_otlp_and_every_dashboard_query_
     }
 
     // Every dashboard query, macros expanded, answers with rows.
-    let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/srt.json")).unwrap()).unwrap();
-    let vars = [("session", vec![tx.clone(), rx.clone()])];
-    let variable = &dashboard["templating"]["list"][0];
-    let sql = common::expand_grafana_sql(variable["query"].as_str().unwrap(), from_s, to_s, 10, &vars);
-    let sessions: Vec<String> = db.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let sessions = common::sql_dashboard_variable(&db, "srt.json", (from_s, to_s)).await;
     assert!(sessions.contains(&tx) && sessions.contains(&rx), "variable query: {sessions:?}");
-    let panels = dashboard["panels"].as_array().unwrap();
+    let panels = common::sql_dashboard_panels(&db, "srt.json", (from_s, to_s), &[("session", vec![tx.clone(), rx.clone()])]).await;
     assert_eq!(panels.len(), 7);
-    for panel in panels {
-        let title = panel["title"].as_str().unwrap();
-        assert_eq!(panel["datasource"]["uid"], "timescaledb", "{title}");
-        for target in panel["targets"].as_array().unwrap() {
-            let sql = common::expand_grafana_sql(target["rawSql"].as_str().unwrap(), from_s, to_s, 10, &vars);
-            let rows = db.query(&sql, &[]).await.unwrap_or_else(|e| panic!("panel `{title}`: {e}\n{sql}"));
-            assert!(!rows.is_empty(), "panel `{title}` returned no rows\n{sql}");
-            if title == "Reconnections" {
-                let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                assert_eq!(got, [(rx.clone(), 0), (tx.clone(), 0)]);
-            }
-            if title == "Connection events" {
-                assert_eq!(rows.len(), event_rows, "every event of both sessions");
-            }
+    for (title, rows) in panels {
+        if title == "Reconnections" {
+            let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            assert_eq!(got, [(rx.clone(), 0), (tx.clone(), 0)]);
+        }
+        if title == "Connection events" {
+            assert_eq!(rows.len(), event_rows, "every event of both sessions");
         }
     }
 }

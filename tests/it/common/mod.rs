@@ -171,6 +171,38 @@ pub async fn pg() -> tokio_postgres::Client {
     db
 }
 
+/// Every panel of the TimescaleDB dashboard `dashboards/<file>` run on `db` with the macros and
+/// `vars` expanded: each panel's title and the rows of its (one) query. A panel on another
+/// datasource, a query that fails or one that answers nothing fails the test.
+pub async fn sql_dashboard_panels(
+    db: &tokio_postgres::Client,
+    file: &str,
+    (from_s, to_s): (i64, i64),
+    vars: &[(&str, Vec<String>)],
+) -> Vec<(String, Vec<tokio_postgres::Row>)> {
+    let path = format!("{}/dashboards/{file}", env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut answers = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap().to_string();
+        assert_eq!(panel["datasource"]["uid"], "timescaledb", "{title}");
+        let [target] = panel["targets"].as_array().unwrap().as_slice() else { panic!("{title}: one query per panel") };
+        let sql = expand_grafana_sql(target["rawSql"].as_str().unwrap(), from_s, to_s, 10, vars);
+        let rows = db.query(&sql, &[]).await.unwrap_or_else(|e| panic!("panel `{title}`: {e}\n{sql}"));
+        assert!(!rows.is_empty(), "panel `{title}` returned no rows\n{sql}");
+        answers.push((title, rows));
+    }
+    answers
+}
+
+/// The first variable query of the TimescaleDB dashboard `dashboards/<file>`, expanded and run.
+pub async fn sql_dashboard_variable(db: &tokio_postgres::Client, file: &str, (from_s, to_s): (i64, i64)) -> Vec<String> {
+    let path = format!("{}/dashboards/{file}", env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let sql = expand_grafana_sql(dashboard["templating"]["list"][0]["query"].as_str().unwrap(), from_s, to_s, 10, &[]);
+    db.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
 /// A Grafana PostgreSQL panel query with its macros and variables filled in, as Grafana would
 /// send it for the range `from_s..to_s` (unix seconds) and a `$__interval` of `interval_s`.
 /// Variables are multi-value lists (`${v:sqlstring}` / `$v` → `'a','b'`).
