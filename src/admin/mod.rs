@@ -47,6 +47,8 @@ pub struct AdminState {
     degraded_after: std::time::Duration,
     tap_access: TapAccess,
     config: std::sync::Mutex<ConfigGeneration>,
+    /// The run's lookup tables (`tables:`), with what their loads came to.
+    tables: RwLock<Vec<(Arc<crate::sql::LookupTable>, Arc<crate::tables::TableStats>)>>,
 }
 
 /// Which version of the pipeline file runs: 1 at start, one more per applied reload.
@@ -97,6 +99,10 @@ impl AdminState {
 
     pub fn set_taps(&self, taps: HashMap<String, (SchemaRef, Arc<Tap>)>) {
         *self.taps.write().expect("admin lock") = taps;
+    }
+
+    pub fn set_tables(&self, tables: &[crate::tables::PlannedTable]) {
+        *self.tables.write().expect("admin lock") = tables.iter().map(|t| (t.table.clone(), t.stats.clone())).collect();
     }
 
     pub fn set_components(&self, infos: Vec<ComponentInfo>) {
@@ -189,9 +195,33 @@ impl AdminState {
         for c in comps.iter().filter(|c| c.disk_buffer) {
             let _ = writeln!(out, "tributary_component_disk_buffer_bytes{{{}}} {}", labels(c), c.metrics.buffer_bytes.get());
         }
+        self.render_table_metrics(&mut out);
         let _ = writeln!(out, "# HELP tributary_up 1 while the pipeline runs, 0 while it stops.\n# TYPE tributary_up gauge");
         let _ = writeln!(out, "tributary_up {}", if self.stopping.load(Ordering::SeqCst) { 0 } else { 1 });
         out
+    }
+
+    /// The lookup tables' sizes and loads.
+    fn render_table_metrics(&self, out: &mut String) {
+        let tables = self.tables.read().expect("admin lock");
+        if tables.is_empty() {
+            return;
+        }
+        type Get = fn(&crate::sql::lookup::Snapshot, &crate::tables::TableStats) -> u64;
+        let series: [(&str, &str, &str, Get); 4] = [
+            ("rows", "gauge", "Rows the lookup table holds now.", |s, _| s.rows as u64),
+            ("bytes", "gauge", "Memory the lookup table's rows take (Arrow buffers).", |s, _| s.bytes as u64),
+            ("loads_total", "counter", "Loads of the lookup table that succeeded (the first one and each refresh).", |_, t| {
+                t.loads.load(Ordering::Relaxed)
+            }),
+            ("refresh_failures_total", "counter", "Loads that failed; the table kept its previous rows.", |_, t| t.failures.load(Ordering::Relaxed)),
+        ];
+        for (name, kind, help, get) in series {
+            let _ = writeln!(out, "# HELP tributary_table_{name} {help}\n# TYPE tributary_table_{name} {kind}");
+            for (table, stats) in tables.iter() {
+                let _ = writeln!(out, "tributary_table_{name}{{table=\"{}\"}} {}", table.name, get(&table.snapshot(), stats));
+            }
+        }
     }
 
     /// `ok`, `degraded` (a component failing for `degraded_after` or longer; named in

@@ -136,6 +136,9 @@ pub async fn run_reloadable(
         report.failures.push((table, reason));
         return report;
     }
+    if let Some(admin) = &admin {
+        admin.set_tables(&plan.tables);
+    }
     if let Err(refused) = topology.apply(plan, admin.as_deref()) {
         tracing::error!("failed to start: {refused}");
         report.failures.push((refused.component.unwrap_or_else(|| "pipeline".into()), refused.reason));

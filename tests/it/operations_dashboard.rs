@@ -98,6 +98,12 @@ async fn operations_pipeline_joins_three_domains_by_site_and_every_dashboard_que
         assert!(!task.is_finished(), "the pipeline stopped early");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The tables' sizes are in /metrics: every line of sites.csv, and the simulator's 4 clusters.
+    let (status, metrics) = common::get(admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let table_rows: Vec<&str> = metrics.lines().filter(|l| l.starts_with("tributary_table_rows{")).collect();
+    assert_eq!(table_rows, ["tributary_table_rows{table=\"sites\"} 9", "tributary_table_rows{table=\"clusters\"} 4"]);
+    assert!(metrics.contains("tributary_table_refresh_failures_total{table=\"sites\"} 0"), "{metrics}");
     shutdown.cancel();
     let report = tokio::time::timeout(Duration::from_secs(60), task).await.expect("clean stop").unwrap();
     assert!(report.ok(), "{:?} {:?}", report.failures, report.summary);
