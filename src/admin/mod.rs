@@ -214,7 +214,9 @@ impl AdminState {
             ("loads_total", "counter", "Loads of the lookup table that succeeded (the first one and each refresh).", |_, t| {
                 t.loads.load(Ordering::Relaxed)
             }),
-            ("refresh_failures_total", "counter", "Loads that failed; the table kept its previous rows.", |_, t| t.failures.load(Ordering::Relaxed)),
+            ("refresh_failures_total", "counter", "Loads that failed; the table kept its previous rows.", |_, t| {
+                t.failures.load(Ordering::Relaxed)
+            }),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP tributary_table_{name} {help}\n# TYPE tributary_table_{name} {kind}");

@@ -74,6 +74,7 @@ impl FileTable {
             match_header: false,
             loaded: Mutex::new(None),
         };
+        table.check_json().await.map_err(|e| ConfigError::at("path", e))?;
         let found = table.read(None).await.map_err(|e| ConfigError::at("path", format!("cannot read `{}`: {e}", table.path.display())))?;
         let found = super::table_schema(found.schema().as_arrow());
         let Some(declared) = declared else {
@@ -138,9 +139,21 @@ impl FileTable {
         }
     }
 
+    /// A JSON-lines file must not be nested deeper than the limit every JSON input has: the
+    /// readers behind DataFusion recurse on nesting (30,000 levels would overflow the stack).
+    async fn check_json(&self) -> Result<(), String> {
+        if self.format != FileFormat::Jsonl {
+            return Ok(());
+        }
+        let text = tokio::fs::read(&self.path).await.map_err(|e| format!("cannot read `{}`: {e}", self.path.display()))?;
+        tributary_sdk::json::shape::check(&text)
+            .map_err(|e| format!("`{}` line {}: {}", self.path.display(), tributary_sdk::json::shape::line_of(&text, e.offset), e.reason))
+    }
+
     /// Every row of the file now.
     pub async fn load(&self) -> anyhow::Result<Vec<RecordBatch>> {
         let before = stamp(&self.path).await;
+        self.check_json().await.map_err(|e| anyhow::anyhow!(e))?;
         let reading = |e| anyhow::anyhow!("reading `{}`: {e}", self.path.display());
         // A CSV file's header may have changed its order since: match the columns again.
         let layout = match self.match_header {

@@ -240,3 +240,24 @@ async fn declared_csv_columns_are_found_by_their_header_names_in_any_order() {
         format!("schema: `site` is not a column of `{}` (its header: `target`, `note`, `region`, `racks`)", path.display())
     );
 }
+
+#[tokio::test]
+async fn a_json_lines_table_nested_30000_deep_is_refused_with_the_line_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.jsonl");
+    let deep = format!("{{\"a\": {}1{}}}", "[".repeat(30_000), "]".repeat(30_000));
+    std::fs::write(&path, format!("{{\"a\": 1}}\n{deep}\n")).unwrap();
+    assert_eq!(
+        plan_err("deep", &format!("{{type: file, path: {}}}", path.display())).await,
+        format!("path: `{}` line 2: JSON nested deeper than 64 levels (the limit)", path.display())
+    );
+    // A file that was fine at start and is replaced by a deep one: a failed refresh, not a crash.
+    std::fs::write(&path, "{\"a\": 1}\n").unwrap();
+    let t = plan_table(&decl("deep", &format!("{{type: file, path: {}, refresh: 50ms}}", path.display()))).await.unwrap();
+    let stop = CancellationToken::new();
+    start(std::slice::from_ref(&t), &stop).await.unwrap();
+    rewrite(&path, &format!("{deep}\n"));
+    wait_for("the failed refresh", || t.stats.failures.load(Ordering::Relaxed) == 1).await;
+    assert_eq!(t.table.snapshot().rows, 1);
+    stop.cancel();
+}
