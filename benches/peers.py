@@ -253,7 +253,11 @@ sinks:
             written[name] = path
     loaded = re.search(r"table loaded.*?rows=(\d+).*?bytes=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", log_path.read_text()))
     memory = (int(loaded.group(1)), int(loaded.group(2))) if loaded else None
-    return {"rows": [(name, runs[name], parquet_rows(written[name])) for name, _ in sides], "table": memory,
+    def enriched(path):
+        files = f"{path}/**/*.parquet" if Path(path).is_dir() else str(path)
+        return duckdb.sql(f"SELECT count(*), count(site) FROM read_parquet('{files}')").fetchall()[0]
+
+    return {"rows": [(name, runs[name], enriched(written[name])) for name, _ in sides], "table": memory,
             "events": events, "table_rows": table_rows}
 
 
@@ -262,13 +266,16 @@ def l1_table(args, l):
     if l["table"]:
         rows, size = l["table"]
         print(f"The table in memory: {rows:,} rows, {size / 2**20:.1f} MiB ({size / rows:.0f} bytes per row).\n")
-    print("| side | wall s | events/s | CPU s | peak RSS MiB | rows | wall vs DuckDB |")
+    print("| side | wall s | events/s | CPU s | peak RSS MiB | rows (with a site) | wall vs DuckDB |")
     print("|---|---|---|---|---|---|---|")
     duck = next(runs for name, runs, _ in l["rows"] if name.startswith("DuckDB"))
-    for name, runs, n in l["rows"]:
+    for name, runs, (n, matched) in l["rows"]:
         wall, cpu, rss = ([r[i] for r in runs] for i in range(3))
         print(f"| {name} | {median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f}) | {l['events'] / median(wall):,.0f} | {median(cpu):.2f} "
-              f"| {median(rss):.0f} | {n} | {median(wall) / median([r[0] for r in duck]):.2f}× |")
+              f"| {median(rss):.0f} | {n:,} ({matched:,}) | {median(wall) / median([r[0] for r in duck]):.2f}× |")
+    counts = {counted for _, _, counted in l["rows"]}
+    if len(counts) != 1:
+        sys.exit(f"FAIL: the sides enriched different rows: {counts}")
 
 
 # ---------------------------------------------------------------------------------------- HTTP
