@@ -57,6 +57,10 @@ struct TestCase {
     inputs: serde_yaml::Mapping,
     #[serde(default)]
     steps: Vec<Step>,
+    /// Table → its rows for this test (or `{file: …}` entries), instead of loading it: a
+    /// `postgres` table needs no database, a file table reads no file.
+    #[serde(default)]
+    tables: serde_yaml::Mapping,
     /// Component or output → expected rows.
     #[serde(default)]
     expect: serde_yaml::Mapping,
@@ -175,6 +179,15 @@ const TAP_CAPACITY: usize = 1 << 16;
 async fn run_case(mut plan: Plan, case: &TestCase, base: &Path) -> anyhow::Result<TestResult> {
     let outputs = plan.outputs.clone();
     let sink_ids: Vec<String> = plan.sinks.iter().map(|s| s.id.clone()).collect();
+    for (name, rows) in &case.tables {
+        let name = name.as_str().ok_or_else(|| anyhow!("`tables` keys must be table names"))?;
+        let Some(table) = plan.tables.iter_mut().find(|t| t.name() == name) else {
+            let known: Vec<&str> = plan.tables.iter().map(|t| t.name()).collect();
+            bail!("tables.{name}: no such table; the pipeline's tables: {}", known.join(", "));
+        };
+        let entries: Vec<Json> = serde_yaml::from_value(rows.clone()).with_context(|| format!("tables.{name}: expected a list of rows"))?;
+        table.use_rows(vec![fixture_rows(name, &table.table.schema, &entries, base)?]);
+    }
     // `expect:` may name a table: its rows as the test ends.
     let tables: Vec<(String, Arc<crate::sql::LookupTable>)> = plan.tables.iter().map(|t| (t.name().to_string(), t.table.clone())).collect();
     // `inputs:` name of each source output → (source id, output name), and the source's feed.

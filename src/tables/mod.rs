@@ -114,6 +114,8 @@ enum Loader {
     Postgres(Box<PgQuery>),
     /// Kept by the engine's sink of that name: nothing to load.
     Latest,
+    /// Given rows (a pipeline test's fixture), never refreshed.
+    Rows(Vec<RecordBatch>),
 }
 
 /// A table of a plan: its declaration (a reload compares it), the table SQL reads, and its loader.
@@ -184,6 +186,11 @@ impl PlannedTable {
         &self.table.name
     }
 
+    /// Load `rows` instead of what the table's options say (a pipeline test's fixture).
+    pub fn use_rows(&mut self, rows: Vec<RecordBatch>) {
+        self.loader = Arc::new(Loader::Rows(rows));
+    }
+
     /// Load the rows now and swap them in.
     async fn load(&self) -> anyhow::Result<()> {
         load(&self.table, &self.loader, &self.stats).await
@@ -209,6 +216,7 @@ async fn load_rows(table: &LookupTable, loader: &Loader) -> anyhow::Result<()> {
             Loader::File(f) => f.load().await?,
             Loader::Postgres(q) => q.load().await?,
             Loader::Latest => return Ok(()),
+            Loader::Rows(rows) => rows.clone(),
         };
         let batches = batches
             .into_iter()
@@ -245,7 +253,7 @@ pub async fn start(tables: &[PlannedTable], stop: &CancellationToken) -> Result<
     for t in tables {
         t.load().await.map_err(|e| (t.name().to_string(), format!("table `{}` cannot load: {e:#}", t.name())))?;
     }
-    for t in tables.iter().filter(|t| !matches!(t.loader.as_ref(), Loader::Latest)) {
+    for t in tables.iter().filter(|t| matches!(t.loader.as_ref(), Loader::File(_) | Loader::Postgres(_))) {
         tokio::spawn(keep_fresh(t.table.clone(), t.loader.clone(), t.stats.clone(), t.refresh, stop.clone()));
     }
     Ok(())
