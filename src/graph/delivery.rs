@@ -48,6 +48,12 @@ fn path_streams(inputs: &[InputRef], sources: &[PlannedSource], transforms: &[Pl
             return Err(format!("its input `{}` carries dead letters, which have no position in a source's stream", r.name));
         }
         if let Some(t) = transforms.get(r.component.as_str()) {
+            if t.interval.is_some() {
+                return Err(format!(
+                    "its input `{}` comes from the interval join `{}`, whose pairs carry no position in a source's stream",
+                    r.name, t.id
+                ));
+            }
             if t.window.is_none() {
                 todo.extend(t.inputs.iter().map(|i| (i, via)));
                 continue;

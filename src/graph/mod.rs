@@ -16,6 +16,7 @@ use tributary_sdk::{ComponentConfig, OutputSpec, Sink, Source, DEAD_LETTER_OUTPU
 
 use crate::config::{quoted, ComponentDecl, Diagnostic, Diagnostics, Guarantee, Kind, PipelineFile};
 use crate::plugins::Registry;
+use crate::sql::interval::{IntervalJoinConfig, IntervalSpec};
 use crate::sql::window::{self, WindowConfig, WindowSpec};
 use crate::sql::{LookupTable, SqlTransform};
 use crate::tables::PlannedTable;
@@ -46,6 +47,16 @@ pub struct PlannedTransform {
     /// Planned over the inputs' schemas (with `window_start`/`window_end` when windowed).
     pub sql: SqlTransform,
     pub window: Option<WindowPlan>,
+    /// `interval_join:`: the two inputs' rows pair across batches (see `sql/interval.rs`).
+    pub interval: Option<IntervalPlan>,
+}
+
+/// What an interval-join transform needs besides its SQL.
+pub struct IntervalPlan {
+    pub spec: IntervalSpec,
+    pub inputs: Vec<(String, SchemaRef)>,
+    /// Schema of `<id>.late`.
+    pub late_schema: SchemaRef,
 }
 
 /// What a windowed transform needs besides its SQL.
@@ -118,6 +129,9 @@ struct SqlTransformConfig {
     /// Event-time window; the SQL then sees `window_start` and `window_end` on every input.
     #[serde(default)]
     window: Option<WindowConfig>,
+    /// Row-level join of two streams: rows pair when their event times are `within` apart.
+    #[serde(default)]
+    interval_join: Option<IntervalJoinConfig>,
 }
 
 /// A source's `buffer:` option, taken out of its config (the plugin never sees it).
@@ -253,7 +267,7 @@ impl Planner<'_> {
             let mut refs = Vec::new();
             for (i, name) in c.inputs.iter().enumerate() {
                 let (component, output) = name.split_once('.').unwrap_or((name.as_str(), ""));
-                let windowed = sqls.get(component).is_some_and(|t| t.window.is_some());
+                let windowed = sqls.get(component).is_some_and(|t| t.window.is_some() || t.interval_join.is_some());
                 let exists = self.outputs.contains_key(name)
                     || file.get(component).is_some_and(|d| d.kind == Kind::Transform && output.is_empty())
                     || (windowed && output == LATE_OUTPUT);
@@ -297,19 +311,49 @@ impl Planner<'_> {
                     }
                 },
             };
+            let interval = match (&cfg.interval_join, &window) {
+                (None, _) => None,
+                (Some(_), Some(_)) => {
+                    self.errors.push(file.diag(
+                        &format!("transforms.{id}.interval_join"),
+                        "a transform has either `window:` or `interval_join:`, not both".into(),
+                    ));
+                    continue;
+                }
+                (Some(c), None) => match IntervalSpec::new(c, &tables).and_then(|spec| {
+                    let late_schema = window::late_schema(&tables)?;
+                    Ok(IntervalPlan { spec, inputs: tables.clone(), late_schema })
+                }) {
+                    Ok(p) => Some(p),
+                    Err(msg) => {
+                        self.errors.push(file.diag(&format!("transforms.{id}.interval_join"), msg));
+                        continue;
+                    }
+                },
+            };
             let sql_tables: Vec<(String, SchemaRef)> = match &window {
                 None => tables.clone(),
                 Some(_) => tables.iter().map(|(n, s)| (n.clone(), window::windowed_input_schema(s))).collect(),
             };
             match SqlTransform::plan(&cfg.sql, &sql_tables, lookups).await {
-                Ok(sql) if window.is_none() && sql.joined_inputs().is_some() => {
+                Ok(sql) if interval.is_some() && sql.joined_inputs().is_none() => {
+                    self.errors.push(file.diag(
+                        &format!("transforms.{id}.sql"),
+                        format!(
+                            "an interval join's SQL joins its two inputs (`{}` and `{}`), on their time columns and anything else",
+                            tables[0].0, tables[1].0
+                        ),
+                    ));
+                }
+                Ok(sql) if window.is_none() && interval.is_none() && sql.joined_inputs().is_some() => {
                     let (a, b) = sql.joined_inputs().expect("checked");
                     self.errors.push(file.diag(
                         &format!("transforms.{id}.sql"),
                         format!(
                             "joins `{a}` with `{b}`, which only works in a windowed transform: without `window:` the SQL runs once \
                              per arriving batch, which holds rows of one input only, so the join would never match. Add \
-                             `window: {{tumbling: 1m}}` (any window) to join the rows of each window; to merge inputs, use UNION ALL"
+                             `window: {{tumbling: 1m}}` (any window) to join the rows of each window, or `interval_join: {{within: 30s}}` \
+                             to pair rows whose times are that close; to merge inputs, use UNION ALL"
                         ),
                     ));
                 }
@@ -332,10 +376,13 @@ impl Planner<'_> {
                             self.outputs.insert(output_name(id, LATE_OUTPUT), w.late_schema.clone());
                         }
                         None => {
+                            if let Some(i) = &interval {
+                                self.outputs.insert(output_name(id, LATE_OUTPUT), i.late_schema.clone());
+                            }
                             self.outputs.insert(id.clone(), schema);
                         }
                     }
-                    transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql, window });
+                    transforms.push(PlannedTransform { id: id.clone(), inputs: refs, sql, window, interval });
                 }
                 Err(e) => {
                     let available: Vec<String> =

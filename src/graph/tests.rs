@@ -81,7 +81,8 @@ async fn a_join_of_two_inputs_needs_a_window() {
     const TWO: &str = "sources:\n  a: {type: demo, kind: probes}\n  b: {type: demo, kind: probes}\ntransforms:\n  t:\n    inputs: [a, b]\n";
     let refused = "joins `a` with `b`, which only works in a windowed transform: without `window:` the SQL runs once per \
                    arriving batch, which holds rows of one input only, so the join would never match. Add `window: \
-                   {tumbling: 1m}` (any window) to join the rows of each window; to merge inputs, use UNION ALL";
+                   {tumbling: 1m}` (any window) to join the rows of each window, or `interval_join: {within: 30s}` to pair rows \
+                   whose times are that close; to merge inputs, use UNION ALL";
     for sql in [
         "SELECT a.site, b.response_time_ms FROM a JOIN b ON a.site = b.site",
         "SELECT a.site FROM a, b",
@@ -278,4 +279,34 @@ async fn table_declarations_are_checked_where_they_are_written() {
     );
     let errs = check(&format!("{SOURCES}tables:\n  sites: {{type: file}}\n")).await.unwrap_err();
     assert_eq!(errs, ["p.yaml:4:3: tables.sites: missing field `path`"]);
+}
+
+#[tokio::test]
+async fn an_interval_join_pairs_two_inputs_and_says_what_is_wrong_where() {
+    const TWO: &str = "sources:\n  a: {type: demo, kind: probes}\n  b: {type: demo, kind: probes}\ntransforms:\n  t:\n    inputs: [a, b]\n";
+    let join = "    sql: SELECT a.site FROM a JOIN b ON a.site = b.site AND b.ts BETWEEN a.ts - INTERVAL '5 seconds' AND a.ts\n";
+    let p = check(&format!("{TWO}    interval_join: {{within: 5s}}\n{join}")).await.unwrap();
+    assert!(p.transforms[0].interval.is_some());
+    assert!(p.outputs.contains_key("t.late"), "late rows have an output, as windows do");
+    let errs = check(&format!("{TWO}    interval_join: {{within: 5s}}\n    sql: SELECT site FROM a UNION ALL SELECT site FROM b\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(errs, ["p.yaml:8:5: transforms.t.sql: an interval join's SQL joins its two inputs (`a` and `b`), on their time columns and anything else"]);
+    let errs = check(&format!("{TWO}    interval_join: {{within: 5s, time_column: at}}\n{join}")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:7:5: transforms.t.interval_join: input `a` has no time column `at` (set `interval_join.time_column`)"]);
+    let errs = check(&format!("{TWO}    interval_join: {{within: 5s}}\n    window: {{tumbling: 1m}}\n{join}")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:7:5: transforms.t.interval_join: a transform has either `window:` or `interval_join:`, not both"]);
+    // Its pairs have no place in a source's stream: no exactly-once sink behind it.
+    let dir = tempfile::tempdir().unwrap();
+    let exactly_once = format!(
+        "{TWO}    interval_join: {{within: 5s}}\n{join}sinks:\n  lake: {{type: parquet, inputs: [t], path: {}, format: delta, partition_by_date: false, delivery: exactly_once}}\n",
+        dir.path().display()
+    );
+    let errs = check(&exactly_once).await.unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].contains("sink `lake` cannot be written exactly once: its input `t` comes from the interval join `t`, whose pairs carry no position in a source's stream"),
+        "{}",
+        errs[0]
+    );
 }

@@ -19,7 +19,7 @@ use tributary_sdk::{
 };
 
 use super::versions::{NewSink, NewVersion, SinkVersion};
-use super::{disk_buffer, windowed, Clock};
+use super::{disk_buffer, interval, windowed, Clock};
 use crate::admin::{AdminState, ComponentInfo};
 use crate::config::Kind;
 use crate::graph::{InputRef, PlannedSink, PlannedSource, PlannedTransform, SourceBuffer, LATE_OUTPUT};
@@ -249,6 +249,11 @@ impl Builder {
         self.transforms.insert(t.id.clone(), tx);
         let id = t.id.clone();
         let task: ComponentTask = match &t.window {
+            None if t.interval.is_some() => {
+                let late = self.output(&t.id, LATE_OUTPUT, &metrics, true, schemas);
+                let out = windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics: metrics.clone() };
+                Box::pin(interval::run_interval_join(t, rx, out, replace))
+            }
             Some(window) => {
                 let late = self.output(&t.id, LATE_OUTPUT, &metrics, true, schemas);
                 // Made here, not in the task, so a manual clock's first advance already reaches it.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 mod build;
 mod clock;
 pub mod disk_buffer;
+mod interval;
 mod reload;
 mod sink;
 mod versions;

@@ -69,6 +69,7 @@ pub(crate) struct Topology {
     decls: Vec<ComponentDecl>,
     outputs: BTreeMap<String, SchemaRef>,
     windowed: BTreeSet<String>,
+    interval_joins: BTreeSet<String>,
     /// `tables:` as the run loaded them (a reloaded plan's tables read these).
     tables: Vec<crate::tables::PlannedTable>,
     pub started: Started,
@@ -82,6 +83,7 @@ impl Topology {
             decls: Vec::new(),
             outputs: BTreeMap::new(),
             windowed: BTreeSet::new(),
+            interval_joins: BTreeSet::new(),
             tables: Vec::new(),
             started: Default::default(),
         }
@@ -185,6 +187,9 @@ impl Topology {
                 if t.window.is_some() {
                     self.windowed.insert(t.id.clone());
                 }
+                if t.interval.is_some() {
+                    self.interval_joins.insert(t.id.clone());
+                }
                 let type_name = decls.iter().find(|d| d.id == t.id).map_or("sql", |d| d.type_name.as_str());
                 infos.push(self.builder.start_transform(t, type_name, rx, &mut links, &schemas)?);
             }
@@ -259,6 +264,9 @@ impl Topology {
         for t in &plan.transforms {
             if changed.contains(&t.id) && self.windowed.contains(&t.id) != t.window.is_some() {
                 return Err(format!("transform `{}` turned windowed or unwindowed{restart}", t.id));
+            }
+            if changed.contains(&t.id) && self.interval_joins.contains(&t.id) != t.interval.is_some() {
+                return Err(format!("transform `{}` turned into an interval join or out of one{restart}", t.id));
             }
         }
         Ok(changed)

@@ -6,6 +6,7 @@
 //! resetting operator state (dynamic filter pushdown is off, because its filters would carry over
 //! between executions).
 
+pub mod interval;
 mod json_path;
 pub mod limits;
 pub mod lookup;

@@ -211,6 +211,28 @@ pub fn late_schema(inputs: &[(String, SchemaRef)]) -> Result<SchemaRef, String> 
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// `rows` of input `input` in the `.late` schema (see [`late_schema`]).
+pub fn to_late_schema(late_schema: &SchemaRef, input: &str, rows: RecordBatch) -> DfResult<RecordBatch> {
+    if rows.schema().fields() == late_schema.fields() {
+        return Ok(rows);
+    }
+    let n = rows.num_rows();
+    let columns = late_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == LATE_INPUT {
+                return Arc::new(datafusion::arrow::array::StringArray::from(vec![input; n])) as ArrayRef;
+            }
+            match rows.column_by_name(f.name()) {
+                Some(c) => c.clone(),
+                None => datafusion::arrow::array::new_null_array(f.data_type(), n),
+            }
+        })
+        .collect::<Vec<_>>();
+    Ok(RecordBatch::try_new(late_schema.clone(), columns)?)
+}
+
 /// Check that every input can be windowed by `spec`.
 pub fn check_inputs(spec: &WindowSpec, inputs: &[(String, SchemaRef)]) -> Result<(), String> {
     for (name, s) in inputs {
@@ -518,25 +540,7 @@ impl WindowOperator {
     }
 
     fn to_late_schema(&self, input: usize, rows: RecordBatch) -> DfResult<RecordBatch> {
-        if rows.schema().fields() == self.late_schema.fields() {
-            return Ok(rows);
-        }
-        let n = rows.num_rows();
-        let columns = self
-            .late_schema
-            .fields()
-            .iter()
-            .map(|f| {
-                if f.name() == LATE_INPUT {
-                    return Ok(Arc::new(datafusion::arrow::array::StringArray::from(vec![self.input_names[input].as_str(); n])) as ArrayRef);
-                }
-                Ok(match rows.column_by_name(f.name()) {
-                    Some(c) => c.clone(),
-                    None => datafusion::arrow::array::new_null_array(f.data_type(), n),
-                })
-            })
-            .collect::<DfResult<Vec<_>>>()?;
-        Ok(RecordBatch::try_new(self.late_schema.clone(), columns)?)
+        to_late_schema(&self.late_schema, &self.input_names[input], rows)
     }
 
     /// Emit the windows ending after `emitted_through` and at or before `limit`.

@@ -78,7 +78,7 @@ async fn acks_resolve_when_rows_are_durable_or_filtered_out() {
             source: Box::new(source),
             buffer: Default::default(),
         }],
-        transforms: vec![PlannedTransform { id: "big".into(), inputs: vec![input("src")], sql, window: None }],
+        transforms: vec![PlannedTransform { id: "big".into(), inputs: vec![input("src")], sql, window: None, interval: None }],
         sinks: vec![PlannedSink {
             id: "lake".into(),
             type_name: "parquet".into(),
