@@ -8,10 +8,10 @@
 //! offsets, and the test reads them from the logs.)
 
 use crate::common;
+use common::scale_out::{written, Member};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,27 +22,8 @@ use rdkafka::ClientConfig;
 
 const PARTITIONS: i32 = 12;
 
-/// One `tributary run` process: its own sink file and log.
-struct Member {
-    name: &'static str,
-    child: Child,
-    out: PathBuf,
-    log: PathBuf,
-}
-
 fn start(name: &'static str, dir: &Path, pipeline: &Path) -> Member {
-    let out = dir.join(format!("{name}.jsonl"));
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(common::bin())
-        .args(["run", pipeline.to_str().unwrap()])
-        .env("OUT", &out)
-        .env("ADMIN", common::free_addr().to_string())
-        .env("TRIBUTARY_LOG", "info,tributary_kafka=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Member { name, child, out, log }
+    common::scale_out::start(name, name, dir, pipeline, "info,tributary_kafka=debug", &[])
 }
 
 /// The partitions a member holds now, from its log: the last assignment after the last revoke.
@@ -68,15 +49,6 @@ fn partitions_field(line: &str) -> Vec<i32> {
 fn log_list<'a>(line: &'a str, name: &str) -> impl Iterator<Item = &'a str> {
     let value = line.split(&format!(" {name}=")).nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("");
     value.split(',').filter(|e| !e.is_empty())
-}
-
-/// ids a member wrote (a killed member's last line can be partial: skipped).
-fn written(path: &Path) -> Vec<i64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["id"].as_i64())
-        .collect()
 }
 
 /// Offsets `from..to` of a partition that a member wrote but did not get committed.

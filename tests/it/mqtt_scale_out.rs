@@ -12,43 +12,19 @@
 //! in a run against the default). The test raises the limit, as a deployment must.
 
 use crate::common;
+use common::scale_out::{written, Member};
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MESSAGES: i64 = 20_000;
 
-struct Member {
-    name: &'static str,
-    child: Child,
-    out: PathBuf,
-}
-
 fn start(name: &'static str, run: &str, dir: &Path, pipeline: &Path) -> Member {
-    let out = dir.join(format!("{name}-{run}.jsonl"));
-    let log = dir.join(format!("{name}-{run}.log"));
-    let child = Command::new(common::bin())
-        .args(["run", pipeline.to_str().unwrap()])
-        .env("OUT", &out)
-        .env("CLIENT", format!("{}-{name}", dir.file_name().unwrap().to_string_lossy()))
-        .env("ADMIN", common::free_addr().to_string())
-        .env("TRIBUTARY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Member { name, child, out }
-}
-
-fn written(path: &Path) -> Vec<i64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["id"].as_i64())
-        .collect()
+    let client = format!("{}-{name}", dir.file_name().unwrap().to_string_lossy());
+    common::scale_out::start(name, &format!("{name}-{run}"), dir, pipeline, "info", &[("CLIENT", client)])
 }
 
 fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {

@@ -5,45 +5,18 @@
 //! written but not yet acknowledged.
 
 use crate::common;
+use common::scale_out::{written, Member};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 
 const MESSAGES: i64 = 20_000;
 
-struct Member {
-    name: &'static str,
-    child: Child,
-    out: PathBuf,
-    log: PathBuf,
-}
-
 fn start(name: &'static str, dir: &Path, pipeline: &Path) -> Member {
-    let out = dir.join(format!("{name}.jsonl"));
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(common::bin())
-        .args(["run", pipeline.to_str().unwrap()])
-        .env("OUT", &out)
-        .env("ADMIN", common::free_addr().to_string())
-        .env("TRIBUTARY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Member { name, child, out, log }
-}
-
-/// ids a member wrote (a killed member's last line can be partial: skipped).
-fn written(path: &Path) -> Vec<i64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["id"].as_i64())
-        .collect()
+    common::scale_out::start(name, name, dir, pipeline, "info", &[])
 }
 
 async fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {

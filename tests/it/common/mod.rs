@@ -3,6 +3,7 @@
 
 pub mod figures;
 pub mod lake;
+pub mod scale_out;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
