@@ -152,7 +152,7 @@ impl Source for AmqpSource {
                         self.settle(&ctx, done).await;
                         continue;
                     }
-                    _ = sleep_until(deadline) => None,
+                    _ = tributary_sdk::batcher::batch_deadline(deadline) => None,
                     d = consumer.next() => match d {
                         Some(Ok(d)) => Some(d),
                         Some(Err(e)) => {
@@ -200,13 +200,6 @@ impl Source for AmqpSource {
         }
         drop(kept);
         Ok(())
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -115,7 +115,7 @@ impl Source for MqttSource {
                     self.settle(&ctx, &client, done).await;
                     continue;
                 }
-                _ = sleep_until(deadline) => None,
+                _ = tributary_sdk::batcher::batch_deadline(deadline) => None,
                 h = events.recv() => match h {
                     Some(h) => Some(h),
                     None => break,
@@ -176,13 +176,6 @@ impl Source for MqttSource {
         tokio::time::sleep(Duration::from_millis(100)).await;
         client.disconnect().await;
         Ok(())
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

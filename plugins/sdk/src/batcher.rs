@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+/// Resolves at a pending batch's `deadline`, or never when nothing is pending: the arm of a
+/// `select!` that sends a batch once its oldest row has waited long enough.
+pub async fn batch_deadline(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a [`Batcher`] gathers items into: a `Vec`, or a source's own pending rows.
 pub trait Gather<T>: Default {
     fn gather(&mut self, item: T);
