@@ -157,13 +157,12 @@ fn output_name(component: &str, output: &str) -> String {
 pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diagnostics> {
     let mut p = Planner { file, registry, errors: Vec::new(), outputs: BTreeMap::new() };
     let (sources, sqls) = p.declare();
-    let tables = p.plan_tables().await;
+    let (mut tables, kept_later) = p.plan_tables().await;
     p.check()?;
     let inputs = p.resolve_inputs(&sqls);
     p.check()?;
-    let order = topo_order(file, &inputs).map_err(|d| Diagnostics(vec![d]))?;
-    let lookups: Vec<Arc<LookupTable>> = tables.iter().map(|t| t.table.clone()).collect();
-    let mut transforms = p.plan_transforms(&order, &inputs, &sqls, &lookups).await;
+    let order = topo_order(file, &with_table_edges(&inputs, &sqls, &kept_later)).map_err(|d| Diagnostics(vec![d]))?;
+    let mut transforms = p.plan_transforms(&order, &inputs, &sqls, &mut tables, kept_later).await;
     p.check()?;
     let mut sinks = p.build_sinks(&inputs);
     p.check()?;
@@ -185,7 +184,7 @@ struct Planner<'a> {
     outputs: BTreeMap<String, SchemaRef>,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
     fn check(&mut self) -> Result<(), Diagnostics> {
         if self.errors.is_empty() {
             Ok(())
@@ -243,20 +242,36 @@ impl Planner<'_> {
         (sources, sqls)
     }
 
-    /// 1b. Tables: options checked, schemas known (a file's read from it unless declared).
-    async fn plan_tables(&mut self) -> Vec<PlannedTable> {
+    /// 1b. Tables: options checked, schemas known (a file's read from it unless declared). A
+    /// latest table that keeps what is not a source's output is returned apart, to be planned
+    /// once its input is (`plan_transforms`).
+    async fn plan_tables(&mut self) -> (Vec<PlannedTable>, Vec<KeptLater<'a>>) {
+        let file: &'a PipelineFile = self.file;
         let mut tables = Vec::new();
-        for decl in &self.file.tables {
-            match crate::tables::plan(decl, &self.outputs).await {
-                Ok(t) => tables.push(t),
-                Err(e) => {
-                    let inner = tributary_sdk::config::path_to_string(&e.path);
-                    let at = if inner.is_empty() { format!("tables.{}", decl.name) } else { format!("tables.{}.{inner}", decl.name) };
-                    self.errors.push(self.file.diag(&at, e.message));
+        let mut kept_later = Vec::new();
+        for decl in &file.tables {
+            match crate::tables::latest_input(decl) {
+                Some(input) if !self.outputs.contains_key(&input) => kept_later.push(KeptLater { decl, input }),
+                _ => {
+                    if let Some(t) = self.plan_table(decl).await {
+                        tables.push(t);
+                    }
                 }
             }
         }
-        tables
+        (tables, kept_later)
+    }
+
+    async fn plan_table(&mut self, decl: &crate::config::TableDecl) -> Option<PlannedTable> {
+        match crate::tables::plan(decl, &self.outputs).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = tributary_sdk::config::path_to_string(&e.path);
+                let at = if inner.is_empty() { format!("tables.{}", decl.name) } else { format!("tables.{}.{inner}", decl.name) };
+                self.errors.push(self.file.diag(&at, e.message));
+                None
+            }
+        }
     }
 
     /// 2. Inputs name existing outputs (a transform's, a source's, `<id>.late` of a windowed one).
@@ -289,11 +304,18 @@ impl Planner<'_> {
         order: &[String],
         inputs: &HashMap<String, Vec<InputRef>>,
         sqls: &HashMap<String, SqlTransformConfig>,
-        lookups: &[Arc<LookupTable>],
+        tables: &mut Vec<PlannedTable>,
+        mut kept_later: Vec<KeptLater<'_>>,
     ) -> Vec<PlannedTransform> {
         let file = self.file;
         let mut transforms = Vec::new();
         for id in order.iter().filter(|id| sqls.contains_key(*id)) {
+            // Latest tables over the outputs planned so far (order puts their readers after them).
+            for later in extract_if(&mut kept_later, |k| self.outputs.contains_key(&k.input)) {
+                tables.extend(self.plan_table(later.decl).await);
+            }
+            let lookups: Vec<Arc<LookupTable>> = tables.iter().map(|t| t.table.clone()).collect();
+            let lookups = &lookups[..];
             let refs = inputs[id].clone();
             let tables: Vec<(String, SchemaRef)> = refs.iter().map(|r| (r.name.clone(), self.outputs[&r.name].clone())).collect();
             let cfg = &sqls[id];
@@ -394,6 +416,11 @@ impl Planner<'_> {
                 }
             }
         }
+        // Those over the last transforms' outputs, and those whose input names no output (the
+        // error lists every output).
+        for later in kept_later {
+            tables.extend(self.plan_table(later.decl).await);
+        }
         transforms
     }
 
@@ -460,6 +487,39 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// A latest table over an output not yet planned when the tables are: a transform's.
+struct KeptLater<'a> {
+    decl: &'a crate::config::TableDecl,
+    input: String,
+}
+
+/// The elements of `v` that `pred` picks, taken out in order (`Vec::extract_if` without its range).
+fn extract_if<T>(v: &mut Vec<T>, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+    let (taken, kept) = std::mem::take(v).into_iter().partition(|x| pred(x));
+    *v = kept;
+    taken
+}
+
+/// `inputs`, plus an edge from every transform whose SQL reads a latest table in `kept_later` to
+/// the component that feeds that table: planning (and a cycle check) then treats reading the
+/// table like reading its input.
+fn with_table_edges(
+    inputs: &HashMap<String, Vec<InputRef>>,
+    sqls: &HashMap<String, SqlTransformConfig>,
+    kept_later: &[KeptLater<'_>],
+) -> HashMap<String, Vec<InputRef>> {
+    let mut edges = inputs.clone();
+    for (id, cfg) in sqls {
+        let read = crate::sql::referenced_tables(&cfg.sql);
+        for later in kept_later.iter().filter(|k| read.contains(&k.decl.name)) {
+            let (component, output) = later.input.split_once('.').unwrap_or((later.input.as_str(), ""));
+            let edge = InputRef { name: later.input.clone(), component: component.to_string(), output: output.to_string() };
+            edges.entry(id.clone()).or_default().push(edge);
+        }
+    }
+    edges
 }
 
 /// The engine's sink that keeps a `latest` table, named after it, and its declaration (so runs,
@@ -542,18 +602,32 @@ fn topo_order(file: &PipelineFile, inputs: &HashMap<String, Vec<InputRef>>) -> R
     for c in &file.components {
         let mut stack = Vec::new();
         if let Err(cycle) = visit(&c.id, inputs, &mut marks, &mut stack, &mut order) {
-            // Report at the `inputs:` of the component that closes the cycle.
+            // Report where the component that closes the cycle reads its next: its `inputs:`, or
+            // its SQL when it reads a latest table kept from it.
             let closer = file.get(&cycle[cycle.len() - 2]).expect("declared");
+            let read = |from: &String, to: &String| closer_reads_input(file, from, to);
+            let through_table = cycle.windows(2).any(|w| !read(&w[0], &w[1]));
+            let key = if read(&cycle[cycle.len() - 2], &cycle[cycle.len() - 1]) { "inputs" } else { "sql" };
+            let why = if through_table {
+                "a transform may not read a latest table kept from its own output, directly or indirectly"
+            } else {
+                "a component may not consume its own output, directly or indirectly"
+            };
             return Err(file.diag(
-                &format!("{}.{}.inputs", closer.kind.section(), closer.id),
+                &format!("{}.{}.{key}", closer.kind.section(), closer.id),
                 format!(
-                    "cycle in the pipeline graph: {} (a component may not consume its own output, directly or indirectly)",
+                    "cycle in the pipeline graph: {} ({why})",
                     cycle.iter().rev().cloned().collect::<Vec<_>>().join(" → ")
                 ),
             ));
         }
     }
     Ok(order)
+}
+
+/// `from` names an output of `to` in its `inputs:` (and does not just read a table kept from it).
+fn closer_reads_input(file: &PipelineFile, from: &str, to: &str) -> bool {
+    file.get(from).is_some_and(|c| c.inputs.iter().any(|i| i.split_once('.').map_or(i.as_str(), |(c, _)| c) == to))
 }
 
 /// DataFusion prefixes errors with their category; keep the part a user acts on.

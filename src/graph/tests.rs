@@ -310,3 +310,34 @@ async fn an_interval_join_pairs_two_inputs_and_says_what_is_wrong_where() {
         errs[0]
     );
 }
+
+const TWO_SOURCES: &str = "sources:\n  probes: {type: demo, kind: probes}\n  badges: {type: demo, kind: badges}\n";
+
+/// A latest table kept from a transform's output: its readers come after that transform (even
+/// declared before it), a cycle through the table is refused at the reader's SQL, and an input
+/// that is no output lists the transforms' outputs too.
+#[tokio::test]
+async fn a_latest_table_over_a_transform_orders_its_readers_and_refuses_a_cycle() {
+    let p = check(&format!(
+        "{TWO_SOURCES}tables:\n  last_site:\n    type: latest\n    input: per_site\n    key: [site]\ntransforms:\n  reader:\n    inputs: [badges]\n    sql: SELECT b.*, s.n FROM badges b LEFT JOIN last_site s ON s.site = b.channel\n  per_site:\n    inputs: [probes]\n    sql: SELECT site, 1 AS n FROM probes\n"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.transforms.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["per_site", "reader"]);
+    let table: Vec<_> = p.tables[0].table.schema.fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(table, ["site", "n"]);
+    assert_eq!(p.sinks.iter().map(|s| (s.id.as_str(), s.inputs[0].name.as_str())).collect::<Vec<_>>(), [("last_site", "per_site")]);
+
+    let errs = check(&format!(
+        "{TWO_SOURCES}tables:\n  last_site:\n    type: latest\n    input: per_site\n    key: [site]\ntransforms:\n  per_site:\n    inputs: [probes]\n    sql: SELECT p.site, 1 AS n FROM probes p JOIN last_site s ON s.site = p.site\n"
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(errs, ["p.yaml:12:5: transforms.per_site.sql: cycle in the pipeline graph: per_site → per_site (a transform may not read a latest table kept from its own output, directly or indirectly)"]);
+
+    let errs = check(&format!("{TWO_SOURCES}tables:\n  last_site:\n    type: latest\n    input: per_sit\n    key: [site]\ntransforms:\n  per_site:\n    inputs: [probes]\n    sql: SELECT site FROM probes\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("p.yaml:7:5: tables.last_site.input: `per_sit` is no output of this pipeline; a latest table reads one of `badges`, `per_site`, `probes`"), "{}", errs[0]);
+}

@@ -133,6 +133,26 @@ fn joined_tables(plan: &LogicalPlan, tables: &[Arc<LookupTable>]) -> Option<(Str
     found
 }
 
+/// The table names `sql` reads, as written (`sites`, `mesh.cluster_details`), CTE names left out;
+/// empty when it does not parse or exceeds the limits (planning then reports why). The planner
+/// orders transforms by it: one that reads a table kept from another transform's output comes
+/// after that transform.
+pub fn referenced_tables(sql: &str) -> Vec<String> {
+    if limits::check(sql).is_err() {
+        return Vec::new();
+    }
+    let Ok(statements) = datafusion::sql::parser::DFParser::parse_sql(sql) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for statement in &statements {
+        if let Ok((relations, _ctes)) = datafusion::sql::resolve::resolve_table_references(statement, true) {
+            names.extend(relations.iter().map(|r| r.to_string()));
+        }
+    }
+    names
+}
+
 impl SqlTransform {
     /// Plan `sql` over `inputs` (table name, schema) and the lookup `tables`. Errors are
     /// DataFusion's messages.

@@ -30,12 +30,15 @@ impl FileFormat {
     }
 }
 
-/// What a file looked like when it was last read: a change of either means "read it again".
-type Stamp = (u64, Option<SystemTime>);
+/// What a file looked like when it was last read: a change of any part means "read it again".
+/// The size and modification time alone missed a file of the same size renamed over the old one
+/// within one tick of the kernel's file clock (a few milliseconds): the inode tells them apart.
+type Stamp = (u64, Option<SystemTime>, u64);
 
 async fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = tokio::fs::metadata(path).await.ok()?;
-    Some((meta.len(), meta.modified().ok()))
+    Some((meta.len(), meta.modified().ok(), meta.ino()))
 }
 
 pub(super) struct FileTable {

@@ -1,7 +1,8 @@
-//! `type: latest` tables: the newest row per key of a source's output (each cluster's details,
-//! each SRT session's state), kept by an engine sink named after the table as rows arrive.
+//! `type: latest` tables: the newest row per key of a source's or transform's output (each
+//! cluster's details, each SRT session's state), kept by an engine sink named after the table as
+//! rows arrive.
 //!
-//! The table lives in memory only: a restart starts it empty, and it fills again as the source
+//! The table lives in memory only: a restart starts it empty, and it fills again as its input
 //! sends rows. Each write merges the batch into the table (O(table rows)), which suits inventories
 //! and states of thousands of keys, not event streams.
 

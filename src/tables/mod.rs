@@ -54,11 +54,13 @@ impl TableConfig {
 
 const TABLE_TYPES: &str = "`file`, `postgres`, `latest`";
 
-/// `type: latest`: the newest row per key of a source's output, kept as its rows arrive.
+/// `type: latest`: the newest row per key of a source's or transform's output, kept as its rows
+/// arrive.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LatestTableConfig {
-    /// A source's output, as in `inputs:` (`mesh.cluster_details`, `srt`).
+    /// A source's or transform's output, as in `inputs:` (`mesh.cluster_details`, `srt`,
+    /// `session_state`).
     input: String,
     /// The columns that identify a row; a newer row with the same values replaces the older one.
     key: Vec<String>,
@@ -137,9 +139,18 @@ pub struct TableStats {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// The output a latest table keeps (`None` for other tables, or when its options do not decode:
+/// `plan` says why). The planner plans such a table once its input's schema is known.
+pub fn latest_input(decl: &TableDecl) -> Option<String> {
+    match TableConfig::decode(&decl.name, &decl.options) {
+        Ok(TableConfig::Latest(l)) => Some(l.input),
+        _ => None,
+    }
+}
+
 /// Decode and check `decl`; a file table's schema is read from the file unless declared, a
-/// latest table's is its input's (`source_outputs`: every source output's schema).
-pub async fn plan(decl: &TableDecl, source_outputs: &BTreeMap<String, SchemaRef>) -> Result<PlannedTable, ConfigError> {
+/// latest table's is its input's (`outputs`: the schema of every output planned so far).
+pub async fn plan(decl: &TableDecl, outputs: &BTreeMap<String, SchemaRef>) -> Result<PlannedTable, ConfigError> {
     let config = TableConfig::decode(&decl.name, &decl.options)?;
     let mut kept_by = None;
     let (schema, loader, refresh) = match config {
@@ -153,11 +164,11 @@ pub async fn plan(decl: &TableDecl, source_outputs: &BTreeMap<String, SchemaRef>
             (schema, Loader::Postgres(Box::new(query)), p.refresh.0)
         }
         TableConfig::Latest(l) => {
-            let Some(schema) = source_outputs.get(&l.input) else {
-                let names: Vec<&str> = source_outputs.keys().map(String::as_str).filter(|n| !n.ends_with(".dead_letter")).collect();
+            let Some(schema) = outputs.get(&l.input) else {
+                let names: Vec<&str> = outputs.keys().map(String::as_str).filter(|n| !n.ends_with(".dead_letter")).collect();
                 return Err(ConfigError::at(
                     "input",
-                    format!("`{}` is not a source's output; a latest table reads one of {}", l.input, crate::config::quoted(&names)),
+                    format!("`{}` is no output of this pipeline; a latest table reads one of {}", l.input, crate::config::quoted(&names)),
                 ));
             };
             let schema = table_schema(schema);

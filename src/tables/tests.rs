@@ -261,3 +261,64 @@ async fn a_json_lines_table_nested_30000_deep_is_refused_with_the_line_not_a_cra
     assert_eq!(t.table.snapshot().rows, 1);
     stop.cancel();
 }
+
+/// A latest table may keep a transform's output (a state computed in SQL): the transforms that
+/// read it are planned after that transform, whatever the file's order, and see its newest rows.
+#[tokio::test]
+async fn a_latest_table_keeps_a_transforms_output_for_the_transforms_that_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        r#"
+sources:
+  srt:
+    type: http_server
+    address: 127.0.0.1:0
+    schema: {ts: timestamp, session: string, connected: int}
+  probes:
+    type: http_server
+    address: 127.0.0.1:0
+    schema: {ts: timestamp, session: string}
+tables:
+  links_now:
+    type: latest
+    input: link_state
+    key: [session]
+transforms:
+  probes_with_link:
+    inputs: [probes]
+    sql: SELECT p.session, l.state, l.ts AS state_ts FROM probes p LEFT JOIN links_now l ON l.session = p.session
+  link_state:
+    inputs: [srt]
+    sql: SELECT ts, session, CASE WHEN connected = 1 THEN 'up' ELSE 'down' END AS state FROM srt
+sinks:
+  out: {type: console, inputs: [probes_with_link]}
+tests:
+  - name: probes see each session's newest state
+    steps:
+      - input: srt
+        rows:
+          - {ts: "2026-11-22T10:00:01Z", session: a, connected: 1}
+          - {ts: "2026-11-22T10:00:02Z", session: b, connected: 1}
+          - {ts: "2026-11-22T10:00:03Z", session: a, connected: 0}
+      - input: probes
+        rows:
+          - {ts: "2026-11-22T10:00:04Z", session: a}
+          - {ts: "2026-11-22T10:00:05Z", session: b}
+          - {ts: "2026-11-22T10:00:06Z", session: c}
+    expect:
+      probes_with_link:
+        - {session: a, state: down, state_ts: "2026-11-22T10:00:03Z"}
+        - {session: b, state: up, state_ts: "2026-11-22T10:00:02Z"}
+        - {session: c, state: null, state_ts: null}
+      links_now:
+        - {ts: "2026-11-22T10:00:03Z", session: a, state: down}
+        - {ts: "2026-11-22T10:00:02Z", session: b, state: up}
+"#,
+    )
+    .unwrap();
+    let report = crate::pipeline_tests::test_file(&pipeline).await.unwrap();
+    assert!(report.passed(), "{}", report.render());
+    assert_eq!(report.results[0].checked, 2);
+}
