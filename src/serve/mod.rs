@@ -23,10 +23,12 @@ use object_store::path::Path as ObjectPath;
 use tokio_util::sync::CancellationToken;
 use tributary_parquet::store::ObjectLocation;
 
+mod defaults;
 pub mod params;
 pub mod series;
 mod tables;
 
+pub use defaults::ChartDefaults;
 use params::ParamError;
 
 /// One table of the lake: a folder or object store prefix of Parquet files (or JSON lines).
@@ -36,6 +38,8 @@ pub struct TableDecl {
     pub location: ObjectLocation,
     /// The pipeline's `time_column` for its sinks; found from the schema otherwise.
     pub time_column: Option<String>,
+    /// The sink's `chart:`: the view the page opens on, where the guess would be wrong.
+    pub chart: ChartDefaults,
 }
 
 /// Where the tables come from.
@@ -86,7 +90,7 @@ impl Lake {
         match &self.tables {
             Tables::Under(root) => {
                 let found = crate::query::discover_tables(root, &[]).await.unwrap_or_default();
-                found.into_iter().map(|t| TableDecl { name: t.name, location: t.location, time_column: None }).collect()
+                found.into_iter().map(|t| TableDecl { name: t.name, location: t.location, time_column: None, chart: ChartDefaults::default() }).collect()
             }
             Tables::Outputs(decls) => decls.clone(),
         }
@@ -97,7 +101,7 @@ impl Lake {
         if let Tables::Under(root) = &self.tables {
             let folders = crate::query::table_folders(root).await.unwrap_or_default();
             if let Some(t) = folders.into_iter().find(|t| t.name == name) {
-                return Ok(TableDecl { name: t.name, location: t.location, time_column: None });
+                return Ok(TableDecl { name: t.name, location: t.location, time_column: None, chart: ChartDefaults::default() });
             }
         }
         let decls = self.decls().await;

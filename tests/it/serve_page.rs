@@ -36,6 +36,12 @@ fn chromium() -> String {
 
 /// The page's DOM once its scripts ran (Chromium waits for the fetches within the time budget).
 fn rendered_dom(url: &str) -> String {
+    let out = headless(&["--dump-dom", url]);
+    String::from_utf8(out).unwrap()
+}
+
+/// Headless Chromium at 1200×900 with `args` (an action and the URL); its stdout.
+fn headless(args: &[&str]) -> Vec<u8> {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(chromium())
         .args([
@@ -50,14 +56,13 @@ fn rendered_dom(url: &str) -> String {
             "--window-size=1200,900",
             "--virtual-time-budget=15000",
             &format!("--user-data-dir={}", profile.path().display()),
-            "--dump-dom",
-            url,
         ])
+        .args(args)
         .stderr(Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "chromium failed: {:?}", out.status);
-    String::from_utf8(out.stdout).unwrap()
+    out.stdout
 }
 
 /// The opening tag of the element with this id.
@@ -100,4 +105,64 @@ async fn a_bad_parameter_shows_the_apis_message() {
         ),
         "{dom}"
     );
+}
+
+/// A newcomer's first look: the quickstart runs, and its chart page opened with no parameters
+/// shows the data: its first table, a measurement (not a status code) per site, over the time
+/// the rows cover, with data in most bins of every line. The screenshot is the README's
+/// (`docs/quickstart-chart.png`, rewritten by every run so it cannot drift).
+#[tokio::test]
+async fn the_quickstarts_page_opens_on_a_view_its_data_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let addr = common::free_addr();
+    let run = Command::new(common::bin())
+        .args(["run", root.join("pipelines/quickstart.yaml").to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_ADMIN", addr.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _run = Server(run);
+    common::wait_for_port(addr).await;
+    // Three flushes of the Parquet sinks (`max_age: 10s`): 30 s of probes on disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the quickstart wrote no 3 files of probes in 90 s");
+        if common::files_ending(&dir.path().join("data/probes"), ".parquet").len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (status, tables) = common::get(addr, "/api/tables").unwrap();
+    assert_eq!(status, 200, "{tables}");
+    let tables: serde_json::Value = serde_json::from_str(&tables).unwrap();
+    let probes = tables["tables"].as_array().unwrap().iter().find(|t| t["name"] == "probes_parquet").unwrap();
+    assert_eq!(probes["default"]["value"], "response_time_ms", "{probes}");
+    assert_eq!(probes["default"]["group_by"], "site", "{probes}");
+    assert_eq!(probes["default"]["to"], "now", "the view follows now while the pipeline runs: {probes}");
+
+    let url = format!("http://{addr}/");
+    let dom = rendered_dom(&url);
+    assert!(dom.contains("data-state=\"drawn\""), "the page did not draw: {dom}");
+    let chart = tag_with_id(&dom, "chart");
+    assert!(chart.contains("data-view=\"probes_parquet: avg(response_time_ms) by site\""), "the pipeline's first table: {chart}");
+    assert!(chart.contains("data-series=\"5\""), "one line per site: {chart}");
+    // Every line (site) has data in more than half its bins.
+    let mut lines = 0;
+    for row in dom.split("<tr data-group=").skip(1) {
+        let cells: Vec<u64> = row.split("<td class=\"n\">").skip(1).map(|c| c[..c.find('<').unwrap()].parse().unwrap()).collect();
+        let (bins, filled) = (cells[0], cells[1]);
+        assert!(bins >= 10 && filled * 2 > bins, "a line with data in {filled} of {bins} bins: {row}");
+        lines += 1;
+    }
+    assert_eq!(lines, 5, "{dom}");
+    assert!(dom.contains("series × ") && dom.contains("bins of 1s"), "{dom}");
+
+    let shot = root.join("docs/quickstart-chart.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    headless(&[&format!("--screenshot={}", shot.display()), &url]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a screenshot of {} bytes", png.len());
 }

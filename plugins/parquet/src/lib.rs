@@ -99,6 +99,36 @@ pub struct ParquetSinkConfig {
     /// written, so rows spread over many dates neither pile up nor make one huge flush.
     #[serde(default = "default_max_partitions")]
     pub max_partitions: usize,
+    /// The view the chart page (`serve`, the admin address) opens on for this table; unset
+    /// parts are guessed from the data.
+    #[serde(default)]
+    pub chart: ChartDefaults,
+}
+
+/// A table's default chart: what the page shows and splits it by when the URL names neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartDefaults {
+    /// The column shown first (a number).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The column it is split by first.
+    #[serde(default)]
+    pub group_by: Option<String>,
+}
+
+/// `chart:` names columns of the input, and its value is a number.
+fn check_chart(chart: &ChartDefaults, schema: &SchemaRef) -> Result<(), ConfigError> {
+    let cols = || schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+    for (key, name) in [("value", &chart.value), ("group_by", &chart.group_by)] {
+        let Some(name) = name else { continue };
+        let at = format!("chart.{key}");
+        let field = schema.field_with_name(name).map_err(|_| ConfigError::at(&at, format!("column `{name}` is not in the input (columns: {})", cols())))?;
+        if key == "value" && !field.data_type().is_numeric() {
+            return Err(ConfigError::at(&at, format!("column `{name}` is {}, expected a number to chart", field.data_type())));
+        }
+    }
+    Ok(())
 }
 
 fn default_part_size() -> ByteSize {
@@ -176,6 +206,7 @@ impl SinkPlugin for ParquetSinkPlugin {
         } else {
             None
         };
+        check_chart(&cfg.chart, &schema)?;
         if cfg.max_partitions == 0 {
             return Err(ConfigError::at("max_partitions", "must be at least 1"));
         }

@@ -41,14 +41,23 @@ function ensureOption(select, value) {
   if (value !== undefined) select.value = value;
 }
 
+// What the URL leaves out comes from the table's default view (the server reads it from the
+// data: the time it covers, a measurement, a low-cardinality grouping, a bin its rows fill).
 function fillColumns(state) {
   const t = tables.find((x) => x.name === $("table").value);
   const cols = t ? t.columns : [];
+  const view = (t && t.default) || {};
   const numeric = cols.filter((c) => c.numeric).map((c) => c.name);
-  const value = state.value || numeric[0] || (cols[0] && cols[0].name);
+  const value = state.value || view.value || numeric[0] || (cols[0] && cols[0].name);
   setOptions($("value"), numeric.length ? numeric : cols.map((c) => c.name), value);
   ensureOption($("value"), value);
-  setOptions($("group_by"), cols.filter((c) => c.name !== (t && t.time_column)).map((c) => c.name), state.group_by || "", "(none)");
+  const group = state.group_by !== undefined ? state.group_by : view.group_by || "";
+  setOptions($("group_by"), cols.filter((c) => c.name !== (t && t.time_column)).map((c) => c.name), group, "(none)");
+  $("from").value = state.from || view.from || "now-6h";
+  $("to").value = state.to || view.to || "now";
+  if (state.bin) ensureOption($("bin"), state.bin);
+  else if (view.bin) ensureOption($("bin"), view.bin);
+  else $("bin").value = "auto";
   $("status").textContent = t
     ? `${t.name}: ${t.rows.toLocaleString()} rows` + (t.first ? `, ${t.first} … ${t.last}` : "") + (t.time_column ? ` (time: ${t.time_column})` : "")
     : "";
@@ -100,6 +109,7 @@ function draw(answer) {
   plot = new uPlot(opts, data, chart);
   chart.dataset.series = String(answer.series.length);
   chart.dataset.bins = String(xs.length);
+  chart.dataset.view = `${answer.table}: ${answer.agg}(${answer.value})` + (answer.group_by ? ` by ${answer.group_by}` : "");
   const body = $("summary").tBodies[0];
   body.innerHTML = "";
   for (const s of answer.series) {
@@ -152,8 +162,7 @@ function schedule() {
 
 async function start() {
   const state = fromUrl();
-  for (const f of ["agg", "from", "to", "where"]) if (state[f] !== undefined) $(f).value = state[f];
-  if (state.bin) ensureOption($("bin"), state.bin);
+  for (const f of ["agg", "where"]) if (state[f] !== undefined) $(f).value = state[f];
   if (state.refresh && state.refresh !== "off") {
     $("refresh").checked = true;
     ensureOption($("every"), state.refresh);
@@ -166,7 +175,9 @@ async function start() {
   } catch (e) {
     return showErrors([{ parameter: "network", message: String(e) }]);
   }
-  setOptions($("table"), tables.map((t) => t.name), state.table);
+  // Without a table in the URL, the first that has rows (a pipeline's sinks in its file's order).
+  const first = tables.find((t) => t.rows > 0) || tables[0];
+  setOptions($("table"), tables.map((t) => t.name), state.table || (first && first.name));
   if (state.table) ensureOption($("table"), state.table);
   fillColumns(state);
   $("table").addEventListener("change", () => {
