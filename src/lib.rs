@@ -16,6 +16,7 @@ pub mod serve;
 pub mod sql;
 pub mod tables;
 pub mod tap;
+pub mod top;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,7 +54,7 @@ fn parquet_outputs(file: &PipelineFile) -> Vec<serve::TableDecl> {
             let cfg: tributary_parquet::ParquetSinkConfig =
                 tributary_sdk::ComponentConfig::new(c.id.clone(), c.options.clone()).decode().ok()?;
             let location = tributary_parquet::store::read_location(&cfg.path, &cfg.storage).ok()?;
-            Some(serve::TableDecl { name: c.id.clone(), location, time_column: Some(cfg.time_column) })
+            Some(serve::TableDecl { name: c.id.clone(), location, time_column: Some(cfg.time_column), chart: cfg.chart })
         })
         .collect()
 }

@@ -195,6 +195,21 @@ impl AdminState {
         for c in comps.iter().filter(|c| c.disk_buffer) {
             let _ = writeln!(out, "tributary_component_disk_buffer_bytes{{{}}} {}", labels(c), c.metrics.buffer_bytes.get());
         }
+        let sinks: Vec<&ComponentInfo> = comps.iter().filter(|c| c.kind == Kind::Sink).collect();
+        let _ = writeln!(
+            out,
+            "# HELP tributary_sink_last_write_timestamp_seconds When the sink last made rows durable (0: not yet).\n# TYPE tributary_sink_last_write_timestamp_seconds gauge"
+        );
+        for c in &sinks {
+            let _ = writeln!(out, "tributary_sink_last_write_timestamp_seconds{{{}}} {}", labels(c), c.metrics.last_write_us.get() as f64 / 1e6);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tributary_sink_last_write_duration_seconds How long the sink's last durable write or flush took, retries included.\n# TYPE tributary_sink_last_write_duration_seconds gauge"
+        );
+        for c in &sinks {
+            let _ = writeln!(out, "tributary_sink_last_write_duration_seconds{{{}}} {}", labels(c), c.metrics.last_write_latency_us.get() as f64 / 1e6);
+        }
         self.render_table_metrics(&mut out);
         let _ = writeln!(out, "# HELP tributary_up 1 while the pipeline runs, 0 while it stops.\n# TYPE tributary_up gauge");
         let _ = writeln!(out, "tributary_up {}", if self.stopping.load(Ordering::SeqCst) { 0 } else { 1 });

@@ -276,6 +276,7 @@ async fn write(
     let mut todo = data;
     let mut refused = 0;
     let mut retrying = Retrying::new(ctx, retry, "write");
+    let started = std::time::Instant::now();
     let written = loop {
         if let (Some(p), Some(store)) = (&position, sink.positions()) {
             store.reached(p);
@@ -300,6 +301,7 @@ async fn write(
     let kept = total - refused;
     match written.durability {
         Durability::Durable => {
+            ctx.metrics.wrote(started);
             ctx.metrics.rows_written.add(std::mem::take(&mut pending.rows) + kept);
             std::mem::take(&mut pending.acks).release();
             acks.release();
@@ -320,10 +322,14 @@ async fn write(
 async fn flush(sink: &mut dyn Sink, ctx: &SinkContext, dead: &DeadLetters, retry: &SinkRetry, pending: &mut Pending) -> Result<(), Closed> {
     let mut retrying = Retrying::new(ctx, retry, "flush");
     let mut refused = 0;
+    let started = std::time::Instant::now();
     loop {
         match sink.flush(ctx).await {
             Ok(rejected) => {
                 retrying.succeeded();
+                if pending.rows > 0 {
+                    ctx.metrics.wrote(started);
+                }
                 refused += refuse(ctx, dead, rejected, &pending.acks).await?;
                 let Pending { acks, rows } = std::mem::take(pending);
                 ctx.metrics.rows_written.add(rows.saturating_sub(refused));

@@ -32,5 +32,6 @@ mod serve_api;
 mod serve_page;
 mod site_probes_pg;
 mod srt_pipeline_dashboard;
+mod top;
 mod webex_pipeline_dashboard;
 mod windows_tap_test;

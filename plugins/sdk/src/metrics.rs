@@ -65,6 +65,10 @@ pub struct ComponentMetrics {
     /// While a sink retries a transient failure: since when (µs since the epoch) and the last
     /// error. Set and cleared by the engine; `/health` and `/metrics` read it.
     pub failing: std::sync::Mutex<Option<(i64, String)>>,
+    /// Sink: when rows last became durable (µs since the epoch; 0 before the first write) and
+    /// how long that write or flush took, retries included (µs). Set by the engine.
+    pub last_write_us: Gauge,
+    pub last_write_latency_us: Gauge,
 }
 
 impl ComponentMetrics {
@@ -74,5 +78,10 @@ impl ComponentMetrics {
     }
     pub fn set_failing(&self, state: Option<(i64, String)>) {
         *self.failing.lock().expect("metrics lock") = state;
+    }
+    /// A write (or flush) begun at `started` made rows durable just now.
+    pub fn wrote(&self, started: std::time::Instant) {
+        self.last_write_us.set(crate::now_us().max(0) as u64);
+        self.last_write_latency_us.set(started.elapsed().as_micros() as u64);
     }
 }
