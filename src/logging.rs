@@ -32,6 +32,8 @@ impl Write for RedactedLine {
 impl Drop for RedactedLine {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.0);
-        let _ = std::io::stderr().lock().write_all(tributary_sdk::redact::redact(&text).as_bytes());
+        let line = tributary_sdk::redact::redact(&text);
+        // Above any progress bar (the Webex backfill's, on a terminal), not through it.
+        let _ = tributary_sdk::progress_report::above_bars(|| std::io::stderr().lock().write_all(line.as_bytes()));
     }
 }

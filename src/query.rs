@@ -14,6 +14,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
+use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use tributary_parquet::store::{read_location, ObjectLocation, StorageOptions};
@@ -242,7 +243,49 @@ pub async fn run_query(sql: &str, tables: &[Table]) -> anyhow::Result<Vec<Record
         register(&ctx, table).await?;
     }
     let df = ctx.sql(sql).await?;
-    Ok(df.collect().await?)
+    let plan = df.create_physical_plan().await?;
+    let work = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx());
+    Ok(with_progress(&plan, work).await?)
+}
+
+/// `work` (executing `plan`), showing the rows its scans have read (out of what the files'
+/// statistics say they hold) once it has run for a second (`TRIBUTARY_PROGRESS_AFTER`): a quick
+/// query prints nothing but its answer.
+async fn with_progress<T>(plan: &Arc<dyn ExecutionPlan>, work: impl std::future::Future<Output = T>) -> T {
+    let quiet_for = std::env::var("TRIBUTARY_PROGRESS_AFTER")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(std::time::Duration::from_secs(1));
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        done = &mut work, if !quiet_for.is_zero() => return done,
+        _ = tokio::time::sleep(quiet_for) => {}
+    }
+    let progress = tributary_sdk::progress_report::ProgressReport::new("query", "rows read", scan_rows(plan, |p| {
+        let stats = datafusion::physical_plan::statistics::StatisticsContext::new()
+            .compute(p.as_ref(), &datafusion::physical_plan::statistics::StatisticsArgs::new());
+        stats.ok().and_then(|s| s.num_rows.get_value().copied()).unwrap_or(0)
+    }));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                progress.set(scan_rows(plan, |p| p.metrics().and_then(|m| m.output_rows()).unwrap_or(0)));
+                progress.finish();
+                return done;
+            }
+            _ = tick.tick() => progress.set(scan_rows(plan, |p| p.metrics().and_then(|m| m.output_rows()).unwrap_or(0))),
+        }
+    }
+}
+
+/// `rows` summed over the plan's leaves (its scans).
+fn scan_rows(plan: &Arc<dyn ExecutionPlan>, rows: impl Fn(&Arc<dyn ExecutionPlan>) -> usize + Copy) -> u64 {
+    if plan.children().is_empty() {
+        return rows(plan) as u64;
+    }
+    plan.children().into_iter().map(|c| scan_rows(c, rows)).sum()
 }
 
 /// Render results in the chosen format.

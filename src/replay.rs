@@ -124,6 +124,7 @@ pub async fn replay(letters: &Path, pipeline: &Path, into: &str) -> anyhow::Resu
     sink.start(&ctx).await.with_context(|| format!("starting sink `{into}`"))?;
     // The sink's own `retry:`, with a 5-minute `max_elapsed` when it sets none (a command gives up).
     let retry = SinkRetry { max_elapsed: Some(planned.retry.max_elapsed.unwrap_or(Period(Duration::from_secs(300)))), ..planned.retry };
+    let progress = tributary_sdk::progress_report::ProgressReport::new("replay", "letters", rows.len() as u64);
     for chunk in rows.chunks(CHUNK) {
         let batch = concat_batches(&schema, chunk.iter().map(|(_, row)| row))?;
         let mut refused = write_all(sink.as_mut(), &ctx, batch, &retry).await?;
@@ -135,7 +136,9 @@ pub async fn replay(letters: &Path, pipeline: &Path, into: &str) -> anyhow::Resu
                 None => Outcome::Written,
             };
         }
+        progress.add(chunk.len() as u64);
     }
+    progress.finish();
     Ok(Report { into: into.to_string(), letters })
 }
 

@@ -60,6 +60,23 @@ pub enum Command {
         #[arg(long, env = "TRIBUTARY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// A running pipeline's components, refreshed every second: rows in and out (totals and per
+    /// second), errors, dead letters, retries, buffer fill, a sink's lag and last write, and the
+    /// pipeline's health. Plain text when stdout is not a terminal.
+    Top {
+        /// The pipeline's admin address.
+        #[arg(long, default_value = "127.0.0.1:9598")]
+        admin: SocketAddr,
+        /// The pipeline's `admin.token`, when it sets one.
+        #[arg(long, env = "TRIBUTARY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How often to refresh.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// Stop after this many tables (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Print a pipeline's DAG as Mermaid text.
     Graph { file: PathBuf },
     /// Run SQL over Parquet output: every folder under --data is a table.
@@ -156,6 +173,10 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
                 Err(e) => failed(format!("tap failed: {e:#}")),
             }
         }
+        Command::Top { admin, token, interval, count } => match crate::top::run(admin, token.as_deref(), interval, count).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failed(format!("top failed: {e:#}")),
+        },
         Command::Graph { file } => match crate::config::PipelineFile::load(&file) {
             Ok(f) => {
                 print!("{}", crate::graph::mermaid::render(&f.components));
@@ -331,6 +352,9 @@ async fn run(
     watch: bool,
 ) -> ExitCode {
     let shutdown = CancellationToken::new();
+    if let Some(d) = duration {
+        tracing::info!("{}", stop_notice(d, chrono::Utc::now()));
+    }
     spawn_stop_triggers(shutdown.clone(), duration);
     let opts = RunOptions { drain_timeout, ..RunOptions::default() };
     let report = match crate::run_file_reloading(file, admin, shutdown, opts, watch).await {
@@ -348,6 +372,14 @@ async fn run(
         eprintln!("component `{id}` failed: {e}");
     }
     ExitCode::FAILURE
+}
+
+/// What `run --duration` says as it starts: `running for 3m, until 12:03:00 UTC (Ctrl-C stops
+/// sooner; the drain follows)`.
+pub fn stop_notice(duration: Duration, now: chrono::DateTime<chrono::Utc>) -> String {
+    let until = chrono::Duration::from_std(duration).ok().and_then(|d| now.checked_add_signed(d));
+    let until = until.map_or("the end of time".to_string(), |u| format!("{} UTC", u.format("%Y-%m-%d %H:%M:%S")));
+    format!("running for {}, until {until} (Ctrl-C stops sooner; the drain follows)", humantime::format_duration(duration))
 }
 
 /// Ctrl-C, SIGTERM, or the --duration timer start the drain.
@@ -369,4 +401,22 @@ fn spawn_stop_triggers(shutdown: CancellationToken, duration: Option<Duration>) 
         }
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_with_a_duration_says_when_it_stops() {
+        let now = "2026-12-07T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            stop_notice(Duration::from_secs(180), now),
+            "running for 3m, until 2026-12-07 12:03:00 UTC (Ctrl-C stops sooner; the drain follows)"
+        );
+        assert_eq!(
+            stop_notice(Duration::from_secs(u64::MAX), now),
+            format!("running for {}, until the end of time (Ctrl-C stops sooner; the drain follows)", humantime::format_duration(Duration::from_secs(u64::MAX)))
+        );
+    }
 }

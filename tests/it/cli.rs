@@ -161,6 +161,7 @@ fn quickstart_runs_flushes_and_is_queryable() {
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("stopped cleanly"), "{err}");
+    assert!(err.contains("running for 3s, until 20"), "--duration says when it stops: {err}");
     assert!(err.contains("probes (demo source): "), "per-component summary: {err}");
     // A sink's line reports the rows it wrote: every probe row the Parquet sink received is in
     // its files.
@@ -381,4 +382,24 @@ fn validate_warns_of_delta_points_to_a_cumulative_only_receiver() {
         stderr(&o),
         "warning: p.yaml: sinks.vm: aggregation_temporality: delta sends delta sums and histograms (probe_ttfb), which VictoriaMetrics (up to v1.131; its `vm_protoparser_rows_dropped_total` counts them) answers with success and drops; use `cumulative`\n"
     );
+}
+
+/// A query that runs long shows the rows its scans read (here at once: `TRIBUTARY_PROGRESS_AFTER=0s`),
+/// as plain lines on stderr when there is no terminal; the answer alone is on stdout.
+#[test]
+fn a_long_query_reports_the_rows_it_read_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    common::lake::write_fixture(&dir.path().join("data"));
+    let o = Command::new(bin())
+        .args(["query", "SELECT site, sum(ms) AS total FROM latency GROUP BY site ORDER BY site", "--format", "csv"])
+        .current_dir(dir.path())
+        .env("TRIBUTARY_PROGRESS_AFTER", "0s")
+        .env("TRIBUTARY_PROGRESS_EVERY", "0s")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "site,total\na,290.0\nb,52.0\n");
+    let err = stderr(&o);
+    let last = err.lines().rfind(|l| l.starts_with("query: ")).unwrap_or_else(|| panic!("no progress: {err}"));
+    assert!(last.starts_with(&format!("query: {} rows read in ", common::lake::LATENCY.len())), "{err}");
 }

@@ -170,3 +170,40 @@ sinks:
         )
     );
 }
+
+/// A long replay reports its progress: without a terminal, plain lines on stderr (here after
+/// every chunk of 1,000 letters: `TRIBUTARY_PROGRESS_EVERY=0s`), then how long it took; stdout
+/// keeps the report.
+#[test]
+fn a_long_replay_prints_its_progress_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let letters: String =
+        (0..2500).map(|n| format!("{{\"component\":\"out\",\"reason\":\"disk full\",\"payload\":\"{{\\\"n\\\":{n}}}\"}}\n")).collect();
+    let letters = common::write(dir.path(), "out.jsonl", &letters);
+    let written = dir.path().join("written.jsonl");
+    let input = common::write(dir.path(), "in.jsonl", "");
+    let pipeline = common::write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "admin: {{enabled: false}}\nsources:\n  numbers: {{type: file, path: \"{}\", schema: {{n: int}}}}\nsinks:\n  out: {{type: file, inputs: [numbers], path: \"{}\"}}\n",
+            input.display(),
+            written.display()
+        ),
+    );
+    let out = Command::new(common::bin())
+        .args(["replay", letters.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap(), "--into", "out"])
+        .env("TRIBUTARY_PROGRESS_EVERY", "0s")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.ends_with("2500 letters of `out`: 2500 written, 0 rejected again, 0 not readable; 0 of other components skipped\n"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&written).unwrap().lines().count(), 2500);
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.starts_with("replay: ")).collect();
+    assert_eq!(progress.len(), 4, "{stderr}");
+    assert!(progress[0].starts_with("replay: 1,000 of 2,500 letters (40%), ") && progress[0].contains(" letters/s, ETA "), "{stderr}");
+    assert!(progress[1].starts_with("replay: 2,000 of 2,500 letters (80%), "), "{stderr}");
+    assert!(progress[2].starts_with("replay: 2,500 of 2,500 letters (100%), ") && !progress[2].contains("ETA"), "{stderr}");
+    assert!(progress[3].starts_with("replay: 2,500 letters in ") && progress[3].ends_with(" letters/s)"), "{stderr}");
+}

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod output;
 pub mod position;
 pub mod progress;
+pub mod progress_report;
 pub mod redact;
 pub mod retry;
 pub mod schedule;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use tributary_sdk::progress::AckedProgress;
+use tributary_sdk::progress_report::ProgressReport;
 use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Replay, Source, SourceContext, SourcePlugin};
 
 use client::{ApiClient, RateLimiter};
@@ -91,6 +92,8 @@ impl Source for WebexMeshSource {
         let poller = Poller { source_id: self.id.clone(), client, cfg: cfg.clone(), metrics: ctx.metrics.clone() };
         let mut backfill = BackfillState::load(&cfg.state_file).map_err(|e| anyhow::anyhow!(e))?;
         let progress = backfill_progress(&self.id, &cfg.state_file);
+        // The backfill's progress in the log, with its rate and ETA (while there is history left).
+        let mut report: Option<ProgressReport> = None;
         let mut tick = tokio::time::interval(cfg.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -122,6 +125,14 @@ impl Source for WebexMeshSource {
             }
             // Backfill, oldest last, one window per request; progress survives restarts.
             if !cfg.backfill.0.is_zero() {
+                let ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
+                let left = backfill.minutes_left(&ids, now, &cfg);
+                if left > 0 && report.is_none() {
+                    let id = self.id.clone();
+                    report = Some(ProgressReport::logged("backfill", "minutes of history", left, move |line| {
+                        tracing::info!(source = %id, "{line}")
+                    }));
+                }
                 for org in &orgs {
                     while let Some((from, to)) = backfill.next_window(&org.id, now, &cfg) {
                         if ctx.shutdown.is_cancelled() {
@@ -138,6 +149,14 @@ impl Source for WebexMeshSource {
                         // Saved once every sink wrote this window's rows (and the windows before).
                         send(&ctx, harvest, AckSet::single(progress.track(backfill.clone()))).await?;
                         tracing::info!(source = %self.id, org = %org.id, "read the backfill window {} .. {}", time::query_time(from), time::query_time(to));
+                        if let Some(r) = &report {
+                            r.add((to - from).num_minutes().max(0) as u64);
+                        }
+                    }
+                }
+                if backfill.minutes_left(&ids, now, &cfg) == 0 {
+                    if let Some(r) = report.take() {
+                        r.finish();
                     }
                 }
             }

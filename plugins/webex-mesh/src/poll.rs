@@ -292,6 +292,19 @@ impl BackfillState {
         orgs.join(", ")
     }
 
+    /// Minutes of history still to read for `orgs` (each registered on first sight, as
+    /// `next_window` would).
+    pub fn minutes_left(&mut self, orgs: &[&str], now: DateTime<Utc>, cfg: &WebexMeshConfig) -> u64 {
+        let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or_default();
+        let mut left = 0;
+        for org in orgs {
+            let entry =
+                self.orgs.entry(id_key(org)).or_insert(OrgBackfill { target: now - span(cfg.backfill.0), reached: now - span(cfg.lookback.0) });
+            left += (entry.reached - entry.target).num_minutes().max(0) as u64;
+        }
+        left
+    }
+
     /// The next window to backfill for `org` (registering it on first sight), or `None` when done.
     pub fn next_window(&mut self, org: &str, now: DateTime<Utc>, cfg: &WebexMeshConfig) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or_default();

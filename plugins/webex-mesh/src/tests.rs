@@ -236,9 +236,13 @@ fn backfill_walks_back_in_windows_and_resumes() {
     let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
     let mut state = BackfillState::default();
     let mut windows = Vec::new();
+    // 31 days back from 30 minutes ago (the live poll's lookback reads those).
+    assert_eq!(state.minutes_left(&["ORG"], now, &cfg), 31 * 24 * 60 - 30);
     while let Some((from, to)) = state.next_window("ORG==", now, &cfg) {
         windows.push((from, to));
         state.done_until("ORG", from);
+        let read: i64 = windows.iter().map(|(f, t)| (*t - *f).num_minutes()).sum();
+        assert_eq!(state.minutes_left(&["ORG"], now, &cfg), (31 * 24 * 60 - 30 - read) as u64, "the progress report's count");
         if windows.len() == 2 {
             // A restart: the state file brings the progress back.
             let dir = tempfile::tempdir().unwrap();
