@@ -13,8 +13,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
-use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{JsonReadOptions, ParquetReadOptions};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use tributary_parquet::store::{read_location, ObjectLocation, StorageOptions};
@@ -262,11 +262,15 @@ async fn with_progress<T>(plan: &Arc<dyn ExecutionPlan>, work: impl std::future:
         done = &mut work, if !quiet_for.is_zero() => return done,
         _ = tokio::time::sleep(quiet_for) => {}
     }
-    let progress = tributary_sdk::progress_report::ProgressReport::new("query", "rows read", scan_rows(plan, |p| {
-        let stats = datafusion::physical_plan::statistics::StatisticsContext::new()
-            .compute(p.as_ref(), &datafusion::physical_plan::statistics::StatisticsArgs::new());
-        stats.ok().and_then(|s| s.num_rows.get_value().copied()).unwrap_or(0)
-    }));
+    let progress = tributary_sdk::progress_report::ProgressReport::new(
+        "query",
+        "rows read",
+        scan_rows(plan, |p| {
+            let stats = datafusion::physical_plan::statistics::StatisticsContext::new()
+                .compute(p.as_ref(), &datafusion::physical_plan::statistics::StatisticsArgs::new());
+            stats.ok().and_then(|s| s.num_rows.get_value().copied()).unwrap_or(0)
+        }),
+    );
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {
         tokio::select! {

@@ -141,7 +141,8 @@ pub fn render(admin: SocketAddr, now: &Sample, before: Option<&Sample>, wall: f6
         let _ = writeln!(out, "  failing: {id}: {why}");
     }
     let _ = writeln!(out);
-    let header = ["COMPONENT", "KIND", "TYPE", "IN", "IN/s", "OUT", "OUT/s", "ERRORS", "DEAD", "RETRIES", "BUFFER", "LAG", "LAST WRITE", "LATENCY"];
+    let header =
+        ["COMPONENT", "KIND", "TYPE", "IN", "IN/s", "OUT", "OUT/s", "ERRORS", "DEAD", "RETRIES", "BUFFER", "LAG", "LAST WRITE", "LATENCY"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     let elapsed = before.map(|b| now.at.duration_since(b.at).as_secs_f64()).filter(|s| *s > 0.0);
     for (id, c) in &now.components {
@@ -288,7 +289,10 @@ tributary_up 1
             failing: vec![("db".into(), "connection refused (for 12s)".into())],
         };
         let before = at(METRICS, 0);
-        let later = METRICS.replace("} 120\n", "} 140\n").replace("rows_written_total{component=\"db\",kind=\"sink\",type=\"timescale\"} 100", "rows_written_total{component=\"db\",kind=\"sink\",type=\"timescale\"} 110");
+        let later = METRICS.replace("} 120\n", "} 140\n").replace(
+            "rows_written_total{component=\"db\",kind=\"sink\",type=\"timescale\"} 100",
+            "rows_written_total{component=\"db\",kind=\"sink\",type=\"timescale\"} 110",
+        );
         let now = at(&later, 2);
         let addr: SocketAddr = "127.0.0.1:9598".parse().unwrap();
         assert_eq!(

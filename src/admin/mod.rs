@@ -201,14 +201,24 @@ impl AdminState {
             "# HELP tributary_sink_last_write_timestamp_seconds When the sink last made rows durable (0: not yet).\n# TYPE tributary_sink_last_write_timestamp_seconds gauge"
         );
         for c in &sinks {
-            let _ = writeln!(out, "tributary_sink_last_write_timestamp_seconds{{{}}} {}", labels(c), c.metrics.last_write_us.get() as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "tributary_sink_last_write_timestamp_seconds{{{}}} {}",
+                labels(c),
+                c.metrics.last_write_us.get() as f64 / 1e6
+            );
         }
         let _ = writeln!(
             out,
             "# HELP tributary_sink_last_write_duration_seconds How long the sink's last durable write or flush took, retries included.\n# TYPE tributary_sink_last_write_duration_seconds gauge"
         );
         for c in &sinks {
-            let _ = writeln!(out, "tributary_sink_last_write_duration_seconds{{{}}} {}", labels(c), c.metrics.last_write_latency_us.get() as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "tributary_sink_last_write_duration_seconds{{{}}} {}",
+                labels(c),
+                c.metrics.last_write_latency_us.get() as f64 / 1e6
+            );
         }
         self.render_table_metrics(&mut out);
         let _ = writeln!(out, "# HELP tributary_up 1 while the pipeline runs, 0 while it stops.\n# TYPE tributary_up gauge");

@@ -416,7 +416,10 @@ mod tests {
         );
         assert_eq!(
             stop_notice(Duration::from_secs(u64::MAX), now),
-            format!("running for {}, until the end of time (Ctrl-C stops sooner; the drain follows)", humantime::format_duration(Duration::from_secs(u64::MAX)))
+            format!(
+                "running for {}, until the end of time (Ctrl-C stops sooner; the drain follows)",
+                humantime::format_duration(Duration::from_secs(u64::MAX))
+            )
         );
     }
 }

@@ -615,10 +615,7 @@ fn topo_order(file: &PipelineFile, inputs: &HashMap<String, Vec<InputRef>>) -> R
             };
             return Err(file.diag(
                 &format!("{}.{}.{key}", closer.kind.section(), closer.id),
-                format!(
-                    "cycle in the pipeline graph: {} ({why})",
-                    cycle.iter().rev().cloned().collect::<Vec<_>>().join(" → ")
-                ),
+                format!("cycle in the pipeline graph: {} ({why})", cycle.iter().rev().cloned().collect::<Vec<_>>().join(" → ")),
             ));
         }
     }

@@ -167,23 +167,33 @@ mod tests {
     fn the_range_is_what_the_table_covers_with_bins_its_rows_fill() {
         let now = t("2026-12-07T12:00:00Z");
         // 80 s of rows, 20 a second: the range is those 80 s, the auto bin fills.
-        let dense =
-            TableShape { first: Some(t("2026-12-07T11:58:40.250Z")), last: Some(t("2026-12-07T11:59:59.900Z")), distinct_times: 1600, strings: vec![] };
-        assert_eq!(
-            time_view(&dense, false, now),
-            (Some("2026-12-07T11:58:40Z".into()), Some("2026-12-07T12:00:00Z".into()), None)
-        );
+        let dense = TableShape {
+            first: Some(t("2026-12-07T11:58:40.250Z")),
+            last: Some(t("2026-12-07T11:59:59.900Z")),
+            distinct_times: 1600,
+            strings: vec![],
+        };
+        assert_eq!(time_view(&dense, false, now), (Some("2026-12-07T11:58:40Z".into()), Some("2026-12-07T12:00:00Z".into()), None));
         // While the pipeline runs, the range ends now and follows it.
         assert_eq!(time_view(&dense, true, now), (Some("2026-12-07T11:58:40Z".into()), Some("now".into()), None));
         // One row a minute (a window's output): a 1m bin, not 1 s bins with a dot in every 60th.
-        let per_minute =
-            TableShape { first: Some(t("2026-12-07T11:50:00Z")), last: Some(t("2026-12-07T11:58:00Z")), distinct_times: 9, strings: vec![] };
+        let per_minute = TableShape {
+            first: Some(t("2026-12-07T11:50:00Z")),
+            last: Some(t("2026-12-07T11:58:00Z")),
+            distinct_times: 9,
+            strings: vec![],
+        };
         assert_eq!(
             time_view(&per_minute, false, now),
             (Some("2026-12-07T11:50:00Z".into()), Some("2026-12-07T11:58:01Z".into()), Some("1m".into()))
         );
         // Two days of rows: the newest 6 hours.
-        let long = TableShape { first: Some(t("2026-12-05T12:00:00Z")), last: Some(t("2026-12-07T11:00:00Z")), distinct_times: 200_000, strings: vec![] };
+        let long = TableShape {
+            first: Some(t("2026-12-05T12:00:00Z")),
+            last: Some(t("2026-12-07T11:00:00Z")),
+            distinct_times: 200_000,
+            strings: vec![],
+        };
         assert_eq!(time_view(&long, false, now).0.as_deref(), Some("2026-12-07T05:00:00Z"));
         assert_eq!(time_view(&long, true, now).0.as_deref(), Some("2026-12-07T06:00:00Z"));
         let empty = TableShape { first: None, last: None, distinct_times: 0, strings: vec![] };

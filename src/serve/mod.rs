@@ -90,7 +90,10 @@ impl Lake {
         match &self.tables {
             Tables::Under(root) => {
                 let found = crate::query::discover_tables(root, &[]).await.unwrap_or_default();
-                found.into_iter().map(|t| TableDecl { name: t.name, location: t.location, time_column: None, chart: ChartDefaults::default() }).collect()
+                found
+                    .into_iter()
+                    .map(|t| TableDecl { name: t.name, location: t.location, time_column: None, chart: ChartDefaults::default() })
+                    .collect()
             }
             Tables::Outputs(decls) => decls.clone(),
         }

@@ -26,7 +26,9 @@ pub async fn describe_all(lake: &Lake) -> anyhow::Result<Value> {
 
 async fn describe(lake: &Lake, decl: &TableDecl) -> anyhow::Result<Value> {
     let Some(df) = lake.open(decl, None).await? else {
-        return Ok(json!({ "name": decl.name, "columns": [], "time_column": decl.time_column, "first": null, "last": null, "rows": 0, "default": null }));
+        return Ok(
+            json!({ "name": decl.name, "columns": [], "time_column": decl.time_column, "first": null, "last": null, "rows": 0, "default": null }),
+        );
     };
     let columns: Vec<Value> = df
         .schema()
@@ -58,7 +60,10 @@ async fn describe(lake: &Lake, decl: &TableDecl) -> anyhow::Result<Value> {
         Ok(c.as_primitive::<UInt64Type>().value(0))
     };
     let at = |name: &str| -> anyhow::Result<Option<DateTime<Utc>>> {
-        let c = cast(batch.column_by_name(name).ok_or_else(|| anyhow::anyhow!("no `{name}`"))?, &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
+        let c = cast(
+            batch.column_by_name(name).ok_or_else(|| anyhow::anyhow!("no `{name}`"))?,
+            &DataType::Timestamp(TimeUnit::Nanosecond, None),
+        )?;
         let c = c.as_primitive::<TimestampNanosecondType>();
         Ok(c.is_valid(0).then(|| DateTime::from_timestamp_nanos(c.value(0))))
     };

@@ -198,7 +198,10 @@ fn a_long_replay_prints_its_progress_without_a_terminal() {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.ends_with("2500 letters of `out`: 2500 written, 0 rejected again, 0 not readable; 0 of other components skipped\n"), "{stdout}");
+    assert!(
+        stdout.ends_with("2500 letters of `out`: 2500 written, 0 rejected again, 0 not readable; 0 of other components skipped\n"),
+        "{stdout}"
+    );
     assert_eq!(std::fs::read_to_string(&written).unwrap().lines().count(), 2500);
     let progress: Vec<&str> = stderr.lines().filter(|l| l.starts_with("replay: ")).collect();
     assert_eq!(progress.len(), 4, "{stderr}");

@@ -370,7 +370,10 @@ async fn tables_with_columns_time_range_and_rows() {
     );
     // The view the page opens on: the first float, split by site, over the 1 h 42 min the rows
     // cover, in 15-minute bins (9 rows 12.75 minutes apart on average: auto bins would be 30 s).
-    assert_eq!(latency["default"], json!({"value": "ms", "group_by": "site", "from": "2026-10-31T22:30:00Z", "to": "2026-11-01T00:12:01Z", "bin": "15m"}));
+    assert_eq!(
+        latency["default"],
+        json!({"value": "ms", "group_by": "site", "from": "2026-10-31T22:30:00Z", "to": "2026-11-01T00:12:01Z", "bin": "15m"})
+    );
     assert_eq!(
         body["tables"][1],
         json!({"name": "names", "columns": [{"name": "name", "type": "string", "numeric": false}], "time_column": null, "first": null, "last": null, "rows": 2,

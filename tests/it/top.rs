@@ -60,7 +60,23 @@ async fn piped_top_prints_plain_tables_with_each_components_counts() {
     assert_eq!(last[0], [admin.to_string().as_str(), "health:", "ok", "components:", "2"]);
     assert_eq!(
         last[2],
-        ["COMPONENT", "KIND", "TYPE", "IN", "IN/s", "OUT", "OUT/s", "ERRORS", "DEAD", "RETRIES", "BUFFER", "LAG", "LAST", "WRITE", "LATENCY"]
+        [
+            "COMPONENT",
+            "KIND",
+            "TYPE",
+            "IN",
+            "IN/s",
+            "OUT",
+            "OUT/s",
+            "ERRORS",
+            "DEAD",
+            "RETRIES",
+            "BUFFER",
+            "LAG",
+            "LAST",
+            "WRITE",
+            "LATENCY"
+        ]
     );
     // The README shows the same columns.
     let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
@@ -102,7 +118,13 @@ async fn top_in_a_terminal_redraws_one_screen() {
         // One table on the screen, at its top: redrawn in place, not scrolled.
         assert!(lines[0].starts_with(&format!("tributary top  {admin}  health: ok")), "{s}");
         assert_eq!(s.matches("COMPONENT").count(), 1, "{s}");
-        let row = |id: &str| lines.iter().find(|l| l.starts_with(id)).map(|l| l.split_whitespace().collect::<Vec<_>>()).unwrap_or_else(|| panic!("no {id} in {s}"));
+        let row = |id: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(id))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_else(|| panic!("no {id} in {s}"))
+        };
         assert_eq!(row("ingest")[..8], ["ingest", "source", "http_server", "-", "-", "50", "0.0", "0"], "{s}");
         assert_eq!(row("out")[..12], ["out", "sink", "file", "50", "0.0", "50", "0.0", "0", "0", "0", "0%", "0"], "{s}");
     }

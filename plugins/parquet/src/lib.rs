@@ -123,7 +123,9 @@ fn check_chart(chart: &ChartDefaults, schema: &SchemaRef) -> Result<(), ConfigEr
     for (key, name) in [("value", &chart.value), ("group_by", &chart.group_by)] {
         let Some(name) = name else { continue };
         let at = format!("chart.{key}");
-        let field = schema.field_with_name(name).map_err(|_| ConfigError::at(&at, format!("column `{name}` is not in the input (columns: {})", cols())))?;
+        let field = schema
+            .field_with_name(name)
+            .map_err(|_| ConfigError::at(&at, format!("column `{name}` is not in the input (columns: {})", cols())))?;
         if key == "value" && !field.data_type().is_numeric() {
             return Err(ConfigError::at(&at, format!("column `{name}` is {}, expected a number to chart", field.data_type())));
         }

@@ -53,9 +53,16 @@ pub struct ProgressReport {
 enum Shown {
     Bar(indicatif::ProgressBar),
     /// Plain lines to stderr, at most one per `every`.
-    Lines { every: Duration, last: Mutex<Instant> },
+    Lines {
+        every: Duration,
+        last: Mutex<Instant>,
+    },
     /// Lines handed to a function instead (a source inside `run`, whose stderr is the log).
-    Log { every: Duration, last: Mutex<Instant>, log: Box<dyn Fn(&str) + Send + Sync> },
+    Log {
+        every: Duration,
+        last: Mutex<Instant>,
+        log: Box<dyn Fn(&str) + Send + Sync>,
+    },
 }
 
 impl ProgressReport {
@@ -214,7 +221,11 @@ mod tests {
             "backfill",
             "minutes",
             60,
-            Shown::Log { every: Duration::from_secs(3600), last: Mutex::new(Instant::now()), log: Box::new(move |l| sink.lock().unwrap().push(l.to_string())) },
+            Shown::Log {
+                every: Duration::from_secs(3600),
+                last: Mutex::new(Instant::now()),
+                log: Box::new(move |l| sink.lock().unwrap().push(l.to_string())),
+            },
         );
         p.add(10);
         p.add(20);

@@ -129,9 +129,12 @@ impl Source for WebexMeshSource {
                 let left = backfill.minutes_left(&ids, now, &cfg);
                 if left > 0 && report.is_none() {
                     let id = self.id.clone();
-                    report = Some(ProgressReport::logged("backfill", "minutes of history", left, move |line| {
-                        tracing::info!(source = %id, "{line}")
-                    }));
+                    report = Some(ProgressReport::logged(
+                        "backfill",
+                        "minutes of history",
+                        left,
+                        move |line| tracing::info!(source = %id, "{line}"),
+                    ));
                 }
                 for org in &orgs {
                     while let Some((from, to)) = backfill.next_window(&org.id, now, &cfg) {

@@ -298,8 +298,10 @@ impl BackfillState {
         let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or_default();
         let mut left = 0;
         for org in orgs {
-            let entry =
-                self.orgs.entry(id_key(org)).or_insert(OrgBackfill { target: now - span(cfg.backfill.0), reached: now - span(cfg.lookback.0) });
+            let entry = self
+                .orgs
+                .entry(id_key(org))
+                .or_insert(OrgBackfill { target: now - span(cfg.backfill.0), reached: now - span(cfg.lookback.0) });
             left += (entry.reached - entry.target).num_minutes().max(0) as u64;
         }
         left
