@@ -1,10 +1,12 @@
 //! `amqp` sink: each row as a persistent JSON message, published under publisher confirms.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde::Deserialize;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::template::RowTemplate;
@@ -12,6 +14,8 @@ use tributary_sdk::{
     single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Secret, Sink, SinkContext, SinkPlugin, Transient,
     Written,
 };
+
+use crate::Broker;
 
 /// Config of an `amqp` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -22,6 +26,9 @@ pub struct AmqpSinkConfig {
     pub user: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
+    /// `amqps://`: PEM file of the CA that signed the broker's certificate (default: the public roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// The exchange to publish to (default: the default exchange, which routes to the queue
     /// named by the routing key).
     #[serde(default)]
@@ -54,14 +61,14 @@ impl SinkPlugin for AmqpSinkPlugin {
     fn build(&self, config: &ComponentConfig, inputs: &[(String, SchemaRef)]) -> Result<Box<dyn Sink>, ConfigError> {
         let cfg: AmqpSinkConfig = config.decode()?;
         let schema = single_input_schema(inputs)?;
-        let uri = Secret::new(crate::broker_uri(&cfg.url, &cfg.user, &cfg.password)?);
+        let broker = Broker::parse(&cfg.url, &cfg.user, &cfg.password, &cfg.tls_ca_file)?;
         let routing_key = RowTemplate::parse(&cfg.routing_key, &schema).map_err(|m| ConfigError::at("routing_key", m))?;
-        Ok(Box::new(AmqpSink { uri, cfg, routing_key, channel: None }))
+        Ok(Box::new(AmqpSink { broker, cfg, routing_key, channel: None }))
     }
 }
 
 pub struct AmqpSink {
-    uri: Secret,
+    broker: Broker,
     cfg: AmqpSinkConfig,
     routing_key: RowTemplate,
     channel: Option<(Connection, Channel)>,
@@ -75,9 +82,7 @@ impl AmqpSink {
                 return Ok(channel.clone());
             }
         }
-        let connection = Connection::connect(self.uri.expose(), ConnectionProperties::default())
-            .await
-            .with_context(|| format!("connecting to the AMQP broker {}", self.cfg.url))?;
+        let connection = self.broker.connect().await.with_context(|| format!("connecting to the AMQP broker {}", self.cfg.url))?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         self.channel = Some((connection, channel.clone()));

@@ -1,5 +1,6 @@
 //! `amqp` source: a queue consumed with manual acknowledgements after the sinks wrote.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -7,7 +8,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Acker;
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -16,6 +17,8 @@ use tributary_sdk::{
     Ack, AckSet, AckStatus, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Replay, Secret,
     Source, SourceContext, SourcePlugin,
 };
+
+use crate::Broker;
 
 /// Config of an `amqp` source.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +29,9 @@ pub struct AmqpSourceConfig {
     pub user: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
+    /// `amqps://`: PEM file of the CA that signed the broker's certificate (default: the public roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// The queue to consume (it must exist).
     pub queue: String,
     /// Messages delivered and not yet acknowledged at most (default 1000).
@@ -81,7 +87,7 @@ impl SourcePlugin for AmqpSourcePlugin {
     }
     fn build(&self, config: &ComponentConfig) -> Result<BuiltSource, ConfigError> {
         let cfg: AmqpSourceConfig = config.decode()?;
-        let uri = crate::broker_uri(&cfg.url, &cfg.user, &cfg.password)?;
+        let broker = Broker::parse(&cfg.url, &cfg.user, &cfg.password, &cfg.tls_ca_file)?;
         if cfg.batch_size == 0 || cfg.prefetch == 0 {
             return Err(ConfigError::at("prefetch", "prefetch and batch_size must be at least 1"));
         }
@@ -90,7 +96,7 @@ impl SourcePlugin for AmqpSourcePlugin {
             rows.schema_with_label(&cfg.routing_key_column, "routing key's").map_err(|m| ConfigError::at("routing_key_column", m))?;
         Ok(BuiltSource {
             outputs: vec![OutputSpec::main(schema.clone())],
-            source: Box::new(AmqpSource { id: config.id.clone(), uri: Secret::new(uri), cfg, rows, schema }),
+            source: Box::new(AmqpSource { id: config.id.clone(), broker, cfg, rows, schema }),
         })
     }
 }
@@ -98,7 +104,7 @@ impl SourcePlugin for AmqpSourcePlugin {
 pub struct AmqpSource {
     id: String,
     /// With the credentials: never printed.
-    uri: Secret,
+    broker: Broker,
     cfg: AmqpSourceConfig,
     rows: JsonRows,
     schema: SchemaRef,
@@ -205,7 +211,7 @@ impl Source for AmqpSource {
 
 impl AmqpSource {
     async fn consume(&self) -> anyhow::Result<(Connection, lapin::Consumer)> {
-        let connection = Connection::connect(self.uri.expose(), ConnectionProperties::default()).await?;
+        let connection = self.broker.connect().await?;
         let channel = connection.create_channel().await?;
         channel.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await?;
         let tag = format!("tributary/{}", self.id);

@@ -39,11 +39,17 @@ fn credentials_stay_out_of_the_url() {
     let e = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("q", "{url: 'amqp://guest:guest@h:5672/%2f', queue: q, schema: {v: int}}"));
     assert_eq!(e.err().unwrap().to_string(), "url: put credentials in `user` and `password` (from `${ENV}`), not in the URL");
     let e = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("q", "{url: 'rabbit://h', queue: q, schema: {v: int}}"));
-    assert_eq!(e.err().unwrap().to_string(), "url: `rabbit://h` is not an AMQP broker address; expected `amqp://host:port/vhost`");
     assert_eq!(
-        crate::broker_uri("amqp://h:5672/%2f", &Some("ops".into()), &Some(tributary_sdk::Secret::new("p@ss/w"))).unwrap(),
-        "amqp://ops:p%40ss%2Fw@h:5672/%2f"
+        e.err().unwrap().to_string(),
+        "url: `rabbit://h` is not an AMQP broker address; expected `amqp://host:port/vhost` or `amqps://host:port/vhost`"
     );
+    let e = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("q", "{url: 'amqp://h', tls_ca_file: /ca.pem, queue: q, schema: {v: int}}"));
+    assert_eq!(e.err().unwrap().to_string(), "tls_ca_file: TLS needs an `amqps://` url");
+    let broker =
+        crate::Broker::parse("amqp://h:5672/%2f", &Some("ops".into()), &Some(tributary_sdk::Secret::new("p@ss/w")), &None).unwrap();
+    assert_eq!(broker.uri.expose(), "amqp://ops:p%40ss%2Fw@h:5672/%2f");
+    let broker = crate::Broker::parse("amqps://h/%2f", &Some("ops".into()), &Some(tributary_sdk::Secret::new("pw")), &None).unwrap();
+    assert_eq!((broker.uri.expose(), broker.tls), ("amqps://ops:pw@h/%2f", Some(None)));
 }
 
 #[tokio::test]
@@ -116,4 +122,104 @@ async fn the_sink_publishes_confirmed_json_and_unroutable_rows_become_dead_lette
     assert_eq!(String::from_utf8(got.delivery.data.clone()).unwrap(), r#"{"room":"r1","co2":410}"#);
     assert_eq!(got.delivery.properties.delivery_mode(), &Some(2), "persistent");
     ch.queue_delete(bound.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+/// A RabbitMQ node of the test's own beside the machine's: its own name, ports and folders, with
+/// only a TLS listener, signed by a test CA. Stopped on drop.
+struct TlsNode {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+impl TlsNode {
+    async fn start() -> TlsNode {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = tributary_testkit::write_test_certificates(dir.path());
+        let (port, plain, dist) = (tributary_testkit::free_port(), tributary_testkit::free_port(), tributary_testkit::free_port());
+        let base = dir.path().display().to_string();
+        // A plain listener too, on a port of its own: an empty `listeners.tcp` would take 5672.
+        let conf = format!(
+            "listeners.tcp.default = 127.0.0.1:{plain}\nlisteners.ssl.default = {port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nloopback_users = none\n",
+            certs.ca.display(),
+            certs.cert.display(),
+            certs.key.display()
+        );
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        // The program itself: /usr/sbin/rabbitmq-server would switch to the `rabbitmq` user, who
+        // cannot read this folder.
+        let child = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("RABBITMQ_NODENAME", format!("tributary-tls-{port}@localhost"))
+            .env("RABBITMQ_NODE_PORT", plain.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_CONFIG_FILE", format!("{base}/rabbitmq"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{base}/enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", format!("{base}/mnesia"))
+            .env("RABBITMQ_LOG_BASE", format!("{base}/log"))
+            .env("RABBITMQ_PID_FILE", format!("{base}/pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server (Debian's package; ./scripts/test installs it)");
+        // Owned at once, so that a node that never listens is stopped too.
+        let node = TlsNode { port, child, _dir: dir, ca: certs.ca };
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the test's RabbitMQ node did not listen on {port} within a minute (logs in {base}/log)");
+    }
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        // SIGTERM: the node stops itself, with epmd's registration.
+        let _ = std::process::Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn rows_cross_a_tls_listener_checked_against_the_ca_file() {
+    let node = TlsNode::start().await;
+    let (port, ca) = (node.port, node.ca.display().to_string());
+    let url = format!("amqps://localhost:{port}/%2f");
+    let queue = "readings";
+    // The queue, declared over TLS by the sink's own connection type.
+    let broker =
+        crate::Broker::parse(&url, &Some("guest".into()), &Some(tributary_sdk::Secret::new("guest")), &Some(node.ca.clone())).unwrap();
+    let connection = broker.connect().await.unwrap();
+    let ch = connection.create_channel().await.unwrap();
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    let login = "user: guest, password: guest";
+    let sink = format!("{{url: '{url}', {login}, tls_ca_file: '{ca}', routing_key: '{queue}'}}");
+    let schema = Arc::new(Schema::new(vec![Field::new("co2", DataType::Int64, false)]));
+    let mut sink = AmqpSinkPlugin.build(&ComponentConfig::from_yaml("out", &sink), &[("x".into(), schema.clone())]).unwrap();
+    let ctx = sink_context("out");
+    sink.start(&ctx).await.unwrap();
+    let rows = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![410, 430]))]).unwrap();
+    sink.write(rows, &ctx).await.unwrap();
+    let source = format!("{{url: '{url}', {login}, tls_ca_file: '{ca}', queue: {queue}, schema: {{co2: int}}, batch_wait: 100ms}}");
+    let built = AmqpSourcePlugin.build(&ComponentConfig::from_yaml("q", &source)).unwrap();
+    let (ctx, mut h) = source_context("q", &[""], 8);
+    let mut out = h.outputs.remove("").unwrap();
+    let task = tokio::spawn(built.source.run(ctx));
+    let got = tokio::time::timeout(Duration::from_secs(10), out.recv()).await.unwrap().unwrap();
+    let co2: Vec<i64> = got.batch.data.column(0).as_primitive::<Int64Type>().values().to_vec();
+    assert_eq!(co2, [410, 430]);
+    got.batch.acks.release();
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    // Without the CA the broker's certificate is refused, and the error says so.
+    let untrusted = crate::Broker::parse(&url, &Some("guest".into()), &Some(tributary_sdk::Secret::new("guest")), &None).unwrap();
+    let error = match untrusted.connect().await {
+        Ok(_) => panic!("connected without the CA"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("UnknownIssuer"), "names the certificate problem: {error}");
 }

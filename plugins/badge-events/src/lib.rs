@@ -17,85 +17,19 @@
 //! with the reason (and, in stream mode, are acknowledged once the dead letter is stored).
 
 mod config;
-pub mod decode;
 mod http;
 mod pubsub;
 mod stream;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use tributary_sdk::config::event_time_type;
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{
-    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, OutputSpec, Replay, Source, SourceContext, SourcePlugin,
-};
+use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Replay, Source, SourceContext, SourcePlugin};
 
 pub use config::{BadgeEventsConfig, HttpConfig, HttpMode, Mode, PubsubConfig, StreamConfig};
-use decode::{decode, BadgeRow};
-
-/// The output schema: one row per event (per score for high-score lists).
-pub fn badge_schema() -> SchemaRef {
-    let s = |n: &str| Field::new(n, DataType::Utf8, true);
-    let i = |n: &str| Field::new(n, DataType::Int64, true);
-    Arc::new(Schema::new(vec![
-        Field::new("ts", event_time_type(), false),
-        Field::new("channel", DataType::Utf8, false),
-        s("event"),
-        s("user_uuid"),
-        s("mac_address"),
-        s("game"),
-        i("score"),
-        i("duration"),
-        s("handle"),
-        i("points"),
-        s("message"),
-        Field::new("raw", DataType::Utf8, false),
-    ]))
-}
-
-/// A received message: when, where from, what.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub ts_us: i64,
-    pub channel: String,
-    pub payload: String,
-}
-
-/// Decode messages into a batch, plus dead letters for the ones that do not decode.
-pub fn to_batch(messages: &[Message]) -> (RecordBatch, Vec<DeadLetter>) {
-    let mut rows: Vec<(&Message, BadgeRow)> = Vec::new();
-    let mut dead = Vec::new();
-    for m in messages {
-        match decode(&m.channel, &m.payload) {
-            Ok(decoded) => rows.extend(decoded.into_iter().map(|r| (m, r))),
-            Err(reason) => dead.push(DeadLetter { payload: m.payload.clone(), reason }),
-        }
-    }
-    let s = |f: fn(&BadgeRow) -> &Option<String>| Arc::new(StringArray::from_iter(rows.iter().map(|(_, r)| f(r).as_deref())));
-    let i = |f: fn(&BadgeRow) -> Option<i64>| Arc::new(Int64Array::from_iter(rows.iter().map(|(_, r)| f(r))));
-    let batch = RecordBatch::try_new(
-        badge_schema(),
-        vec![
-            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|(m, _)| m.ts_us)).with_timezone("UTC")),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|(m, _)| m.channel.as_str()))),
-            s(|r| &r.event),
-            s(|r| &r.user_uuid),
-            s(|r| &r.mac_address),
-            s(|r| &r.game),
-            i(|r| r.score),
-            i(|r| r.duration),
-            s(|r| &r.handle),
-            i(|r| r.points),
-            s(|r| &r.message),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|(m, _)| m.payload.as_str()))),
-        ],
-    )
-    .expect("columns match the badge schema");
-    (batch, dead)
-}
+/// The decoder lives in the sdk: the broker sources read the same messages (`format: badge`).
+pub use tributary_sdk::badge as decode;
+pub use tributary_sdk::badge::{badge_schema, to_batch, Message};
 
 pub struct BadgeEventsPlugin;
 

@@ -1,4 +1,4 @@
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use tributary_testkit::{free_port, source_context};
 

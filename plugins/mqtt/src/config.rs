@@ -16,6 +16,15 @@ pub enum Protocol {
     V5,
 }
 
+/// How a source reads its messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Badge,
+}
+
 /// Config of an `mqtt` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,8 +50,13 @@ pub struct MqttSourceConfig {
     pub password: Option<Secret>,
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
-    /// Columns and types of the JSON messages.
-    pub schema: DeclaredSchema,
+    /// `json` (default): one row per JSON message, in the columns of `schema`. `badge`: the badge
+    /// API's messages, the topic's last level being the channel, in the badge schema.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// Columns and types of the JSON messages (`format: json`).
+    #[serde(default)]
+    pub schema: Option<DeclaredSchema>,
     /// Timestamp column filled with the receive time when a message lacks it (default `ts`).
     #[serde(default = "default_time_column")]
     pub time_column: String,

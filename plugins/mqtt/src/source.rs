@@ -1,8 +1,10 @@
-//! `mqtt` source: topic filters, one row per JSON message with its topic, QoS 1 and 2 messages
-//! acknowledged only after the sinks wrote their rows.
+//! `mqtt` source: topic filters, one row per JSON message with its topic (or the badge API's
+//! messages, `format: badge`), QoS 1 and 2 messages acknowledged only after the sinks wrote
+//! their rows.
 
 use std::time::Duration;
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -12,7 +14,7 @@ use tributary_sdk::{
 };
 
 use crate::client::{self, Acknowledge, Client, Happening, Received};
-use crate::config::{check_filter, Broker, MqttSourceConfig, Qos};
+use crate::config::{check_filter, Broker, MqttSourceConfig, PayloadFormat, Qos};
 
 pub struct MqttSourcePlugin;
 
@@ -66,12 +68,76 @@ impl SourcePlugin for MqttSourcePlugin {
         if cfg.batch_size == 0 || cfg.max_in_flight == 0 {
             return Err(ConfigError::at("batch_size", "batch_size and max_in_flight must be at least 1"));
         }
-        let rows = JsonRows::new(&cfg.schema, Some(&cfg.time_column));
-        let schema = rows.schema_with_label(&cfg.topic_column, "topic's").map_err(|m| ConfigError::at("topic_column", m))?;
+        let payloads = match (cfg.format, &cfg.schema) {
+            (PayloadFormat::Json, Some(declared)) => {
+                let rows = JsonRows::new(declared, Some(&cfg.time_column));
+                let schema = rows.schema_with_label(&cfg.topic_column, "topic's").map_err(|m| ConfigError::at("topic_column", m))?;
+                Payloads::Json { rows, schema }
+            }
+            (PayloadFormat::Json, None) => {
+                return Err(ConfigError::at("schema", "the columns of the JSON messages are required (or `format: badge`)"))
+            }
+            (PayloadFormat::Badge, None) => Payloads::Badge,
+            (PayloadFormat::Badge, Some(_)) => {
+                return Err(ConfigError::at("schema", "`format: badge` has the badge schema (see the README); remove `schema`"))
+            }
+        };
         Ok(BuiltSource {
-            outputs: vec![OutputSpec::main(schema.clone())],
-            source: Box::new(MqttSource { id: config.id.clone(), cfg, broker, qos, rows, schema }),
+            outputs: vec![OutputSpec::main(payloads.schema())],
+            source: Box::new(MqttSource { id: config.id.clone(), cfg, broker, qos, payloads }),
         })
+    }
+}
+
+/// How messages become rows: decoded once the config is, so `emit` has no mode to check.
+enum Payloads {
+    Json { rows: JsonRows, schema: SchemaRef },
+    Badge,
+}
+
+impl Payloads {
+    fn schema(&self) -> SchemaRef {
+        match self {
+            Payloads::Json { schema, .. } => schema.clone(),
+            Payloads::Badge => tributary_sdk::badge::badge_schema(),
+        }
+    }
+
+    /// The rows of `received`, and a dead letter (naming the topic) for each message that does
+    /// not decode.
+    fn decode(&self, received: &[Received]) -> anyhow::Result<(RecordBatch, Vec<DeadLetter>)> {
+        match self {
+            Payloads::Json { rows, schema } => {
+                let decoded = rows.decode_messages(received.iter().map(|m| m.payload.as_ref()));
+                let letters = decoded
+                    .bad
+                    .iter()
+                    .map(|e| DeadLetter { payload: e.raw.clone(), reason: format!("topic {}: {}", received[e.message].topic, e.reason) })
+                    .collect();
+                Ok((decoded.labelled(schema, |i| received[i].topic.as_str())?, letters))
+            }
+            Payloads::Badge => {
+                let now = tributary_sdk::now_us();
+                let mut letters = Vec::new();
+                let (mut messages, mut topics) = (Vec::with_capacity(received.len()), Vec::with_capacity(received.len()));
+                for m in received {
+                    match std::str::from_utf8(&m.payload) {
+                        Ok(text) => {
+                            let channel = tributary_sdk::badge::channel_of_topic(&m.topic).to_string();
+                            messages.push(tributary_sdk::badge::Message { ts_us: now, channel, payload: text.to_string() });
+                            topics.push(m.topic.as_str());
+                        }
+                        Err(e) => letters.push(DeadLetter {
+                            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+                            reason: format!("topic {}: the message is not UTF-8 text: {e}", m.topic),
+                        }),
+                    }
+                }
+                let (rows, bad) = tributary_sdk::badge::to_batch_from(&messages, |i| Some(format!("topic {}", topics[i])));
+                letters.extend(bad);
+                Ok((rows, letters))
+            }
+        }
     }
 }
 
@@ -80,8 +146,7 @@ pub struct MqttSource {
     cfg: MqttSourceConfig,
     broker: Broker,
     qos: Qos,
-    rows: JsonRows,
-    schema: SchemaRef,
+    payloads: Payloads,
 }
 
 type Done = (Vec<Acknowledge>, AckStatus);
@@ -181,13 +246,7 @@ impl Source for MqttSource {
 
 impl MqttSource {
     async fn emit(&self, ctx: &SourceContext, received: Vec<Received>, done: &mpsc::UnboundedSender<Done>) -> anyhow::Result<()> {
-        let decoded = self.rows.decode_messages(received.iter().map(|m| m.payload.as_ref()));
-        let letters: Vec<DeadLetter> = decoded
-            .bad
-            .iter()
-            .map(|e| DeadLetter { payload: e.raw.clone(), reason: format!("topic {}: {}", received[e.message].topic, e.reason) })
-            .collect();
-        let rows = decoded.labelled(&self.schema, |i| received[i].topic.as_str())?;
+        let (rows, letters) = self.payloads.decode(&received)?;
         let acks: Vec<Acknowledge> = received.into_iter().filter_map(|m| m.ack).collect();
         let tx = done.clone();
         let ack = AckSet::single(Ack::new(move |status| {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use tributary_sdk::{ComponentConfig, Delivery, SinkPlugin, SourcePlugin};
 use tributary_testkit::{sink_context, source_context, test_mqtt_url, SourceHarness};
@@ -57,6 +57,18 @@ fn bad_options_are_refused_with_what_and_where() {
     assert_eq!(
         source_error("{url: 'mqtt://127.0.0.1:1883', topics: [a], schema: {topic: string}}"),
         "topic_column: the schema already has a column `topic`; name the topic's column otherwise"
+    );
+    assert_eq!(
+        source_error("{url: 'mqtt://127.0.0.1:1883', topics: [a]}"),
+        "schema: the columns of the JSON messages are required (or `format: badge`)"
+    );
+    assert_eq!(
+        source_error("{url: 'mqtt://127.0.0.1:1883', topics: [a], format: badge, schema: {v: int}}"),
+        "schema: `format: badge` has the badge schema (see the README); remove `schema`"
+    );
+    assert_eq!(
+        source_error("{url: 'mqtt://127.0.0.1:1883', topics: [a], format: xml}"),
+        "format: unknown variant `xml`, expected `json` or `badge`"
     );
 }
 
@@ -169,6 +181,158 @@ async fn a_message_that_is_not_json_goes_to_the_dead_letters_with_its_topic() {
     let reason = letters.batch.data.column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
     assert!(reason.starts_with(&format!("topic {base}: ")), "{reason}");
     assert!(reason.contains("co2"), "names the field: {reason}");
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Publishes raw payloads (QoS 1) and waits for the broker's PUBACKs.
+async fn publish_raw(messages: &[(String, &str)]) {
+    let url = test_mqtt_url();
+    let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+    let options = rumqttc::MqttOptions::new(unique("pub"), host, port.parse().unwrap());
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    for (topic, payload) in messages {
+        client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload.as_bytes().to_vec()).await.unwrap();
+    }
+    let mut acked = 0;
+    while acked < messages.len() {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = events.poll().await.unwrap() {
+            acked += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn badge_messages_over_mqtt_take_their_channel_from_the_topic() {
+    let base = unique("badges");
+    let yaml =
+        format!("{{url: '{}', topics: ['{base}/#'], qos: 1, client_id: '{base}', format: badge, batch_wait: 300ms}}", test_mqtt_url());
+    let (task, mut h, mut out) = start_source(&yaml);
+    tokio::time::sleep(Duration::from_millis(500)).await; // subscribed
+    let high_scores =
+        r#"{"event":"high-score","user_uuid":"u-1","mac_address":"aa:bb","high_scores":[["BO",1200,95],{"g":"TT","s":37,"d":30}]}"#;
+    publish_raw(&[
+        (format!("{base}/hall-2/high-score-processor"), high_scores),
+        (format!("{base}/hall-2/achievement"), r#"{"handle":"someone","name":"Rick Rolled","points":1}"#),
+        (format!("{base}/hall-2/fact"), "{not json"),
+    ])
+    .await;
+    let got = next(&mut out).await;
+    let data = &got.batch.data;
+    assert_eq!(data.schema(), tributary_sdk::badge::badge_schema());
+    let text = |name: &str, i: usize| {
+        let c = data.column_by_name(name).unwrap().as_string::<i32>();
+        c.is_valid(i).then(|| c.value(i).to_string())
+    };
+    let int = |name: &str, i: usize| {
+        let c = data.column_by_name(name).unwrap().as_primitive::<Int64Type>();
+        c.is_valid(i).then(|| c.value(i))
+    };
+    let rows: Vec<_> = (0..data.num_rows())
+        .map(|i| (text("channel", i), text("event", i), text("game", i), int("score", i), text("handle", i), text("message", i)))
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        [
+            (s("high-score-processor"), s("high-score"), s("Breakout"), Some(1200), None, None),
+            (s("high-score-processor"), s("high-score"), s("Tappytime"), Some(37), None, None),
+            (s("achievement"), s("achievement"), None, None, s("someone"), s("Rick Rolled")),
+        ]
+    );
+    let letters = next(&mut h.dead_letters).await;
+    let reason = letters.batch.data.column_by_name("reason").unwrap().as_string::<i32>().value(0).to_string();
+    assert!(reason.starts_with(&format!("topic {base}/hall-2/fact: channel `fact`: malformed JSON: ")), "{reason}");
+    h.shutdown.cancel();
+    drop(got);
+    task.await.unwrap().unwrap();
+}
+
+/// A Mosquitto of the test's own with only a TLS listener, signed by a test CA; stopped on drop.
+struct TlsBroker {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+impl TlsBroker {
+    async fn start() -> TlsBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = tributary_testkit::write_test_certificates(dir.path());
+        let port = tributary_testkit::free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\nuser root\n",
+            certs.ca.display(),
+            certs.cert.display(),
+            certs.key.display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian's package; ./scripts/test installs it)");
+        // Owned at once, so that a broker that never listens is stopped too.
+        let broker = TlsBroker { port, child, _dir: dir, ca: certs.ca };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("mosquitto did not listen on {port}");
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn rows_cross_a_tls_listener_checked_against_the_ca_file() {
+    let broker = TlsBroker::start().await;
+    let (port, ca) = (broker.port, broker.ca.display().to_string());
+    let base = unique("tls");
+    let source = format!(
+        "{{url: 'mqtts://localhost:{port}', tls_ca_file: '{ca}', topics: ['{base}/#'], qos: 1, client_id: '{base}', schema: {{co2: int}}}}"
+    );
+    let (task, h, mut out) = start_source(&source);
+    tokio::time::sleep(Duration::from_millis(500)).await; // subscribed
+    let sink = format!("{{url: 'mqtts://localhost:{port}', tls_ca_file: '{ca}', topic: '{base}/{{room}}', qos: 1}}");
+    let mut sink = MqttSinkPlugin.build(&ComponentConfig::from_yaml("out", &sink), &[("co2".into(), rows().schema())]).unwrap();
+    let ctx = sink_context("out");
+    sink.start(&ctx).await.unwrap();
+    sink.write(rows(), &ctx).await.unwrap();
+    let got = next(&mut out).await;
+    assert_eq!(values(&got), [(410, format!("{base}/r1")), (430, format!("{base}/r2"))]);
+    h.shutdown.cancel();
+    drop(got);
+    task.await.unwrap().unwrap();
+
+    // Without the CA the broker's certificate is refused, and the source says so.
+    let untrusted = format!("{{url: 'mqtts://localhost:{port}', topics: ['{base}/#'], qos: 0, clean_session: true, schema: {{co2: int}}}}");
+    let built = MqttSourcePlugin.build(&ComponentConfig::from_yaml("sensors", &untrusted)).unwrap();
+    let (ctx, h) = source_context("sensors", &[""], 8);
+    let metrics = ctx.metrics.clone();
+    let task = tokio::spawn(built.source.run(ctx));
+    let mut failing = None;
+    for _ in 0..50 {
+        failing = metrics.failing();
+        if failing.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason = failing.expect("the source marks itself failing").1;
+    assert!(reason.starts_with(&format!("MQTT broker mqtts://localhost:{port}: ")), "{reason}");
+    assert!(reason.contains("UnknownIssuer"), "names the certificate problem: {reason}");
     h.shutdown.cancel();
     task.await.unwrap().unwrap();
 }

@@ -173,8 +173,8 @@ impl NatsSink {
 
 #[async_trait::async_trait]
 impl Sink for NatsSink {
-    async fn start(&mut self, _ctx: &SinkContext) -> anyhow::Result<()> {
-        let core = self.connection.connect(&self.id).await?;
+    async fn start(&mut self, ctx: &SinkContext) -> anyhow::Result<()> {
+        let core = self.connection.connect(&self.id, &ctx.metrics).await?;
         let jetstream = async_nats::jetstream::ContextBuilder::new().timeout(self.timeout).build(core.clone());
         if let Some(stream) = &self.stream {
             jetstream

@@ -227,7 +227,7 @@ impl NatsSource {
     }
 
     async fn run_core(&self, ctx: SourceContext, subject: &str, queue_group: Option<String>) -> anyhow::Result<()> {
-        let client = self.connection.connect(&self.id).await?;
+        let client = self.connection.connect(&self.id, &ctx.metrics).await?;
         let mut subscription = match queue_group {
             Some(group) => client.queue_subscribe(subject.to_string(), group).await,
             None => client.subscribe(subject.to_string()).await,
@@ -293,8 +293,8 @@ impl NatsSource {
     }
 
     async fn run_jetstream(&self, mut ctx: SourceContext, stream: &str, consumer: &str, filter: Option<String>) -> anyhow::Result<()> {
-        let client = self.connection.connect(&self.id).await?;
-        let js = async_nats::jetstream::new(client);
+        let client = self.connection.connect(&self.id, &ctx.metrics).await?;
+        let js = async_nats::jetstream::new(client.clone());
         let Some(pull) = self.consumer(&ctx, &js, stream, consumer, &filter).await? else { return Ok(()) };
         tracing::info!(source = %self.id, stream, consumer, "reading (JetStream)");
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, AckStatus)>();
@@ -344,7 +344,9 @@ impl NatsSource {
                     continue;
                 }
             };
-            if ctx.metrics.failing().is_some() {
+            // A fetch also comes back (empty, at its expiry) while the connection is down: only a
+            // connected client clears the mark the connection's events set.
+            if ctx.metrics.failing().is_some() && client.connection_state() == async_nats::connection::State::Connected {
                 ctx.metrics.set_failing(None);
             }
             if messages.is_empty() {
@@ -382,6 +384,12 @@ impl NatsSource {
                     break;
                 }
             }
+        }
+        // An ack is a publish the client buffers: without a flush, the last ones die with the
+        // process, and the server delivers those messages again after `ack_wait` (seen: 100 of
+        // a survivor's messages still pending after it stopped in the scale-out test).
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await.unwrap_or_else(|_| Ok(())) {
+            tracing::warn!(source = %self.id, error = %e, "sending the last acknowledgements failed; those messages are delivered again after ack_wait");
         }
         Ok(())
     }

@@ -245,3 +245,18 @@ async fn core_subjects_flow_from_the_sink_to_the_source() {
     h.shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[test]
+fn a_lost_connection_marks_the_component_failing_until_it_is_back() {
+    let metrics = tributary_sdk::ComponentMetrics::default();
+    let url = "nats://127.0.0.1:4222";
+    crate::connect::mark_connection(&metrics, url, &async_nats::Event::Disconnected);
+    let (since, reason) = metrics.failing().expect("failing while disconnected");
+    assert_eq!(reason, "NATS server nats://127.0.0.1:4222: connection lost; reconnecting");
+    // A second drop keeps the first time, so `/health` counts from the start of the outage.
+    crate::connect::mark_connection(&metrics, url, &async_nats::Event::Disconnected);
+    assert_eq!(metrics.failing().map(|f| f.0), Some(since));
+    assert_eq!(metrics.retries.get(), 2);
+    crate::connect::mark_connection(&metrics, url, &async_nats::Event::Connected);
+    assert_eq!(metrics.failing(), None);
+}

@@ -9,6 +9,7 @@
 //! Arrow, Parquet and DataFusion come from [`datafusion`] (re-exported) so the build has one arrow.
 
 pub mod ack;
+pub mod badge;
 pub mod batcher;
 pub mod buffer;
 pub mod columns;

@@ -2,9 +2,11 @@
 //! own tests without the engine, and the real servers the tests talk to (each checked before a
 //! test relies on it). A dev-dependency only.
 
+pub mod certs;
 pub mod s3;
 pub mod test_site;
 pub mod tmpfs;
+pub use certs::{write_test_certificates, TestCertificates};
 pub use test_site::TestSite;
 pub use tmpfs::Tmpfs;
 

@@ -1,4 +1,6 @@
-//! The badge API's messages, normalised to one row shape (see this plugin's README).
+//! The badge API's messages, normalised to one row shape. The `badge_events` source reads them
+//! from Redis or HTTP, and the broker sources (`format: badge`) from MQTT topics, where a topic's
+//! last level is the channel.
 //!
 //! - `high-score-processor`: JSON with `event`; a `high-score` event expands to one row per score,
 //!   from either list form (`[{"g","s","d"}]` or `[[g, s, d]]`, games as two-letter abbreviations
@@ -8,8 +10,14 @@
 //! - `community-message`: plain text → `message`.
 //! - any other channel: JSON objects keep the known keys; other text lands in `message`.
 
+use std::sync::Arc;
+
+use crate::config::event_time_type;
+use crate::dead_letter::DeadLetter;
+use crate::json::json_kind;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::{Map, Value};
-use tributary_sdk::json::json_kind;
 
 /// One normalised event row (`ts` and `channel` are added by the source).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -130,6 +138,85 @@ fn high_score_processor(channel: &str, m: &Map<String, Value>) -> Result<Vec<Bad
         rows.push(BadgeRow { game: Some(game_name(&g)), score: Some(score), duration: Some(duration), ..base.clone() });
     }
     Ok(rows)
+}
+
+/// The output schema: one row per event (per score for high-score lists).
+pub fn badge_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    let i = |n: &str| Field::new(n, DataType::Int64, true);
+    Arc::new(Schema::new(vec![
+        Field::new("ts", event_time_type(), false),
+        Field::new("channel", DataType::Utf8, false),
+        s("event"),
+        s("user_uuid"),
+        s("mac_address"),
+        s("game"),
+        i("score"),
+        i("duration"),
+        s("handle"),
+        i("points"),
+        s("message"),
+        Field::new("raw", DataType::Utf8, false),
+    ]))
+}
+
+/// A received message: when, where from, what.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub ts_us: i64,
+    pub channel: String,
+    pub payload: String,
+}
+
+/// Decode messages into a batch, plus dead letters for the ones that do not decode.
+pub fn to_batch(messages: &[Message]) -> (RecordBatch, Vec<DeadLetter>) {
+    to_batch_from(messages, |_| None)
+}
+
+/// [`to_batch`], each dead letter's reason led by where its message came from (`origin` of the
+/// message's index: `topic site/3/fact`).
+pub fn to_batch_from(messages: &[Message], origin: impl Fn(usize) -> Option<String>) -> (RecordBatch, Vec<DeadLetter>) {
+    let mut rows: Vec<(&Message, BadgeRow)> = Vec::new();
+    let mut dead = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match decode(&m.channel, &m.payload) {
+            Ok(decoded) => rows.extend(decoded.into_iter().map(|r| (m, r))),
+            Err(reason) => {
+                let reason = match origin(i) {
+                    Some(origin) => format!("{origin}: {reason}"),
+                    None => reason,
+                };
+                dead.push(DeadLetter { payload: m.payload.clone(), reason })
+            }
+        }
+    }
+    let s = |f: fn(&BadgeRow) -> &Option<String>| Arc::new(StringArray::from_iter(rows.iter().map(|(_, r)| f(r).as_deref())));
+    let i = |f: fn(&BadgeRow) -> Option<i64>| Arc::new(Int64Array::from_iter(rows.iter().map(|(_, r)| f(r))));
+    let batch = RecordBatch::try_new(
+        badge_schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|(m, _)| m.ts_us)).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(m, _)| m.channel.as_str()))),
+            s(|r| &r.event),
+            s(|r| &r.user_uuid),
+            s(|r| &r.mac_address),
+            s(|r| &r.game),
+            i(|r| r.score),
+            i(|r| r.duration),
+            s(|r| &r.handle),
+            i(|r| r.points),
+            s(|r| &r.message),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(m, _)| m.payload.as_str()))),
+        ],
+    )
+    .expect("columns match the badge schema");
+    (batch, dead)
+}
+
+/// The channel of a message published to an MQTT topic: the topic's last level
+/// (`site/hall-2/high-score-processor` → `high-score-processor`).
+pub fn channel_of_topic(topic: &str) -> &str {
+    topic.rsplit('/').next().unwrap_or(topic)
 }
 
 #[cfg(test)]
