@@ -125,10 +125,9 @@ async fn the_sink_publishes_confirmed_json_and_unroutable_rows_become_dead_lette
 }
 
 /// A RabbitMQ node of the test's own beside the machine's: its own name, ports and folders, with
-/// only a TLS listener, signed by a test CA. Stopped on drop.
+/// a TLS listener, signed by a test CA.
 struct TlsNode {
-    port: u16,
-    child: std::process::Child,
+    server: tributary_testkit::OwnServer,
     _dir: tempfile::TempDir,
     ca: std::path::PathBuf,
 }
@@ -150,7 +149,8 @@ impl TlsNode {
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
         // The program itself: /usr/sbin/rabbitmq-server would switch to the `rabbitmq` user, who
         // cannot read this folder.
-        let child = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        let mut command = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        command
             .env("RABBITMQ_NODENAME", format!("tributary-tls-{port}@localhost"))
             .env("RABBITMQ_NODE_PORT", plain.to_string())
             .env("RABBITMQ_DIST_PORT", dist.to_string())
@@ -158,35 +158,16 @@ impl TlsNode {
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{base}/enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", format!("{base}/mnesia"))
             .env("RABBITMQ_LOG_BASE", format!("{base}/log"))
-            .env("RABBITMQ_PID_FILE", format!("{base}/pid"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("rabbitmq-server (Debian's package; ./scripts/test installs it)");
-        // Owned at once, so that a node that never listens is stopped too.
-        let node = TlsNode { port, child, _dir: dir, ca: certs.ca };
-        for _ in 0..600 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return node;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the test's RabbitMQ node did not listen on {port} within a minute (logs in {base}/log)");
-    }
-}
-
-impl Drop for TlsNode {
-    fn drop(&mut self) {
-        // SIGTERM: the node stops itself, with epmd's registration.
-        let _ = std::process::Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
+            .env("RABBITMQ_PID_FILE", format!("{base}/pid"));
+        let server = tributary_testkit::OwnServer::start(command, port, Duration::from_secs(60)).await;
+        TlsNode { server, _dir: dir, ca: certs.ca }
     }
 }
 
 #[tokio::test]
 async fn rows_cross_a_tls_listener_checked_against_the_ca_file() {
     let node = TlsNode::start().await;
-    let (port, ca) = (node.port, node.ca.display().to_string());
+    let (port, ca) = (node.server.port, node.ca.display().to_string());
     let url = format!("amqps://localhost:{port}/%2f");
     let queue = "readings";
     // The queue, declared over TLS by the sink's own connection type.

@@ -248,10 +248,9 @@ async fn badge_messages_over_mqtt_take_their_channel_from_the_topic() {
     task.await.unwrap().unwrap();
 }
 
-/// A Mosquitto of the test's own with only a TLS listener, signed by a test CA; stopped on drop.
+/// A Mosquitto of the test's own with only a TLS listener, signed by a test CA.
 struct TlsBroker {
-    port: u16,
-    child: std::process::Child,
+    server: tributary_testkit::OwnServer,
     _dir: tempfile::TempDir,
     ca: std::path::PathBuf,
 }
@@ -269,36 +268,17 @@ impl TlsBroker {
             certs.key.display()
         );
         std::fs::write(&conf, text).unwrap();
-        let child = std::process::Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto (Debian's package; ./scripts/test installs it)");
-        // Owned at once, so that a broker that never listens is stopped too.
-        let broker = TlsBroker { port, child, _dir: dir, ca: certs.ca };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return broker;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("mosquitto did not listen on {port}");
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut command = std::process::Command::new("mosquitto");
+        command.arg("-c").arg(&conf);
+        let server = tributary_testkit::OwnServer::start(command, port, Duration::from_secs(5)).await;
+        TlsBroker { server, _dir: dir, ca: certs.ca }
     }
 }
 
 #[tokio::test]
 async fn rows_cross_a_tls_listener_checked_against_the_ca_file() {
     let broker = TlsBroker::start().await;
-    let (port, ca) = (broker.port, broker.ca.display().to_string());
+    let (port, ca) = (broker.server.port, broker.ca.display().to_string());
     let base = unique("tls");
     let source = format!(
         "{{url: 'mqtts://localhost:{port}', tls_ca_file: '{ca}', topics: ['{base}/#'], qos: 1, client_id: '{base}', schema: {{co2: int}}}}"

@@ -3,10 +3,12 @@
 //! test relies on it). A dev-dependency only.
 
 pub mod certs;
+pub mod own_server;
 pub mod s3;
 pub mod test_site;
 pub mod tmpfs;
 pub use certs::{write_test_certificates, TestCertificates};
+pub use own_server::OwnServer;
 pub use test_site::TestSite;
 pub use tmpfs::Tmpfs;
 
