@@ -280,10 +280,13 @@ async fn survives_backend_terminations(mode_yaml: &str, table: &str) -> (i64, i6
         }
         kills
     });
+    // 60 writes at least 15 ms apart outlast the killer's 40 × 15 ms, so terminations land
+    // between and during writes, never all after the last one (with 5 ms pauses a fast machine
+    // finished first: kills, but no write ever met a terminated connection).
     for i in 0..60 {
         sink.write(probe_rows(i * 50..(i + 1) * 50, "kill"), &ctx).await.unwrap();
         assert_eq!(flush_retrying(sink.as_mut(), &ctx, 100).await, vec![]);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(15)).await;
     }
     let kills = killer.await.unwrap();
     assert!(kills > 0, "the test must actually terminate the sink's connection");
