@@ -174,6 +174,7 @@ pub async fn mosquitto_restart_under_mqtt() -> Figure {
         format!("publishers: {first}, {second}; exit {}", exit.code().unwrap_or(-1)),
     ];
     f.check(first.success() && second.success(), "mosquitto_pub failed");
+    f.check(status_down == 503, format!("/health answered {status_down} while Mosquitto was down (expected 503, degraded)"));
     f.check(f.lost == 0 && caught_up, format!("{} messages missing", f.lost));
     f.check(exit.success(), format!("exit {exit:?}"));
     f
@@ -262,6 +263,7 @@ pub async fn rabbitmq_restart_under_amqp() -> Figure {
     ];
     f.check(f.lost == 0 && caught_up, format!("{} messages missing", f.lost));
     f.check(ready == Some(0), format!("the queue still holds {ready:?}"));
+    f.check(status_down == 503, format!("/health answered {status_down} while RabbitMQ was down (expected 503, degraded)"));
     f.check(exit.success(), format!("exit {exit:?}"));
     f
 }
