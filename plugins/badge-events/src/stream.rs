@@ -25,26 +25,32 @@ impl StreamReader {
     }
 
     /// A connection with the consumer group in place (created with the stream when missing, as
-    /// after a Redis restart that kept nothing), retried with backoff until Redis answers.
+    /// after a Redis restart that kept nothing), retried with backoff until Redis answers. A Redis
+    /// still loading its data after a restart answers `LOADING` between loading steps: that is
+    /// waited out like a Redis that is down, not taken as the end of the source.
     async fn connect_stream(&self, client: &redis::Client, ctx: &SourceContext) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         let cfg = &self.cfg;
-        let mut conn = RECONNECT
+        // Errors come tagged: `true` for connecting (always retried, as for a Redis that is down),
+        // `false` for creating the group (retried when the error passes with time).
+        let connect = || async {
+            let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| (true, e))?;
+            let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&cfg.stream, &cfg.group, "0").await;
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => Err((false, e)),
+                _ => Ok(conn),
+            }
+        };
+        RECONNECT
             .retry(
-                || client.get_multiplexed_async_connection(),
-                |_| !ctx.shutdown.is_cancelled(),
-                |_, e, d| {
+                connect,
+                |(connecting, e)| !ctx.shutdown.is_cancelled() && (*connecting || passes(e)),
+                |_, (_, e), d| {
                     ctx.metrics.retries.inc();
                     tracing::warn!(source = %self.id, error = %e, retry_in = ?d, "cannot reach Redis; retrying");
                 },
             )
-            .await?;
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&cfg.stream, &cfg.group, "0").await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(anyhow::anyhow!("creating consumer group `{}` on stream `{}`: {e}", cfg.group, cfg.stream));
-            }
-        }
-        Ok(conn)
+            .await
+            .map_err(|(_, e)| anyhow::anyhow!("creating consumer group `{}` on stream `{}`: {e}", cfg.group, cfg.stream))
     }
 
     pub async fn run(&self, mut ctx: SourceContext) -> anyhow::Result<()> {
@@ -189,6 +195,13 @@ impl StreamReader {
         tokio::select! { _ = ctx.shutdown.cancelled() => {}, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
         lost
     }
+}
+
+/// Whether a Redis error passes with time: a dropped connection, a server loading its data
+/// (`LOADING`) or failing over. Not a key of another type (`WRONGTYPE`) or a denied command
+/// (`NOPERM`), which no retry mends.
+fn passes(e: &redis::RedisError) -> bool {
+    !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 /// An entry's message: its time is the entry id's milliseconds (when it was added). An id given

@@ -90,6 +90,53 @@ async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str, gro
     }
 }
 
+/// Redis 7 answers `LOADING` to commands between the steps of loading its data at start, so a
+/// source reconnecting to a restarted Redis can meet it mid-load (a fast machine does). The source
+/// waits that out as for a Redis that is down; it used to end with "creating consumer group".
+/// `key-load-delay` (µs per key) and a small `loading-process-events-interval-bytes` stretch the
+/// loading of 20,000 keys to seconds, so the source starts while it lasts.
+#[tokio::test]
+async fn a_stream_source_started_while_redis_loads_its_data_waits_for_it_then_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis_server = |extra: &[&str]| {
+        let mut c = std::process::Command::new("redis-server");
+        c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--dir"]).arg(dir.path()).args(extra);
+        c
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let connect = || async { redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap() };
+    {
+        let _server = tributary_testkit::OwnServer::start(redis_server(&[]), port, Duration::from_secs(10)).await;
+        let mut conn = connect().await;
+        let _: () =
+            redis::cmd("EVAL").arg("for i=1,20000 do redis.call('SET','filler:'..i,i) end").arg(0).query_async(&mut conn).await.unwrap();
+        for payload in [LISTS, DICTS] {
+            let _: String = conn.xadd("badges", "*", &[("channel", "high-score-processor"), ("payload", payload)]).await.unwrap();
+        }
+        let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    }
+    let _server = tributary_testkit::OwnServer::start(
+        redis_server(&["--key-load-delay", "100", "--loading-process-events-interval-bytes", "1024"]),
+        port,
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut conn = connect().await;
+    let info: String = redis::cmd("INFO").arg("persistence").query_async(&mut conn).await.unwrap();
+    assert!(info.contains("loading:1"), "the test needs Redis still loading when the source starts:\n{info}");
+
+    let (ctx, mut h) = source_context("badges", &[""], 16);
+    let task = tokio::spawn(build(&format!("{{mode: stream, url: '{url}', stream: badges, group: g, consumer: c1}}")).run(ctx));
+    let d = tokio::time::timeout(Duration::from_secs(60), h.outputs.get_mut("").unwrap().recv()).await.expect("rows once loaded").unwrap();
+    let games = d.batch.data.column_by_name("game").unwrap().as_string::<i32>().clone();
+    assert_eq!((0..games.len()).map(|i| games.value(i)).collect::<Vec<_>>(), ["Breakout", "Tappytime", "Labyrinth"]);
+    assert!(h.metrics.retries.get() > 0, "the source waited for the loading");
+    d.batch.acks.release();
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_restart_rereads_the_rest() {
     let stream = format!("badge-test-{}", std::process::id());
