@@ -206,9 +206,8 @@ struct Replay {
 /// `batch`, unless it is a replayed batch the sink wrote before the restart: then its acks are
 /// released, and it goes no further. `replay` is `None` for an at-least-once sink, which is not
 /// given positions to store.
-fn unless_written(ctx: &SinkContext, replay: Option<&mut Replay>, mut batch: Batch) -> Option<Batch> {
+fn unless_written(ctx: &SinkContext, replay: Option<&mut Replay>, batch: Batch) -> Option<Batch> {
     let Some(replay) = replay else {
-        batch.position = None;
         return Some(batch);
     };
     match &batch.position {
@@ -271,15 +270,21 @@ async fn write(
     batch: Batch,
     pending: &mut Pending,
 ) -> Result<(), Closed> {
-    let Batch { data, acks, position } = batch;
+    let Batch { data, acks, position, records } = batch;
     let total = data.num_rows() as u64;
     let mut todo = data;
     let mut refused = 0;
     let mut retrying = Retrying::new(ctx, retry, "write");
     let started = std::time::Instant::now();
     let written = loop {
-        if let (Some(p), Some(store)) = (&position, sink.positions()) {
-            store.reached(p);
+        if let Some(store) = sink.positions() {
+            if let Some(p) = &position {
+                store.reached(p);
+            }
+        } else {
+            // Rows left after a partial write are no longer the records' rows.
+            let whole = todo.num_rows() as u64 == total;
+            sink.next_at(position.as_ref(), records.as_deref().filter(|_| whole));
         }
         match sink.write(todo.clone(), ctx).await {
             Ok(written) => break written,

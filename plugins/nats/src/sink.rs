@@ -1,7 +1,13 @@
 //! `nats` sink: each row as a JSON object on a subject made from the row. Through JetStream
 //! (`stream`) a batch counts as written once the stream acknowledged every message; each message
-//! carries a `Nats-Msg-Id`, and a batch passed again after a failure gets the same ids, so the
-//! stream drops what it already stored (within its duplicate window, 2 minutes by default).
+//! carries a `Nats-Msg-Id`, and the same rows passed again get the same ids, so the stream drops
+//! what it already stored (within its duplicate window, 2 minutes by default):
+//! - rows straight from a disk buffer are named by the buffer record they are and their index in
+//!   it, which a replay after a crash keeps however it cuts the batches;
+//! - other rows at a position (through a transform, or from Kafka) by the position and the
+//!   batch's content: the same position can come back in a batch cut otherwise, and an id made
+//!   of the position alone would then name other rows, which the stream would drop as copies;
+//! - other rows get ids of this run, kept for a batch retried after a failure.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -15,7 +21,8 @@ use serde::Deserialize;
 use tributary_sdk::dead_letter::rows_as_json;
 use tributary_sdk::template::RowTemplate;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Period, Secret, Sink, SinkContext, SinkPlugin, Transient, Written,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Period, Position, Secret, Sink, SinkContext, SinkPlugin, Transient,
+    Written,
 };
 
 use crate::connect::Connection;
@@ -49,6 +56,10 @@ fn default_timeout() -> Period {
     Period::from_secs(10)
 }
 
+/// Messages published before the oldest one's acknowledgement is awaited (below the client's
+/// 5,000 permits for unacknowledged messages).
+const ACKS_IN_FLIGHT: usize = 1024;
+
 /// Characters a subject token cannot take from a row: wildcards and whitespace (a `.` in a value
 /// makes more tokens, which is allowed).
 const NOT_IN_SUBJECTS: [char; 3] = [' ', '*', '>'];
@@ -65,7 +76,7 @@ impl SinkPlugin for NatsSinkPlugin {
             SinkDelivery {
                 variant: "with `stream` (JetStream)",
                 durable_when: "the stream acknowledged every message of the batch",
-                duplicates: "none within the stream's duplicate window for a batch retried by the same process (`Nats-Msg-Id`); after a crash, rows written but not acknowledged upstream are published again with new ids",
+                duplicates: "none within the stream's duplicate window (`Nats-Msg-Id`) for a retried batch, and after a crash for rows straight from a disk buffer (named by their buffer record) or replayed at a position in the same batch; other rows written but not acknowledged when the process died are published again",
             },
             SinkDelivery {
                 variant: "without `stream` (core NATS)",
@@ -96,6 +107,8 @@ impl SinkPlugin for NatsSinkPlugin {
             retried: None,
             batches: 0,
             instance: String::new(),
+            next_at: None,
+            records: None,
         }))
     }
 }
@@ -118,6 +131,9 @@ pub struct NatsSink {
     batches: u64,
     /// Tells this run's ids from another run's (the process and its start time).
     instance: String,
+    /// Where the next batch stands in a replayable stream, and the records it holds.
+    next_at: Option<Position>,
+    records: Option<Vec<(u64, u32)>>,
 }
 
 /// One message to publish: the row's index, subject and JSON.
@@ -154,20 +170,46 @@ impl NatsSink {
         (out, rejected)
     }
 
-    /// The id prefix of this batch's messages: a batch passed again after a failure keeps its ids.
-    fn id_prefix(&mut self, messages: &[Outgoing]) -> (u64, String) {
+    /// Each message's `Nats-Msg-Id`, the same in every run for the same rows:
+    /// - rows of known records: `<sink>-<stream>-<epoch>-<record>-<row in it>`, however the
+    ///   batches are cut (a replay sends records one by one that went merged);
+    /// - else rows at a position: the position and the batch's fingerprint, so a batch cut
+    ///   otherwise gets other ids rather than the ids of other rows;
+    /// - else ids of this run, kept by a batch passed again after a failure.
+    fn message_ids(&mut self, messages: &[Outgoing], rows: usize) -> Vec<String> {
+        // Record and index of each row of the batch (the engine passes records whose counts add
+        // up to the batch's rows).
+        let of_row: Option<Vec<(u64, u32)>> = self
+            .records
+            .as_ref()
+            .map(|records| records.iter().flat_map(|&(seq, n)| (0..n).map(move |i| (seq, i))).collect())
+            .filter(|of_row: &Vec<_>| of_row.len() == rows);
+        if let (Some(p), Some(of_row)) = (&self.next_at, of_row) {
+            return messages
+                .iter()
+                .map(|m| {
+                    let (seq, i) = of_row[m.row];
+                    format!("{}-{}-{:x}-{seq}-{i}", self.id, p.stream, p.epoch)
+                })
+                .collect();
+        }
+        // SipHash with fixed keys: the same rows give the same fingerprint in every run of one
+        // build (another Rust release may hash otherwise: then a replay just gets new ids).
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for m in messages {
             (m.row, &m.subject, &m.payload).hash(&mut hasher);
         }
         let fingerprint = hasher.finish();
-        match &self.retried {
-            Some((f, prefix)) if *f == fingerprint => (fingerprint, prefix.clone()),
-            _ => {
+        let prefix = match (&self.next_at, &self.retried) {
+            (Some(p), _) => format!("{}-{}-{:x}-{}-{fingerprint:016x}", self.id, p.stream, p.epoch, p.seq),
+            (None, Some((f, prefix))) if *f == fingerprint => prefix.clone(),
+            (None, _) => {
                 self.batches += 1;
-                (fingerprint, format!("{}-{}", self.instance, self.batches))
+                format!("{}-{}", self.instance, self.batches)
             }
-        }
+        };
+        self.retried = Some((fingerprint, prefix.clone()));
+        messages.iter().map(|m| format!("{prefix}-{}", m.row)).collect()
     }
 }
 
@@ -205,16 +247,24 @@ impl Sink for NatsSink {
             return Ok(Written::with(tributary_sdk::Durability::Durable, rejected));
         };
         let jetstream = client.jetstream.clone();
-        let (fingerprint, prefix) = self.id_prefix(&messages);
-        self.retried = Some((fingerprint, prefix.clone()));
-        let mut acks = Vec::with_capacity(messages.len());
-        for m in messages {
-            let publish = PublishMessage::build().payload(m.payload.into()).message_id(format!("{prefix}-{}", m.row));
-            let ack = jetstream.send_publish(m.subject.clone(), publish).await.context("publishing to JetStream")?;
-            acks.push((m.subject, ack));
-        }
-        for (subject, ack) in acks {
+        let ids = self.message_ids(&messages, batch.num_rows());
+        // At most ACKS_IN_FLIGHT acknowledgements are awaited at once: the client lends a permit per
+        // unacknowledged message (5,000 by default) and `send_publish` waits for one, so sending a
+        // larger batch before awaiting any acknowledgement would wait forever.
+        let mut in_flight = std::collections::VecDeque::with_capacity(ACKS_IN_FLIGHT);
+        let mut copies = 0usize;
+        let mut messages = messages.into_iter().zip(ids);
+        loop {
+            let next = if in_flight.len() < ACKS_IN_FLIGHT { messages.next() } else { None };
+            if let Some((m, id)) = next {
+                let publish = PublishMessage::build().payload(m.payload.into()).message_id(id);
+                let ack = jetstream.send_publish(m.subject.clone(), publish).await.context("publishing to JetStream")?;
+                in_flight.push_back((m.subject, ack));
+                continue;
+            }
+            let Some((subject, ack)) = in_flight.pop_front() else { break };
             let ack = ack.await.with_context(|| format!("waiting for JetStream's acknowledgement of `{subject}`"))?;
+            copies += usize::from(ack.duplicate);
             if ack.stream != stream {
                 return Err(Transient::new(anyhow::anyhow!(
                     "stream `{}` stored a message meant for `{stream}`: the subject `{}` belongs to that stream",
@@ -224,10 +274,18 @@ impl Sink for NatsSink {
             }
         }
         self.retried = None;
+        if copies > 0 {
+            tracing::info!(sink = %self.id, copies, "JetStream dropped messages it had stored already (same Nats-Msg-Id)");
+        }
         Ok(Written::with(tributary_sdk::Durability::Durable, rejected))
     }
 
     async fn flush(&mut self, _ctx: &SinkContext) -> Result<Vec<DeadLetter>, Transient> {
         Ok(Vec::new())
+    }
+
+    fn next_at(&mut self, position: Option<&Position>, records: Option<&[(u64, u32)]>) {
+        self.next_at = position.cloned();
+        self.records = records.map(<[_]>::to_vec);
     }
 }

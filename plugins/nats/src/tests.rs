@@ -221,6 +221,80 @@ async fn the_sink_publishes_rows_to_their_subjects_and_a_retried_batch_is_stored
     js.delete_stream(&name).await.unwrap();
 }
 
+/// A batch larger than the client's 5,000 permits for unacknowledged messages is written: the sink
+/// used to send every message before awaiting any acknowledgement, and waited forever for a permit
+/// at message 5,001 (a disk buffer's replay makes such batches).
+#[tokio::test]
+async fn a_batch_of_twelve_thousand_rows_is_written() {
+    let name = unique("LARGE");
+    let js = jetstream_with_stream(&name, &format!("{name}.>")).await;
+    let yaml = format!("{{url: '{}', subject: '{name}.rows', stream: {name}, timeout: 5s}}", test_nats_url());
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..12_000))]).unwrap();
+    let mut sink = NatsSinkPlugin.build(&ComponentConfig::from_yaml("out", &yaml), &[("rows".into(), schema)]).unwrap();
+    let ctx = sink_context("out");
+    sink.start(&ctx).await.unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(60), sink.write(batch, &ctx)).await.expect("the write ends").unwrap();
+    assert!(written.rejected.is_empty());
+    assert_eq!(js.get_stream(&name).await.unwrap().info().await.unwrap().state.messages, 12_000);
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// Rows at a position of a replayable stream get the same ids in every run: the replay after a
+/// crash (a new sink, as in a new process) is dropped by the stream. Without records, the same
+/// position with rows cut otherwise is stored (ids from the position alone would have dropped
+/// those rows); with records, rows are named by record, however the batches are cut.
+#[tokio::test]
+async fn rows_replayed_from_the_same_position_are_stored_once_across_runs() {
+    let name = unique("REPLAY");
+    let js = jetstream_with_stream(&name, &format!("{name}.>")).await;
+    let yaml = format!("{{url: '{}', subject: '{name}.{{site}}.probes', stream: {name}, timeout: 2s}}", test_nats_url());
+    let stored = || {
+        let (js, name) = (js.clone(), name.clone());
+        async move { js.get_stream(&name).await.unwrap().info().await.unwrap().state.messages }
+    };
+    let at = |seq| tributary_sdk::Position { stream: "ingest".into(), epoch: 7, seq };
+    let run = || async {
+        let mut sink = NatsSinkPlugin.build(&ComponentConfig::from_yaml("out", &yaml), &[("probes".into(), rows().schema())]).unwrap();
+        sink.start(&sink_context("out")).await.unwrap();
+        sink
+    };
+    let ctx = sink_context("out");
+
+    let mut first = run().await;
+    first.next_at(Some(&at(3)), None);
+    first.write(rows(), &ctx).await.unwrap();
+    assert_eq!(stored().await, 2, "oslo and bergen (the null site is refused)");
+
+    let mut second = run().await;
+    second.next_at(Some(&at(3)), None);
+    second.write(rows(), &ctx).await.unwrap();
+    assert_eq!(stored().await, 2, "the replay of position 3 in another run was dropped as a copy");
+    second.next_at(Some(&at(3)), None);
+    second.write(rows().slice(2, 1), &ctx).await.unwrap();
+    assert_eq!(stored().await, 3, "position 3 cut otherwise (bergen alone) is other rows: stored");
+    second.next_at(Some(&at(4)), None);
+    second.write(rows(), &ctx).await.unwrap();
+    assert_eq!(stored().await, 5, "the same rows at the next position are new readings");
+    second.next_at(None, None);
+    second.write(rows(), &ctx).await.unwrap();
+    second.write(rows(), &ctx).await.unwrap();
+    assert_eq!(stored().await, 9, "without a position, each batch that succeeded is new");
+
+    // Rows of known records are named by record: two records merged into one batch, replayed in
+    // a new run one record per batch (as the disk buffer replays), are dropped as copies.
+    second.next_at(Some(&at(11)), Some(&[(10, 2), (11, 1)]));
+    second.write(rows(), &ctx).await.unwrap();
+    assert_eq!(stored().await, 11, "records 10 and 11: oslo and bergen");
+    let mut third = run().await;
+    third.next_at(Some(&at(10)), Some(&[(10, 2)]));
+    third.write(rows().slice(0, 2), &ctx).await.unwrap();
+    third.next_at(Some(&at(11)), Some(&[(11, 1)]));
+    third.write(rows().slice(2, 1), &ctx).await.unwrap();
+    assert_eq!(stored().await, 11, "the records replayed one by one were dropped as copies");
+    js.delete_stream(&name).await.unwrap();
+}
+
 #[tokio::test]
 async fn core_subjects_flow_from_the_sink_to_the_source() {
     let subject = unique("core");

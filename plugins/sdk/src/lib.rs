@@ -47,7 +47,7 @@ pub use config::{BatchConfig, Batching, ComponentConfig, ConfigError, DeclaredSc
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
 pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;
-pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Routes, Tap, TrySendError, DEAD_LETTER_OUTPUT};
+pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Records, Routes, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 pub use position::{Position, PositionQuery, Positions, SinkPositions};
 pub use sink::{Durability, PositionStore, Sink, SinkContext, Transient, Written};
 

@@ -21,17 +21,32 @@ pub struct Batch {
     /// Set by a replayable source (see [`crate::position`]); kept by transforms that emit one
     /// batch per batch, so an exactly-once sink can store it with the rows.
     pub position: Option<Position>,
+    /// The records of the position's stream whose rows this batch holds, in order (see
+    /// [`Records`]). Set by the disk buffer; no transform keeps it, as its output rows are not
+    /// the records' rows.
+    pub records: Option<Records>,
 }
+
+/// The records a batch holds, in order: each one's sequence number in its stream and its number of
+/// rows. A batch may merge several records, and a replay may cut them otherwise (one per batch),
+/// so a row is named the same in every run by its record and its index in it, not by the batch.
+pub type Records = Arc<[(u64, u32)]>;
 
 impl Batch {
     pub fn new(data: RecordBatch) -> Self {
-        Batch { data, acks: AckSet::none(), position: None }
+        Batch { data, acks: AckSet::none(), position: None, records: None }
     }
     pub fn with_acks(data: RecordBatch, acks: AckSet) -> Self {
-        Batch { data, acks, position: None }
+        Batch { data, acks, position: None, records: None }
     }
     pub fn at(mut self, position: Option<Position>) -> Self {
         self.position = position;
+        self
+    }
+    /// With the records its rows are, when their counts add up to its rows (else without).
+    pub fn of_records(mut self, records: Records) -> Self {
+        let rows: u64 = records.iter().map(|(_, n)| u64::from(*n)).sum();
+        self.records = (rows == self.data.num_rows() as u64).then_some(records);
         self
     }
 }

@@ -137,6 +137,12 @@ pub trait Sink: Send {
     fn positions(&mut self) -> Option<&mut dyn PositionStore> {
         None
     }
+    /// Where the rows of the next `write` stand in a replayable stream (`None`: a source that
+    /// cannot replay), and the records they are when that is known (see
+    /// [`Records`](crate::Records)). Told to a sink that is not a [`PositionStore`], before every
+    /// write: one that cannot store positions with its rows can still make a replay of the same
+    /// rows idempotent (JetStream drops a message whose `Nats-Msg-Id` it has stored).
+    fn next_at(&mut self, _position: Option<&Position>, _records: Option<&[(u64, u32)]>) {}
 }
 
 /// What an exactly-once sink does besides writing rows (see [`crate::position`]).

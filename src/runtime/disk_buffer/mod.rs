@@ -786,12 +786,13 @@ impl Forwarder {
             // Counted per record: a merged batch may hold an earlier run's rows and this run's.
             let replayed: usize = records.iter().filter(|r| r.seq < self.first_new_seq).map(|r| r.rows.num_rows()).sum();
             self.shared.metrics.buffer_replayed.add(replayed as u64);
-            for (output, rows, last_seq) in merge(records, self.first_new_seq) {
+            for Merged { output, rows, records } in merge(records, self.first_new_seq) {
+                let last_seq = records.last().map_or(0, |(seq, _)| *seq);
                 let acks = AckSet::single(progress.track(last_seq));
                 let position = Position { stream: self.stream.clone(), epoch: self.epoch, seq: last_seq };
                 let sent = match outputs.get(output as usize) {
                     Some((out, schema)) if rows.schema().fields() == schema.fields() => {
-                        out.send(Batch::with_acks(rows, acks).at(Some(position))).await
+                        out.send(Batch::with_acks(rows, acks).at(Some(position)).of_records(records)).await
                     }
                     _ => {
                         let why = "stored in the disk buffer by an earlier run whose source had other outputs or another schema";
@@ -890,31 +891,38 @@ impl Forwarder {
     }
 }
 
-/// Consecutive records of one output and schema merged into batches of up to [`FORWARD_ROWS`] rows, each
-/// with the sequence number of its last record. Records an earlier run stored (below
-/// `first_new_seq`) go one by one: an exactly-once sink wrote some of them, up to a record, and
-/// drops a replayed batch whole or not at all.
-fn merge(records: Vec<Forwardable>, first_new_seq: u64) -> Vec<(u16, RecordBatch, u64)> {
-    let mut out: Vec<(u16, RecordBatch, u64)> = Vec::new();
+/// Records merged into one batch: their output, their rows, and each one's sequence number and
+/// row count (the batch's position is the last one's).
+struct Merged {
+    output: u16,
+    rows: RecordBatch,
+    records: tributary_sdk::Records,
+}
+
+/// Consecutive records of one output and schema merged into batches of up to [`FORWARD_ROWS`] rows.
+/// Records an earlier run stored (below `first_new_seq`) go one by one: an exactly-once sink wrote
+/// some of them, up to a record, and drops a replayed batch whole or not at all.
+fn merge(records: Vec<Forwardable>, first_new_seq: u64) -> Vec<Merged> {
+    let mut out: Vec<Merged> = Vec::new();
     let mut run: Vec<Forwardable> = Vec::new();
-    let flush = |run: &mut Vec<Forwardable>, out: &mut Vec<(u16, RecordBatch, u64)>| {
+    let one = |f: Forwardable| Merged { output: f.output, records: Arc::from([(f.seq, f.rows.num_rows() as u32)]), rows: f.rows };
+    let flush = |run: &mut Vec<Forwardable>, out: &mut Vec<Merged>| {
         let Some(last) = run.last() else { return };
-        let (output, seq) = (last.output, last.seq);
-        let rows = if run.len() == 1 {
-            run.pop().expect("one").rows
-        } else {
-            let schema = run[0].rows.schema();
-            match concat_batches(&schema, run.iter().map(|f| &f.rows)) {
-                Ok(rows) => rows,
-                Err(_) => {
-                    // Cannot happen for one output's rows; send them one by one.
-                    out.extend(run.drain(..).map(|f| (f.output, f.rows, f.seq)));
-                    return;
-                }
+        let output = last.output;
+        if run.len() == 1 {
+            out.extend(run.pop().map(one));
+            return;
+        }
+        let schema = run[0].rows.schema();
+        match concat_batches(&schema, run.iter().map(|f| &f.rows)) {
+            Ok(rows) => {
+                let records = run.iter().map(|f| (f.seq, f.rows.num_rows() as u32)).collect();
+                out.push(Merged { output, rows, records });
+                run.clear();
             }
-        };
-        run.clear();
-        out.push((output, rows, seq));
+            // Cannot happen for one output's rows; send them one by one.
+            Err(_) => out.extend(run.drain(..).map(one)),
+        }
     };
     let mut rows_in_run = 0;
     for r in records {

@@ -318,11 +318,20 @@ fn merging_stops_at_another_output_or_schema() {
         Forwardable { seq: 4, output: 1, rows: rows([4]) },
         Forwardable { seq: 5, output: 0, rows: rows([5]) },
     ];
-    let merged: Vec<(u16, Vec<i64>, String, u64)> =
-        merge(records, 0).into_iter().map(|(o, b, seq)| (o, values(&b), b.schema().field(0).name().clone(), seq)).collect();
+    // Each batch lists its records (sequence number, rows): its position is the last one's.
+    type Shown = (u16, Vec<i64>, String, Vec<(u64, u32)>);
+    let merged: Vec<Shown> = merge(records, 0)
+        .into_iter()
+        .map(|m| (m.output, values(&m.rows), m.rows.schema().field(0).name().clone(), m.records.to_vec()))
+        .collect();
     assert_eq!(
         merged,
-        vec![(0, vec![1, 2], "v".into(), 2), (0, vec![3], "value".into(), 3), (1, vec![4], "v".into(), 4), (0, vec![5], "v".into(), 5)]
+        vec![
+            (0, vec![1, 2], "v".into(), vec![(1, 1), (2, 1)]),
+            (0, vec![3], "value".into(), vec![(3, 1)]),
+            (1, vec![4], "v".into(), vec![(4, 1)]),
+            (0, vec![5], "v".into(), vec![(5, 1)])
+        ]
     );
 }
 
@@ -331,7 +340,7 @@ fn merging_stops_at_another_output_or_schema() {
 #[test]
 fn replayed_records_are_not_merged() {
     let records = (1..=5).map(|seq| Forwardable { seq, output: 0, rows: rows([seq as i64]) }).collect();
-    let merged: Vec<(Vec<i64>, u64)> = merge(records, 4).into_iter().map(|(_, b, seq)| (values(&b), seq)).collect();
+    let merged: Vec<(Vec<i64>, u64)> = merge(records, 4).into_iter().map(|m| (values(&m.rows), m.records.last().unwrap().0)).collect();
     assert_eq!(merged, vec![(vec![1], 1), (vec![2], 2), (vec![3], 3), (vec![4, 5], 5)]);
 }
 
