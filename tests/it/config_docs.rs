@@ -537,3 +537,146 @@ fn identical_delivery_rows_merge_and_variants_are_named() {
     );
     assert_eq!(table, "| source | guarantee |\n|---|---|\n| `a`, `c` `mode: y` | once |\n| `b` `mode: x` | twice |\n");
 }
+
+/// The exactly-once table in docs/delivery.md says what `validate` does. Each case puts one
+/// component in a pipeline with `delivery: exactly_once`; the table row listing the case's label
+/// (an item of its first cell) says "yes" or "no", and planning the pipeline must succeed or fail
+/// to match. Every registered source and sink type has a case, so a new plugin has to be placed in
+/// the table, and a row that lies fails here.
+#[tokio::test]
+async fn the_exactly_once_table_says_what_validate_does() {
+    // (label in the table's first column, the component's options)
+    let sources: &[(&str, &str)] = &[
+        ("`http_server`", "{type: http_server, address: '127.0.0.1:0', schema: {ts: timestamp, id: int}, buffer: {type: disk}}"),
+        (
+            "`badge_events` `mode: http` and `mode: pubsub`",
+            "{type: badge_events, mode: http, address: '127.0.0.1:0', buffer: {type: disk}}",
+        ),
+        ("`badge_events` `mode: http` and `mode: pubsub`", "{type: badge_events, mode: pubsub, buffer: {type: disk}}"),
+        ("`site_probe`", "{type: site_probe, targets: [{name: home, url: 'http://localhost/'}], buffer: {type: disk}}"),
+        ("`prometheus_scrape`", "{type: prometheus_scrape, targets: ['http://localhost/metrics'], buffer: {type: disk}}"),
+        ("`otlp`", "{type: otlp, http_address: '127.0.0.1:0', buffer: {type: disk}}"),
+        ("`srt_stats`", "{type: srt_stats, mode: docker, buffer: {type: disk}}"),
+        ("`demo`", "{type: demo, kind: probes, buffer: {type: disk}}"),
+        (
+            "`webex_mesh` (live poll)",
+            "{type: webex_mesh, auth: {client_id: a, client_secret: b, token_file: /tmp/t}, backfill: 0s, buffer: {type: disk}}",
+        ),
+        ("`nats` on a core `subject`", "{type: nats, url: 'nats://127.0.0.1:4222', subject: s, schema: {id: int}, buffer: {type: disk}}"),
+        (
+            "`mqtt` with `qos: 0` or `clean_session: true`",
+            "{type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: [a], schema: {v: int}, qos: 0, buffer: {type: disk}}",
+        ),
+        (
+            "`mqtt` with `qos: 0` or `clean_session: true`",
+            "{type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: [a], schema: {v: int}, clean_session: true, buffer: {type: disk}}",
+        ),
+        ("`kafka`", "{type: kafka, bootstrap_servers: 'localhost:9092', topics: [t], group_id: g, schema: {v: int}}"),
+        ("`file`", "{type: file, path: /tmp/x, schema: {ts: timestamp}, buffer: {type: disk}}"),
+        ("`parquet`", "{type: parquet, path: /tmp/x, schema: {ts: timestamp}, buffer: {type: disk}}"),
+        ("`badge_events` `mode: stream`", "{type: badge_events, mode: stream, buffer: {type: disk}}"),
+        (
+            "`webex_mesh` with `backfill`",
+            "{type: webex_mesh, auth: {client_id: a, client_secret: b, token_file: /tmp/t}, buffer: {type: disk}}",
+        ),
+        (
+            "`nats` with `stream` (JetStream)",
+            "{type: nats, url: 'nats://127.0.0.1:4222', stream: S, consumer: c, schema: {id: int}, buffer: {type: disk}}",
+        ),
+        (
+            "`mqtt` with `qos: 1` or `2` and a persistent session",
+            "{type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: [a], schema: {v: int}, qos: 2, buffer: {type: disk}}",
+        ),
+        ("`amqp`", "{type: amqp, url: 'amqp://127.0.0.1:5672/%2f', queue: q, schema: {v: int}, buffer: {type: disk}}"),
+        ("any source without `buffer: {type: disk}`", "{type: http_server, address: '127.0.0.1:0', schema: {ts: timestamp, id: int}}"),
+    ];
+    let sinks: &[(&str, &str)] = &[
+        ("`timescale` (`append` and `upsert`)", "{type: timescale, connection: 'host=x', table: t}"),
+        ("`timescale` (`append` and `upsert`)", "{type: timescale, connection: 'host=x', table: t, mode: upsert, key: [id]}"),
+        ("`parquet` with `format: delta` (local or object storage)", "{type: parquet, format: delta, path: /tmp/x}"),
+        ("`parquet` with `format: delta` (local or object storage)", "{type: parquet, format: delta, path: 's3://bucket/lake'}"),
+        ("`parquet` (`format: parquet`)", "{type: parquet, path: /tmp/x}"),
+        ("`file`", "{type: file, path: /tmp/x}"),
+        ("`kafka`", "{type: kafka, bootstrap_servers: 'localhost:9092', topic: t}"),
+        ("`influx`", "{type: influx, url: 'http://localhost:8086', bucket: b, measurement: m}"),
+        ("`otlp`", "{type: otlp, endpoint: 'http://localhost:4318', metrics: []}"),
+        (
+            "`prometheus_remote_write`",
+            "{type: prometheus_remote_write, endpoint: 'http://localhost/api/v1/write', metrics: [{name: m, value: id}]}",
+        ),
+        ("`nats`", "{type: nats, url: 'nats://127.0.0.1:4222', subject: s}"),
+        ("`mqtt`", "{type: mqtt, url: 'mqtt://127.0.0.1:1883', topic: t}"),
+        ("`amqp`", "{type: amqp, url: 'amqp://127.0.0.1:5672/%2f', routing_key: k}"),
+        ("`console`", "{type: console}"),
+    ];
+    const INGEST: &str = "{type: http_server, address: '127.0.0.1:0', schema: {ts: timestamp, id: int}, buffer: {type: disk}}";
+    // An exactly-once sink taking any columns, for the sources' cases.
+    const LAKE: &str = "{type: parquet, format: delta, path: /tmp/lake, partition_by_date: false}";
+
+    let text = std::fs::read_to_string(root().join("docs/delivery.md")).unwrap();
+    let start = text.find("| component | exactly once |").expect("docs/delivery.md: the exactly-once table");
+    let rows: Vec<(Vec<&str>, &str)> = text[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            (cells[0].split(", ").collect(), cells[1])
+        })
+        .collect();
+    // Source rows come before the SQL transforms' rows, sink rows after them.
+    let first_sql = rows.iter().position(|(labels, _)| labels[0].starts_with("SQL transform")).expect("the SQL transform rows");
+    let last_sql = rows.iter().rposition(|(labels, _)| labels[0].starts_with("SQL transform")).unwrap();
+    let says_yes = |rows: &[(Vec<&str>, &str)], label: &str| -> Result<bool, String> {
+        let found: Vec<&&str> = rows.iter().filter(|(labels, _)| labels.contains(&label)).map(|(_, verdict)| verdict).collect();
+        match found[..] {
+            [verdict] if verdict.starts_with("yes") => Ok(true),
+            [verdict] if verdict.starts_with("no") => Ok(false),
+            [verdict] => Err(format!("the row of {label} says neither yes nor no: {verdict}")),
+            _ => Err(format!("{} rows list {label}", found.len())),
+        }
+    };
+    let planned = |pipeline: String| async move {
+        let file = tributary::config::PipelineFile::parse("p.yaml", &pipeline, &|_| None).map_err(|d| d.to_string())?;
+        tributary::graph::plan(&file, &tributary::plugins::Registry::builtin()).await.map(|_| ()).map_err(|d| d.to_string())
+    };
+
+    let mut wrong = Vec::new();
+    let mut checked_types = BTreeSet::new();
+    let cases = sources
+        .iter()
+        .map(|(label, options)| {
+            // The otlp source has an output per signal.
+            let input = if options.contains("type: otlp") { "a.metrics" } else { "a" };
+            let pipeline = format!("sources:\n  a: {options}\nsinks:\n  lake: {{inputs: [{input}], {}\n", &LAKE[1..]);
+            ("source", &rows[..first_sql], label, options, pipeline)
+        })
+        .chain(sinks.iter().map(|(label, options)| {
+            (
+                "sink",
+                &rows[last_sql + 1..],
+                label,
+                options,
+                format!("sources:\n  ingest: {INGEST}\nsinks:\n  out: {{inputs: [ingest], {}\n", &options[1..]),
+            )
+        }));
+    for (kind, section, label, options, pipeline) in cases {
+        let pipeline = format!("delivery: exactly_once\n{pipeline}");
+        let type_name = options.split("type: ").nth(1).and_then(|t| t.split([',', '}']).next()).unwrap().to_string();
+        checked_types.insert((kind, type_name));
+        match (says_yes(section, label), planned(pipeline.clone()).await) {
+            (Err(why), _) => wrong.push(why),
+            (Ok(true), Err(refused)) => wrong.push(format!("{label} says yes, but {options} is refused: {refused}")),
+            (Ok(false), Ok(())) => wrong.push(format!("{label} says no, but {options} plans exactly once")),
+            _ => {}
+        }
+    }
+    let registry = tributary::plugins::Registry::builtin();
+    let types = registry.source_types().into_iter().map(|t| ("source", t)).chain(registry.sink_types().into_iter().map(|t| ("sink", t)));
+    for (kind, t) in types {
+        if !checked_types.contains(&(kind, t.to_string())) {
+            wrong.push(format!("no case for the `{t}` {kind}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
