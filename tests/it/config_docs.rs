@@ -572,7 +572,7 @@ async fn the_exactly_once_table_says_what_validate_does() {
             "{type: mqtt, url: 'mqtt://127.0.0.1:1883', topics: [a], schema: {v: int}, clean_session: true, buffer: {type: disk}}",
         ),
         ("`kafka`", "{type: kafka, bootstrap_servers: 'localhost:9092', topics: [t], group_id: g, schema: {v: int}}"),
-        ("`file`", "{type: file, path: /tmp/x, schema: {ts: timestamp}, buffer: {type: disk}}"),
+        ("`file`", "{type: file, path: /tmp/x, schema: {ts: timestamp}}"),
         ("`parquet`", "{type: parquet, path: /tmp/x, schema: {ts: timestamp}, buffer: {type: disk}}"),
         ("`badge_events` `mode: stream`", "{type: badge_events, mode: stream, buffer: {type: disk}}"),
         (

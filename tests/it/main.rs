@@ -14,6 +14,7 @@ mod delivery_faults;
 mod deployment;
 mod docs;
 mod exactly_once;
+mod file_exactly_once;
 mod hostile;
 mod hot_reload;
 mod http_input;

@@ -61,12 +61,18 @@ pub(crate) struct Checkpoint {
     pub identity: Option<FileIdentity>,
     pub offset: u64,
     pub line: usize,
+    /// The epoch of the positions given to this reading of the file (see
+    /// `tributary_sdk::Position`): drawn when the file is read from its start afresh, and kept
+    /// while a restart resumes it, so the positions exactly-once sinks stored still name its
+    /// bytes. `None` in a checkpoint of an older version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl Checkpoint {
     /// The start of a file that has no identity to resume by.
     pub fn start() -> Checkpoint {
-        Checkpoint { identity: None, offset: 0, line: 1 }
+        Checkpoint { identity: None, offset: 0, line: 1, epoch: None }
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
@@ -198,7 +204,7 @@ mod tests {
         let identity = FileIdentity { path: "in.ndjson".into(), device: 1, inode: 2, head_len: 3, head_hash: "h".into() };
         let saver = CheckpointSaver::new(path.clone(), "src".into());
         for offset in 1..=500u64 {
-            saver.save(Checkpoint { identity: Some(identity.clone()), offset, line: offset as usize + 1 });
+            saver.save(Checkpoint { identity: Some(identity.clone()), offset, line: offset as usize + 1, epoch: Some(7) });
         }
         drop(saver);
         let saved = Checkpoint::load(&path).unwrap().unwrap();

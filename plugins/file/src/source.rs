@@ -12,7 +12,7 @@ use tributary_sdk::http::decode_off_reactor;
 use tributary_sdk::json::{JsonRows, LineError};
 use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::{
-    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Replay, Source,
+    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, OutputSpec, Period, Position, Replay, Source,
     SourceContext, SourcePlugin,
 };
 
@@ -78,9 +78,9 @@ impl SourcePlugin for FileSourcePlugin {
         use tributary_sdk::delivery::SourceDelivery;
         &[SourceDelivery {
             variant: "",
-            guarantee: "at-least-once",
-            how: "the offset of the lines every sink wrote is saved in `checkpoint_file` (with the file's path, device, inode and a fingerprint of its first KiB), in read order as acks resolve; a restart resumes there when it is the same file, and reads a rotated or rewritten file from the start",
-            duplicates: "lines read after the last saved offset, after a crash",
+            guarantee: "at-least-once; exactly once into `delivery: exactly_once` sinks",
+            how: "the offset of the lines every sink wrote is saved in `checkpoint_file` (with the file's path, device, inode and a fingerprint of its first KiB), in read order as acks resolve; a restart resumes there when it is the same file, and reads a rotated or rewritten file from the start. Each chunk carries its end offset as a position, which exactly-once sinks store with the rows",
+            duplicates: "lines read after the last saved offset, after a crash (none in an exactly-once sink)",
             crash_loses: "nothing acknowledged",
         }]
     }
@@ -103,7 +103,39 @@ impl SourcePlugin for FileSourcePlugin {
 struct Decoding {
     first_line: usize,
     ack: tributary_sdk::Ack,
+    /// Where the chunk ends in the file's stream (a regular file only).
+    position: Option<Position>,
     lines: tokio::task::JoinHandle<Result<(RecordBatch, Vec<LineError>), String>>,
+}
+
+/// Where this run's chunks stand: the stream (the source's id) and the file's epoch, and the
+/// offsets where an exactly-once sink stopped, at which chunks are cut so that each sink drops
+/// exactly what it wrote (as the Kafka source cuts its batches at each sink's offset).
+struct Positions {
+    stream: Arc<str>,
+    epoch: u64,
+    cuts: Vec<u64>,
+}
+
+impl Positions {
+    fn at(&self, offset: u64) -> Position {
+        Position { stream: self.stream.clone(), epoch: self.epoch, seq: offset }
+    }
+}
+
+/// `complete` (whole lines from `start` on) split at the `cuts` inside it: the pieces and the
+/// offset each ends at. A cut is where a chunk of an earlier run ended, so it is a line's end.
+fn split_at_cuts(mut complete: Vec<u8>, start: u64, cuts: &[u64]) -> Vec<(Vec<u8>, u64)> {
+    let end = start + complete.len() as u64;
+    let mut pieces = Vec::new();
+    let mut from = start;
+    for &cut in cuts.iter().filter(|&&c| start < c && c < end) {
+        let rest = complete.split_off((cut - from) as usize);
+        pieces.push((std::mem::replace(&mut complete, rest), cut));
+        from = cut;
+    }
+    pieces.push((complete, end));
+    pieces
 }
 
 pub struct FileSource {
@@ -116,16 +148,23 @@ impl FileSource {
     /// Start decoding complete lines on the blocking pool (chunks decode in parallel, one per core;
     /// they are sent in file order). `first_line` numbers the lines; `ack` covers the checkpoint
     /// after them and resolves when their rows and dead letters are durable.
-    fn decode(&self, ctx: &SourceContext, text: Vec<u8>, first_line: usize, ack: tributary_sdk::Ack) -> Decoding {
+    fn decode(
+        &self,
+        ctx: &SourceContext,
+        text: Vec<u8>,
+        first_line: usize,
+        ack: tributary_sdk::Ack,
+        position: Option<Position>,
+    ) -> Decoding {
         ctx.metrics.bytes_in.add(text.len() as u64);
         let rows = self.rows.clone();
         // Spawned so it starts now; decode_off_reactor bounds decoding to one per core process-wide.
-        Decoding { first_line, ack, lines: tokio::spawn(decode_off_reactor(move || rows.decode_lines(&text))) }
+        Decoding { first_line, ack, position, lines: tokio::spawn(decode_off_reactor(move || rows.decode_lines(&text))) }
     }
 
     /// Send a chunk's good rows, dead-letter its bad lines. False once the pipeline is stopping.
     async fn emit(&self, ctx: &SourceContext, decoding: Decoding) -> bool {
-        let Decoding { first_line, ack, lines } = decoding;
+        let Decoding { first_line, ack, position, lines } = decoding;
         let (batch, errors) = match lines.await.map_err(|e| e.to_string()).and_then(|decoded| decoded) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -152,7 +191,7 @@ impl FileSource {
             return true;
         }
         ctx.metrics.rows_in.add(batch.num_rows() as u64);
-        ctx.output("").send(Batch::with_acks(batch, acks)).await.is_ok()
+        ctx.output("").send(Batch::with_acks(batch, acks).at(position)).await.is_ok()
     }
 
     /// Send every chunk still decoding, in order (at the end of the file, or on stop).
@@ -167,7 +206,7 @@ impl FileSource {
 
     /// Where to start reading `file`: the checkpoint's offset when it is about this very file.
     fn resume_point(&self, ctx: &SourceContext, identity: &FileIdentity, len: u64) -> Checkpoint {
-        let start = Checkpoint { identity: Some(identity.clone()), offset: 0, line: 1 };
+        let start = Checkpoint { identity: Some(identity.clone()), offset: 0, line: 1, epoch: None };
         if self.cfg.ignore_checkpoint {
             return start;
         }
@@ -191,6 +230,46 @@ impl FileSource {
         }
     }
 
+    /// The positions of this reading of the file (`None` for what is not a regular file, which
+    /// cannot be read again), and `resume` with their epoch. A resumed reading keeps its
+    /// checkpoint's epoch; one from the start draws a new epoch and saves it in the checkpoint
+    /// before a line is read, so every position a sink stores names an epoch the next start
+    /// knows. Exactly-once sinks are asked where they stopped in it.
+    async fn positions(&self, ctx: &SourceContext, resume: Checkpoint) -> anyhow::Result<(Checkpoint, Option<Positions>)> {
+        if resume.identity.is_none() {
+            return Ok((resume, None));
+        }
+        let resume = match resume.epoch {
+            Some(_) => resume,
+            None => {
+                let fresh = Checkpoint { epoch: Some(rand::random()), ..resume };
+                let (saved, path) = (fresh.clone(), self.checkpoint_file.clone());
+                tokio::task::spawn_blocking(move || saved.save(&path)).await??;
+                fresh
+            }
+        };
+        let Some(epoch) = resume.epoch else { return Ok((resume, None)) };
+        let stream: Arc<str> = ctx.id.as_str().into();
+        let mut cuts = Vec::new();
+        if !ctx.sink_positions.is_empty() {
+            let written = ctx
+                .sink_positions
+                .written(std::slice::from_ref(&stream))
+                .await
+                .context("asking the exactly-once sinks where they stopped")?;
+            cuts = written
+                .iter()
+                .filter_map(|w| w.iter().find(|p| p.stream == stream && p.epoch == epoch).map(|p| p.seq))
+                .filter(|&seq| seq > resume.offset)
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let said: Vec<String> = written.iter().map(|w| w.to_string()).collect();
+            tracing::info!(source = %ctx.id, sinks_wrote = %said.join("; "), "exactly once: lines the sinks wrote are skipped");
+        }
+        Ok((resume, Some(Positions { stream, epoch, cuts })))
+    }
+
     /// Commits checkpoints as the acks of the lines before them resolve (saved on their own thread,
     /// the newest waiting one only).
     fn progress(&self, ctx: &SourceContext) -> AckedProgress<Checkpoint> {
@@ -206,9 +285,10 @@ impl FileSource {
 
 #[async_trait::async_trait]
 impl Source for FileSource {
-    /// The checkpoint is saved once the lines are acknowledged.
+    /// A restart reads again from the checkpoint (saved once the lines are acknowledged), and
+    /// each chunk carries its end offset as a position, which exactly-once sinks store.
     fn replay(&self) -> Replay {
-        Replay::FromItsOwnPlace
+        Replay::WithPositions
     }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let path = &self.cfg.path;
@@ -222,6 +302,7 @@ impl Source for FileSource {
         if resume.offset > 0 {
             file.seek(std::io::SeekFrom::Start(resume.offset)).await?;
         }
+        let (resume, mut positions) = self.positions(&ctx, resume).await?;
         let progress = self.progress(&ctx);
         // Reads go straight into `buf` on the blocking pool (tokio's File reads into a buffer of its
         // own and copies, and `buf` would need zero-filling first: 2 of every 3 bytes moved).
@@ -253,8 +334,10 @@ impl Source for FileSource {
                     ReadMode::ReadOnce => {
                         // A last line without a newline is still a line.
                         if !buf.is_empty() {
-                            let ack = progress.track(Checkpoint { identity: identity.clone(), offset, line: line_no + 1 });
-                            decoding.push_back(self.decode(&ctx, std::mem::take(&mut buf), line_no, ack));
+                            let epoch = positions.as_ref().map(|p| p.epoch);
+                            let ack = progress.track(Checkpoint { identity: identity.clone(), offset, line: line_no + 1, epoch });
+                            let position = positions.as_ref().map(|p| p.at(offset));
+                            decoding.push_back(self.decode(&ctx, std::mem::take(&mut buf), line_no, ack, position));
                         }
                         self.emit_all(&ctx, &mut decoding).await;
                         return Ok(());
@@ -277,6 +360,9 @@ impl Source for FileSource {
                             buf.clear();
                             offset = 0;
                             line_no = 1;
+                            // Other bytes at the same offsets: positions of a new epoch.
+                            let afresh = Checkpoint { identity: identity.clone(), ..Checkpoint::start() };
+                            positions = self.positions(&ctx, afresh).await?.1;
                         }
                         continue;
                     }
@@ -287,14 +373,20 @@ impl Source for FileSource {
             let partial = buf.split_off(last_nl + 1);
             let complete = std::mem::replace(&mut buf, Vec::with_capacity(chunk * 2));
             buf.extend_from_slice(&partial);
-            let lines = memchr::memchr_iter(b'\n', &complete).count();
             let end = offset - partial.len() as u64;
-            let ack = progress.track(Checkpoint { identity: identity.clone(), offset: end, line: line_no + lines });
-            if decoding.len() == in_flight && !self.emit(&ctx, decoding.pop_front().expect("full")).await {
-                return Ok(());
+            let start = end - complete.len() as u64;
+            let cuts = positions.as_ref().map_or(&[][..], |p| &p.cuts[..]);
+            for (piece, piece_end) in split_at_cuts(complete, start, cuts) {
+                let lines = memchr::memchr_iter(b'\n', &piece).count();
+                let epoch = positions.as_ref().map(|p| p.epoch);
+                let ack = progress.track(Checkpoint { identity: identity.clone(), offset: piece_end, line: line_no + lines, epoch });
+                if decoding.len() == in_flight && !self.emit(&ctx, decoding.pop_front().expect("full")).await {
+                    return Ok(());
+                }
+                let position = positions.as_ref().map(|p| p.at(piece_end));
+                decoding.push_back(self.decode(&ctx, piece, line_no, ack, position));
+                line_no += lines;
             }
-            decoding.push_back(self.decode(&ctx, complete, line_no, ack));
-            line_no += lines;
         }
     }
 }
@@ -364,9 +456,46 @@ mod tests {
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, lines(0..300)).unwrap();
         assert_eq!(read_once(&path, false).await.len(), 300);
-        assert!(!path.with_extension("jsonl.ckpt").exists(), "nothing was written, nothing is checkpointed");
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.with_extension("jsonl.ckpt")).unwrap()).unwrap();
+        assert_eq!(saved["offset"], 0, "nothing was written: the checkpoint (saved with its epoch before a line is read) is at the start");
         assert_eq!(read_once(&path, true).await.len(), 300, "all of it again");
         assert_eq!(read_once(&path, true).await.len(), 0);
+    }
+
+    /// Reads `path` once, every batch written: each batch's (epoch, end offset).
+    async fn positions(path: &std::path::Path) -> Vec<(u64, u64)> {
+        let (ctx, mut h) = source_context("events", &[""], 1024);
+        build(path, "read_once").run(ctx).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(d) = h.outputs.get_mut("").unwrap().try_recv() {
+            let p = d.batch.position.clone().expect("a regular file's batches have positions");
+            assert_eq!(&*p.stream, "events");
+            got.push((p.epoch, p.seq));
+            d.batch.acks.release();
+        }
+        got
+    }
+
+    /// Positions are byte offsets where batches end, in an epoch the checkpoint keeps while a
+    /// restart resumes the file; a rewritten file is another epoch (its offsets are other bytes).
+    #[tokio::test]
+    async fn batches_end_at_byte_offsets_in_an_epoch_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, lines(0..300)).unwrap();
+        let first = positions(&path).await;
+        let epoch = first[0].0;
+        assert!(first.len() > 1 && first.iter().all(|(e, _)| *e == epoch), "{first:?}");
+        assert!(first.windows(2).all(|w| w[0].1 < w[1].1), "offsets grow: {first:?}");
+        assert_eq!(first.last().unwrap().1, std::fs::metadata(&path).unwrap().len());
+
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(lines(300..303).as_bytes()).unwrap();
+        assert_eq!(positions(&path).await, [(epoch, std::fs::metadata(&path).unwrap().len())], "resumed: the same epoch");
+
+        std::fs::write(&path, lines(1000..1100)).unwrap();
+        let rewritten = positions(&path).await;
+        assert!(rewritten.iter().all(|(e, _)| *e != epoch), "a rewritten file starts a new epoch");
     }
 
     #[tokio::test]
@@ -464,6 +593,19 @@ mod tests {
 
         h.shutdown.cancel();
         task.await.unwrap().unwrap();
+    }
+
+    /// A chunk is cut where an exactly-once sink stopped: each piece ends at its cut, the last at
+    /// the chunk's end; cuts outside the chunk or at its edges cut nothing.
+    #[test]
+    fn chunks_are_cut_at_the_offsets_where_sinks_stopped() {
+        let chunk = b"a\nbb\nccc\n".to_vec(); // bytes 100..109 of the file
+        let pieces = |cuts: &[u64]| -> Vec<(String, u64)> {
+            split_at_cuts(chunk.clone(), 100, cuts).into_iter().map(|(b, end)| (String::from_utf8(b).unwrap(), end)).collect()
+        };
+        assert_eq!(pieces(&[]), [("a\nbb\nccc\n".to_string(), 109)]);
+        assert_eq!(pieces(&[50, 100, 109, 200]), [("a\nbb\nccc\n".to_string(), 109)]);
+        assert_eq!(pieces(&[102, 105]), [("a\n".to_string(), 102), ("bb\n".to_string(), 105), ("ccc\n".to_string(), 109)]);
     }
 
     #[tokio::test]
