@@ -228,9 +228,13 @@ async fn exactly_once_is_refused_naming_what_cannot_give_it() {
     let errs = check(&exactly_once_pipeline("", DISK, dead)).await.unwrap_err();
     assert_eq!(errs, ["p.yaml:9:95: sinks.errors.delivery: sink `errors` cannot be written exactly once: its input `db.dead_letter` carries dead letters, which have no position in a source's stream; or set `delivery: at_least_once` on it"]);
 
+    let amqp = "delivery: exactly_once\nsources:\n  ingest:\n    type: amqp\n    url: 'amqp://127.0.0.1:5672/%2f'\n    queue: q\n    schema: {ts: timestamp, id: int}\n    buffer: {type: disk}\n";
+    let errs = check(&format!("{amqp}{DB}")).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (amqp) saves its own place once its rows are acknowledged, so after a crash it sends again rows its disk buffer had stored; its own positions are not stored by sinks yet; or set `delivery: at_least_once` on it"]);
+    // A file replays with positions of its own: its disk buffer would be a second replay.
     let file = "delivery: exactly_once\nsources:\n  ingest:\n    type: file\n    path: /tmp/in.jsonl\n    schema: {ts: timestamp, id: int}\n    buffer: {type: disk}\n";
     let errs = check(&format!("{file}{DB}")).await.unwrap_err();
-    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (file) saves its own place once its rows are acknowledged, so after a crash it sends again rows its disk buffer had stored; its own positions are not stored by sinks yet; or set `delivery: at_least_once` on it"]);
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (file) has positions of its own, which sinks store; its disk buffer would send again after a crash rows it had stored, so remove `buffer: {type: disk}`; or set `delivery: at_least_once` on it"]);
 
     let errs = check(&exactly_once_pipeline("delivery: twice\n", DISK, DB)).await.unwrap_err();
     assert_eq!(errs, ["p.yaml:1:1: delivery: unknown variant `twice`, expected `at_least_once` or `exactly_once`"]);
