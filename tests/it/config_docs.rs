@@ -574,7 +574,7 @@ async fn the_exactly_once_table_says_what_validate_does() {
         ("`kafka`", "{type: kafka, bootstrap_servers: 'localhost:9092', topics: [t], group_id: g, schema: {v: int}}"),
         ("`file`", "{type: file, path: /tmp/x, schema: {ts: timestamp}}"),
         ("`parquet`", "{type: parquet, path: /tmp/x, schema: {ts: timestamp}, buffer: {type: disk}}"),
-        ("`badge_events` `mode: stream`", "{type: badge_events, mode: stream, buffer: {type: disk}}"),
+        ("`badge_events` `mode: stream`", "{type: badge_events, mode: stream}"),
         (
             "`webex_mesh` with `backfill`",
             "{type: webex_mesh, auth: {client_id: a, client_secret: b, token_file: /tmp/t}, buffer: {type: disk}}",

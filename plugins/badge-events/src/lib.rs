@@ -18,13 +18,16 @@
 
 mod config;
 mod http;
+mod positions;
 mod pubsub;
 mod stream;
 
 use std::time::Duration;
 
 use tributary_sdk::retry::Backoff;
-use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Replay, Source, SourceContext, SourcePlugin};
+use tributary_sdk::{
+    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Position, Replay, Source, SourceContext, SourcePlugin,
+};
 
 pub use config::{BadgeEventsConfig, HttpConfig, HttpMode, Mode, PubsubConfig, StreamConfig};
 /// The decoder lives in the sdk: the broker sources read the same messages (`format: badge`).
@@ -42,9 +45,9 @@ impl SourcePlugin for BadgeEventsPlugin {
         &[
             SourceDelivery {
                 variant: "`mode: stream`",
-                guarantee: "at-least-once",
-                how: "`XACK` only after the acks resolve; at start the consumer re-reads its own pending entries; entries of other consumers idle for `claim_idle` are claimed (never its own in-flight ones)",
-                duplicates: "entries written but not yet XACKed are read again after a restart",
+                guarantee: "at-least-once; exactly once into `delivery: exactly_once` sinks",
+                how: "`XACK` only after the acks resolve; at start the consumer re-reads its own pending entries; entries of other consumers idle for `claim_idle` are claimed (never its own in-flight ones). Each batch carries its last entry id as a position, which exactly-once sinks store with the rows",
+                duplicates: "entries written but not yet XACKed are read again after a restart (none in an exactly-once sink, except entries claimed from another consumer)",
                 crash_loses: "nothing acknowledged",
             },
             SourceDelivery {
@@ -74,8 +77,9 @@ pub struct BadgeEventsSource {
 /// Reconnects wait 100 ms doubling to 5 s, forever (until shutdown).
 const RECONNECT: Backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), max_attempts: None };
 
-/// Send decoded rows and dead letters; `acks` resolve when both are stored.
-async fn emit(id: &str, ctx: &SourceContext, messages: &[Message], acks: AckSet) -> anyhow::Result<()> {
+/// Send decoded rows and dead letters; `acks` resolve when both are stored. `position`: where the
+/// rows stand in a replayable stream (`mode: stream`).
+async fn emit(id: &str, ctx: &SourceContext, messages: &[Message], acks: AckSet, position: Option<Position>) -> anyhow::Result<()> {
     let (batch, dead) = to_batch(messages);
     ctx.metrics.bytes_in.add(messages.iter().map(|m| m.payload.len() as u64).sum());
     if !dead.is_empty() {
@@ -85,17 +89,18 @@ async fn emit(id: &str, ctx: &SourceContext, messages: &[Message], acks: AckSet)
     if batch.num_rows() == 0 {
         acks.release();
     } else {
-        ctx.output("").send(Batch::with_acks(batch, acks)).await?;
+        ctx.output("").send(Batch::with_acks(batch, acks).at(position)).await?;
     }
     Ok(())
 }
 
 #[async_trait::async_trait]
 impl Source for BadgeEventsSource {
-    /// `mode: stream` XACKs once the rows are acknowledged.
+    /// `mode: stream` XACKs once the rows are acknowledged, reads its pending entries again after
+    /// a restart, and gives each batch the id of its last entry as a position.
     fn replay(&self) -> Replay {
         match self.cfg {
-            BadgeEventsConfig::Stream(_) => Replay::FromItsOwnPlace,
+            BadgeEventsConfig::Stream(_) => Replay::WithPositions,
             _ => Replay::Nothing,
         }
     }

@@ -28,7 +28,7 @@ impl PubsubReader {
         let emitter = async {
             let mut batcher: Batcher<Message> = Batcher::new(buffered, self.cfg.batch_size, self.cfg.batch_wait.0);
             while let Some(messages) = batcher.next().await {
-                crate::emit(&self.id, ctx, &messages, AckSet::none()).await?;
+                crate::emit(&self.id, ctx, &messages, AckSet::none(), None).await?;
             }
             Ok::<_, anyhow::Error>(())
         };

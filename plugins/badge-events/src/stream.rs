@@ -6,12 +6,15 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use redis::streams::{StreamClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tributary_sdk::{now_us, Ack, AckSet, AckStatus, SourceContext};
 
 use crate::config::StreamConfig;
+use crate::positions::EntryPositions;
 use crate::{Message, RECONNECT};
 
 pub(crate) struct StreamReader {
@@ -58,6 +61,8 @@ impl StreamReader {
         let cfg = &self.cfg;
         let mut conn = self.connect_stream(&client, &ctx).await?;
         tracing::info!(source = %self.id, stream = %cfg.stream, group = %cfg.group, consumer = %cfg.consumer, "reading stream");
+        let mut positions = EntryPositions::new(&self.id, cfg);
+        positions.ask(&ctx).await.context("asking the exactly-once sinks where they stopped")?;
         // Acked entry ids come back here to be XACKed; failed ones are read again from our PEL.
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<String>, AckStatus)>();
         let mut in_flight = 0usize;
@@ -66,6 +71,8 @@ impl StreamReader {
         let mut last_claim = tokio::time::Instant::now() - cfg.claim_idle.0;
         let shutdown = ctx.shutdown.clone();
         loop {
+            // Entries claimed from another consumer carry no position (see `positions`).
+            let mut claimed = false;
             // Settle finished batches first.
             while let Ok((ids, status)) = done_rx.try_recv() {
                 in_flight -= 1;
@@ -74,13 +81,30 @@ impl StreamReader {
             if shutdown.is_cancelled() {
                 break;
             }
-            let entries: Vec<StreamId> = if read_own_pending && in_flight == 0 {
+            if read_own_pending && in_flight > 0 {
+                // Own pending entries are read again, in id order, before any new one: a batch's
+                // position says "every entry of this consumer up to here", so a new entry sent
+                // ahead of a pending one would let a sink that wrote it take the pending one for
+                // written. Reading from "0" again needs the batches in flight settled.
+                tokio::select! {
+                    done = done_rx.recv() => {
+                        if let Some((ids, status)) = done {
+                            in_flight -= 1;
+                            self.settle(&mut conn, &ids, status, &mut read_own_pending, &ctx).await;
+                        }
+                    }
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let entries: Vec<StreamId> = if read_own_pending {
                 let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size);
                 let reply: StreamReadReply = match conn.xread_options(&[&cfg.stream], &["0"], &opts).await {
                     Ok(r) => r,
                     Err(e) => {
                         if self.read_failed(&ctx, &e).await {
                             conn = self.connect_stream(&client, &ctx).await?;
+                            self.ask_again(&mut positions, &ctx).await;
                         }
                         continue;
                     }
@@ -91,15 +115,17 @@ impl StreamReader {
             } else if last_claim.elapsed() >= cfg.claim_idle.0 {
                 last_claim = tokio::time::Instant::now();
                 match claim_from_other_consumers(&mut conn, cfg).await {
-                    Ok(claimed) => {
-                        if !claimed.is_empty() {
-                            tracing::info!(source = %self.id, entries = claimed.len(), "claimed entries another consumer left pending");
+                    Ok(entries) => {
+                        if !entries.is_empty() {
+                            tracing::info!(source = %self.id, entries = entries.len(), "claimed entries another consumer left pending");
                         }
-                        claimed
+                        claimed = true;
+                        entries
                     }
                     Err(e) => {
                         if self.read_failed(&ctx, &e).await {
                             conn = self.connect_stream(&client, &ctx).await?;
+                            self.ask_again(&mut positions, &ctx).await;
                             read_own_pending = true;
                         }
                         continue;
@@ -118,6 +144,7 @@ impl StreamReader {
                         if self.read_failed(&ctx, &e).await {
                             // Entries whose XACK was lost with the connection are re-read.
                             conn = self.connect_stream(&client, &ctx).await?;
+                            self.ask_again(&mut positions, &ctx).await;
                             read_own_pending = true;
                         }
                         continue;
@@ -130,14 +157,30 @@ impl StreamReader {
             if entries.is_empty() {
                 continue;
             }
-            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-            let messages: Vec<Message> = entries.iter().map(entry_message).collect();
-            let tx = done_tx.clone();
-            let ack = Ack::new(move |status| {
-                let _ = tx.send((ids, status));
-            });
-            in_flight += 1;
-            crate::emit(&self.id, &ctx, &messages, AckSet::single(ack)).await?;
+            let pieces = if claimed {
+                vec![entries]
+            } else {
+                // Pending entries read again that every exactly-once sink wrote (their XACK was
+                // lost with a crash or a connection) are acknowledged, not sent again.
+                let (written, rest): (Vec<StreamId>, Vec<StreamId>) = entries.into_iter().partition(|e| positions.written_everywhere(e));
+                if !written.is_empty() {
+                    let ids: Vec<String> = written.iter().map(|e| e.id.clone()).collect();
+                    ctx.metrics.replay_skipped.add(ids.len() as u64);
+                    self.settle(&mut conn, &ids, AckStatus::Delivered, &mut read_own_pending, &ctx).await;
+                }
+                positions.split(rest)
+            };
+            for piece in pieces {
+                let position = if claimed { None } else { positions.position(&piece) };
+                let ids: Vec<String> = piece.iter().map(|e| e.id.clone()).collect();
+                let messages: Vec<Message> = piece.iter().map(entry_message).collect();
+                let tx = done_tx.clone();
+                let ack = Ack::new(move |status| {
+                    let _ = tx.send((ids, status));
+                });
+                in_flight += 1;
+                crate::emit(&self.id, &ctx, &messages, AckSet::single(ack), position).await?;
+            }
         }
         // Let downstream flush, then acknowledge what it wrote before leaving.
         ctx.close_outputs();
@@ -157,6 +200,15 @@ impl StreamReader {
             }
         }
         Ok(())
+    }
+
+    /// After a reconnect, pending entries are read again: the sinks may have written some since
+    /// they were last asked. A sink that cannot answer (the pipeline is stopping) leaves the old
+    /// answer, which only means more is sent again (at least once).
+    async fn ask_again(&self, positions: &mut EntryPositions, ctx: &SourceContext) {
+        if let Err(e) = positions.ask(ctx).await {
+            tracing::warn!(source = %self.id, error = %e, "the exactly-once sinks did not say where they stopped");
+        }
     }
 
     /// XACK delivered entries; failed ones stay pending and are re-read.
