@@ -15,12 +15,6 @@ use std::time::{Duration, Instant};
 const TOTAL: i64 = 6000;
 const KILLS: usize = 3;
 
-/// id → how many rows of the timescale table carry it.
-async fn ids_in_table(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, i64> {
-    let rows = db.query(&format!("SELECT id, count(*) FROM \"{table}\" GROUP BY id"), &[]).await.unwrap_or_default();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-}
-
 /// Appends `TOTAL` lines to `path`, 50 at a time, about 2,000 a second.
 async fn append_lines(path: std::path::PathBuf) {
     for block in 0..TOTAL / 50 {
@@ -92,7 +86,7 @@ sinks:
     appending.await.unwrap();
     let t0 = Instant::now();
     loop {
-        let (rows, lake) = (ids_in_table(&db, &table).await, common::ids_in_delta(&dir.path().join("lake")));
+        let (rows, lake) = (common::ids_in_table(&db, &table).await, common::ids_in_delta(&dir.path().join("lake")));
         if (rows.len() as i64 == TOTAL && lake.len() as i64 == TOTAL) || t0.elapsed() > Duration::from_secs(90) {
             break;
         }
@@ -103,34 +97,27 @@ sinks:
     let status = child.wait().unwrap();
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "a clean stop exits 0: {status:?}\n{logged}");
-    let result = (ids_in_table(&db, &table).await, common::ids_in_delta(&dir.path().join("lake")), skipped);
+    let result = (common::ids_in_table(&db, &table).await, common::ids_in_delta(&dir.path().join("lake")), skipped);
     db.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"; DELETE FROM tributary_positions WHERE target = 'public.{table}'"))
         .await
         .ok();
     result
 }
 
-fn problems(what: &str, ids: &BTreeMap<i64, i64>) -> (Vec<i64>, i64) {
-    let missing: Vec<i64> = (0..TOTAL).filter(|id| !ids.contains_key(id)).collect();
-    let twice: i64 = ids.values().map(|n| n - 1).sum();
-    eprintln!("{what}: {} ids, {} missing, {twice} written twice", ids.len(), missing.len());
-    (missing, twice)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_file_pipeline_writes_every_line_once_into_both_sinks() {
     let (table, lake, skipped) = killed_run("exactly_once").await;
-    let (missing, twice) = problems("exactly_once, timescale", &table);
+    let (missing, twice) = common::missing_and_twice("exactly_once, timescale", &table, TOTAL);
     assert!(missing.is_empty() && twice == 0, "timescale: missing {:?}…, {twice} written twice", &missing[..missing.len().min(10)]);
-    let (missing, twice) = problems("exactly_once, delta", &lake);
+    let (missing, twice) = common::missing_and_twice("exactly_once, delta", &lake, TOTAL);
     assert!(missing.is_empty() && twice == 0, "delta: missing {:?}…, {twice} written twice", &missing[..missing.len().min(10)]);
     eprintln!("exactly_once: {skipped} replayed rows skipped");
     assert!(skipped > 0.0, "the kills left replays to skip");
 
     // The control: at least once, the table gets the Delta table's lag again after each kill.
     let (table, lake, _) = killed_run("at_least_once").await;
-    let (missing, twice) = problems("at_least_once, timescale", &table);
+    let (missing, twice) = common::missing_and_twice("at_least_once, timescale", &table, TOTAL);
     assert!(missing.is_empty(), "at least once loses nothing either");
     assert!(twice > 0, "the kills replayed lines the table had written");
-    assert!(problems("at_least_once, delta", &lake).0.is_empty());
+    assert!(common::missing_and_twice("at_least_once, delta", &lake, TOTAL).0.is_empty());
 }

@@ -75,12 +75,6 @@ sinks:
     }
 }
 
-/// id → how many rows of the timescale table carry it.
-async fn ids_in_table(db: &tokio_postgres::Client, table: &str) -> BTreeMap<i64, i64> {
-    let rows = db.query(&format!("SELECT id, count(*) FROM \"{table}\" GROUP BY id"), &[]).await.unwrap_or_default();
-    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-}
-
 async fn produce(bootstrap: String, topic: String) {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
     for id in 0..TOTAL {
@@ -128,7 +122,7 @@ async fn killed_run(
     producing.await.unwrap();
     let t0 = Instant::now();
     loop {
-        let (table, lake) = (ids_in_table(&db, &run.table).await, common::ids_in_delta(&run.dir.path().join("lake")));
+        let (table, lake) = (common::ids_in_table(&db, &run.table).await, common::ids_in_delta(&run.dir.path().join("lake")));
         if (table.len() as i64 == TOTAL && lake.len() as i64 == TOTAL) || t0.elapsed() > Duration::from_secs(90) {
             break;
         }
@@ -139,14 +133,7 @@ async fn killed_run(
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(&run.log).unwrap_or_default();
     assert!(status.success(), "a clean stop exits 0: {status:?}\n{log}");
-    (ids_in_table(&db, &run.table).await, common::ids_in_delta(&run.dir.path().join("lake")), skipped)
-}
-
-fn problems(what: &str, ids: &BTreeMap<i64, i64>) -> (Vec<i64>, i64) {
-    let missing: Vec<i64> = (0..TOTAL).filter(|id| !ids.contains_key(id)).collect();
-    let twice: i64 = ids.values().map(|n| n - 1).sum();
-    eprintln!("{what}: {} ids, {} missing, {twice} written twice", ids.len(), missing.len());
-    (missing, twice)
+    (common::ids_in_table(&db, &run.table).await, common::ids_in_delta(&run.dir.path().join("lake")), skipped)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,19 +141,19 @@ async fn a_killed_kafka_pipeline_writes_every_message_once_into_both_sinks() {
     let mock = MockCluster::new(1).unwrap();
 
     let (table, lake, skipped) = killed_run(&mock, "exactly_once").await;
-    let (missing, twice) = problems("exactly_once, timescale", &table);
+    let (missing, twice) = common::missing_and_twice("exactly_once, timescale", &table, TOTAL);
     assert!(missing.is_empty() && twice == 0, "timescale: missing {:?}…, {twice} written twice", &missing[..missing.len().min(10)]);
-    let (missing, twice) = problems("exactly_once, delta", &lake);
+    let (missing, twice) = common::missing_and_twice("exactly_once, delta", &lake, TOTAL);
     assert!(missing.is_empty() && twice == 0, "delta: missing {:?}…, {twice} written twice", &missing[..missing.len().min(10)]);
     eprintln!("exactly_once: {skipped} replayed messages or rows skipped");
     assert!(skipped > 0.0, "the kills left replays to skip");
 
     // The control: at least once, the table gets the Delta table's lag again after each kill.
     let (table, lake, _) = killed_run(&mock, "at_least_once").await;
-    let (missing, twice) = problems("at_least_once, timescale", &table);
+    let (missing, twice) = common::missing_and_twice("at_least_once, timescale", &table, TOTAL);
     assert!(missing.is_empty(), "at least once loses nothing either");
     assert!(twice > 0, "the kills replayed rows the table had written");
-    assert!(problems("at_least_once, delta", &lake).0.is_empty());
+    assert!(common::missing_and_twice("at_least_once, delta", &lake, TOTAL).0.is_empty());
 }
 
 /// Two kafka sources into one exactly-once sink: each asks that sink where it stopped in its own
@@ -213,7 +200,7 @@ async fn two_kafka_sources_ask_one_sink_where_they_stopped() {
     stop.cancel();
     let report = run.await.unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    let ids = ids_in_table(&db, &table).await;
+    let ids = common::ids_in_table(&db, &table).await;
     let expected: BTreeMap<i64, i64> = (0..50).chain(1000..1050).map(|id| (id, 1)).collect();
     assert_eq!(ids, expected);
 }

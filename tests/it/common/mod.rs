@@ -383,6 +383,20 @@ pub async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str,
 }
 
 /// `count(*)` of `table`, 0 while it does not exist.
+/// id → how many rows of `table` carry it (empty while the table does not exist).
+pub async fn ids_in_table(db: &tokio_postgres::Client, table: &str) -> std::collections::BTreeMap<i64, i64> {
+    let rows = db.query(&format!("SELECT id, count(*) FROM \"{table}\" GROUP BY id"), &[]).await.unwrap_or_default();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// The ids of `0..total` missing from `ids`, and how many rows repeat one; printed under `what`.
+pub fn missing_and_twice(what: &str, ids: &std::collections::BTreeMap<i64, i64>, total: i64) -> (Vec<i64>, i64) {
+    let missing: Vec<i64> = (0..total).filter(|id| !ids.contains_key(id)).collect();
+    let twice: i64 = ids.values().map(|n| n - 1).sum();
+    eprintln!("{what}: {} ids, {} missing, {twice} written twice", ids.len(), missing.len());
+    (missing, twice)
+}
+
 pub async fn pg_count(db: &tokio_postgres::Client, table: &str) -> i64 {
     match db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await {
         Ok(row) => row.get(0),
