@@ -67,7 +67,7 @@ impl StreamReader {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Vec<String>, AckStatus)>();
         let mut in_flight = 0usize;
         // Start with our own pending entries (a previous run's unacknowledged ones).
-        let mut read_own_pending = true;
+        let mut pending = OwnPending::new();
         let mut last_claim = tokio::time::Instant::now() - cfg.claim_idle.0;
         let shutdown = ctx.shutdown.clone();
         loop {
@@ -76,42 +76,25 @@ impl StreamReader {
             // Settle finished batches first.
             while let Ok((ids, status)) = done_rx.try_recv() {
                 in_flight -= 1;
-                self.settle(&mut conn, &ids, status, &mut read_own_pending, &ctx).await;
+                self.settle(&mut conn, &ids, status, &mut pending, &ctx).await;
             }
             if shutdown.is_cancelled() {
                 break;
             }
-            if read_own_pending && in_flight > 0 {
-                // Own pending entries are read again, in id order, before any new one: a batch's
-                // position says "every entry of this consumer up to here", so a new entry sent
-                // ahead of a pending one would let a sink that wrote it take the pending one for
-                // written. Reading from "0" again needs the batches in flight settled.
-                tokio::select! {
-                    done = done_rx.recv() => {
-                        if let Some((ids, status)) = done {
-                            in_flight -= 1;
-                            self.settle(&mut conn, &ids, status, &mut read_own_pending, &ctx).await;
-                        }
-                    }
-                    _ = shutdown.cancelled() => {}
-                }
-                continue;
-            }
-            let entries: Vec<StreamId> = if read_own_pending {
+            let entries: Vec<StreamId> = if pending.reading {
                 let opts = StreamReadOptions::default().group(&cfg.group, &cfg.consumer).count(cfg.batch_size);
-                let reply: StreamReadReply = match conn.xread_options(&[&cfg.stream], &["0"], &opts).await {
+                let reply: StreamReadReply = match conn.xread_options(&[&cfg.stream], &[pending.cursor.as_str()], &opts).await {
                     Ok(r) => r,
                     Err(e) => {
                         if self.read_failed(&ctx, &e).await {
                             conn = self.connect_stream(&client, &ctx).await?;
                             self.ask_again(&mut positions, &ctx).await;
+                            pending.reread();
                         }
                         continue;
                     }
                 };
-                let ids: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-                read_own_pending = !ids.is_empty();
-                ids
+                pending.next(reply.keys.into_iter().flat_map(|k| k.ids).collect())
             } else if last_claim.elapsed() >= cfg.claim_idle.0 {
                 last_claim = tokio::time::Instant::now();
                 match claim_from_other_consumers(&mut conn, cfg).await {
@@ -126,7 +109,7 @@ impl StreamReader {
                         if self.read_failed(&ctx, &e).await {
                             conn = self.connect_stream(&client, &ctx).await?;
                             self.ask_again(&mut positions, &ctx).await;
-                            read_own_pending = true;
+                            pending.reread();
                         }
                         continue;
                     }
@@ -145,7 +128,7 @@ impl StreamReader {
                             // Entries whose XACK was lost with the connection are re-read.
                             conn = self.connect_stream(&client, &ctx).await?;
                             self.ask_again(&mut positions, &ctx).await;
-                            read_own_pending = true;
+                            pending.reread();
                         }
                         continue;
                     }
@@ -166,7 +149,7 @@ impl StreamReader {
                 if !written.is_empty() {
                     let ids: Vec<String> = written.iter().map(|e| e.id.clone()).collect();
                     ctx.metrics.replay_skipped.add(ids.len() as u64);
-                    self.settle(&mut conn, &ids, AckStatus::Delivered, &mut read_own_pending, &ctx).await;
+                    self.settle(&mut conn, &ids, AckStatus::Delivered, &mut pending, &ctx).await;
                 }
                 positions.split(rest)
             };
@@ -179,6 +162,7 @@ impl StreamReader {
                     let _ = tx.send((ids, status));
                 });
                 in_flight += 1;
+                pending.in_flight.extend(piece.iter().map(|e| e.id.clone()));
                 crate::emit(&self.id, &ctx, &messages, AckSet::single(ack), position).await?;
             }
         }
@@ -190,8 +174,7 @@ impl StreamReader {
             match tokio::time::timeout_at(until, done_rx.recv()).await {
                 Ok(Some((ids, status))) => {
                     in_flight -= 1;
-                    let mut ignore = false;
-                    self.settle(&mut conn, &ids, status, &mut ignore, &ctx).await;
+                    self.settle(&mut conn, &ids, status, &mut pending, &ctx).await;
                 }
                 _ => {
                     tracing::warn!(source = %self.id, in_flight, "entries still unacknowledged at shutdown stay pending and are read again next start");
@@ -217,9 +200,12 @@ impl StreamReader {
         conn: &mut redis::aio::MultiplexedConnection,
         ids: &[String],
         status: AckStatus,
-        reread: &mut bool,
+        pending: &mut OwnPending,
         ctx: &SourceContext,
     ) {
+        for id in ids {
+            pending.in_flight.remove(id);
+        }
         match status {
             AckStatus::Delivered => {
                 let r: redis::RedisResult<i64> = conn.xack(&self.cfg.stream, &self.cfg.group, ids).await;
@@ -229,7 +215,7 @@ impl StreamReader {
             }
             AckStatus::Failed => {
                 tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, entries = ids.len(), "downstream failed to write; re-reading pending entries");
-                *reread = true;
+                pending.reread();
             }
         }
     }
@@ -246,6 +232,42 @@ impl StreamReader {
         tributary_sdk::report_error!(ctx.metrics, warn, source = %self.id, error = %e, reconnecting = lost, "reading the stream failed; retrying");
         tokio::select! { _ = ctx.shutdown.cancelled() => {}, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
         lost
+    }
+}
+
+/// Re-reading this consumer's own pending entries (at start, after a reconnect or a failed batch),
+/// in id order and before any new entry: a batch's position says "every entry of this consumer up
+/// to here", so a new entry sent ahead of a pending one would let a sink that wrote it take the
+/// pending one for written. A cursor walks the pending list, so the entries in flight (a window
+/// may hold their acks for minutes, and only newer entries close it) need not settle first; those
+/// still in flight are not sent again.
+struct OwnPending {
+    reading: bool,
+    /// The last pending id read in this pass (`0`: from the start).
+    cursor: String,
+    /// Entries sent and not settled yet.
+    in_flight: std::collections::HashSet<String>,
+}
+
+impl OwnPending {
+    fn new() -> Self {
+        OwnPending { reading: true, cursor: "0".into(), in_flight: Default::default() }
+    }
+
+    /// Read the pending list again from its start.
+    fn reread(&mut self) {
+        self.reading = true;
+        self.cursor = "0".into();
+    }
+
+    /// One read of the pending list: the entries to send (those not in flight). An empty read
+    /// ends the pass.
+    fn next(&mut self, read: Vec<StreamId>) -> Vec<StreamId> {
+        match read.last() {
+            Some(last) => self.cursor = last.id.clone(),
+            None => self.reading = false,
+        }
+        read.into_iter().filter(|e| !self.in_flight.contains(&e.id)).collect()
     }
 }
 
