@@ -299,10 +299,14 @@ async fn run_transform(
     loop {
         tokio::select! {
             biased;
-            Some(new) = replace.recv() => {
-                let Some(new) = versions.arrive(new, &t.id) else { continue };
+            Some(mut new) = replace.recv() => {
                 // What was queued before the reload was accepted under the old SQL: it gets it.
-                for _ in 0..rx.len() {
+                let queued = rx.len();
+                if let Some(taken) = new.taken.take() {
+                    let _ = taken.send(());
+                }
+                let Some(new) = versions.arrive(new, &t.id) else { continue };
+                for _ in 0..queued {
                     let Some(delivery) = rx.recv().await else { break };
                     transform_delivery(&t, delivery, &output, &dead, &metrics).await?;
                 }

@@ -73,6 +73,8 @@ pub(crate) struct Topology {
     /// `tables:` as the run loaded them (a reloaded plan's tables read these).
     tables: Vec<crate::tables::PlannedTable>,
     pub started: Started,
+    /// The last reload's changed transforms, telling when they have counted their queued rows.
+    switching: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Topology {
@@ -86,6 +88,7 @@ impl Topology {
             interval_joins: BTreeSet::new(),
             tables: Vec::new(),
             started: Default::default(),
+            switching: Vec::new(),
         }
     }
 
@@ -96,6 +99,11 @@ impl Topology {
                 ReloadRequest::Invalid(diagnostics) => Err(format!("the new file is invalid:\n{diagnostics}")),
                 ReloadRequest::Valid(plan) => self.apply(plan, admin).map_err(|e| e.to_string()),
             };
+            // Recorded once the changed transforms counted what was queued before it (a second
+            // at most: a transform busy with one batch answers after it).
+            for taken in std::mem::take(&mut self.switching) {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), taken).await;
+            }
             match &outcome {
                 Ok(changed) if changed.is_empty() => tracing::info!("reloaded: no component changed"),
                 Ok(changed) => tracing::info!(restarted = %changed.join(","), "reloaded"),
@@ -163,13 +171,20 @@ impl Topology {
                 changed_inputs: inputs[&s.id].clone(),
                 channel: rewired.contains(&s.id).then(|| channel(&s.id)),
                 component: SinkVersion { sink: s.sink, retry: s.retry, exactly_once: s.exactly_once },
+                taken: None,
             };
             send(&self.builder.sinks, &s.id, new)?;
         }
         for t in transforms.into_iter().filter(|t| changed.contains(&t.id)) {
             let id = t.id.clone();
-            let new =
-                NewVersion { changed_inputs: inputs[&id].clone(), channel: rewired.contains(&id).then(|| channel(&id)), component: t };
+            let (taken, switched) = tokio::sync::oneshot::channel();
+            self.switching.push(switched);
+            let new = NewVersion {
+                changed_inputs: inputs[&id].clone(),
+                channel: rewired.contains(&id).then(|| channel(&id)),
+                component: t,
+                taken: Some(taken),
+            };
             send(&self.builder.transforms, &id, new)?;
         }
         for s in sources.into_iter().filter(|s| changed.contains(&s.id)) {

@@ -28,6 +28,10 @@ pub(crate) struct NewVersion<T> {
     /// Set when the component's `inputs:` changed: its new channel. The old version handles what
     /// comes through the old channel until the producers, rewired, have all let go of it.
     pub channel: Option<mpsc::Receiver<Delivery>>,
+    /// Told once the component has counted what is queued for the old version: the reload is
+    /// recorded (`/health`'s generation) only then, so a row sent after it never counts as queued
+    /// before it. Dropped untold by a task that does not count (the reload waits no longer).
+    pub taken: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The new versions a running component has been handed and not yet switched to: one waiting for
@@ -100,14 +104,14 @@ mod tests {
         let new_columns = batch(&["id"]).schema();
         let mut versions = Versions::default();
         assert_eq!(
-            versions.arrive(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)], channel: None }, "t"),
+            versions.arrive(NewVersion { component: "v2", changed_inputs: vec![None, Some(new_columns)], channel: None, taken: None }, "t"),
             None
         );
         assert_eq!(versions.due(1, &batch(&["id", "score"])), None, "still the old columns");
         assert_eq!(versions.due(0, &batch(&["id"])), None, "an input whose columns did not change");
         assert_eq!(versions.due(1, &batch(&["id"])), Some("v2"));
         assert_eq!(versions.due(1, &batch(&["id"])), None, "taken over once");
-        let now = NewVersion { component: "v3", changed_inputs: vec![None, None], channel: None };
+        let now = NewVersion { component: "v3", changed_inputs: vec![None, None], channel: None, taken: None };
         assert_eq!(versions.arrive(now, "t"), Some("v3"), "same columns: takes over now");
     }
 }
