@@ -130,8 +130,7 @@ async fn written_by_sinks(id: &str, stream: &Arc<str>, sinks: Vec<SinkWritten>) 
             })?
             .clone()
             .unwrap_or_default();
-        let written = positions.iter().find(|p| p.stream == *stream && p.epoch == EMISSION_EPOCH);
-        out.push(written.map(|p| i64::try_from(p.seq).unwrap_or(i64::MAX)));
+        out.push(positions.seq_in(stream, EMISSION_EPOCH).map(|seq| i64::try_from(seq).unwrap_or(i64::MAX)));
     }
     Ok(out)
 }

@@ -44,7 +44,7 @@ impl EntryPositions {
             return Ok(());
         }
         let answers = ctx.sink_positions.written(std::slice::from_ref(&self.stream)).await?;
-        self.written = answers.iter().map(|w| w.iter().find(|p| p.stream == self.stream && p.epoch == 0).map(|p| p.seq)).collect();
+        self.written = answers.iter().map(|w| w.seq_in(&self.stream, 0)).collect();
         tracing::info!(stream = %self.stream, sinks_wrote = ?self.written, "exactly once: entries the sinks wrote are skipped");
         Ok(())
     }

@@ -181,16 +181,21 @@ async fn pending_entries_come_in_order_before_new_ones_while_earlier_batches_are
     for d in deliveries {
         d.batch.acks.release();
     }
+    assert_pending_drains(&mut conn, &stream, "every entry acknowledged once released").await;
+    h.shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+}
+
+/// Group `g`'s pending list on `stream` empties within 5 s.
+async fn assert_pending_drains(conn: &mut redis::aio::MultiplexedConnection, stream: &str, why: &str) {
     for _ in 0..100 {
-        if pending(&mut conn, &stream, "g").await == 0 {
+        if pending(conn, stream, "g").await == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(pending(&mut conn, &stream, "g").await, 0);
-    h.shutdown.cancel();
-    task.await.unwrap().unwrap();
-    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(pending(conn, stream, "g").await, 0, "{why}");
 }
 
 #[tokio::test]
@@ -231,13 +236,7 @@ async fn stream_entries_are_acknowledged_only_after_the_rows_are_released_and_a_
         "channel `high-score-processor`: expected a JSON object, got an array"
     );
     dl.batch.acks.release();
-    for _ in 0..100 {
-        if pending(&mut conn, &stream, "g").await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(pending(&mut conn, &stream, "g").await, 0, "every entry acknowledged once written");
+    assert_pending_drains(&mut conn, &stream, "every entry acknowledged once written").await;
     h.shutdown.cancel();
     task.await.unwrap().unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
@@ -287,13 +286,7 @@ async fn only_other_consumers_entries_are_claimed_never_our_own_in_flight_ones()
     for acks in held {
         acks.release();
     }
-    for _ in 0..100 {
-        if pending(&mut conn, &stream, "g").await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(pending(&mut conn, &stream, "g").await, 0);
+    assert_pending_drains(&mut conn, &stream, "every entry acknowledged once released").await;
     h.shutdown.cancel();
     task.await.unwrap().unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();

@@ -257,11 +257,7 @@ impl FileSource {
                 .written(std::slice::from_ref(&stream))
                 .await
                 .context("asking the exactly-once sinks where they stopped")?;
-            cuts = written
-                .iter()
-                .filter_map(|w| w.iter().find(|p| p.stream == stream && p.epoch == epoch).map(|p| p.seq))
-                .filter(|&seq| seq > resume.offset)
-                .collect();
+            cuts = written.iter().filter_map(|w| w.seq_in(&stream, epoch)).filter(|&seq| seq > resume.offset).collect();
             cuts.sort_unstable();
             cuts.dedup();
             let said: Vec<String> = written.iter().map(|w| w.to_string()).collect();

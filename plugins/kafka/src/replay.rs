@@ -42,10 +42,7 @@ impl SinkCuts {
     pub fn learn(&mut self, source: &str, keys: &[PartitionKey], per_sink: &[Positions]) {
         for key in keys {
             let stream = stream(source, key);
-            let offsets = per_sink
-                .iter()
-                .map(|written| written.iter().find(|p| p.stream == stream && p.epoch == EPOCH).map(|p| p.seq as i64))
-                .collect();
+            let offsets = per_sink.iter().map(|written| written.seq_in(&stream, EPOCH).map(|seq| seq as i64)).collect();
             self.written.insert(key.clone(), offsets);
         }
     }

@@ -47,6 +47,11 @@ impl Positions {
         self.0.is_empty()
     }
 
+    /// The seq written in `stream`, when it is of `epoch` (another epoch's numbers are not this one's).
+    pub fn seq_in(&self, stream: &str, epoch: u64) -> Option<u64> {
+        self.0.get(stream).filter(|(e, _)| *e == epoch).map(|&(_, seq)| seq)
+    }
+
     /// Every stream's position.
     pub fn iter(&self) -> impl Iterator<Item = Position> + '_ {
         self.0.iter().map(|(stream, &(epoch, seq))| Position { stream: stream.clone(), epoch, seq })
@@ -132,6 +137,7 @@ mod tests {
         assert!(!written.covers(&at("http", 8, 2)), "a new buffer folder's numbers are not the old ones");
         assert!(!written.covers(&at("files", 7, 1)));
         assert_eq!(written.to_string(), "badges #3 (epoch 1), http #10 (epoch 7)");
+        assert_eq!((written.seq_in("http", 7), written.seq_in("http", 8), written.seq_in("files", 7)), (Some(10), None, None));
     }
 
     #[test]
