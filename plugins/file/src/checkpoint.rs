@@ -49,8 +49,7 @@ async fn head(file: &mut tokio::fs::File, limit: usize) -> std::io::Result<(usiz
 }
 
 fn fnv1a(bytes: &[u8]) -> String {
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    format!("{hash:016x}")
+    format!("{:016x}", tributary_sdk::position::fnv1a(bytes))
 }
 
 /// The lines before `offset` (line `line` starts there) are written by every sink.

@@ -315,7 +315,7 @@ pub fn b64(text: &str) -> String {
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    tributary_sdk::position::fnv1a(s.as_bytes())
 }
 
 fn splitmix(mut z: u64) -> u64 {
