@@ -27,10 +27,7 @@ pub(super) fn sink_guarantee(id: &str, options: &mut serde_yaml::Value, default:
 /// The sources whose positions reach `sink` when it can be written exactly once, or why it cannot.
 pub(super) fn streams(sink: &mut PlannedSink, sources: &[PlannedSource], transforms: &[PlannedTransform]) -> Result<Vec<Arc<str>>, String> {
     let streams = if sink.sink.positions().is_none() {
-        Err(format!(
-            "the `{}` sink does not store positions with its rows (exactly-once sinks: `timescale`, `parquet` with `format: delta`)",
-            sink.type_name
-        ))
+        Err(format!("the `{}` sink does not store positions with its rows (exactly-once sinks: `timescale`, `parquet`)", sink.type_name))
     } else {
         path_streams(&sink.inputs, sources, transforms)
     };

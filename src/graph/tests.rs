@@ -197,12 +197,17 @@ async fn exactly_once_is_refused_naming_what_cannot_give_it() {
     let errs = check(&exactly_once_pipeline(eo, "", DB)).await.unwrap_err();
     assert_eq!(errs, ["p.yaml:1:1: delivery: sink `db` cannot be written exactly once: source `ingest` (http_server) cannot replay what it sent; give it `buffer: {type: disk}`, whose positions the sink stores; or set `delivery: at_least_once` on it"]);
 
-    let lake = "sinks:\n  lake: {type: parquet, inputs: [ingest], path: /tmp/lake}\n";
-    let errs = check(&exactly_once_pipeline(eo, DISK, lake)).await.unwrap_err();
-    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `lake` cannot be written exactly once: the `parquet` sink does not store positions with its rows (exactly-once sinks: `timescale`, `parquet` with `format: delta`); or set `delivery: at_least_once` on it"]);
+    let files = "sinks:\n  out: {type: file, inputs: [ingest], path: /tmp/out.ndjson}\n";
+    let errs = check(&exactly_once_pipeline(eo, DISK, files)).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:1:1: delivery: sink `out` cannot be written exactly once: the `file` sink does not store positions with its rows (exactly-once sinks: `timescale`, `parquet`); or set `delivery: at_least_once` on it"]);
     // The sink's own `delivery:` overrides the pipeline's.
-    let lake_at_least_once = "sinks:\n  lake: {type: parquet, inputs: [ingest], path: /tmp/lake, delivery: at_least_once}\n";
-    assert!(check(&exactly_once_pipeline(eo, DISK, lake_at_least_once)).await.unwrap().sinks[0].exactly_once.is_none());
+    let files_at_least_once = "sinks:\n  out: {type: file, inputs: [ingest], path: /tmp/out.ndjson, delivery: at_least_once}\n";
+    assert!(check(&exactly_once_pipeline(eo, DISK, files_at_least_once)).await.unwrap().sinks[0].exactly_once.is_none());
+    let lake = "sinks:\n  lake: {type: parquet, inputs: [ingest], path: /tmp/lake}\n";
+    assert!(
+        check(&exactly_once_pipeline(eo, DISK, lake)).await.unwrap().sinks[0].exactly_once.is_some(),
+        "plain Parquet files store positions in their footers"
+    );
 
     // A window's own inputs must replay (its open windows are rebuilt from them), by one window.
     let errs = check(&exactly_once_pipeline(eo, "", WINDOWED)).await.unwrap_err();

@@ -573,12 +573,9 @@ async fn the_exactly_once_table_says_what_validate_does() {
         ),
         ("`kafka`", "{type: kafka, bootstrap_servers: 'localhost:9092', topics: [t], group_id: g, schema: {v: int}}"),
         ("`file`", "{type: file, path: /tmp/x, schema: {ts: timestamp}}"),
-        ("`parquet`", "{type: parquet, path: /tmp/x, schema: {ts: timestamp}, buffer: {type: disk}}"),
+        ("`parquet`", "{type: parquet, path: /tmp/x, schema: {ts: timestamp}}"),
         ("`badge_events` `mode: stream`", "{type: badge_events, mode: stream}"),
-        (
-            "`webex_mesh` with `backfill`",
-            "{type: webex_mesh, auth: {client_id: a, client_secret: b, token_file: /tmp/t}, buffer: {type: disk}}",
-        ),
+        ("`webex_mesh` with `backfill`", "{type: webex_mesh, auth: {client_id: a, client_secret: b, token_file: /tmp/t}}"),
         (
             "`nats` with `stream` (JetStream)",
             "{type: nats, url: 'nats://127.0.0.1:4222', stream: S, consumer: c, schema: {id: int}, buffer: {type: disk}}",

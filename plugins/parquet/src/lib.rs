@@ -32,7 +32,8 @@ use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::{
-    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Sink, SinkContext, SinkPlugin, Transient, Written,
+    single_input_schema, ComponentConfig, ConfigError, DeadLetter, Durability, Period, Positions, Sink, SinkContext, SinkPlugin, Transient,
+    Written,
 };
 
 /// Column compression.
@@ -172,7 +173,7 @@ impl SinkPlugin for ParquetSinkPlugin {
             SinkDelivery {
                 variant: "",
                 durable_when: "the file is fsynced and renamed (in a bucket: its PUT or multipart upload completed); a failed file leaves no temporary file and keeps its rows",
-                duplicates: "none from retries; a `.tmp` file a `kill -9` left is removed at the next start (its rows were never acknowledged)",
+                duplicates: "none from retries, and none after a crash with `delivery: exactly_once` (each file's footer holds the positions of its flush; a flush a crash interrupted is removed at the next start); a `.tmp` file a `kill -9` left is removed at the next start (its rows were never acknowledged)",
             },
             SinkDelivery {
                 variant: "with `format: delta`",
@@ -241,7 +242,17 @@ impl SinkPlugin for ParquetSinkPlugin {
             .build();
         ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))
             .map_err(|e| ConfigError::at("inputs", format!("these columns cannot be written as Parquet: {e}")))?;
-        Ok(Box::new(ParquetSink { cfg, target, schema, time_index, props, buffered: BTreeMap::new() }))
+        Ok(Box::new(ParquetSink {
+            cfg,
+            target,
+            schema,
+            time_index,
+            props,
+            buffered: BTreeMap::new(),
+            written: None,
+            staged: Positions::default(),
+            flushing: None,
+        }))
     }
 }
 
@@ -273,6 +284,14 @@ impl Partition {
         match &mut self.file {
             PartitionFile::Encoding(w) => w.write(batch).context("encoding Parquet"),
             PartitionFile::Encoded(_) => unreachable!("a finished partition takes no rows: it is written or retried"),
+        }
+    }
+
+    /// Puts the flush's tag in the file's footer (a partition finished by a failed flush keeps
+    /// the tag it has: the retry is the same flush).
+    fn tag(&mut self, tag: &flushes::FlushTag) {
+        if let PartitionFile::Encoding(w) = &mut self.file {
+            tag.key_values().into_iter().for_each(|kv| w.append_key_value_metadata(kv));
         }
     }
 
@@ -323,6 +342,13 @@ pub struct ParquetSink {
     props: WriterProperties,
     /// Buffered rows by partition folder ("" when not partitioned), in folder order.
     buffered: BTreeMap<String, Partition>,
+    /// Plain files, exactly once: the positions the files say were written (read from their
+    /// footers when first asked), with what each completed flush added.
+    written: Option<Positions>,
+    /// Positions of the buffered rows.
+    staged: Positions,
+    /// The flush begun and not yet complete: its files carry this tag.
+    flushing: Option<flushes::FlushTag>,
 }
 
 static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -566,6 +592,15 @@ impl Sink for ParquetSink {
             return commit_to_delta(table, &mut self.buffered, &self.cfg).await.map(|()| Vec::new()).map_err(Transient::new);
         }
         let Target::Files(files) = &self.target else { return Ok(Vec::new()) };
+        if self.flushing.is_none() && !self.buffered.is_empty() {
+            // A new flush: each of its files says which flush it belongs to, how many files that
+            // flush has, and where the sink stands once they are all written.
+            let mut positions = self.written.clone().unwrap_or_default();
+            self.staged.iter().for_each(|p| positions.advance(&p));
+            let tag = flushes::FlushTag::new(self.buffered.len(), positions);
+            self.buffered.values_mut().for_each(|p| p.tag(&tag));
+            self.flushing = Some(tag);
+        }
         while let Some((partition, mut p)) = self.buffered.pop_first() {
             let rows = p.rows;
             let written = match p.finish().cloned() {
@@ -582,6 +617,10 @@ impl Sink for ParquetSink {
                 return Err(Transient::new(e));
             }
         }
+        if let Some(flush) = self.flushing.take() {
+            self.written = self.written.is_some().then_some(flush.positions);
+            self.staged = Positions::default();
+        }
         Ok(Vec::new())
     }
 
@@ -589,18 +628,24 @@ impl Sink for ParquetSink {
         Some(self.cfg.max_age.0)
     }
 
-    /// Only a Delta table stores positions, in the commits that add the rows.
+    /// A Delta table stores positions in the commits that add the rows; plain files in their
+    /// footers (see [`flushes`]).
     fn positions(&mut self) -> Option<&mut dyn tributary_sdk::PositionStore> {
-        match self.target {
-            Target::Delta(_) => Some(self),
-            Target::Files(_) => None,
-        }
+        Some(self)
     }
 
     fn take_buffered(&mut self) -> Vec<RecordBatch> {
-        if let Target::Delta(table) = &mut self.target {
+        match &mut self.target {
             // Their files, if uploaded, were never committed: no reader sees them.
-            table.forget_staged();
+            Target::Delta(table) => table.forget_staged(),
+            Target::Files(files) => {
+                self.staged = Positions::default();
+                if let Some(flush) = self.flushing.take() {
+                    // Files of this flush may be written, and their rows are acknowledged with
+                    // the rest: a restart must not take the flush for one a crash interrupted.
+                    close_flush(files, &self.cfg.file_prefix, &flush.id);
+                }
+            }
         }
         let mut rows = Vec::new();
         for (partition, p) in std::mem::take(&mut self.buffered) {
@@ -616,21 +661,75 @@ impl Sink for ParquetSink {
 
 #[async_trait::async_trait]
 impl tributary_sdk::PositionStore for ParquetSink {
-    async fn committed(&mut self, _ctx: &SinkContext, streams: &[std::sync::Arc<str>]) -> anyhow::Result<tributary_sdk::Positions> {
-        match &self.target {
-            Target::Delta(table) => table.committed(streams).await,
-            Target::Files(_) => anyhow::bail!("plain Parquet files store no positions"),
+    async fn committed(&mut self, ctx: &SinkContext, streams: &[std::sync::Arc<str>]) -> anyhow::Result<tributary_sdk::Positions> {
+        let files = match &self.target {
+            Target::Delta(table) => return table.committed(streams).await,
+            Target::Files(files) => files,
+        };
+        if let Some(written) = &self.written {
+            return Ok(written.clone());
         }
+        // The first question after a start: the files answer it.
+        let lake = files.location()?;
+        let recovered = flushes::recover(&lake, &self.cfg.file_prefix).await?;
+        if !recovered.removed.is_empty() {
+            tracing::info!(
+                sink = %ctx.id,
+                removed = recovered.removed.len(),
+                "removed the files of a flush a crash interrupted: their rows were not acknowledged and are written again"
+            );
+        }
+        self.written = Some(recovered.written.clone());
+        Ok(recovered.written)
     }
 
     fn reached(&mut self, position: &tributary_sdk::Position) {
-        if let Target::Delta(table) = &mut self.target {
-            table.reached(position);
+        match &mut self.target {
+            Target::Delta(table) => table.reached(position),
+            Target::Files(_) => self.staged.advance(position),
+        }
+    }
+}
+
+impl Files {
+    /// The files' place as an object store location (a local folder through the file system store).
+    fn location(&self) -> anyhow::Result<store::ObjectLocation> {
+        match self {
+            Files::Folder(folder) => store::ObjectLocation::local(folder).map_err(anyhow::Error::msg),
+            Files::Objects(lake) => Ok(lake.clone()),
+        }
+    }
+}
+
+/// Leaves the marker of a flush given up on (see [`flushes`]). `take_buffered` is not async, so
+/// a bucket's marker is put by a task of its own; a failure is logged.
+fn close_flush(files: &Files, file_prefix: &str, flush_id: &str) {
+    let lake = match files.location() {
+        Ok(lake) => lake,
+        Err(e) => return tracing::error!("cannot leave the marker of a flush given up on: {e:#}"),
+    };
+    let marker = flushes::closed_marker(&lake, file_prefix, flush_id);
+    match files {
+        Files::Folder(folder) => {
+            let path = folder.join(marker.filename().unwrap_or_default());
+            if let Err(e) = File::create(&path).and_then(|f| f.sync_all()) {
+                tracing::error!("cannot write {}: {e}; a restart may take that flush's files for an interrupted one", path.display());
+            }
+            sync_dir(folder);
+        }
+        Files::Objects(_) => {
+            tokio::spawn(async move {
+                if let Err(e) = lake.store.put(&marker, Bytes::new().into()).await {
+                    tracing::error!("cannot write {marker}: {e}; a restart may take that flush's files for an interrupted one");
+                }
+            });
         }
     }
 }
 
 pub mod delta;
+mod file_streams;
+mod flushes;
 pub mod source;
 pub mod store;
 

@@ -3,7 +3,9 @@
 //! or into another sink. The declared columns are read (cast to their declared types), rows in
 //! `[from, to)` only, in event-time order: `date=` folders in date order, each folder's files
 //! merged by their time column. `read_once` ends after the last folder; `follow` then looks for
-//! new files every `poll_interval` and reads each new file once.
+//! new files every `poll_interval` and reads each new file once. On an exactly-once path the files
+//! of a folder are read one after another instead, each in stored order, with positions
+//! (see [`crate::file_streams`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tributary_sdk::{
     BuiltSource, ComponentConfig, ConfigError, DeclaredSchema, OutputSpec, Period, Replay, Source, SourceContext, SourcePlugin,
 };
 
+use crate::file_streams::{self, FileStream, Shape};
 use crate::store::{self, ObjectLocation, StorageOptions};
 
 /// When the source is done.
@@ -79,9 +82,9 @@ impl SourcePlugin for ParquetSourcePlugin {
         use tributary_sdk::delivery::SourceDelivery;
         &[SourceDelivery {
             variant: "",
-            guarantee: "at-least-once by reading again",
-            how: "no acknowledgements or checkpoints: a restart reads the time range again from its start, in event-time order",
-            duplicates: "everything read before a crash, after it (an upsert sink converges)",
+            guarantee: "at-least-once by reading again; exactly once into `delivery: exactly_once` sinks",
+            how: "no acknowledgements or checkpoints: a restart reads the time range again from its start, in event-time order. On an exactly-once path each file is a stream of positions (`<source>/<path>`, the rows read so far), read in stored order, one file after another; at each folder it asks the sinks where they stopped and skips what they wrote",
+            duplicates: "everything read before a crash, after it (an upsert sink converges); none in an exactly-once sink",
             crash_loses: "nothing: the files stay",
         }]
     }
@@ -139,7 +142,7 @@ fn date_folder(us: i64) -> String {
 impl ParquetSource {
     /// The groups to read, in order: each `date=` folder in the range (or the table's own folder
     /// when it has none), with its Parquet files not read yet (name order).
-    async fn pending(&self, read: &HashSet<ObjectPath>) -> anyhow::Result<Vec<(String, Vec<ObjectPath>)>> {
+    async fn pending(&self, read: &HashSet<ObjectPath>) -> anyhow::Result<Vec<(String, Vec<object_store::ObjectMeta>)>> {
         let top = self.location.store.list_with_delimiter(Some(&self.location.prefix)).await?;
         let mut folders: Vec<ObjectPath> =
             top.common_prefixes.into_iter().filter(|p| p.filename().is_some_and(|f| f.starts_with("date="))).collect();
@@ -152,13 +155,15 @@ impl ParquetSource {
                 || dated && first.as_deref().is_none_or(|f| name >= f) && last.as_deref().is_none_or(|l| name <= l)
         };
         let mut groups = Vec::new();
-        let unread = |objects: Vec<object_store::ObjectMeta>| -> Vec<ObjectPath> {
-            let mut files: Vec<ObjectPath> = objects
+        let unread = |objects: Vec<object_store::ObjectMeta>| -> Vec<object_store::ObjectMeta> {
+            let mut files: Vec<object_store::ObjectMeta> = objects
                 .into_iter()
-                .map(|o| o.location)
-                .filter(|p| p.filename().is_some_and(|f| f.ends_with(".parquet") && !f.starts_with('.')) && !read.contains(p))
+                .filter(|o| {
+                    let p = &o.location;
+                    p.filename().is_some_and(|f| f.ends_with(".parquet") && !f.starts_with('.')) && !read.contains(p)
+                })
                 .collect();
-            files.sort();
+            files.sort_by(|a, b| a.location.cmp(&b.location));
             files
         };
         let here = unread(top.objects);
@@ -226,6 +231,21 @@ impl ParquetSource {
 }
 
 impl ParquetSource {
+    /// Exactly once: the files one after another, each in stored order, with positions (see
+    /// [`file_streams`]); the sinks are asked once per folder where they stopped in its files.
+    async fn send_files(&self, files: Vec<object_store::ObjectMeta>, ctx: &SourceContext) -> anyhow::Result<bool> {
+        let files: Vec<FileStream> = files.into_iter().map(|meta| FileStream::new(&ctx.id, &self.location, meta)).collect();
+        let streams: Vec<_> = files.iter().map(|f| f.stream.clone()).collect();
+        let written = ctx.sink_positions.written(&streams).await.context("asking the exactly-once sinks where they stopped")?;
+        let shape = Shape { schema: &self.schema, time_column: &self.cfg.time_column, from: self.from, to: self.to };
+        for file in &files {
+            if !file_streams::send_file(&self.location, file, &file.cuts(&written), &shape, ctx).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn session(&self) -> anyhow::Result<SessionContext> {
         // Sorting a folder's rows may take more memory than a pipeline should: past this it spills
         // to temporary files.
@@ -238,16 +258,17 @@ impl ParquetSource {
 
 #[async_trait::async_trait]
 impl Source for ParquetSource {
-    /// A file is recorded as read once its rows are acknowledged.
+    /// A restart reads the range again; on an exactly-once path each file is a stream of
+    /// positions, which the sinks store (see [`file_streams`]).
     fn replay(&self) -> Replay {
-        Replay::FromItsOwnPlace
+        Replay::WithPositions
     }
     /// The declared columns against the newest file the source would read (none yet: nothing to
     /// check).
     async fn check(&mut self) -> anyhow::Result<()> {
         let groups = self.pending(&HashSet::new()).await.with_context(|| format!("listing {}", self.location.url()))?;
         let Some(newest) = groups.last().and_then(|(_, files)| files.last()) else { return Ok(()) };
-        self.declared(&self.session()?, std::slice::from_ref(newest)).await.map(|_| ())
+        self.declared(&self.session()?, std::slice::from_ref(&newest.location)).await.map(|_| ())
     }
 
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
@@ -256,10 +277,15 @@ impl Source for ParquetSource {
         loop {
             for (group, files) in self.pending(&read).await.with_context(|| format!("listing {}", self.location.url()))? {
                 tracing::debug!(source = %ctx.id, group, files = files.len(), "reading parquet files");
-                if !self.read_group(&session, &files, &ctx).await? {
+                let paths: Vec<ObjectPath> = files.iter().map(|f| f.location.clone()).collect();
+                let sent = match ctx.sink_positions.is_empty() {
+                    true => self.read_group(&session, &paths, &ctx).await?,
+                    false => self.send_files(files, &ctx).await?,
+                };
+                if !sent {
                     return Ok(());
                 }
-                read.extend(files);
+                read.extend(paths);
             }
             if self.cfg.mode == ReadMode::ReadOnce {
                 return Ok(());

@@ -137,3 +137,59 @@ async fn reads_a_lake_in_a_bucket() {
     result.unwrap();
     assert_eq!(got, expected(&[5, 2, 4, 1]));
 }
+
+/// Reads as on an exactly-once path, with sinks that answer `answers` (one `Positions` a sink):
+/// each row's `n` with its batch's position, and the rows skipped as written by every sink.
+async fn read_exactly_once(yaml: &str, answers: Vec<tributary_sdk::Positions>) -> (Vec<(i64, tributary_sdk::Position)>, u64) {
+    let built = ParquetSourcePlugin.build(&ComponentConfig::from_yaml("replay", yaml)).map_err(|e| e.to_string()).unwrap();
+    let (ctx, mut harness) = tributary_testkit::source_context("replay", &[""], 16);
+    let mut sinks = Vec::new();
+    for answer in answers {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<tributary_sdk::PositionQuery>();
+        sinks.push(tx);
+        tokio::spawn(async move {
+            while let Some(query) = rx.recv().await {
+                let _ = query.answer.send(Ok(answer.clone()));
+            }
+        });
+    }
+    let task = tokio::spawn(built.source.run(ctx.with_sink_positions(tributary_sdk::SinkPositions::new(sinks))));
+    let mut main = harness.outputs.remove("").unwrap();
+    let mut out = Vec::new();
+    while let Some(delivery) = main.recv().await {
+        let position = delivery.batch.position.clone().expect("every batch has a position");
+        let n = delivery.batch.data.column_by_name("n").unwrap().as_primitive::<Int64Type>().values().to_vec();
+        out.extend(n.into_iter().map(|n| (n, position.clone())));
+    }
+    task.await.unwrap().unwrap();
+    (out, harness.metrics.replay_skipped.get())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_each_file_is_a_stream_read_in_stored_order_and_what_the_sinks_wrote_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("scores");
+    write_lake(lake.to_str().unwrap(), "", &[FIRST, SECOND]).await;
+    let yaml = format!("{{path: '{}', schema: {{ts: timestamp, n: int}}}}", lake.display());
+
+    let (rows, skipped) = read_exactly_once(&yaml, vec![Default::default()]).await;
+    // File after file, each in stored order: the 20th (5); the 21st's first file (1, 2) and
+    // second (4); the 22nd's (3), (6).
+    let shown: Vec<(i64, String, u64)> = rows.iter().map(|(n, p)| (*n, p.stream.split('/').nth(1).unwrap().to_string(), p.seq)).collect();
+    let day = |d: &str| format!("date=2026-11-{d}");
+    assert_eq!(shown, [(5, day("20"), 1), (1, day("21"), 2), (2, day("21"), 2), (4, day("21"), 1), (3, day("22"), 1), (6, day("22"), 1)]);
+    assert_eq!(skipped, 0);
+    assert!(rows.iter().all(|(_, p)| p.stream.starts_with("replay/date=2026-11-2") && p.stream.ends_with(".parquet")));
+
+    // One sink wrote the 20th's file and the first row of the 21st's first file; the other those
+    // two files whole and the 21st's second file.
+    let (of_20, first_of_21, second_of_21) = (rows[0].1.clone(), rows[1].1.clone(), rows[3].1.clone());
+    let x: tributary_sdk::Positions = [of_20.clone(), tributary_sdk::Position { seq: 1, ..first_of_21.clone() }].into_iter().collect();
+    let y: tributary_sdk::Positions = [of_20, first_of_21, second_of_21].into_iter().collect();
+    let (rows, skipped) = read_exactly_once(&yaml, vec![x, y]).await;
+    let sent: Vec<(i64, u64)> = rows.iter().map(|(n, p)| (*n, p.seq)).collect();
+    // 5 and 1 are skipped (both wrote them); 2 ends at the second sink's position; 4 goes to the
+    // sink that lacks it (the other drops it); 3 and 6 are new to both.
+    assert_eq!(sent, [(2, 2), (4, 1), (3, 1), (6, 1)]);
+    assert_eq!(skipped, 2);
+}

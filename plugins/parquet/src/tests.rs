@@ -196,5 +196,80 @@ async fn a_partly_written_flush_hands_back_only_the_unwritten_rows() {
     let taken = sink.take_buffered();
     let values: Vec<i64> = taken.iter().flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec()).collect();
     assert_eq!(values, vec![2], "row 1 is in date=2026-11-21's file; only row 2 may become a dead letter");
-    assert_eq!(files(dir.path())[0].1, vec![1]);
+    let left: Vec<(String, Vec<i64>)> = files(dir.path()).into_iter().map(|(n, v)| (n.split('-').next().unwrap().to_string(), v)).collect();
+    let left: Vec<(&str, &[i64])> = left.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    assert_eq!(left, [(".part", &[][..]), ("date=2026", &[1][..]), ("date=2026", &[][..])], "the flush's marker, its file, the blocker");
+}
+
+fn at(stream: &str, seq: u64) -> tributary_sdk::Position {
+    tributary_sdk::Position { stream: stream.into(), epoch: 7, seq }
+}
+
+/// Writes `n` values on `days` (one row a day), as rows reaching `position`.
+async fn write_at(sink: &mut Box<dyn Sink>, days: &[&str], n: &[i64], position: tributary_sdk::Position) {
+    sink.positions().unwrap().reached(&position);
+    let ts: Vec<Option<&str>> = days.iter().map(|d| Some(*d)).collect();
+    sink.write(batch(&ts, n), &ctx()).await.unwrap();
+}
+
+/// What a sink started on `dir` says it has written (exactly once asks this after each start).
+async fn restarted(dir: &Path) -> (Box<dyn Sink>, tributary_sdk::Positions) {
+    let mut sink = build(dir, "max_age: 1h");
+    sink.start(&ctx()).await.unwrap();
+    let written = sink.positions().unwrap().committed(&ctx(), &["a".into(), "b".into()]).await.unwrap();
+    (sink, written)
+}
+
+#[tokio::test]
+async fn plain_files_hold_the_positions_of_every_stream_written_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sink, written) = restarted(dir.path()).await;
+    assert!(written.is_empty(), "an empty folder: nothing written");
+    write_at(&mut sink, &["2026-11-21T10:00:00Z"], &[1], at("a", 4)).await;
+    write_at(&mut sink, &["2026-11-21T11:00:00Z"], &[2], at("b", 9)).await;
+    sink.flush(&ctx()).await.unwrap();
+    write_at(&mut sink, &["2026-11-22T10:00:00Z"], &[3], at("a", 6)).await;
+    sink.flush(&ctx()).await.unwrap();
+    assert_eq!(sink.positions().unwrap().committed(&ctx(), &[]).await.unwrap().to_string(), "a #6 (epoch 7), b #9 (epoch 7)");
+
+    // The newest flush wrote only stream a, yet says where b stands too.
+    let (_, written) = restarted(dir.path()).await;
+    assert_eq!(written.to_string(), "a #6 (epoch 7), b #9 (epoch 7)");
+}
+
+#[tokio::test]
+async fn a_flush_a_crash_interrupted_is_removed_and_the_one_before_it_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sink, _) = restarted(dir.path()).await;
+    write_at(&mut sink, &["2026-11-20T10:00:00Z"], &[1], at("a", 1)).await;
+    sink.flush(&ctx()).await.unwrap();
+    // Three days in one flush; the third day's folder is blocked, so two files are written.
+    write_at(&mut sink, &["2026-11-21T10:00:00Z", "2026-11-22T10:00:00Z", "2026-11-23T10:00:00Z"], &[2, 3, 4], at("a", 2)).await;
+    std::fs::write(dir.path().join("date=2026-11-23"), b"in the way").unwrap();
+    sink.flush(&ctx()).await.unwrap_err();
+    drop(sink); // the crash
+    std::fs::remove_file(dir.path().join("date=2026-11-23")).unwrap();
+    assert_eq!(files(dir.path()).len(), 3, "day 20's file and two of the interrupted flush's");
+
+    let (_, written) = restarted(dir.path()).await;
+    assert_eq!(written.to_string(), "a #1 (epoch 7)", "the interrupted flush's position is not taken");
+    let days: Vec<(String, Vec<i64>)> = files(dir.path()).into_iter().map(|(n, v)| (n.split('/').next().unwrap().to_string(), v)).collect();
+    assert_eq!(days, [("date=2026-11-20".to_string(), vec![1])], "its files are gone: their rows come again");
+}
+
+#[tokio::test]
+async fn a_flush_given_up_on_keeps_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sink, _) = restarted(dir.path()).await;
+    write_at(&mut sink, &["2026-11-21T10:00:00Z", "2026-11-22T10:00:00Z"], &[1, 2], at("a", 5)).await;
+    std::fs::write(dir.path().join("date=2026-11-22"), b"in the way").unwrap();
+    sink.flush(&ctx()).await.unwrap_err();
+    assert_eq!(sink.take_buffered().len(), 1, "the engine gives up: row 2 becomes a dead letter, row 1 stays written");
+    drop(sink);
+    std::fs::remove_file(dir.path().join("date=2026-11-22")).unwrap();
+
+    let (_, written) = restarted(dir.path()).await;
+    assert!(written.is_empty(), "no complete flush: {written}");
+    let values: Vec<i64> = files(dir.path()).into_iter().flat_map(|(_, v)| v).collect();
+    assert_eq!(values, [1], "row 1's file stays: its row was acknowledged");
 }

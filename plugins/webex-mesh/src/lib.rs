@@ -3,6 +3,7 @@
 //! network test results) polled over a Webex Integration's OAuth tokens, one named output per
 //! dataset; and [`simulator`], the API stand-in behind `tributary simulate webex-mesh`.
 
+mod backfill_positions;
 pub mod client;
 pub mod config;
 pub mod datasets;
@@ -12,12 +13,16 @@ pub mod poll;
 pub mod simulator;
 pub mod time;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use anyhow::Context;
 use chrono::Utc;
 use tributary_sdk::progress::AckedProgress;
 use tributary_sdk::progress_report::ProgressReport;
-use tributary_sdk::{AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Replay, Source, SourceContext, SourcePlugin};
+use tributary_sdk::{
+    AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, OutputSpec, Position, Replay, Source, SourceContext, SourcePlugin,
+};
 
 use client::{ApiClient, RateLimiter};
 use config::{Credentials, Resolved, WebexMeshConfig};
@@ -34,9 +39,9 @@ impl SourcePlugin for WebexMeshPlugin {
         use tributary_sdk::delivery::SourceDelivery;
         &[SourceDelivery {
             variant: "",
-            guarantee: "at-least-once for the backfill, in memory for the live poll",
-            how: "a backfill window is recorded in `state_file` only when its rows and those of every earlier window are written; poll windows overlap (`lookback`) and the dashboards' tables are upserted on natural keys, so re-reads converge",
-            duplicates: "none in upserted tables",
+            guarantee: "at-least-once for the backfill (exactly once into `delivery: exactly_once` sinks), in memory for the live poll",
+            how: "a backfill window is recorded in `state_file` only when its rows and those of every earlier window are written; poll windows overlap (`lookback`) and the dashboards' tables are upserted on natural keys, so re-reads converge. Each backfill window carries a position in its organisation's stream, which exactly-once sinks store",
+            duplicates: "none in upserted tables; no backfill window twice in an exactly-once sink",
             crash_loses: "the poll in flight; never a backfill window",
         }]
     }
@@ -59,12 +64,13 @@ pub struct WebexMeshSource {
 
 #[async_trait::async_trait]
 impl Source for WebexMeshSource {
-    /// A backfill window is recorded once its rows are acknowledged.
+    /// A backfill window is recorded once its rows are acknowledged, and carries a position in
+    /// its organisation's backfill (see [`backfill_positions`]).
     fn replay(&self) -> Replay {
         if self.cfg.backfill.0.is_zero() {
             Replay::Nothing
         } else {
-            Replay::FromItsOwnPlace
+            Replay::WithPositions
         }
     }
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
@@ -94,6 +100,7 @@ impl Source for WebexMeshSource {
         let progress = backfill_progress(&self.id, &cfg.state_file);
         // The backfill's progress in the log, with its rate and ETA (while there is history left).
         let mut report: Option<ProgressReport> = None;
+        let mut sinks_stopped: HashMap<String, Vec<chrono::DateTime<Utc>>> = HashMap::new();
         let mut tick = tokio::time::interval(cfg.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -114,7 +121,7 @@ impl Source for WebexMeshSource {
                 poller.read_window(org, now - lookback, now, now, &mut harvest).await;
             }
             let auth_failure = harvest.auth_failure.take();
-            send(&ctx, harvest, AckSet::none()).await?;
+            send(&ctx, harvest, AckSet::none(), None).await?;
             if let (Some(e), Some(o)) = (auth_failure, &oauth) {
                 if e.needs_login() {
                     if o.login(&e, &ctx.shutdown).await.is_err() {
@@ -137,20 +144,40 @@ impl Source for WebexMeshSource {
                     ));
                 }
                 for org in &orgs {
+                    // Exactly once: where the sinks stopped in this organisation's backfill, asked
+                    // when it is first met in this run.
+                    let stops = match (ctx.sink_positions.is_empty(), backfill.target(&org.id)) {
+                        (false, Some(target)) if !sinks_stopped.contains_key(&org.id) => {
+                            let stops = backfill_positions::sinks_stopped_at(&ctx, &org.id, target)
+                                .await
+                                .context("asking the exactly-once sinks where they stopped")?;
+                            sinks_stopped.entry(org.id.clone()).or_insert(stops)
+                        }
+                        _ => sinks_stopped.entry(org.id.clone()).or_default(),
+                    };
                     while let Some((from, to)) = backfill.next_window(&org.id, now, &cfg) {
                         if ctx.shutdown.is_cancelled() {
                             break;
                         }
+                        let from = backfill_positions::cut(from, to, stops);
                         let mut harvest = Harvest::default();
                         poller.read_window(org, from, to, Utc::now(), &mut harvest).await;
                         if harvest.rows.get("").is_some_and(|calls| calls.iter().any(|c| !c["error"].is_null())) {
-                            // Retried from the same window next cycle.
-                            send(&ctx, harvest, AckSet::none()).await?;
+                            // Retried from the same window next cycle. Exactly once, only the call
+                            // log goes now: the window's rows come with its position then.
+                            if !ctx.sink_positions.is_empty() {
+                                harvest.rows.retain(|output, _| output.is_empty());
+                            }
+                            send(&ctx, harvest, AckSet::none(), None).await?;
                             break;
                         }
                         backfill.done_until(&org.id, from);
+                        let position = backfill
+                            .target(&org.id)
+                            .filter(|_| !ctx.sink_positions.is_empty())
+                            .map(|target| backfill_positions::position(&ctx.id, &org.id, target, from));
                         // Saved once every sink wrote this window's rows (and the windows before).
-                        send(&ctx, harvest, AckSet::single(progress.track(backfill.clone()))).await?;
+                        send(&ctx, harvest, AckSet::single(progress.track(backfill.clone())), position).await?;
                         tracing::info!(source = %self.id, org = %org.id, "read the backfill window {} .. {}", time::query_time(from), time::query_time(to));
                         if let Some(r) = &report {
                             r.add((to - from).num_minutes().max(0) as u64);
@@ -171,13 +198,13 @@ impl Source for WebexMeshSource {
 /// Sends every output's rows, each batch holding `acks`. Rows that cannot be encoded are counted
 /// and logged; their copy of the acks is dropped, which fails them (a backfill window is read
 /// again after a restart rather than skipped).
-async fn send(ctx: &SourceContext, harvest: Harvest, acks: AckSet) -> anyhow::Result<()> {
+async fn send(ctx: &SourceContext, harvest: Harvest, acks: AckSet, position: Option<Position>) -> anyhow::Result<()> {
     for (output, rows) in harvest.rows {
         if rows.is_empty() {
             continue;
         }
         match datasets::to_batch(output, &rows) {
-            Ok(batch) => ctx.output(output).send(Batch::with_acks(batch, acks.clone())).await?,
+            Ok(batch) => ctx.output(output).send(Batch::with_acks(batch, acks.clone()).at(position.clone())).await?,
             Err(e) => {
                 tributary_sdk::report_error!(ctx.metrics, error, source = %ctx.id, "rows for output `{output}` could not be encoded: {e}");
                 acks.clone().fail();

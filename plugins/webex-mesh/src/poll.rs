@@ -319,6 +319,11 @@ impl BackfillState {
         Some((start, entry.reached))
     }
 
+    /// The oldest time `org`'s backfill reads back to (once registered).
+    pub fn target(&self, org: &str) -> Option<DateTime<Utc>> {
+        self.orgs.get(&id_key(org)).map(|o| o.target)
+    }
+
     pub fn done_until(&mut self, org: &str, start: DateTime<Utc>) {
         if let Some(e) = self.orgs.get_mut(&id_key(org)) {
             e.reached = start;

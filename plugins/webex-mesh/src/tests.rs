@@ -329,3 +329,54 @@ fn reachability_rows_take_the_protocol_from_the_key() {
     assert_eq!(datasets::to_batch("reachability", &parsed.rows).unwrap().num_rows(), 2);
     assert_eq!(datasets::to_batch("reachability_typo", &parsed.rows).unwrap_err(), "no output `reachability_typo`");
 }
+
+/// The source against the simulator with a backfill already under way (`state_file`), as on an
+/// exactly-once path with two sinks: one stopped at the 6th (it has the backfill from there to
+/// the present), the other at the 4th. Windows end at both points, and each carries its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_backfill_windows_end_where_the_sinks_stopped() {
+    use tributary_sdk::{Position, PositionQuery, Positions, SinkPositions};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = simulator::spawn(listener, simulator::SimConfig { personal_token: Some("tok".into()), ..Default::default() });
+    let org = time::id_key(&sim.model().org.id);
+    let day = |d| Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, json!({"orgs": {&org: {"target": day(1), "reached": day(7)}}}).to_string()).unwrap();
+    let yaml = format!(
+        "{{base_url: '{}', auth: {{access_token: tok}}, backfill: 40d, backfill_window: 2d, interval: 1h, lookback: 1h, state_file: '{}', datasets: [cluster_availability]}}",
+        sim.base_url(),
+        state.display()
+    );
+    let built = WebexMeshPlugin.build(&ComponentConfig::from_yaml("mesh", &yaml)).unwrap();
+    assert_eq!(built.source.replay(), Replay::WithPositions);
+    let names: Vec<String> = built.outputs.iter().map(|o| o.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (ctx, mut harness) = tributary_testkit::source_context("mesh", &names, 64);
+
+    let at = |d| crate::backfill_positions::position("mesh", &org, day(1), day(d));
+    let mut sinks = Vec::new();
+    for stopped in [at(6), at(4)] {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PositionQuery>();
+        sinks.push(tx);
+        tokio::spawn(async move {
+            while let Some(query) = rx.recv().await {
+                let _ = query.answer.send(Ok([stopped.clone()].into_iter().collect::<Positions>()));
+            }
+        });
+    }
+    let shutdown = harness.shutdown.clone();
+    let task = tokio::spawn(built.source.run(ctx.with_sink_positions(SinkPositions::new(sinks))));
+    let mut availability = harness.outputs.remove("cluster_availability").unwrap();
+    let mut positions: Vec<Position> = Vec::new();
+    while positions.len() < 4 {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(30), availability.recv()).await.unwrap().unwrap();
+        // The live poll's rows carry none.
+        positions.extend(delivery.batch.position.clone());
+        delivery.batch.acks.release();
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(positions, [at(6), at(4), at(2), at(1)], "[6th, 7th), [4th, 6th), [2nd, 4th), [1st, 2nd)");
+    assert!(positions.iter().all(|p| *p.stream == format!("mesh/{org}")));
+}

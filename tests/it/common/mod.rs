@@ -404,6 +404,37 @@ pub async fn pg_count(db: &tokio_postgres::Client, table: &str) -> i64 {
     }
 }
 
+/// id → how many rows carry it, over every visible Parquet file under `path` (what DuckDB or
+/// `tributary query` reads as the table: hidden and temporary files left out).
+pub fn ids_in_parquet_files(path: &Path) -> std::collections::BTreeMap<i64, i64> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    let mut ids = std::collections::BTreeMap::new();
+    let mut folders = vec![path.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            let (file, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+            if file.is_dir() {
+                folders.push(file);
+            } else if name.ends_with(".parquet") && !name.starts_with('.') {
+                let reader =
+                    datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let column =
+                        datafusion::arrow::compute::cast(batch.column_by_name("id").expect("an id column"), &DataType::Int64).unwrap();
+                    column.as_primitive::<Int64Type>().iter().flatten().for_each(|id| *ids.entry(id).or_insert(0) += 1);
+                }
+            }
+        }
+    }
+    ids
+}
+
 /// id → how many rows of the Delta table at `path` carry it, as the `deltalake` Python package
 /// (a second implementation of the protocol) reads the table.
 pub fn ids_in_delta(path: &Path) -> std::collections::BTreeMap<i64, i64> {
