@@ -14,6 +14,9 @@ Workloads (each peer runs only where it is installed; a missing one is a row say
   H2  1,000-event NDJSON bodies, `wrk -c8`: events/s.
   O1  OTLP/HTTP protobuf metrics (100 points per request), `wrk -c8`: the otlp source (disk buffer,
       Parquet) vs rotel-agent (blackhole exporter) on the same body. Points/s.
+  EO  the cost of `delivery: exactly_once` against `at_least_once`, same binary, same pipelines:
+      W1 (file → SQL → Parquet, `--rounds` alternating runs each) and one JSON event per POST
+      (`wrk -c64` and `-c8`) into http_server with `buffer: {type: disk}` → SQL → Parquet.
   L1  a 1M-row lookup table (Parquet) enriching 1M events (Parquet) with a LEFT JOIN → Parquet:
       `tributary run` with a `parquet` source and a `tables:` file table vs DuckDB's hash join of
       the same two files (`COPY (SELECT … LEFT JOIN …) TO …`). Events/s, and the table's memory
@@ -379,6 +382,100 @@ http {{
     return results
 
 
+# ---------------------------------------------------------------------------------------- EO
+
+
+def eo(bin_path, work, events, rounds, seconds):
+    """The same pipelines with `delivery: at_least_once` and `exactly_once`, alternating."""
+    data = work / "eo.ndjson"
+    if not data.exists():
+        generate(data, events)
+        os.sync()
+    result = {"w1": {}, "http": {}}
+    for delivery in ("at_least_once", "exactly_once"):
+        result["w1"][delivery] = []
+    for _ in range(rounds):
+        for delivery in ("at_least_once", "exactly_once"):
+            out, checkpoint = work / f"eo-w1-{delivery}", work / f"eo-w1-{delivery}.checkpoint.json"
+            shutil.rmtree(out, ignore_errors=True)
+            checkpoint.unlink(missing_ok=True)
+            pipeline = work / f"eo-w1-{delivery}.yaml"
+            pipeline.write_text(f"""
+delivery: {delivery}
+admin: {{enabled: false}}
+sources:
+  badges: {{type: file, path: {data}, schema: {BADGE_SCHEMA}, checkpoint_file: {checkpoint}}}
+transforms:
+  scores: {{inputs: [badges], sql: {W1_SQL}}}
+sinks:
+  lake: {{type: parquet, inputs: [scores], path: {out}}}
+""")
+            with open(work / f"eo-w1-{delivery}.log", "w") as log:
+                t = timed([bin_path, "run", str(pipeline)], stderr=log)
+            result["w1"][delivery].append((*t, parquet_rows(out)))
+    if not shutil.which("wrk"):
+        return result
+    one = work / "one.json"
+    one.write_text('{"ts":"2025-11-24T10:00:00Z","user":"u1","game":"Breakout","score":2000}')
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    for delivery in ("at_least_once", "exactly_once"):
+        port = free_port()
+        out, buffer = work / f"eo-http-{delivery}", work / f"eo-http-{delivery}-buffer"
+        pipeline = work / f"eo-http-{delivery}.yaml"
+        pipeline.write_text(f"""
+delivery: {delivery}
+admin: {{enabled: false}}
+sources:
+  ingest:
+    type: http_server
+    address: "127.0.0.1:{port}"
+    accept_timeout: 5s
+    schema: {{ts: timestamp, user: string, game: string, score: int}}
+    buffer: {{type: disk, path: {buffer}}}
+transforms:
+  scores: {{inputs: [ingest], sql: "SELECT ts, user, game, score FROM ingest WHERE score > 1000"}}
+sinks:
+  lake: {{type: parquet, inputs: [scores], path: {out}, max_age: 1s}}
+""")
+        server = subprocess.Popen([bin_path, "run", str(pipeline)], stderr=open(work / f"eo-http-{delivery}.log", "w"))
+        runs = {}
+        try:
+            wait_for_port(port)
+            runs["c64"] = wrk(port, one, 64, seconds, script)
+            runs["c8"] = wrk(port, one, 8, seconds, script)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=120)
+        runs["answered_200"] = sum(r["requests"] - r["non_2xx"] for r in (runs["c64"], runs["c8"]))
+        runs["written"] = parquet_rows(out)
+        result["http"][delivery] = runs
+    return result
+
+
+def eo_table(args, e):
+    print(f"\n## EO: the cost of `delivery: exactly_once` (same binary, same pipelines)\n")
+    print("| workload | at_least_once | exactly_once | exactly_once / at_least_once |")
+    print("|---|---|---|---|")
+    alo, exo = e["w1"]["at_least_once"], e["w1"]["exactly_once"]
+    w_alo, w_exo = median([r[0] for r in alo]), median([r[0] for r in exo])
+    print(f"| W1 {args.events:,} events, wall s (median of {args.rounds}) | {w_alo:.2f} | {w_exo:.2f} | {w_exo / w_alo:.2f}× time |")
+    rows = {d: {r[3] for r in e["w1"][d]} for d in e["w1"]}
+    for c in ("c64", "c8"):
+        if not e["http"]:
+            break
+        a, x = e["http"]["at_least_once"][c], e["http"]["exactly_once"][c]
+        print(f"| one event per POST, disk buffer, -{c}, req/s (p99 ms) | {a['rps']:,.0f} ({a['p99_ms']:.2f}) "
+              f"| {x['rps']:,.0f} ({x['p99_ms']:.2f}) | {x['rps'] / a['rps'] * 100:.0f}% throughput |")
+    print(f"\nW1 rows written per run: at_least_once {sorted(rows['at_least_once'])}, exactly_once {sorted(rows['exactly_once'])}")
+    for d, runs in e["http"].items():
+        print(f"HTTP {d}: rows answered 200 {runs['answered_200']:,}; rows in the Parquet output {runs['written']}")
+        if runs["written"] is not None and runs["written"] < runs["answered_200"]:
+            sys.exit(f"FAIL: {d}: fewer rows written than answered 200")
+    if len(rows["exactly_once"]) != 1 or rows["exactly_once"] != rows["at_least_once"]:
+        sys.exit("FAIL: W1 wrote different row counts")
+
+
 # ---------------------------------------------------------------------------------------- O1
 
 OTLP_POINTS = 100
@@ -484,7 +581,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="W1 runs per side, alternating (default 5)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--table-rows", type=int, default=1_000_000, help="L1 lookup table rows (default 1,000,000)")
-    parser.add_argument("--only", choices=["w1", "http", "otlp", "l1"], action="append",
+    parser.add_argument("--only", choices=["w1", "http", "otlp", "l1", "eo"], action="append",
                         help="run only these workloads (repeatable; default: all)")
     args = parser.parse_args()
     bin_path = args.bin or build()
@@ -495,6 +592,7 @@ def main():
         h = http(bin_path, work, args.seconds) if runs("http") else None
         o = otlp(bin_path, work, args.seconds) if runs("otlp") else None
         lk = l1(bin_path, work, args.events, args.table_rows, args.rounds) if runs("l1") else None
+        e = eo(bin_path, work, args.events, args.rounds, args.seconds) if runs("eo") else None
 
     if w1_rows is not None:
         w1_table(args, size_mb, expected, w1_rows)
@@ -507,8 +605,10 @@ def main():
             print("\n## L1: DuckDB is not installed (pip install duckdb): it writes the files and is the peer")
         else:
             l1_table(args, lk)
+    if e is not None:
+        eo_table(args, e)
     if args.json:
-        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h, "otlp": o, "l1": lk}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"w1": w1_rows, "http": h, "otlp": o, "l1": lk, "eo": e}, indent=2, default=str))
 
 
 def w1_table(args, size_mb, expected, w1_rows):
