@@ -308,6 +308,29 @@ def wrk(port, body_file, connections, seconds, script, path="/"):
     return {"rps": rps, "p99_ms": p99, "requests": total, "non_2xx": int(failed.group(1)) if failed else 0}
 
 
+def http_pipeline(port, out, source_extra=""):
+    """One JSON event per POST → http_server → `WHERE score > 1000` → Parquet."""
+    return f"""
+admin: {{enabled: false}}
+sources:
+  ingest:
+    type: http_server
+    address: "127.0.0.1:{port}"
+    accept_timeout: 5s
+    schema: {{ts: timestamp, user: string, game: string, score: int}}
+    {source_extra}
+transforms:
+  scores:
+    inputs: [ingest]
+    sql: SELECT ts, user, game, score FROM ingest WHERE score > 1000
+sinks:
+  lake:
+    type: parquet
+    inputs: [scores]
+    path: {out}
+"""
+
+
 def http(bin_path, work, seconds):
     one = work / "one.json"
     one.write_text('{"ts":"2025-11-24T10:00:00Z","user":"u1","game":"Breakout","score":2000}')
@@ -322,24 +345,7 @@ def http(bin_path, work, seconds):
     port = free_port()
     out = work / "http-tributary"
     pipeline = work / "http.yaml"
-    pipeline.write_text(f"""
-admin: {{enabled: false}}
-sources:
-  ingest:
-    type: http_server
-    address: "127.0.0.1:{port}"
-    accept_timeout: 5s
-    schema: {{ts: timestamp, user: string, game: string, score: int}}
-transforms:
-  scores:
-    inputs: [ingest]
-    sql: SELECT ts, user, game, score FROM ingest WHERE score > 1000
-sinks:
-  lake:
-    type: parquet
-    inputs: [scores]
-    path: {out}
-""")
+    pipeline.write_text(http_pipeline(port, out))
     server = subprocess.Popen([bin_path, "run", str(pipeline)], stderr=open(work / "http-tributary.log", "w"))
     try:
         wait_for_port(port)
@@ -406,7 +412,7 @@ admin: {{enabled: false}}
 sources:
   badges: {{type: file, path: {data}, schema: {BADGE_SCHEMA}, checkpoint_file: {checkpoint}}}
 transforms:
-  scores: {{inputs: [badges], sql: {W1_SQL}}}
+  scores: {{inputs: [badges], sql: "{W1_SQL}"}}
 sinks:
   lake: {{type: parquet, inputs: [scores], path: {out}}}
 """)
@@ -423,21 +429,7 @@ sinks:
         port = free_port()
         out, buffer = work / f"eo-http-{delivery}", work / f"eo-http-{delivery}-buffer"
         pipeline = work / f"eo-http-{delivery}.yaml"
-        pipeline.write_text(f"""
-delivery: {delivery}
-admin: {{enabled: false}}
-sources:
-  ingest:
-    type: http_server
-    address: "127.0.0.1:{port}"
-    accept_timeout: 5s
-    schema: {{ts: timestamp, user: string, game: string, score: int}}
-    buffer: {{type: disk, path: {buffer}}}
-transforms:
-  scores: {{inputs: [ingest], sql: "SELECT ts, user, game, score FROM ingest WHERE score > 1000"}}
-sinks:
-  lake: {{type: parquet, inputs: [scores], path: {out}, max_age: 1s}}
-""")
+        pipeline.write_text(f"delivery: {delivery}\n" + http_pipeline(port, out, f"buffer: {{type: disk, path: {buffer}}}"))
         server = subprocess.Popen([bin_path, "run", str(pipeline)], stderr=open(work / f"eo-http-{delivery}.log", "w"))
         runs = {}
         try:
