@@ -168,24 +168,8 @@ sinks:
             }
         }
     });
-    let mut skipped = 0.0;
-    let mut child = common::run_logged(&path, &[], &log);
-    for kill in 1..=3 {
-        let target = common::pg_count(&db, &fast).await + 300;
-        let t0 = Instant::now();
-        while common::pg_count(&db, &fast).await < target && t0.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        skipped += skipped_so_far();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        eprintln!(
-            "kill {kill} at {} rows in the fast table, {} in the slow one",
-            common::pg_count(&db, &fast).await,
-            common::pg_count(&db, &slow).await
-        );
-        child = common::run_logged(&path, &[], &log);
-    }
+    let (mut child, mut skipped) =
+        common::kill_as_table_grows(&db, &fast, (3, 300, Duration::ZERO), || common::run_logged(&path, &[], &log), &skipped_so_far).await;
     produce.await.unwrap();
     let t0 = Instant::now();
     while (uuids_in_table(&db, &fast).await.len() < TOTAL

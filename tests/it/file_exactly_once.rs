@@ -77,25 +77,17 @@ sinks:
     };
 
     let appending = tokio::spawn(append_lines(input.clone()));
-    let mut skipped = 0.0;
-    let mut child = common::run_logged(&pipeline, &[], &log);
-    for kill in 1..=KILLS {
-        let target = common::pg_count(&db, &table).await + 700;
-        let t0 = Instant::now();
-        // At least 1.9 s a run: the kill then comes after the Delta table's first commit (1.5 s)
-        // and the Parquet files' flush at 1.75 s, so each sink has written rows the others have
-        // not, and that the replay sends again.
-        while (common::pg_count(&db, &table).await < target || t0.elapsed() < Duration::from_millis(1900))
-            && t0.elapsed() < Duration::from_secs(60)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        skipped += skipped_so_far();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        eprintln!("{delivery}: kill {kill} at {} rows in the table", common::pg_count(&db, &table).await);
-        child = common::run_logged(&pipeline, &[], &log);
-    }
+    // At least 1.9 s a run: the kill then comes after the Delta table's first commit (1.5 s) and
+    // the Parquet files' flush at 1.75 s, so each sink has written rows the others have not, and
+    // that the replay sends again.
+    let (mut child, mut skipped) = common::kill_as_table_grows(
+        &db,
+        &table,
+        (KILLS, 700, Duration::from_millis(1900)),
+        || common::run_logged(&pipeline, &[], &log),
+        &skipped_so_far,
+    )
+    .await;
     appending.await.unwrap();
     let t0 = Instant::now();
     loop {

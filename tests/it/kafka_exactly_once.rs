@@ -104,21 +104,9 @@ async fn killed_run(
         .ok();
     let producing = tokio::spawn(produce(bootstrap, topic));
 
-    let mut skipped = 0.0;
-    let mut child = run.start();
-    for kill in 1..=KILLS {
-        // Kill once this run has written more rows, while messages are still produced.
-        let target = common::pg_count(&db, &run.table).await + 700;
-        let t0 = Instant::now();
-        while common::pg_count(&db, &run.table).await < target && t0.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        skipped += run.skipped();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        eprintln!("{delivery}: kill {kill} at {} rows in the table", common::pg_count(&db, &run.table).await);
-        child = run.start();
-    }
+    // Killed once each run has written more rows, while messages are still produced.
+    let (mut child, mut skipped) =
+        common::kill_as_table_grows(&db, &run.table, (KILLS, 700, Duration::ZERO), || run.start(), || run.skipped()).await;
     producing.await.unwrap();
     let t0 = Instant::now();
     loop {

@@ -397,6 +397,34 @@ pub fn missing_and_twice(what: &str, ids: &std::collections::BTreeMap<i64, i64>,
     (missing, twice)
 }
 
+/// `kill -9` as `table` grows, `kills` times: each run lasts until the table holds `step` more
+/// rows than at its start, and at least `min_run`; then it is killed and `start` runs the next.
+/// Returns the last run, and the replayed rows the sinks had skipped, as `skipped` read them from
+/// each run just before its kill.
+pub async fn kill_as_table_grows(
+    db: &tokio_postgres::Client,
+    table: &str,
+    (kills, step, min_run): (usize, i64, std::time::Duration),
+    mut start: impl FnMut() -> std::process::Child,
+    mut skipped: impl FnMut() -> f64,
+) -> (std::process::Child, f64) {
+    let mut child = start();
+    let mut skipped_total = 0.0;
+    for kill in 1..=kills {
+        let target = pg_count(db, table).await + step;
+        let t0 = std::time::Instant::now();
+        while (pg_count(db, table).await < target || t0.elapsed() < min_run) && t0.elapsed() < std::time::Duration::from_secs(60) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        skipped_total += skipped();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("kill {kill} at {} rows in {table}", pg_count(db, table).await);
+        child = start();
+    }
+    (child, skipped_total)
+}
+
 pub async fn pg_count(db: &tokio_postgres::Client, table: &str) -> i64 {
     match db.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[]).await {
         Ok(row) => row.get(0),
