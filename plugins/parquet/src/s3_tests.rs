@@ -157,3 +157,48 @@ async fn large_files_go_up_in_parts_and_a_failed_upload_is_aborted_and_retried_w
     assert_eq!(written[0].1, values, "every row, in order");
     assert_eq!(moto.unfinished_uploads("lake").await, 0);
 }
+
+/// Exactly once with plain files in a bucket: a restarted sink reads the positions from the
+/// objects' footers, and the objects of a flush a crash interrupted are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_files_in_a_bucket_keep_their_positions_and_lose_an_interrupted_flush() {
+    let moto = MotoServer::start().await;
+    moto.create_bucket("lake").await;
+    let ctx = tributary_testkit::sink_context("pq");
+    let at = |seq| tributary_sdk::Position { stream: "in".into(), epoch: 3, seq };
+    let restarted = || async {
+        let mut sink = sink(&moto.endpoint(), "s3://lake/eo", "max_age: 1h", "");
+        sink.start(&ctx).await.unwrap();
+        let written = sink.positions().unwrap().committed(&ctx, &["in".into()]).await.unwrap();
+        (sink, written)
+    };
+    let (mut first, written) = restarted().await;
+    assert!(written.is_empty());
+    first.positions().unwrap().reached(&at(5));
+    first.write(batch(vec![micros("2026-11-21T10:00:00Z")], vec![1]), &ctx).await.unwrap();
+    first.flush(&ctx).await.unwrap();
+    drop(first);
+
+    // A flush over two days whose second object is never written: as if the process died
+    // between the two uploads (the first is put here by a sink of its own with the same tag).
+    let (mut second, written) = restarted().await;
+    assert_eq!(written.to_string(), "in #5 (epoch 3)");
+    second.positions().unwrap().reached(&at(9));
+    second.write(batch(vec![micros("2026-11-22T10:00:00Z"), micros("2026-11-23T10:00:00Z")], vec![2, 3]), &ctx).await.unwrap();
+    second.flush(&ctx).await.unwrap();
+    drop(second);
+    let lake = store(&moto.endpoint(), "lake");
+    let newest: Vec<ObjectPath> = {
+        let mut keys: Vec<ObjectPath> = lake.store.list(Some(&ObjectPath::from("eo"))).map_ok(|m| m.location).try_collect().await.unwrap();
+        keys.sort_by(|a, b| a.filename().cmp(&b.filename()));
+        keys
+    };
+    assert_eq!(newest.len(), 3);
+    lake.store.delete(&newest[2]).await.unwrap(); // the flush's last object never arrived
+
+    let (_, written) = restarted().await;
+    assert_eq!(written.to_string(), "in #5 (epoch 3)", "the interrupted flush's position does not count");
+    let left: Vec<(String, Vec<i64>)> = objects(&lake, "eo").await;
+    let values: Vec<i64> = left.iter().flat_map(|(_, v)| v.clone()).collect();
+    assert_eq!(values, [1], "its other object is deleted: its rows come again");
+}
