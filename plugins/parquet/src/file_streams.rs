@@ -124,19 +124,9 @@ pub(crate) async fn send_file(
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).with_context(|| format!("reading {shown}"))?;
     let mut roots = Vec::new();
     for field in shape.schema.fields() {
-        let name = field.name();
-        let (index, found) = builder
-            .schema()
-            .column_with_name(name)
-            .ok_or_else(|| anyhow::anyhow!("column `{name}` (declared in `schema`) is not in {shown}"))?;
-        if !datafusion::arrow::compute::can_cast_types(found.data_type(), field.data_type()) {
-            anyhow::bail!(
-                "column `{name}` is {} in {shown}, which does not convert to the declared {}",
-                found.data_type(),
-                field.data_type()
-            );
-        }
-        roots.push(index);
+        let found = builder.schema().column_with_name(field.name());
+        crate::source::check_declared(field, found.map(|(_, f)| f), &shown)?;
+        roots.extend(found.map(|(index, _)| index));
     }
     let projection = ProjectionMask::roots(builder.parquet_schema(), roots);
     let batches = builder.with_projection(projection).with_batch_size(8192).build()?;

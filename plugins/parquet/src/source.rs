@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::common::Column;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{cast, lit, Expr};
@@ -134,6 +134,21 @@ fn column(name: &str) -> Expr {
     Expr::Column(Column::new_unqualified(name))
 }
 
+/// A declared column against the one the files hold (`found`, `None` when they lack it): an
+/// error names the column and `shown` (the files) when it is missing or does not convert.
+pub(crate) fn check_declared(declared: &Field, found: Option<&Field>, shown: &str) -> anyhow::Result<()> {
+    let name = declared.name();
+    let found = found.ok_or_else(|| anyhow::anyhow!("column `{name}` (declared in `schema`) is not in {shown}"))?;
+    if !datafusion::arrow::compute::can_cast_types(found.data_type(), declared.data_type()) {
+        anyhow::bail!(
+            "column `{name}` is {} in {shown}, which does not convert to the declared {}",
+            found.data_type(),
+            declared.data_type()
+        );
+    }
+    Ok(())
+}
+
 /// `date=YYYY-MM-DD` of an instant in µs.
 fn date_folder(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us).map_or_else(|| "date=unknown".into(), |t| t.format("date=%Y-%m-%d").to_string())
@@ -190,16 +205,7 @@ impl ParquetSource {
         let mut columns = Vec::new();
         for field in self.schema.fields() {
             let name = field.name();
-            let found = available
-                .field_with_unqualified_name(name)
-                .map_err(|_| anyhow::anyhow!("column `{name}` (declared in `schema`) is not in {shown}"))?;
-            if !datafusion::arrow::compute::can_cast_types(found.data_type(), field.data_type()) {
-                anyhow::bail!(
-                    "column `{name}` is {} in {shown}, which does not convert to the declared {}",
-                    found.data_type(),
-                    field.data_type()
-                );
-            }
+            check_declared(field, available.field_with_unqualified_name(name).ok().map(|f| f.as_ref()), &shown)?;
             columns.push(cast(column(name), field.data_type().clone()).alias(name));
         }
         Ok((df.select(columns)?, shown))
