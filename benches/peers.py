@@ -393,7 +393,8 @@ http {{
 
 def eo(bin_path, work, events, rounds, seconds):
     """The same pipelines with `delivery: at_least_once` and `exactly_once`, alternating."""
-    data = work / "eo.ndjson"
+    # W1's input when W1 ran in this run (the same events), else written now.
+    data = work / "w1.ndjson"
     if not data.exists():
         generate(data, events)
         os.sync()
