@@ -91,6 +91,9 @@ struct Load {
 
 impl Load {
     fn start(clients: usize, http: SocketAddr, body: fn(i64) -> String) -> Load {
+        // `/health` answers once the admin server is up, which can be before the http source
+        // listens (CI once saw the first 290 POSTs of a load find no listener).
+        wait_for("the http source to listen", || std::net::TcpStream::connect(http).is_ok());
         let phase = Arc::new(AtomicU8::new(BEFORE));
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicUsize::new(0));
