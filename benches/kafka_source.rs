@@ -7,6 +7,10 @@
 //! Prints messages/s per side and the ratio; this is the per-instance figure `docs/scaling.md`
 //! sizes a consumer group with.
 //!
+//! Then the cost of `partition_by` (issue 46) in one instance: a windowed pipeline per game, read
+//! once as is and once re-keyed by game through a repartition topic (every message copied to Kafka
+//! and read again), each timed from its first row out until its source has sent every row.
+//!
 //! `cargo bench --bench kafka_source` reads 400,000 messages per side (`KAFKA_BENCH_ROWS` to
 //! change; the mock keeps at most 5 MB per partition, so more would be cut), two alternating rounds; under `cargo test` a 20,000-message smoke pass checks that both
 //! sides read everything.
@@ -76,6 +80,65 @@ async fn bare(bootstrap: &str, group: &str, n: usize) -> Duration {
     t0.elapsed()
 }
 
+/// The windowed pipeline (per game and minute), re-keyed by game or not, until its source has
+/// sent `n` rows (the windows hold them; the stop flushes them, untimed).
+async fn windowed_side(bootstrap: &str, group: &str, n: usize, dir: &std::path::Path, repartition: bool) -> Duration {
+    let partition_by = if repartition { "partition_by: [game]" } else { "" };
+    let yaml = format!(
+        r#"
+admin: {{enabled: false}}
+sources:
+  events:
+    type: kafka
+    bootstrap_servers: "{bootstrap}"
+    topics: [events]
+    group_id: {group}
+    schema: {{ts: timestamp, user: string, game: string, score: int}}
+transforms:
+  per_game:
+    inputs: [events]
+    {partition_by}
+    window: {{tumbling: 1m, allowed_lateness: 1h}}
+    sql: SELECT window_start, game, count(*) AS n, max(score) AS best FROM events GROUP BY window_start, game
+sinks:
+  lake:
+    type: parquet
+    inputs: [per_game]
+    path: "{out}"
+    time_column: window_start
+"#,
+        out = dir.join(group).display()
+    );
+    let path = dir.join(format!("{group}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let plan = tributary::validate_file(&path).await.unwrap();
+    let admin = Arc::new(tributary::admin::AdminState::new(Duration::from_secs(30)));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(tributary::runtime::run(plan, Some(admin.clone()), shutdown.clone(), Default::default()));
+    let mut t0 = None;
+    loop {
+        let sent = counter(&admin, "rows_out_total", "events");
+        if sent > 0 && t0.is_none() {
+            t0 = Some(Instant::now());
+        }
+        if sent >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = t0.expect("rows came").elapsed();
+    shutdown.cancel();
+    let report = run.await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    elapsed
+}
+
+/// A component's counter from the admin API's metrics.
+fn counter(admin: &tributary::admin::AdminState, name: &str, component: &str) -> usize {
+    let prefix = format!("tributary_component_{name}{{component=\"{component}\"");
+    admin.render_metrics().lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok()).unwrap_or(0)
+}
+
 /// The pipeline, until its source has sent `n` rows and everything is written.
 async fn tributary_side(bootstrap: &str, group: &str, n: usize, dir: &std::path::Path) -> Duration {
     let yaml = format!(
@@ -108,15 +171,7 @@ sinks:
     let run = tokio::spawn(tributary::runtime::run(plan, Some(admin.clone()), shutdown.clone(), Default::default()));
     // Timed from the first row out (after the group join) until everything is written.
     let mut t0 = None;
-    let counter = |name: &str, component: &str| {
-        let prefix = format!("tributary_component_{name}{{component=\"{component}\"");
-        admin
-            .render_metrics()
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-            .unwrap_or(0)
-    };
+    let counter = |name: &str, component: &str| counter(&admin, name, component);
     loop {
         let sent = counter("rows_out_total", "events");
         if sent > 0 && t0.is_none() {
@@ -178,5 +233,29 @@ fn main() {
     println!(
         "{n} messages: tributary {t:.0} msg/s vs bare librdkafka consumer {b:.0} msg/s = {:.0}% of the client's ceiling",
         100.0 * t / b
+    );
+
+    // partition_by: the same events windowed per game, as is and re-keyed through Kafka.
+    let (mut plain, mut rekeyed) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let group = format!("windowed-{round}");
+        let p = rt.block_on(windowed_side(&bootstrap, &group, n, dir.path(), false));
+        let group = format!("rekeyed-{round}");
+        // librdkafka's mock broker cannot create topics on request.
+        mock.create_topic(&format!("{group}-per_game-repartition"), PARTITIONS, 1).unwrap();
+        let r = rt.block_on(windowed_side(&bootstrap, &group, n, dir.path(), true));
+        let (pr, rr) = (n as f64 / p.as_secs_f64(), n as f64 / r.as_secs_f64());
+        println!(
+            "round {round}: windows per game {pr:.0} msg/s ({:.2} s); re-keyed by game {rr:.0} msg/s ({:.2} s)",
+            p.as_secs_f64(),
+            r.as_secs_f64()
+        );
+        plain.push(pr);
+        rekeyed.push(rr);
+    }
+    let (p, r) = (median(&mut plain), median(&mut rekeyed));
+    println!(
+        "{n} messages, one instance: windows per game {p:.0} msg/s; with partition_by (copied through a repartition topic) {r:.0} msg/s = {:.0}% of it",
+        100.0 * r / p
     );
 }

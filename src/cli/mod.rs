@@ -250,6 +250,12 @@ async fn validate(file: &std::path::Path) -> ExitCode {
                 let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
                 println!("  {name}: {}", cols.join(", "));
             }
+            for t in &plan.transforms {
+                if let (Some(how), Some(w)) = (t.window.as_ref().and_then(|w| w.repartitioned.as_ref()), &t.window) {
+                    let input = w.inputs.first().map(|(n, _)| n.as_str()).unwrap_or_default();
+                    println!("  transform {}: will repartition `{input}` {how}, so that one instance of the group windows each key", t.id);
+                }
+            }
             for t in &plan.tables {
                 let cols: Vec<String> = t.table.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
                 println!("  table {}: {}", t.name(), cols.join(", "));

@@ -69,6 +69,9 @@ pub struct WindowPlan {
     /// It feeds an exactly-once sink: its emissions carry positions (set by the planner's
     /// `check_exactly_once`).
     pub exactly_once: bool,
+    /// `partition_by`, when the source it reads re-keys its rows across a consumer group: how it
+    /// does (for `validate`). Its windows are then kept per partition of the re-keyed stream.
+    pub repartitioned: Option<String>,
 }
 
 /// Name of a windowed transform's output for rows that arrived after their window closed.
@@ -132,6 +135,10 @@ struct SqlTransformConfig {
     /// Row-level join of two streams: rows pair when their event times are `within` apart.
     #[serde(default)]
     interval_join: Option<IntervalJoinConfig>,
+    /// A window's key columns: when its source is shared by a consumer group, rows are re-keyed
+    /// by them so that every key is counted by one instance (see `docs/scaling.md`).
+    #[serde(default)]
+    partition_by: Vec<String>,
 }
 
 /// A source's `buffer:` option, taken out of its config (the plugin never sees it).
@@ -156,13 +163,15 @@ fn output_name(component: &str, output: &str) -> String {
 /// and a step runs only when the ones before it found none.
 pub async fn plan(file: &PipelineFile, registry: &Registry) -> Result<Plan, Diagnostics> {
     let mut p = Planner { file, registry, errors: Vec::new(), outputs: BTreeMap::new() };
-    let (sources, sqls) = p.declare();
+    let (mut sources, sqls) = p.declare();
     let (mut tables, kept_later) = p.plan_tables().await;
     p.check()?;
     let inputs = p.resolve_inputs(&sqls);
     p.check()?;
     let order = topo_order(file, &with_table_edges(&inputs, &sqls, &kept_later)).map_err(|d| Diagnostics(vec![d]))?;
     let mut transforms = p.plan_transforms(&order, &inputs, &sqls, &mut tables, kept_later).await;
+    p.check()?;
+    p.plan_repartitions(&mut sources, &mut transforms, &sqls);
     p.check()?;
     let mut sinks = p.build_sinks(&inputs);
     p.check()?;
@@ -324,7 +333,7 @@ impl<'a> Planner<'a> {
                 Some(w) => match WindowSpec::from_config(w).and_then(|spec| {
                     window::check_inputs(&spec, &tables)?;
                     let late_schema = window::late_schema(&tables)?;
-                    Ok(WindowPlan { spec, inputs: tables.clone(), late_schema, exactly_once: false })
+                    Ok(WindowPlan { spec, inputs: tables.clone(), late_schema, exactly_once: false, repartitioned: None })
                 }) {
                     Ok(p) => Some(p),
                     Err(msg) => {
@@ -464,6 +473,54 @@ impl<'a> Planner<'a> {
 }
 
 impl Planner<'_> {
+    /// Step 3b: a windowed transform's `partition_by` asks the source it reads to re-key its rows
+    /// across the instances sharing it (see `tributary_sdk::repartition`).
+    fn plan_repartitions(
+        &mut self,
+        sources: &mut [PlannedSource],
+        transforms: &mut [PlannedTransform],
+        sqls: &HashMap<String, SqlTransformConfig>,
+    ) {
+        let file = self.file;
+        for t in transforms.iter_mut() {
+            let by = &sqls[&t.id].partition_by;
+            if by.is_empty() {
+                continue;
+            }
+            let at = format!("transforms.{}.partition_by", t.id);
+            let Some(window) = &mut t.window else {
+                self.errors.push(file.diag(&at, "`partition_by` keys a window's rows; this transform has no `window:`".into()));
+                continue;
+            };
+            if let Some((input, c)) =
+                window.inputs.iter().find_map(|(n, s)| by.iter().find(|c| s.field_with_name(c).is_err()).map(|c| (n, c)))
+            {
+                self.errors.push(file.diag(&at, format!("input `{input}` has no column `{c}`")));
+                continue;
+            }
+            let source = match &t.inputs[..] {
+                [r] if r.output.is_empty() => sources.iter_mut().find(|s| s.id == r.component),
+                _ => None,
+            };
+            let Some(source) = source else {
+                let names: Vec<String> = t.inputs.iter().map(|r| format!("`{}`", r.name)).collect();
+                self.errors.push(file.diag(
+                    &at,
+                    format!(
+                        "rows are re-keyed as they leave a source, so a transform with `partition_by` reads one source's main output (it reads {}); put the window's filters in its own SQL",
+                        names.join(", ")
+                    ),
+                ));
+                continue;
+            };
+            let ask = tributary_sdk::Repartition { transform: t.id.clone(), by: by.clone() };
+            match source.source.repartition(&ask) {
+                Ok(how) => window.repartitioned = how,
+                Err(why) => self.errors.push(file.diag(&at, format!("source `{}` cannot re-key its rows by it: {why}", source.id))),
+            }
+        }
+    }
+
     /// Step 5: every exactly-once sink can be written exactly once on every path into it, and
     /// learns its streams. A problem is reported where `delivery: exactly_once` was asked for:
     /// the sink's own, or the top level.

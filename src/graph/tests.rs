@@ -350,3 +350,59 @@ async fn a_latest_table_over_a_transform_orders_its_readers_and_refuses_a_cycle(
     assert_eq!(errs.len(), 1);
     assert!(errs[0].starts_with("p.yaml:7:5: tables.last_site.input: `per_sit` is no output of this pipeline; a latest table reads one of `badges`, `per_site`, `probes`"), "{}", errs[0]);
 }
+
+#[tokio::test]
+async fn partition_by_asks_the_kafka_source_to_rekey_and_says_what_is_wrong_where() {
+    let kafka = |format: &str| {
+        format!(
+            "sources:\n  badges:\n    type: kafka\n    bootstrap_servers: k:9092\n    topics: [badges]\n    group_id: bp\n{format}\
+             transforms:\n"
+        )
+    };
+    let json = kafka("    schema: {badge: string, channel: string, ts: timestamp}\n");
+    let window = |inputs: &str, by: &str| {
+        format!(
+            "  per_channel:\n    inputs: [{inputs}]\n    partition_by: [{by}]\n    window: {{tumbling: 1m}}\n    \
+             sql: SELECT window_start, channel, count(*) AS n FROM {inputs} GROUP BY window_start, channel\n"
+        )
+    };
+    let p = check(&format!("{json}{}", window("badges", "channel"))).await.unwrap();
+    assert_eq!(
+        p.transforms[0].window.as_ref().unwrap().repartitioned.as_deref(),
+        Some("by channel through Kafka topic `bp-per_channel-repartition` (created with the partition count of `badges`), read by consumer group `bp-per_channel`")
+    );
+    let errs = check(&format!("{json}{}", window("badges", "chanel"))).await.unwrap_err();
+    assert_eq!(errs, ["p.yaml:11:5: transforms.per_channel.partition_by: input `badges` has no column `chanel`"]);
+    let errs = check(&format!("{json}  plain:\n    inputs: [badges]\n    partition_by: [channel]\n    sql: SELECT * FROM badges\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(errs, ["p.yaml:11:5: transforms.plain.partition_by: `partition_by` keys a window's rows; this transform has no `window:`"]);
+    let errs = check(&format!(
+        "{json}  kept:\n    inputs: [badges]\n    sql: SELECT * FROM badges WHERE badge <> ''\n{}",
+        window("kept", "channel")
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(errs, ["p.yaml:14:5: transforms.per_channel.partition_by: rows are re-keyed as they leave a source, so a transform with `partition_by` reads one source's main output (it reads `kept`); put the window's filters in its own SQL"]);
+    let errs = check(&format!("{json}{}{}", window("badges", "channel"), window("badges", "badge").replace("per_channel", "per_badge")))
+        .await
+        .unwrap_err();
+    assert_eq!(errs, ["p.yaml:16:5: transforms.per_badge.partition_by: source `badges` cannot re-key its rows by it: it already re-keys its rows for another window (into `bp-per_channel-repartition`); one `partition_by` per source"]);
+    // The API status monitor's `success` is computed after decoding: it cannot key the copies.
+    let errs = check(&format!(
+        "{}  per_outcome:\n    inputs: [badges]\n    partition_by: [success]\n    window: {{tumbling: 1m}}\n    \
+         sql: SELECT window_start, success, count(*) AS n FROM badges GROUP BY window_start, success\n",
+        kafka("    format: api_status_monitor\n")
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(errs, ["p.yaml:11:5: transforms.per_outcome.partition_by: source `badges` cannot re-key its rows by it: `success` is not in the messages as they arrive (the repartitioning reads it before any decoding step of `format`)"]);
+    // One process reads every key of any other source: nothing to do, nothing said.
+    let p = check(&format!(
+        "{SOURCES}transforms:\n  per_site:\n    inputs: [probes]\n    partition_by: [site]\n    window: {{tumbling: 1m}}\n    \
+         sql: SELECT window_start, site, count(*) AS n FROM probes GROUP BY window_start, site\n"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.transforms[0].window.as_ref().unwrap().repartitioned, None);
+}

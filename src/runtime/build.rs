@@ -45,6 +45,9 @@ pub(crate) struct RunContext {
     /// The taps the caller observes, by output name (`tributary test`); otherwise the admin API
     /// gets one per output for `tributary tap`.
     pub taps: HashMap<String, Arc<Tap>>,
+    /// Where sources say which streams this process stopped owning (a Kafka rebalance), for the
+    /// windows kept per partition of a repartitioned stream.
+    pub ownership: tributary_sdk::Ownership,
 }
 
 /// Makes the components' outputs and tasks, and keeps what a reload needs to reach them.
@@ -114,10 +117,15 @@ impl ExactlyOnceLinks {
                     links.sinks_written.entry(stream.to_string()).or_default().push(tx.subscribe());
                 }
             }
+            // Sources with positions of their own, and windows kept per partition (they ask when a
+            // partition reaches them).
             let asking: Vec<&str> = streams
                 .into_iter()
                 .filter(|stream| {
                     sources.iter().any(|o| o.source.id == *stream && o.source.source.replay() == tributary_sdk::Replay::WithPositions)
+                        || transforms
+                            .iter()
+                            .any(|t| t.id == *stream && t.window.as_ref().is_some_and(|w| w.exactly_once && w.repartitioned.is_some()))
                 })
                 .collect();
             if asking.is_empty() {
@@ -258,9 +266,13 @@ impl Builder {
                 let late = self.output(&t.id, LATE_OUTPUT, &metrics, true, schemas);
                 // Made here, not in the task, so a manual clock's first advance already reaches it.
                 let timer = super::window_timer(&self.context.clock, window);
-                let sinks_written = links.sinks_written.remove(&id).unwrap_or_default();
+                let resume = windowed::Resume {
+                    at_start: links.sinks_written.remove(&id).unwrap_or_default(),
+                    ask: tributary_sdk::SinkPositions::new(links.sink_positions.remove(&id).unwrap_or_default()),
+                    owned: self.context.ownership.listen(),
+                };
                 let out = windowed::WindowOutputs { id: id.clone(), output, late, dead, metrics: metrics.clone() };
-                Box::pin(windowed::run_windowed_transform(t, rx, out, sinks_written, timer, replace))
+                Box::pin(windowed::run_windowed_transform(t, rx, out, resume, timer, replace))
             }
             None => Box::pin(super::run_transform(t, rx, output, dead, metrics.clone(), replace)),
         };
@@ -294,6 +306,7 @@ impl Builder {
             shutdown: self.context.shutdown.clone(),
             metrics: metrics.clone(),
             sink_positions: tributary_sdk::SinkPositions::new(links.sink_positions.remove(&s.id).unwrap_or_default()),
+            ownership: self.context.ownership.clone(),
         };
         let disk_buffer = matches!(s.buffer, SourceBuffer::Disk(_));
         tasks.push(StartedTask { id: s.id.clone(), task: Box::pin(run.run(s.source, replace)) });

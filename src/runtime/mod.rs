@@ -22,6 +22,7 @@ mod interval;
 mod reload;
 mod sink;
 mod versions;
+mod window_parts;
 mod windowed;
 pub use clock::{Clock, ManualClock, Timer};
 pub use reload::ReloadRequest;
@@ -127,6 +128,7 @@ pub async fn run_reloadable(
         clock: opts.clock,
         in_flight: opts.in_flight,
         taps: opts.taps.unwrap_or_default(),
+        ownership: Default::default(),
     };
     let mut topology = reload::Topology::empty(build::Builder::new(context, supervisor));
     let started = topology.started.clone();
@@ -178,6 +180,7 @@ struct SourceRun {
     shutdown: CancellationToken,
     metrics: Arc<ComponentMetrics>,
     sink_positions: tributary_sdk::SinkPositions,
+    ownership: tributary_sdk::Ownership,
 }
 
 impl SourceRun {
@@ -189,7 +192,8 @@ impl SourceRun {
         loop {
             let stop = self.shutdown.child_token();
             let ctx = SourceContext::new(self.id.clone(), self.outputs.clone(), self.dead.clone(), stop.clone(), self.metrics.clone())
-                .with_sink_positions(self.sink_positions.clone());
+                .with_sink_positions(self.sink_positions.clone())
+                .with_ownership(self.ownership.clone());
             let mut running = source.run(ctx);
             tokio::select! {
                 result = &mut running => return result,

@@ -327,6 +327,7 @@ sinks:
             clock: Default::default(),
             in_flight: None,
             taps: Default::default(),
+            ownership: Default::default(),
         };
         (Topology::empty(Builder::new(context, supervisor)), tasks)
     }

@@ -13,17 +13,18 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
-use tributary_sdk::{Batch, ComponentMetrics, DeadLetters, Delivery, Output, Position, Positions, Work};
+use tokio::sync::{broadcast, mpsc, watch};
+use tributary_sdk::{Batch, ComponentMetrics, DeadLetters, Delivery, Output, Owned, Position, Positions, SinkPositions, Work};
 
 use super::versions::{NewVersion, Versions};
+use super::window_parts::{Emitted, Template, Windows};
 use super::{one_batch, send_sharing_acks, Timer};
 use crate::graph::PlannedTransform;
-use crate::sql::window::{Accepted, Emission, WindowOperator};
+use crate::sql::window::{Accepted, Emission};
 
 /// Window ends are event times, which do not start again when a buffer folder is made afresh:
 /// one epoch for every emission.
-const EMISSION_EPOCH: u64 = 0;
+pub(super) const EMISSION_EPOCH: u64 = 0;
 
 /// What an exactly-once sink fed by the window had written when it started (`None` until then).
 pub(super) type SinkWritten = watch::Receiver<Option<Positions>>;
@@ -44,78 +45,100 @@ struct Emitter {
     stream: Option<Arc<str>>,
 }
 
-/// `sinks_written`: one per exactly-once sink it feeds, at the first start (a window added by a
-/// reload has nothing written yet).
+/// How a windowed transform learns what its exactly-once sinks wrote.
+pub(super) struct Resume {
+    /// One per exactly-once sink it feeds, at the first start (a window added by a reload has
+    /// nothing written yet).
+    pub at_start: Vec<SinkWritten>,
+    /// Kept per partition: the sinks, asked when a partition reaches this process.
+    pub ask: SinkPositions,
+    /// Kept per partition: the partitions this process stops or starts owning.
+    pub owned: broadcast::Receiver<Owned>,
+}
+
 pub(super) async fn run_windowed_transform(
     t: PlannedTransform,
     mut rx: mpsc::Receiver<Delivery>,
     out: WindowOutputs,
-    sinks_written: Vec<SinkWritten>,
+    resume: Resume,
     mut timer: Timer,
     mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
     let exactly_once = t.window.as_ref().is_some_and(|w| w.exactly_once);
+    let per_partition = exactly_once && t.window.as_ref().is_some_and(|w| w.repartitioned.is_some());
     let stream = exactly_once.then(|| Arc::<str>::from(out.id.as_str()));
     let w = Emitter { out, stream };
-    let mut op = window_operator(t, &timer)?;
-    if let Some(stream) = w.stream.as_ref().filter(|_| !sinks_written.is_empty()) {
-        let written = written_by_sinks(&w.out.id, stream, sinks_written).await?;
+    let Resume { at_start, ask, mut owned } = resume;
+    let mut windows = Windows::new(Template::of(t)?, per_partition, ask, timer.now_us())?;
+    if let (Some(stream), Windows::One { op, .. }) = (w.stream.as_ref().filter(|_| !at_start.is_empty()), &mut windows) {
+        let written = written_by_sinks(&w.out.id, stream, at_start).await?;
         op.resume(&written);
         let through: Vec<String> = written.iter().map(|w| w.map_or("nothing".into(), format_micros)).collect();
         tracing::info!(transform = %w.out.id, "exactly once: the sinks it feeds wrote its windows through {}; replayed rows of those windows are skipped", through.join(", "));
     }
     let mut versions = Versions::default();
+    let mut listening = per_partition;
     loop {
         // Held until what this delivery or tick produced is queued downstream (see `InFlight`).
         let _work;
-        let emission = tokio::select! {
+        let emissions = tokio::select! {
             biased;
+            change = owned.recv(), if listening => {
+                _work = Work::default();
+                match change {
+                    Ok(Owned::Lost(stream)) => windows.lose(&stream, &w.out.id),
+                    Ok(Owned::Gained(stream)) => windows.gain(&stream, &w.out.id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => windows.lose_all(&w.out.id),
+                    Err(broadcast::error::RecvError::Closed) => listening = false,
+                }
+                Vec::new()
+            }
             Some(new) = replace.recv() => {
                 _work = Work::default();
                 if let Some(new) = versions.arrive(new, &w.out.id) {
                     // What was queued goes into the old windows first.
                     for _ in 0..rx.len() {
                         let Some(delivery) = rx.recv().await else { break };
-                        let (emission, _work) = w.deliver(&mut op, delivery, &timer).await?;
-                        w.send(emission).await?;
+                        let (emissions, _work) = w.deliver(&mut windows, delivery, &timer).await?;
+                        w.send_all(emissions).await?;
                     }
-                    w.replace(&mut op, new, &timer).await?;
+                    w.replace(&mut windows, new, &timer).await?;
                 }
-                None
+                Vec::new()
             }
             delivery = rx.recv() => {
                 let Some(delivery) = delivery else {
                     // The old inputs let go: new windows over the new inputs.
                     let Some((next, next_rx)) = versions.rewired() else { break };
-                    w.replace(&mut op, next, &timer).await?;
+                    w.replace(&mut windows, next, &timer).await?;
                     rx = next_rx;
                     continue;
                 };
                 if let Some(new) = versions.due(delivery.input, &delivery.batch.data) {
-                    w.replace(&mut op, new, &timer).await?;
+                    w.replace(&mut windows, new, &timer).await?;
                 }
-                let (emission, work) = w.deliver(&mut op, delivery, &timer).await?;
+                let (emissions, work) = w.deliver(&mut windows, delivery, &timer).await?;
                 _work = work;
-                emission
+                emissions
             }
             work = timer.tick() => {
                 _work = work;
-                op.advance(timer.now_us()).await?
+                windows.advance(timer.now_us()).await?
             }
         };
-        w.send(emission).await?;
+        w.send_all(emissions).await?;
     }
     if w.stream.is_some() {
-        let held = op.buffered_rows();
+        let held = windows.buffered_rows();
         // Their acks fail: the buffer keeps the rows, and the next start rebuilds the windows.
-        drop(op);
+        drop(windows);
         if held > 0 {
             tracing::info!(transform = %w.out.id, rows = held, "exactly once: open windows are not flushed as partial; their rows stay in the source's disk buffer and rebuild the windows at the next start");
         }
         return Ok(());
     }
-    let emission = op.finish().await?;
-    w.send(emission).await
+    let emissions = windows.finish().await?;
+    w.send_all(emissions).await
 }
 
 /// Per sink, the end of the last window of `stream` it wrote, once each has started.
@@ -135,27 +158,34 @@ async fn written_by_sinks(id: &str, stream: &Arc<str>, sinks: Vec<SinkWritten>) 
     Ok(out)
 }
 
-fn format_micros(us: i64) -> String {
+pub(super) fn format_micros(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us).map_or(us.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-}
-
-fn window_operator(t: PlannedTransform, timer: &Timer) -> anyhow::Result<WindowOperator> {
-    let plan = t.window.expect("windowed");
-    Ok(WindowOperator::new(plan.spec, t.sql, &plan.inputs, plan.late_schema, timer.now_us())?)
 }
 
 impl Emitter {
     /// Put one delivery into its windows; returns the windows it closed and the delivery's
     /// in-flight token.
-    async fn deliver(&self, op: &mut WindowOperator, delivery: Delivery, timer: &Timer) -> anyhow::Result<(Option<Emission>, Work)> {
+    async fn deliver(&self, windows: &mut Windows, delivery: Delivery, timer: &Timer) -> anyhow::Result<(Vec<Emitted>, Work)> {
         let Delivery { input, batch, work } = delivery;
         let now = timer.now_us();
         self.out.metrics.rows_in.add(batch.data.num_rows() as u64);
         self.out.metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
         self.out.metrics.batches_in.inc();
+        let Some((part, op)) = windows.of(batch.position.as_ref(), &self.out.id, now).await? else {
+            // A batch of a partition revoked since it was sent: the new owner reads it again.
+            self.out.metrics.replay_skipped.add(batch.data.num_rows() as u64);
+            return Ok((Vec::new(), work));
+        };
         let accepted = op.accept(input, batch.data, batch.acks, now)?;
         self.route(accepted).await?;
-        Ok((op.advance(now).await?, work))
+        Ok((vec![(part, op.advance(now).await?)], work))
+    }
+
+    async fn send_all(&self, emissions: Vec<Emitted>) -> anyhow::Result<()> {
+        for (part, emission) in emissions {
+            self.send(part.as_ref(), emission).await?;
+        }
+        Ok(())
     }
 
     /// Late rows to `.late` (or dead letters), rejected rows to dead letters.
@@ -178,11 +208,16 @@ impl Emitter {
         Ok(())
     }
 
-    /// Send closed windows downstream; a failed query dead-letters the windows' rows.
-    async fn send(&self, emission: Option<Emission>) -> anyhow::Result<()> {
+    /// Send closed windows downstream (of partition `part` when kept per partition); a failed
+    /// query dead-letters the windows' rows.
+    async fn send(&self, part: Option<&Arc<str>>, emission: Option<Emission>) -> anyhow::Result<()> {
         let Some(Emission { result, acks, through }) = emission else { return Ok(()) };
         // A partial flush (a reload whose inputs changed) has no place among the positions.
-        let stream = self.stream.as_ref().filter(|_| through != i64::MAX);
+        let stream = match part {
+            Some(part) => Some(part),
+            None => self.stream.as_ref(),
+        };
+        let stream = stream.filter(|_| through != i64::MAX);
         match result {
             Ok(batches) => match (stream, batches.first().map(|b| b.schema())) {
                 (Some(stream), Some(schema)) => {
@@ -215,13 +250,12 @@ impl Emitter {
     /// A changed window. Exactly once, when the open windows' inputs are still there with the
     /// same columns, their rows go into the new version's windows; otherwise the old windows
     /// close as partial (as on an at-least-once stop) and the new SQL starts with empty windows.
-    async fn replace(&self, op: &mut WindowOperator, new: PlannedTransform, timer: &Timer) -> anyhow::Result<()> {
-        let inputs = new.window.as_ref().map(|w| w.inputs.clone()).unwrap_or_default();
-        let next = window_operator(new, timer)?;
+    async fn replace(&self, windows: &mut Windows, new: PlannedTransform, timer: &Timer) -> anyhow::Result<()> {
+        let next = Template::of(new)?;
+        let now = timer.now_us();
         if self.stream.is_some() {
-            if op.hands_over_to(&inputs) {
-                let old = std::mem::replace(op, next);
-                for accepted in op.take_over(old.into_open_windows(), timer.now_us())? {
+            if windows.hands_over_to(&next.inputs) {
+                for accepted in windows.take_over(next, now)? {
                     self.route(accepted).await?;
                 }
                 tracing::info!(transform = %self.out.id, "reloaded, exactly once: the open windows' rows went into the new version's windows");
@@ -229,8 +263,9 @@ impl Emitter {
             }
             tracing::warn!(transform = %self.out.id, "reloaded: an input of the open windows is gone or has new columns, so they are emitted as partial, outside exactly once");
         }
-        self.send(op.finish().await?).await?;
-        *op = next;
+        let emissions = windows.finish().await?;
+        self.send_all(emissions).await?;
+        windows.restart(next, now)?;
         tracing::info!(transform = %self.out.id, "reloaded: open windows were emitted as partial; new windows run the new SQL");
         Ok(())
     }

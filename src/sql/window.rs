@@ -310,7 +310,8 @@ pub struct OpenWindows {
 
 pub struct WindowOperator {
     spec: WindowSpec,
-    sql: SqlTransform,
+    /// Shared by the operators of one transform kept per partition (they run one at a time).
+    sql: std::sync::Arc<SqlTransform>,
     input_names: Vec<String>,
     late_schema: SchemaRef,
     clocks: Vec<InputClock>,
@@ -330,7 +331,13 @@ pub struct WindowOperator {
 impl WindowOperator {
     /// `sql` is planned over `windowed_input_schema` of each input; `inputs` are the inputs' own
     /// names and schemas; `now` starts the idle clocks.
-    pub fn new(spec: WindowSpec, sql: SqlTransform, inputs: &[(String, SchemaRef)], late_schema: SchemaRef, now: i64) -> DfResult<Self> {
+    pub fn new(
+        spec: WindowSpec,
+        sql: impl Into<std::sync::Arc<SqlTransform>>,
+        inputs: &[(String, SchemaRef)],
+        late_schema: SchemaRef,
+        now: i64,
+    ) -> DfResult<Self> {
         let clocks = inputs
             .iter()
             .map(|(_, s)| Ok(InputClock { time_idx: s.index_of(&spec.time_column)?, max_seen: None, last_arrival: now }))
@@ -345,7 +352,7 @@ impl WindowOperator {
         };
         Ok(WindowOperator {
             spec,
-            sql,
+            sql: sql.into(),
             input_names: inputs.iter().map(|(n, _)| n.clone()).collect(),
             late_schema,
             clocks,

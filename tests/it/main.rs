@@ -19,6 +19,7 @@ mod hostile;
 mod hot_reload;
 mod http_input;
 mod kafka_exactly_once;
+mod kafka_repartition;
 mod kafka_restart;
 mod kafka_scale_out;
 mod lake_s3;

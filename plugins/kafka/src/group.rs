@@ -40,6 +40,12 @@ pub(crate) struct CommitTracker {
     confirmed: HashMap<PartitionKey, i64>,
     /// A batch some sink did not write: the source stops without committing it.
     failed: Option<String>,
+    /// Partitions being revoked: a batch of theirs that fails now was given up downstream (a
+    /// repartitioned window dropped the revoked partition's open windows), not lost, because the
+    /// new owner reads it from the commit.
+    revoking: HashSet<PartitionKey>,
+    /// The source is stopping (see `resolve`).
+    stopping: bool,
 }
 
 impl CommitTracker {
@@ -53,7 +59,10 @@ impl CommitTracker {
 
     pub fn resolve(&mut self, seq: u64, status: AckStatus) {
         let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) else { return };
-        if status == AckStatus::Failed && self.failed.is_none() {
+        // Stopping, a batch that fails is left for the next start: a window written exactly once
+        // drops its open windows then, and they are read again.
+        let given_up = self.stopping || (!p.offsets.is_empty() && p.offsets.keys().all(|k| self.revoking.contains(k)));
+        if status == AckStatus::Failed && self.failed.is_none() && !given_up {
             let mut where_: Vec<String> = p.offsets.iter().map(|((t, part), o)| format!("{t}/{part}@{o}")).collect();
             where_.sort();
             self.failed = Some(format!(
@@ -134,9 +143,23 @@ impl CommitTracker {
         for p in &mut self.pending {
             p.offsets.retain(|k, _| !parts.contains(k));
         }
+        // A batch of revoked partitions only is nobody's now: its ack, whenever it comes, says
+        // nothing about what this member may commit.
+        self.pending.retain(|p| !p.offsets.is_empty());
         self.committed.retain(|k, _| !parts.contains(k));
         self.confirmed.retain(|k, _| !parts.contains(k));
+        self.revoking.retain(|k| !parts.contains(k));
         abandoned
+    }
+
+    /// The source stopped reading: what fails from now on is read again at the next start.
+    pub fn stopping(&mut self) {
+        self.stopping = true;
+    }
+
+    /// `parts` are being revoked (see `revoking`).
+    pub fn revoking(&mut self, parts: &HashSet<PartitionKey>) {
+        self.revoking.extend(parts.iter().cloned());
     }
 }
 
@@ -156,10 +179,13 @@ pub(crate) struct Group {
     rebalance_wait: Duration,
     /// Set once the source stops: the revoke of the final leave-group does not wait.
     closing: std::sync::atomic::AtomicBool,
+    /// Where a revoke is said, so that windows over a repartitioned stream drop the revoked
+    /// partitions' open windows (their new owner builds them again).
+    ownership: tributary_sdk::Ownership,
 }
 
 impl Group {
-    pub fn new(source_id: &str, rebalance_wait: Duration) -> Arc<Group> {
+    pub fn new(source_id: &str, rebalance_wait: Duration, ownership: tributary_sdk::Ownership) -> Arc<Group> {
         Arc::new(Group {
             source_id: source_id.to_string(),
             tracker: Mutex::new(CommitTracker::default()),
@@ -169,6 +195,7 @@ impl Group {
             assigned: Mutex::new(Vec::new()),
             rebalance_wait,
             closing: Default::default(),
+            ownership,
         })
     }
 
@@ -224,6 +251,10 @@ impl Group {
         if parts.is_empty() {
             return;
         }
+        self.tracker().revoking(&parts);
+        let mut lost: Vec<&PartitionKey> = parts.iter().collect();
+        lost.sort();
+        lost.into_iter().for_each(|k| self.ownership.lose(crate::replay::stream(&self.source_id, k)));
         // Acks arrive on other tasks: on a multi-thread runtime this worker hands its other tasks
         // over while it waits; on a current-thread one nothing else could run, so no wait.
         let multi_thread =
@@ -338,6 +369,7 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<PartitionKey> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                parts.iter().for_each(|k| self.group.ownership.gain(crate::replay::stream(&self.group.source_id, k)));
                 self.group.assigned.lock().unwrap_or_else(|e| e.into_inner()).extend(parts);
                 tracing::info!(source = %self.group.source_id, partitions = %partition_list(tpl), "Kafka partitions assigned")
             }

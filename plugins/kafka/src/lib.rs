@@ -11,6 +11,7 @@ mod client;
 mod format;
 mod group;
 mod replay;
+mod shuffle;
 mod sink;
 mod source;
 

@@ -16,13 +16,14 @@ use tokio::time::Instant;
 use tributary_sdk::config::event_time_type;
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::{
-    Ack, AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Position, Replay,
-    Secret, Source, SourceContext, SourcePlugin,
+    Ack, AckSet, Batch, BuiltSource, ComponentConfig, ConfigError, DeadLetter, DeclaredSchema, HumanDuration, OutputSpec, Position,
+    Repartition, Replay, Secret, Source, SourceContext, SourcePlugin,
 };
 
 use crate::client::{client_config, SslConfig};
 use crate::group::{commit, Group, GroupContext, PartitionKey};
 use crate::replay::{self, SinkCuts};
+use crate::shuffle;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -184,7 +185,7 @@ impl SourcePlugin for KafkaSourcePlugin {
         };
         Ok(BuiltSource {
             outputs: vec![OutputSpec::main(schema.clone())],
-            source: Box::new(KafkaSource { id: config.id.clone(), cfg, rows }),
+            source: Box::new(KafkaSource { id: config.id.clone(), cfg, rows, repartition: None }),
         })
     }
 }
@@ -193,6 +194,9 @@ pub struct KafkaSource {
     id: String,
     cfg: KafkaSourceConfig,
     rows: JsonRows,
+    /// Set by a windowed transform's `partition_by` (see `shuffle.rs`): the pipeline then reads
+    /// the repartition topic.
+    repartition: Option<shuffle::Plan>,
 }
 
 struct Received {
@@ -203,13 +207,23 @@ struct Received {
 }
 
 impl KafkaSource {
+    /// The topics the pipeline's rows come from, the group reading them, and where a new group starts.
+    fn reads(&self) -> (Vec<String>, String, StartFrom) {
+        match &self.repartition {
+            None => (self.cfg.topics.clone(), self.cfg.group_id.clone(), self.cfg.start_from),
+            // Whatever the first stage copied is to be read, from the first copy on.
+            Some(plan) => (vec![plan.topic.clone()], plan.group.clone(), StartFrom::Earliest),
+        }
+    }
+
     fn consumer(&self, group: &Arc<Group>) -> anyhow::Result<StreamConsumer<GroupContext>> {
-        let offset_reset = match self.cfg.start_from {
+        let (topics, group_id, start_from) = self.reads();
+        let offset_reset = match start_from {
             StartFrom::Earliest => "earliest",
             StartFrom::Latest => "latest",
         };
         let defaults = [
-            ("group.id", self.cfg.group_id.clone()),
+            ("group.id", group_id),
             ("enable.auto.commit", "false".to_string()),
             ("enable.auto.offset.store", "false".to_string()),
             ("auto.offset.reset", offset_reset.to_string()),
@@ -223,8 +237,8 @@ impl KafkaSource {
         );
         let consumer: StreamConsumer<GroupContext> =
             cfg.create_with_context(GroupContext { group: group.clone() }).context("creating the Kafka consumer")?;
-        let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", self.cfg.topics.join(", ")))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).with_context(|| format!("subscribing to {}", topics.join(", ")))?;
         Ok(consumer)
     }
 
@@ -244,7 +258,8 @@ impl KafkaSource {
     /// Send what was received: in one batch, or exactly once, in one batch per partition stamped
     /// with its last offset (see `replay.rs`).
     async fn emit(&self, ctx: &SourceContext, received: Vec<Received>, group: &Arc<Group>) -> anyhow::Result<()> {
-        if ctx.sink_positions.is_empty() {
+        // Repartitioned, a window keeps its open windows per partition, so each batch holds one.
+        if ctx.sink_positions.is_empty() && self.repartition.is_none() {
             return self.emit_batch(ctx, received, group, None).await;
         }
         let mut by_partition: BTreeMap<PartitionKey, Vec<Received>> = BTreeMap::new();
@@ -393,13 +408,52 @@ impl Source for KafkaSource {
     fn replay(&self) -> Replay {
         Replay::WithPositions
     }
+    fn repartition(&mut self, r: &Repartition) -> Result<Option<String>, String> {
+        if let Some(other) = &self.repartition {
+            return Err(format!("it already re-keys its rows for another window (into `{}`); one `partition_by` per source", other.topic));
+        }
+        let decoded = self.rows.schema();
+        if let Some(c) = r.by.iter().find(|c| decoded.field_with_name(c).is_err()) {
+            return Err(format!(
+                "`{c}` is not in the messages as they arrive (the repartitioning reads it before any decoding step of `format`)"
+            ));
+        }
+        let plan = shuffle::Plan::new(&self.cfg.group_id, &r.transform, r.by.clone());
+        let how = format!(
+            "by {} through Kafka topic `{}` (created with the partition count of {}), read by consumer group `{}`",
+            r.by.join(", "),
+            plan.topic,
+            self.cfg.topics.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
+            plan.group
+        );
+        self.repartition = Some(plan);
+        Ok(Some(how))
+    }
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
-        let group = Group::new(&self.id, self.cfg.rebalance_wait.0);
+        let mut copying = match &self.repartition {
+            None => None,
+            Some(plan) => {
+                let partitions = shuffle::ensure_topic(&self.cfg, plan, &self.id).await?;
+                let copy = shuffle::run(
+                    self.id.clone(),
+                    self.cfg.clone(),
+                    self.rows.clone(),
+                    plan.clone(),
+                    partitions,
+                    ctx.shutdown.clone(),
+                    ctx.metrics.clone(),
+                );
+                Some(tokio::spawn(copy))
+            }
+        };
+        let mut origins = shuffle::Origins::default();
+        let group = Group::new(&self.id, self.cfg.rebalance_wait.0, ctx.ownership.clone());
         let consumer = self.consumer(&group)?;
         // Dropped before the consumer (reverse order), however `run` ends (an abort included): the
         // revoke of the final leave-group then does not wait for acks.
         let _leaving = group.closing_guard();
-        tracing::info!(source = %self.id, topics = %self.cfg.topics.join(","), group = %self.cfg.group_id, "consuming");
+        let (topics, group_id, _) = self.reads();
+        tracing::info!(source = %self.id, topics = %topics.join(","), group = %group_id, "consuming");
         let shutdown = ctx.shutdown.clone();
         let mut received: Vec<Received> = Vec::new();
         let mut deadline: Option<Instant> = None;
@@ -414,6 +468,10 @@ impl Source for KafkaSource {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = group.wake.notified() => self.commit_acknowledged(&consumer, &group, CommitMode::Async)?,
+                copied = async { copying.as_mut().expect("guarded").await }, if copying.is_some() => {
+                    copying = None;
+                    copied.context("the repartitioning task")?.context("repartitioning")?;
+                }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                     self.emit(&ctx, std::mem::take(&mut received), &group).await?;
                     deadline = None;
@@ -425,16 +483,22 @@ impl Source for KafkaSource {
                     if !revoked.is_empty() {
                         received.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
                         revoked.iter().for_each(|k| cuts.forget(k));
+                        revoked.iter().for_each(|k| origins.forget(k));
                     }
                     // What the sinks said of a partition before it was (re)assigned is stale: its
                     // last owner may have written more since.
                     for k in group.take_assigned() {
                         cuts.forget(&k);
+                        origins.forget(&k);
                         unasked.insert(k);
                     }
                     match m {
                         Ok(m) => {
                             let key = (m.topic().to_string(), m.partition());
+                            if self.repartition.is_some() && origins.copied_again(&key, m.headers()) {
+                                ctx.metrics.replay_skipped.add(1);
+                                continue;
+                            }
                             if exactly_once {
                                 if !cuts.knows(&key) {
                                     unasked.insert(key.clone());
@@ -473,6 +537,7 @@ impl Source for KafkaSource {
             }
         }
         self.emit(&ctx, received, &group).await?;
+        group.tracker().stopping();
         // Let downstream drain and flush, then commit what it acknowledged before leaving.
         ctx.close_outputs();
         let drain_until = Instant::now() + Duration::from_secs(25);
@@ -483,6 +548,11 @@ impl Source for KafkaSource {
                 break;
             }
         }
-        self.commit_acknowledged(&consumer, &group, CommitMode::Sync)
+        self.commit_acknowledged(&consumer, &group, CommitMode::Sync)?;
+        // The first stage stops on the same shutdown: it copies what it read, then commits.
+        if let Some(copying) = copying {
+            copying.await.context("the repartitioning task")?.context("repartitioning")?;
+        }
+        Ok(())
     }
 }

@@ -26,6 +26,7 @@ pub mod position;
 pub mod progress;
 pub mod progress_report;
 pub mod redact;
+pub mod repartition;
 pub mod retry;
 pub mod schedule;
 pub mod sink;
@@ -49,6 +50,7 @@ pub use in_flight::{InFlight, Work};
 pub use metrics::ComponentMetrics;
 pub use output::{Batch, Closed, Delivery, DurableQueue, Output, OutputSpec, Records, Routes, Tap, TrySendError, DEAD_LETTER_OUTPUT};
 pub use position::{Position, PositionQuery, Positions, SinkPositions};
+pub use repartition::{Owned, Ownership, Repartition};
 pub use sink::{Durability, PositionStore, Sink, SinkContext, Transient, Written};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -65,6 +67,8 @@ pub struct SourceContext {
     /// For a source that stamps its own positions ([`Replay::WithPositions`]) on an exactly-once
     /// path: the sinks to ask where its streams were written. Empty otherwise.
     pub sink_positions: SinkPositions,
+    /// Where a source that reads a share of a partitioned log says which streams it lost.
+    pub ownership: Ownership,
 }
 
 impl SourceContext {
@@ -75,11 +79,24 @@ impl SourceContext {
         shutdown: CancellationToken,
         metrics: Arc<ComponentMetrics>,
     ) -> Self {
-        SourceContext { id, outputs, dead_letters, shutdown, metrics, sink_positions: SinkPositions::default() }
+        SourceContext {
+            id,
+            outputs,
+            dead_letters,
+            shutdown,
+            metrics,
+            sink_positions: SinkPositions::default(),
+            ownership: Ownership::default(),
+        }
     }
 
     pub fn with_sink_positions(mut self, sink_positions: SinkPositions) -> Self {
         self.sink_positions = sink_positions;
+        self
+    }
+
+    pub fn with_ownership(mut self, ownership: Ownership) -> Self {
+        self.ownership = ownership;
         self
     }
 
@@ -129,6 +146,13 @@ pub trait Source: Send {
     /// What it sends again after a crash (see [`Replay`]).
     fn replay(&self) -> Replay {
         Replay::Nothing
+    }
+    /// Re-key the rows by `r.by` across the instances sharing this source (see [`repartition`]).
+    /// Returns how, for `validate` to print, or `None` when there is nothing to share (the
+    /// default): one process then sees every key anyway. An error says why it cannot.
+    fn repartition(&mut self, r: &Repartition) -> Result<Option<String>, String> {
+        let _ = r;
+        Ok(None)
     }
 }
 
