@@ -80,10 +80,15 @@ async fn bare(bootstrap: &str, group: &str, n: usize) -> Duration {
     t0.elapsed()
 }
 
-/// The windowed pipeline (per game and minute), re-keyed by game or not, until its source has
-/// sent `n` rows (the windows hold them; the stop flushes them, untimed).
-async fn windowed_side(bootstrap: &str, group: &str, n: usize, dir: &std::path::Path, repartition: bool) -> Duration {
-    let partition_by = if repartition { "partition_by: [game]" } else { "" };
+/// A running pipeline whose `events` source reads the topic in group `group`, followed by
+/// `rest` (its transforms and sinks, which may use `{out}` for a folder of their own).
+struct Running {
+    admin: Arc<tributary::admin::AdminState>,
+    shutdown: CancellationToken,
+    run: tokio::task::JoinHandle<tributary::runtime::RunReport>,
+}
+
+async fn start(bootstrap: &str, group: &str, dir: &std::path::Path, rest: &str) -> Running {
     let yaml = format!(
         r#"
 admin: {{enabled: false}}
@@ -94,103 +99,92 @@ sources:
     topics: [events]
     group_id: {group}
     schema: {{ts: timestamp, user: string, game: string, score: int}}
-transforms:
+{}"#,
+        rest.replace("{out}", &dir.join(group).display().to_string())
+    );
+    let path = dir.join(format!("{group}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let plan = tributary::validate_file(&path).await.unwrap();
+    let admin = Arc::new(tributary::admin::AdminState::new(Duration::from_secs(30)));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(tributary::runtime::run(plan, Some(admin.clone()), shutdown.clone(), Default::default()));
+    Running { admin, shutdown, run }
+}
+
+impl Running {
+    /// A component's counter from the admin API's metrics.
+    fn counter(&self, name: &str, component: &str) -> usize {
+        let prefix = format!("tributary_component_{name}{{component=\"{component}\"");
+        self.admin
+            .render_metrics()
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0)
+    }
+
+    /// From the source's first row out (after the group join) until it has sent `n`.
+    async fn time_source(&self, n: usize) -> Instant {
+        let mut t0 = None;
+        loop {
+            let sent = self.counter("rows_out_total", "events");
+            if sent > 0 && t0.is_none() {
+                t0 = Some(Instant::now());
+            }
+            if sent >= n {
+                return t0.expect("rows came");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stopped(self) {
+        self.shutdown.cancel();
+        let report = self.run.await.unwrap();
+        assert!(report.ok(), "{report:?}");
+    }
+}
+
+/// The windowed pipeline (per game and minute), re-keyed by game or not, until its source has
+/// sent `n` rows (the windows hold them; the stop flushes them, untimed).
+async fn windowed_side(bootstrap: &str, group: &str, n: usize, dir: &std::path::Path, repartition: bool) -> Duration {
+    let partition_by = if repartition { "partition_by: [game]" } else { "" };
+    let rest = format!(
+        r#"transforms:
   per_game:
     inputs: [events]
     {partition_by}
     window: {{tumbling: 1m, allowed_lateness: 1h}}
     sql: SELECT window_start, game, count(*) AS n, max(score) AS best FROM events GROUP BY window_start, game
 sinks:
-  lake:
-    type: parquet
-    inputs: [per_game]
-    path: "{out}"
-    time_column: window_start
-"#,
-        out = dir.join(group).display()
+  lake: {{type: parquet, inputs: [per_game], path: "{{out}}", time_column: window_start}}
+"#
     );
-    let path = dir.join(format!("{group}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    let plan = tributary::validate_file(&path).await.unwrap();
-    let admin = Arc::new(tributary::admin::AdminState::new(Duration::from_secs(30)));
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(tributary::runtime::run(plan, Some(admin.clone()), shutdown.clone(), Default::default()));
-    let mut t0 = None;
-    loop {
-        let sent = counter(&admin, "rows_out_total", "events");
-        if sent > 0 && t0.is_none() {
-            t0 = Some(Instant::now());
-        }
-        if sent >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = t0.expect("rows came").elapsed();
-    shutdown.cancel();
-    let report = run.await.unwrap();
-    assert!(report.ok(), "{report:?}");
+    let running = start(bootstrap, group, dir, &rest).await;
+    let elapsed = running.time_source(n).await.elapsed();
+    running.stopped().await;
     elapsed
-}
-
-/// A component's counter from the admin API's metrics.
-fn counter(admin: &tributary::admin::AdminState, name: &str, component: &str) -> usize {
-    let prefix = format!("tributary_component_{name}{{component=\"{component}\"");
-    admin.render_metrics().lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok()).unwrap_or(0)
 }
 
 /// The pipeline, until its source has sent `n` rows and everything is written.
 async fn tributary_side(bootstrap: &str, group: &str, n: usize, dir: &std::path::Path) -> Duration {
-    let yaml = format!(
-        r#"
-admin: {{enabled: false}}
-sources:
-  events:
-    type: kafka
-    bootstrap_servers: "{bootstrap}"
-    topics: [events]
-    group_id: {group}
-    schema: {{ts: timestamp, user: string, game: string, score: int}}
-transforms:
+    let rest = r#"transforms:
   scores:
     inputs: [events]
     sql: SELECT ts, user, game, score FROM events WHERE score > 1000
 sinks:
-  lake:
-    type: parquet
-    inputs: [scores]
-    path: "{out}"
-"#,
-        out = dir.join(group).display()
-    );
-    let path = dir.join(format!("{group}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    let plan = tributary::validate_file(&path).await.unwrap();
-    let admin = Arc::new(tributary::admin::AdminState::new(Duration::from_secs(30)));
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(tributary::runtime::run(plan, Some(admin.clone()), shutdown.clone(), Default::default()));
-    // Timed from the first row out (after the group join) until everything is written.
-    let mut t0 = None;
-    let counter = |name: &str, component: &str| counter(&admin, name, component);
-    loop {
-        let sent = counter("rows_out_total", "events");
-        if sent > 0 && t0.is_none() {
-            t0 = Some(Instant::now());
-        }
-        if sent >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+  lake: {type: parquet, inputs: [scores], path: "{out}"}
+"#;
+    let running = start(bootstrap, group, dir, rest).await;
+    let t0 = running.time_source(n).await;
     // The sink writes its file on the stop; the consumer's leave-group after it is not timed.
-    shutdown.cancel();
+    running.shutdown.cancel();
     let expected = (0..n).filter(|id| (id * 7919) % 2000 > 1000).count();
-    while counter("rows_written_total", "lake") < expected {
+    while running.counter("rows_written_total", "lake") < expected {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let elapsed = t0.expect("rows came").elapsed();
-    let report = run.await.unwrap();
-    assert!(report.ok(), "{report:?}");
+    let elapsed = t0.elapsed();
+    running.stopped().await;
     elapsed
 }
 

@@ -262,6 +262,10 @@ impl Topology {
             if was.type_name != d.type_name || was.options != d.options || was.inputs != d.inputs {
                 changed.insert(d.id.clone());
             }
+            // The source re-keys its rows for it (see `plan_repartitions`), set up when it starts.
+            if d.kind == Kind::Transform && was.options.get("partition_by") != d.options.get("partition_by") {
+                return Err(format!("the `partition_by` of transform `{}` changed{restart}", d.id));
+            }
         }
         // A consumer of an output whose columns change is planned anew over them.
         for (name, schema) in &plan.outputs {
@@ -422,5 +426,14 @@ sinks:
             &format!("schema: {{id: int, score: int, ts: timestamp}}, buffer: {{type: disk, path: \"{buffer}\"}}}}"),
         );
         assert_eq!(reload(&buffered).await.unwrap_err(), "the `buffer` of source `ingest` changed; that needs a restart of the process");
+    }
+
+    #[tokio::test]
+    async fn a_window_s_partition_by_cannot_change_in_place() {
+        let keyed = BASE.replace("    window: {tumbling: 1m}\n", "    partition_by: [id]\n    window: {tumbling: 1m}\n");
+        assert_eq!(
+            reload(&keyed).await.unwrap_err(),
+            "the `partition_by` of transform `per_minute` changed; that needs a restart of the process"
+        );
     }
 }
