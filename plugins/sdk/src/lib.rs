@@ -20,6 +20,7 @@ pub mod event;
 pub mod http;
 pub mod in_flight;
 pub mod json;
+pub mod merge;
 pub mod metrics;
 pub mod output;
 pub mod position;

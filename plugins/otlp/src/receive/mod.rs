@@ -32,9 +32,10 @@ use serde::Deserialize;
 use tributary_sdk::config::ByteSize;
 use tributary_sdk::delivery::SourceDelivery;
 use tributary_sdk::http::{default_body_timeout, default_header_timeout, default_stop_timeout};
+use tributary_sdk::merge::MergedOutput;
 use tributary_sdk::{
-    Ack, AckSet, AckStatus, Batch, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, HumanDuration, Output, OutputSpec, Period,
-    Secret, Source, SourceContext, SourcePlugin, TrySendError,
+    Ack, AckStatus, BuiltSource, ComponentConfig, ComponentMetrics, ConfigError, HumanDuration, Output, OutputSpec, Period, Secret, Source,
+    SourceContext, SourcePlugin, TrySendError,
 };
 
 use rows::{Budget, Refusal, Rejected};
@@ -130,9 +131,14 @@ pub struct OtlpSource {
 #[async_trait::async_trait]
 impl Source for OtlpSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
+        let outputs = [ctx.output(METRICS).clone(), ctx.output(LOGS).clone(), ctx.output(SPANS).clone()];
+        let started = outputs.clone().map(|o| MergedOutput::start(o, MERGED_MAX_ROWS));
+        let merged = started.each_ref().map(|(m, _)| m.clone());
+        let merging = started.map(|(_, task)| task);
         let receiver = Arc::new(Receiver {
             id: ctx.id.clone(),
-            outputs: [ctx.output(METRICS).clone(), ctx.output(LOGS).clone(), ctx.output(SPANS).clone()],
+            outputs,
+            merged,
             accept_timeout: self.cfg.accept_timeout.0,
             max_body: self.cfg.max_body_bytes.0 as usize,
             token: self.cfg.token.clone(),
@@ -150,10 +156,20 @@ impl Source for OtlpSource {
                 None => Ok(()),
             }
         };
-        tokio::try_join!(grpc, http)?;
+        let served = tokio::try_join!(grpc, http);
+        // The servers answered their last request; the merging tasks end once it is handed on.
+        drop(receiver);
+        let until = tokio::time::Instant::now() + self.cfg.stop_timeout.0;
+        for task in merging {
+            let _ = tokio::time::timeout_at(until, task).await;
+        }
+        served?;
         Ok(())
     }
 }
+
+/// Rows a merged batch holds at most (see `tributary_sdk::merge`).
+const MERGED_MAX_ROWS: usize = 65_536;
 
 /// One OTLP export request type: its rows and its answer.
 pub trait Signal: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static {
@@ -247,6 +263,8 @@ pub enum Answer {
 pub struct Receiver {
     id: String,
     outputs: [Output; 3],
+    /// The same outputs, with concurrent requests' rows merged into one batch.
+    merged: [MergedOutput; 3],
     accept_timeout: Duration,
     max_body: usize,
     token: Option<Secret>,
@@ -285,7 +303,7 @@ impl Receiver {
             return Answer::Accepted { rejected: rejected.count, message: rejected.message() };
         }
         let (ack, written) = Ack::channel();
-        match output.send_within(Batch::with_acks(rows, AckSet::single(ack)), self.accept_timeout).await {
+        match self.merged[S::OUTPUT].send_within(rows, ack, self.accept_timeout).await {
             Err(TrySendError::Full) => return Answer::Busy("the pipeline is busy (backpressure); retry later".into()),
             Err(TrySendError::Closed) => return Answer::Busy("the pipeline is stopping; retry later".into()),
             Ok(()) => self.metrics.rows_in.add(n as u64),

@@ -465,6 +465,7 @@ fn gzip_is_undone_within_the_limit() {
 fn receiver(outputs: [Output; 3]) -> Receiver {
     Receiver {
         id: "otel".into(),
+        merged: outputs.clone().map(|o| tributary_sdk::merge::MergedOutput::start(o, 100).0),
         outputs,
         accept_timeout: Duration::from_millis(50),
         max_body: 1 << 20,
