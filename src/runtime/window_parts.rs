@@ -1,13 +1,13 @@
-//! A windowed transform's open windows: one operator, or, for a repartitioned window written
-//! exactly once (`partition_by`), one per partition of the re-keyed stream.
+//! A windowed transform's open windows: one operator, or, for a repartitioned window
+//! (`partition_by`), one per partition of the re-keyed stream.
 //!
 //! Per partition, because a partition moves between the instances of a consumer group. Its
 //! windows move with it:
 //! - **The member losing it** drops that partition's open windows, and their rows' acks with
 //!   them. So it emits no partial row for them, and the source commits only up to those rows.
 //! - **The new owner** reads the partition again from that commit. It rebuilds the windows from
-//!   the rows, and first asks the exactly-once sinks how far the partition's windows were written.
-//!   It then emits nothing twice.
+//!   the rows. Exactly once, it first asks the sinks how far the partition's windows were
+//!   written, and so emits nothing twice.
 //!
 //! Each partition's emissions are a stream of their own, `<transform>/<partition's stream>`.
 
@@ -70,8 +70,8 @@ impl Windows {
     }
 
     /// The operator a batch at `position` goes to, and its emissions' stream when kept per
-    /// partition; `None` for a partition revoked since. A partition new to this process first
-    /// learns where the sinks stopped.
+    /// partition; `None` for a partition revoked since. Exactly once, a partition new to this
+    /// process first learns where the sinks stopped.
     pub async fn of(
         &mut self,
         position: Option<&Position>,
@@ -87,6 +87,9 @@ impl Windows {
                 };
                 if lost.contains(&part) {
                     return Ok(None);
+                }
+                if !parts.contains_key(&part) && ask.is_empty() {
+                    parts.insert(part.clone(), template.make(now)?);
                 }
                 if !parts.contains_key(&part) {
                     let mut op = template.make(now)?;

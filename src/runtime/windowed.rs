@@ -65,7 +65,9 @@ pub(super) async fn run_windowed_transform(
     mut replace: mpsc::UnboundedReceiver<NewVersion<PlannedTransform>>,
 ) -> anyhow::Result<()> {
     let exactly_once = t.window.as_ref().is_some_and(|w| w.exactly_once);
-    let per_partition = exactly_once && t.window.as_ref().is_some_and(|w| w.repartitioned.is_some());
+    // Repartitioned, a partition's windows move with it (at least once too: the member losing it
+    // emits nothing partial for it; only exactly once also skips what its last owner emitted).
+    let per_partition = t.window.as_ref().is_some_and(|w| w.repartitioned.is_some());
     let stream = exactly_once.then(|| Arc::<str>::from(out.id.as_str()));
     let w = Emitter { out, stream };
     let Resume { at_start, ask, mut owned } = resume;
@@ -213,11 +215,8 @@ impl Emitter {
     async fn send(&self, part: Option<&Arc<str>>, emission: Option<Emission>) -> anyhow::Result<()> {
         let Some(Emission { result, acks, through }) = emission else { return Ok(()) };
         // A partial flush (a reload whose inputs changed) has no place among the positions.
-        let stream = match part {
-            Some(part) => Some(part),
-            None => self.stream.as_ref(),
-        };
-        let stream = stream.filter(|_| through != i64::MAX);
+        // Positions only exactly once; a partition's emissions are a stream of their own.
+        let stream = self.stream.as_ref().map(|own| part.unwrap_or(own)).filter(|_| through != i64::MAX);
         match result {
             Ok(batches) => match (stream, batches.first().map(|b| b.schema())) {
                 (Some(stream), Some(schema)) => {
