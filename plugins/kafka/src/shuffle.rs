@@ -22,7 +22,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -34,7 +34,7 @@ use tributary_sdk::{AckStatus, CancellationToken, ComponentMetrics};
 
 use crate::client::client_config;
 use crate::group::{commit, Group, GroupContext, PartitionKey};
-use crate::source::KafkaSourceConfig;
+use crate::source::{group_consumer, KafkaSourceConfig};
 
 /// The header naming a copy's origin message.
 pub(crate) const ORIGIN: &str = "tributary-origin";
@@ -126,22 +126,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let id = format!("{source_id} (repartition)");
     let group = Group::new(&id, cfg.rebalance_wait.0, Default::default());
-    let offset_reset = match cfg.start_from {
-        crate::source::StartFrom::Earliest => "earliest",
-        crate::source::StartFrom::Latest => "latest",
-    };
-    let consumer_defaults = [
-        ("group.id", cfg.group_id.clone()),
-        ("enable.auto.commit", "false".to_string()),
-        ("enable.auto.offset.store", "false".to_string()),
-        ("auto.offset.reset", offset_reset.to_string()),
-    ];
-    let consumer: StreamConsumer<GroupContext> =
-        client_config(&format!("tributary/{source_id}"), &cfg.bootstrap_servers, cfg.ssl.as_ref(), &consumer_defaults, &cfg.librdkafka)
-            .create_with_context(GroupContext { group: group.clone() })
-            .context("creating the Kafka consumer")?;
-    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).with_context(|| format!("subscribing to {}", cfg.topics.join(", ")))?;
+    let consumer = group_consumer(&source_id, &cfg, &cfg.topics, &cfg.group_id, cfg.start_from, &group)?;
     // Idempotence keeps one partition's copies in order across retries, which `Origins` needs.
     let producer_defaults = [("enable.idempotence", "true".to_string()), ("linger.ms", "5".to_string())];
     let producer: FutureProducer = client_config(

@@ -218,28 +218,7 @@ impl KafkaSource {
 
     fn consumer(&self, group: &Arc<Group>) -> anyhow::Result<StreamConsumer<GroupContext>> {
         let (topics, group_id, start_from) = self.reads();
-        let offset_reset = match start_from {
-            StartFrom::Earliest => "earliest",
-            StartFrom::Latest => "latest",
-        };
-        let defaults = [
-            ("group.id", group_id),
-            ("enable.auto.commit", "false".to_string()),
-            ("enable.auto.offset.store", "false".to_string()),
-            ("auto.offset.reset", offset_reset.to_string()),
-        ];
-        let cfg = client_config(
-            &format!("tributary/{}", self.id),
-            &self.cfg.bootstrap_servers,
-            self.cfg.ssl.as_ref(),
-            &defaults,
-            &self.cfg.librdkafka,
-        );
-        let consumer: StreamConsumer<GroupContext> =
-            cfg.create_with_context(GroupContext { group: group.clone() }).context("creating the Kafka consumer")?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names).with_context(|| format!("subscribing to {}", topics.join(", ")))?;
-        Ok(consumer)
+        group_consumer(&self.id, &self.cfg, &topics, &group_id, start_from, group)
     }
 
     /// Commit what every sink has written; a batch a sink refused stops the source uncommitted.
@@ -334,6 +313,34 @@ impl KafkaSource {
         }
         Ok(())
     }
+}
+
+/// A member of `group_id` reading `topics`, committing by hand (what the sinks wrote), with
+/// `group`'s rebalance callbacks.
+pub(crate) fn group_consumer(
+    source_id: &str,
+    cfg: &KafkaSourceConfig,
+    topics: &[String],
+    group_id: &str,
+    start_from: StartFrom,
+    group: &Arc<Group>,
+) -> anyhow::Result<StreamConsumer<GroupContext>> {
+    let offset_reset = match start_from {
+        StartFrom::Earliest => "earliest",
+        StartFrom::Latest => "latest",
+    };
+    let defaults = [
+        ("group.id", group_id.to_string()),
+        ("enable.auto.commit", "false".to_string()),
+        ("enable.auto.offset.store", "false".to_string()),
+        ("auto.offset.reset", offset_reset.to_string()),
+    ];
+    let client = client_config(&format!("tributary/{source_id}"), &cfg.bootstrap_servers, cfg.ssl.as_ref(), &defaults, &cfg.librdkafka);
+    let consumer: StreamConsumer<GroupContext> =
+        client.create_with_context(GroupContext { group: group.clone() }).context("creating the Kafka consumer")?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).with_context(|| format!("subscribing to {}", topics.join(", ")))?;
+    Ok(consumer)
 }
 
 /// The API status monitor's messages (one JSON object per line of `text`) as rows, exactly as the
