@@ -54,7 +54,8 @@ pub(super) enum Windows {
         template: Template,
         parts: BTreeMap<Arc<str>, WindowOperator>,
         ask: SinkPositions,
-        /// Partitions revoked and not assigned again: their batches still on the way are dropped.
+        /// Partitions revoked and not assigned again: their batches still on the way are dropped
+        /// (once assigned again, the source's withdrawal of those batches says it).
         lost: BTreeSet<Arc<str>>,
     },
 }
@@ -108,6 +109,10 @@ impl Windows {
                 Ok(Some((Some(part), op)))
             }
         }
+    }
+
+    pub fn is_per_partition(&self) -> bool {
+        matches!(self, Windows::PerPartition { .. })
     }
 
     /// This process no longer owns the source's `stream`: its open windows are the new owner's.

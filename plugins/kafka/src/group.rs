@@ -24,6 +24,8 @@ struct Pending {
     /// Highest offset per partition in the batch.
     offsets: HashMap<PartitionKey, i64>,
     status: Option<AckStatus>,
+    /// Said when its partitions are revoked (a window drops such a batch still on its way).
+    withdrawal: Option<tributary_sdk::Withdrawal>,
 }
 
 /// Batches in send order with their ack status. A partition's offset is committable up to the
@@ -53,8 +55,15 @@ impl CommitTracker {
     pub fn start(&mut self, offsets: HashMap<PartitionKey, i64>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pending.push_back(Pending { seq, offsets, status: None });
+        self.pending.push_back(Pending { seq, offsets, status: None, withdrawal: None });
         seq
+    }
+
+    /// The ack of batch `seq`, to withdraw if its partitions are revoked before it resolves.
+    pub fn withdrawable(&mut self, seq: u64, withdrawal: tributary_sdk::Withdrawal) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+            p.withdrawal = Some(withdrawal);
+        }
     }
 
     pub fn resolve(&mut self, seq: u64, status: AckStatus) {
@@ -144,8 +153,13 @@ impl CommitTracker {
             p.offsets.retain(|k, _| !parts.contains(k));
         }
         // A batch of revoked partitions only is nobody's now: its ack, whenever it comes, says
-        // nothing about what this member may commit.
-        self.pending.retain(|p| !p.offsets.is_empty());
+        // nothing about what this member may commit, and whoever holds its rows may drop them.
+        self.pending.retain(|p| {
+            if p.offsets.is_empty() {
+                p.withdrawal.iter().for_each(|w| w.withdraw());
+            }
+            !p.offsets.is_empty()
+        });
         self.committed.retain(|k, _| !parts.contains(k));
         self.confirmed.retain(|k, _| !parts.contains(k));
         self.revoking.retain(|k| !parts.contains(k));

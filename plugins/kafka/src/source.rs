@@ -282,6 +282,7 @@ impl KafkaSource {
         let seq = group.tracker().start(offsets);
         let g = group.clone();
         let ack = Ack::new(move |status| g.resolve(seq, status));
+        group.tracker().withdrawable(seq, ack.withdrawal());
 
         let decoded = self.rows.decode_messages(received.iter().map(|m| m.payload.as_deref().unwrap_or_default()));
         let mut letters: Vec<DeadLetter> = decoded

@@ -26,6 +26,8 @@ type Callback = Box<dyn FnOnce(AckStatus) + Send>;
 struct Obligation {
     callback: Mutex<Option<Callback>>,
     failed: AtomicBool,
+    /// The source gave the batch up (see [`Withdrawal`]).
+    withdrawn: AtomicBool,
 }
 
 impl Drop for Obligation {
@@ -47,7 +49,11 @@ impl Ack {
     /// A new obligation whose outcome is passed to `callback` when it resolves.
     pub fn new(callback: impl FnOnce(AckStatus) + Send + 'static) -> Self {
         Ack {
-            inner: Arc::new(Obligation { callback: Mutex::new(Some(Box::new(callback))), failed: AtomicBool::new(false) }),
+            inner: Arc::new(Obligation {
+                callback: Mutex::new(Some(Box::new(callback))),
+                failed: AtomicBool::new(false),
+                withdrawn: AtomicBool::new(false),
+            }),
             released: false,
         }
     }
@@ -71,6 +77,30 @@ impl Ack {
     /// Mark the whole obligation failed (it still resolves when every holder is gone).
     pub fn fail(self) {
         self.inner.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// For the source that made the obligation: a way to say later that it gave the batch up,
+    /// without holding the obligation open.
+    pub fn withdrawal(&self) -> Withdrawal {
+        Withdrawal(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether the source gave the batch up: a Kafka partition revoked since, whose next owner
+    /// reads it again. A component holding its rows may drop them.
+    pub fn withdrawn(&self) -> bool {
+        self.inner.withdrawn.load(Ordering::SeqCst)
+    }
+}
+
+/// See [`Ack::withdrawal`].
+#[derive(Debug)]
+pub struct Withdrawal(std::sync::Weak<Obligation>);
+
+impl Withdrawal {
+    pub fn withdraw(&self) {
+        if let Some(o) = self.0.upgrade() {
+            o.withdrawn.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -122,11 +152,29 @@ impl AckSet {
     pub fn fail(self) {
         self.0.into_iter().for_each(Ack::fail);
     }
+    /// Whether the set has obligations and their sources withdrew them all.
+    pub fn withdrawn(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(Ack::withdrawn)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_withdrawal_marks_every_holder_without_holding_the_obligation() {
+        let (ack, rx) = Ack::channel();
+        let withdrawal = ack.withdrawal();
+        let held = AckSet::single(ack.clone());
+        assert!(!held.withdrawn() && !AckSet::none().withdrawn());
+        withdrawal.withdraw();
+        assert!(held.withdrawn() && ack.withdrawn());
+        drop(held);
+        ack.release();
+        assert_eq!(rx.await.unwrap(), AckStatus::Failed, "the dropped holder failed it; the withdrawal held nothing");
+        withdrawal.withdraw();
+    }
 
     #[tokio::test]
     async fn resolves_delivered_only_when_every_clone_is_released() {

@@ -43,7 +43,7 @@ pub use tokio_util::sync::CancellationToken;
 #[doc(hidden)]
 pub use tracing;
 
-pub use ack::{Ack, AckSet, AckStatus};
+pub use ack::{Ack, AckSet, AckStatus, Withdrawal};
 pub use batcher::{Batcher, Gather};
 pub use config::{BatchConfig, Batching, ComponentConfig, ConfigError, DeclaredSchema, HumanDuration, Period, Secret};
 pub use dead_letter::{DeadLetter, DeadLetterStore, DeadLetters};
