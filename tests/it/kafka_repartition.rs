@@ -78,6 +78,22 @@ async fn produce(bootstrap: String, topic: String, base_ms: i64, seconds: i64, s
     }
 }
 
+/// The table's windows once it holds every (window, channel) of `want`, or after `limit`.
+async fn windows_awaited(
+    db: &tokio_postgres::Client,
+    table: &str,
+    want: &BTreeMap<(i64, String), (i64, i64)>,
+    limit: Duration,
+) -> BTreeMap<(i64, String), Vec<(i64, i64)>> {
+    let t0 = Instant::now();
+    let mut got = windows_in(db, table).await;
+    while want.keys().any(|k| !got.contains_key(k)) && t0.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        got = windows_in(db, table).await;
+    }
+    got
+}
+
 /// (window start in ms, channel) → every (count, sum) row the table holds for it.
 async fn windows_in(db: &tokio_postgres::Client, table: &str) -> BTreeMap<(i64, String), Vec<(i64, i64)>> {
     let sql = format!("SELECT (extract(epoch FROM window_start) * 1000)::bigint, channel, n, total FROM \"{table}\"");
@@ -156,12 +172,7 @@ async fn one_instance_repartitioned_at_least_once_counts_each_window_once() {
     let mut member = start("solo", dir.path(), &pipeline);
     produce(bootstrap, topic, base_ms, 6, Duration::ZERO).await;
     let want = expected(base_ms, 6);
-    let t0 = Instant::now();
-    let mut got = windows_in(&db, &table).await;
-    while want.keys().any(|k| !got.contains_key(k)) && t0.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        got = windows_in(&db, &table).await;
-    }
+    let mut got = windows_awaited(&db, &table, &want, Duration::from_secs(60)).await;
     common::sigterm(&member.child);
     let status = member.child.wait().unwrap();
     let log = std::fs::read_to_string(&member.log).unwrap_or_default();
@@ -209,14 +220,10 @@ async fn repartitioned_windows_in_a_group_with_a_kill_and_a_join_equal_one_proce
     producing.await.unwrap();
 
     let want = expected(base_ms, SECONDS);
-    let t0 = Instant::now();
-    let mut got = windows_in(&db, &table).await;
-    while want.keys().any(|k| !got.contains_key(k)) && t0.elapsed() < Duration::from_secs(90) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        got = windows_in(&db, &table).await;
-    }
+    windows_awaited(&db, &table, &want, Duration::from_secs(90)).await;
+    // A second later: a row written twice would show by now.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    got = windows_in(&db, &table).await;
+    let got = windows_in(&db, &table).await;
     for m in members.iter().filter(|m| m.name != "b") {
         common::sigterm(&m.child);
     }
