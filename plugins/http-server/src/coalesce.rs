@@ -23,14 +23,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tributary_sdk::config::Batching;
-use tributary_sdk::http::{decode_off_reactor, Ingest, OpenConnections};
+use tributary_sdk::http::{decode_off_reactor, Ingest, OpenConnections, DECODE_INLINE_BYTES};
 use tributary_sdk::json::JsonRows;
 use tributary_sdk::TrySendError;
 
 /// Bodies up to this size that hold one line are batched; larger ones are decoded on their own.
 pub const MAX_BATCHED_BODY: usize = 64 << 10;
-/// Batches of more bytes than this are decoded on the blocking pool, not on an async worker.
-const DECODE_INLINE_BYTES: usize = 256 << 10;
 
 /// Whether `body` is one JSON object on one line (the single-event POST this module batches).
 pub fn is_single_line_object(body: &[u8]) -> bool {

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
-use tributary_sdk::http::decode_off_reactor;
+use tributary_sdk::http::decode_sized;
 use tributary_sdk::SourceContext;
 
 use super::rows::Refusal;
@@ -51,7 +51,9 @@ impl Grpc {
             return Err(Status::unauthenticated("missing or invalid bearer token"));
         }
         let request = request.into_inner();
-        let converted = decode_off_reactor(move || (request.records(), convert(&request, request.encoded_len()))).await;
+        // tonic decoded the protobuf already; what is left is making rows.
+        let size = request.encoded_len();
+        let converted = decode_sized(size, move || (request.records(), convert(&request, size))).await;
         let answer = match converted {
             Ok((records, converted)) => receiver.take::<S>(records, converted).await,
             Err(panicked) => receiver.take::<S>(0, Err(Refusal::Invalid(panicked))).await,

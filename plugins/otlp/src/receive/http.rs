@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tributary_sdk::http::{decode_off_reactor, serve as serve_http, Ingest, OpenConnections, ServeLimits};
+use tributary_sdk::http::{decode_sized, serve as serve_http, Ingest, OpenConnections, ServeLimits};
 use tributary_sdk::SourceContext;
 
 use super::rows::Refusal;
@@ -145,7 +145,10 @@ async fn export<S: Signal>(State(http): State<Arc<Http>>, headers: HeaderMap, bo
         Err(refused) => return refused,
     };
     let limit = receiver.max_body;
-    let converted = decode_off_reactor(move || {
+    // A compressed body may grow to `limit` once undone.
+    let compressed = headers.get(header::CONTENT_ENCODING).is_some_and(|v| !matches!(v.to_str().map(str::trim), Ok("" | "identity")));
+    let size = if compressed { limit } else { body.len() };
+    let converted = decode_sized(size, move || {
         let body = decompressed(&headers, body, limit)?;
         let request: S = encoding.decode(&body)?;
         Ok::<_, Refusal>((request.records(), convert(&request, body.len())))
