@@ -1,6 +1,6 @@
 //! `<id>.logs`: one row per log record.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, Int32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -11,7 +11,14 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use super::attributes;
 use super::rows::{micros, non_empty, origin_columns, origin_fields, texts, timestamp, timestamps, Budget, Origin, Refusal, ROW_OVERHEAD};
 
+/// The output's schema: one for every request, built once (each request used to build its own,
+/// a few dozen allocations of field names).
 pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_schema);
+    SCHEMA.clone()
+}
+
+fn build_schema() -> SchemaRef {
     let mut fields = vec![
         timestamp("ts", false),
         timestamp("observed_ts", true),

@@ -1,6 +1,7 @@
 //! `<id>.metrics`: one row per data point.
 
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, ListArray};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
@@ -15,7 +16,14 @@ use super::rows::{
     ROW_OVERHEAD,
 };
 
+/// The output's schema: one for every request, built once (each request used to build its own,
+/// a few dozen allocations of field names).
 pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_schema);
+    SCHEMA.clone()
+}
+
+fn build_schema() -> SchemaRef {
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
     let mut fields = vec![
         timestamp("ts", false),
@@ -58,7 +66,8 @@ struct Row<'a> {
     bucket_bounds: Option<&'a [f64]>,
     bucket_counts: Option<Vec<i64>>,
     quantiles: Option<Vec<(f64, f64)>>,
-    attributes: String,
+    /// Where its attributes' text is in the request's attribute texts (one string for all rows).
+    attributes: Range<usize>,
 }
 
 fn temporality(code: i32) -> Option<&'static str> {
@@ -82,6 +91,7 @@ pub fn rows<'r>(
 ) -> Result<(RecordBatch, Rejected), Refusal> {
     let mut origins = Vec::new();
     let mut rows: Vec<Row<'r>> = Vec::new();
+    let mut attribute_texts = String::new();
     let mut rejected = Rejected::default();
     for resource in &request.resource_metrics {
         for scope in &resource.scope_metrics {
@@ -91,13 +101,17 @@ pub fn rows<'r>(
             budget.charge(origin_size)?;
             for metric in &scope.metrics {
                 let shared = ROW_OVERHEAD + origin_size + metric.name.len() + metric.description.len() + metric.unit.len();
-                let base = |attrs: &[KeyValue], time: u64, start: u64| Row {
-                    origin,
-                    metric: Some(metric),
-                    ts: Some(micros(time).unwrap_or(received_us)),
-                    start_ts: micros(start),
-                    attributes: attributes::object(attrs),
-                    ..Row::default()
+                let mut base = |attrs: &[KeyValue], time: u64, start: u64| {
+                    let at = attribute_texts.len();
+                    attributes::write_object(attrs, &mut attribute_texts);
+                    Row {
+                        origin,
+                        metric: Some(metric),
+                        ts: Some(micros(time).unwrap_or(received_us)),
+                        start_ts: micros(start),
+                        attributes: at..attribute_texts.len(),
+                        ..Row::default()
+                    }
                 };
                 // Charged as each row is made, so a crafted request stops at the budget rather
                 // than after its rows filled memory.
@@ -184,7 +198,7 @@ pub fn rows<'r>(
             }
         }
     }
-    Ok((batch(&rows, &origins), rejected))
+    Ok((batch(&rows, &attribute_texts, &origins), rejected))
 }
 
 fn number(value: Option<number_data_point::Value>) -> Option<f64> {
@@ -194,7 +208,7 @@ fn number(value: Option<number_data_point::Value>) -> Option<f64> {
     }
 }
 
-fn batch(rows: &[Row], origins: &[Origin]) -> RecordBatch {
+fn batch(rows: &[Row], attribute_texts: &str, origins: &[Origin]) -> RecordBatch {
     fn metric<'r>(r: &Row<'r>) -> &'r Metric {
         r.metric.unwrap_or_else(|| unreachable!("every row has its metric"))
     }
@@ -222,7 +236,7 @@ fn batch(rows: &[Row], origins: &[Origin]) -> RecordBatch {
         )),
         float_list(|r| r.quantiles.as_ref().map(|q| q.iter().map(|(q, _)| *q).collect())),
         float_list(|r| r.quantiles.as_ref().map(|q| q.iter().map(|(_, v)| *v).collect())),
-        texts(rows.iter().map(|r| Some(r.attributes.as_str()))),
+        texts(rows.iter().map(|r| Some(&attribute_texts[r.attributes.clone()]))),
     ];
     columns.extend(origin_columns(rows, origins, |r| r.origin));
     RecordBatch::try_new(schema(), columns).unwrap_or_else(|e| unreachable!("the columns follow the schema: {e}"))

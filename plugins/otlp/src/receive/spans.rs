@@ -1,6 +1,6 @@
 //! `<id>.spans`: one row per span.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -15,7 +15,14 @@ use super::rows::{
     ROW_OVERHEAD,
 };
 
+/// The output's schema: one for every request, built once (each request used to build its own,
+/// a few dozen allocations of field names).
 pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_schema);
+    SCHEMA.clone()
+}
+
+fn build_schema() -> SchemaRef {
     let mut fields = vec![
         timestamp("ts", false),
         timestamp("end_ts", true),
