@@ -12,8 +12,9 @@ Workloads (each peer runs only where it is installed; a missing one is a row say
   H1  one JSON event per POST, `wrk -t2 -c64` (and `-c8`) → http_server → SQL → Parquet vs nginx
       answering the same POSTs with a fixed body (the machine's HTTP ceiling). Requests/s, p99.
   H2  1,000-event NDJSON bodies, `wrk -c8`: events/s.
-  O1  OTLP/HTTP protobuf metrics (100 points per request), `wrk -c8` and `-c64`: the otlp source
-      (disk buffer, Parquet) vs rotel-agent (blackhole exporter) on the same body. Points/s.
+  O1  OTLP/HTTP protobuf metrics (100 points per request), `wrk -c8` and `-c64`: rotel-agent
+      (blackhole exporter) vs the otlp source as rotel runs (memory, a counting `console` sink) and
+      durable (disk buffer, Parquet) on the same body. Points/s.
   EO  the cost of `delivery: exactly_once` against `at_least_once`, same binary, same pipelines:
       W1 (file → SQL → Parquet, `--rounds` alternating runs each) and one JSON event per POST
       (`wrk -c64` and `-c8`) into http_server with `buffer: {type: disk}` → SQL → Parquet.
@@ -509,9 +510,10 @@ def rotel_agent():
 
 
 def otlp(bin_path, work, seconds):
-    """O1: OTLP/HTTP protobuf metrics, the same body from the same client (wrk -c8) into the otlp
-    source (answered once fsynced in its disk buffer, written to Parquet) and into rotel-agent
-    (answered once in its memory, to its blackhole exporter)."""
+    """O1: OTLP/HTTP protobuf metrics, the same body from the same client (wrk) into rotel-agent
+    (answered once in its memory, to its blackhole exporter) and into the otlp source twice: as
+    rotel runs (memory buffer, a `console` sink in `summary` format, which counts rows and drops
+    them), and durable (answered once fsynced in its disk buffer, written to Parquet)."""
     results = {}
     if not shutil.which("wrk") or not have("opentelemetry.proto"):
         return results
@@ -519,32 +521,46 @@ def otlp(bin_path, work, seconds):
     otlp_body(body)
     script = work / "otlp.lua"
     script.write_text(WRK_SCRIPT.replace("application/json", "application/x-protobuf"))
-    port, out = free_port(), work / "otlp-tributary"
-    pipeline = work / "otlp.yaml"
-    pipeline.write_text(f"""
+    out = work / "otlp-tributary"
+    sides = {
+        "memory": ("", "console", "format: summary, interval: 1s"),
+        "durable": (f"buffer: {{type: disk, path: {work}/otlp-buffer}}", "parquet", f"path: {out}"),
+    }
+    for side, (buffer, sink, sink_options) in sides.items():
+        port = free_port()
+        pipeline = work / f"otlp-{side}.yaml"
+        pipeline.write_text(f"""
 admin: {{enabled: false}}
 sources:
   otel:
     type: otlp
     http_address: "127.0.0.1:{port}"
     accept_timeout: 5s
-    buffer: {{type: disk, path: {work}/otlp-buffer}}
+    {buffer}
 sinks:
-  lake:
-    type: parquet
+  out:
+    type: {sink}
     inputs: [otel.metrics]
-    path: {out}
+    {sink_options.replace(", ", chr(10) + "    ")}
 """)
-    server = subprocess.Popen([bin_path, "run", str(pipeline)], stderr=open(work / "otlp-tributary.log", "w"))
-    try:
-        wait_for_port(port)
-        for c in OTLP_CONNECTIONS:
-            results[f"tributary c{c}"] = wrk(port, body, c, seconds, script, "/v1/metrics")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
-    answered = sum(r["requests"] - r["non_2xx"] for k, r in results.items() if k.startswith("tributary c"))
-    results["tributary rows"] = {"answered_200": answered * OTLP_POINTS, "written": parquet_rows(out)}
+        stdout = open(work / f"otlp-{side}.out", "w")
+        server = subprocess.Popen([bin_path, "run", str(pipeline)], stdout=stdout,
+                                  stderr=open(work / f"otlp-{side}.log", "w"))
+        try:
+            wait_for_port(port)
+            for c in OTLP_CONNECTIONS:
+                results[f"tributary {side} c{c}"] = wrk(port, body, c, seconds, script, "/v1/metrics")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+            stdout.close()
+        answered = sum(r["requests"] - r["non_2xx"] for k, r in results.items() if k.startswith(f"tributary {side} c"))
+        if side == "durable":
+            written = parquet_rows(out)
+        else:
+            totals = re.findall(r"\((\d+) total\)", (work / f"otlp-{side}.out").read_text())
+            written = int(totals[-1]) if totals else 0
+        results[f"tributary {side} rows"] = {"answered_200": answered * OTLP_POINTS, "written": written}
     agent = rotel_agent()
     if agent:
         http_port, grpc_port = free_port(), free_port()
@@ -650,18 +666,24 @@ def otlp_table(o):
     print(f"\n## O1: OTLP/HTTP protobuf metrics, {OTLP_POINTS} points per request (wrk -t2)\n")
     if not o:
         print("wrk or the opentelemetry-proto Python package is not installed")
-    else:
-        print("| load | tributary otlp source → disk buffer → Parquet, points/s (p99 ms) | rotel-agent → blackhole | vs rotel |")
-        print("|---|---|---|---|")
-        for c in OTLP_CONNECTIONS:
-            t, r = o[f"tributary c{c}"], o.get(f"rotel c{c}")
-            ratio = f"{t['rps'] / r['rps'] * 100:.0f}%" if r else "rotel not installed"
-            peer = f"{r['rps'] * OTLP_POINTS:,.0f} ({r['p99_ms']:.2f})" if r else "—"
-            print(f"| -c{c} | {t['rps'] * OTLP_POINTS:,.0f} ({t['p99_ms']:.2f}), {t['non_2xx']} non-2xx | {peer} | {ratio} |")
-        rows = o["tributary rows"]
-        print(f"\npoints answered 200: {rows['answered_200']:,}; rows in the Parquet output: {rows['written']}")
+        return
+    print("| load | rotel-agent → blackhole, points/s (p99 ms) | tributary otlp → memory → console summary (as rotel) | vs rotel "
+          "| tributary otlp → disk buffer → Parquet (durable) | vs rotel |")
+    print("|---|---|---|---|---|---|")
+    for c in OTLP_CONNECTIONS:
+        r = o.get(f"rotel c{c}")
+        peer = f"{r['rps'] * OTLP_POINTS:,.0f} ({r['p99_ms']:.2f})" if r else "rotel not installed"
+        cells = [f"-c{c}", peer]
+        for side in ("memory", "durable"):
+            t = o[f"tributary {side} c{c}"]
+            cells.append(f"{t['rps'] * OTLP_POINTS:,.0f} ({t['p99_ms']:.2f}), {t['non_2xx']} non-2xx")
+            cells.append(f"{t['rps'] / r['rps'] * 100:.0f}%" if r else "—")
+        print("| " + " | ".join(cells) + " |")
+    for side in ("memory", "durable"):
+        rows = o[f"tributary {side} rows"]
+        print(f"\n{side}: points answered 200: {rows['answered_200']:,}; rows the sink counted or wrote: {rows['written']}")
         if rows["written"] is not None and rows["written"] < rows["answered_200"]:
-            sys.exit("FAIL: fewer OTLP points written than answered 200")
+            sys.exit(f"FAIL ({side}): fewer OTLP points written than answered 200")
 
 
 if __name__ == "__main__":
