@@ -543,17 +543,9 @@ sinks:
     inputs: [otel.metrics]
     {sink_options.replace(", ", chr(10) + "    ")}
 """)
-        stdout = open(work / f"otlp-{side}.out", "w")
-        server = subprocess.Popen([bin_path, "run", str(pipeline)], stdout=stdout,
-                                  stderr=open(work / f"otlp-{side}.log", "w"))
-        try:
-            wait_for_port(port)
-            for c in OTLP_CONNECTIONS:
-                results[f"tributary {side} c{c}"] = wrk(port, body, c, seconds, script, "/v1/metrics")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-            stdout.close()
+        with open(work / f"otlp-{side}.out", "w") as stdout, open(work / f"otlp-{side}.log", "w") as stderr:
+            results.update(otlp_load([bin_path, "run", str(pipeline)], port, f"tributary {side}", body, script, seconds,
+                                     stdout=stdout, stderr=stderr))
         answered = sum(r["requests"] - r["non_2xx"] for k, r in results.items() if k.startswith(f"tributary {side} c"))
         if side == "durable":
             written = parquet_rows(out)
@@ -564,16 +556,26 @@ sinks:
     agent = rotel_agent()
     if agent:
         http_port, grpc_port = free_port(), free_port()
-        server = subprocess.Popen([agent, "start", "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
-                                   "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}", "--exporter", "blackhole"],
-                                  stdout=subprocess.DEVNULL, stderr=open(work / "rotel.log", "w"))
-        try:
-            wait_for_port(http_port)
-            for c in OTLP_CONNECTIONS:
-                results[f"rotel c{c}"] = wrk(http_port, body, c, seconds, script, "/v1/metrics")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+        command = [agent, "start", "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
+                   "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}", "--exporter", "blackhole"]
+        with open(work / "rotel.log", "w") as stderr:
+            results.update(otlp_load(command, http_port, "rotel", body, script, seconds,
+                                     stdout=subprocess.DEVNULL, stderr=stderr))
+    return results
+
+
+def otlp_load(command, port, label, body, script, seconds, **popen):
+    """Starts `command`, which serves OTLP/HTTP on `port`, runs wrk against it at each of
+    OTLP_CONNECTIONS, then stops it: `{"<label> c<connections>": wrk's figures}`."""
+    results = {}
+    server = subprocess.Popen(command, **popen)
+    try:
+        wait_for_port(port)
+        for c in OTLP_CONNECTIONS:
+            results[f"{label} c{c}"] = wrk(port, body, c, seconds, script, "/v1/metrics")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
     return results
 
 
