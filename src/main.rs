@@ -3,10 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// See the `mimalloc` line of Cargo.toml for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = tributary::cli::Cli::parse();
     // `tributary test` runs the real runtime, whose progress lines would bury the report.
@@ -22,9 +18,8 @@ fn main() -> ExitCode {
 }
 
 /// glibc keeps what a burst freed in its per-thread arenas: after a 3 MB body of a million rows,
-/// resident memory stayed at 99 MB against 36 MB before it. Rust's own allocations now go to
-/// mimalloc, but the C libraries (librdkafka, zstd) still use glibc's malloc. Every few seconds its
-/// free pages are handed back (a walk over the arenas' free lists; nothing that is in use moves).
+/// resident memory stayed at 99 MB against 36 MB before it. Every few seconds the free pages are
+/// handed back (a walk over the arenas' free lists; nothing that is in use moves).
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     let _ = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
