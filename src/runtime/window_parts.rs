@@ -55,7 +55,7 @@ pub(super) enum Windows {
         parts: BTreeMap<Arc<str>, WindowOperator>,
         ask: SinkPositions,
         /// Partitions revoked and not assigned again: their batches still on the way are dropped
-        /// (once assigned again, the source's withdrawal of those batches says it).
+        /// (once assigned again, the source's withdrawal of those batches says it: see `of`).
         lost: BTreeSet<Arc<str>>,
     },
 }
@@ -71,11 +71,13 @@ impl Windows {
     }
 
     /// The operator a batch at `position` goes to, and its emissions' stream when kept per
-    /// partition; `None` for a partition revoked since. Exactly once, a partition new to this
-    /// process first learns where the sinks stopped.
+    /// partition; `None` for a partition revoked since, or a batch its source `withdrawn` (its
+    /// partition was revoked and assigned back: the batch is read again from the commit). Exactly
+    /// once, a partition new to this process first learns where the sinks stopped.
     pub async fn of(
         &mut self,
         position: Option<&Position>,
+        withdrawn: bool,
         id: &str,
         now: i64,
     ) -> anyhow::Result<Option<(Option<Arc<str>>, &mut WindowOperator)>> {
@@ -86,7 +88,7 @@ impl Windows {
                     Some(p) => Arc::from(format!("{id}/{}", p.stream)),
                     None => Arc::from(id),
                 };
-                if lost.contains(&part) {
+                if withdrawn || lost.contains(&part) {
                     return Ok(None);
                 }
                 if !parts.contains_key(&part) && ask.is_empty() {
@@ -109,10 +111,6 @@ impl Windows {
                 Ok(Some((Some(part), op)))
             }
         }
-    }
-
-    pub fn is_per_partition(&self) -> bool {
-        matches!(self, Windows::PerPartition { .. })
     }
 
     /// This process no longer owns the source's `stream`: its open windows are the new owner's.

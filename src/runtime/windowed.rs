@@ -173,9 +173,7 @@ impl Emitter {
         self.out.metrics.rows_in.add(batch.data.num_rows() as u64);
         self.out.metrics.bytes_in.add(batch.data.get_array_memory_size() as u64);
         self.out.metrics.batches_in.inc();
-        let revoked = windows.is_per_partition() && batch.acks.withdrawn();
-        let found = if revoked { None } else { windows.of(batch.position.as_ref(), &self.out.id, now).await? };
-        let Some((part, op)) = found else {
+        let Some((part, op)) = windows.of(batch.position.as_ref(), batch.acks.withdrawn(), &self.out.id, now).await? else {
             // A batch of a partition revoked since it was sent: its next owner reads it again.
             self.out.metrics.replay_skipped.add(batch.data.num_rows() as u64);
             return Ok((Vec::new(), work));
